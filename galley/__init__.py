@@ -1,0 +1,1 @@
+"""galley: provision and operate Kubernetes on DigitalOcean droplets with pyinfra."""

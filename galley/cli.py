@@ -1,0 +1,121 @@
+"""The `galley` command: the lab, Vault bootstrap and inventory validation."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from galley.lab import lifecycle
+from galley.lab.state import LabState
+from galley.lab.system import LabError
+from galley.lab.topology import TopologyError, plan_droplets
+from galley.vault import VaultError
+
+
+def _lab_up(args: argparse.Namespace) -> int:
+    plans = plan_droplets(args.etcd, args.control_plane, args.workers, args.stacked_etcd)
+    lifecycle.up(plans)
+    return 0
+
+
+def _lab_down(args: argparse.Namespace) -> int:
+    lifecycle.down()
+    return 0
+
+
+def _lab_status(args: argparse.Namespace) -> int:
+    print("\n".join(lifecycle.status()))
+    return 0
+
+
+def _lab_ssh(args: argparse.Namespace) -> int:
+    state = LabState.load()
+    if state is None:
+        raise LabError("no lab is up")
+    droplet = state.droplet(args.name)
+    from galley.lab.droplets import ssh_command
+
+    command = ssh_command(droplet.address, state.ssh_key, state.known_hosts, *args.command)
+    os.execvp(command[0], command)
+
+
+def _vault_bootstrap(args: argparse.Namespace) -> int:
+    from galley import pki
+    from galley.vault import VaultSettings, connect
+
+    data: dict = {"cluster_name": args.cluster}
+    lab = LabState.load()
+    if lab is not None and lab.cluster == args.cluster:
+        data |= {"vault_addr": lab.vault_addr, "vault_token": lab.vault_token}
+    settings = VaultSettings.from_data(data)
+    changes = pki.bootstrap(connect(settings), settings.mount_prefix)
+    for line in changes:
+        print(line)
+    print(f"vault: {len(changes)} change(s) for cluster {args.cluster} at {settings.addr}")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from galley.validate import COMPONENTS, validate_cli
+
+    components = args.components.split(",") if args.components else tuple(COMPONENTS)
+    return validate_cli(args.inventory, components)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="galley", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    lab = commands.add_parser("lab", help="local lab of systemd-nspawn droplets").add_subparsers(
+        dest="lab_command", required=True
+    )
+    lab_up = lab.add_parser("up", help="boot the lab (default: 3 etcd, 2 control-plane, 2 workers)")
+    lab_up.add_argument("--etcd", type=int, default=3, help="etcd droplets (default 3)")
+    lab_up.add_argument("--control-plane", type=int, default=2, help="control-plane droplets")
+    lab_up.add_argument("--workers", type=int, default=2, help="worker droplets (default 2)")
+    lab_up.add_argument(
+        "--stacked-etcd",
+        action="store_true",
+        help="run etcd on the control-plane droplets instead of separate ones",
+    )
+    lab_up.set_defaults(func=_lab_up)
+    lab.add_parser("down", help="remove everything `lab up` created").set_defaults(func=_lab_down)
+    lab.add_parser("status", help="list droplets and services").set_defaults(func=_lab_status)
+    lab_ssh = lab.add_parser("ssh", help="ssh into a droplet as root")
+    lab_ssh.add_argument("name")
+    lab_ssh.add_argument("command", nargs=argparse.REMAINDER)
+    lab_ssh.set_defaults(func=_lab_ssh)
+
+    vault = commands.add_parser("vault", help="Vault PKI for a cluster").add_subparsers(
+        dest="vault_command", required=True
+    )
+    bootstrap = vault.add_parser(
+        "bootstrap", help="create the cluster's PKI mounts, CAs, roles and deploy policy"
+    )
+    bootstrap.add_argument("--cluster", required=True, help="cluster name (mount prefix)")
+    bootstrap.set_defaults(func=_vault_bootstrap)
+
+    validate = commands.add_parser("validate", help="check an inventory without connecting")
+    validate.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/nyc3.py")
+    validate.add_argument("--components", help="comma-separated (default: all)")
+    validate.set_defaults(func=_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `galley` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (LabError, TopologyError, VaultError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) else str(exc)
+        print(f"galley: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("galley: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""Custom pyinfra facts for galley, usable ad hoc: `pyinfra INVENTORY fact galley.facts.<Name>`."""
+
+from galley.facts.etcd import EtcdHealth, EtcdMembers
+from galley.facts.release import InstalledReleases
+from galley.facts.system import OsInfo, PendingRestart, UnitStates
+from galley.facts.tls import Certificate, Certificates, PublicKey
+
+__all__ = [
+    "Certificate",
+    "Certificates",
+    "EtcdHealth",
+    "EtcdMembers",
+    "InstalledReleases",
+    "OsInfo",
+    "PendingRestart",
+    "PublicKey",
+    "UnitStates",
+]

@@ -1,0 +1,258 @@
+"""Facts about the local etcd member, read with etcdctl 3.5 over its TLS client port.
+
+The defaults match galley's host layout: ``/usr/local/bin/etcdctl``, endpoint
+``https://127.0.0.1:2379``, CA ``/etc/etcd/pki/ca.crt`` and the healthcheck client certificate
+``/etc/etcd/pki/healthcheck-client.{crt,key}``. The client key is readable by root and etcd only,
+so call these facts with ``_sudo=True`` unless connected as root. Every argument can be
+overridden (an empty ``cacert``/``cert``/``key`` drops that flag, e.g. for plain http).
+
+The facts never fail the host: a missing etcdctl, an unreachable etcd or a TLS problem is
+reported in the result's ``error`` (etcdctl's own message plus the underlying gRPC error).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyinfra.api import FactBase
+
+ETCDCTL = "/usr/local/bin/etcdctl"
+ENDPOINT = "https://127.0.0.1:2379"
+CACERT = "/etc/etcd/pki/ca.crt"
+CERT = "/etc/etcd/pki/healthcheck-client.crt"
+KEY = "/etc/etcd/pki/healthcheck-client.key"
+# Both the dial and the whole request are bounded so a dead etcd cannot hang a deploy.
+TIMEOUT = "3s"
+
+_TAG = "##galley-etcdctl"
+_BEGIN = f"{_TAG} begin"
+_RC = f"{_TAG} rc="
+_STDERR = f"{_TAG} stderr: "
+_MISSING = f"{_TAG} missing: "
+
+
+def _etcdctl_script(
+    subcommand: str,
+    etcdctl: str = ETCDCTL,
+    endpoint: str = ENDPOINT,
+    cacert: str = CACERT,
+    cert: str = CERT,
+    key: str = KEY,
+) -> str:
+    """Shell snippet running ``etcdctl <subcommand> -w json`` that always exits 0.
+
+    It prints a begin marker, etcdctl's stdout, its exit status and its stderr lines (prefixed),
+    or a "missing" marker when etcdctl is not executable; ``_parse_etcdctl_runs`` reads it back.
+    """
+    flags = [f"--endpoints={endpoint}", f"--dial-timeout={TIMEOUT}", f"--command-timeout={TIMEOUT}"]
+    flags += [
+        f"--{flag}={path}"
+        for flag, path in (("cacert", cacert), ("cert", cert), ("key", key))
+        if path
+    ]
+    binary = shlex.quote(etcdctl)
+    invocation = " ".join([binary, *map(shlex.quote, flags), subcommand, "-w", "json"])
+    return (
+        f"echo '{_BEGIN}'; "
+        f"if [ -x {binary} ]; then "
+        f"{{ err=$({invocation} 2>&1 >&3); rc=$?; }} 3>&1; "
+        f'echo "{_RC}$rc"; '
+        f"[ -z \"$err\" ] || printf '%s\\n' \"$err\" | sed 's/^/{_STDERR}/'; "
+        f"else printf '%s\\n' {shlex.quote(_MISSING + etcdctl)}; fi"
+    )
+
+
+@dataclass
+class _EtcdctlRun:
+    """What one ``_etcdctl_script`` invocation printed."""
+
+    stdout: list[str] = field(default_factory=list)
+    stderr: list[str] = field(default_factory=list)
+    rc: int | None = None
+    missing: str | None = None
+
+    def json(self) -> Any:
+        """etcdctl's JSON output, or None when there is none or it does not parse."""
+        try:
+            return json.loads("\n".join(self.stdout))
+        except ValueError:
+            return None
+
+    def error(self, message: str | None = None) -> str:
+        """Why the invocation failed: ``message`` (or etcdctl's last error line) plus the cause.
+
+        etcdctl logs the underlying gRPC error (e.g. "connection refused") as a JSON log line
+        and ends with a terse "Error: context deadline exceeded"; both are kept.
+        """
+        if self.missing is not None:
+            return f"etcdctl not found at {self.missing}"
+        lines, cause = [], None
+        for line in self.stderr:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = None
+            if isinstance(entry, dict):
+                cause = entry.get("error") or cause
+            elif line.strip():
+                lines.append(line.strip())
+        if message is None:
+            message = lines[-1].removeprefix("Error: ") if lines else None
+        message = (message or "").strip() or f"etcdctl exited with status {self.rc}"
+        if cause and cause not in message:
+            message = f"{message} ({cause})"
+        return message
+
+
+def _parse_etcdctl_runs(output: list[str]) -> list[_EtcdctlRun]:
+    """Split a fact's output into the runs of its ``_etcdctl_script`` snippets, in order."""
+    runs: list[_EtcdctlRun] = []
+    for line in output:
+        if line == _BEGIN:
+            runs.append(_EtcdctlRun())
+        elif not runs:
+            continue
+        elif line.startswith(_RC):
+            runs[-1].rc = int(line.removeprefix(_RC))
+        elif line.startswith(_STDERR):
+            runs[-1].stderr.append(line.removeprefix(_STDERR))
+        elif line.startswith(_MISSING):
+            runs[-1].missing = line.removeprefix(_MISSING)
+        else:
+            runs[-1].stdout.append(line)
+    return runs
+
+
+def member_hex_id(value: int | None) -> str | None:
+    """Render an etcd member id (uint64) the way etcdctl does: lowercase hex; 0 means none."""
+    return format(value, "x") if value else None
+
+
+class EtcdMembers(FactBase):
+    """The cluster's members as seen by the local etcd (``etcdctl member list``).
+
+    Returns ``{"members": [...], "error": None}`` where each member is ``{"id": "3c718a0714f0cf0",
+    "name": "node-1", "peer_urls": [...], "client_urls": [...], "is_learner": False}`` (a member
+    added but not started yet has name "" and no client URLs), or ``{"members": None,
+    "error": "<reason>"}`` when etcdctl is missing or etcd cannot be reached.
+    """
+
+    def command(
+        self,
+        etcdctl: str = ETCDCTL,
+        endpoint: str = ENDPOINT,
+        cacert: str = CACERT,
+        cert: str = CERT,
+        key: str = KEY,
+    ) -> str:
+        return _etcdctl_script("member list", etcdctl, endpoint, cacert, cert, key)
+
+    @staticmethod
+    def default() -> dict[str, Any]:
+        return {"members": None, "error": "the fact command failed"}
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        runs = _parse_etcdctl_runs(output)
+        if not runs:
+            return self.default()
+        run = runs[0]
+        data = run.json()
+        if run.rc != 0 or not isinstance(data, dict):
+            return {"members": None, "error": run.error()}
+        members = [
+            {
+                "id": member_hex_id(member["ID"]),
+                "name": member.get("name", ""),
+                "peer_urls": member.get("peerURLs", []),
+                "client_urls": member.get("clientURLs", []),
+                "is_learner": bool(member.get("isLearner", False)),
+            }
+            for member in data.get("members", [])
+        ]
+        return {"members": members, "error": None}
+
+
+class EtcdHealth(FactBase):
+    """Health and status of the local member (``endpoint health`` + ``endpoint status``).
+
+    Returns ``{"healthy": bool, "error": str | None, "took": "3.58ms" | None, "version": "3.5.30",
+    "db_size": int, "db_size_in_use": int, "leader": hex id | None, "member_id": hex id,
+    "is_leader": bool, "is_learner": bool, "raft_term": int, "raft_index": int,
+    "errors": ["memberID:... alarm:NOSPACE"]}``. ``healthy`` is False with an ``error`` when
+    etcdctl is missing, etcd is down, or etcd reports a problem (e.g. an active alarm); status
+    fields are None when the status could not be read.
+    """
+
+    def command(
+        self,
+        etcdctl: str = ETCDCTL,
+        endpoint: str = ENDPOINT,
+        cacert: str = CACERT,
+        cert: str = CERT,
+        key: str = KEY,
+    ) -> str:
+        return "; ".join(
+            _etcdctl_script(subcommand, etcdctl, endpoint, cacert, cert, key)
+            for subcommand in ("endpoint health", "endpoint status")
+        )
+
+    @staticmethod
+    def default() -> dict[str, Any]:
+        return {
+            "healthy": False,
+            "error": "the fact command failed",
+            "took": None,
+            "version": None,
+            "db_size": None,
+            "db_size_in_use": None,
+            "leader": None,
+            "member_id": None,
+            "is_leader": False,
+            "is_learner": False,
+            "raft_term": None,
+            "raft_index": None,
+            "errors": [],
+        }
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        runs = _parse_etcdctl_runs(output)
+        if len(runs) != 2:
+            return self.default()
+        health_run, status_run = runs
+        result = self.default()
+
+        health = _first_entry(health_run.json())
+        result["took"] = health.get("took")
+        result["healthy"] = health_run.rc == 0 and health.get("health") is True
+        result["error"] = None if result["healthy"] else health_run.error(health.get("error"))
+
+        status = _first_entry(status_run.json()).get("Status")
+        if status_run.rc != 0 or not isinstance(status, dict):
+            if result["error"] is None:
+                result["error"] = f"endpoint status: {status_run.error()}"
+            return result
+        member_id = status.get("header", {}).get("member_id")
+        leader = status.get("leader")
+        result.update(
+            version=status.get("version"),
+            db_size=status.get("dbSize"),
+            db_size_in_use=status.get("dbSizeInUse"),
+            leader=member_hex_id(leader),
+            member_id=member_hex_id(member_id),
+            is_leader=bool(leader) and leader == member_id,
+            is_learner=bool(status.get("isLearner", False)),
+            raft_term=status.get("raftTerm"),
+            raft_index=status.get("raftIndex"),
+            errors=[error.strip() for error in status.get("errors", [])],
+        )
+        return result
+
+
+def _first_entry(data: Any) -> dict[str, Any]:
+    """The first object of an ``endpoint health/status -w json`` list (one endpoint), or {}."""
+    if isinstance(data, list) and data and isinstance(data[0], dict):
+        return data[0]
+    return {}

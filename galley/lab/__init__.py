@@ -1,0 +1,1 @@
+"""The lab: real systemd droplets on one machine (systemd-nspawn), for tests and demos."""

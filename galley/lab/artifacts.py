@@ -1,0 +1,305 @@
+"""Build the lab's release artifacts into a mirror cache laid out like upstream (host + path).
+
+Deploys download ``<base>/<upstream path>``: the base is ``https://`` in production and the lab
+mirror (galley.lab.mirror) in the lab, so both use the same relative path. Next to each
+artifact lies ``<file>.sha256`` in sha256sum format. The lab has no access to upstream release
+downloads, so artifacts are stand-ins built from Debian packages (repacked with the upstream
+tarball layout) or, later, from other sources listed in ``ARTIFACTS``. Lab code only.
+
+    python -m galley.lab.artifacts [--cache-dir DIR] [--source-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import io
+import os
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_CACHE_DIR = Path("/var/cache/galley/mirror")
+DEFAULT_SOURCE_DIR = Path("/var/cache/galley/sources")
+
+DEBIAN_SUITE = "sid"
+DEBIAN_ARCH = "amd64"
+DEBIAN_SOURCE = (
+    "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
+    f"http://deb.debian.org/debian {DEBIAN_SUITE} main\n"
+)
+# Fixed metadata so that rebuilding from the same inputs yields the same sha256.
+REPACK_MTIME = 0
+
+
+class ArtifactError(RuntimeError):
+    """An artifact could not be built or its checksum read."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One release artifact: where upstream publishes it and how the lab builds a stand-in."""
+
+    name: str
+    version: str
+    upstream_path: str  # host + path, without scheme
+    # builder(artifact, dest, source_dir) writes the artifact to dest; source_dir caches inputs.
+    builder: Callable[[Artifact, Path, Path], None]
+
+    @property
+    def filename(self) -> str:
+        """The artifact's file name, e.g. ``etcd-v3.5.30-linux-amd64.tar.gz``."""
+        return self.upstream_path.rsplit("/", 1)[-1]
+
+
+def _run(command: Sequence[str | os.PathLike[str]], what: str, cwd: Path | None = None) -> str:
+    try:
+        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"{what} failed: {exc}") from exc
+    if done.returncode != 0:
+        detail = (done.stderr.strip() or done.stdout.strip()).splitlines()[-5:]
+        raise ArtifactError(f"{what} failed (exit {done.returncode}): {' | '.join(detail)}")
+    return done.stdout
+
+
+class _DebianArchive:
+    """``apt-get`` against Debian's archive with a private sources list, lists and cache."""
+
+    def __init__(self, source_dir: Path) -> None:
+        self.source_dir = source_dir
+        apt_dir = source_dir / "apt"
+        sources = apt_dir / "sources.list"
+        for sub in ("lists/partial", "cache/archives/partial"):
+            (apt_dir / sub).mkdir(parents=True, exist_ok=True)
+        sources.write_text(DEBIAN_SOURCE)
+        self.options = [
+            f"-oDir::Etc::sourcelist={sources}",
+            "-oDir::Etc::sourceparts=-",
+            f"-oDir::State::Lists={apt_dir / 'lists'}",
+            f"-oDir::Cache={apt_dir / 'cache'}",
+            f"-oAPT::Architecture={DEBIAN_ARCH}",
+            f"-oAPT::Architectures={DEBIAN_ARCH}",
+        ]
+        _run(["apt-get", *self.options, "-q", "update"], f"apt-get update for {DEBIAN_SUITE}")
+
+    def download(self, package: str, upstream_version: str) -> None:
+        """Download the package's Debian revision of ``upstream_version`` into source_dir."""
+        shown = _run(
+            ["apt-cache", *self.options, "show", package],
+            f"apt-cache show {package} from {DEBIAN_SUITE}",
+        )
+        versions = [
+            line.split(":", 1)[1].strip()
+            for line in shown.splitlines()
+            if line.startswith("Version:")
+        ]
+        matching = [v for v in versions if _upstream_version(v) == upstream_version]
+        if not matching:
+            raise ArtifactError(
+                f"apt-get download {package} from {DEBIAN_SUITE} failed: no {upstream_version} "
+                f"(available: {', '.join(versions) or 'none'})"
+            )
+        _run(
+            ["apt-get", *self.options, "-q", "download", f"{package}={matching[0]}"],
+            f"apt-get download {package} from {DEBIAN_SUITE}",
+            cwd=self.source_dir,
+        )
+
+
+def _upstream_version(debian_version: str) -> str:
+    """``1:3.5.30-2`` -> ``3.5.30``."""
+    return debian_version.split(":", 1)[-1].rsplit("-", 1)[0]
+
+
+def _deb_version(deb: Path) -> str:
+    return _run(["dpkg-deb", "-f", deb, "Version"], f"dpkg-deb -f {deb.name}").strip()
+
+
+def _find_debs(source_dir: Path, packages: Iterable[str], version: str) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for package in packages:
+        debs = sorted(source_dir.glob(f"{package}_*_{DEBIAN_ARCH}.deb"))
+        debs = [d for d in debs if _upstream_version(d.name.split("_")[1]) == version]
+        if len(debs) > 1:
+            names = ", ".join(d.name for d in debs)
+            raise ArtifactError(f"several .debs for {package} {version} in {source_dir}: {names}")
+        if debs:
+            found[package] = debs[0]
+    return found
+
+
+def _deterministic_tarball(dest: Path, top_dir: str, members: dict[str, tuple[bytes, int]]) -> None:
+    """Write a tar.gz with one top directory and fixed metadata (sorted, mtime, owner)."""
+
+    def info(name: str, mode: int, size: int = 0, kind: bytes = tarfile.REGTYPE) -> tarfile.TarInfo:
+        entry = tarfile.TarInfo(name)
+        entry.type, entry.mode, entry.size, entry.mtime = kind, mode, size, REPACK_MTIME
+        entry.uid = entry.gid = 0
+        entry.uname = entry.gname = "root"
+        return entry
+
+    with (
+        dest.open("wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0) as compressed,
+        tarfile.open(fileobj=compressed, mode="w", format=tarfile.GNU_FORMAT) as tar,
+    ):
+        tar.addfile(info(top_dir, 0o755, kind=tarfile.DIRTYPE))
+        for name in sorted(members):
+            data, mode = members[name]
+            tar.addfile(info(f"{top_dir}/{name}", mode, len(data)), io.BytesIO(data))
+
+
+@dataclass(frozen=True)
+class DebianRepack:
+    """Builder: repack binaries from Debian packages into an upstream-style tarball.
+
+    The tarball holds ``<file name without .tar.gz>/`` with the binaries (0755) and a README.md
+    saying it is a lab repack. Missing .debs are downloaded from Debian into source_dir.
+    """
+
+    packages: tuple[str, ...]
+    binaries: tuple[str, ...]
+
+    def __call__(self, artifact: Artifact, dest: Path, source_dir: Path) -> None:
+        """Build ``artifact`` into ``dest`` from the packages' .debs in ``source_dir``."""
+        source_dir.mkdir(parents=True, exist_ok=True)
+        debs = _find_debs(source_dir, self.packages, artifact.version)
+        missing = [p for p in self.packages if p not in debs]
+        if missing:
+            archive = _DebianArchive(source_dir)
+            for package in missing:
+                archive.download(package, artifact.version)
+            debs = _find_debs(source_dir, self.packages, artifact.version)
+        members = self._binaries(debs)
+        members["README.md"] = (self._readme(artifact, debs).encode(), 0o644)
+        _deterministic_tarball(dest, artifact.filename.removesuffix(".tar.gz"), members)
+
+    def _binaries(self, debs: dict[str, Path]) -> dict[str, tuple[bytes, int]]:
+        with tempfile.TemporaryDirectory() as unpacked:
+            for deb in debs.values():
+                _run(["dpkg-deb", "-x", deb, unpacked], f"dpkg-deb -x {deb.name}")
+            members = {}
+            for binary in self.binaries:
+                path = Path(unpacked, "usr/bin", binary)
+                if not path.is_file():
+                    names = ", ".join(deb.name for deb in debs.values())
+                    raise ArtifactError(f"no usr/bin/{binary} in {names}")
+                members[binary] = (path.read_bytes(), 0o755)
+            return members
+
+    @staticmethod
+    def _readme(artifact: Artifact, debs: dict[str, Path]) -> str:
+        packages = ", ".join(
+            f"{package} {_deb_version(deb)}" for package, deb in sorted(debs.items())
+        )
+        return (
+            f"# {artifact.name} v{artifact.version}: galley lab repack\n\n"
+            "This is not an upstream release. galley's lab repacked Debian's build of "
+            f"{artifact.name}\n(Debian {DEBIAN_SUITE} packages: {packages}) with the layout of "
+            "the upstream release\n"
+            f"https://{artifact.upstream_path}\n"
+            "so lab droplets install it from the lab mirror exactly like production does.\n"
+        )
+
+
+ETCD_VERSION = "3.5.30"
+
+ARTIFACTS: tuple[Artifact, ...] = (
+    Artifact(
+        name="etcd",
+        version=ETCD_VERSION,
+        upstream_path=(
+            f"github.com/etcd-io/etcd/releases/download/v{ETCD_VERSION}/"
+            f"etcd-v{ETCD_VERSION}-linux-amd64.tar.gz"
+        ),
+        builder=DebianRepack(
+            packages=("etcd-server", "etcd-client"), binaries=("etcd", "etcdctl", "etcdutl")
+        ),
+    ),
+)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _checksum_file(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _read_checksum(path: Path) -> str | None:
+    """The sha256 recorded next to ``path``, or None if there is none."""
+    try:
+        return _checksum_file(path).read_text().split()[0]
+    except (FileNotFoundError, IndexError):
+        return None
+
+
+def build(artifact: Artifact, cache_dir: Path, source_dir: Path) -> str:
+    """Build one artifact (unless present with a matching .sha256) and return its sha256."""
+    path = cache_dir / artifact.upstream_path
+    recorded = _read_checksum(path)
+    if recorded is not None and path.is_file() and _sha256(path) == recorded:
+        return recorded
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    try:
+        artifact.builder(artifact, partial, source_dir)
+        digest = _sha256(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    checksum_part = _checksum_file(partial)
+    checksum_part.write_text(f"{digest}  {path.name}\n")
+    os.replace(checksum_part, _checksum_file(path))
+    return digest
+
+
+def build_all(
+    cache_dir: Path = DEFAULT_CACHE_DIR,
+    source_dir: Path = DEFAULT_SOURCE_DIR,
+    artifacts: Iterable[Artifact] = ARTIFACTS,
+) -> dict[str, str]:
+    """Build every artifact into ``cache_dir``; returns {upstream path: sha256}."""
+    return {a.upstream_path: build(a, Path(cache_dir), Path(source_dir)) for a in artifacts}
+
+
+def checksums(
+    cache_dir: Path = DEFAULT_CACHE_DIR, artifacts: Iterable[Artifact] = ARTIFACTS
+) -> dict[str, str]:
+    """Read the recorded sha256 of every artifact; {upstream path: sha256}."""
+    result = {}
+    for artifact in artifacts:
+        path = Path(cache_dir) / artifact.upstream_path
+        recorded = _read_checksum(path)
+        if recorded is None or not path.is_file():
+            raise ArtifactError(f"{artifact.name} is not built in {cache_dir}: run build_all")
+        result[artifact.upstream_path] = recorded
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Build all artifacts and print their sha256 and path."""
+    parser = argparse.ArgumentParser(prog="python -m galley.lab.artifacts", description=__doc__)
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
+    parser.add_argument("--source-dir", type=Path, default=DEFAULT_SOURCE_DIR)
+    args = parser.parse_args(argv)
+    try:
+        built = build_all(args.cache_dir, args.source_dir)
+    except ArtifactError as exc:
+        parser.exit(1, f"error: {exc}\n")
+    for path, digest in built.items():
+        print(f"{digest}  {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Prepare and boot one droplet: an overlay on the shared root, its identity, systemd-nspawn."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from galley.lab.state import Droplet
+from galley.lab.system import LabError, mount_overlay, spawn
+
+NETWORK_UNIT = """[Match]
+Name=host0
+
+[Network]
+Address={address}/{prefix}
+LinkLocalAddressing=no
+IPv6AcceptRA=no
+"""
+
+APT_PROXY_CONF = 'Acquire::http::Proxy "{proxy}";\n'
+
+
+def droplet_paths(lab_dir: Path, name: str) -> dict[str, Path]:
+    """The overlay directories of droplet ``name``."""
+    base = lab_dir / "droplets" / name
+    return {"base": base, "upper": base / "upper", "work": base / "work", "root": base / "root"}
+
+
+def prepare_root(
+    droplet: Droplet,
+    rootfs: Path,
+    lab_dir: Path,
+    *,
+    prefix: int,
+    public_key: str,
+    apt_proxy: str,
+    hosts: dict[str, str],
+) -> Path:
+    """Mount the droplet's overlay and write its identity; return its root directory."""
+    paths = droplet_paths(lab_dir, droplet.name)
+    mount_overlay(rootfs, paths["upper"], paths["work"], paths["root"])
+    root = paths["root"]
+    (root / "etc/hostname").write_text(f"{droplet.name}\n")
+    (root / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
+    lines = ["127.0.0.1 localhost"] + [f"{addr} {name}" for name, addr in sorted(hosts.items())]
+    (root / "etc/hosts").write_text("\n".join(lines) + "\n")
+    network = root / "etc/systemd/network/10-host0.network"
+    network.parent.mkdir(parents=True, exist_ok=True)
+    network.write_text(NETWORK_UNIT.format(address=droplet.address, prefix=prefix))
+    (root / "etc/apt/apt.conf.d/01galley-lab-proxy").write_text(
+        APT_PROXY_CONF.format(proxy=apt_proxy)
+    )
+    ssh_dir = root / "root/.ssh"
+    ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (ssh_dir / "authorized_keys").write_text(public_key)
+    (ssh_dir / "authorized_keys").chmod(0o600)
+    subprocess.run(["ssh-keygen", "-A", "-f", str(root)], check=True, capture_output=True)
+    return root
+
+
+def host_key_lines(root: Path, address: str) -> list[str]:
+    """known_hosts lines for the droplet's fresh host keys."""
+    return [
+        f"{address} {' '.join(key.read_text().split()[:2])}"
+        for key in sorted((root / "etc/ssh").glob("ssh_host_*_key.pub"))
+    ]
+
+
+def nspawn_command(name: str, root: Path, bridge: str) -> list[str]:
+    """The systemd-nspawn command line that boots a droplet."""
+    return [
+        "systemd-nspawn",
+        "--register=no",
+        "--keep-unit",
+        "--boot",
+        f"--directory={root}",
+        f"--machine={name}",
+        f"--network-bridge={bridge}",
+        "--console=pipe",
+    ]
+
+
+def boot(droplet: Droplet, root: Path, bridge: str, log_dir: Path) -> int:
+    """Boot the droplet in the background; return the systemd-nspawn PID."""
+    return spawn(nspawn_command(droplet.name, root, bridge), log_dir / f"{droplet.name}.log")
+
+
+def ssh_command(address: str, key: str, known_hosts: str, *remote: str) -> list[str]:
+    """ssh to a droplet as root with the lab's key and pinned host keys."""
+    return [
+        "ssh",
+        "-i",
+        key,
+        "-o",
+        f"UserKnownHostsFile={known_hosts}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=3",
+        "-o",
+        "LogLevel=ERROR",
+        f"root@{address}",
+        *remote,
+    ]
+
+
+def wait_ready(droplet: Droplet, key: str, known_hosts: str, timeout: float = 90) -> None:
+    """Wait until the droplet answers SSH and systemd reports the system running."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        result = subprocess.run(
+            ssh_command(
+                droplet.address, key, known_hosts, "systemctl", "is-system-running", "--wait"
+            ),
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=timeout,
+        )
+        state = result.stdout.strip()
+        if state == "running":
+            return
+        if state == "degraded":
+            failed = subprocess.run(
+                ssh_command(
+                    droplet.address,
+                    key,
+                    known_hosts,
+                    "systemctl --failed --no-legend --plain | cut -d' ' -f1",
+                ),
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+            ).stdout.split()
+            raise LabError(f"{droplet.name} booted degraded; failed units: {' '.join(failed)}")
+        last = state or result.stderr.strip() or "no answer"
+        time.sleep(0.5)
+    raise LabError(f"{droplet.name} ({droplet.address}) not ready after {timeout:.0f}s: {last}")

@@ -1,0 +1,79 @@
+"""The lab's state file: what `galley lab up` created, so `down` removes exactly that."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+LAB_DIR = Path(os.environ.get("GALLEY_LAB_DIR", "/var/lib/galley/lab"))
+CACHE_DIR = Path(os.environ.get("GALLEY_CACHE_DIR", "/var/cache/galley"))
+
+
+def state_path(lab_dir: Path = LAB_DIR) -> Path:
+    """Where the state of the lab in ``lab_dir`` is kept."""
+    return lab_dir / "state.json"
+
+
+@dataclass
+class Droplet:
+    """A booted droplet: its plan plus what was created for it."""
+
+    name: str
+    address: str
+    roles: list[str]
+    root: str = ""
+    pid: int | None = None
+    mounted: bool = False
+
+
+@dataclass
+class LabState:
+    """Everything a running lab consists of. Saved after every step of `up`."""
+
+    cluster: str = "lab"
+    bridge: str = ""
+    gateway: str = ""
+    ssh_key: str = ""
+    known_hosts: str = ""
+    apt_proxy: str = ""
+    mirror_url: str = ""
+    vault_addr: str = ""
+    vault_token: str = ""
+    # name -> PID of the lab's own services (apt proxy, mirror, vault).
+    services: dict[str, int] = field(default_factory=dict)
+    droplets: list[Droplet] = field(default_factory=list)
+
+    def save(self, lab_dir: Path = LAB_DIR) -> None:
+        """Write the state atomically, readable by root only (it holds the lab's Vault token)."""
+        lab_dir.mkdir(parents=True, exist_ok=True)
+        path = state_path(lab_dir)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(asdict(self), handle, indent=2)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, lab_dir: Path = LAB_DIR) -> LabState | None:
+        """The saved state, or None when no lab was brought up."""
+        path = state_path(lab_dir)
+        if not path.exists():
+            return None
+        raw = json.loads(path.read_text())
+        droplets = [Droplet(**item) for item in raw.pop("droplets", [])]
+        return cls(**raw, droplets=droplets)
+
+    def droplet(self, name: str) -> Droplet:
+        """The droplet called ``name``; KeyError naming the known ones otherwise."""
+        for droplet in self.droplets:
+            if droplet.name == name:
+                return droplet
+        known = ", ".join(d.name for d in self.droplets) or "none"
+        raise KeyError(f"no droplet {name!r} in the lab (droplets: {known})")
+
+
+def remove_state(lab_dir: Path = LAB_DIR) -> None:
+    """Forget the lab (after everything it created is gone)."""
+    state_path(lab_dir).unlink(missing_ok=True)

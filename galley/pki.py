@@ -1,0 +1,406 @@
+"""Galley's PKI in Vault: the certificate kinds, the idempotent bootstrap, signing, and the
+decision whether a certificate on a host must be re-signed.
+
+Every cluster has one PKI mount per trust domain, ``<cluster>/pki/<name>`` (``MOUNTS``), each
+with a 10-year internal root CA, and one Vault role per kind of certificate (``ROLES``). Leaf
+keys are EC P-256 (``LEAF_KEY``): hosts generate them with openssl and send only a CSR; roles
+accept nothing else. Adding the Kubernetes mount and its identities means adding table rows.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import hvac
+import hvac.exceptions
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+
+from galley.vault import VaultError, vault_errors
+
+LEAF_KEY = {"key_type": "ec", "key_bits": 256}  # what roles accept in CSRs
+CA_KEY = {"key_type": "ec", "key_bits": 384}  # the roots Vault generates (and keeps)
+ETCD_CLIENTS = ("etcd-healthcheck-client", "kube-apiserver-etcd-client", "flannel-etcd-client")
+# Re-sign when less than this share of a certificate's lifetime is left.
+RENEW_FRACTION = 1 / 3
+
+
+@dataclass(frozen=True)
+class MountSpec:
+    """A PKI mount ``<cluster>/pki/<name>`` with its own root CA."""
+
+    name: str
+    ca_common_name: str  # "{cluster}" is replaced by the cluster name
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """A Vault PKI role: which names a certificate of this kind may carry, and its usages.
+
+    ``allowed_names`` may use ``{cluster}``; with ``glob_names`` they may contain ``*``.
+    """
+
+    name: str
+    mount: str
+    allowed_names: tuple[str, ...]
+    server: bool = False
+    client: bool = True
+    glob_names: bool = False
+    localhost: bool = False
+    ip_sans: bool = False
+    enforce_hostnames: bool = True
+    organization: tuple[str, ...] = ()
+
+
+MOUNTS = (MountSpec("etcd", "{cluster} etcd CA"),)
+ROLES = (
+    # etcd server and peer certificate: CN = host name; SANs host name, localhost, IPs.
+    RoleSpec(
+        "etcd-member",
+        "etcd",
+        ("{cluster}-*",),
+        server=True,
+        glob_names=True,
+        localhost=True,
+        ip_sans=True,
+    ),
+    # etcd clients: the CN is the identity, no IP SANs.
+    RoleSpec("etcd-client", "etcd", ETCD_CLIENTS),
+)
+
+
+@dataclass(frozen=True)
+class PkiOptions:
+    """Tunables of the bootstrap; ``allowed_names`` overrides a role's names by role name."""
+
+    leaf_ttl: str = "720h"
+    leaf_max_ttl: str = "720h"
+    ca_ttl: str = "87600h"
+    allowed_names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def mount_path(cluster: str, mount: str) -> str:
+    """The Vault path of a cluster's PKI mount, e.g. ``lab/pki/etcd``."""
+    return f"{cluster}/pki/{mount}"
+
+
+def deploy_policy_name(cluster: str) -> str:
+    """Name of the ACL policy that deploy tokens need."""
+    return f"{cluster}-galley-deploy"
+
+
+def deploy_paths(cluster: str) -> dict[str, str]:
+    """Each API path a deploy uses, with the capability it needs (for the policy and `connect`)."""
+    paths = {f"{mount_path(cluster, r.mount)}/sign/{r.name}": "update" for r in ROLES}
+    for mount in MOUNTS:
+        paths[f"{mount_path(cluster, mount.name)}/ca/pem"] = "read"
+        paths[f"{mount_path(cluster, mount.name)}/cert/ca"] = "read"
+    return paths
+
+
+def render_deploy_policy(cluster: str) -> str:
+    """HCL of the deploy policy: update on the sign paths, read on the mounts' CA.
+
+    Token lookup and capabilities-self (used by `galley.vault.connect`) come with Vault's
+    ``default`` policy.
+    """
+    blocks = [f"# galley deploy policy of cluster {cluster}: sign leaf certificates, read CAs"]
+    blocks += [
+        f'path "{path}" {{\n  capabilities = ["{capability}"]\n}}'
+        for path, capability in deploy_paths(cluster).items()
+    ]
+    return "\n\n".join(blocks) + "\n"
+
+
+def parse_duration(value: str | int) -> int:
+    """Seconds in a Vault duration such as ``"720h"``, ``"1h30m"``, ``"90s"`` or ``3600``."""
+    if isinstance(value, int) or str(value).isdigit():
+        return int(value)
+    parts = re.fullmatch(r"((\d+)d)?((\d+)h)?((\d+)m)?((\d+)s)?", value)
+    if not value or parts is None:
+        raise ValueError(f"not a duration: {value!r} (use e.g. 720h, 30m, 90s)")
+    days, hours, minutes, seconds = (int(parts.group(i) or 0) for i in (2, 4, 6, 8))
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def role_params(role: RoleSpec, cluster: str, options: PkiOptions = PkiOptions()) -> dict:
+    """The role's settings, in the form Vault reads them back (seconds, lists)."""
+    names = options.allowed_names.get(role.name, role.allowed_names)
+    return {
+        "allowed_domains": [name.format(cluster=cluster) for name in names],
+        "allow_bare_domains": True,
+        "allow_subdomains": False,
+        "allow_glob_domains": role.glob_names,
+        "allow_wildcard_certificates": False,
+        "allow_any_name": False,
+        "allow_localhost": role.localhost,
+        "allow_ip_sans": role.ip_sans,
+        "enforce_hostnames": role.enforce_hostnames,
+        "server_flag": role.server,
+        "client_flag": role.client,
+        "organization": list(role.organization),
+        "use_csr_common_name": True,
+        "use_csr_sans": True,
+        "require_cn": True,
+        "ttl": parse_duration(options.leaf_ttl),
+        "max_ttl": parse_duration(options.leaf_max_ttl),
+        **LEAF_KEY,
+    }
+
+
+def bootstrap(client: hvac.Client, cluster: str, options: PkiOptions = PkiOptions()) -> list[str]:
+    """Create or update the cluster's PKI mounts, root CAs, roles and deploy policy.
+
+    Safe to re-run: returns one line per change made, and nothing when all was in place.
+    """
+    changes: list[str] = []
+    with vault_errors("listing Vault's secrets engines failed"):
+        mounted = client.sys.list_mounted_secrets_engines()
+    mounted = mounted.get("data") or mounted
+    for mount in MOUNTS:
+        path = mount_path(cluster, mount.name)
+        changes += _ensure_mount(client, path, mounted.get(f"{path}/"), options.ca_ttl)
+        changes += _ensure_root_ca(
+            client, path, mount.ca_common_name.format(cluster=cluster), options.ca_ttl
+        )
+    for role in ROLES:
+        changes += _ensure_role(client, role, cluster, options)
+    changes += _ensure_policy(client, deploy_policy_name(cluster), render_deploy_policy(cluster))
+    return changes
+
+
+def _ensure_mount(client: hvac.Client, path: str, current: dict | None, ca_ttl: str) -> list[str]:
+    if current is None:
+        with vault_errors(f"enabling the PKI mount {path} failed"):
+            client.sys.enable_secrets_engine("pki", path=path, config={"max_lease_ttl": ca_ttl})
+        return [f"enabled PKI mount {path}"]
+    if current.get("type") != "pki":
+        raise VaultError(f"{path} is mounted as {current.get('type')!r}, not as a PKI engine")
+    if (current.get("config") or {}).get("max_lease_ttl") == parse_duration(ca_ttl):
+        return []
+    with vault_errors(f"tuning the PKI mount {path} failed"):
+        client.sys.tune_mount_configuration(path, max_lease_ttl=ca_ttl)
+    return [f"set max_lease_ttl of {path} to {ca_ttl}"]
+
+
+def _ensure_root_ca(client: hvac.Client, path: str, common_name: str, ttl: str) -> list[str]:
+    if read_ca(client, path, missing_ok=True):
+        return []
+    with vault_errors(f"generating the root CA of {path} failed"):
+        answer = client.secrets.pki.generate_root(
+            "internal", common_name, extra_params={"ttl": ttl, **CA_KEY}, mount_point=path
+        )
+    expires = datetime.fromtimestamp(answer["data"]["expiration"], UTC)
+    return [f"generated root CA '{common_name}' in {path}, valid until {expires:%Y-%m-%d}"]
+
+
+def _ensure_role(
+    client: hvac.Client, role: RoleSpec, cluster: str, options: PkiOptions
+) -> list[str]:
+    path = mount_path(cluster, role.mount)
+    wanted = role_params(role, cluster, options)
+    with vault_errors(f"reading role {role.name} of {path} failed"):
+        try:
+            current = client.secrets.pki.read_role(role.name, mount_point=path)["data"]
+        except hvac.exceptions.InvalidPath:
+            current = None
+    differing = [key for key, value in wanted.items() if current and current.get(key) != value]
+    if current is not None and not differing:
+        return []
+    with vault_errors(f"writing role {role.name} of {path} failed"):
+        client.secrets.pki.create_or_update_role(role.name, extra_params=wanted, mount_point=path)
+    if current is None:
+        return [f"created role {role.name} in {path}"]
+    return [f"updated role {role.name} in {path} ({', '.join(differing)})"]
+
+
+def _ensure_policy(client: hvac.Client, name: str, policy: str) -> list[str]:
+    with vault_errors(f"reading policy {name} failed"):
+        try:
+            current = client.sys.read_acl_policy(name)["data"]["policy"]
+        except hvac.exceptions.InvalidPath:
+            current = None
+    if current is not None and current.strip() == policy.strip():
+        return []
+    with vault_errors(f"writing policy {name} failed"):
+        client.sys.create_or_update_acl_policy(name, policy)
+    return [f"{'wrote' if current is None else 'updated'} policy {name}"]
+
+
+def read_ca(client: hvac.Client, mount: str, *, missing_ok: bool = False) -> str:
+    """The CA certificate(s) of ``mount`` as PEM ending with a newline ("" if none and allowed)."""
+    with vault_errors(f"reading the CA of {mount} failed"):
+        pem = client.secrets.pki.read_ca_certificate(mount_point=mount).strip()
+    if not pem and not missing_ok:
+        raise VaultError(f"{mount} has no CA yet: run galley's Vault bootstrap first")
+    return pem + "\n" if pem else ""
+
+
+@dataclass(frozen=True)
+class SignedCertificate:
+    """A leaf certificate and the CA bundle that issued it, PEMs ending with a newline."""
+
+    certificate: str
+    ca_bundle: str
+    warnings: tuple[str, ...] = ()
+
+
+def sign(
+    client: hvac.Client, mount: str, role: str, csr_pem: str, ttl: str | None = None
+) -> SignedCertificate:
+    """Have Vault sign a CSR with ``role`` of ``mount``; the certificate carries the CSR's names."""
+    extra: dict = {"format": "pem", "exclude_cn_from_sans": True}
+    if ttl:
+        extra["ttl"] = ttl
+    with vault_errors(f"Vault refused to sign with role {role} of {mount}"):
+        answer = client.secrets.pki.sign_certificate(
+            role, csr_pem, identity_of_csr(csr_pem).cn, extra_params=extra, mount_point=mount
+        )
+    data = answer["data"]
+    chain = data.get("ca_chain") or [data["issuing_ca"]]
+    return SignedCertificate(
+        certificate=data["certificate"].strip() + "\n",
+        ca_bundle="".join(pem.strip() + "\n" for pem in chain),
+        warnings=tuple(answer.get("warnings") or ()),
+    )
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a certificate names: CN, DNS and IP SANs, organizations (stored sorted, unique)."""
+
+    cn: str
+    dns_names: tuple[str, ...] = ()
+    ip_addresses: tuple[str, ...] = ()
+    organization: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        ips = {str(ipaddress.ip_address(ip)) for ip in self.ip_addresses}
+        object.__setattr__(self, "dns_names", tuple(sorted(set(self.dns_names))))
+        object.__setattr__(self, "ip_addresses", tuple(sorted(ips)))
+        object.__setattr__(self, "organization", tuple(sorted(set(self.organization))))
+
+
+def etcd_member_identity(host_name: str, private_ip: str) -> Identity:
+    """An etcd member's identity: CN host name, SANs host name, localhost and its IPs."""
+    return Identity(host_name, (host_name, "localhost"), (private_ip, "127.0.0.1"))
+
+
+def load_certificate(pem: str) -> x509.Certificate:
+    """The first certificate of a PEM text; ValueError when there is none."""
+    return x509.load_pem_x509_certificates(pem.encode())[0]
+
+
+def _identity_of(subject: x509.Name, extensions: x509.Extensions) -> Identity:
+    def names(oid: x509.ObjectIdentifier) -> list[str]:
+        return [str(attribute.value) for attribute in subject.get_attributes_for_oid(oid)]
+
+    try:
+        sans = extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        sans = x509.SubjectAlternativeName([])
+    return Identity(
+        cn=next(iter(names(NameOID.COMMON_NAME)), ""),
+        dns_names=tuple(sans.get_values_for_type(x509.DNSName)),
+        ip_addresses=tuple(str(ip) for ip in sans.get_values_for_type(x509.IPAddress)),
+        organization=tuple(names(NameOID.ORGANIZATION_NAME)),
+    )
+
+
+def identity_of_csr(pem: str) -> Identity:
+    """The identity a CSR asks for."""
+    csr = x509.load_pem_x509_csr(pem.encode())
+    return _identity_of(csr.subject, csr.extensions)
+
+
+def identity_of_cert(pem: str) -> Identity:
+    """The identity a certificate (the first in ``pem``) carries."""
+    cert = load_certificate(pem)
+    return _identity_of(cert.subject, cert.extensions)
+
+
+def issued_by(cert: x509.Certificate, ca_pem: str) -> bool:
+    """Whether one of the CA certificates in ``ca_pem`` signed ``cert``."""
+    for ca in x509.load_pem_x509_certificates(ca_pem.encode()):
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return True
+    return False
+
+
+def format_duration(delta: timedelta) -> str:
+    """A coarse human duration: ``30d``, ``3d 4h``, ``5h 12m``, ``7m``, ``40s``."""
+    seconds = int(delta.total_seconds())
+    days, hours, minutes = seconds // 86400, seconds // 3600 % 24, seconds // 60 % 60
+    if days:
+        return f"{days}d {hours}h" if hours else f"{days}d"
+    if hours:
+        return f"{hours}h {minutes}m" if minutes else f"{hours}h"
+    return f"{minutes}m" if minutes else f"{seconds}s"
+
+
+def _changed_names(cert: Identity, expected: Identity) -> str:
+    changes = []
+    for kind, have, want in (
+        ("dns", cert.dns_names, expected.dns_names),
+        ("ip", cert.ip_addresses, expected.ip_addresses),
+    ):
+        changes += [f"+{kind} {name}" for name in want if name not in have]
+        changes += [f"-{kind} {name}" for name in have if name not in want]
+    return ", ".join(changes)
+
+
+def resign_reason(
+    cert_pem: str | None,
+    expected: Identity,
+    ca_pem: str,
+    now: datetime,
+    *,
+    public_key_pem: str | None = None,
+) -> str | None:
+    """Why the certificate must be re-signed, or None when it is fine.
+
+    It must be issued by a CA in ``ca_pem``, carry exactly ``expected``, match the key whose
+    public half is ``public_key_pem`` (when given) and have at least a third of its lifetime
+    left at ``now``.
+    """
+    if not cert_pem:
+        return "no certificate"
+    try:
+        cert = load_certificate(cert_pem)
+        have = identity_of_cert(cert_pem)
+    except ValueError:
+        return "unreadable certificate"
+    if not issued_by(cert, ca_pem):
+        return "issued by a different CA"
+    if public_key_pem is not None:
+        key = serialization.load_pem_public_key(public_key_pem.encode())
+        if key != cert.public_key():
+            return "certificate does not match the private key"
+    if have.cn != expected.cn:
+        return f"CN changed ({have.cn} -> {expected.cn})"
+    if names := _changed_names(have, expected):
+        return f"SANs changed ({names})"
+    if have.organization != expected.organization:
+        return (
+            f"organization changed ({', '.join(have.organization) or 'none'} -> "
+            f"{', '.join(expected.organization) or 'none'})"
+        )
+    left = cert.not_valid_after_utc - now
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    if left <= timedelta(0):
+        return f"expired {format_duration(-left)} ago"
+    if left < lifetime * RENEW_FRACTION:
+        return (
+            f"expires in {format_duration(left)}, less than a third of its "
+            f"{format_duration(lifetime)} lifetime left"
+        )
+    return None

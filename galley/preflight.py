@@ -1,0 +1,43 @@
+"""Checks that run once per pyinfra run, before any operation: the inventory, then Vault."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import hvac
+from pyinfra import host, inventory, state
+from pyinfra.api.exceptions import PyinfraError
+
+from galley.pki import deploy_paths
+from galley.validate import ValidationError, check
+from galley.vault import VaultError, VaultSettings, lazy_client
+
+_checked: dict[tuple[int, frozenset[str]], Callable[[], hvac.Client]] = {}
+
+
+class PreflightError(PyinfraError):
+    """The run cannot start: nothing has been changed on any host."""
+
+
+def preflight(components: Iterable[str]) -> Callable[[], hvac.Client]:
+    """Validate the inventory for ``components`` and check Vault, once per run.
+
+    Called at the top of each deploy file (which pyinfra runs once per host, after connecting
+    and before executing anything). Returns the run's shared Vault client factory.
+    """
+    key = (id(state), frozenset(components))
+    if key not in _checked:
+        try:
+            check(inventory, key[1])
+        except ValidationError as exc:
+            raise PreflightError(
+                f"the inventory is not valid, nothing was changed:\n{exc}"
+            ) from exc
+        try:
+            settings = VaultSettings.from_data(host.data)
+            vault = lazy_client(settings, deploy_paths(host.data.cluster_name))
+            vault()
+        except VaultError as exc:
+            raise PreflightError(f"{exc} (nothing was changed)") from exc
+        _checked[key] = vault
+    return _checked[key]

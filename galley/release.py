@@ -1,0 +1,224 @@
+"""Install versioned release tarballs on hosts and switch between them (pyinfra deploys).
+
+Layout (for release ``etcd``, the default prefix and bin dir)::
+
+    /opt/galley/etcd/3.5.30/              unpacked tarball, complete once .galley-complete exists
+    /opt/galley/etcd/current -> 3.5.30    the active version (relative link)
+    /usr/local/bin/etcd -> /opt/galley/etcd/current/etcd
+
+A download is verified with sha256sum before anything is unpacked; a failed download or
+checksum mismatch leaves the active version and ``current`` untouched. Older versions stay on
+disk, so a rollback is ``switch_release`` back to one of them. All links are replaced
+atomically (``ln -sfn`` to a temporary name, then ``mv -T``).
+
+Restarting on change: both deploys return a :class:`Release`. Its ``changed`` method is true,
+once executed, when the active version or a binary link changed. Pass the method itself,
+uncalled, as ``_if`` so pyinfra evaluates it at execution time (``_if=release.changed()`` would
+be evaluated while preparing and fail; ``daemon_reload=...``-style arguments take values, not
+methods)::
+
+    etcd = install_release("etcd", "3.5.30", url, sha256, ["etcd", "etcdctl", "etcdutl"])
+    systemd.service(service="etcd", restarted=True, _if=etcd.changed)
+    # combined with other operations: _if=lambda: etcd.changed() or conf.did_change()
+
+This signal is not durable: if a run dies after the switch but before the restart, the next
+run sees no change. Callers that must restart should also compare what is running with
+``current``.
+
+The first parameter is ``release``, not ``name``: pyinfra takes ``name`` as a global argument
+of every deploy and operation call.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import shlex
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from pyinfra import host
+from pyinfra.api import deploy, operation
+from pyinfra.api.operation import OperationMeta
+from pyinfra.facts.files import Link
+
+from galley.facts.release import COMPLETE_MARKER, DEFAULT_PREFIX, InstalledReleases
+
+DEFAULT_BIN_DIR = "/usr/local/bin"
+
+_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]*")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class Release:
+    """Operations that activate a release version; see the module docstring for ``changed``."""
+
+    current: OperationMeta
+    links: tuple[OperationMeta, ...]
+
+    def changed(self) -> bool:
+        """After execution: whether ``current`` or a binary link was changed."""
+        return any(op.did_change() for op in (self.current, *self.links))
+
+
+def _check_component(kind: str, value: str) -> None:
+    if not _COMPONENT.fullmatch(value) or value == "current":
+        raise ValueError(f"invalid release {kind} {value!r}: must be a plain file name")
+
+
+def _release_dir(prefix: str, release: str) -> str:
+    return posixpath.join(prefix.rstrip("/") or "/", release)
+
+
+def _fetch_script(
+    base: str, version: str, url: str, sha256: str, binaries: Sequence[str], strip_components: int
+) -> str:
+    """Shell script that downloads, verifies and unpacks ``url`` into ``<base>/<version>/``."""
+    q = shlex.quote
+    filename = posixpath.basename(urlsplit(url).path) or "download"
+    checks = " ".join(q(binary) for binary in binaries)
+    return "\n".join(
+        [
+            "set -eu",
+            f"base={q(base)}; version={q(version)}; url={q(url)}; want={q(sha256)}",
+            f'dest="$base/$version"; marker="$dest/{COMPLETE_MARKER}"',
+            'if [ -f "$marker" ]; then',
+            '  have=$(head -n 1 "$marker")',
+            '  [ "$have" = "$want" ] && exit 0',
+            '  echo "$dest is already installed from another artifact (sha256 $have, expected'
+            ' $want): remove it to reinstall" >&2',
+            "  exit 1",
+            "fi",
+            'mkdir -p "$base/.download"',
+            f'part="$base/.download/"{q(filename + ".part")}; tmp=""',
+            """trap 'rm -f "$part"; if [ -n "$tmp" ]; then rm -rf "$tmp"; fi' EXIT""",
+            "curl -fsSL --retry 5 --retry-delay 2 --retry-connrefused --connect-timeout 10 \\",
+            '  -o "$part" "$url" || { echo "download of $url failed" >&2; exit 1; }',
+            'got=$(sha256sum "$part" | cut -d " " -f 1)',
+            'if [ "$got" != "$want" ]; then',
+            '  echo "sha256 mismatch for $url: expected $want got $got" >&2',
+            "  exit 1",
+            "fi",
+            'tmp=$(mktemp -d "$base/.$version.XXXXXX")',
+            f'tar -xf "$part" -C "$tmp" --no-same-owner --strip-components={int(strip_components)}',
+            f"for b in {checks}; do",
+            '  [ -f "$tmp/$b" ] && [ -x "$tmp/$b" ] || '
+            '{ echo "$url has no executable $b" >&2; exit 1; }',
+            "done",
+            'printf "%s\\n" "$want" > "$tmp/"' + COMPLETE_MARKER,
+            'chmod 0755 "$tmp"',
+            'rm -rf "$dest"',
+            'mv -T "$tmp" "$dest"',
+            'tmp=""',
+        ]
+    )
+
+
+@operation()
+def _fetch(
+    release: str,
+    version: str,
+    url: str,
+    sha256: str,
+    binaries: Sequence[str],
+    prefix: str,
+    strip_components: int,
+) -> Iterator[str]:
+    installed = host.get_fact(InstalledReleases, release=release, prefix=prefix)
+    if installed["sha256"].get(version) == sha256:
+        host.noop(f"{release} {version} is already installed")
+        return
+    base = _release_dir(prefix, release)
+    yield _fetch_script(base, version, url, sha256, binaries, strip_components)
+
+
+@operation()
+def _symlink(path: str, target: str, require: str | None = None) -> Iterator[str]:
+    """Point the symlink ``path`` at ``target`` atomically; fail first if ``require`` is missing."""
+    info = host.get_fact(Link, path=path)
+    if info and info.get("link_target") == target:
+        host.noop(f"{path} already points to {target}")
+        return
+    q = shlex.quote
+    new = f"{path}.galley-new"
+    lines = []
+    if require is not None:
+        message = f"cannot point {path} at {target}: {require} does not exist"
+        lines.append(f"[ -e {q(require)} ] || {{ echo {q(message)} >&2; exit 1; }}")
+    lines.append(f"mkdir -p {q(posixpath.dirname(path))}")
+    lines.append(f"ln -sfn {q(target)} {q(new)} && mv -T {q(new)} {q(path)}")
+    yield "\n".join(lines)
+
+
+def _activate(
+    release: str, version: str, binaries: Sequence[str], prefix: str, bin_dir: str
+) -> Release:
+    base = _release_dir(prefix, release)
+    current = _symlink(
+        name=f"Activate {release} {version}",
+        path=f"{base}/current",
+        target=version,
+        require=f"{base}/{version}/{COMPLETE_MARKER}",
+    )
+    links = tuple(
+        _symlink(
+            name=f"Link {bin_dir}/{binary}",
+            path=posixpath.join(bin_dir, binary),
+            target=f"{base}/current/{binary}",
+        )
+        for binary in binaries
+    )
+    return Release(current=current, links=links)
+
+
+def _validate(release: str, version: str, binaries: Sequence[str]) -> None:
+    _check_component("name", release)
+    _check_component("version", version)
+    if isinstance(binaries, str):
+        raise TypeError("binaries must be a list of file names, not a string")
+    for binary in binaries:
+        _check_component("binary", binary)
+
+
+@deploy("Install release")
+def install_release(
+    release: str,
+    version: str,
+    url: str,
+    sha256: str,
+    binaries: Sequence[str],
+    prefix: str = DEFAULT_PREFIX,
+    bin_dir: str = DEFAULT_BIN_DIR,
+    strip_components: int = 1,
+) -> Release:
+    """Install ``version`` of a release tarball (if not yet complete) and make it active."""
+    _validate(release, version, binaries)
+    sha256 = sha256.lower()
+    if not _SHA256.fullmatch(sha256):
+        raise ValueError(f"invalid sha256 for {url}: {sha256!r}")
+    _fetch(
+        name=f"Download {release} {version}",
+        release=release,
+        version=version,
+        url=url,
+        sha256=sha256,
+        binaries=list(binaries),
+        prefix=prefix,
+        strip_components=strip_components,
+    )
+    return _activate(release, version, binaries, prefix, bin_dir)
+
+
+@deploy("Switch release")
+def switch_release(
+    release: str,
+    version: str,
+    binaries: Sequence[str],
+    prefix: str = DEFAULT_PREFIX,
+    bin_dir: str = DEFAULT_BIN_DIR,
+) -> Release:
+    """Make an installed ``version`` active again (rollback); fails if it is not installed."""
+    _validate(release, version, binaries)
+    return _activate(release, version, binaries, prefix, bin_dir)

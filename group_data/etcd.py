@@ -1,0 +1,16 @@
+"""etcd members: version, release checksums, ports and certificate lifetime."""
+
+etcd_version = "3.5.30"
+# sha256 of the upstream release tarballs, per version and architecture.
+etcd_checksums = {
+    "3.5.30": {
+        "amd64": "TODO",
+    },
+}
+# An even member count tolerates no more failures than one fewer member; refuse it by default.
+etcd_allow_even_members = False
+etcd_client_port = 2379
+etcd_peer_port = 2380
+etcd_metrics_port = 2381
+# Leaf certificates; galley re-signs when less than a third of the lifetime is left.
+etcd_cert_ttl = "720h"

@@ -1,0 +1,61 @@
+"""Fixtures for integration tests: the real `galley` and `pyinfra` CLIs against lab droplets."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from galley.lab.state import LabState
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        item.add_marker(pytest.mark.lab)
+    if os.geteuid() != 0:
+        skip = pytest.mark.skip(reason="lab tests need root (systemd-nspawn, mounts, a bridge)")
+        for item in items:
+            item.add_marker(skip)
+
+
+def run_cli(*args: str, check: bool = True, timeout: float = 600, env: dict | None = None):
+    """Run a console script of this virtualenv from the repository root."""
+    result = subprocess.run(
+        [str(BIN / args[0]), *args[1:]],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} exited {result.returncode}\n"
+            f"--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+def pyinfra_json(*args: str) -> dict:
+    """Run `pyinfra inventories/lab.py ... --json` and return its parsed output."""
+    return json.loads(run_cli("pyinfra", "inventories/lab.py", *args, "--json").stdout)
+
+
+@pytest.fixture(scope="session")
+def lab() -> LabState:
+    """A running default lab, brought up once for the session and taken down at its end."""
+    was_up = LabState.load() is not None
+    run_cli("galley", "lab", "up")
+    state = LabState.load()
+    assert state is not None
+    yield state
+    if not was_up:
+        run_cli("galley", "lab", "down")

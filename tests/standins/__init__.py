@@ -1,0 +1,1 @@
+"""Stand-ins: local fakes of real services, for tests and the lab only (never production code)."""

@@ -1,0 +1,56 @@
+"""Lab planning: names, roles and addresses of the droplets."""
+
+import pytest
+
+from galley.lab.topology import TopologyError, plan_droplets
+
+
+def test_default_lab_has_seven_droplets_with_consecutive_addresses():
+    plans = plan_droplets()
+    assert [p.name for p in plans] == [
+        "lab-etcd-1",
+        "lab-etcd-2",
+        "lab-etcd-3",
+        "lab-cp-1",
+        "lab-cp-2",
+        "lab-worker-1",
+        "lab-worker-2",
+    ]
+    assert [p.address for p in plans] == [f"198.18.0.{n}" for n in range(10, 17)]
+    assert plans[0].roles == ("etcd",)
+    assert plans[3].roles == ("control_plane",)
+    assert plans[-1].roles == ("workers",)
+
+
+def test_stacked_etcd_puts_members_on_control_plane_droplets():
+    plans = plan_droplets(etcd=3, control_plane=3, workers=1, stacked_etcd=True)
+    assert [(p.name, p.roles) for p in plans] == [
+        ("lab-cp-1", ("control_plane", "etcd")),
+        ("lab-cp-2", ("control_plane", "etcd")),
+        ("lab-cp-3", ("control_plane", "etcd")),
+        ("lab-worker-1", ("workers",)),
+    ]
+
+
+def test_zero_of_a_role_is_allowed():
+    assert [p.name for p in plan_droplets(etcd=1, control_plane=0, workers=0)] == ["lab-etcd-1"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"etcd": -1}, "--etcd must be a whole number >= 0, got -1"),
+        ({"workers": 51}, "--workers 51 exceeds the lab's limit of 50"),
+        ({"etcd": 0, "control_plane": 0, "workers": 0}, "the lab needs at least one droplet"),
+        ({"etcd": 3, "control_plane": 2, "stacked_etcd": True}, "3 etcd members need at least 3"),
+    ],
+)
+def test_impossible_shapes_are_refused(kwargs, message):
+    with pytest.raises(TopologyError, match=message):
+        plan_droplets(**kwargs)
+
+
+def test_largest_lab_stays_inside_the_bridge_network():
+    plans = plan_droplets(etcd=50, control_plane=50, workers=50)
+    assert len({p.address for p in plans}) == 150
+    assert plans[-1].address == "198.18.0.159"

@@ -1,0 +1,317 @@
+"""galley.pki: re-sign decisions, identities, the deploy policy, and bootstrap/sign against the
+Vault stand-in."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import UTC, datetime, timedelta
+
+import hvac
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from galley import pki
+from galley.lab.vault_standin import serve
+from galley.pki import Identity, etcd_member_identity, resign_reason
+from galley.vault import VaultError
+
+NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
+MEMBER = etcd_member_identity("lab-etcd-1", "198.18.0.10")
+
+
+def _name(cn: str, organization: tuple[str, ...] = ()) -> x509.Name:
+    attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org) for org in organization]
+    return x509.Name([*attributes, x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _sans(identity: Identity) -> x509.SubjectAlternativeName:
+    return x509.SubjectAlternativeName(
+        [x509.DNSName(name) for name in identity.dns_names]
+        + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in identity.ip_addresses]
+    )
+
+
+class _CA:
+    def __init__(self, cn: str = "lab etcd CA") -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(cn))
+            .issuer_name(_name(cn))
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(NOW - timedelta(days=365))
+            .not_valid_after(NOW + timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+        self.pem = self.cert.public_bytes(serialization.Encoding.PEM).decode()
+
+    def issue(
+        self,
+        identity: Identity,
+        issued: datetime = NOW - timedelta(days=1),
+        lifetime: timedelta = timedelta(days=30),
+        key: ec.EllipticCurvePrivateKey | None = None,
+    ) -> str:
+        key = key or ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(identity.cn, identity.organization))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(issued)
+            .not_valid_after(issued + lifetime)
+            .add_extension(_sans(identity), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+@pytest.fixture(scope="module")
+def ca() -> _CA:
+    return _CA()
+
+
+def test_fresh_certificate_needs_no_resign(ca):
+    assert resign_reason(ca.issue(MEMBER), MEMBER, ca.pem, NOW) is None
+
+
+def test_missing_and_unreadable_certificates(ca):
+    assert resign_reason(None, MEMBER, ca.pem, NOW) == "no certificate"
+    assert resign_reason("garbage\n", MEMBER, ca.pem, NOW) == "unreadable certificate"
+
+
+def test_changed_ip_is_named(ca):
+    moved = etcd_member_identity("lab-etcd-1", "198.18.0.99")
+    assert resign_reason(ca.issue(MEMBER), moved, ca.pem, NOW) == (
+        "SANs changed (+ip 198.18.0.99, -ip 198.18.0.10)"
+    )
+
+
+def test_changed_dns_and_cn(ca):
+    renamed = etcd_member_identity("lab-etcd-2", "198.18.0.10")
+    assert resign_reason(ca.issue(MEMBER), renamed, ca.pem, NOW) == (
+        "CN changed (lab-etcd-1 -> lab-etcd-2)"
+    )
+    extra_name = Identity(MEMBER.cn, (*MEMBER.dns_names, "etcd.lab"), MEMBER.ip_addresses)
+    assert resign_reason(ca.issue(MEMBER), extra_name, ca.pem, NOW) == (
+        "SANs changed (+dns etcd.lab)"
+    )
+
+
+def test_changed_organization(ca):
+    node = Identity("system:node:lab-worker-1", organization=("system:nodes",))
+    old = Identity("system:node:lab-worker-1")
+    assert resign_reason(ca.issue(old), node, ca.pem, NOW) == (
+        "organization changed (none -> system:nodes)"
+    )
+
+
+def test_certificate_of_another_ca(ca):
+    other = _CA("lab etcd CA")  # same name, different key
+    assert resign_reason(other.issue(MEMBER), MEMBER, ca.pem, NOW) == "issued by a different CA"
+    # A bundle holding both the new and the old CA accepts either.
+    assert resign_reason(other.issue(MEMBER), MEMBER, ca.pem + other.pem, NOW) is None
+
+
+def test_near_expiry_is_explained(ca):
+    issued = NOW - timedelta(days=26, hours=20)
+    assert resign_reason(ca.issue(MEMBER, issued), MEMBER, ca.pem, NOW) == (
+        "expires in 3d 4h, less than a third of its 30d lifetime left"
+    )
+
+
+def test_two_thirds_of_lifetime_is_the_threshold(ca):
+    lifetime = timedelta(days=30)
+    just_fine = ca.issue(MEMBER, NOW - lifetime * 2 / 3 + timedelta(minutes=1), lifetime)
+    just_due = ca.issue(MEMBER, NOW - lifetime * 2 / 3 - timedelta(minutes=1), lifetime)
+    assert resign_reason(just_fine, MEMBER, ca.pem, NOW) is None
+    assert resign_reason(just_due, MEMBER, ca.pem, NOW).startswith("expires in 9d 23h")
+
+
+def test_expired_certificate(ca):
+    expired = ca.issue(MEMBER, NOW - timedelta(days=32))
+    assert resign_reason(expired, MEMBER, ca.pem, NOW) == "expired 2d ago"
+
+
+def test_certificate_of_another_key(ca):
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    cert = ca.issue(MEMBER, key=key)
+    assert resign_reason(cert, MEMBER, ca.pem, NOW, public_key_pem=public.decode()) is None
+    other = ca.issue(MEMBER)
+    assert (
+        resign_reason(other, MEMBER, ca.pem, NOW, public_key_pem=public.decode())
+        == "certificate does not match the private key"
+    )
+
+
+def test_identity_of_cert_and_csr(ca):
+    assert pki.identity_of_cert(ca.issue(MEMBER)) == MEMBER
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(_name("etcd-healthcheck-client", ("galley",)))
+        .add_extension(_sans(Identity("x", ("a.example", "b.example"), ("10.0.0.1",))), False)
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+        .decode()
+    )
+    assert pki.identity_of_csr(csr) == Identity(
+        "etcd-healthcheck-client", ("b.example", "a.example"), ("10.0.0.1",), ("galley",)
+    )
+
+
+def test_identity_normalises_names_and_rejects_bad_ips():
+    assert Identity("a", ("y", "x", "y"), ("::1", "127.0.0.1")) == Identity(
+        "a", ("x", "y"), ("127.0.0.1", "0:0:0:0:0:0:0:1")
+    )
+    with pytest.raises(ValueError):
+        Identity("a", ip_addresses=("not-an-ip",))
+
+
+def test_deploy_policy_grants_exactly_sign_and_ca_reads():
+    hcl = pki.render_deploy_policy("lab")
+    blocks = dict(re.findall(r'path "([^"]+)" \{\s*capabilities = \[([^\]]*)\]\s*\}', hcl))
+    assert blocks == {
+        "lab/pki/etcd/sign/etcd-member": '"update"',
+        "lab/pki/etcd/sign/etcd-client": '"update"',
+        "lab/pki/etcd/ca/pem": '"read"',
+        "lab/pki/etcd/cert/ca": '"read"',
+    }
+    assert hcl.count("path ") == len(blocks)
+
+
+def test_roles_table():
+    member, client = (pki.role_params(role, "lab") for role in pki.ROLES)
+    assert member["allowed_domains"] == ["lab-*"]
+    assert member["allow_glob_domains"] and member["allow_ip_sans"] and member["allow_localhost"]
+    assert member["server_flag"] and member["client_flag"]
+    assert client["allowed_domains"] == [
+        "etcd-healthcheck-client",
+        "kube-apiserver-etcd-client",
+        "flannel-etcd-client",
+    ]
+    assert not client["server_flag"] and client["client_flag"]
+    assert not client["allow_ip_sans"] and not client["allow_glob_domains"]
+    assert client["allow_bare_domains"] and client["ttl"] == client["max_ttl"] == 720 * 3600
+    custom = pki.PkiOptions(leaf_ttl="24h", allowed_names={"etcd-member": ("db-*", "etcd.lab")})
+    assert pki.role_params(pki.ROLES[0], "lab", custom)["allowed_domains"] == ["db-*", "etcd.lab"]
+    assert pki.role_params(pki.ROLES[0], "lab", custom)["ttl"] == 24 * 3600
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("720h", 2592000), ("1h30m", 5400), ("90s", 90), ("2d", 172800), (3600, 3600)],
+)
+def test_parse_duration(text, seconds):
+    assert pki.parse_duration(text) == seconds
+
+
+def test_parse_duration_rejects_nonsense():
+    with pytest.raises(ValueError, match="not a duration"):
+        pki.parse_duration("a week")
+
+
+@pytest.mark.parametrize(
+    ("delta", "text"),
+    [
+        (timedelta(days=30, seconds=30), "30d"),
+        (timedelta(days=3, hours=4, minutes=5), "3d 4h"),
+        (timedelta(hours=5, minutes=12), "5h 12m"),
+        (timedelta(minutes=7, seconds=59), "7m"),
+        (timedelta(seconds=40), "40s"),
+    ],
+)
+def test_format_duration(delta, text):
+    assert pki.format_duration(delta) == text
+
+
+# Against the Vault stand-in.
+
+ROOT_TOKEN = "root-token-for-tests"
+
+
+@pytest.fixture
+def vault():
+    server = serve("127.0.0.1", 0, ROOT_TOKEN)
+    yield hvac.Client(url=server.url, token=ROOT_TOKEN)
+    server.shutdown()
+
+
+def _csr(identity: Identity) -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = x509.CertificateSigningRequestBuilder().subject_name(_name(identity.cn))
+    if identity.dns_names or identity.ip_addresses:
+        builder = builder.add_extension(_sans(identity), critical=False)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_bootstrap_sets_up_and_is_a_no_op_when_re_run(vault):
+    changes = pki.bootstrap(vault, "lab")
+    assert changes[0] == "enabled PKI mount lab/pki/etcd"
+    assert changes[1].startswith("generated root CA 'lab etcd CA' in lab/pki/etcd")
+    assert changes[2:] == [
+        "created role etcd-member in lab/pki/etcd",
+        "created role etcd-client in lab/pki/etcd",
+        "wrote policy lab-galley-deploy",
+    ]
+    ca = pki.read_ca(vault, "lab/pki/etcd")
+    assert pki.bootstrap(vault, "lab") == []
+    assert pki.read_ca(vault, "lab/pki/etcd") == ca  # the root CA is not regenerated
+
+
+def test_bootstrap_reports_only_roles_that_differ(vault):
+    pki.bootstrap(vault, "lab")
+    shorter = pki.PkiOptions(leaf_ttl="24h")
+    assert pki.bootstrap(vault, "lab", shorter) == [
+        "updated role etcd-member in lab/pki/etcd (ttl)",
+        "updated role etcd-client in lab/pki/etcd (ttl)",
+    ]
+    assert pki.bootstrap(vault, "lab", shorter) == []
+
+
+def test_sign_member_certificate(vault):
+    pki.bootstrap(vault, "lab")
+    signed = pki.sign(vault, "lab/pki/etcd", "etcd-member", _csr(MEMBER), ttl="1h")
+    assert signed.certificate.endswith("-----END CERTIFICATE-----\n")
+    assert signed.ca_bundle == pki.read_ca(vault, "lab/pki/etcd")
+    assert pki.identity_of_cert(signed.certificate) == MEMBER
+    assert resign_reason(signed.certificate, MEMBER, signed.ca_bundle, datetime.now(UTC)) is None
+
+
+def test_sign_client_certificate(vault):
+    pki.bootstrap(vault, "lab")
+    client = Identity("etcd-healthcheck-client")
+    signed = pki.sign(vault, "lab/pki/etcd", "etcd-client", _csr(client))
+    assert pki.identity_of_cert(signed.certificate) == client
+    usages = pki.load_certificate(signed.certificate).extensions.get_extension_for_class(
+        x509.ExtendedKeyUsage
+    )
+    assert list(usages.value) == [x509.ExtendedKeyUsageOID.CLIENT_AUTH]
+
+
+def test_sign_refusal_names_mount_role_and_vault_reason(vault):
+    pki.bootstrap(vault, "lab")
+    with pytest.raises(VaultError) as raised:
+        pki.sign(vault, "lab/pki/etcd", "etcd-client", _csr(Identity("kube-scheduler")))
+    assert str(raised.value) == (
+        "Vault refused to sign with role etcd-client of lab/pki/etcd: "
+        "common name kube-scheduler not allowed by this role"
+    )
+
+
+def test_read_ca_before_bootstrap_says_what_to_do(vault):
+    vault.sys.enable_secrets_engine("pki", path="lab/pki/etcd")
+    with pytest.raises(
+        VaultError, match="lab/pki/etcd has no CA yet: run galley's Vault bootstrap"
+    ):
+        pki.read_ca(vault, "lab/pki/etcd")

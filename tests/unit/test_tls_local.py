@@ -1,0 +1,199 @@
+"""galley.tls.host_certificate through the real pyinfra CLI (@local) and the Vault stand-in.
+
+Slow-ish (each case runs the pyinfra CLI a few times, about 1 s per run); no root needed.
+"""
+
+from __future__ import annotations
+
+import base64
+import grp
+import os
+import pwd
+import re
+import stat
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import hvac
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from galley import pki
+from galley.facts.tls import Certificates
+from galley.lab import vault_standin
+from galley.pki import Identity
+
+ROOT_TOKEN = "root-token-for-tests"
+PYINFRA = Path(sys.executable).with_name("pyinfra")
+MOUNT = "lab/pki/etcd"
+IDENTITY = pki.etcd_member_identity("lab-etcd-1", "198.18.0.10")
+
+DEPLOY = """
+from pyinfra import host
+
+from galley.facts.tls import Certificates
+from galley.pki import Identity
+from galley.tls import host_certificate
+from galley.vault import VaultSettings, lazy_client
+
+pki_dir = host.data.pki_dir
+host_certificate(
+    key_path=f"{pki_dir}/member.key",
+    cert_path=f"{pki_dir}/member.crt",
+    ca_path=f"{pki_dir}/ca.crt",
+    identity=Identity("lab-etcd-1", ("lab-etcd-1", "localhost"), host.data.ips.split(",")),
+    mount="lab/pki/etcd",
+    role="etcd-member",
+    vault=lazy_client(VaultSettings.from_data(host.data)),
+    owner=host.data.owner,
+    group=host.data.group,
+    ttl=host.data.get("ttl"),
+)
+"""
+
+
+class Lab:
+    """A bootstrapped stand-in, the requests it saw, and a pki directory to deploy into."""
+
+    def __init__(self, tmp_path: Path, url: str, requests: list[tuple[str, str, bytes]]) -> None:
+        self.url = url
+        self.requests = requests
+        self.dir = tmp_path / "pki"
+        self.dir.mkdir()
+        self.deploy = tmp_path / "deploy.py"
+        self.deploy.write_text(DEPLOY)
+        self.key, self.cert, self.ca = (
+            self.dir / n for n in ("member.key", "member.crt", "ca.crt")
+        )
+
+    def run(self, *extra: str, ips: str = "127.0.0.1,198.18.0.10", ttl: str = "") -> str:
+        """Run the deploy with the pyinfra CLI; return its output."""
+        data = {
+            "vault_addr": self.url,
+            "cluster_name": "lab",
+            "pki_dir": str(self.dir),
+            "ips": ips,
+            "owner": pwd.getpwuid(os.getuid()).pw_name,
+            "group": grp.getgrgid(os.getgid()).gr_name,
+            **({"ttl": ttl} if ttl else {}),
+        }
+        command = [str(PYINFRA), "@local", str(self.deploy), *extra]
+        for key, value in data.items():
+            command += ["--data", f"{key}={value}"]
+        env = {**os.environ, "VAULT_TOKEN": ROOT_TOKEN}
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+        output = done.stdout + done.stderr
+        assert done.returncode == 0, output
+        assert ROOT_TOKEN not in output
+        return output
+
+    def sign_requests(self) -> int:
+        """How many sign requests Vault got so far."""
+        return sum(f"/{MOUNT}/sign/" in path for _, path, _ in self.requests)
+
+
+@pytest.fixture
+def lab(tmp_path, monkeypatch):
+    requests: list[tuple[str, str, bytes]] = []
+    handle = vault_standin.Core.handle
+
+    def recording(self, method, raw_path, query, headers, body):
+        requests.append((method, raw_path, body))
+        return handle(self, method, raw_path, query, headers, body)
+
+    monkeypatch.setattr(vault_standin.Core, "handle", recording)
+    server = vault_standin.serve("127.0.0.1", 0, ROOT_TOKEN)
+    pki.bootstrap(hvac.Client(url=server.url, token=ROOT_TOKEN), "lab")
+    yield Lab(tmp_path, server.url, requests)
+    server.shutdown()
+
+
+def test_first_run_signs_second_run_changes_nothing(lab):
+    output = lab.run("-y")
+    assert f"re-signing {lab.cert}: no certificate" in output
+    assert stat.S_IMODE(lab.key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(lab.cert.stat().st_mode) == 0o644
+    ca = pki.read_ca(hvac.Client(url=lab.url, token=ROOT_TOKEN), MOUNT)
+    assert lab.ca.read_text() == ca
+    assert pki.identity_of_cert(lab.cert.read_text()) == IDENTITY
+    assert pki.resign_reason(lab.cert.read_text(), IDENTITY, ca, datetime.now(UTC)) is None
+
+    files = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in lab.dir.iterdir()}
+    output = lab.run("-y")
+    assert "[@local] Success" not in output and "Re-sign" not in output
+    assert "[@local] No changes" in output
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in lab.dir.iterdir()} == files
+    assert lab.sign_requests() == 1
+
+    # The private key never left the host: no request to Vault carried it, not even in a PEM.
+    key = serialization.load_pem_private_key(lab.key.read_bytes(), password=None)
+    secret = key.private_numbers().private_value.to_bytes(32, "big")
+    assert any(_pem_payloads(body) for _, _, body in lab.requests)  # the CSR was seen
+    for _, _, body in lab.requests:
+        assert b"PRIVATE KEY" not in body and secret.hex().encode() not in body
+        assert not any(secret in der for der in _pem_payloads(body))
+
+
+def _pem_payloads(body: bytes) -> list[bytes]:
+    """The DER inside every PEM block of a (JSON) request body."""
+    text = body.decode(errors="replace").replace("\\n", "\n")
+    blocks = re.findall(r"-----BEGIN [A-Z ]+-----(.*?)-----END", text, re.S)
+    return [base64.b64decode("".join(block.split())) for block in blocks]
+
+
+def test_dry_run_shows_reason_and_signs_nothing(lab):
+    output = lab.run("--dry")
+    assert f"Re-sign {lab.cert}: no certificate" in output
+    assert lab.sign_requests() == 0
+    assert list(lab.dir.iterdir()) == []
+
+    lab.run("-y")
+    output = lab.run("--dry", ips="127.0.0.1,198.18.0.11")
+    assert f"Re-sign {lab.cert}: SANs changed (+ip 198.18.0.11, -ip 198.18.0.10)" in output
+    assert lab.sign_requests() == 1
+
+
+def test_short_lived_certificate_is_resigned_on_the_next_run(lab):
+    lab.run("-y", ttl="10s")
+    short = pki.load_certificate(lab.cert.read_text())
+    lifetime = short.not_valid_after_utc - short.not_valid_before_utc
+    due = short.not_valid_after_utc - lifetime / 3
+    time.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()) + 0.1)
+
+    output = lab.run("-y")
+    assert f"re-signing {lab.cert}: expires in" in output
+    assert "less than a third of its" in output
+    renewed = pki.load_certificate(lab.cert.read_text())
+    assert renewed.serial_number != short.serial_number
+    assert (renewed.not_valid_after_utc - datetime.now(UTC)).days >= 29
+    assert lab.sign_requests() == 2
+
+
+def test_changed_identity_is_resigned_with_the_same_key_made_private_again(lab):
+    lab.run("-y")
+    key = lab.key.read_bytes()
+    lab.key.chmod(0o644)
+    output = lab.run("-y", ips="127.0.0.1,198.18.0.11")
+    assert stat.S_IMODE(lab.key.stat().st_mode) == 0o600
+    assert f"re-signing {lab.cert}: SANs changed (+ip 198.18.0.11, -ip 198.18.0.10)" in output
+    assert lab.key.read_bytes() == key
+    moved = Identity(IDENTITY.cn, IDENTITY.dns_names, ("127.0.0.1", "198.18.0.11"))
+    assert pki.identity_of_cert(lab.cert.read_text()) == moved
+
+
+def test_certificates_fact_reads_every_file_and_flags_garbage(lab):
+    lab.run("-y")
+    (lab.dir / "broken.crt").write_text("not a certificate\n")
+    command = Certificates().command(paths=f"{lab.dir}/*.crt /nonexistent/*.crt")
+    lines = subprocess.run(["sh", "-c", command], capture_output=True, text=True).stdout
+    facts = Certificates().process(lines.splitlines())
+
+    assert sorted(facts) == [str(lab.dir / n) for n in ("broken.crt", "ca.crt", "member.crt")]
+    member = facts[str(lab.cert)]
+    assert (member["cn"], member["issuer"]) == ("lab-etcd-1", "CN=lab etcd CA")
+    assert member["ip_addresses"] == ["127.0.0.1", "198.18.0.10"]
+    assert member["days_left"] == 29 and "pem" not in member
+    assert facts[str(lab.dir / "broken.crt")]["error"].startswith("unreadable certificate")
