@@ -365,12 +365,14 @@ def resign_reason(
     now: datetime,
     *,
     public_key_pem: str | None = None,
+    ttl: timedelta | None = None,
 ) -> str | None:
     """Why the certificate must be re-signed, or None when it is fine.
 
     It must be issued by a CA in ``ca_pem``, carry exactly ``expected``, match the key whose
     public half is ``public_key_pem`` (when given) and have at least a third of its lifetime
-    left at ``now``.
+    left at ``now``. The lifetime is the longer of the certificate's own and ``ttl`` (the one
+    it should have been issued with), so a certificate issued too short is replaced early.
     """
     if not cert_pem:
         return "no certificate"
@@ -395,7 +397,7 @@ def resign_reason(
             f"{', '.join(expected.organization) or 'none'})"
         )
     left = cert.not_valid_after_utc - now
-    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    lifetime = max(cert.not_valid_after_utc - cert.not_valid_before_utc, ttl or timedelta(0))
     if left <= timedelta(0):
         return f"expired {format_duration(-left)} ago"
     if left < lifetime * RENEW_FRACTION:

@@ -10,7 +10,7 @@ import io
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import hvac
 from pyinfra import host, logger
@@ -26,6 +26,7 @@ from galley.pki import (
     identity_of_csr,
     issued_by,
     load_certificate,
+    parse_duration,
     read_ca,
     resign_reason,
     sign,
@@ -99,6 +100,7 @@ def host_certificate(
         ca_pem,
         datetime.now(UTC),
         public_key_pem=public_key,
+        ttl=timedelta(seconds=parse_duration(ttl)) if ttl else None,
     )
     if reason is None and public_key is None:
         reason = "new private key"

@@ -10,6 +10,7 @@ import ipaddress
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import combinations
@@ -106,8 +107,11 @@ def first_service_ip(service_cidr: str) -> ipaddress.IPv4Address | ipaddress.IPv
 
 def load_inventory(inventory_path: str) -> Inventory:
     """Load an inventory file as the pyinfra CLI does (with group_data), without connecting."""
-    # Imported here: importing pyinfra_cli monkey-patches the stdlib for gevent.
-    from pyinfra_cli.inventory import make_inventory
+    # Imported here: importing pyinfra_cli monkey-patches the stdlib for gevent, too late to
+    # matter here (nothing connects) and gevent warns about it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pyinfra_cli.inventory import make_inventory
 
     if not Path(inventory_path).is_file():
         raise FileNotFoundError(f"no such inventory file: {inventory_path}")

@@ -112,8 +112,8 @@ class _DebianArchive:
 
 
 def _upstream_version(debian_version: str) -> str:
-    """``1:3.5.30-2`` -> ``3.5.30``."""
-    return debian_version.split(":", 1)[-1].rsplit("-", 1)[0]
+    """``1:3.5.30-2`` (``1%3a3.5.30-2`` in file names) -> ``3.5.30``."""
+    return debian_version.replace("%3a", ":").split(":", 1)[-1].rsplit("-", 1)[0]
 
 
 def _deb_version(deb: Path) -> str:

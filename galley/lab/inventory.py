@@ -6,7 +6,7 @@ from pathlib import Path
 
 from galley.lab.artifacts import ARTIFACTS, DEBIAN_ARCH, checksums
 from galley.lab.state import CACHE_DIR, LabState
-from galley.lab.topology import ROLES
+from galley.lab.topology import NETWORK, ROLES
 
 Host = tuple[str, dict]
 
@@ -41,7 +41,10 @@ def lab_overrides(state: LabState, mirror_dir: Path = CACHE_DIR / "mirror") -> d
 
     Each artifact the mirror carries becomes ``<name>_checksums = {version: {arch: sha256}}``.
     """
-    overrides: dict = {"github_base_url": f"{state.mirror_url}/github.com"}
+    overrides: dict = {
+        "github_base_url": f"{state.mirror_url}/github.com",
+        "node_cidrs": [str(NETWORK)],
+    }
     recorded = checksums(mirror_dir)
     for artifact in ARTIFACTS:
         by_version = overrides.setdefault(f"{artifact.name}_checksums", {})

@@ -62,8 +62,11 @@ class Site:
             f"{self.base_url}/{relative}", hashlib.sha256(buffer.getvalue()).hexdigest()
         )
 
-    def pyinfra(self, call: str, *flags: str) -> subprocess.CompletedProcess[str]:
-        """Run a deploy file doing ``release = <call>`` plus a restart gated on release.changed."""
+    def pyinfra(self, call: str, dry: bool = False) -> subprocess.CompletedProcess[str]:
+        """Run a deploy file doing ``release = <call>`` plus a restart gated on release.changed.
+
+        ``-y`` skips change detection, so a dry run goes without it to report planned changes.
+        """
         deploy = self.tmp / "deploy.py"
         deploy.write_text(
             "from pyinfra.operations import server\n"
@@ -73,26 +76,34 @@ class Site:
             f"commands=['echo restart >> {self.restarts}'], _if=release.changed)\n"
         )
         return subprocess.run(
-            [sys.executable, "-m", "pyinfra", "@local", str(deploy), "--json", *flags],
+            [
+                sys.executable,
+                "-m",
+                "pyinfra",
+                "@local",
+                str(deploy),
+                "--json",
+                "--dry" if dry else "-y",
+            ],
             cwd=self.tmp,
             capture_output=True,
             text=True,
             timeout=120,
         )
 
-    def install(self, version: str, published: Published, *flags: str):
+    def install(self, version: str, published: Published, dry: bool = False):
         call = (
             f"install_release('tool', {version!r}, {published.url!r}, {published.sha256!r}, "
             f"{BINARIES!r}, prefix={str(self.prefix)!r}, bin_dir={str(self.bin_dir)!r})"
         )
-        return self.pyinfra(call, "-y", *flags)
+        return self.pyinfra(call, dry)
 
     def switch(self, version: str):
         call = (
             f"switch_release('tool', {version!r}, {BINARIES!r}, prefix={str(self.prefix)!r}, "
             f"bin_dir={str(self.bin_dir)!r})"
         )
-        return self.pyinfra(call, "-y")
+        return self.pyinfra(call)
 
     def installed(self) -> dict:
         """The InstalledReleases fact, read through the pyinfra CLI."""
@@ -132,6 +143,12 @@ def changed(run: subprocess.CompletedProcess[str]) -> list[str]:
     return [op["name"] for op in operations if op["success"]]
 
 
+def planned(run: subprocess.CompletedProcess[str]) -> list[str]:
+    """Names of the operations a dry run reported as (unconditional) changes."""
+    assert run.returncode == 0, run.stdout + run.stderr
+    return [op["name"] for op in json.loads(run.stdout)["plan"] if op["hosts_with_change"]]
+
+
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
     root = tmp_path / "mirror"
@@ -148,8 +165,8 @@ def site(tmp_path: Path) -> Iterator[Site]:
 def test_dry_run_changes_nothing_then_install_then_no_changes(site: Site) -> None:
     v1 = site.publish("1.0.0")
 
-    dry = site.install("1.0.0", v1, "--dry")
-    assert dry.returncode == 0, dry.stdout + dry.stderr
+    dry = site.install("1.0.0", v1, dry=True)
+    assert "Install release | Download tool 1.0.0" in planned(dry)
     assert not site.prefix.exists() and not site.bin_dir.exists()
 
     assert changed(site.install("1.0.0", v1)) == [
@@ -168,6 +185,7 @@ def test_dry_run_changes_nothing_then_install_then_no_changes(site: Site) -> Non
         "sha256": {"1.0.0": v1.sha256},
     }
 
+    assert planned(site.install("1.0.0", v1, dry=True)) == []
     assert changed(site.install("1.0.0", v1)) == []
     assert site.restart_count() == 1
     assert sorted(p.name for p in (site.prefix / "tool").iterdir()) == [

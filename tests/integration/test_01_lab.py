@@ -1,0 +1,135 @@
+"""The lab itself (runs first): bad input, up, facts through pyinfra, down leaves nothing."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from galley.lab.state import LAB_DIR, LabState
+from galley.lab.topology import BRIDGE
+
+from .conftest import BIN, pyinfra_json, run_cli
+
+
+def _live_processes(name: str) -> list[int]:
+    """PIDs of running (not zombie) processes called ``name``."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)
+            comm = fields[0].split("(", 1)[1]
+        except (OSError, IndexError):
+            continue
+        if comm == name and fields[1].split()[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def _lab_mounts() -> list[str]:
+    with open("/proc/self/mountinfo") as mounts:
+        return [line.split()[4] for line in mounts if str(LAB_DIR) in line.split()[4]]
+
+
+def _bridge_exists() -> bool:
+    return subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode == 0
+
+
+def _assert_nothing_left() -> None:
+    assert LabState.load() is None
+    assert _live_processes("systemd-nspawn") == []
+    assert _live_processes("apt-cacher-ng") == []
+    assert _lab_mounts() == []
+    assert not _bridge_exists()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_lab_before():
+    if LabState.load() is not None:
+        pytest.fail("a lab is already up: `galley lab down` before running the lab tests")
+
+
+def _refused(*args: str, env: dict | None = None) -> str:
+    result = run_cli("galley", "lab", "up", *args, check=False, env=env)
+    assert result.returncode == 1, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    _assert_nothing_left()
+    return lines[0]
+
+
+def test_invalid_counts_are_refused():
+    assert _refused("--etcd", "-1") == "galley: error: --etcd must be a whole number >= 0, got -1"
+    assert "need at least 3 control-plane droplets, got 1" in _refused("--stacked-etcd", "--control-plane", "1")
+
+
+def test_missing_tools_are_named_with_their_package(tmp_path):
+    message = _refused(env={"PATH": str(tmp_path)})
+    assert "systemd-nspawn (apt-get install systemd-container)" in message
+    assert "debootstrap (apt-get install debootstrap)" in message
+
+
+def test_not_root_is_refused():
+    setpriv = shutil.which("setpriv")
+    result = subprocess.run(
+        [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
+         str(BIN / "galley"), "lab", "up"],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "galley: error: the lab needs root (systemd-nspawn, mounts and a bridge): run it as root"
+    )
+    _assert_nothing_left()
+
+
+def test_taken_bridge_address_is_refused():
+    subprocess.run(["ip", "link", "add", "galley-test0", "type", "bridge"], check=True)
+    try:
+        subprocess.run(["ip", "addr", "add", "198.18.0.1/32", "dev", "galley-test0"], check=True)
+        assert _refused() == (
+            "galley: error: the lab's bridge address 198.18.0.1 is already taken by galley-test0"
+        )
+    finally:
+        subprocess.run(["ip", "link", "delete", "galley-test0"], check=True)
+
+
+def test_up_facts_and_down():
+    up = run_cli("galley", "lab", "up")
+    assert "lab up: 7 droplets running" in up.stdout
+    state = LabState.load()
+    assert [d.name for d in state.droplets] == [
+        "lab-etcd-1", "lab-etcd-2", "lab-etcd-3", "lab-cp-1", "lab-cp-2",
+        "lab-worker-1", "lab-worker-2",
+    ]
+
+    again = run_cli("galley", "lab", "up")
+    assert "already up (7 droplets)" in again.stdout
+    assert LabState.load() == state
+
+    facts = pyinfra_json("fact", "server.Os", "server.Hostname", "server.LinuxDistribution")
+    names = {d.name for d in state.droplets}
+    assert set(facts["server.Hostname"]) == names
+    for name in names:
+        assert facts["server.Os"][name] == "Linux"
+        assert facts["server.Hostname"][name] == name
+        distro = facts["server.LinuxDistribution"][name]
+        assert (distro["name"], distro["major"]) == ("Debian", 12)
+
+    # Droplets reach nothing beyond the bridge (no default route), but Debian's archive
+    # through the host's apt proxy.
+    droplet = state.droplets[-1].name
+    routes = run_cli("galley", "lab", "ssh", droplet, "ip", "route").stdout
+    assert "default" not in routes
+    apt = run_cli("galley", "lab", "ssh", droplet, "apt-get", "update", timeout=120)
+    assert "198.18.0.1" not in apt.stderr and "Err:" not in apt.stdout
+
+    status = run_cli("galley", "lab", "status").stdout.splitlines()
+    assert sum("running" in line for line in status) == 7 + 3
+
+    down = run_cli("galley", "lab", "down")
+    assert "removed 7 droplets, 3 services and bridge br-galley" in down.stdout
+    _assert_nothing_left()
+    assert "no lab is up" in run_cli("galley", "lab", "down").stdout

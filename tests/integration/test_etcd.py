@@ -1,0 +1,359 @@
+"""etcd on the lab through the real pyinfra CLI: TLS-only cluster, idempotence, re-signing,
+durable rolling restarts, and bad input refused before any host changes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import hvac
+import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from galley.lab.artifacts import ARTIFACTS
+from galley.lab.state import CACHE_DIR
+from galley.pki import etcd_member_identity
+from galley.tls import csr_command
+
+from .conftest import pyinfra_json, run_cli
+
+INVENTORY = "inventories/lab.py"
+MEMBER_CERT = "/etc/etcd/pki/member.crt"
+
+
+def deploy(*args: str, inventory: str = INVENTORY, check: bool = True):
+    """Run the etcd deploy; return (exit code, JSON results or None, combined output)."""
+    result = run_cli("pyinfra", "-y", inventory, "deploys/etcd.py", "--json", *args, check=check)
+    try:
+        results = json.loads(result.stdout)["results"]
+    except (ValueError, KeyError):
+        results = None
+    return result.returncode, results, result.stdout + result.stderr
+
+
+def changed(results: dict) -> dict[str, set[str]]:
+    """Operation name -> hosts it changed."""
+    return {op["name"]: set(op["success"]) for op in results["operations"] if op["success"]}
+
+
+def ssh(lab, name: str, command: str) -> str:
+    return run_cli("galley", "lab", "ssh", name, command).stdout
+
+
+def started_at(lab) -> dict[str, str]:
+    """When each member's etcd unit last entered `active`."""
+    facts = pyinfra_json("fact", "galley.facts.UnitStates", "units=etcd", "--limit", "etcd")
+    return {host: str(units["etcd"]["since"]) for host, units in facts.popitem()[1].items()}
+
+
+def member_certs() -> dict[str, dict]:
+    """Each member's etcd certificate, as galley's Certificate fact reads it."""
+    return pyinfra_json(
+        "fact", "galley.facts.Certificate", f"path={MEMBER_CERT}", "--limit", "etcd"
+    ).popitem()[1]
+
+
+def fingerprint(lab) -> dict[str, str]:
+    """Everything a deploy could change on the etcd members, plus when etcd started."""
+    command = (
+        "sha256sum /etc/etcd/etcd.conf.yml /etc/systemd/system/etcd.service /etc/etcd/pki/*; "
+        "readlink /opt/galley/etcd/current; ls /opt/galley/etcd; "
+        "systemctl show -p ActiveEnterTimestamp,MainPID etcd"
+    )
+    return {d.name: ssh(lab, d.name, command) for d in lab.droplets if "etcd" in d.roles}
+
+
+@pytest.fixture(scope="module")
+def vault(lab) -> hvac.Client:
+    run_cli("galley", "vault", "bootstrap", "--cluster", "lab")
+    return hvac.Client(url=lab.vault_addr, token=lab.vault_token)
+
+
+@pytest.fixture(scope="module")
+def cluster(lab, vault):
+    """The lab's etcd cluster after a first deploy from scratch."""
+    code, results, output = deploy()
+    assert code == 0, output
+    return lab
+
+
+@pytest.fixture(scope="module")
+def client_cert(cluster, vault, tmp_path_factory) -> tuple[str, str, str]:
+    """An etcd client certificate from Vault (key made here, as an operator's would be)."""
+    issued = vault.secrets.pki.generate_certificate(
+        "etcd-client", "etcd-healthcheck-client", mount_point="lab/pki/etcd"
+    )["data"]
+    directory = tmp_path_factory.mktemp("client")
+    paths = [directory / name for name in ("client.crt", "client.key", "ca.crt")]
+    for path, pem in zip(paths, (issued["certificate"], issued["private_key"],
+                                 issued["issuing_ca"]), strict=True):
+        path.write_text(pem + "\n")
+    return tuple(map(str, paths))
+
+
+def endpoints(lab) -> list[str]:
+    return [f"https://{d.address}:2379" for d in lab.droplets if "etcd" in d.roles]
+
+
+def test_members_are_healthy_and_match_the_inventory(cluster, client_cert):
+    members = json.loads(ssh(cluster, "lab-etcd-1", (
+        "etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/etcd/pki/ca.crt "
+        "--cert=/etc/etcd/pki/healthcheck-client.crt --key=/etc/etcd/pki/healthcheck-client.key "
+        "member list -w json"
+    )))["members"]
+    expected = {d.name: f"https://{d.address}:2380" for d in cluster.droplets if "etcd" in d.roles}
+    assert {m["name"]: m["peerURLs"][0] for m in members} == expected
+
+    health = pyinfra_json("fact", "galley.facts.EtcdHealth", "--limit", "etcd").popitem()[1]
+    assert set(health) == set(expected)
+    assert all(h["healthy"] for h in health.values()), health
+    assert sum(h["is_leader"] for h in health.values()) == 1
+
+    cert, key, ca = client_cert
+    for url in endpoints(cluster):
+        answer = requests.get(f"{url}/health", cert=(cert, key), verify=ca, timeout=5)
+        assert answer.json()["health"] == "true"
+
+
+def test_plaintext_and_foreign_clients_are_refused(cluster, client_cert, tmp_path):
+    _, _, ca = client_cert
+    url = endpoints(cluster)[0]
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(f"{url}/health", verify=ca, timeout=5)  # no client certificate
+    foreign = _self_signed_client(tmp_path)
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(f"{url}/health", cert=foreign, verify=ca, timeout=5)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(url.replace("https", "http") + "/health", timeout=5)
+    peer = url.replace(":2379", ":2380")
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(f"{peer}/members", verify=ca, timeout=5)
+
+
+def _self_signed_client(directory: Path) -> tuple[str, str]:
+    """A client certificate for the right name from a CA etcd does not trust."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "etcd-healthcheck-client")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1)).not_valid_after(now + timedelta(hours=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "foreign.crt", directory / "foreign.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ))
+    return str(cert_path), str(key_path)
+
+
+def test_second_run_changes_and_restarts_nothing(cluster):
+    before = fingerprint(cluster)
+    code, results, output = deploy()
+    assert code == 0, output
+    assert changed(results) == {}
+    assert fingerprint(cluster) == before
+
+
+class Writer(threading.Thread):
+    """Writes a key every 50 ms like an etcd client with all endpoints: a write fails only if
+    no member accepts it within 5 s."""
+
+    def __init__(self, urls: list[str], cert: tuple[str, str, str]):
+        super().__init__(daemon=True)
+        self.urls, self.cert = urls, cert
+        self.stop = threading.Event()
+        self.ok, self.failed = 0, []
+
+    def run(self) -> None:
+        session = requests.Session()
+        index = 0
+        while not self.stop.is_set():
+            body = {"key": base64.b64encode(b"galley-writer").decode(),
+                    "value": base64.b64encode(str(self.ok).encode()).decode()}
+            deadline, error = time.monotonic() + 5, None
+            while time.monotonic() < deadline:
+                url = self.urls[index % len(self.urls)]
+                try:
+                    session.post(
+                        f"{url}/v3/kv/put", json=body, cert=self.cert[:2], verify=self.cert[2],
+                        timeout=2,
+                    ).raise_for_status()
+                    self.ok += 1
+                    break
+                except requests.RequestException as exc:
+                    error, index = exc, index + 1
+            else:
+                self.failed.append(str(error))
+            time.sleep(0.05)
+
+
+def _install_cert(lab, vault, name: str, address: str, ttl: str) -> None:
+    """Sign a certificate for ``name`` with the given SAN address and TTL; install it."""
+    csr = ssh(lab, name, csr_command("/etc/etcd/pki/member.key",
+                                     etcd_member_identity(name, address)))
+    signed = vault.secrets.pki.sign_certificate(
+        "etcd-member", csr, name, extra_params={"ttl": ttl, "exclude_cn_from_sans": True},
+        mount_point="lab/pki/etcd",
+    )["data"]["certificate"]
+    run_cli("galley", "lab", "ssh", name, f"cat > {MEMBER_CERT} <<'EOF'\n{signed}\nEOF")
+
+
+def test_near_expiry_and_stale_address_are_resigned_one_member_at_a_time(
+    cluster, vault, client_cert
+):
+    droplets = {d.name: d for d in cluster.droplets}
+    # lab-etcd-2: valid but issued for 1h (less than a third of the 720h lifetime left).
+    _install_cert(cluster, vault, "lab-etcd-2", droplets["lab-etcd-2"].address, "1h")
+    # lab-etcd-3: still listing a former address (198.18.0.99) next to its current one.
+    csr_identity = etcd_member_identity("lab-etcd-3", droplets["lab-etcd-3"].address)
+    stale = type(csr_identity)(csr_identity.cn, csr_identity.dns_names,
+                               (*csr_identity.ip_addresses, "198.18.0.99"))
+    csr = ssh(cluster, "lab-etcd-3", csr_command("/etc/etcd/pki/member.key", stale))
+    signed = vault.secrets.pki.sign_certificate(
+        "etcd-member", csr, "lab-etcd-3", extra_params={"exclude_cn_from_sans": True},
+        mount_point="lab/pki/etcd",
+    )["data"]["certificate"]
+    run_cli("galley", "lab", "ssh", "lab-etcd-3", f"cat > {MEMBER_CERT} <<'EOF'\n{signed}\nEOF")
+    before = started_at(cluster)
+    serials_before = {host: cert["serial"] for host, cert in member_certs().items()}
+
+    writer = Writer(endpoints(cluster), client_cert)
+    writer.start()
+    try:
+        time.sleep(1)
+        code, results, output = deploy()
+        time.sleep(1)
+    finally:
+        writer.stop.set()
+        writer.join()
+    assert code == 0, output
+
+    serials = {host: cert["serial"] for host, cert in member_certs().items()}
+    assert serials["lab-etcd-1"] == serials_before["lab-etcd-1"]
+    assert serials["lab-etcd-2"] != serials_before["lab-etcd-2"]
+    assert serials["lab-etcd-3"] != serials_before["lab-etcd-3"]
+    assert "[lab-etcd-2]   re-signing /etc/etcd/pki/member.crt: expires in" in output
+    assert "less than a third of its 30d lifetime left" in output
+    assert (
+        "[lab-etcd-3]   re-signing /etc/etcd/pki/member.crt: SANs changed (-ip 198.18.0.99)"
+        in output
+    )
+    assert "[lab-etcd-1]   re-signing" not in output
+
+    after = started_at(cluster)
+    assert after["lab-etcd-1"] == before["lab-etcd-1"]
+    assert after["lab-etcd-2"] != before["lab-etcd-2"]
+    assert after["lab-etcd-3"] != before["lab-etcd-3"]
+    assert writer.ok > 20 and writer.failed == [], writer.failed
+
+    certs = member_certs()
+    assert certs["lab-etcd-2"]["days_left"] >= 29
+    assert "198.18.0.99" not in certs["lab-etcd-3"]["ip_addresses"]
+
+    code, results, output = deploy()
+    assert code == 0 and changed(results) == {}, output
+
+
+def test_a_run_killed_before_its_restart_still_restarts_next_time(cluster):
+    # As if a run wrote the configuration and died before restarting etcd.
+    ssh(cluster, "lab-etcd-1", "touch /etc/etcd/etcd.conf.yml")
+    before = started_at(cluster)
+    code, results, output = deploy()
+    assert code == 0, output
+    assert changed(results) == {
+        "etcd member | Rolling restart of etcd (only if its files changed)": {"lab-etcd-1"}
+    }
+    after = started_at(cluster)
+    assert after["lab-etcd-1"] != before["lab-etcd-1"]
+    assert after["lab-etcd-2"] == before["lab-etcd-2"]
+
+
+def _custom_inventory(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "inventory.py"
+    path.write_text(
+        "from galley.lab.inventory import lab_groups, lab_overrides\n"
+        "from galley.lab.state import LabState\n"
+        "_state = LabState.load()\n"
+        "_groups = lab_groups(_state, lab_overrides(_state))\n"
+        "etcd = _groups['etcd']\n" + body
+    )
+    return str(path)
+
+
+BAD_INVENTORIES = {
+    "even": ("etcd = etcd[:2]\n", "etcd: 2 members: an even number adds no fault tolerance"),
+    "duplicate address": (
+        "etcd[1][1]['private_ip'] = etcd[0][1]['private_ip']\n",
+        "lab-etcd-2: private_ip: 198.18.0.10 is also used by lab-etcd-1",
+    ),
+    "missing address": (
+        "del etcd[2][1]['private_ip']\n",
+        "lab-etcd-3: private_ip: missing (needed by cluster hosts)",
+    ),
+    "missing vault token": (
+        "for _, data in etcd:\n    del data['vault_token']\n",
+        "vault: no Vault credentials: set vault_token (or VAULT_TOKEN)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INVENTORIES))
+def test_bad_inventories_are_refused_before_any_change(cluster, tmp_path, case, monkeypatch):
+    body, message = BAD_INVENTORIES[case]
+    monkeypatch.delenv("VAULT_TOKEN", raising=False)
+    before = fingerprint(cluster)
+    code, _, output = deploy(inventory=_custom_inventory(tmp_path, body), check=False)
+    assert code != 0
+    assert message in output
+    assert "nothing was changed" in output
+    assert fingerprint(cluster) == before
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ("etcd_version=3.9.9", "etcd_checksums: no sha256 for etcd 3.9.9 on amd64"),
+        ("vault_addr=http://127.0.0.1:9", "Vault at http://127.0.0.1:9 is unreachable"),
+    ],
+)
+def test_bad_settings_are_refused_before_any_change(cluster, data, message):
+    before = fingerprint(cluster)
+    code, _, output = deploy("--data", data, check=False)
+    assert code != 0
+    assert message in output and "nothing was changed" in output
+    assert fingerprint(cluster) == before
+
+
+def test_wrong_checksum_fails_and_leaves_the_running_etcd_alone(cluster, tmp_path):
+    # Serve the same tarball as a "new" version whose pinned checksum is wrong.
+    (etcd,) = [a for a in ARTIFACTS if a.name == "etcd"]
+    source = CACHE_DIR / "mirror" / etcd.upstream_path
+    fake = Path(str(source).replace(etcd.version, "3.5.99"))
+    fake.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source, fake)
+    inventory = _custom_inventory(tmp_path, (
+        "for _, data in etcd:\n"
+        "    data['etcd_version'] = '3.5.99'\n"
+        "    data['etcd_checksums'] = {'3.5.99': {'amd64': '0' * 64}}\n"
+    ))
+    before = fingerprint(cluster)
+    try:
+        code, _, output = deploy(inventory=inventory, check=False)
+    finally:
+        shutil.rmtree(fake.parent)
+    assert code != 0
+    assert "sha256 mismatch" in output
+    assert fingerprint(cluster) == before
