@@ -62,7 +62,9 @@ def _refused(*args: str, env: dict | None = None) -> str:
 
 def test_invalid_counts_are_refused():
     assert _refused("--etcd", "-1") == "galley: error: --etcd must be a whole number >= 0, got -1"
-    assert "need at least 3 control-plane droplets, got 1" in _refused("--stacked-etcd", "--control-plane", "1")
+    assert "need at least 3 control-plane droplets, got 1" in _refused(
+        "--stacked-etcd", "--control-plane", "1"
+    )
 
 
 def test_missing_tools_are_named_with_their_package(tmp_path):
@@ -74,9 +76,18 @@ def test_missing_tools_are_named_with_their_package(tmp_path):
 def test_not_root_is_refused():
     setpriv = shutil.which("setpriv")
     result = subprocess.run(
-        [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
-         str(BIN / "galley"), "lab", "up"],
-        capture_output=True, text=True, stdin=subprocess.DEVNULL,
+        [
+            setpriv,
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            str(BIN / "galley"),
+            "lab",
+            "up",
+        ],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 1
     assert result.stderr.strip() == (
@@ -101,8 +112,13 @@ def test_up_facts_and_down():
     assert "lab up: 7 droplets running" in up.stdout
     state = LabState.load()
     assert [d.name for d in state.droplets] == [
-        "lab-etcd-1", "lab-etcd-2", "lab-etcd-3", "lab-cp-1", "lab-cp-2",
-        "lab-worker-1", "lab-worker-2",
+        "lab-etcd-1",
+        "lab-etcd-2",
+        "lab-etcd-3",
+        "lab-cp-1",
+        "lab-cp-2",
+        "lab-worker-1",
+        "lab-worker-2",
     ]
 
     again = run_cli("galley", "lab", "up")

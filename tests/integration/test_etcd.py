@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from galley.etcd import etcdctl_command
 from galley.lab.artifacts import ARTIFACTS
 from galley.lab.state import CACHE_DIR
 from galley.pki import etcd_member_identity
@@ -81,7 +82,7 @@ def vault(lab) -> hvac.Client:
 @pytest.fixture(scope="module")
 def cluster(lab, vault):
     """The lab's etcd cluster after a first deploy from scratch."""
-    code, results, output = deploy()
+    code, _results, output = deploy()
     assert code == 0, output
     return lab
 
@@ -94,8 +95,9 @@ def client_cert(cluster, vault, tmp_path_factory) -> tuple[str, str, str]:
     )["data"]
     directory = tmp_path_factory.mktemp("client")
     paths = [directory / name for name in ("client.crt", "client.key", "ca.crt")]
-    for path, pem in zip(paths, (issued["certificate"], issued["private_key"],
-                                 issued["issuing_ca"]), strict=True):
+    for path, pem in zip(
+        paths, (issued["certificate"], issued["private_key"], issued["issuing_ca"]), strict=True
+    ):
         path.write_text(pem + "\n")
     return tuple(map(str, paths))
 
@@ -105,11 +107,13 @@ def endpoints(lab) -> list[str]:
 
 
 def test_members_are_healthy_and_match_the_inventory(cluster, client_cert):
-    members = json.loads(ssh(cluster, "lab-etcd-1", (
-        "etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/etcd/pki/ca.crt "
-        "--cert=/etc/etcd/pki/healthcheck-client.crt --key=/etc/etcd/pki/healthcheck-client.key "
-        "member list -w json"
-    )))["members"]
+    members = json.loads(
+        ssh(
+            cluster,
+            "lab-etcd-1",
+            etcdctl_command(["https://127.0.0.1:2379"], "member", "list", "-w", "json"),
+        )
+    )["members"]
     expected = {d.name: f"https://{d.address}:2380" for d in cluster.droplets if "etcd" in d.roles}
     assert {m["name"]: m["peerURLs"][0] for m in members} == expected
 
@@ -145,17 +149,24 @@ def _self_signed_client(directory: Path) -> tuple[str, str]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "etcd-healthcheck-client")])
     now = datetime.now(UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1)).not_valid_after(now + timedelta(hours=1))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = directory / "foreign.crt", directory / "foreign.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return str(cert_path), str(key_path)
 
 
@@ -181,14 +192,19 @@ class Writer(threading.Thread):
         session = requests.Session()
         index = 0
         while not self.stop.is_set():
-            body = {"key": base64.b64encode(b"galley-writer").decode(),
-                    "value": base64.b64encode(str(self.ok).encode()).decode()}
+            body = {
+                "key": base64.b64encode(b"galley-writer").decode(),
+                "value": base64.b64encode(str(self.ok).encode()).decode(),
+            }
             deadline, error = time.monotonic() + 5, None
             while time.monotonic() < deadline:
                 url = self.urls[index % len(self.urls)]
                 try:
                     session.post(
-                        f"{url}/v3/kv/put", json=body, cert=self.cert[:2], verify=self.cert[2],
+                        f"{url}/v3/kv/put",
+                        json=body,
+                        cert=self.cert[:2],
+                        verify=self.cert[2],
                         timeout=2,
                     ).raise_for_status()
                     self.ok += 1
@@ -202,10 +218,14 @@ class Writer(threading.Thread):
 
 def _install_cert(lab, vault, name: str, address: str, ttl: str) -> None:
     """Sign a certificate for ``name`` with the given SAN address and TTL; install it."""
-    csr = ssh(lab, name, csr_command("/etc/etcd/pki/member.key",
-                                     etcd_member_identity(name, address)))
+    csr = ssh(
+        lab, name, csr_command("/etc/etcd/pki/member.key", etcd_member_identity(name, address))
+    )
     signed = vault.secrets.pki.sign_certificate(
-        "etcd-member", csr, name, extra_params={"ttl": ttl, "exclude_cn_from_sans": True},
+        "etcd-member",
+        csr,
+        name,
+        extra_params={"ttl": ttl, "exclude_cn_from_sans": True},
         mount_point="lab/pki/etcd",
     )["data"]["certificate"]
     run_cli("galley", "lab", "ssh", name, f"cat > {MEMBER_CERT} <<'EOF'\n{signed}\nEOF")
@@ -219,11 +239,15 @@ def test_near_expiry_and_stale_address_are_resigned_one_member_at_a_time(
     _install_cert(cluster, vault, "lab-etcd-2", droplets["lab-etcd-2"].address, "1h")
     # lab-etcd-3: still listing a former address (198.18.0.99) next to its current one.
     csr_identity = etcd_member_identity("lab-etcd-3", droplets["lab-etcd-3"].address)
-    stale = type(csr_identity)(csr_identity.cn, csr_identity.dns_names,
-                               (*csr_identity.ip_addresses, "198.18.0.99"))
+    stale = type(csr_identity)(
+        csr_identity.cn, csr_identity.dns_names, (*csr_identity.ip_addresses, "198.18.0.99")
+    )
     csr = ssh(cluster, "lab-etcd-3", csr_command("/etc/etcd/pki/member.key", stale))
     signed = vault.secrets.pki.sign_certificate(
-        "etcd-member", csr, "lab-etcd-3", extra_params={"exclude_cn_from_sans": True},
+        "etcd-member",
+        csr,
+        "lab-etcd-3",
+        extra_params={"exclude_cn_from_sans": True},
         mount_point="lab/pki/etcd",
     )["data"]["certificate"]
     run_cli("galley", "lab", "ssh", "lab-etcd-3", f"cat > {MEMBER_CERT} <<'EOF'\n{signed}\nEOF")
@@ -344,11 +368,14 @@ def test_wrong_checksum_fails_and_leaves_the_running_etcd_alone(cluster, tmp_pat
     fake = Path(str(source).replace(etcd.version, "3.5.99"))
     fake.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(source, fake)
-    inventory = _custom_inventory(tmp_path, (
-        "for _, data in etcd:\n"
-        "    data['etcd_version'] = '3.5.99'\n"
-        "    data['etcd_checksums'] = {'3.5.99': {'amd64': '0' * 64}}\n"
-    ))
+    inventory = _custom_inventory(
+        tmp_path,
+        (
+            "for _, data in etcd:\n"
+            "    data['etcd_version'] = '3.5.99'\n"
+            "    data['etcd_checksums'] = {'3.5.99': {'amd64': '0' * 64}}\n"
+        ),
+    )
     before = fingerprint(cluster)
     try:
         code, _, output = deploy(inventory=inventory, check=False)

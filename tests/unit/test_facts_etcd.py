@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -261,12 +260,6 @@ def test_paths_are_shell_quoted_and_empty_tls_paths_dropped(tmp_path):
 
 
 # --- The real etcd 3.5.30 (Debian packages) with client TLS, through `pyinfra @local fact` ---
-DEBS = [
-    Path("/tmp/sid/etcd-server_3.5.30-2_amd64.deb"),
-    Path("/tmp/sid/etcd-client_3.5.30-2_amd64.deb"),
-]
-
-
 def _certificate(subject: str, key, issuer_key=None, issuer=None, *, ca=False, usage=None, ips=()):
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     now = datetime.datetime.now(datetime.UTC)
@@ -321,19 +314,14 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def real_etcd(tmp_path):
+def real_etcd(tmp_path, etcd_release):
     """A single-member etcd 3.5.30 serving clients over TLS on 127.0.0.1."""
-    if not all(deb.exists() for deb in DEBS) or not shutil.which("dpkg-deb"):
-        pytest.skip("etcd 3.5.30 Debian packages not available")
-    root = tmp_path / "root"
-    for deb in DEBS:
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
     pki = _write_pki(tmp_path / "pki")
     client, peer = f"https://127.0.0.1:{_free_port()}", f"http://127.0.0.1:{_free_port()}"
     log = (tmp_path / "etcd.log").open("w")
     etcd = subprocess.Popen(
         [
-            str(root / "usr/bin/etcd"),
+            str(etcd_release / "etcd"),
             "--name=cap1",
             f"--data-dir={tmp_path / 'data'}",
             f"--listen-client-urls={client}",
@@ -351,7 +339,7 @@ def real_etcd(tmp_path):
     )
     try:
         yield {
-            "etcdctl": str(root / "usr/bin/etcdctl"),
+            "etcdctl": str(etcd_release / "etcdctl"),
             "endpoint": client,
             "cacert": pki["ca"],
             "cert": pki["client-crt"],
