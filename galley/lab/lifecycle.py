@@ -49,7 +49,7 @@ def up(
 ) -> LabState:
     """Boot the lab described by ``plans``; on any failure remove what was created and re-raise."""
     existing = LabState.load(lab_dir)
-    if existing and _all_running(existing):
+    if existing and all_running(existing):
         progress(
             f"the lab is already up ({len(existing.droplets)} droplets); "
             "`galley lab down` first to change it"
@@ -86,7 +86,8 @@ def up(
     return state
 
 
-def _all_running(state: LabState) -> bool:
+def all_running(state: LabState) -> bool:
+    """Whether every droplet and service the state records still runs."""
     pids = [d.pid for d in state.droplets] + list(state.services.values())
     return all(pid and system.pid_alive(pid) for pid in pids)
 

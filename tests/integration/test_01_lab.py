@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from galley.lab.lifecycle import all_running
 from galley.lab.state import LAB_DIR, LabState
 from galley.lab.topology import BRIDGE
 
@@ -47,8 +50,11 @@ def _assert_nothing_left() -> None:
 
 @pytest.fixture(scope="module", autouse=True)
 def no_lab_before():
-    if LabState.load() is not None:
+    state = LabState.load()
+    if state is not None and all_running(state):
         pytest.fail("a lab is already up: `galley lab down` before running the lab tests")
+    if state is not None:  # left over from a machine restart: its processes are gone
+        run_cli("galley", "lab", "down")
 
 
 def _refused(*args: str, env: dict | None = None) -> str:
@@ -144,6 +150,13 @@ def test_up_facts_and_down():
 
     status = run_cli("galley", "lab", "status").stdout.splitlines()
     assert sum("running" in line for line in status) == 7 + 3
+
+    # A lab whose processes died (e.g. the machine restarted) is cleaned up and booted anew.
+    os.kill(state.services["mirror"], signal.SIGKILL)
+    renewed = run_cli("galley", "lab", "up")
+    assert "the recorded lab is stale" in renewed.stdout
+    assert "lab up: 7 droplets running" in renewed.stdout
+    assert all_running(LabState.load())
 
     down = run_cli("galley", "lab", "down")
     assert "removed 7 droplets, 3 services and bridge br-galley" in down.stdout
