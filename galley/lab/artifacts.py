@@ -3,8 +3,9 @@
 Deploys download ``<base>/<upstream path>``: the base is ``https://`` in production and the lab
 mirror (galley.lab.mirror) in the lab, so both use the same relative path. Next to each
 artifact lies ``<file>.sha256`` in sha256sum format. The lab has no access to upstream release
-downloads, so artifacts are stand-ins built from Debian packages (repacked with the upstream
-tarball layout) or, later, from other sources listed in ``ARTIFACTS``. Lab code only.
+downloads, so artifacts are built from Debian packages (repacked with the upstream layout:
+a tarball, or the raw binary where upstream publishes one) or are galley's Python stand-ins
+(galley.lab.standins) for what Debian cannot provide. Lab code only.
 
     python -m galley.lab.artifacts [--cache-dir DIR] [--source-dir DIR]
 """
@@ -16,9 +17,11 @@ import gzip
 import hashlib
 import io
 import os
+import re
 import subprocess
 import tarfile
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +33,9 @@ DEBIAN_SUITE = "sid"
 DEBIAN_ARCH = "amd64"
 DEBIAN_SOURCE = (
     "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
-    f"http://deb.debian.org/debian {DEBIAN_SUITE} main\n"
+    "http://deb.debian.org/debian {suite} main\n"
 )
+STANDINS_DIR = Path(__file__).parent / "standins"
 # Fixed metadata so that rebuilding from the same inputs yields the same sha256.
 REPACK_MTIME = 0
 
@@ -49,6 +53,8 @@ class Artifact:
     upstream_path: str  # host + path, without scheme
     # builder(artifact, dest, source_dir) writes the artifact to dest; source_dir caches inputs.
     builder: Callable[[Artifact, Path, Path], None]
+    # True: the artifact is the executable itself (install it as a file, do not unpack it).
+    raw: bool = False
 
     @property
     def filename(self) -> str:
@@ -70,13 +76,13 @@ def _run(command: Sequence[str | os.PathLike[str]], what: str, cwd: Path | None 
 class _DebianArchive:
     """``apt-get`` against Debian's archive with a private sources list, lists and cache."""
 
-    def __init__(self, source_dir: Path) -> None:
-        self.source_dir = source_dir
-        apt_dir = source_dir / "apt"
+    def __init__(self, source_dir: Path, suite: str = DEBIAN_SUITE) -> None:
+        self.source_dir, self.suite = source_dir, suite
+        apt_dir = source_dir / ("apt" if suite == DEBIAN_SUITE else f"apt-{suite}")
         sources = apt_dir / "sources.list"
         for sub in ("lists/partial", "cache/archives/partial"):
             (apt_dir / sub).mkdir(parents=True, exist_ok=True)
-        sources.write_text(DEBIAN_SOURCE)
+        sources.write_text(DEBIAN_SOURCE.format(suite=suite))
         self.options = [
             f"-oDir::Etc::sourcelist={sources}",
             "-oDir::Etc::sourceparts=-",
@@ -85,13 +91,13 @@ class _DebianArchive:
             f"-oAPT::Architecture={DEBIAN_ARCH}",
             f"-oAPT::Architectures={DEBIAN_ARCH}",
         ]
-        _run(["apt-get", *self.options, "-q", "update"], f"apt-get update for {DEBIAN_SUITE}")
+        _run(["apt-get", *self.options, "-q", "update"], f"apt-get update for {suite}")
 
     def download(self, package: str, upstream_version: str) -> None:
         """Download the package's Debian revision of ``upstream_version`` into source_dir."""
         shown = _run(
             ["apt-cache", *self.options, "show", package],
-            f"apt-cache show {package} from {DEBIAN_SUITE}",
+            f"apt-cache show {package} from {self.suite}",
         )
         versions = [
             line.split(":", 1)[1].strip()
@@ -101,19 +107,23 @@ class _DebianArchive:
         matching = [v for v in versions if _upstream_version(v) == upstream_version]
         if not matching:
             raise ArtifactError(
-                f"apt-get download {package} from {DEBIAN_SUITE} failed: no {upstream_version} "
+                f"apt-get download {package} from {self.suite} failed: no {upstream_version} "
                 f"(available: {', '.join(versions) or 'none'})"
             )
         _run(
             ["apt-get", *self.options, "-q", "download", f"{package}={matching[0]}"],
-            f"apt-get download {package} from {DEBIAN_SUITE}",
+            f"apt-get download {package} from {self.suite}",
             cwd=self.source_dir,
         )
 
 
 def _upstream_version(debian_version: str) -> str:
-    """``1:3.5.30-2`` (``1%3a3.5.30-2`` in file names) -> ``3.5.30``."""
-    return debian_version.replace("%3a", ":").split(":", 1)[-1].rsplit("-", 1)[0]
+    """``1:3.5.30-2`` (``1%3a3.5.30-2`` in file names) -> ``3.5.30``.
+
+    Debian's repack suffix is dropped: ``2.1.9+ds1-5`` -> ``2.1.9``.
+    """
+    version = debian_version.replace("%3a", ":").split(":", 1)[-1].rsplit("-", 1)[0]
+    return re.sub(r"\+ds[0-9]*$", "", version)
 
 
 def _deb_version(deb: Path) -> str:
@@ -134,7 +144,10 @@ def _find_debs(source_dir: Path, packages: Iterable[str], version: str) -> dict[
 
 
 def _deterministic_tarball(dest: Path, top_dir: str, members: dict[str, tuple[bytes, int]]) -> None:
-    """Write a tar.gz with one top directory and fixed metadata (sorted, mtime, owner)."""
+    """Write a tar.gz with fixed metadata (sorted, mtime, owner) below ``top_dir``.
+
+    ``top_dir`` "" puts the members at the top level without a directory entry.
+    """
 
     def info(name: str, mode: int, size: int = 0, kind: bytes = tarfile.REGTYPE) -> tarfile.TarInfo:
         entry = tarfile.TarInfo(name)
@@ -148,22 +161,45 @@ def _deterministic_tarball(dest: Path, top_dir: str, members: dict[str, tuple[by
         gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0) as compressed,
         tarfile.open(fileobj=compressed, mode="w", format=tarfile.GNU_FORMAT) as tar,
     ):
-        tar.addfile(info(top_dir, 0o755, kind=tarfile.DIRTYPE))
+        if top_dir:
+            tar.addfile(info(top_dir, 0o755, kind=tarfile.DIRTYPE))
         for name in sorted(members):
             data, mode = members[name]
-            tar.addfile(info(f"{top_dir}/{name}", mode, len(data)), io.BytesIO(data))
+            path = f"{top_dir}/{name}" if top_dir else name
+            tar.addfile(info(path, mode, len(data)), io.BytesIO(data))
+
+
+def _archive_name(artifact: Artifact) -> str:
+    """The upstream file name without its archive suffix (``.tar.gz`` or ``.tgz``)."""
+    return artifact.filename.removesuffix(".tar.gz").removesuffix(".tgz")
+
+
+def _readme(artifact: Artifact, origin: str) -> str:
+    return (
+        f"# {artifact.name} v{artifact.version}: galley lab build\n\n"
+        f"This is not an upstream release. It is {origin}\nwith the layout of the upstream "
+        f"release\nhttps://{artifact.upstream_path}\n"
+        "so lab droplets install it from the lab mirror exactly like production does.\n"
+    )
 
 
 @dataclass(frozen=True)
 class DebianRepack:
-    """Builder: repack binaries from Debian packages into an upstream-style tarball.
+    """Builder: binaries from Debian packages, in an upstream-style tarball or as a raw file.
 
-    The tarball holds ``<file name without .tar.gz>/`` with the binaries (0755) and a README.md
-    saying it is a lab repack. Missing .debs are downloaded from Debian into source_dir.
+    ``binaries`` are read from ``source`` inside the packages (usr/bin by default). A tarball
+    holds them (0755) and a README.md saying it is a lab repack below ``top_dir``: None for
+    ``<file name without suffix>/``, "" for the top level, or a directory such as "bin" or
+    ".". With ``raw``, the artifact is the one binary itself. Missing .debs are downloaded from
+    Debian ``suite`` into source_dir.
     """
 
     packages: tuple[str, ...]
     binaries: tuple[str, ...]
+    source: str = "usr/bin"
+    top_dir: str | None = None
+    raw: bool = False
+    suite: str = DEBIAN_SUITE
 
     def __call__(self, artifact: Artifact, dest: Path, source_dir: Path) -> None:
         """Build ``artifact`` into ``dest`` from the packages' .debs in ``source_dir``."""
@@ -171,13 +207,22 @@ class DebianRepack:
         debs = _find_debs(source_dir, self.packages, artifact.version)
         missing = [p for p in self.packages if p not in debs]
         if missing:
-            archive = _DebianArchive(source_dir)
+            archive = _DebianArchive(source_dir, self.suite)
             for package in missing:
                 archive.download(package, artifact.version)
             debs = _find_debs(source_dir, self.packages, artifact.version)
         members = self._binaries(debs)
-        members["README.md"] = (self._readme(artifact, debs).encode(), 0o644)
-        _deterministic_tarball(dest, artifact.filename.removesuffix(".tar.gz"), members)
+        if self.raw:
+            (binary,) = self.binaries
+            dest.write_bytes(members[binary][0])
+            return
+        packages = ", ".join(
+            f"{package} {_deb_version(deb)}" for package, deb in sorted(debs.items())
+        )
+        origin = f"Debian's build of {artifact.name}\n(Debian {self.suite} packages: {packages})"
+        members["README.md"] = (_readme(artifact, origin).encode(), 0o644)
+        top = _archive_name(artifact) if self.top_dir is None else self.top_dir
+        _deterministic_tarball(dest, top, members)
 
     def _binaries(self, debs: dict[str, Path]) -> dict[str, tuple[bytes, int]]:
         with tempfile.TemporaryDirectory() as unpacked:
@@ -185,29 +230,81 @@ class DebianRepack:
                 _run(["dpkg-deb", "-x", deb, unpacked], f"dpkg-deb -x {deb.name}")
             members = {}
             for binary in self.binaries:
-                path = Path(unpacked, "usr/bin", binary)
+                path = Path(unpacked, self.source, binary)
                 if not path.is_file():
                     names = ", ".join(deb.name for deb in debs.values())
-                    raise ArtifactError(f"no usr/bin/{binary} in {names}")
+                    raise ArtifactError(f"no {self.source}/{binary} in {names}")
                 members[binary] = (path.read_bytes(), 0o755)
             return members
 
-    @staticmethod
-    def _readme(artifact: Artifact, debs: dict[str, Path]) -> str:
-        packages = ", ".join(
-            f"{package} {_deb_version(deb)}" for package, deb in sorted(debs.items())
-        )
-        return (
-            f"# {artifact.name} v{artifact.version}: galley lab repack\n\n"
-            "This is not an upstream release. galley's lab repacked Debian's build of "
-            f"{artifact.name}\n(Debian {DEBIAN_SUITE} packages: {packages}) with the layout of "
-            "the upstream release\n"
-            f"https://{artifact.upstream_path}\n"
-            "so lab droplets install it from the lab mirror exactly like production does.\n"
-        )
+
+def standin_zipapp(entry_module: str) -> bytes:
+    """galley.lab.standins as one ``#!/usr/bin/python3`` zip application running ``entry_module``.
+
+    Fixed timestamps and order make the bytes depend on the stand-ins' source only.
+    """
+    buffer = io.BytesIO()
+    buffer.write(b"#!/usr/bin/python3\n")
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+
+        def add(name: str, data: bytes) -> None:
+            entry = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            entry.compress_type, entry.external_attr = zipfile.ZIP_DEFLATED, 0o644 << 16
+            archive.writestr(entry, data)
+
+        main = f"from standins.{entry_module} import main\n\nmain()\n"
+        add("__main__.py", main.encode())
+        for module in sorted(STANDINS_DIR.glob("*.py")):
+            add(f"standins/{module.name}", module.read_bytes())
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class PythonStandin:
+    """Builder: a galley stand-in (galley.lab.standins) under the upstream path.
+
+    Written as the raw executable, or with ``member`` as a flat tarball holding it (0755)
+    and a README.md.
+    """
+
+    entry_module: str
+    member: str | None = None
+    # Built from this checkout's code: rebuilt every time so the mirror never serves a stale one.
+    cached = False
+
+    def __call__(self, artifact: Artifact, dest: Path, source_dir: Path) -> None:
+        """Build ``artifact`` into ``dest``; ``source_dir`` is not needed."""
+        program = standin_zipapp(self.entry_module)
+        if self.member is None:
+            dest.write_bytes(program)
+            return
+        origin = f"galley's Python stand-in for {artifact.name} (lab/test only)"
+        members = {
+            self.member: (program, 0o755),
+            "README.md": (_readme(artifact, origin).encode(), 0o644),
+        }
+        _deterministic_tarball(dest, "", members)
 
 
 ETCD_VERSION = "3.5.30"
+KUBERNETES_VERSION = "1.33.5"
+KUBECTL_VERSION = "1.36.4"
+FLANNEL_VERSION = "0.26.7"
+CONTAINERD_VERSION = "2.1.9"
+RUNC_VERSION = "1.1.5"  # sid's runc 1.3.6 needs glibc 2.38; bookworm's runs on the droplets
+CNI_PLUGINS_VERSION = "1.9.1"
+KUBERNETES_SERVER_BINARIES = (
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+)
+
+
+def _dl_k8s_io(version: str, binary: str) -> str:
+    return f"dl.k8s.io/release/v{version}/bin/linux/amd64/{binary}"
+
 
 ARTIFACTS: tuple[Artifact, ...] = (
     Artifact(
@@ -219,6 +316,89 @@ ARTIFACTS: tuple[Artifact, ...] = (
         ),
         builder=DebianRepack(
             packages=("etcd-server", "etcd-client"), binaries=("etcd", "etcdctl", "etcdutl")
+        ),
+    ),
+    *(
+        Artifact(
+            name=binary,
+            version=KUBERNETES_VERSION,
+            upstream_path=_dl_k8s_io(KUBERNETES_VERSION, binary),
+            builder=PythonStandin("kube"),
+            raw=True,
+        )
+        for binary in KUBERNETES_SERVER_BINARIES
+    ),
+    Artifact(
+        name="kubectl",
+        version=KUBECTL_VERSION,
+        upstream_path=_dl_k8s_io(KUBECTL_VERSION, "kubectl"),
+        builder=DebianRepack(packages=("kubectl",), binaries=("kubectl",), raw=True),
+        raw=True,
+    ),
+    Artifact(
+        name="flannel",
+        version=FLANNEL_VERSION,
+        upstream_path=(
+            f"github.com/flannel-io/flannel/releases/download/v{FLANNEL_VERSION}/"
+            f"flannel-v{FLANNEL_VERSION}-linux-amd64.tar.gz"
+        ),
+        builder=PythonStandin("flanneld", member="flanneld"),
+    ),
+    Artifact(
+        name="containerd",
+        version=CONTAINERD_VERSION,
+        upstream_path=(
+            f"github.com/containerd/containerd/releases/download/v{CONTAINERD_VERSION}/"
+            f"containerd-{CONTAINERD_VERSION}-linux-amd64.tar.gz"
+        ),
+        builder=DebianRepack(
+            packages=("containerd",),
+            binaries=("containerd", "containerd-shim-runc-v2", "ctr"),
+            top_dir="bin",
+        ),
+    ),
+    Artifact(
+        name="runc",
+        version=RUNC_VERSION,
+        upstream_path=(
+            f"github.com/opencontainers/runc/releases/download/v{RUNC_VERSION}/runc.amd64"
+        ),
+        builder=DebianRepack(
+            packages=("runc",), binaries=("runc",), source="usr/sbin", raw=True, suite="bookworm"
+        ),
+        raw=True,
+    ),
+    Artifact(
+        name="cni-plugins",
+        version=CNI_PLUGINS_VERSION,
+        upstream_path=(
+            "github.com/containernetworking/plugins/releases/download/"
+            f"v{CNI_PLUGINS_VERSION}/cni-plugins-linux-amd64-v{CNI_PLUGINS_VERSION}.tgz"
+        ),
+        builder=DebianRepack(
+            packages=("containernetworking-plugins",),
+            binaries=(
+                "bandwidth",
+                "bridge",
+                "dhcp",
+                "dummy",
+                "firewall",
+                "host-device",
+                "host-local",
+                "ipvlan",
+                "loopback",
+                "macvlan",
+                "portmap",
+                "ptp",
+                "sbr",
+                "static",
+                "tap",
+                "tuning",
+                "vlan",
+                "vrf",
+            ),
+            source="usr/lib/cni",
+            top_dir=".",
         ),
     ),
 )
@@ -248,7 +428,8 @@ def build(artifact: Artifact, cache_dir: Path, source_dir: Path) -> str:
     """Build one artifact (unless present with a matching .sha256) and return its sha256."""
     path = cache_dir / artifact.upstream_path
     recorded = _read_checksum(path)
-    if recorded is not None and path.is_file() and _sha256(path) == recorded:
+    cached = getattr(artifact.builder, "cached", True)
+    if cached and recorded is not None and path.is_file() and _sha256(path) == recorded:
         return recorded
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".part")

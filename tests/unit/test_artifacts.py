@@ -67,14 +67,14 @@ def tarball(cache_dir: Path) -> Path:
 
 def test_etcd_is_repacked_with_the_upstream_layout(tmp_path: Path, source_dir: Path) -> None:
     cache = tmp_path / "mirror"
-    built = build_all(cache, source_dir)
+    built = build_all(cache, source_dir, [ETCD])
 
     path = tarball(cache)
     assert path == cache / (
         "github.com/etcd-io/etcd/releases/download/v3.5.30/etcd-v3.5.30-linux-amd64.tar.gz"
     )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    assert built == {ETCD.upstream_path: digest} == checksums(cache)
+    assert built == {ETCD.upstream_path: digest} == checksums(cache, [ETCD])
     check = subprocess.run(
         ["sha256sum", "-c", f"{path.name}.sha256"], cwd=path.parent, capture_output=True, text=True
     )
@@ -96,17 +96,17 @@ def test_etcd_is_repacked_with_the_upstream_layout(tmp_path: Path, source_dir: P
                 assert member.mode == 0o755, package
                 assert tar.extractfile(member).read() == data
         readme = tar.extractfile(members[f"{TOP}/README.md"]).read().decode()
-    assert "lab repack" in readme
+    assert "This is not an upstream release" in readme
     assert "etcd-server 3.5.30-2" in readme and "etcd-client 3.5.30-2" in readme
 
 
 def test_rebuilding_from_the_same_debs_gives_the_same_sha256(
     tmp_path: Path, source_dir: Path
 ) -> None:
-    first = build_all(tmp_path / "one", source_dir)
+    first = build_all(tmp_path / "one", source_dir, [ETCD])
     for deb in source_dir.glob("*.deb"):
         os.utime(deb, (1_000_000, 1_000_000))
-    second = build_all(tmp_path / "two", source_dir)
+    second = build_all(tmp_path / "two", source_dir, [ETCD])
     assert first == second
     assert tarball(tmp_path / "one").read_bytes() == tarball(tmp_path / "two").read_bytes()
 
@@ -115,16 +115,16 @@ def test_build_skips_present_artifacts_and_repairs_damaged_ones(
     tmp_path: Path, source_dir: Path
 ) -> None:
     cache = tmp_path / "mirror"
-    built = build_all(cache, source_dir)
+    built = build_all(cache, source_dir, [ETCD])
     before = tarball(cache).stat()
 
-    assert build_all(cache, source_dir) == built
+    assert build_all(cache, source_dir, [ETCD]) == built
     after = tarball(cache).stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
     with tarball(cache).open("ab") as f:
         f.write(b"damage")
-    assert build_all(cache, source_dir) == built
+    assert build_all(cache, source_dir, [ETCD]) == built
     assert hashlib.sha256(tarball(cache).read_bytes()).hexdigest() == built[ETCD.upstream_path]
     assert sorted(p.name for p in tarball(cache).parent.iterdir()) == [
         "etcd-v3.5.30-linux-amd64.tar.gz",
@@ -132,9 +132,22 @@ def test_build_skips_present_artifacts_and_repairs_damaged_ones(
     ]
 
 
+def test_stand_ins_are_rebuilt_from_this_checkout_every_time(tmp_path: Path) -> None:
+    (kubelet,) = [a for a in ARTIFACTS if a.upstream_path.endswith("/kubelet")]
+    path = tmp_path / kubelet.upstream_path
+    fresh = build_all(tmp_path, tmp_path, [kubelet])[kubelet.upstream_path]
+    # A stand-in built from older code, recorded with its own (matching) checksum.
+    path.write_bytes(b"#!/usr/bin/python3\nprint('old stand-in')\n")
+    path.with_name(path.name + ".sha256").write_text(
+        f"{hashlib.sha256(path.read_bytes()).hexdigest()}  kubelet\n"
+    )
+    assert build_all(tmp_path, tmp_path, [kubelet])[kubelet.upstream_path] == fresh
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == fresh
+
+
 def test_checksums_of_an_unbuilt_cache_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match=r"etcd is not built in .*: run build_all"):
-        checksums(tmp_path)
+        checksums(tmp_path, [ETCD])
 
 
 FAKE_APT = """#!/bin/sh
@@ -167,9 +180,9 @@ def fake_apt(tmp_path: Path, source_dir: Path, monkeypatch: pytest.MonkeyPatch) 
 
 def test_missing_debs_are_downloaded_from_sid(tmp_path: Path, fake_apt: Path) -> None:
     sources = tmp_path / "empty-sources"
-    built = build_all(tmp_path / "mirror", sources)
+    built = build_all(tmp_path / "mirror", sources, [ETCD])
 
-    assert built[ETCD.upstream_path] == checksums(tmp_path / "mirror")[ETCD.upstream_path]
+    assert built[ETCD.upstream_path] == checksums(tmp_path / "mirror", [ETCD])[ETCD.upstream_path]
     log = fake_apt.read_text()
     assert "download etcd-server=3.5.30-2" in log
     assert f"-oDir::Etc::sourcelist={sources}/apt/sources.list" in log
@@ -185,7 +198,7 @@ def test_a_version_missing_from_sid_is_a_clear_error(
 ) -> None:
     monkeypatch.setenv("APT_VERSIONS", "3.5.31-1")
     with pytest.raises(ArtifactError) as error:
-        build_all(tmp_path / "mirror", tmp_path / "sources")
+        build_all(tmp_path / "mirror", tmp_path / "sources", [ETCD])
     assert str(error.value) == (
         "apt-get download etcd-server from sid failed: no 3.5.30 (available: 3.5.31-1)"
     )

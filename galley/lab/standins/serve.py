@@ -1,0 +1,83 @@
+"""HTTP(S) health endpoints for the stand-ins (lab/test only; stdlib only).
+
+Each server runs in a daemon thread. TLS handshakes happen in the connection's own thread, so
+a client that fails the handshake (say, a certificate from another CA) cannot stall others.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import sys
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# handler(path, client certificate subject CN or None) -> (status, content type, body)
+Route = Callable[[str, "str | None"], tuple[int, str, bytes]]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        """Answer from the server's route function."""
+        common_name = None
+        if isinstance(self.connection, ssl.SSLSocket):
+            peer = self.connection.getpeercert()
+            for rdn in (peer or {}).get("subject", ()):
+                for key, value in rdn:
+                    if key == "commonName":
+                        common_name = value
+        status, content_type, body = self.server.route(self.path.split("?", 1)[0], common_name)
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet: the stand-ins log only what matters."""
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(
+        self, address: tuple[str, int], route: Route, context: ssl.SSLContext | None
+    ) -> None:
+        self.route, self.context = route, context
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+
+    def finish_request(self, request, client_address) -> None:  # type: ignore[override]
+        """Do the TLS handshake here, in the connection's thread."""
+        if self.context is not None:
+            try:
+                request = self.context.wrap_socket(request, server_side=True)
+            except (ssl.SSLError, OSError) as exc:
+                print(f"TLS handshake error from {client_address[0]}: {exc}", file=sys.stderr)
+                return
+        super().finish_request(request, client_address)
+
+
+def tls_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSLContext:
+    """A server context; with ``client_ca``, client certificates must chain to it if sent."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    if client_ca:
+        context.load_verify_locations(cafile=client_ca)
+        context.verify_mode = ssl.CERT_OPTIONAL
+    return context
+
+
+def start(host: str, port: int, route: Route, context: ssl.SSLContext | None = None) -> None:
+    """Serve ``route`` on host:port (HTTPS with ``context``) in a daemon thread."""
+    server = _Server((host, port), route, context)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    scheme = "https" if context else "http"
+    print(f"serving {scheme}://{host}:{port}/", file=sys.stderr, flush=True)
