@@ -63,6 +63,24 @@ def _validate(args: argparse.Namespace) -> int:
     return validate_cli(args.inventory, components)
 
 
+def _report(args: argparse.Namespace) -> int:
+    from galley.report import report_cli
+
+    return report_cli(args.inventory, args.days, args.json)
+
+
+def _hostkeys_accept(args: argparse.Namespace) -> int:
+    from galley.hostkeys import accept_cli
+
+    return accept_cli(args.inventory, args.name, args.fingerprint)
+
+
+def _hostkeys_list(args: argparse.Namespace) -> int:
+    from galley.hostkeys import list_cli
+
+    return list_cli(args.inventory)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="galley", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -100,6 +118,30 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/nyc3.py")
     validate.add_argument("--components", help="comma-separated (default: all)")
     validate.set_defaults(func=_validate)
+
+    report = commands.add_parser(
+        "report", help="versions, units, certificates and etcd health of every host"
+    )
+    report.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/nyc3.py")
+    report.add_argument(
+        "--days", type=int, default=14, help="flag certificates expiring within N days (14)"
+    )
+    report.add_argument("--json", action="store_true", help="one JSON document for scripts")
+    report.set_defaults(func=_report)
+
+    hostkeys = commands.add_parser(
+        "hostkeys", help="SSH host keys pinned per droplet id"
+    ).add_subparsers(dest="hostkeys_command", required=True)
+    accept = hostkeys.add_parser("accept", help="pin the key a droplet offers now")
+    accept.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/nyc3.py")
+    accept.add_argument("name", help="the droplet's name in the inventory")
+    accept.add_argument(
+        "--fingerprint", help="accept only if the droplet offers this key (SHA256:...)"
+    )
+    accept.set_defaults(func=_hostkeys_accept)
+    listing = hostkeys.add_parser("list", help="each droplet's id, address and pinned keys")
+    listing.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/nyc3.py")
+    listing.set_defaults(func=_hostkeys_list)
     return parser
 
 

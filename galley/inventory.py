@@ -9,6 +9,9 @@ needs to module-level names. Settings come from the environment:
 - GALLEY_CONNECT_VIA: "private" (default) or "public": the address pyinfra connects to
 - GALLEY_SSH_USER, GALLEY_SSH_KEY, GALLEY_SSH_KNOWN_HOSTS, GALLEY_SSH_STRICT_HOST_KEY_CHECKING:
   pyinfra's ssh_* settings; unset ones are left to group_data.
+- GALLEY_KNOWN_HOSTS: the directory of host keys pinned per droplet id (see galley.hostkeys;
+  default ~/.config/galley/known_hosts/<cluster tag>). Setting GALLEY_SSH_KNOWN_HOSTS instead
+  opts out of pinning: host keys are then the operator's business.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pyinfra import context
 from pyinfra.api.exceptions import InventoryError as PyinfraInventoryError
 
+from galley import hostkeys
 from galley.digitalocean import DigitalOceanError, Droplet, api_url, list_droplets
 from galley.terraform import TerraformError, load_droplets
 
@@ -124,12 +129,26 @@ def terraform_groups(
 def _groups(
     droplets: list[Droplet], tag: str | None, environ: Mapping[str, str]
 ) -> dict[str, list[HostEntry]]:
-    return groups_from_droplets(
+    settings = ssh_settings(environ)
+    groups = groups_from_droplets(
         droplets,
         tag,
         connect_via=environ.get("GALLEY_CONNECT_VIA") or "private",
-        extra_data=ssh_settings(environ),
+        extra_data=settings,
     )
+    if "ssh_known_hosts_file" not in settings:
+        entries = [entry for group in groups.values() for entry in group]
+        hostkeys.pin(entries, hostkeys.store_dir(tag or "default", environ), _inventory_file())
+    return groups
+
+
+def _inventory_file() -> str:
+    """The inventory file pyinfra is loading (relative to the cwd when inside it), for messages."""
+    filename = context.state.current_exec_filename if context.ctx_state.isset() else None
+    if not filename:
+        return "INVENTORY"
+    relative = os.path.relpath(filename)
+    return filename if relative.startswith("..") else relative
 
 
 def _host_data(droplet: Droplet, connect_via: str, extra: Mapping[str, Any]) -> dict[str, Any]:

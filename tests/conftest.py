@@ -28,3 +28,9 @@ def etcd_release(tmp_path_factory) -> Path:
         tar.extractall(unpacked, filter="data")
     (top,) = unpacked.iterdir()
     return top
+
+
+@pytest.fixture(autouse=True)
+def private_host_key_pins(tmp_path_factory, monkeypatch):
+    """Keep host keys that inventories pin per droplet out of the operator's home directory."""
+    monkeypatch.setenv("GALLEY_KNOWN_HOSTS", str(tmp_path_factory.mktemp("known_hosts")))

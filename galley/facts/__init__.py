@@ -1,6 +1,7 @@
 """Custom pyinfra facts for galley, usable ad hoc: `pyinfra INVENTORY fact galley.facts.<Name>`."""
 
 from galley.facts.etcd import EtcdHealth, EtcdMembers
+from galley.facts.fleet import ComponentVersions, FlannelLease
 from galley.facts.release import InstalledReleases
 from galley.facts.system import OsInfo, PendingRestart, UnitStates
 from galley.facts.tls import Certificate, Certificates, PublicKey
@@ -8,8 +9,10 @@ from galley.facts.tls import Certificate, Certificates, PublicKey
 __all__ = [
     "Certificate",
     "Certificates",
+    "ComponentVersions",
     "EtcdHealth",
     "EtcdMembers",
+    "FlannelLease",
     "InstalledReleases",
     "OsInfo",
     "PendingRestart",

@@ -21,7 +21,19 @@ from galley.lab.topology import BRIDGE, CLUSTER, GATEWAY, NETWORK, DropletPlan
 Progress = Callable[[str], None]
 
 
-def preflight(lab_dir: Path) -> None:
+# inotify instances each droplet's systemd and services hold (measured: about 5), plus the
+# host's own; the kernel's per-user limit is shared by all containers (all run as root).
+INOTIFY_PER_DROPLET = 6
+INOTIFY_SPARE = 16
+INOTIFY_LIMIT = Path("/proc/sys/fs/inotify/max_user_instances")
+
+
+def inotify_needed(droplets: int) -> int:
+    """The fs.inotify.max_user_instances a lab of ``droplets`` needs to boot cleanly."""
+    return INOTIFY_SPARE + INOTIFY_PER_DROPLET * droplets
+
+
+def preflight(lab_dir: Path, droplets: int) -> None:
     """Refuse to start when the machine cannot host the lab; nothing is created yet."""
     if os.geteuid() != 0:
         raise LabError("the lab needs root (systemd-nspawn, mounts and a bridge): run it as root")
@@ -39,6 +51,12 @@ def preflight(lab_dir: Path) -> None:
     host, port = services.VAULT_ADDRESS
     if services.port_taken(host, port):
         raise LabError(f"{host}:{port} is already in use; the lab's Vault needs it")
+    limit, needed = int(INOTIFY_LIMIT.read_text()), inotify_needed(droplets)
+    if limit < needed:
+        raise LabError(
+            f"{droplets} droplets need fs.inotify.max_user_instances >= {needed} (now {limit}): "
+            f"sysctl -w fs.inotify.max_user_instances={needed}"
+        )
 
 
 def up(
@@ -61,7 +79,7 @@ def up(
             "reboot); removing its leftovers first"
         )
         down(lab_dir, progress)
-    preflight(lab_dir)
+    preflight(lab_dir, len(plans))
     rootfs = ensure_rootfs(cache_dir, progress)
     mirror_root = cache_dir / "mirror"
     build_all(mirror_root)

@@ -2,6 +2,7 @@
 
 import pytest
 
+from galley.lab.lifecycle import inotify_needed
 from galley.lab.topology import TopologyError, plan_droplets
 
 
@@ -54,3 +55,8 @@ def test_largest_lab_stays_inside_the_bridge_network():
     plans = plan_droplets(etcd=50, control_plane=50, workers=50)
     assert len({p.address for p in plans}) == 150
     assert plans[-1].address == "198.18.0.159"
+
+
+def test_default_lab_fits_the_kernels_default_inotify_limit():
+    assert inotify_needed(len(plan_droplets())) <= 128  # Debian's default
+    assert inotify_needed(40) > 128  # the 40-droplet benchmark lab needs a raised limit

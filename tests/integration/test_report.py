@@ -1,0 +1,63 @@
+"""`galley report` on the lab: every host in one report, and a short-lived etcd member
+certificate flagged (exit 1) until the etcd deploy re-signs it."""
+
+from __future__ import annotations
+
+import json
+
+import hvac
+import pytest
+
+from .conftest import run_cli
+from .test_etcd import _install_cert
+
+INVENTORY = "inventories/lab.py"
+
+
+def deploy_etcd() -> None:
+    run_cli("pyinfra", "-y", INVENTORY, "deploys/etcd.py")
+
+
+@pytest.fixture(scope="module")
+def etcd_cluster(lab):
+    """The lab with Vault bootstrapped and etcd deployed (a no-op if it already is)."""
+    run_cli("galley", "vault", "bootstrap", "--cluster", "lab")
+    deploy_etcd()
+    return lab
+
+
+def report(*args: str):
+    return run_cli("galley", "report", INVENTORY, *args, check=False)
+
+
+def test_every_host_is_in_the_report_and_a_healthy_lab_has_no_problems(etcd_cluster):
+    result = report("--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    document = json.loads(result.stdout)
+    assert set(document["hosts"]) == {d.name for d in etcd_cluster.droplets}
+    assert document["problems"] == []
+    members = [d.name for d in etcd_cluster.droplets if "etcd" in d.roles]
+    assert all(document["hosts"][name]["etcd"]["healthy"] for name in members)
+
+    text = report().stdout
+    for droplet in etcd_cluster.droplets:
+        assert f"  {droplet.name} " in text
+    assert text.rstrip().endswith("no problems")
+
+
+def test_a_certificate_expiring_soon_is_flagged_until_redeployed(etcd_cluster):
+    vault = hvac.Client(url=etcd_cluster.vault_addr, token=etcd_cluster.vault_token)
+    address = etcd_cluster.droplet("lab-etcd-2").address
+    _install_cert(etcd_cluster, vault, "lab-etcd-2", address, "1h")
+    try:
+        result = report()
+        assert result.returncode == 1, result.stdout + result.stderr
+        flagged = [line for line in result.stdout.splitlines() if line.startswith("! ")]
+        assert any("lab-etcd-2" in line and "/etc/etcd/pki/member.crt" in line for line in flagged)
+        assert "lab-etcd-2: certificates: /etc/etcd/pki/member.crt (lab-etcd-2) expires in 0h5" in (
+            result.stdout
+        )
+        assert "\033[" not in result.stdout  # not a terminal: no colour
+    finally:
+        deploy_etcd()  # re-signs the certificate: later tests see a clean cluster
+    assert report().returncode == 0

@@ -1,0 +1,112 @@
+"""galley.facts.fleet: fact commands run by sh against a temporary release prefix, with a
+systemctl stand-in whose "unit" is a real process on this machine."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from galley.facts.fleet import ComponentVersions, FlannelLease, running_version
+
+
+def run(fact, path_dir: Path | None = None, **arguments):
+    """Run the fact's command with sh and process its output as pyinfra does."""
+    env = dict(os.environ)
+    if path_dir:
+        env["PATH"] = f"{path_dir}:{env['PATH']}"
+    done = subprocess.run(
+        ["sh", "-c", fact.command(**arguments)], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    return fact.process(lines) if lines else fact.default()
+
+
+def install(prefix: Path, release: str, *versions: str, current: str | None = None) -> None:
+    for version in versions:
+        (prefix / release / version).mkdir(parents=True)
+        (prefix / release / version / ".galley-complete").write_text("ab" * 32 + "\n")
+    if current:
+        (prefix / release / "current").symlink_to(current)
+
+
+@pytest.fixture
+def service(tmp_path):
+    """A running process standing in for a unit's main process (a Python interpreter), and a
+    systemctl stand-in reporting its PID for unit "etcd" and 0 for any other unit."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "systemctl"
+    script.write_text(
+        f'#!/bin/sh\nfor a; do last=$a; done\n[ "$last" = etcd ] && echo {process.pid} || echo 0\n'
+    )
+    script.chmod(0o755)
+    yield bin_dir
+    process.kill()
+    process.wait()
+
+
+def test_versions_report_installed_current_and_what_the_process_runs(tmp_path, service):
+    prefix = tmp_path / "opt"
+    install(prefix, "etcd", "3.5.29", "3.5.30", current="3.5.30")
+    install(prefix, "flanneld", "0.25.1")
+    versions = run(
+        ComponentVersions(), service, components=["etcd", "flanneld"], prefix=str(prefix)
+    )
+    assert versions == {
+        # The stand-in process is a Python interpreter: its --version is what "runs".
+        "etcd": {
+            "installed": ["3.5.29", "3.5.30"],
+            "current": "3.5.30",
+            "running": platform.python_version(),
+        },
+        "flanneld": {"installed": ["0.25.1"], "current": None, "running": None},
+    }
+
+
+def test_a_component_that_is_not_there_has_no_versions(tmp_path, service):
+    versions = run(ComponentVersions(), service, components="kubelet", prefix=str(tmp_path))
+    assert versions == {"kubelet": {"installed": [], "current": None, "running": None}}
+
+
+def test_component_names_must_be_safe_for_the_shell():
+    with pytest.raises(ValueError, match="invalid component name"):
+        ComponentVersions().command(components=["etcd; rm -rf /"])
+
+
+@pytest.mark.parametrize(
+    ("output", "version"),
+    [
+        (["etcd Version: 3.5.30", "Git SHA: Not provided", "Go Version: go1.22"], "3.5.30"),
+        (["Kubernetes v1.30.2"], "1.30.2"),
+        (["v0.25.1"], "0.25.1"),
+        (["Kubernetes v1.31.0-rc.1"], "1.31.0-rc.1"),
+        (["no version here"], None),
+    ],
+)
+def test_running_version_is_the_first_version_a_binary_prints(output, version):
+    assert running_version(output) == version
+
+
+def test_flannel_lease_is_read_from_subnet_env(tmp_path):
+    env = tmp_path / "subnet.env"
+    env.write_text(
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\n"
+        "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+    )
+    assert run(FlannelLease(), path=str(env)) == {
+        "network": "10.244.0.0/16",
+        "subnet": "10.244.3.1/24",
+        "mtu": 1450,
+        "ipmasq": True,
+    }
+
+
+def test_no_flannel_lease_is_none(tmp_path):
+    assert run(FlannelLease(), path=str(tmp_path / "absent.env")) is None

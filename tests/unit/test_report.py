@@ -1,0 +1,172 @@
+"""galley.report's pure part: tables and problems from fact values, text and JSON output."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from galley.report import analyse, as_json, render
+
+NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def cert(cn: str, days: float) -> dict:
+    return {"cn": cn, "not_after": NOW + timedelta(days=days), "days_left": int(days)}
+
+
+def etcd_host(version: str = "3.5.30", **overrides) -> dict:
+    """A reachable etcd member in good shape, with ``overrides`` replacing whole facts."""
+    facts = {
+        "groups": ["etcd", "nyc3"],
+        "error": None,
+        "os": {"pretty_name": "Debian GNU/Linux 12 (bookworm)", "kernel": "6.1.0-18-amd64"},
+        "flannel": None,
+        "certificates": {"/etc/etcd/pki/member.crt": cert("etcd-1", 29)},
+        "units": {
+            "etcd": {
+                "load": "loaded",
+                "active": "active",
+                "sub": "running",
+                "since": NOW - timedelta(days=3),
+                "restarts": 0,
+            }
+        },
+        "versions": {"etcd": {"installed": [version], "current": version, "running": version}},
+        "etcd": {
+            "healthy": True,
+            "error": None,
+            "member_id": "a1",
+            "leader": "a1",
+            "is_leader": False,
+            "db_size": 20480,
+            "raft_term": 4,
+            "version": version,
+        },
+    }
+    return facts | overrides
+
+
+def healthy_fleet() -> dict[str, dict]:
+    worker = {
+        "groups": ["nyc3", "workers"],
+        "error": None,
+        "os": {"pretty_name": "Debian GNU/Linux 12 (bookworm)", "kernel": "6.1.0-18-amd64"},
+        "flannel": {"subnet": "10.244.3.1/24"},
+        "certificates": {},
+    }
+    return {"etcd-1": etcd_host(), "etcd-2": etcd_host(), "worker-1": worker}
+
+
+def table(report, title):
+    (found,) = [t for t in report.tables if t.title == title]
+    return found
+
+
+def flagged(report, title) -> list[tuple[str, ...]]:
+    found = table(report, title)
+    return [row for index, row in enumerate(found.rows) if index in found.flagged]
+
+
+def test_a_healthy_fleet_has_a_row_per_host_and_no_problems():
+    report = analyse(healthy_fleet(), days=14, now=NOW)
+    assert report.problems == []
+    assert [row[0] for row in table(report, "hosts").rows] == ["etcd-1", "etcd-2", "worker-1"]
+    assert table(report, "hosts").rows[2][4] == "10.244.3.1/24"
+    assert [row[:2] for row in table(report, "versions").rows] == [
+        ("etcd-1", "etcd"),
+        ("etcd-2", "etcd"),
+    ]
+    assert table(report, "etcd").rows[0][4] == "20 KiB"
+    assert render(report, color=False).endswith("no problems")
+
+
+def test_certificates_expiring_within_the_window_are_flagged():
+    fleet = healthy_fleet()
+    fleet["etcd-2"]["certificates"] = {"/etc/etcd/pki/member.crt": cert("etcd-2", 1 / 24)}
+    report = analyse(fleet, days=14, now=NOW)
+    assert [str(p) for p in report.problems] == [
+        "etcd-2: certificates: /etc/etcd/pki/member.crt (etcd-2) expires in 1h00m"
+    ]
+    assert [row[:2] for row in flagged(report, "certificates")] == [
+        ("etcd-2", "/etc/etcd/pki/member.crt")
+    ]
+    # A 29-day certificate is fine with the default window but not with a 30-day one.
+    wider = [str(p) for p in analyse(fleet, days=30, now=NOW).problems]
+    assert wider[0] == "etcd-1: certificates: /etc/etcd/pki/member.crt (etcd-1) expires in 29d"
+    assert len(wider) == 2
+
+
+def test_version_skew_flags_the_odd_member_out():
+    fleet = healthy_fleet()
+    fleet["etcd-3"] = etcd_host("3.5.29")
+    report = analyse(fleet, days=14, now=NOW)
+    assert [str(p) for p in report.problems] == [
+        "fleet: versions: etcd version skew: 3.5.30 on etcd-1, etcd-2; 3.5.29 on etcd-3"
+    ]
+    assert [row[0] for row in flagged(report, "versions")] == ["etcd-3"]
+
+
+def test_a_process_still_running_an_old_version_is_a_pending_restart():
+    fleet = healthy_fleet()
+    fleet["etcd-1"]["versions"]["etcd"] = {
+        "installed": ["3.5.29", "3.5.30"],
+        "current": "3.5.30",
+        "running": "3.5.29",
+    }
+    problems = [str(p) for p in analyse(fleet, days=14, now=NOW).problems]
+    assert "etcd-1: versions: etcd runs 3.5.29 but 3.5.30 is current (restart pending)" in problems
+
+
+def test_failed_units_and_unhealthy_members_are_problems():
+    fleet = healthy_fleet()
+    fleet["etcd-2"]["units"]["etcd"] |= {"active": "failed", "sub": "failed"}
+    fleet["etcd-2"]["etcd"] = {"healthy": False, "error": "connection refused"}
+    report = analyse(fleet, days=14, now=NOW)
+    assert [str(p) for p in report.problems] == [
+        "etcd-2: units: etcd: loaded, failed",
+        "etcd-2: etcd: unhealthy: connection refused",
+    ]
+    assert [row[0] for row in flagged(report, "units")] == ["etcd-2"]
+    assert [row[2] for row in flagged(report, "etcd")] == ["UNHEALTHY"]
+
+
+def test_members_disagreeing_on_the_leader_is_a_problem():
+    fleet = healthy_fleet()
+    fleet["etcd-2"]["etcd"] = fleet["etcd-2"]["etcd"] | {"leader": "b2"}
+    problems = [str(p) for p in analyse(fleet, days=14, now=NOW).problems]
+    assert problems == ["fleet: etcd: members disagree on the leader: a1 by etcd-1; b2 by etcd-2"]
+
+
+def test_a_component_not_deployed_yet_is_not_reported():
+    fleet = healthy_fleet()
+    fleet["etcd-2"]["units"] = {"etcd": {"load": "not-found", "active": "inactive"}}
+    fleet["etcd-2"]["versions"] = {"etcd": {"installed": [], "current": None, "running": None}}
+    fleet["etcd-2"]["etcd"] = None
+    report = analyse(fleet, days=14, now=NOW)
+    assert report.problems == []
+    assert [row[0] for row in table(report, "units").rows] == ["etcd-1"]
+
+
+def test_unreachable_hosts_are_listed_and_flagged():
+    fleet = healthy_fleet()
+    fleet["worker-1"] = {"groups": ["workers"], "error": "Could not connect (timed out)"}
+    report = analyse(fleet, days=14, now=NOW)
+    assert [str(p) for p in report.problems] == [
+        "worker-1: hosts: unreachable: Could not connect (timed out)"
+    ]
+    text = render(report, color=False)
+    assert "! worker-1" in text and "1 problem(s):" in text
+    assert "\033[" not in text
+    assert "\033[31m! worker-1" in render(report, color=True)
+
+
+def test_json_carries_the_facts_and_the_problems():
+    fleet = healthy_fleet()
+    fleet["worker-1"] = {"groups": ["workers"], "error": "timed out"}
+    document = json.loads(as_json(fleet, analyse(fleet, days=7, now=NOW), days=7))
+    assert document["days"] == 7
+    assert document["problems"] == [
+        {"host": "worker-1", "concern": "hosts", "message": "unreachable: timed out"}
+    ]
+    not_after = document["hosts"]["etcd-1"]["certificates"]["/etc/etcd/pki/member.crt"]
+    assert not_after["not_after"] == "2026-05-30T12:00:00+00:00"
