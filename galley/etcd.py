@@ -18,14 +18,13 @@ import hvac
 from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.api.host import Host
-from pyinfra.api.operation import OperationMeta
 from pyinfra.api.state import State
 from pyinfra.operations import files, python, server, systemd
 
 from galley.facts.etcd import CACERT, CERT, ETCDCTL, KEY
-from galley.facts.system import PendingRestart
 from galley.pki import Identity, etcd_member_identity, mount_path
 from galley.release import install_release
+from galley.restarts import restart_when_pending, systemctl_restart
 from galley.tls import host_certificate
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -203,22 +202,16 @@ def etcd_member(vault: Callable[[], hvac.Client]) -> None:
         _if=started.did_change,
     )
 
-    watched = sorted(WATCHED)
-    metas: list[OperationMeta] = [release.current, *release.links, *certs, config, unit]
-    if host.get_fact(PendingRestart, unit=UNIT, paths=watched) or _may_change(metas):
-        python.call(
-            name="Rolling restart of etcd (only if its files changed)",
-            function=_restart_member,
-            endpoints=endpoints,
-            _serial=True,
-            _if=lambda: (
-                host.get_fact(PendingRestart, unit=UNIT, paths=watched) and not started.did_change()
-            ),
-        )
-
-
-def _may_change(metas: Sequence[OperationMeta]) -> bool:
-    return any(meta.will_change for meta in metas)
+    restart_when_pending(
+        UNIT,
+        WATCHED,
+        [release.current, *release.links, *certs, config, unit],
+        started,
+        function=_restart_member,
+        serial=True,
+        name="Rolling restart of etcd (only if its files changed)",
+        endpoints=endpoints,
+    )
 
 
 def _endpoint_health(host: Host, endpoints: Sequence[str]) -> dict[str, str | None]:
@@ -258,7 +251,7 @@ def _wait_cluster_healthy(state: State, host: Host, endpoints: list[str]) -> Non
         )
 
 
-def _restart_member(state: State, host: Host, endpoints: list[str]) -> None:
+def _restart_member(state: State, host: Host, unit: str, endpoints: list[str]) -> None:
     """Restart this member only while all others are healthy; hand off leadership first."""
     own = f"https://{host.data.private_ip}:{host.data.etcd_client_port}"
     others = [endpoint for endpoint in endpoints if endpoint != own]
@@ -269,10 +262,7 @@ def _restart_member(state: State, host: Host, endpoints: list[str]) -> None:
             f"{_unhealthy(health)}"
         )
     _hand_off_leadership(host, own, others)
-    host.log("restarting etcd")
-    ok, output = host.run_shell_command(f"systemctl restart {UNIT}")
-    if not ok:
-        raise EtcdRestartError(f"{host.name}: systemctl restart etcd failed: {output.stderr}")
+    systemctl_restart(state, host, unit)
     health = _wait_healthy(host, endpoints, HEALTH_TIMEOUT)
     if _unhealthy(health):
         raise EtcdRestartError(

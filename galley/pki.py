@@ -22,6 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
+from galley import cluster_secrets
 from galley.vault import VaultError, vault_errors
 
 LEAF_KEY = {"key_type": "ec", "key_bits": 256}  # what roles accept in CSRs
@@ -58,7 +59,9 @@ class RoleSpec:
     organization: tuple[str, ...] = ()
 
 
-MOUNTS = (MountSpec("etcd", "{cluster} etcd CA"),)
+MOUNTS = (MountSpec("etcd", "{cluster} etcd CA"), MountSpec("k8s", "{cluster} Kubernetes CA"))
+# In-cluster names of the API (the cluster domain may differ from cluster.local).
+API_SERVICE_NAMES = ("kubernetes", "kubernetes.default", "kubernetes.default.svc")
 ROLES = (
     # etcd server and peer certificate: CN = host name; SANs host name, localhost, IPs.
     RoleSpec(
@@ -72,6 +75,67 @@ ROLES = (
     ),
     # etcd clients: the CN is the identity, no IP SANs.
     RoleSpec("etcd-client", "etcd", ETCD_CLIENTS),
+    # kube-apiserver serving: in-cluster names, host names, the API endpoint name, IPs.
+    RoleSpec(
+        "kube-apiserver",
+        "k8s",
+        (
+            "kube-apiserver",
+            *API_SERVICE_NAMES,
+            "kubernetes.default.svc.*",
+            "{cluster}-*",
+            "api.{cluster}.*",
+        ),
+        server=True,
+        client=False,
+        glob_names=True,
+        localhost=True,
+        ip_sans=True,
+    ),
+    # Kubernetes clients: the CN is the user name, O the groups (from the role, not the CSR).
+    RoleSpec(
+        "kube-apiserver-kubelet-client",
+        "k8s",
+        ("kube-apiserver-kubelet-client",),
+        organization=("system:masters",),
+    ),
+    RoleSpec(
+        "kube-controller-manager",
+        "k8s",
+        ("system:kube-controller-manager",),
+        enforce_hostnames=False,
+    ),
+    RoleSpec("kube-scheduler", "k8s", ("system:kube-scheduler",), enforce_hostnames=False),
+    RoleSpec(
+        "kube-proxy",
+        "k8s",
+        ("system:kube-proxy",),
+        enforce_hostnames=False,
+        organization=("system:node-proxier",),
+    ),
+    # A node's client identity (kubelet, and flannel in Kubernetes API mode).
+    RoleSpec(
+        "kubelet",
+        "k8s",
+        ("system:node:{cluster}-*",),
+        glob_names=True,
+        enforce_hostnames=False,
+        organization=("system:nodes",),
+    ),
+    # Serving certificates of node-local endpoints (kubelet, controller manager, scheduler):
+    # CN and SAN the host name, its IPs; the apiserver and scrapers verify them with the CA.
+    RoleSpec(
+        "serving",
+        "k8s",
+        ("{cluster}-*",),
+        server=True,
+        client=False,
+        glob_names=True,
+        localhost=True,
+        ip_sans=True,
+    ),
+    # The operator's admin credential (key made on the operator's machine).
+    RoleSpec("admin", "k8s", ("admin",), organization=("system:masters",)),
 )
 
 
@@ -101,6 +165,8 @@ def deploy_paths(cluster: str) -> dict[str, str]:
     for mount in MOUNTS:
         paths[f"{mount_path(cluster, mount.name)}/ca/pem"] = "read"
         paths[f"{mount_path(cluster, mount.name)}/cert/ca"] = "read"
+    for path in cluster_secrets.api_paths(cluster):
+        paths[path] = "read"
     return paths
 
 
@@ -110,7 +176,10 @@ def render_deploy_policy(cluster: str) -> str:
     Token lookup and capabilities-self (used by `galley.vault.connect`) come with Vault's
     ``default`` policy.
     """
-    blocks = [f"# galley deploy policy of cluster {cluster}: sign leaf certificates, read CAs"]
+    blocks = [
+        f"# galley deploy policy of cluster {cluster}: sign leaf certificates, read CAs and "
+        "the shared cluster secrets"
+    ]
     blocks += [
         f'path "{path}" {{\n  capabilities = ["{capability}"]\n}}'
         for path, capability in deploy_paths(cluster).items()
@@ -155,7 +224,8 @@ def role_params(role: RoleSpec, cluster: str, options: PkiOptions = PkiOptions()
 
 
 def bootstrap(client: hvac.Client, cluster: str, options: PkiOptions = PkiOptions()) -> list[str]:
-    """Create or update the cluster's PKI mounts, root CAs, roles and deploy policy.
+    """Create or update the cluster's PKI mounts, root CAs, roles, shared secrets (KV) and
+    deploy policy.
 
     Safe to re-run: returns one line per change made, and nothing when all was in place.
     """
@@ -171,6 +241,7 @@ def bootstrap(client: hvac.Client, cluster: str, options: PkiOptions = PkiOption
         )
     for role in ROLES:
         changes += _ensure_role(client, role, cluster, options)
+    changes += cluster_secrets.bootstrap(client, cluster, mounted)
     changes += _ensure_policy(client, deploy_policy_name(cluster), render_deploy_policy(cluster))
     return changes
 

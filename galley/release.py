@@ -1,4 +1,4 @@
-"""Install versioned release tarballs on hosts and switch between them (pyinfra deploys).
+"""Install versioned release tarballs or raw binaries on hosts and switch between them.
 
 Layout (for release ``etcd``, the default prefix and bin dir)::
 
@@ -73,10 +73,25 @@ def _release_dir(prefix: str, release: str) -> str:
 
 
 def _fetch_script(
-    base: str, version: str, url: str, sha256: str, binaries: Sequence[str], strip_components: int
+    base: str,
+    version: str,
+    url: str,
+    sha256: str,
+    binaries: Sequence[str],
+    strip_components: int,
+    archive: bool = True,
 ) -> str:
-    """Shell script that downloads, verifies and unpacks ``url`` into ``<base>/<version>/``."""
+    """Shell script that downloads, verifies and unpacks ``url`` into ``<base>/<version>/``.
+
+    With ``archive`` False the download is the single binary ``binaries[0]`` itself.
+    """
     q = shlex.quote
+    if archive:
+        unpack = (
+            f'tar -xf "$part" -C "$tmp" --no-same-owner --strip-components={int(strip_components)}'
+        )
+    else:
+        unpack = f'install -m 0755 "$part" "$tmp/"{q(binaries[0])}'
     filename = posixpath.basename(urlsplit(url).path) or "download"
     checks = " ".join(q(binary) for binary in binaries)
     return "\n".join(
@@ -102,7 +117,7 @@ def _fetch_script(
             "  exit 1",
             "fi",
             'tmp=$(mktemp -d "$base/.$version.XXXXXX")',
-            f'tar -xf "$part" -C "$tmp" --no-same-owner --strip-components={int(strip_components)}',
+            unpack,
             f"for b in {checks}; do",
             '  [ -f "$tmp/$b" ] && [ -x "$tmp/$b" ] || '
             '{ echo "$url has no executable $b" >&2; exit 1; }',
@@ -125,13 +140,14 @@ def _fetch(
     binaries: Sequence[str],
     prefix: str,
     strip_components: int,
+    archive: bool,
 ) -> Iterator[str]:
     installed = host.get_fact(InstalledReleases, release=release, prefix=prefix)
     if installed["sha256"].get(version) == sha256:
         host.noop(f"{release} {version} is already installed")
         return
     base = _release_dir(prefix, release)
-    yield _fetch_script(base, version, url, sha256, binaries, strip_components)
+    yield _fetch_script(base, version, url, sha256, binaries, strip_components, archive)
 
 
 @operation()
@@ -192,9 +208,16 @@ def install_release(
     prefix: str = DEFAULT_PREFIX,
     bin_dir: str = DEFAULT_BIN_DIR,
     strip_components: int = 1,
+    archive: bool = True,
 ) -> Release:
-    """Install ``version`` of a release tarball (if not yet complete) and make it active."""
+    """Install ``version`` of a release (if not yet complete) and make it active.
+
+    ``url`` is a tarball holding ``binaries``, or with ``archive=False`` a raw executable
+    (e.g. ``kubelet`` from dl.k8s.io) installed as the only entry of ``binaries``.
+    """
     _validate(release, version, binaries)
+    if not archive and len(binaries) != 1:
+        raise ValueError(f"a raw binary download installs exactly one binary, not {binaries!r}")
     sha256 = sha256.lower()
     if not _SHA256.fullmatch(sha256):
         raise ValueError(f"invalid sha256 for {url}: {sha256!r}")
@@ -207,6 +230,7 @@ def install_release(
         binaries=list(binaries),
         prefix=prefix,
         strip_components=strip_components,
+        archive=archive,
     )
     return _activate(release, version, binaries, prefix, bin_dir)
 

@@ -6,6 +6,7 @@ here connects to a host or to Vault, so bad input is reported before any host is
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -20,6 +21,7 @@ from pyinfra.api import Inventory, State
 from pyinfra.api.host import Host
 from pyinfra.context import ctx_state
 
+from galley.hostkeys import unchecked
 from galley.vault import VaultError, VaultSettings
 
 CLUSTER_GROUPS = ("etcd", "control_plane", "workers")
@@ -54,15 +56,45 @@ class Component:
 
     group: str  # the hosts that run it: must not be empty
     binaries: tuple[str, ...] = ()  # each needs <name>_version and <name>_checksums
+    # binaries whose version is another key, e.g. {"kubelet": "kubernetes_version"}
+    versions: Mapping[str, str] = dataclasses.field(default_factory=dict)
     odd_members: bool = False  # quorum: an odd member count unless <group>_allow_even_members
-    networks: bool = False  # pod_cidr, service_cidr, node_cidrs
+    networks: bool = False  # pod_cidr, service_cidr, node_cidrs, node_cidr_mask_size
     vault: bool = False  # certificates come from Vault
+    kubernetes: bool = False  # needs a control plane to talk to (api_endpoint, api_port)
+    flannel: bool = False  # flannel_mode and flannel_backend
+
+
+def _kubernetes_versions(*binaries: str) -> dict[str, str]:
+    return dict.fromkeys(binaries, "kubernetes_version")
 
 
 COMPONENTS: Mapping[str, Component] = {
     "etcd": Component("etcd", binaries=("etcd",), odd_members=True, vault=True),
-    "control_plane": Component("control_plane", networks=True, vault=True),
+    "control_plane": Component(
+        "control_plane",
+        binaries=("kube_apiserver", "kube_controller_manager", "kube_scheduler"),
+        versions=_kubernetes_versions(
+            "kube_apiserver", "kube_controller_manager", "kube_scheduler"
+        ),
+        networks=True,
+        vault=True,
+        kubernetes=True,
+    ),
+    "workers": Component(
+        "workers",
+        binaries=("kubelet", "kube_proxy", "containerd", "runc", "cni_plugins"),
+        versions=_kubernetes_versions("kubelet", "kube_proxy"),
+        networks=True,
+        vault=True,
+        kubernetes=True,
+    ),
+    "flannel": Component(
+        "workers", binaries=("flannel",), networks=True, vault=True, kubernetes=True, flannel=True
+    ),
 }
+FLANNEL_MODES = ("kube", "etcd")
+FLANNEL_BACKENDS = ("vxlan", "host-gw", "wireguard")
 
 Check = Callable[[Host], Iterable[tuple[str, str]]]
 
@@ -80,9 +112,15 @@ def problems(
         hosts = inventory.get_group(component.group, [])
         found += _group_size(component, hosts)
         for binary in component.binaries:
-            found += _per_host(hosts, _checksum_check(binary))
+            version_key = component.versions.get(binary, f"{binary}_version")
+            found += _per_host(hosts, _checksum_check(binary, version_key))
         if component.networks:
             found += _per_host(hosts, _network_check)
+        if component.kubernetes:
+            found += _control_plane_exists(inventory)
+            found += _per_host(hosts, _api_endpoint_check)
+        if component.flannel:
+            found += _per_host(hosts, _flannel_check)
         if component.vault:
             found += _per_host(hosts, _vault_check(environ))
     return list(dict.fromkeys(found))
@@ -115,7 +153,7 @@ def load_inventory(inventory_path: str) -> Inventory:
 
     if not Path(inventory_path).is_file():
         raise FileNotFoundError(f"no such inventory file: {inventory_path}")
-    with ctx_state.use(State()):
+    with ctx_state.use(State()), unchecked():
         return make_inventory(inventory_path, cwd=os.getcwd())
 
 
@@ -220,13 +258,13 @@ def _per_host(hosts: list[Host], check: Check) -> list[Problem]:
     return found
 
 
-def _checksum_check(binary: str) -> Check:
+def _checksum_check(binary: str, version_key: str) -> Check:
     def check(host: Host) -> Iterable[tuple[str, str]]:
-        version = host.data.get(f"{binary}_version")
+        version = host.data.get(version_key)
         arch = host.data.get("arch")
         checksums = host.data.get(f"{binary}_checksums") or {}
         if not version:
-            yield f"{binary}_version", "missing"
+            yield version_key, "missing"
         if not arch:
             yield "arch", "missing"
         if not version or not arch:
@@ -264,6 +302,61 @@ def _network_check(host: Host) -> Iterable[tuple[str, str]]:
                 first_service_ip(str(network))
             except ValueError as exc:
                 yield field, str(exc)
+        if field == "pod_cidr":
+            yield from _node_mask_check(host, network)
+
+
+def _node_mask_check(host: Host, pod_network: Network) -> Iterable[tuple[str, str]]:
+    mask = host.data.get("node_cidr_mask_size")
+    if not isinstance(mask, int) or isinstance(mask, bool):
+        yield "node_cidr_mask_size", f"must be a prefix length, not {mask!r}"
+    elif not pod_network.prefixlen < mask <= pod_network.max_prefixlen - 2:
+        yield (
+            "node_cidr_mask_size",
+            f"/{mask} does not split pod_cidr {pod_network} into node subnets (use a prefix "
+            f"longer than /{pod_network.prefixlen} and at most /{pod_network.max_prefixlen - 2})",
+        )
+
+
+def _control_plane_exists(inventory: Inventory) -> list[Problem]:
+    if inventory.get_group("control_plane", []):
+        return []
+    # The same problem as an empty control_plane component, so it is reported once.
+    return [Problem(None, "control_plane", "no hosts in group 'control_plane'")]
+
+
+def _api_endpoint_check(host: Host) -> Iterable[tuple[str, str]]:
+    endpoint = host.data.get("api_endpoint")
+    port = host.data.get("api_port")
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        yield "api_port", f"must be a TCP port, not {port!r}"
+    if not endpoint:
+        return
+    try:
+        ipaddress.ip_address(endpoint)
+        return
+    except ValueError:
+        pass
+    cluster = host.data.get("cluster_name")
+    if not re.fullmatch(rf"api\.{re.escape(str(cluster))}(\.{LABEL.pattern})+", str(endpoint)):
+        yield (
+            "api_endpoint",
+            f"{endpoint!r} must be an IP address or a name api.{cluster}.<domain> (the names "
+            "the apiserver certificate may carry)",
+        )
+
+
+def _flannel_check(host: Host) -> Iterable[tuple[str, str]]:
+    mode = host.data.get("flannel_mode")
+    if mode not in FLANNEL_MODES:
+        yield "flannel_mode", f"{mode!r} is not one of {', '.join(FLANNEL_MODES)}"
+    backend = host.data.get("flannel_backend")
+    kind = backend.get("Type") if isinstance(backend, Mapping) else None
+    if kind not in FLANNEL_BACKENDS:
+        yield (
+            "flannel_backend",
+            f"Type {kind!r} is not one of {', '.join(FLANNEL_BACKENDS)} (e.g. {{'Type': 'vxlan'}})",
+        )
 
 
 def _vault_check(environ: Mapping[str, str]) -> Check:

@@ -7,3 +7,23 @@ github_base_url = "https://github.com"
 # DigitalOcean's default VPCs sit in 10.0.0.0/8, so the cluster's networks avoid it.
 pod_cidr = "172.16.0.0/16"
 service_cidr = "172.20.0.0/16"
+# A node's pod subnet (flannel's per-node lease; the controller manager's node CIDRs).
+node_cidr_mask_size = 24
+
+# Kubernetes. Binaries come from <dl_k8s_base_url>/release/v<version>/bin/linux/<arch>/.
+kubernetes_version = "1.33.5"
+dl_k8s_base_url = "https://dl.k8s.io"
+cluster_domain = "cluster.local"
+api_port = 6443
+# What clients dial for the API (a load balancer's DNS name or IP); None means the first
+# control-plane host's private IP. A name must look like api.<cluster>.<domain> (the Vault
+# role of the apiserver certificate allows exactly that).
+api_endpoint = None
+# Leaf certificates of the Kubernetes components (and the operator's admin credential).
+kubernetes_cert_ttl = "720h"
+
+# flannel: "kube" (--kube-subnet-mgr: leases in the Node objects, workers hold no etcd
+# credentials) or "etcd" (network config written once to etcd, flannel gets an etcd client
+# certificate). The backend goes into net-conf.json as is.
+flannel_mode = "kube"
+flannel_backend = {"Type": "vxlan", "VNI": 1, "Port": 8472}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from galley.lab.artifacts import ARTIFACTS, DEBIAN_ARCH, checksums
+from galley.lab.artifacts import ARTIFACTS, DEBIAN_ARCH, KUBERNETES_VERSION, checksums
 from galley.lab.state import CACHE_DIR, LabState
 from galley.lab.topology import NETWORK, ROLES
 
@@ -37,16 +37,22 @@ def lab_groups(state: LabState, overrides: dict | None = None) -> dict[str, list
 
 
 def lab_overrides(state: LabState, mirror_dir: Path = CACHE_DIR / "mirror") -> dict:
-    """Settings the lab replaces: download from its mirror, with the mirror's checksums.
+    """Settings the lab replaces: its mirror's downloads, versions and checksums.
 
-    Each artifact the mirror carries becomes ``<name>_checksums = {version: {arch: sha256}}``.
+    Each artifact the mirror carries becomes ``<key>_version`` and ``<key>_checksums =
+    {version: {arch: sha256}}``, ``<key>`` being its name with "-" as "_" (``kube_apiserver``);
+    ``kubernetes_version`` is the Kubernetes server binaries' version.
     """
     overrides: dict = {
         "github_base_url": f"{state.mirror_url}/github.com",
+        "dl_k8s_base_url": f"{state.mirror_url}/dl.k8s.io",
         "node_cidrs": [str(NETWORK)],
+        "kubernetes_version": KUBERNETES_VERSION,
     }
     recorded = checksums(mirror_dir)
     for artifact in ARTIFACTS:
-        by_version = overrides.setdefault(f"{artifact.name}_checksums", {})
+        key = artifact.name.replace("-", "_")
+        overrides[f"{key}_version"] = artifact.version
+        by_version = overrides.setdefault(f"{key}_checksums", {})
         by_version.setdefault(artifact.version, {})[DEBIAN_ARCH] = recorded[artifact.upstream_path]
     return overrides

@@ -181,17 +181,33 @@ def test_identity_normalises_names_and_rejects_bad_ips():
 def test_deploy_policy_grants_exactly_sign_and_ca_reads():
     hcl = pki.render_deploy_policy("lab")
     blocks = dict(re.findall(r'path "([^"]+)" \{\s*capabilities = \[([^\]]*)\]\s*\}', hcl))
+    k8s_roles = (
+        "kube-apiserver",
+        "kube-apiserver-kubelet-client",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kube-proxy",
+        "kubelet",
+        "serving",
+        "admin",
+    )
     assert blocks == {
         "lab/pki/etcd/sign/etcd-member": '"update"',
         "lab/pki/etcd/sign/etcd-client": '"update"',
-        "lab/pki/etcd/ca/pem": '"read"',
-        "lab/pki/etcd/cert/ca": '"read"',
+        **{f"lab/pki/k8s/sign/{role}": '"update"' for role in k8s_roles},
+        **{
+            f"lab/pki/{mount}/{path}": '"read"'
+            for mount in ("etcd", "k8s")
+            for path in ("ca/pem", "cert/ca")
+        },
+        "lab/kv/data/kubernetes/service-account": '"read"',
+        "lab/kv/data/kubernetes/encryption": '"read"',
     }
     assert hcl.count("path ") == len(blocks)
 
 
 def test_roles_table():
-    member, client = (pki.role_params(role, "lab") for role in pki.ROLES)
+    member, client = (pki.role_params(role, "lab") for role in pki.ROLES[:2])
     assert member["allowed_domains"] == ["lab-*"]
     assert member["allow_glob_domains"] and member["allow_ip_sans"] and member["allow_localhost"]
     assert member["server_flag"] and member["client_flag"]
@@ -259,9 +275,15 @@ def test_bootstrap_sets_up_and_is_a_no_op_when_re_run(vault):
     changes = pki.bootstrap(vault, "lab")
     assert changes[0] == "enabled PKI mount lab/pki/etcd"
     assert changes[1].startswith("generated root CA 'lab etcd CA' in lab/pki/etcd")
-    assert changes[2:] == [
+    assert changes[2] == "enabled PKI mount lab/pki/k8s"
+    assert changes[3].startswith("generated root CA 'lab Kubernetes CA' in lab/pki/k8s")
+    assert changes[4:] == [
         "created role etcd-member in lab/pki/etcd",
         "created role etcd-client in lab/pki/etcd",
+        *(f"created role {role.name} in lab/pki/k8s" for role in pki.ROLES[2:]),
+        "enabled KV v2 mount lab/kv",
+        "generated lab/kv/kubernetes/service-account",
+        "generated lab/kv/kubernetes/encryption",
         "wrote policy lab-galley-deploy",
     ]
     ca = pki.read_ca(vault, "lab/pki/etcd")
@@ -273,8 +295,7 @@ def test_bootstrap_reports_only_roles_that_differ(vault):
     pki.bootstrap(vault, "lab")
     shorter = pki.PkiOptions(leaf_ttl="24h")
     assert pki.bootstrap(vault, "lab", shorter) == [
-        "updated role etcd-member in lab/pki/etcd (ttl)",
-        "updated role etcd-client in lab/pki/etcd (ttl)",
+        f"updated role {role.name} in lab/pki/{role.mount} (ttl)" for role in pki.ROLES
     ]
     assert pki.bootstrap(vault, "lab", shorter) == []
 

@@ -107,6 +107,8 @@ def lab(tmp_path, monkeypatch):
     monkeypatch.setattr(vault_standin.Core, "handle", recording)
     server = vault_standin.serve("127.0.0.1", 0, ROOT_TOKEN)
     pki.bootstrap(hvac.Client(url=server.url, token=ROOT_TOKEN), "lab")
+    # The bootstrap stores the cluster's shared service-account key; record the deploy only.
+    requests.clear()
     yield Lab(tmp_path, server.url, requests)
     server.shutdown()
 

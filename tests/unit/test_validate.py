@@ -29,6 +29,13 @@ GOOD = {
     "service_cidr": "10.96.0.0/16",
     "node_cidrs": ["10.108.0.0/20"],
     "vault_addr": "http://127.0.0.1:8200",
+    "node_cidr_mask_size": 24,
+    "api_port": 6443,
+    "kubernetes_version": "1.33.5",
+    **{
+        f"{binary}_checksums": {"1.33.5": {"amd64": ETCD_SHA}}
+        for binary in ("kube_apiserver", "kube_controller_manager", "kube_scheduler")
+    },
 }
 ENV = {"VAULT_TOKEN": "s.test"}
 ALL = ("etcd", "control_plane")
@@ -227,8 +234,8 @@ def test_vault_credentials_are_needed_token_or_approle():
 
 
 def test_unknown_components_are_refused():
-    with pytest.raises(ValueError, match=r"unknown component\(s\) flannel; known: etcd"):
-        problems(_inventory(), {"flannel"}, ENV)
+    with pytest.raises(ValueError, match=r"unknown component\(s\) calico; known: etcd"):
+        problems(_inventory(), {"calico"}, ENV)
 
 
 def test_first_service_ip_is_the_second_address_of_the_service_network():
@@ -275,7 +282,7 @@ def _project(tmp_path: Path, all_data: dict) -> str:
 
 
 def test_validate_cli_loads_group_data_from_the_cwd_and_says_ok(tmp_path: Path):
-    result = _validate_cli(tmp_path, _project(tmp_path, GOOD))
+    result = _validate_cli(tmp_path, _project(tmp_path, GOOD), "etcd", "control_plane")
     assert (result.returncode, result.stdout) == (0, "OK: 3 hosts\n"), result.stderr
 
 

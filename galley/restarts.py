@@ -1,0 +1,66 @@
+"""Durable restart-on-change for systemd units (shared by every component's deploy).
+
+A unit restarts when a file it runs from (binary link, unit file, config, certificates) is
+newer than its last start (`galley.facts.PendingRestart`), so a run killed between writing a
+file and restarting still restarts on the next run. The check is added only when a restart
+may be needed: pending already, or one of the given operations will change something.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+from pyinfra import host
+from pyinfra.api.host import Host
+from pyinfra.api.operation import OperationMeta
+from pyinfra.api.state import State
+from pyinfra.operations import python
+
+from galley.facts.system import PendingRestart
+
+
+class RestartError(Exception):
+    """A unit could not be restarted, or did not come back healthy."""
+
+
+def systemctl_restart(state: State, host: Host, unit: str) -> None:
+    """Restart ``unit`` on ``host`` (a `restart_when_pending` function without a health gate)."""
+    host.log(f"restarting {unit}")
+    ok, output = host.run_shell_command(f"systemctl restart {unit}")
+    if not ok:
+        raise RestartError(f"{host.name}: systemctl restart {unit} failed: {output.stderr}")
+
+
+def restart_when_pending(
+    unit: str,
+    watched: Iterable[str],
+    changes: Sequence[OperationMeta],
+    started: OperationMeta,
+    function: Callable[..., None] = systemctl_restart,
+    serial: bool = False,
+    name: str | None = None,
+    **kwargs,
+) -> None:
+    """Restart ``unit`` at execution time if its ``watched`` files are newer than its start.
+
+    ``changes`` are this run's operations that may touch those files; ``started`` is the
+    operation that starts the unit (a unit it just started needs no restart). ``function``
+    (``function(state, host, unit=..., **kwargs)``) does the restart, e.g. with a health gate;
+    ``serial`` restarts one host at a time.
+    """
+    paths = sorted(watched)
+    if not (
+        any(meta.will_change for meta in changes)
+        or host.get_fact(PendingRestart, unit=unit, paths=paths)
+    ):
+        return
+    python.call(
+        name=name or f"Restart {unit} (only if its files changed)",
+        function=function,
+        unit=unit,
+        _serial=serial,
+        _if=lambda: (
+            host.get_fact(PendingRestart, unit=unit, paths=paths) and not started.did_change()
+        ),
+        **kwargs,
+    )

@@ -1,0 +1,277 @@
+"""The whole cluster on the lab through the real pyinfra CLI: etcd, control plane, flannel and
+workers as systemd units, Vault-signed identities, idempotence, the apiservers' real etcd
+wiring, and bad input refused before any host changes."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from pyinfra.api import Inventory
+
+from galley.admin import AdminFiles, operator_dir
+from galley.kubernetes import K8S_DIR, certificates_of, unit_path
+from galley.lab.artifacts import ARTIFACTS
+from galley.lab.inventory import lab_groups, lab_overrides
+from galley.lab.state import CACHE_DIR
+
+from .conftest import REPO, pyinfra_json, run_cli
+
+INVENTORY = "inventories/lab.py"
+UNITS = {
+    "control_plane": ("kube-apiserver", "kube-controller-manager", "kube-scheduler"),
+    "workers": ("containerd", "flanneld", "kubelet", "kube-proxy"),
+}
+KUBECONFIGS = {
+    "control_plane": ("controller-manager", "scheduler"),
+    "workers": ("kubelet", "kube-proxy", "flannel"),
+}
+
+
+def deploy(*args: str, inventory: str = INVENTORY, check: bool = True):
+    """Run the cluster deploy; return (exit code, JSON results or None, combined output)."""
+    result = run_cli("pyinfra", "-y", inventory, "deploys/cluster.py", "--json", *args, check=check)
+    try:
+        results = json.loads(result.stdout)["results"]
+    except (ValueError, KeyError):
+        results = None
+    return result.returncode, results, result.stdout + result.stderr
+
+
+def changed(results: dict) -> dict[str, set[str]]:
+    """Operation name -> hosts it changed."""
+    return {op["name"]: set(op["success"]) for op in results["operations"] if op["success"]}
+
+
+def ssh(name: str, command: str, check: bool = True) -> str:
+    return run_cli("galley", "lab", "ssh", name, command, check=check).stdout
+
+
+def hosts_of(lab, group: str) -> list[str]:
+    return [d.name for d in lab.droplets if group in d.roles]
+
+
+@pytest.fixture(scope="module")
+def cluster(lab):
+    """The lab after `galley vault bootstrap` and a full cluster deploy."""
+    run_cli("galley", "vault", "bootstrap", "--cluster", "lab")
+    code, _results, output = deploy()
+    assert code == 0, output
+    return lab
+
+
+@pytest.fixture(scope="module")
+def inventory(cluster) -> Inventory:
+    """The lab's inventory with group_data/all.py, as the deploy sees it (no connection)."""
+    all_data = {
+        key: value
+        for key, value in runpy.run_path(str(REPO / "group_data" / "all.py")).items()
+        if not key.startswith("_")
+    }
+    groups = lab_groups(cluster, lab_overrides(cluster))
+    hosts = {name: data for members in groups.values() for name, data in members}
+    return Inventory(
+        (list(hosts.items()), all_data),
+        **{group: ([name for name, _ in members], {}) for group, members in groups.items()},
+    )
+
+
+def _admin_files() -> AdminFiles:
+    return AdminFiles(operator_dir(_Data({"cluster_name": "lab"})))
+
+
+class _Data(dict):
+    """Just enough of pyinfra's host.data for `operator_dir`."""
+
+    def __getattr__(self, key: str):
+        return self[key]
+
+
+def _healthz(address: str, files: AdminFiles) -> tuple[int, str]:
+    try:
+        answer = requests.get(
+            f"https://{address}:6443/healthz",
+            cert=(str(files.cert), str(files.key)),
+            verify=str(files.ca),
+            timeout=5,
+        )
+    except requests.RequestException as exc:
+        return 0, str(exc)
+    return answer.status_code, answer.text
+
+
+def test_every_unit_is_active_and_passes_systemd_analyze_verify(cluster):
+    for group, units in UNITS.items():
+        for name in hosts_of(cluster, group):
+            states = ssh(name, f"systemctl is-active {' '.join(units)}", check=False).split()
+            assert states == ["active"] * len(units), (name, dict(zip(units, states, strict=False)))
+            paths = " ".join(unit_path(unit) for unit in units)
+            verified = run_cli(
+                "galley", "lab", "ssh", name, f"systemd-analyze verify {paths}", check=False
+            )
+            assert verified.returncode == 0, (name, verified.stdout + verified.stderr)
+
+
+@pytest.fixture(scope="module")
+def kubectl(tmp_path_factory) -> Path:
+    (artifact,) = [a for a in ARTIFACTS if a.name == "kubectl"]
+    path = CACHE_DIR / "mirror" / artifact.upstream_path
+    copy = tmp_path_factory.mktemp("kubectl") / "kubectl"
+    copy.write_bytes(path.read_bytes())
+    copy.chmod(0o755)
+    return copy
+
+
+def _kubectl_view(kubectl: Path, kubeconfig: Path) -> dict:
+    result = subprocess.run(
+        [str(kubectl), "config", "view", "--kubeconfig", str(kubeconfig), "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, (kubeconfig, result.stderr)
+    return json.loads(result.stdout)
+
+
+def test_real_kubectl_accepts_every_generated_kubeconfig(cluster, kubectl, tmp_path):
+    first_cp = next(d.address for d in cluster.droplets if "control_plane" in d.roles)
+    for group, names in KUBECONFIGS.items():
+        for host in hosts_of(cluster, group):
+            for name in names:
+                local = tmp_path / f"{host}-{name}.kubeconfig"
+                local.write_text(ssh(host, f"cat {K8S_DIR}/{name}.kubeconfig"))
+                view = _kubectl_view(kubectl, local)
+                (entry,) = view["clusters"]
+                expected = "127.0.0.1" if group == "control_plane" else first_cp
+                assert entry["cluster"]["server"] == f"https://{expected}:6443"
+                assert view["current-context"].endswith("@lab")
+    view = _kubectl_view(kubectl, _admin_files().kubeconfig)
+    assert view["users"][0]["name"] == "admin"
+    assert view["clusters"][0]["cluster"]["server"] == f"https://{first_cp}:6443"
+
+
+def test_admin_certificate_gets_ok_from_every_apiserver(cluster):
+    files = _admin_files()
+    assert files.key.stat().st_mode & 0o777 == 0o600
+    for droplet in cluster.droplets:
+        if "control_plane" in droplet.roles:
+            assert _healthz(droplet.address, files) == (200, "ok")
+
+
+def test_certificates_match_the_identity_table(cluster, inventory):
+    found = pyinfra_json(
+        "fact",
+        "galley.facts.Certificates",
+        "paths=/etc/kubernetes/pki/*.crt /etc/kube-flannel/pki/*.crt",
+    ).popitem()[1]
+    for host in inventory:
+        specs = certificates_of(host)
+        if not specs:
+            continue
+        certs = found[host.name]
+        for spec in specs:
+            cert = certs[spec.cert_path]
+            have = (cert["cn"], cert["organization"], cert["dns_names"], cert["ip_addresses"])
+            want = spec.identity
+            assert have == (
+                want.cn,
+                list(want.organization),
+                list(want.dns_names),
+                list(want.ip_addresses),
+            ), (host.name, spec.cert_path)
+    apiserver = found["lab-cp-1"]["/etc/kubernetes/pki/apiserver.crt"]
+    assert "kubernetes.default.svc.cluster.local" in apiserver["dns_names"]
+    assert "172.20.0.1" in apiserver["ip_addresses"]
+    kubelet = found["lab-worker-1"]["/etc/kubernetes/pki/kubelet.crt"]
+    assert (kubelet["cn"], kubelet["organization"]) == (
+        "system:node:lab-worker-1",
+        ["system:nodes"],
+    )
+
+
+def test_second_run_changes_nothing(cluster):
+    code, results, output = deploy()
+    assert code == 0, output
+    assert changed(results) == {}
+
+
+def _wait(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(1)
+    return False
+
+
+def test_apiservers_report_unhealthy_without_etcd_and_recover(cluster):
+    files = _admin_files()
+    apiservers = [d.address for d in cluster.droplets if "control_plane" in d.roles]
+    members = hosts_of(cluster, "etcd")
+    try:
+        for name in members:
+            ssh(name, "systemctl stop etcd")
+        assert _wait(lambda: all(_healthz(a, files) != (200, "ok") for a in apiservers), 45), [
+            _healthz(a, files) for a in apiservers
+        ]
+    finally:
+        for name in members:
+            ssh(name, "systemctl start --no-block etcd")
+    assert _wait(lambda: all(_healthz(a, files) == (200, "ok") for a in apiservers), 90)
+    health = pyinfra_json("fact", "galley.facts.EtcdHealth", "--limit", "etcd").popitem()[1]
+    assert all(h["healthy"] for h in health.values()), health
+
+
+def _custom_inventory(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "inventory.py"
+    path.write_text(
+        "from galley.lab.inventory import lab_groups, lab_overrides\n"
+        "from galley.lab.state import LabState\n"
+        "_state = LabState.load()\n"
+        "_groups = lab_groups(_state, lab_overrides(_state))\n"
+        "etcd = _groups['etcd']\n"
+        "control_plane = _groups['control_plane']\n"
+        "workers = _groups['workers']\n" + body
+    )
+    return str(path)
+
+
+BAD_INVENTORIES = {
+    "overlapping networks": (
+        "for _, data in etcd + control_plane + workers:\n    data['pod_cidr'] = '172.20.0.0/20'\n",
+        "pod_cidr: 172.20.0.0/20 overlaps service_cidr 172.20.0.0/16",
+    ),
+    "service network too small": (
+        "for _, data in etcd + control_plane + workers:\n"
+        "    data['service_cidr'] = '172.30.0.0/32'\n",
+        "service_cidr: 172.30.0.0/32 has no room for the first service IP",
+    ),
+    "empty control plane": (
+        "control_plane = []\n",
+        "inventory: control_plane: no hosts in group 'control_plane'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INVENTORIES))
+def test_bad_inventories_are_refused_before_any_change(cluster, tmp_path, case):
+    body, message = BAD_INVENTORIES[case]
+    before = {
+        name: ssh(name, f"sha256sum {K8S_DIR}/*.kubeconfig /etc/systemd/system/*.service")
+        for name in hosts_of(cluster, "control_plane") + hosts_of(cluster, "workers")[:1]
+    }
+    code, _, output = deploy(inventory=_custom_inventory(tmp_path, body), check=False)
+    assert code != 0
+    assert "the inventory is not valid, nothing was changed" in output
+    assert message in output
+    after = {
+        name: ssh(name, f"sha256sum {K8S_DIR}/*.kubeconfig /etc/systemd/system/*.service")
+        for name in before
+    }
+    assert after == before

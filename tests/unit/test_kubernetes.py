@@ -1,0 +1,222 @@
+"""Kubernetes deploy pieces that need no lab: raw-binary installs, rendered configs, the identity
+table, validation rules, shared secrets and the admin credential (against the Vault stand-in)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import hvac
+import jinja2
+import pytest
+from pyinfra.api import Inventory
+
+from galley import cluster_secrets, pki
+from galley.admin import AdminFiles, render_kubeconfig, update_reason, write_admin_files
+from galley.flannel import flanneld_args, net_conf
+from galley.kubernetes import TEMPLATES, certificates_of, cluster_dns_ip
+from galley.lab.standins import yamlish
+from galley.lab.vault_standin import serve
+from galley.release import _fetch_script
+from galley.validate import problems
+
+SHA = "a" * 64
+DATA = {
+    "cluster_name": "lab",
+    "arch": "amd64",
+    "vault_addr": "http://127.0.0.1:8200",
+    "pod_cidr": "172.16.0.0/16",
+    "service_cidr": "172.20.0.0/16",
+    "node_cidrs": ["198.18.0.0/24"],
+    "node_cidr_mask_size": 24,
+    "cluster_domain": "cluster.local",
+    "api_port": 6443,
+    "api_endpoint": None,
+    "kubernetes_version": "1.33.5",
+    "flannel_mode": "kube",
+    "flannel_backend": {"Type": "vxlan"},
+    "flannel_version": "0.26.7",
+    "etcd_client_port": 2379,
+    **{
+        f"{name}_checksums": {"1.33.5": {"amd64": SHA}}
+        for name in ("kubelet", "kube_proxy", "kube_apiserver")
+    },
+}
+ENV = {"VAULT_TOKEN": "t"}
+
+
+def _inventory(**data) -> Inventory:
+    return Inventory(
+        (
+            [
+                ("lab-etcd-1", {"private_ip": "198.18.0.10"}),
+                ("lab-cp-1", {"private_ip": "198.18.0.13"}),
+                ("lab-worker-1", {"private_ip": "198.18.0.15"}),
+            ],
+            DATA | data,
+        ),
+        etcd=(["lab-etcd-1"], {}),
+        control_plane=(["lab-cp-1"], {}),
+        workers=(["lab-worker-1"], {}),
+    )
+
+
+def test_raw_binary_is_verified_then_installed_as_the_named_executable(tmp_path: Path):
+    download = tmp_path / "runc.amd64"
+    download.write_text("#!/bin/sh\necho runc\n")
+    digest = hashlib.sha256(download.read_bytes()).hexdigest()
+    base = tmp_path / "opt" / "runc"
+    script = _fetch_script(str(base), "1.3.6", download.as_uri(), digest, ["runc"], 1, False)
+    subprocess.run(["sh", "-c", script], check=True, capture_output=True)
+    assert subprocess.run([base / "1.3.6" / "runc"], capture_output=True).stdout == b"runc\n"
+    assert (base / "1.3.6" / ".galley-complete").read_text().strip() == digest
+
+    bad = _fetch_script(str(base), "1.3.7", download.as_uri(), SHA, ["runc"], 1, False)
+    failed = subprocess.run(["sh", "-c", bad], capture_output=True, text=True)
+    assert failed.returncode != 0 and "sha256 mismatch" in failed.stderr
+    assert not (base / "1.3.7").exists()
+
+
+def _render(name: str, **variables) -> str:
+    environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    return environment.from_string((TEMPLATES / name).read_text()).render(**variables)
+
+
+@pytest.mark.parametrize(
+    ("template", "api_version", "kind"),
+    [
+        ("kubelet-config.yaml.j2", "kubelet.config.k8s.io/v1beta1", "KubeletConfiguration"),
+        ("kube-proxy-config.yaml.j2", "kubeproxy.config.k8s.io/v1alpha1", "KubeProxyConfiguration"),
+        (
+            "kube-scheduler.yaml.j2",
+            "kubescheduler.config.k8s.io/v1",
+            "KubeSchedulerConfiguration",
+        ),
+        ("encryption-config.yaml.j2", "apiserver.config.k8s.io/v1", "EncryptionConfiguration"),
+        ("kubeconfig.j2", "v1", "Config"),
+    ],
+)
+def test_config_files_have_their_current_kind(template, api_version, kind):
+    text = _render(
+        template,
+        cluster_name="lab",
+        cluster_domain="cluster.local",
+        cluster_dns="172.20.0.10",
+        ca_path="/etc/kubernetes/pki/ca.crt",
+        pki_dir="/etc/kubernetes/pki",
+        kubeconfig="/etc/kubernetes/x.kubeconfig",
+        pod_cidr="172.16.0.0/16",
+        node_name="lab-worker-1",
+        kv_mount="lab/kv",
+        encryption_key="a2V5",
+        server="https://198.18.0.13:6443",
+        user_name="system:node:lab-worker-1",
+        cert_path="/etc/kubernetes/pki/kubelet.crt",
+        key_path="/etc/kubernetes/pki/kubelet.key",
+    )
+    parsed = yamlish.loads(text)
+    assert (parsed["apiVersion"], parsed["kind"]) == (api_version, kind)
+
+
+def test_cluster_dns_is_the_tenth_service_address():
+    assert str(cluster_dns_ip("172.20.0.0/16")) == "172.20.0.10"
+
+
+def test_identity_table_names_kubernetes_users_and_groups():
+    inventory = _inventory()
+    by_host = {host.name: {s.name: s for s in certificates_of(host)} for host in inventory}
+    assert by_host["lab-etcd-1"] == {}
+    apiserver = by_host["lab-cp-1"]["apiserver"].identity
+    assert "kubernetes.default.svc.cluster.local" in apiserver.dns_names
+    assert {"172.20.0.1", "198.18.0.13", "127.0.0.1"} <= set(apiserver.ip_addresses)
+    worker = by_host["lab-worker-1"]
+    assert worker["kubelet"].identity.cn == "system:node:lab-worker-1"
+    assert worker["kubelet"].identity.organization == ("system:nodes",)
+    assert worker["kube-proxy"].identity.organization == ("system:node-proxier",)
+    assert worker["flannel"].identity == worker["kubelet"].identity
+    assert by_host["lab-cp-1"]["apiserver-etcd-client"].mount == "etcd"
+
+
+def test_flannel_modes():
+    inventory = _inventory()
+    worker = inventory.get_host("lab-worker-1")
+    assert "--kube-subnet-mgr" in flanneld_args(worker)
+    assert net_conf(worker.data) == {
+        "Network": "172.16.0.0/16",
+        "SubnetLen": 24,
+        "Backend": {"Type": "vxlan"},
+    }
+    etcd_mode = _inventory(flannel_mode="etcd").get_host("lab-worker-1")
+    args = flanneld_args(etcd_mode)
+    assert "--etcd-endpoints=https://198.18.0.10:2379" in args
+    assert "--etcd-certfile=/etc/kube-flannel/pki/etcd-client.crt" in args
+
+
+def _messages(inventory: Inventory, components) -> list[str]:
+    return [str(problem) for problem in problems(inventory, components, ENV)]
+
+
+def test_workers_need_a_control_plane_and_known_checksums():
+    inventory = Inventory(
+        ([("lab-worker-1", {"private_ip": "198.18.0.15"})], DATA),
+        workers=(["lab-worker-1"], {}),
+    )
+    found = _messages(inventory, {"workers"})
+    assert "inventory: control_plane: no hosts in group 'control_plane'" in found
+    assert "lab-worker-1: containerd_version: missing" in found
+    assert _messages(_inventory(), {"control_plane"}) == [
+        "lab-cp-1: kube_controller_manager_checksums: no sha256 for kube_controller_manager "
+        "1.33.5 on amd64",
+        "lab-cp-1: kube_scheduler_checksums: no sha256 for kube_scheduler 1.33.5 on amd64",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"flannel_mode": "host"}, "flannel_mode: 'host' is not one of kube, etcd"),
+        ({"flannel_backend": {"Type": "udp"}}, "flannel_backend: Type 'udp' is not one of"),
+        ({"node_cidr_mask_size": 16}, "node_cidr_mask_size: /16 does not split pod_cidr"),
+        ({"api_endpoint": "k8s.example.com"}, "api_endpoint: 'k8s.example.com' must be"),
+    ],
+)
+def test_bad_kubernetes_settings_are_named(data, message):
+    found = _messages(_inventory(**data), {"flannel"})
+    assert any(message in problem for problem in found), found
+
+
+@pytest.fixture
+def vault():
+    server = serve("127.0.0.1", 0, "root")
+    client = hvac.Client(url=server.url, token="root")
+    pki.bootstrap(client, "lab")
+    yield client
+    server.shutdown()
+
+
+def test_shared_secrets_are_generated_once(vault):
+    first = cluster_secrets.read(vault, "lab")
+    assert first.service_account_key.startswith("-----BEGIN PRIVATE KEY-----")
+    assert len(__import__("base64").b64decode(first.encryption_key)) == 32
+    mounted = vault.sys.list_mounted_secrets_engines()["data"]
+    assert cluster_secrets.bootstrap(vault, "lab", mounted) == []
+    assert cluster_secrets.read(vault, "lab") == first
+
+
+def test_admin_credential_is_made_locally_signed_and_then_left_alone(vault, tmp_path):
+    files = AdminFiles(tmp_path / "lab")
+    ca = pki.read_ca(vault, "lab/pki/k8s")
+    kubeconfig = render_kubeconfig(files, "lab", "https://198.18.0.13:6443")
+    now = datetime.now(UTC)
+    assert update_reason(files, ca, kubeconfig, "720h", now) == "no admin key"
+    write_admin_files(files, lambda: vault, "lab/pki/k8s", "720h", ca, kubeconfig)
+    assert files.key.stat().st_mode & 0o777 == 0o600
+    assert update_reason(files, ca, kubeconfig, "720h", now) is None
+    identity = pki.identity_of_cert(files.cert.read_text())
+    assert (identity.cn, identity.organization) == ("admin", ("system:masters",))
+    other = render_kubeconfig(files, "lab", "https://198.18.0.14:6443")
+    assert update_reason(files, ca, other, "720h", now) == "kubeconfig changed"
+    assert json.dumps(yamlish.loads(kubeconfig)["users"][0]["name"]) == '"admin"'
