@@ -36,16 +36,20 @@ class StandInSshServer(threading.Thread):
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
         self.port = self.listener.getsockname()[1]
         self.key = _new_key()
         self.connections = 0
+        self.stopping = threading.Event()
 
     def run(self) -> None:
-        while True:
+        # Polls instead of blocking in accept(): closing a socket another thread blocks on lets
+        # that thread accept on whatever socket reuses the descriptor next (another test's).
+        while not self.stopping.is_set():
             try:
                 sock, _ = self.listener.accept()
-            except OSError:
-                return
+            except TimeoutError:
+                continue
             self.connections += 1
             transport = paramiko.Transport(sock)
             transport.add_server_key(self.key)
@@ -75,6 +79,8 @@ def server():
     stand_in = StandInSshServer()
     stand_in.start()
     yield stand_in
+    stand_in.stopping.set()
+    stand_in.join()
     stand_in.listener.close()
 
 
