@@ -44,6 +44,41 @@ def run_cli(*args: str, check: bool = True, timeout: float = 600, env: dict | No
     return result
 
 
+def run_deploy(
+    deploy_file: str, *args: str, inventory: str = "inventories/lab.py", check: bool = True
+) -> tuple[int, dict | None, str]:
+    """Run `pyinfra -y INVENTORY deploys/<file> --json`: exit code, JSON results, all output."""
+    result = run_cli(
+        "pyinfra", "-y", inventory, f"deploys/{deploy_file}", "--json", *args, check=check
+    )
+    try:
+        results = json.loads(result.stdout)["results"]
+    except (ValueError, KeyError):
+        results = None
+    return result.returncode, results, result.stdout + result.stderr
+
+
+def changed(results: dict) -> dict[str, set[str]]:
+    """Operation name -> hosts it changed, from `run_deploy`'s results."""
+    return {op["name"]: set(op["success"]) for op in results["operations"] if op["success"]}
+
+
+def lab_inventory_variant(directory: Path, body: str) -> str:
+    """An inventory file: the lab's groups as `etcd`, `control_plane`, `workers`, then ``body``
+    (Python that changes them); returns its path."""
+    path = directory / "inventory.py"
+    path.write_text(
+        "from galley.lab.inventory import lab_groups, lab_overrides\n"
+        "from galley.lab.state import LabState\n"
+        "_state = LabState.load()\n"
+        "_groups = lab_groups(_state, lab_overrides(_state))\n"
+        "etcd = _groups['etcd']\n"
+        "control_plane = _groups['control_plane']\n"
+        "workers = _groups['workers']\n" + body
+    )
+    return str(path)
+
+
 def pyinfra_json(*args: str) -> dict:
     """Run `pyinfra inventories/lab.py ... --json` and return its parsed output."""
     return json.loads(run_cli("pyinfra", "inventories/lab.py", *args, "--json").stdout)

@@ -20,9 +20,8 @@ from galley.lab.artifacts import ARTIFACTS
 from galley.lab.inventory import lab_groups, lab_overrides
 from galley.lab.state import CACHE_DIR
 
-from .conftest import REPO, pyinfra_json, run_cli
+from .conftest import REPO, changed, lab_inventory_variant, pyinfra_json, run_cli, run_deploy
 
-INVENTORY = "inventories/lab.py"
 UNITS = {
     "control_plane": ("kube-apiserver", "kube-controller-manager", "kube-scheduler"),
     "workers": ("containerd", "flanneld", "kubelet", "kube-proxy"),
@@ -31,21 +30,6 @@ KUBECONFIGS = {
     "control_plane": ("controller-manager", "scheduler"),
     "workers": ("kubelet", "kube-proxy", "flannel"),
 }
-
-
-def deploy(*args: str, inventory: str = INVENTORY, check: bool = True):
-    """Run the cluster deploy; return (exit code, JSON results or None, combined output)."""
-    result = run_cli("pyinfra", "-y", inventory, "deploys/cluster.py", "--json", *args, check=check)
-    try:
-        results = json.loads(result.stdout)["results"]
-    except (ValueError, KeyError):
-        results = None
-    return result.returncode, results, result.stdout + result.stderr
-
-
-def changed(results: dict) -> dict[str, set[str]]:
-    """Operation name -> hosts it changed."""
-    return {op["name"]: set(op["success"]) for op in results["operations"] if op["success"]}
 
 
 def ssh(name: str, command: str, check: bool = True) -> str:
@@ -60,7 +44,7 @@ def hosts_of(lab, group: str) -> list[str]:
 def cluster(lab):
     """The lab after `galley vault bootstrap` and a full cluster deploy."""
     run_cli("galley", "vault", "bootstrap", "--cluster", "lab")
-    code, _results, output = deploy()
+    code, _results, output = run_deploy("cluster")
     assert code == 0, output
     return lab
 
@@ -196,7 +180,7 @@ def test_certificates_match_the_identity_table(cluster, inventory):
 
 
 def test_second_run_changes_nothing(cluster):
-    code, results, output = deploy()
+    code, results, output = run_deploy("cluster")
     assert code == 0, output
     assert changed(results) == {}
 
@@ -228,20 +212,6 @@ def test_apiservers_report_unhealthy_without_etcd_and_recover(cluster):
     assert all(h["healthy"] for h in health.values()), health
 
 
-def _custom_inventory(tmp_path: Path, body: str) -> str:
-    path = tmp_path / "inventory.py"
-    path.write_text(
-        "from galley.lab.inventory import lab_groups, lab_overrides\n"
-        "from galley.lab.state import LabState\n"
-        "_state = LabState.load()\n"
-        "_groups = lab_groups(_state, lab_overrides(_state))\n"
-        "etcd = _groups['etcd']\n"
-        "control_plane = _groups['control_plane']\n"
-        "workers = _groups['workers']\n" + body
-    )
-    return str(path)
-
-
 BAD_INVENTORIES = {
     "overlapping networks": (
         "for _, data in etcd + control_plane + workers:\n    data['pod_cidr'] = '172.20.0.0/20'\n",
@@ -266,7 +236,9 @@ def test_bad_inventories_are_refused_before_any_change(cluster, tmp_path, case):
         name: ssh(name, f"sha256sum {K8S_DIR}/*.kubeconfig /etc/systemd/system/*.service")
         for name in hosts_of(cluster, "control_plane") + hosts_of(cluster, "workers")[:1]
     }
-    code, _, output = deploy(inventory=_custom_inventory(tmp_path, body), check=False)
+    code, _, output = run_deploy(
+        "cluster", inventory=lab_inventory_variant(tmp_path, body), check=False
+    )
     assert code != 0
     assert "the inventory is not valid, nothing was changed" in output
     assert message in output

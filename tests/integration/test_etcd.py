@@ -25,25 +25,9 @@ from galley.lab.state import CACHE_DIR
 from galley.pki import etcd_member_identity
 from galley.tls import csr_command
 
-from .conftest import pyinfra_json, run_cli
+from .conftest import changed, lab_inventory_variant, pyinfra_json, run_cli, run_deploy
 
-INVENTORY = "inventories/lab.py"
 MEMBER_CERT = "/etc/etcd/pki/member.crt"
-
-
-def deploy(*args: str, inventory: str = INVENTORY, check: bool = True):
-    """Run the etcd deploy; return (exit code, JSON results or None, combined output)."""
-    result = run_cli("pyinfra", "-y", inventory, "deploys/etcd.py", "--json", *args, check=check)
-    try:
-        results = json.loads(result.stdout)["results"]
-    except (ValueError, KeyError):
-        results = None
-    return result.returncode, results, result.stdout + result.stderr
-
-
-def changed(results: dict) -> dict[str, set[str]]:
-    """Operation name -> hosts it changed."""
-    return {op["name"]: set(op["success"]) for op in results["operations"] if op["success"]}
 
 
 def ssh(lab, name: str, command: str) -> str:
@@ -82,7 +66,7 @@ def vault(lab) -> hvac.Client:
 @pytest.fixture(scope="module")
 def cluster(lab, vault):
     """The lab's etcd cluster after a first deploy from scratch."""
-    code, _results, output = deploy()
+    code, _results, output = run_deploy("etcd")
     assert code == 0, output
     return lab
 
@@ -172,7 +156,7 @@ def _self_signed_client(directory: Path) -> tuple[str, str]:
 
 def test_second_run_changes_and_restarts_nothing(cluster):
     before = fingerprint(cluster)
-    code, results, output = deploy()
+    code, results, output = run_deploy("etcd")
     assert code == 0, output
     assert changed(results) == {}
     assert fingerprint(cluster) == before
@@ -258,7 +242,7 @@ def test_near_expiry_and_stale_address_are_resigned_one_member_at_a_time(
     writer.start()
     try:
         time.sleep(1)
-        code, results, output = deploy()
+        code, results, output = run_deploy("etcd")
         time.sleep(1)
     finally:
         writer.stop.set()
@@ -287,7 +271,7 @@ def test_near_expiry_and_stale_address_are_resigned_one_member_at_a_time(
     assert certs["lab-etcd-2"]["days_left"] >= 29
     assert "198.18.0.99" not in certs["lab-etcd-3"]["ip_addresses"]
 
-    code, results, output = deploy()
+    code, results, output = run_deploy("etcd")
     assert code == 0 and changed(results) == {}, output
 
 
@@ -295,7 +279,7 @@ def test_a_run_killed_before_its_restart_still_restarts_next_time(cluster):
     # As if a run wrote the configuration and died before restarting etcd.
     ssh(cluster, "lab-etcd-1", "touch /etc/etcd/etcd.conf.yml")
     before = started_at(cluster)
-    code, results, output = deploy()
+    code, results, output = run_deploy("etcd")
     assert code == 0, output
     assert changed(results) == {
         "etcd member | Rolling restart of etcd (only if its files changed)": {"lab-etcd-1"}
@@ -303,18 +287,6 @@ def test_a_run_killed_before_its_restart_still_restarts_next_time(cluster):
     after = started_at(cluster)
     assert after["lab-etcd-1"] != before["lab-etcd-1"]
     assert after["lab-etcd-2"] == before["lab-etcd-2"]
-
-
-def _custom_inventory(tmp_path: Path, body: str) -> str:
-    path = tmp_path / "inventory.py"
-    path.write_text(
-        "from galley.lab.inventory import lab_groups, lab_overrides\n"
-        "from galley.lab.state import LabState\n"
-        "_state = LabState.load()\n"
-        "_groups = lab_groups(_state, lab_overrides(_state))\n"
-        "etcd = _groups['etcd']\n" + body
-    )
-    return str(path)
 
 
 BAD_INVENTORIES = {
@@ -339,7 +311,9 @@ def test_bad_inventories_are_refused_before_any_change(cluster, tmp_path, case, 
     body, message = BAD_INVENTORIES[case]
     monkeypatch.delenv("VAULT_TOKEN", raising=False)
     before = fingerprint(cluster)
-    code, _, output = deploy(inventory=_custom_inventory(tmp_path, body), check=False)
+    code, _, output = run_deploy(
+        "etcd", inventory=lab_inventory_variant(tmp_path, body), check=False
+    )
     assert code != 0
     assert message in output
     assert "nothing was changed" in output
@@ -355,7 +329,7 @@ def test_bad_inventories_are_refused_before_any_change(cluster, tmp_path, case, 
 )
 def test_bad_settings_are_refused_before_any_change(cluster, data, message):
     before = fingerprint(cluster)
-    code, _, output = deploy("--data", data, check=False)
+    code, _, output = run_deploy("etcd", "--data", data, check=False)
     assert code != 0
     assert message in output and "nothing was changed" in output
     assert fingerprint(cluster) == before
@@ -368,7 +342,7 @@ def test_wrong_checksum_fails_and_leaves_the_running_etcd_alone(cluster, tmp_pat
     fake = Path(str(source).replace(etcd.version, "3.5.99"))
     fake.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(source, fake)
-    inventory = _custom_inventory(
+    inventory = lab_inventory_variant(
         tmp_path,
         (
             "for _, data in etcd:\n"
@@ -378,7 +352,7 @@ def test_wrong_checksum_fails_and_leaves_the_running_etcd_alone(cluster, tmp_pat
     )
     before = fingerprint(cluster)
     try:
-        code, _, output = deploy(inventory=inventory, check=False)
+        code, _, output = run_deploy("etcd", inventory=inventory, check=False)
     finally:
         shutil.rmtree(fake.parent)
     assert code != 0
