@@ -208,8 +208,12 @@ def test_apiservers_report_unhealthy_without_etcd_and_recover(cluster):
         for name in members:
             ssh(name, "systemctl start --no-block etcd")
     assert _wait(lambda: all(_healthz(a, files) == (200, "ok") for a in apiservers), 90)
-    health = pyinfra_json("fact", "galley.facts.EtcdHealth", "--limit", "etcd").popitem()[1]
-    assert all(h["healthy"] for h in health.values()), health
+
+    # Quorum is enough for the apiservers; later tests need every member back.
+    def etcd_health() -> dict:
+        return pyinfra_json("fact", "galley.facts.EtcdHealth", "--limit", "etcd").popitem()[1]
+
+    assert _wait(lambda: all(h["healthy"] for h in etcd_health().values()), 60), etcd_health()
 
 
 BAD_INVENTORIES = {
