@@ -238,10 +238,12 @@ class DebianRepack:
             return members
 
 
-def standin_zipapp(entry_module: str) -> bytes:
+def standin_zipapp(entry_module: str, version: str, healthy: bool = True) -> bytes:
     """galley.lab.standins as one ``#!/usr/bin/python3`` zip application running ``entry_module``.
 
-    Fixed timestamps and order make the bytes depend on the stand-ins' source only.
+    ``standins/build.py`` records the release it stands in for: ``VERSION`` (``v<version>``) and
+    ``HEALTHY`` (False: a test build that starts but never becomes healthy). Fixed timestamps
+    and order make the bytes depend on the stand-ins' source and these two only.
     """
     buffer = io.BytesIO()
     buffer.write(b"#!/usr/bin/python3\n")
@@ -256,6 +258,8 @@ def standin_zipapp(entry_module: str) -> bytes:
         add("__main__.py", main.encode())
         for module in sorted(STANDINS_DIR.glob("*.py")):
             add(f"standins/{module.name}", module.read_bytes())
+        build = f"VERSION = {'v' + version!r}\nHEALTHY = {healthy!r}\n"
+        add("standins/build.py", build.encode())
     return buffer.getvalue()
 
 
@@ -264,17 +268,19 @@ class PythonStandin:
     """Builder: a galley stand-in (galley.lab.standins) under the upstream path.
 
     Written as the raw executable, or with ``member`` as a flat tarball holding it (0755)
-    and a README.md.
+    and a README.md. It reports the artifact's version; ``healthy`` False makes a test build
+    that starts but never becomes healthy (see galley.lab.standins).
     """
 
     entry_module: str
     member: str | None = None
+    healthy: bool = True
     # Built from this checkout's code: rebuilt every time so the mirror never serves a stale one.
     cached = False
 
     def __call__(self, artifact: Artifact, dest: Path, source_dir: Path) -> None:
         """Build ``artifact`` into ``dest``; ``source_dir`` is not needed."""
-        program = standin_zipapp(self.entry_module)
+        program = standin_zipapp(self.entry_module, artifact.version, self.healthy)
         if self.member is None:
             dest.write_bytes(program)
             return
@@ -288,6 +294,9 @@ class PythonStandin:
 
 ETCD_VERSION = "3.5.30"
 KUBERNETES_VERSION = "1.33.5"
+# Node versions a rolling kubelet upgrade can go to: a good one and a build never healthy.
+KUBELET_UPGRADE_VERSION = "1.33.6"
+KUBELET_BROKEN_VERSION = "1.33.7-galley.broken"
 KUBECTL_VERSION = "1.36.4"
 FLANNEL_VERSION = "0.26.7"
 CONTAINERD_VERSION = "2.1.9"
@@ -317,6 +326,18 @@ ARTIFACTS: tuple[Artifact, ...] = (
         builder=DebianRepack(
             packages=("etcd-server", "etcd-client"), binaries=("etcd", "etcdctl", "etcdutl")
         ),
+    ),
+    # kubelet and kube-proxy upgrade targets for rollouts, and a build that never gets healthy.
+    *(
+        Artifact(
+            name=binary,
+            version=version,
+            upstream_path=_dl_k8s_io(version, binary),
+            builder=PythonStandin("kube", healthy=version != KUBELET_BROKEN_VERSION),
+            raw=True,
+        )
+        for binary in ("kubelet", "kube-proxy")
+        for version in (KUBELET_UPGRADE_VERSION, KUBELET_BROKEN_VERSION)
     ),
     *(
         Artifact(

@@ -39,9 +39,10 @@ def lab_groups(state: LabState, overrides: dict | None = None) -> dict[str, list
 def lab_overrides(state: LabState, mirror_dir: Path = CACHE_DIR / "mirror") -> dict:
     """Settings the lab replaces: its mirror's downloads, versions and checksums.
 
-    Each artifact the mirror carries becomes ``<key>_version`` and ``<key>_checksums =
-    {version: {arch: sha256}}``, ``<key>`` being its name with "-" as "_" (``kube_apiserver``);
-    ``kubernetes_version`` is the Kubernetes server binaries' version.
+    Each artifact the mirror carries becomes ``<key>_checksums = {version: {arch: sha256}}``
+    and, when the mirror has only one version of it, ``<key>_version``; ``<key>`` is its name
+    with "-" as "_" (``kube_apiserver``). ``kubernetes_version`` is the Kubernetes server
+    binaries' version.
     """
     overrides: dict = {
         "github_base_url": f"{state.mirror_url}/github.com",
@@ -50,9 +51,15 @@ def lab_overrides(state: LabState, mirror_dir: Path = CACHE_DIR / "mirror") -> d
         "kubernetes_version": KUBERNETES_VERSION,
     }
     recorded = checksums(mirror_dir)
+    versions: dict[str, set[str]] = {}
     for artifact in ARTIFACTS:
         key = artifact.name.replace("-", "_")
-        overrides[f"{key}_version"] = artifact.version
+        versions.setdefault(key, set()).add(artifact.version)
         by_version = overrides.setdefault(f"{key}_checksums", {})
         by_version.setdefault(artifact.version, {})[DEBIAN_ARCH] = recorded[artifact.upstream_path]
+    # A component the mirror carries in one version runs that version in the lab; one carried
+    # in several (kubelet: the upgrade targets of rollouts) keeps its version from group data.
+    for key, carried in versions.items():
+        if len(carried) == 1:
+            overrides[f"{key}_version"] = carried.pop()
     return overrides

@@ -133,7 +133,9 @@ def test_build_skips_present_artifacts_and_repairs_damaged_ones(
 
 
 def test_stand_ins_are_rebuilt_from_this_checkout_every_time(tmp_path: Path) -> None:
-    (kubelet,) = [a for a in ARTIFACTS if a.upstream_path.endswith("/kubelet")]
+    (kubelet,) = [
+        a for a in ARTIFACTS if a.upstream_path.endswith("/v1.33.5/bin/linux/amd64/kubelet")
+    ]
     path = tmp_path / kubelet.upstream_path
     fresh = build_all(tmp_path, tmp_path, [kubelet])[kubelet.upstream_path]
     # A stand-in built from older code, recorded with its own (matching) checksum.

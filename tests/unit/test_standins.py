@@ -4,6 +4,7 @@ them: built into the mirror's zip application and started with Debian's /usr/bin
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import http.client
 import ipaddress
@@ -20,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from galley.lab.artifacts import standin_zipapp
+from galley.lab.artifacts import ARTIFACTS, KUBERNETES_VERSION, build_all, standin_zipapp
 from galley.lab.standins import yamlish
 
 KUBE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy")
@@ -64,10 +65,15 @@ class CA:
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         return builder.sign(self.key, hashes.SHA256())
 
-    def issue(self, name: str, ips=("127.0.0.1",)) -> tuple[Path, Path]:
+    def issue(
+        self, name: str, ips=("127.0.0.1",), user: str | None = None, group: str | None = None
+    ) -> tuple[Path, Path]:
+        """A pair in ``<name>.crt/.key``: CN ``user`` (default ``name``), O ``group``."""
         key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        cert = self._sign(subject, key.public_key(), ips=ips)
+        attributes = [x509.NameAttribute(NameOID.COMMON_NAME, user or name)]
+        if group:
+            attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, group))
+        cert = self._sign(x509.Name(attributes), key.public_key(), ips=ips)
         cert_path, key_path = self.directory / f"{name}.crt", self.directory / f"{name}.key"
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         key_path.write_bytes(_pem(key))
@@ -78,7 +84,10 @@ class CA:
 def programs(tmp_path_factory) -> dict[str, Path]:
     """The stand-ins as the mirror serves them, installed under their upstream names."""
     directory = tmp_path_factory.mktemp("bin")
-    built = {"kube": standin_zipapp("kube"), "flanneld": standin_zipapp("flanneld")}
+    built = {
+        "kube": standin_zipapp("kube", "1.33.5"),
+        "flanneld": standin_zipapp("flanneld", "0.26.7"),
+    }
     paths = {}
     for name in (*KUBE, "flanneld"):
         path = directory / name
@@ -94,8 +103,13 @@ def pki(tmp_path_factory) -> dict[str, Path]:
     ca, other = CA(directory, "kubernetes-ca"), CA(directory, "other-ca")
     etcd_ca = CA(directory, "etcd-ca")
     result = {"ca": ca.path, "etcd-ca": etcd_ca.path}
-    for name, issuer in (("apiserver", ca), ("admin", ca), ("intruder", other)):
+    for name, issuer in (("apiserver", ca), ("intruder", other), ("someone", ca)):
         result[f"{name}.crt"], result[f"{name}.key"] = issuer.issue(name)
+    result["admin.crt"], result["admin.key"] = ca.issue("admin", group="system:masters")
+    for node in ("worker-1", "worker-2", "worker-3"):
+        result[f"{node}.crt"], result[f"{node}.key"] = ca.issue(
+            node, user=f"system:node:{node}", group="system:nodes"
+        )
     result["etcd.crt"], result["etcd.key"] = etcd_ca.issue("etcd")
     result["etcd-client.crt"], result["etcd-client.key"] = etcd_ca.issue("kube-apiserver-etcd")
     sa = ec.generate_private_key(ec.SECP256R1())
@@ -120,7 +134,9 @@ def run(program: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([program, *args], capture_output=True, text=True, timeout=20)
 
 
-def kubeconfig(path: Path, pki: dict[str, Path], user: str = "admin", kind: str = "Config") -> Path:
+def kubeconfig(
+    path: Path, pki: dict[str, Path], user: str = "admin", kind: str = "Config", port: int = 6443
+) -> Path:
     """A kubeconfig in the shape kubectl writes, certificates inline."""
 
     def data(name: str) -> str:
@@ -132,7 +148,7 @@ kind: {kind}
 clusters:
 - cluster:
     certificate-authority-data: {data("ca")}
-    server: https://127.0.0.1:6443
+    server: https://127.0.0.1:{port}
   name: lab
 contexts:
 - context:
@@ -387,9 +403,10 @@ def test_kubeconfigs_are_checked_down_to_the_client_key(programs, pki, tmp_path)
 # --- serving ---------------------------------------------------------------------------------
 
 
-def test_kubelet_serves_healthz_over_http_and_tls(programs, pki, tmp_path):
+def kubelet_args(directory: Path, pki, node: str = "admin", api_port: int = 6443):
+    """A kubelet's command line (own config and kubeconfig) and its healthz and HTTPS ports."""
     healthz, port = free_port(), free_port()
-    config = tmp_path / "kubelet.yaml"
+    config = directory / f"kubelet-{node}.yaml"
     config.write_text(
         f"""apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -404,30 +421,36 @@ tlsCertFile: {pki["apiserver.crt"]}
 tlsPrivateKeyFile: {pki["apiserver.key"]}
 """
     )
-    args = [f"--config={config}", f"--kubeconfig={kubeconfig(tmp_path / 'k', pki)}"]
+    client = kubeconfig(directory / f"{node}.kubeconfig", pki, user=node, port=api_port)
+    return [f"--config={config}", f"--kubeconfig={client}"], healthz, port
+
+
+def plain_healthz(port: int) -> tuple[int, str]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    connection.request("GET", "/healthz")
+    response = connection.getresponse()
+    return response.status, response.read().decode()
+
+
+def test_kubelet_serves_healthz_over_http_and_tls(programs, pki, tmp_path):
+    args, healthz, port = kubelet_args(tmp_path, pki)
     kubelet = subprocess.Popen([programs["kubelet"], *args], stderr=subprocess.PIPE, text=True)
     try:
-
-        def plain() -> str:
-            connection = http.client.HTTPConnection("127.0.0.1", healthz, timeout=5)
-            connection.request("GET", "/healthz")
-            return connection.getresponse().read().decode()
-
-        assert wait_for(plain) == "ok"
+        assert wait_for(lambda: plain_healthz(healthz)) == (200, "ok")
         assert get(port, "/healthz", ca=pki["ca"]) == (200, "ok")
     finally:
         kubelet.terminate()
         assert kubelet.wait(timeout=10) == 0
 
 
-@pytest.fixture
-def etcd(tmp_path, pki, etcd_release):
+@contextlib.contextmanager
+def running_etcd(etcd_release: Path, pki: dict[str, Path], directory: Path):
     """A real etcd serving TLS on 127.0.0.1 that a test can stop and start again."""
     client, peer = f"https://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
     command = [
         str(etcd_release / "etcd"),
         "--name=standin-test",
-        f"--data-dir={tmp_path / 'etcd-data'}",
+        f"--data-dir={directory / 'etcd-data'}",
         f"--listen-client-urls={client}",
         f"--advertise-client-urls={client}",
         f"--listen-peer-urls={peer}",
@@ -438,7 +461,7 @@ def etcd(tmp_path, pki, etcd_release):
         f"--cert-file={pki['etcd.crt']}",
         f"--key-file={pki['etcd.key']}",
     ]
-    log = (tmp_path / "etcd.log").open("w")
+    log = (directory / "etcd.log").open("w")
     state = {"process": None, "endpoint": client, "etcdctl": str(etcd_release / "etcdctl")}
 
     def start() -> None:
@@ -455,6 +478,13 @@ def etcd(tmp_path, pki, etcd_release):
     finally:
         stop()
         log.close()
+
+
+@pytest.fixture
+def etcd(tmp_path, pki, etcd_release):
+    """A real etcd for one test."""
+    with running_etcd(etcd_release, pki, tmp_path) as state:
+        yield state
 
 
 def test_apiserver_health_follows_the_real_etcd_and_client_certificates(programs, pki, etcd):
@@ -535,3 +565,409 @@ def test_flanneld_in_etcd_mode_writes_the_subnet_lease(programs, pki, etcd, tmp_
     finally:
         flanneld.terminate()
         assert flanneld.wait(timeout=10) == 0
+
+
+# --- the Kubernetes API slice and the kubelet's Node ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def built_kubelets(tmp_path_factory) -> dict[str, Path]:
+    """The mirror's kubelet upgrade builds, built from their ARTIFACTS rows: {version: path}."""
+    directory = tmp_path_factory.mktemp("mirror")
+    rows = [
+        a
+        for a in ARTIFACTS
+        if a.name in ("kubelet", "kube-proxy") and a.version != KUBERNETES_VERSION
+    ]
+    build_all(directory, directory, rows)
+    paths = {}
+    for row in rows:
+        path = directory / row.upstream_path
+        path.chmod(0o755)
+        paths[f"{row.name} {row.version}"] = path
+    return paths
+
+
+@pytest.mark.parametrize(
+    ("build", "printed"),
+    [
+        ("kubelet 1.33.6", "Kubernetes v1.33.6\n"),
+        ("kube-proxy 1.33.6", "Kubernetes v1.33.6\n"),
+        ("kubelet 1.33.7-galley.broken", "Kubernetes v1.33.7-galley.broken\n"),
+        ("kube-proxy 1.33.7-galley.broken", "Kubernetes v1.33.7-galley.broken\n"),
+    ],
+)
+def test_the_mirror_builds_report_the_version_of_their_upstream_path(
+    built_kubelets, build, printed
+):
+    done = run(built_kubelets[build], "--version")
+    assert (done.returncode, done.stdout) == (0, printed)
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory, programs, pki, etcd_release):
+    """Two apiserver stand-ins sharing a real etcd, as on the two control-plane droplets."""
+    directory = tmp_path_factory.mktemp("api")
+    ports = [free_port(), free_port()]
+    with running_etcd(etcd_release, pki, directory) as etcd:
+        apiservers = [
+            subprocess.Popen(
+                [programs["kube-apiserver"], *apiserver_args(pki, port, etcd["endpoint"])],
+                stderr=subprocess.DEVNULL,
+            )
+            for port in ports
+        ]
+        try:
+            for port in ports:
+                wait_for(lambda port=port: get(port, "/healthz", ca=pki["ca"]) == (200, "ok"))
+            yield {"ports": ports, "directory": directory}
+        finally:
+            for apiserver in apiservers:
+                apiserver.terminate()
+                apiserver.wait(timeout=10)
+
+
+def call(port: int, pki, who: str, method: str, path: str, body=None, content_type=None):
+    """An API request with ``who``'s client certificate; (status, decoded JSON)."""
+    context = ssl.create_default_context(cafile=pki["ca"])
+    context.load_cert_chain(pki[f"{who}.crt"], pki[f"{who}.key"])
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=5)
+    headers = {"Content-Type": content_type or "application/json"}
+    connection.request(method, path, json.dumps(body) if body is not None else None, headers)
+    response = connection.getresponse()
+    return response.status, json.loads(response.read())
+
+
+def condition(node: dict, kind: str = "Ready") -> dict:
+    (found,) = [c for c in node["status"]["conditions"] if c["type"] == kind]
+    return found
+
+
+def test_kubelet_registers_its_node_and_keeps_it_ready_until_stopped(
+    built_kubelets, pki, api, tmp_path
+):
+    one, two = api["ports"]
+    args, healthz, _ = kubelet_args(tmp_path, pki, "worker-1", api_port=one)
+    args += ["--hostname-override=worker-1", "--node-ip=198.18.0.15"]
+    kubelet = subprocess.Popen([built_kubelets["kubelet 1.33.6"], *args], stderr=subprocess.PIPE)
+    try:
+        # Registered through one apiserver, seen through the other.
+        node = wait_for(
+            lambda: (
+                (r := call(two, pki, "admin", "GET", "/api/v1/nodes/worker-1"))[0] == 200 and r[1]
+            )
+        )
+        assert node["kind"] == "Node"
+        assert node["status"]["nodeInfo"]["kubeletVersion"] == "v1.33.6"
+        assert node["status"]["addresses"] == [
+            {"type": "InternalIP", "address": "198.18.0.15"},
+            {"type": "Hostname", "address": "worker-1"},
+        ]
+        assert condition(node)["status"] == "True"
+        assert plain_healthz(healthz) == (200, "ok")
+        status, listed = call(one, pki, "admin", "GET", "/api/v1/nodes")
+        assert (status, listed["kind"]) == (200, "NodeList")
+        assert [n["metadata"]["name"] for n in listed["items"]] == ["worker-1"]
+
+        # Cordon: a merge patch of spec.unschedulable, kept across the kubelet's heartbeats.
+        status, cordoned = call(
+            one,
+            pki,
+            "admin",
+            "PATCH",
+            "/api/v1/nodes/worker-1",
+            {"spec": {"unschedulable": True}},
+            "application/merge-patch+json",
+        )
+        assert status == 200 and cordoned["spec"]["unschedulable"] is True
+        version = int(cordoned["metadata"]["resourceVersion"])
+        assert version > int(node["metadata"]["resourceVersion"])
+        beat = condition(cordoned)["lastHeartbeatTime"]
+        later = wait_for(
+            lambda: (
+                (n := call(two, pki, "admin", "GET", "/api/v1/nodes/worker-1")[1])
+                and condition(n)["lastHeartbeatTime"] != beat
+                and n
+            ),
+        )
+        assert later["spec"]["unschedulable"] is True
+        assert int(later["metadata"]["resourceVersion"]) > version
+        status, selected = call(
+            two, pki, "admin", "GET", "/api/v1/nodes?fieldSelector=spec.unschedulable%3Dtrue"
+        )
+        assert [n["metadata"]["name"] for n in selected["items"]] == ["worker-1"]
+        # Uncordon with a strategic merge patch; a stale resourceVersion is a conflict.
+        status, stale = call(
+            two,
+            pki,
+            "admin",
+            "PATCH",
+            "/api/v1/nodes/worker-1",
+            {"metadata": {"resourceVersion": str(version)}, "spec": {"unschedulable": None}},
+            "application/strategic-merge-patch+json",
+        )
+        assert (status, stale["reason"]) == (409, "Conflict")
+        status, uncordoned = call(
+            two,
+            pki,
+            "admin",
+            "PATCH",
+            "/api/v1/nodes/worker-1",
+            {"spec": {"unschedulable": None}},
+            "application/strategic-merge-patch+json",
+        )
+        assert status == 200 and "unschedulable" not in uncordoned["spec"]
+        assert condition(uncordoned)["status"] == "True"
+    finally:
+        kubelet.terminate()
+        assert kubelet.wait(timeout=10) == 0
+    # Stopped: no more heartbeats.
+    last = condition(call(one, pki, "admin", "GET", "/api/v1/nodes/worker-1")[1])
+    time.sleep(3)
+    assert condition(call(one, pki, "admin", "GET", "/api/v1/nodes/worker-1")[1]) == last
+
+
+def test_a_node_whose_heartbeat_is_stale_is_ready_unknown(pki, api):
+    port = api["ports"][0]
+    beat = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=11)
+    stamp = beat.strftime("%Y-%m-%dT%H:%M:%SZ")
+    ready = {
+        "type": "Ready",
+        "status": "True",
+        "lastHeartbeatTime": stamp,
+        "lastTransitionTime": stamp,
+        "reason": "KubeletReady",
+        "message": "kubelet is posting ready status",
+    }
+    node = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": "worker-2"},
+        "status": {"conditions": [ready]},
+    }
+    status, created = call(port, pki, "worker-2", "POST", "/api/v1/nodes", node)
+    assert status == 201
+    assert condition(created) == {
+        **ready,
+        "status": "Unknown",
+        "reason": "NodeStatusUnknown",
+        "message": "Kubelet stopped posting node status.",
+        "lastTransitionTime": (beat + datetime.timedelta(seconds=10)).strftime(
+            "%Y-%m-%dT%H:%M:%SZ"
+        ),
+    }
+    assert (
+        call(port, pki, "worker-2", "POST", "/api/v1/nodes", node)[1]["reason"] == "AlreadyExists"
+    )
+    # A fresh heartbeat makes it Ready again.
+    fresh = {
+        **ready,
+        "lastHeartbeatTime": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    status, patched = call(
+        port,
+        pki,
+        "worker-2",
+        "PATCH",
+        "/api/v1/nodes/worker-2/status",
+        {"status": {"conditions": [fresh]}},
+        "application/strategic-merge-patch+json",
+    )
+    assert (status, condition(patched)["status"]) == (200, "True")
+
+
+def test_kubelets_may_modify_only_their_own_node(pki, api):
+    port = api["ports"][1]
+    patch = {"spec": {"unschedulable": True}}
+    status, denied = call(
+        port,
+        pki,
+        "worker-1",
+        "PATCH",
+        "/api/v1/nodes/worker-3",
+        patch,
+        "application/merge-patch+json",
+    )
+    assert (status, denied) == (
+        403,
+        {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": 'nodes "worker-3" is forbidden: node "worker-1" is not allowed to modify '
+            'node "worker-3"',
+            "reason": "Forbidden",
+            "details": {"name": "worker-3", "kind": "nodes"},
+            "code": 403,
+        },
+    )
+    node = {"metadata": {"name": "worker-3"}}
+    assert call(port, pki, "worker-1", "POST", "/api/v1/nodes", node)[0] == 403
+    assert call(port, pki, "worker-1", "GET", "/api/v1/nodes")[0] == 200
+    status, denied = call(port, pki, "someone", "GET", "/api/v1/nodes")
+    assert (status, denied["message"]) == (
+        403,
+        'nodes is forbidden: User "someone" cannot list resource "nodes" in API group "" at the '
+        "cluster scope",
+    )
+    status, missing = call(port, pki, "admin", "GET", "/api/v1/nodes/worker-9")
+    assert (status, missing["reason"], missing["message"]) == (
+        404,
+        "NotFound",
+        'nodes "worker-9" not found',
+    )
+
+
+def test_evictions_respect_pod_disruption_budgets(pki, api):
+    one, two = api["ports"]
+
+    def pod(name: str, node: str, labels: dict, owner: str = "ReplicaSet") -> dict:
+        owners = [
+            {
+                "apiVersion": "apps/v1",
+                "kind": owner,
+                "name": f"{name}-owner",
+                "uid": f"uid-{name}",
+                "controller": True,
+            }
+        ]
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "labels": labels, "ownerReferences": owners},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "pause"}]},
+        }
+
+    seed = [
+        pod("web-1", "node-a", {"app": "web"}),
+        pod("web-2", "node-b", {"app": "web"}),
+        pod("agent-a", "node-a", {"app": "agent"}, owner="DaemonSet"),
+    ]
+    for obj in seed:
+        assert call(one, pki, "admin", "POST", "/api/v1/namespaces/shop/pods", obj)[0] == 201
+    pdb = {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": "web-pdb"},
+        "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}},
+    }
+    budgets = "/apis/policy/v1/namespaces/shop/poddisruptionbudgets"
+    assert call(one, pki, "admin", "POST", budgets, pdb)[0] == 201
+
+    status, on_a = call(
+        two, pki, "admin", "GET", "/api/v1/pods?fieldSelector=spec.nodeName%3Dnode-a"
+    )
+    assert (status, on_a["kind"]) == (200, "PodList")
+    assert {
+        p["metadata"]["name"]: p["metadata"]["ownerReferences"][0]["kind"] for p in on_a["items"]
+    } == {"agent-a": "DaemonSet", "web-1": "ReplicaSet"}
+
+    eviction = {
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": "web-1", "namespace": "shop"},
+    }
+    evict = "/api/v1/namespaces/shop/pods/web-1/eviction"
+    status, refused = call(two, pki, "admin", "POST", evict, eviction)
+    assert (status, refused) == (
+        429,
+        {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": "Cannot evict pod as it would violate the pod's disruption budget.",
+            "reason": "TooManyRequests",
+            "details": {
+                "causes": [
+                    {
+                        "reason": "DisruptionBudget",
+                        "message": "The disruption budget web-pdb needs 2 healthy pods and "
+                        "has 2 currently",
+                    }
+                ]
+            },
+            "code": 429,
+        },
+    )
+    status, listed = call(one, pki, "admin", "GET", "/apis/policy/v1/poddisruptionbudgets")
+    (shown,) = listed["items"]
+    assert (shown["metadata"]["name"], shown["status"]["disruptionsAllowed"]) == ("web-pdb", 0)
+    assert call(one, pki, "admin", "GET", "/api/v1/namespaces/shop/pods/web-1")[0] == 200
+
+    # A budget allowing one disruption lets the eviction through: the pod is deleted.
+    assert call(one, pki, "admin", "DELETE", f"{budgets}/web-pdb")[0] == 200
+    pdb["spec"] = {"maxUnavailable": "50%", "selector": {"matchLabels": {"app": "web"}}}
+    assert call(one, pki, "admin", "POST", budgets, pdb)[0] == 201
+    status, done = call(two, pki, "admin", "POST", evict, eviction)
+    assert (status, done["status"]) == (201, "Success")
+    assert call(one, pki, "admin", "GET", "/api/v1/namespaces/shop/pods/web-1")[0] == 404
+    # 50% of the one pod left rounds up: it may go too. Kubelets may not evict at all.
+    status, shown = call(two, pki, "admin", "GET", f"{budgets}/web-pdb")
+    assert {k: shown["status"][k] for k in ("expectedPods", "desiredHealthy")} == {
+        "expectedPods": 1,
+        "desiredHealthy": 0,
+    }
+    status, denied = call(
+        two, pki, "worker-1", "POST", "/api/v1/namespaces/shop/pods/agent-a/eviction", {}
+    )
+    assert (status, denied["reason"]) == (403, "Forbidden")
+
+
+def test_the_broken_build_never_becomes_ready(built_kubelets, pki, api, tmp_path):
+    port = api["ports"][0]
+    args, healthz, _ = kubelet_args(tmp_path, pki, "worker-3", api_port=port)
+    program = built_kubelets["kubelet 1.33.7-galley.broken"]
+    kubelet = subprocess.Popen(
+        [program, *args, "--hostname-override=worker-3"], stderr=subprocess.PIPE
+    )
+    try:
+        node = wait_for(
+            lambda: (
+                (r := call(port, pki, "admin", "GET", "/api/v1/nodes/worker-3"))[0] == 200 and r[1]
+            )
+        )
+        assert node["status"]["nodeInfo"]["kubeletVersion"] == "v1.33.7-galley.broken"
+        beat = condition(node)["lastHeartbeatTime"]
+        node = wait_for(
+            lambda: (
+                (n := call(port, pki, "admin", "GET", "/api/v1/nodes/worker-3")[1])
+                and condition(n)["lastHeartbeatTime"] != beat
+                and n
+            ),
+        )
+        assert {k: condition(node)[k] for k in ("status", "reason")} == {
+            "status": "False",
+            "reason": "KubeletNotReady",
+        }
+        assert plain_healthz(healthz)[0] == 500
+    finally:
+        kubelet.terminate()
+        assert kubelet.wait(timeout=10) == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "content_type", "code", "reason"),
+    [
+        ("GET", "/api/v1/widgets", None, None, 404, "NotFound"),
+        ("DELETE", "/api/v1/nodes", None, None, 405, "MethodNotAllowed"),
+        ("PATCH", "/api/v1/nodes/x", {}, "application/json-patch+json", 415,
+         "UnsupportedMediaType"),
+        ("PUT", "/api/v1/nodes/never-registered", {"metadata": {"name": "never-registered"}},
+         None, 404, "NotFound"),
+        ("POST", "/api/v1/nodes", {"metadata": {}}, None, 422, "Invalid"),
+        ("GET", "/api/v1/pods?fieldSelector=spec.hostIP%3D1", None, None, 400, "BadRequest"),
+        ("POST", "/api/v1/namespaces/a/pods", {"metadata": {"name": "p", "namespace": "b"}},
+         None, 400, "BadRequest"),
+    ],
+)  # fmt: skip
+def test_api_errors_are_v1_statuses(pki, api, method, path, body, content_type, code, reason):
+    status, answer = call(api["ports"][0], pki, "admin", method, path, body, content_type)
+    assert (status, answer["kind"], answer["status"], answer["code"], answer["reason"]) == (
+        code,
+        "Status",
+        "Failure",
+        code,
+        reason,
+    )

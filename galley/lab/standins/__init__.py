@@ -1,15 +1,21 @@
-"""Stand-ins for the Kubernetes v1.33.5 server binaries and flanneld v0.26.7: lab/test only.
+"""Stand-ins for the Kubernetes v1.33 server binaries and flanneld v0.26.7: lab/test only.
 
 The lab cannot install the real binaries, so its mirror serves these programs under the
 upstream download paths (built by galley.lab.artifacts as self-contained ``#!/usr/bin/python3``
 zip applications). They run on the droplets with Debian 12's python3 and its standard library
-only. They make a deploy prove its wiring; they do not run a cluster.
+only. They make a deploy and a rolling kubelet upgrade prove their wiring; they run no pods.
+
+Each zip application carries a generated ``build`` module (so the package runs only as built):
+``VERSION``, the release of the upstream path it is served under (the mirror carries the
+kubelet and kube-proxy in v1.33.5, v1.33.6 and ``v1.33.7-galley.broken``), and ``HEALTHY``.
+A build with ``HEALTHY = False`` (the ``-galley.broken`` one, a test build) starts and passes
+its checks but answers ``/healthz`` with HTTP 500, and its kubelet reports its Node NotReady.
 
 Every Kubernetes stand-in (``kube.py``, dispatching on its program name):
 
 - accepts exactly the v1.33 flags of its binary (``flags_v1_33``) with pflag's syntax; anything
   else exits 1 with cobra's message (``Error: unknown flag: --foo``);
-- prints ``Kubernetes v1.33.5`` for ``--version``;
+- prints ``Kubernetes <VERSION>`` for ``--version``;
 - checks every file it is given before serving, and exits 1 naming the flag and file when one
   is missing or unusable: certificate/key pairs must match (loaded with :mod:`ssl`), CA bundles
   must load, keys must be PEM keys, config files must be YAML with the right apiVersion and
@@ -29,7 +35,11 @@ Per binary:
   (a certificate from another CA fails the handshake); anonymous requests may read ``/healthz``,
   ``/livez``, ``/readyz`` and ``/version`` (JSON), as with RBAC's system:public-info-viewer.
   ``/healthz`` and ``/readyz`` ask the real etcd (``GET /health`` with the etcd client
-  certificate, at most once a second): ``ok``, or HTTP 500 with ``[-]etcd failed``.
+  certificate, at most once a second): ``ok``, or HTTP 500 with ``[-]etcd failed``. It serves
+  the slice of the Kubernetes API a rollout needs (``api``: nodes, pods, evictions that respect
+  PodDisruptionBudgets), storing the objects in that etcd so all apiservers agree; a Node
+  whose kubelet stopped heartbeating for 10 s is served Ready ``Unknown`` (there is no node
+  lifecycle controller).
 - kube-controller-manager: ``--kubeconfig`` and the authentication/authorization kubeconfigs,
   the cluster-signing pair, ``--root-ca-file``, ``--service-account-private-key-file``; HTTPS
   ``/healthz`` on ``--secure-port`` (10257).
@@ -39,7 +49,10 @@ Per binary:
 - kubelet: KubeletConfiguration (kubelet.config.k8s.io/v1beta1) from ``--config``,
   ``--kubeconfig``, the client CA (``authentication.x509.clientCAFile``) and the serving pair
   (``tlsCertFile``/``tlsPrivateKeyFile``); plain HTTP ``/healthz`` on ``healthzBindAddress``:
-  ``healthzPort`` (127.0.0.1:10248) and HTTPS on ``address``:``port`` (10250).
+  ``healthzPort`` (127.0.0.1:10248) and HTTPS on ``address``:``port`` (10250). With the
+  kubeconfig's identity it registers its Node (``--hostname-override`` or the host name;
+  ``--node-ip`` as InternalIP) and heartbeats its status every 2 s (``node``): Ready and
+  ``nodeInfo.kubeletVersion``. On SIGTERM it stops heartbeating.
 - kube-proxy: KubeProxyConfiguration (kubeproxy.config.k8s.io/v1alpha1) from ``--config`` and
   its ``clientConnection.kubeconfig`` (or ``--kubeconfig``); plain HTTP ``/healthz`` on
   ``healthzBindAddress`` (0.0.0.0:10256).

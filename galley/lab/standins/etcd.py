@@ -1,7 +1,8 @@
 """A tiny etcd v3 client over HTTPS for the stand-ins (lab/test only; stdlib only).
 
-Uses etcd's ``/health`` endpoint and its v3 JSON gateway (``POST /v3/kv/range``) with a client
-certificate, as the real components use etcd's gRPC API.
+Uses etcd's ``/health`` endpoint and its v3 JSON gateway (``/v3/kv/range``, ``/v3/kv/txn``,
+``/v3/kv/deleterange``) with a client certificate, as the real components use etcd's gRPC API.
+Keys and values are base64 in the gateway's JSON; revisions are decimal strings.
 """
 
 from __future__ import annotations
@@ -12,6 +13,24 @@ import json
 import ssl
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    """The first key after every key starting with ``prefix`` (etcd's range_end)."""
+    return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    """One key with its value and the revision that last modified it."""
+
+    key: str
+    value: bytes
+    mod_revision: int
 
 
 class EtcdError(Exception):
@@ -72,9 +91,54 @@ class EtcdClient:
         if str(answer.get("health")).lower() != "true":
             raise EtcdError(f"etcd reports unhealthy: {answer.get('reason') or answer}")
 
+    def _kv(self, path: str, request: dict) -> dict:
+        return self._request("POST", path, json.dumps(request).encode())
+
     def get(self, key: str) -> bytes | None:
         """The value of ``key``, or None if it does not exist."""
-        body = json.dumps({"key": base64.b64encode(key.encode()).decode()}).encode()
-        answer = self._request("POST", "/v3/kv/range", body)
-        kvs = answer.get("kvs") or []
-        return base64.b64decode(kvs[0].get("value", "")) if kvs else None
+        found = self.range(key)[0]
+        return found[0].value if found else None
+
+    def range(self, key: str, prefix: bool = False) -> tuple[list[KeyValue], int]:
+        """``key`` (or every key below the prefix ``key``) and the store's current revision."""
+        request = {"key": _b64(key.encode())}
+        if prefix:
+            request["range_end"] = _b64(_prefix_end(key.encode()))
+        answer = self._kv("/v3/kv/range", request)
+        found = [
+            KeyValue(
+                base64.b64decode(kv["key"]).decode(),
+                base64.b64decode(kv.get("value", "")),
+                int(kv.get("mod_revision", 0)),
+            )
+            for kv in answer.get("kvs") or []
+        ]
+        return found, int(answer.get("header", {}).get("revision", 0))
+
+    def put_if(self, key: str, value: bytes, mod_revision: int) -> int | None:
+        """Write ``key`` if it was last modified at ``mod_revision`` (0: if it does not exist).
+
+        Returns the new revision, or None when the key changed in between.
+        """
+        answer = self._kv(
+            "/v3/kv/txn",
+            {
+                "compare": [
+                    {
+                        "key": _b64(key.encode()),
+                        "target": "MOD",
+                        "result": "EQUAL",
+                        "mod_revision": str(mod_revision),
+                    }
+                ],
+                "success": [{"request_put": {"key": _b64(key.encode()), "value": _b64(value)}}],
+            },
+        )
+        if str(answer.get("succeeded")).lower() != "true":
+            return None
+        return int(answer.get("header", {}).get("revision", 0))
+
+    def delete(self, key: str) -> bool:
+        """Delete ``key``; True if it existed."""
+        answer = self._kv("/v3/kv/deleterange", {"key": _b64(key.encode())})
+        return int(answer.get("deleted", 0)) > 0

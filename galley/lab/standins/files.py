@@ -145,7 +145,11 @@ class _Material:
 
 
 def check_kubeconfig(flag: str, path: str) -> dict[str, Any]:
-    """A kubeconfig (v1 Config) whose current context's cluster and user are usable."""
+    """A kubeconfig (v1 Config) whose current context's cluster and user are usable.
+
+    Returns the current context's ``server``, ``cluster`` and ``user`` names and ``context``, a
+    TLS client context trusting the cluster's CA and sending the user's certificate if it has one.
+    """
     config = load_config(flag, path, "v1", "Config")
     clusters = _named(flag, path, config, "clusters", "cluster")
     users = _named(flag, path, config, "users", "user")
@@ -173,6 +177,7 @@ def check_kubeconfig(flag: str, path: str) -> dict[str, Any]:
                 f"{flag}: {path}: cluster {cluster_name!r} has no certificate authority"
             )
         check_ca_bundle(f"{flag} (cluster {cluster_name})", ca)
+        client = ssl.create_default_context(cafile=ca)
         cert = material.file(user, "client-certificate", f"user {user_name}")
         key = material.file(user, "client-key", f"user {user_name}")
         if user.get("token") or user.get("tokenFile"):
@@ -190,4 +195,5 @@ def check_kubeconfig(flag: str, path: str) -> dict[str, Any]:
             except FileProblem as exc:
                 reason = str(exc).rsplit(": ", 1)[-1]
                 raise FileProblem(f"{flag}: {path}: user {user_name!r}: {reason}") from None
-    return {"server": server, "cluster": cluster_name, "user": user_name}
+            client.load_cert_chain(cert, key)
+    return {"server": server, "cluster": cluster_name, "user": user_name, "context": client}

@@ -242,7 +242,7 @@ def run(argv: list[str]) -> int:
     try:
         port = int(str(options["healthz-port"]))
         if port > 0:
-            route = lambda path, cn: (200, "text/plain", b"flanneld is running")  # noqa: E731
+            route = lambda request: (200, "text/plain", b"flanneld is running")  # noqa: E731
             serve.start(str(options["healthz-ip"]), port, route)
         if options.get("kube-subnet-mgr"):
             config = _kube_config(options)

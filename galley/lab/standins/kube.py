@@ -1,7 +1,9 @@
-"""Stand-in for the Kubernetes v1.33.5 server binaries, lab/test only (stdlib only).
+"""Stand-in for the Kubernetes v1.33 server binaries, lab/test only (stdlib only).
 
 One program answering to its name (argv[0]): kube-apiserver, kube-controller-manager,
-kube-scheduler, kubelet, kube-proxy. See the package docstring for what each one checks.
+kube-scheduler, kubelet, kube-proxy. See the package docstring for what each one checks. Its
+version and whether it ever becomes healthy come from the ``build`` module that
+galley.lab.artifacts writes into the zip application.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -17,10 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import files, serve
+from .api import KubeApi, Store
+from .build import HEALTHY, VERSION
 from .etcd import EtcdClient, EtcdError
 from .flags_v1_33 import FLAGS
+from .node import NodeAgent
 
-VERSION = "v1.33.5"
 _TRUE = ("1", "t", "T", "TRUE", "true", "True")
 _FALSE = ("0", "f", "F", "FALSE", "false", "False")
 
@@ -148,24 +153,32 @@ def _bind_host(value: str | None, default: str = "0.0.0.0") -> str:
 
 @dataclass
 class Plan:
-    """What a stand-in serves once its checks passed: (host, port, route, TLS context)."""
+    """What a stand-in serves once its checks passed: (host, port, route, TLS context), and
+    loops run in threads until SIGTERM."""
 
     endpoints: list[tuple[str, int, serve.Route, Any]]
+    loops: list[Callable[[threading.Event], None]] = field(default_factory=list)
 
 
-def _ok(path: str, common_name: str | None) -> tuple[int, str, bytes]:
-    if path in ("/healthz", "/livez", "/readyz"):
-        return 200, "text/plain; charset=utf-8", b"ok"
-    return 404, "text/plain; charset=utf-8", b"404 page not found\n"
+_TEXT = "text/plain; charset=utf-8"
+
+
+def _ok(request: serve.Request) -> tuple[int, str, bytes]:
+    if request.path in ("/healthz", "/livez", "/readyz"):
+        if not HEALTHY:
+            return 500, _TEXT, b"[+]ping ok\n[+]log ok\n[-]syncloop failed: reason withheld\n"
+        return 200, _TEXT, b"ok"
+    return 404, _TEXT, b"404 page not found\n"
 
 
 def _version_json() -> bytes:
+    major, minor = VERSION.removeprefix("v").split(".")[:2]
     return json.dumps(
         {
-            "major": "1",
-            "minor": "33",
-            "emulationMajor": "1",
-            "emulationMinor": "33",
+            "major": major,
+            "minor": minor,
+            "emulationMajor": major,
+            "emulationMinor": minor,
             "gitVersion": VERSION,
             "goVersion": "stand-in",
             "platform": "linux/amd64",
@@ -233,34 +246,32 @@ def _apiserver(flags: Flags) -> Plan:
     for name in ("authorization-config", "admission-control-config-file", "audit-policy-file"):
         for path in flags.values.get(name, []):
             files.read(f"--{name}", path)
-    etcd = _EtcdHealth(
-        EtcdClient(
-            tuple(servers),
-            flags.get("etcd-cafile"),
-            flags.get("etcd-certfile"),
-            flags.get("etcd-keyfile"),
-        )
+    client = EtcdClient(
+        tuple(servers),
+        flags.get("etcd-cafile"),
+        flags.get("etcd-certfile"),
+        flags.get("etcd-keyfile"),
     )
+    etcd = _EtcdHealth(client)
+    api = KubeApi(Store(client, flags.get("etcd-prefix") or "/registry"))
     anonymous = flags.get("anonymous-auth", "true") in _TRUE
 
-    def route(path: str, common_name: str | None) -> tuple[int, str, bytes]:
-        text = "text/plain; charset=utf-8"
-        if common_name is None and not anonymous:
+    def route(request: serve.Request) -> tuple[int, str, bytes]:
+        path = request.path
+        if request.common_name is None and not anonymous:
             return 401, "application/json", b'{"kind":"Status","code":401,"reason":"Unauthorized"}'
         if path == "/livez":
-            return 200, text, b"ok"
+            return 200, _TEXT, b"ok"
         if path in ("/healthz", "/readyz"):
             error = etcd.error_now()
             if error is None:
-                return 200, text, b"ok"
+                return 200, _TEXT, b"ok"
             check = "etcd" if path == "/healthz" else "etcd-readiness"
             body = f"[+]ping ok\n[+]log ok\n[-]{check} failed: reason withheld\n"
-            return 500, text, (body + f"{path[1:]} check failed\n").encode()
+            return 500, _TEXT, (body + f"{path[1:]} check failed\n").encode()
         if path == "/version":
             return 200, "application/json", _version_json()
-        if common_name is None:
-            return 403, "application/json", b'{"kind":"Status","code":403,"reason":"Forbidden"}'
-        return 404, "application/json", b'{"kind":"Status","code":404,"reason":"NotFound"}'
+        return api(request)
 
     context = serve.tls_context(*serving, flags.get("client-ca-file"))
     host = _bind_host(flags.get("bind-address"))
@@ -327,9 +338,10 @@ def _kubelet(flags: Flags) -> Plan:
         )
     if not flags.get("kubeconfig") and not flags.get("bootstrap-kubeconfig"):
         raise StartupError("--kubeconfig is required by this stand-in (standalone mode is not)")
-    _optional(flags, files.check_kubeconfig, "kubeconfig")
     if flags.get("bootstrap-kubeconfig") and not os.path.exists(flags.get("kubeconfig") or ""):
-        files.check_kubeconfig("--bootstrap-kubeconfig", flags.get("bootstrap-kubeconfig"))
+        client = files.check_kubeconfig("--bootstrap-kubeconfig", flags.get("bootstrap-kubeconfig"))
+    else:
+        client = files.check_kubeconfig("--kubeconfig", flags.get("kubeconfig"))
     x509 = (config.get("authentication") or {}).get("x509") or {}
     client_ca = flags.get("client-ca-file") or x509.get("clientCAFile")
     if client_ca:
@@ -350,7 +362,16 @@ def _kubelet(flags: Flags) -> Plan:
     host = _bind_host(flags.get("address") or config.get("address"))
     port = _port(flags.get("port") or config.get("port", 10250), "port")
     endpoints.append((host, port, _ok, serve.tls_context(cert, key, client_ca)))
-    return Plan(endpoints)
+    agent = NodeAgent(
+        server=client["server"],
+        context=client["context"],
+        name=(flags.get("hostname-override") or socket.gethostname()).strip().lower(),
+        version=VERSION,
+        node_ip=flags.get("node-ip"),
+        port=port,
+        ready=HEALTHY,
+    )
+    return Plan(endpoints, [agent.run])
 
 
 def _kube_proxy(flags: Flags) -> Plan:
@@ -401,6 +422,8 @@ def run(binary: str, argv: list[str]) -> int:
         signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
         for host, port, route, context in plan.endpoints:
             serve.start(host, port, route, context)
+        for loop in plan.loops:
+            threading.Thread(target=loop, args=(stop,), daemon=True).start()
     except (StartupError, files.FileProblem, OSError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1

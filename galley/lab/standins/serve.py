@@ -11,31 +11,62 @@ import ssl
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
-# handler(path, client certificate subject CN or None) -> (status, content type, body)
-Route = Callable[[str, "str | None"], tuple[int, str, bytes]]
+
+@dataclass(frozen=True)
+class Request:
+    """What a route sees of a request: the client certificate's CN and O values if one was sent."""
+
+    method: str
+    path: str
+    query: dict[str, str] = field(default_factory=dict)
+    content_type: str = ""
+    body: bytes = b""
+    common_name: str | None = None
+    organizations: tuple[str, ...] = ()
+
+
+# route(request) -> (status, content type, body)
+Route = Callable[[Request], tuple[int, str, bytes]]
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
 
-    def do_GET(self) -> None:
+    def _answer(self) -> None:
         """Answer from the server's route function."""
-        common_name = None
+        common_name, organizations = None, []
         if isinstance(self.connection, ssl.SSLSocket):
             peer = self.connection.getpeercert()
             for rdn in (peer or {}).get("subject", ()):
                 for key, value in rdn:
                     if key == "commonName":
                         common_name = value
-        status, content_type, body = self.server.route(self.path.split("?", 1)[0], common_name)
+                    elif key == "organizationName":
+                        organizations.append(value)
+        url = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        request = Request(
+            method=self.command,
+            path=url.path,
+            query={name: values[-1] for name, values in parse_qs(url.query).items()},
+            content_type=(self.headers.get("Content-Type") or "").split(";")[0].strip(),
+            body=self.rfile.read(length) if length else b"",
+            common_name=common_name,
+            organizations=tuple(organizations),
+        )
+        status, content_type, body = self.server.route(request)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
 
     def log_message(self, format: str, *args: object) -> None:
         """Quiet: the stand-ins log only what matters."""
