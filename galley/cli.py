@@ -81,6 +81,20 @@ def _hostkeys_list(args: argparse.Namespace) -> int:
     return list_cli(args.inventory)
 
 
+def _rollout_kubelet(args: argparse.Namespace) -> int:
+    from galley.rollout import rollout_kubelet_cli
+
+    return rollout_kubelet_cli(
+        args.inventory,
+        args.to,
+        args.max_unavailable,
+        args.dry_run,
+        args.resume,
+        args.drain_timeout,
+        args.ready_timeout,
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="galley", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -142,6 +156,27 @@ def _parser() -> argparse.ArgumentParser:
     listing = hostkeys.add_parser("list", help="each droplet's id, address and pinned keys")
     listing.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/nyc3.py")
     listing.set_defaults(func=_hostkeys_list)
+
+    rollout = commands.add_parser("rollout", help="rolling upgrades").add_subparsers(
+        dest="rollout_command", required=True
+    )
+    kubelet = rollout.add_parser(
+        "kubelet", help="upgrade the workers' kubelet and kube-proxy, a batch at a time"
+    )
+    kubelet.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/nyc3.py")
+    kubelet.add_argument("--to", required=True, metavar="VERSION", help="target version")
+    kubelet.add_argument(
+        "--max-unavailable", default="1", metavar="N|P%", help="nodes upgraded at once (default 1)"
+    )
+    kubelet.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    kubelet.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted rollout, skipping finished nodes",
+    )
+    kubelet.add_argument("--drain-timeout", type=float, default=300, metavar="SECONDS")
+    kubelet.add_argument("--ready-timeout", type=float, default=300, metavar="SECONDS")
+    kubelet.set_defaults(func=_rollout_kubelet)
     return parser
 
 

@@ -41,6 +41,7 @@ from galley.kubernetes import (
     template,
     unit_path,
 )
+from galley.release import active_paths
 from galley.restarts import RestartError, systemctl_restart
 
 BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
@@ -199,7 +200,7 @@ def control_plane(vault: Callable[[], hvac.Client]) -> None:
 
 def _watched(binary: str) -> list[str]:
     """The files ``binary`` runs from: newer than its start means it must restart."""
-    common = [f"/usr/local/bin/{binary}", unit_path(binary), CA_PATH]
+    common = [*active_paths(binary, binary), unit_path(binary), CA_PATH]
     pairs = {
         "kube-apiserver": ("apiserver", "apiserver-kubelet-client", "apiserver-etcd-client"),
         "kube-controller-manager": ("kube-controller-manager", "kube-controller-manager-serving"),

@@ -23,7 +23,7 @@ from pyinfra.operations import files, python, server, systemd
 
 from galley.facts.etcd import CACERT, CERT, ETCDCTL, KEY
 from galley.pki import Identity, etcd_member_identity, mount_path
-from galley.release import install_release
+from galley.release import active_paths, install_release
 from galley.restarts import restart_when_pending, systemctl_restart
 from galley.tls import host_certificate
 
@@ -38,7 +38,7 @@ DATA_DIR = "/var/lib/etcd"
 HEALTHCHECK_CLIENT = "etcd-healthcheck-client"
 # Files a running member depends on: newer than its start means it must restart.
 WATCHED = (
-    "/usr/local/bin/etcd",
+    *active_paths("etcd", "etcd"),
     CONFIG_PATH,
     UNIT_PATH,
     CACERT,

@@ -42,7 +42,7 @@ from galley.kubernetes import (
     template,
     unit_path,
 )
-from galley.release import install_release
+from galley.release import active_paths, install_release
 
 NET_CONF = f"{FLANNEL_DIR}/net-conf.json"
 KUBECONFIG = f"{K8S_DIR}/flannel.kubeconfig"
@@ -138,7 +138,7 @@ def flannel_node(vault: Callable[[], hvac.Client]) -> None:
     unit = template("flanneld.service.j2", unit_path(UNIT), **variables)
     changes.append(unit)
     watched = [
-        "/usr/local/bin/flanneld",
+        *active_paths("flannel", "flanneld"),
         unit_path(UNIT),
         NET_CONF,
         *(path for spec in specs for path in (spec.cert_path, spec.key_path, spec.ca_path)),

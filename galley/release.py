@@ -72,6 +72,15 @@ def _release_dir(prefix: str, release: str) -> str:
     return posixpath.join(prefix.rstrip("/") or "/", release)
 
 
+def active_paths(
+    release: str, binary: str, prefix: str = DEFAULT_PREFIX, bin_dir: str = DEFAULT_BIN_DIR
+) -> list[str]:
+    """What a service running ``binary`` of ``release`` depends on: its link in ``bin_dir``
+    and the release's ``current`` link (switching back to an installed version changes only
+    ``current``: a restart check must watch both)."""
+    return [posixpath.join(bin_dir, binary), f"{_release_dir(prefix, release)}/current"]
+
+
 def _fetch_script(
     base: str,
     version: str,

@@ -31,7 +31,7 @@ from galley.kubernetes import (
     unit_path,
     worker_certs,
 )
-from galley.release import Release, install_release
+from galley.release import Release, active_paths, install_release
 
 CONTAINERD_CONFIG = "/etc/containerd/config.toml"
 CNI_BIN_DIR = "/opt/cni/bin"
@@ -172,11 +172,15 @@ def watched(unit: str) -> list[str]:
     """The files ``unit`` runs from: newer than its start means it must restart."""
     files_of = {
         "containerd": [
-            *(f"/usr/local/bin/{binary}" for binary in CONTAINERD_BINARIES),
+            *(
+                path
+                for binary in CONTAINERD_BINARIES
+                for path in active_paths("containerd", binary)
+            ),
             CONTAINERD_CONFIG,
         ],
         "kubelet": [
-            "/usr/local/bin/kubelet",
+            *active_paths("kubelet", "kubelet"),
             KUBELET_CONFIG,
             KUBELET_KUBECONFIG,
             CA_PATH,
@@ -187,7 +191,7 @@ def watched(unit: str) -> list[str]:
             ),
         ],
         "kube-proxy": [
-            "/usr/local/bin/kube-proxy",
+            *active_paths("kube-proxy", "kube-proxy"),
             KUBE_PROXY_CONFIG,
             KUBE_PROXY_KUBECONFIG,
             CA_PATH,

@@ -49,7 +49,7 @@ def run_deploy(
 ) -> tuple[int, dict | None, str]:
     """Run `pyinfra -y INVENTORY deploys/<file> --json`: exit code, JSON results, all output."""
     result = run_cli(
-        "pyinfra", "-y", inventory, f"deploys/{deploy_file}", "--json", *args, check=check
+        "pyinfra", "-y", inventory, f"deploys/{deploy_file}.py", "--json", *args, check=check
     )
     try:
         results = json.loads(result.stdout)["results"]
