@@ -149,10 +149,14 @@ def gate_problems(
     nodes: Iterable[dict],
     batch: Iterable[str],
     budget: int,
+    etcd: Mapping[str, tuple[bool, str]] | None = None,
 ) -> list[str]:
-    """Why the next batch may not start: an unhealthy apiserver (or its etcd), or too many
+    """Why the next batch may not start: an unhealthy apiserver or etcd member, or too many
     Nodes NotReady or cordoned besides the batch."""
     found = [f"apiserver {server}: {reason}" for server, (ok, reason) in health.items() if not ok]
+    found += [
+        f"etcd member {name}: {reason}" for name, (ok, reason) in (etcd or {}).items() if not ok
+    ]
     members = set(batch)
     down = []
     for node in nodes:
@@ -199,6 +203,7 @@ class Hosts(Protocol):
 
     def upgrade(self, names: list[str], record: Callable[[dict], None]) -> dict[str, Any]: ...
     def rollback(self, versions: dict[str, dict]) -> dict[str, Any]: ...
+    def etcd_health(self) -> dict[str, tuple[bool, str]]: ...
 
 
 def drain(
@@ -311,6 +316,7 @@ class Rollout:
                 self.api.nodes(),
                 names,
                 self.budget,
+                self.hosts.etcd_health(),
             )
             if problems:
                 return self._stop(f"gate before batch {number} ({', '.join(names)})", problems)

@@ -21,10 +21,12 @@ from pyinfra.api import Config, Inventory, State, deploy
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.deploy import add_deploy
 from pyinfra.api.exceptions import PyinfraError
+from pyinfra.api.facts import get_facts
 from pyinfra.api.host import Host
 from pyinfra.api.operations import run_ops
 from pyinfra.operations import python
 
+from galley.facts.etcd import EtcdHealth
 from galley.facts.release import InstalledReleases
 from galley.kubernetes import install_kubernetes_binary
 from galley.release import switch_release
@@ -151,6 +153,22 @@ class PyinfraHosts:
     def rollback(self, versions: dict[str, Versions]) -> dict[str, HostOutcome]:
         """Switch each host back to ``versions[host]``, restart and wait."""
         return self._run(list(versions), _rollback, versions=versions)
+
+    def etcd_health(self) -> dict[str, tuple[bool, str]]:
+        """Each etcd member's health (galley's EtcdHealth fact): (healthy, why not)."""
+        members = list(self.inventory.get_group("etcd", []))
+        state = State(self.inventory, Config(FAIL_PERCENT=0), initial_limit=members)
+        try:
+            connect_all(state)
+            facts = get_facts(state, EtcdHealth)
+        except PyinfraError as exc:
+            return {"(all)": (False, f"cannot reach the etcd members: {exc}")}
+        finally:
+            disconnect_all(state)
+        return {
+            member.name: (bool(found and found["healthy"]), (found or {}).get("error") or "")
+            for member, found in facts.items()
+        }
 
 
 def target_version(inventory: Inventory, version: str) -> None:

@@ -127,6 +127,7 @@ class FakeHosts:
         self.never_healthy = never_healthy
         self.upgraded: list[list[str]] = []
         self.rolled_back: dict = {}
+        self.etcd = {"etcd-1": (True, ""), "etcd-2": (True, ""), "etcd-3": (True, "")}
 
     def upgrade(self, names, record):
         record({name: {"kubelet": OLD, "kube-proxy": OLD} for name in names})
@@ -139,6 +140,9 @@ class FakeHosts:
                 self.api.set_version(name, NEW)
                 outcomes[name] = HostOutcome(None, 1.0)
         return outcomes
+
+    def etcd_health(self):
+        return self.etcd
 
     def rollback(self, versions):
         self.rolled_back.update(versions)
@@ -219,6 +223,12 @@ def test_skew_refuses_newer_minor_and_more_than_three_behind():
 def test_gates_stop_on_an_unhealthy_apiserver():
     found = gate_problems({"https://cp-2:6443": (False, "500 etcd failed")}, [], ["w-a"], 1)
     assert found == ["apiserver https://cp-2:6443: 500 etcd failed"]
+
+
+def test_gates_stop_on_an_unhealthy_etcd_member():
+    etcd = {"etcd-1": (True, ""), "etcd-2": (False, "context deadline exceeded")}
+    found = gate_problems({"s": (True, "")}, [], ["w-a"], 1, etcd)
+    assert found == ["etcd member etcd-2: context deadline exceeded"]
 
 
 def test_gates_count_other_unavailable_nodes_against_the_budget():
