@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import shlex
-import time
 from collections.abc import Callable
 
 import hvac
@@ -42,7 +41,7 @@ from galley.kubernetes import (
     unit_path,
 )
 from galley.release import active_paths
-from galley.restarts import RestartError, systemctl_restart
+from galley.restarts import RestartError, systemctl_restart, wait_until_healthy
 
 BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 ENCRYPTION_CONFIG = f"{K8S_DIR}/encryption-config.yaml"
@@ -73,14 +72,12 @@ def _healthy(host: Host, port: int) -> str | None:
 
 
 def _wait_healthy(state: State, host: Host, port: int, doing: str) -> None:
-    deadline = time.monotonic() + HEALTH_TIMEOUT
-    while (problem := _healthy(host, port)) is not None:
-        if time.monotonic() > deadline:
-            raise RestartError(
-                f"{host.name}: kube-apiserver not healthy {HEALTH_TIMEOUT:.0f}s after {doing}: "
-                f"{problem}"
-            )
-        time.sleep(1)
+    problem = wait_until_healthy(lambda: _healthy(host, port), HEALTH_TIMEOUT)
+    if problem is not None:
+        raise RestartError(
+            f"{host.name}: kube-apiserver not healthy {HEALTH_TIMEOUT:.0f}s after {doing}: "
+            f"{problem}"
+        )
 
 
 def _restart_apiserver(state: State, host: Host, unit: str, port: int) -> None:

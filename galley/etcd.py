@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from pyinfra.operations import files, python, server, systemd
 from galley.facts.etcd import CACERT, CERT, ETCDCTL, KEY
 from galley.pki import Identity, etcd_member_identity, mount_path
 from galley.release import active_paths, install_release
-from galley.restarts import restart_when_pending, systemctl_restart
+from galley.restarts import restart_when_pending, systemctl_restart, wait_until_healthy
 from galley.tls import host_certificate
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -228,26 +227,17 @@ def _endpoint_health(host: Host, endpoints: Sequence[str]) -> dict[str, str | No
     return health
 
 
-def _wait_healthy(host: Host, endpoints: Sequence[str], timeout: float) -> dict[str, str | None]:
-    """Poll until every endpoint is healthy or ``timeout`` passes; return the last health."""
-    deadline = time.monotonic() + timeout
-    while True:
-        health = _endpoint_health(host, endpoints)
-        if all(error is None for error in health.values()) or time.monotonic() > deadline:
-            return health
-        time.sleep(1)
-
-
-def _unhealthy(health: dict[str, str | None]) -> str:
-    return ", ".join(f"{endpoint} ({error})" for endpoint, error in health.items() if error)
+def _unhealthy(host: Host, endpoints: Sequence[str]) -> str | None:
+    """The unhealthy endpoints with their errors, as seen from ``host``; None when all are ok."""
+    health = _endpoint_health(host, endpoints)
+    return ", ".join(f"{endpoint} ({error})" for endpoint, error in health.items() if error) or None
 
 
 def _wait_cluster_healthy(state: State, host: Host, endpoints: list[str]) -> None:
-    health = _wait_healthy(host, endpoints, HEALTH_TIMEOUT)
-    if _unhealthy(health):
+    problem = wait_until_healthy(lambda: _unhealthy(host, endpoints), HEALTH_TIMEOUT)
+    if problem:
         raise EtcdRestartError(
-            f"{host.name}: etcd cluster not healthy after {HEALTH_TIMEOUT:.0f}s: "
-            f"{_unhealthy(health)}"
+            f"{host.name}: etcd cluster not healthy after {HEALTH_TIMEOUT:.0f}s: {problem}"
         )
 
 
@@ -255,19 +245,18 @@ def _restart_member(state: State, host: Host, unit: str, endpoints: list[str]) -
     """Restart this member only while all others are healthy; hand off leadership first."""
     own = f"https://{host.data.private_ip}:{host.data.etcd_client_port}"
     others = [endpoint for endpoint in endpoints if endpoint != own]
-    health = _endpoint_health(host, others)
-    if _unhealthy(health):
+    problem = _unhealthy(host, others)
+    if problem:
         raise EtcdRestartError(
-            f"{host.name}: not restarting etcd while other members are unhealthy: "
-            f"{_unhealthy(health)}"
+            f"{host.name}: not restarting etcd while other members are unhealthy: {problem}"
         )
     _hand_off_leadership(host, own, others)
     systemctl_restart(state, host, unit)
-    health = _wait_healthy(host, endpoints, HEALTH_TIMEOUT)
-    if _unhealthy(health):
+    problem = wait_until_healthy(lambda: _unhealthy(host, endpoints), HEALTH_TIMEOUT)
+    if problem:
         raise EtcdRestartError(
             f"{host.name}: etcd not healthy {HEALTH_TIMEOUT:.0f}s after its restart: "
-            f"{_unhealthy(health)}; stopping before any other member restarts"
+            f"{problem}; stopping before any other member restarts"
         )
 
 

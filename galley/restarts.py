@@ -8,6 +8,7 @@ may be needed: pending already, or one of the given operations will change somet
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 
 from pyinfra import host
@@ -21,6 +22,15 @@ from galley.facts.system import PendingRestart
 
 class RestartError(Exception):
     """A unit could not be restarted, or did not come back healthy."""
+
+
+def wait_until_healthy(problem: Callable[[], str | None], timeout: float) -> str | None:
+    """Poll ``problem()`` every second until it returns None or ``timeout`` seconds pass;
+    return the last problem (None when healthy)."""
+    deadline = time.monotonic() + timeout
+    while (found := problem()) is not None and time.monotonic() <= deadline:
+        time.sleep(1)
+    return found
 
 
 def systemctl_restart(state: State, host: Host, unit: str) -> None:

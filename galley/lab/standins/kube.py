@@ -314,28 +314,21 @@ def _client_kubeconfig(flags: Flags, config: dict | None, what: str) -> None:
         )
 
 
+def _config_file(flags: Flags, api_version: str, kind: str) -> dict | None:
+    """The ``--config`` file, checked for ``api_version`` and ``kind``; None without one."""
+    if not flags.get("config"):
+        return None
+    return files.load_config("--config", flags.get("config"), api_version, kind)
+
+
 def _scheduler(flags: Flags) -> Plan:
-    config = None
-    if flags.get("config"):
-        config = files.load_config(
-            "--config",
-            flags.get("config"),
-            "kubescheduler.config.k8s.io/v1",
-            "KubeSchedulerConfiguration",
-        )
+    config = _config_file(flags, "kubescheduler.config.k8s.io/v1", "KubeSchedulerConfiguration")
     _client_kubeconfig(flags, config, "--config")
     return Plan([_delegating(flags, 10259)])
 
 
 def _kubelet(flags: Flags) -> Plan:
-    config: dict = {}
-    if flags.get("config"):
-        config = files.load_config(
-            "--config",
-            flags.get("config"),
-            "kubelet.config.k8s.io/v1beta1",
-            "KubeletConfiguration",
-        )
+    config = _config_file(flags, "kubelet.config.k8s.io/v1beta1", "KubeletConfiguration") or {}
     if not flags.get("kubeconfig") and not flags.get("bootstrap-kubeconfig"):
         raise StartupError("--kubeconfig is required by this stand-in (standalone mode is not)")
     if flags.get("bootstrap-kubeconfig") and not os.path.exists(flags.get("kubeconfig") or ""):
@@ -375,14 +368,7 @@ def _kubelet(flags: Flags) -> Plan:
 
 
 def _kube_proxy(flags: Flags) -> Plan:
-    config = None
-    if flags.get("config"):
-        config = files.load_config(
-            "--config",
-            flags.get("config"),
-            "kubeproxy.config.k8s.io/v1alpha1",
-            "KubeProxyConfiguration",
-        )
+    config = _config_file(flags, "kubeproxy.config.k8s.io/v1alpha1", "KubeProxyConfiguration")
     _client_kubeconfig(flags, config, "--config")
     address = flags.get("healthz-bind-address") or (config or {}).get(
         "healthzBindAddress", "0.0.0.0:10256"
