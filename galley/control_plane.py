@@ -181,7 +181,7 @@ def control_plane(vault: Callable[[], hvac.Client]) -> None:
         *secrets,
         *(op for ops in configs.values() for op in ops),
         *units.values(),
-        *(op for release in releases.values() for op in (release.current, *release.links)),
+        *(release.activation for release in releases.values()),
     ]
     port = data.api_port
     run_units(

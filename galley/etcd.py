@@ -24,7 +24,7 @@ from galley.facts.etcd import CACERT, CERT, ETCDCTL, KEY
 from galley.pki import Identity, etcd_member_identity, mount_path
 from galley.release import active_paths, install_release
 from galley.restarts import restart_when_pending, systemctl_restart, wait_until_healthy
-from galley.tls import host_certificate
+from galley.tls import HostCert, host_certificates
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 BINARIES = ("etcd", "etcdctl", "etcdutl")
@@ -129,34 +129,34 @@ def etcd_member(vault: Callable[[], hvac.Client]) -> None:
     )
 
     mount = mount_path(cluster, "etcd")
-    certs = [
-        *host_certificate(
-            name=f"etcd member certificate ({member_name(host)})",
-            key_path=f"{PKI_DIR}/member.key",
-            cert_path=f"{PKI_DIR}/member.crt",
-            ca_path=CACERT,
-            identity=etcd_member_identity(member_name(host), data.private_ip),
-            mount=mount,
-            role="etcd-member",
-            vault=vault,
-            owner="etcd",
-            group="etcd",
-            ttl=data.etcd_cert_ttl,
-        ),
-        *host_certificate(
-            name="etcd health-check client certificate",
-            key_path=KEY,
-            cert_path=CERT,
-            ca_path=CACERT,
-            identity=Identity(HEALTHCHECK_CLIENT),
-            mount=mount,
-            role="etcd-client",
-            vault=vault,
-            owner="etcd",
-            group="etcd",
-            ttl=data.etcd_cert_ttl,
-        ),
-    ]
+    certs = host_certificates(
+        name="etcd certificates",
+        certs=[
+            HostCert(
+                key_path=f"{PKI_DIR}/member.key",
+                cert_path=f"{PKI_DIR}/member.crt",
+                ca_path=CACERT,
+                identity=etcd_member_identity(member_name(host), data.private_ip),
+                mount=mount,
+                role="etcd-member",
+                owner="etcd",
+                group="etcd",
+                ttl=data.etcd_cert_ttl,
+            ),
+            HostCert(
+                key_path=KEY,
+                cert_path=CERT,
+                ca_path=CACERT,
+                identity=Identity(HEALTHCHECK_CLIENT),
+                mount=mount,
+                role="etcd-client",
+                owner="etcd",
+                group="etcd",
+                ttl=data.etcd_cert_ttl,
+            ),
+        ],
+        vault=vault,
+    )
 
     template_vars = {
         "cluster_name": cluster,
@@ -204,7 +204,7 @@ def etcd_member(vault: Callable[[], hvac.Client]) -> None:
     restart_when_pending(
         UNIT,
         WATCHED,
-        [release.current, *release.links, *certs, config, unit],
+        [release.activation, *certs, config, unit],
         started,
         function=_restart_member,
         serial=True,

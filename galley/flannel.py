@@ -124,7 +124,7 @@ def flannel_node(vault: Callable[[], hvac.Client]) -> None:
         strip_components=0,
     )
     specs = flannel_certs(host)
-    changes = [release.current, *release.links, *install_certificates(host, specs, vault)]
+    changes = [release.activation, *install_certificates(host, specs, vault)]
     if data.flannel_mode == "kube":
         changes.append(kubeconfig(KUBECONFIG, cluster, api_url(data), specs[0]))
     variables = {

@@ -24,7 +24,7 @@ from pyinfra.operations import files, python, systemd
 from galley.pki import API_SERVICE_NAMES, Identity, mount_path
 from galley.release import Release, install_release
 from galley.restarts import restart_when_pending
-from galley.tls import host_certificate
+from galley.tls import HostCert, host_certificates
 from galley.validate import first_service_ip
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -209,20 +209,22 @@ def install_certificates(
 ) -> list[OperationMeta]:
     """Keep each certificate (key made on the host) signed by Vault; returns the operations."""
     cluster = host.data.cluster_name
-    metas: list[OperationMeta] = []
-    for spec in host.loop(specs):
-        metas += host_certificate(
-            name=f"{spec.identity.cn} certificate",
-            key_path=spec.key_path,
-            cert_path=spec.cert_path,
-            ca_path=spec.ca_path,
-            identity=spec.identity,
-            mount=mount_path(cluster, spec.mount),
-            role=spec.role,
-            vault=vault,
-            ttl=host.data.kubernetes_cert_ttl,
-        )
-    return metas
+    return host_certificates(
+        name="Certificates",
+        certs=[
+            HostCert(
+                key_path=spec.key_path,
+                cert_path=spec.cert_path,
+                ca_path=spec.ca_path,
+                identity=spec.identity,
+                mount=mount_path(cluster, spec.mount),
+                role=spec.role,
+                ttl=host.data.kubernetes_cert_ttl,
+            )
+            for spec in specs
+        ],
+        vault=vault,
+    )
 
 
 def data_key(binary: str) -> str:

@@ -9,6 +9,7 @@ from pyinfra import host, inventory, state
 from pyinfra.api.exceptions import PyinfraError
 
 from galley.pki import deploy_paths
+from galley.ssh import disable_nagle
 from galley.validate import ValidationError, check
 from galley.vault import VaultError, VaultSettings, lazy_client
 
@@ -23,10 +24,12 @@ def preflight(components: Iterable[str]) -> Callable[[], hvac.Client]:
     """Validate the inventory for ``components`` and check Vault, once per run.
 
     Called at the top of each deploy file (which pyinfra runs once per host, after connecting
-    and before executing anything). Returns the run's shared Vault client factory.
+    and before executing anything). Also turns off Nagle on every SSH connection
+    (`galley.ssh`). Returns the run's shared Vault client factory.
     """
     key = (id(state), frozenset(components))
     if key not in _checked:
+        disable_nagle(inventory.get_active_hosts())
         try:
             check(inventory, key[1])
         except ValidationError as exc:

@@ -12,10 +12,10 @@ disk, so a rollback is ``switch_release`` back to one of them. All links are rep
 atomically (``ln -sfn`` to a temporary name, then ``mv -T``).
 
 Restarting on change: both deploys return a :class:`Release`. Its ``changed`` method is true,
-once executed, when the active version or a binary link changed. Pass the method itself,
-uncalled, as ``_if`` so pyinfra evaluates it at execution time (``_if=release.changed()`` would
-be evaluated while preparing and fail; ``daemon_reload=...``-style arguments take values, not
-methods)::
+once executed, when the active version or a binary link changed (one operation sets them
+all). Pass the method itself, uncalled, as ``_if`` so pyinfra evaluates it at execution time
+(``_if=release.changed()`` would be evaluated while preparing and fail;
+``daemon_reload=...``-style arguments take values, not methods)::
 
     etcd = install_release("etcd", "3.5.30", url, sha256, ["etcd", "etcdctl", "etcdutl"])
     systemd.service(service="etcd", restarted=True, _if=etcd.changed)
@@ -41,9 +41,8 @@ from urllib.parse import urlsplit
 from pyinfra import host
 from pyinfra.api import deploy, operation
 from pyinfra.api.operation import OperationMeta
-from pyinfra.facts.files import Link
 
-from galley.facts.release import COMPLETE_MARKER, DEFAULT_PREFIX, InstalledReleases
+from galley.facts.release import COMPLETE_MARKER, DEFAULT_PREFIX, InstalledReleases, LinkTargets
 
 DEFAULT_BIN_DIR = "/usr/local/bin"
 
@@ -53,14 +52,13 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 @dataclass(frozen=True)
 class Release:
-    """Operations that activate a release version; see the module docstring for ``changed``."""
+    """The operation that activates a release version; see the module docstring."""
 
-    current: OperationMeta
-    links: tuple[OperationMeta, ...]
+    activation: OperationMeta
 
     def changed(self) -> bool:
         """After execution: whether ``current`` or a binary link was changed."""
-        return any(op.did_change() for op in (self.current, *self.links))
+        return self.activation.did_change()
 
 
 def _check_component(kind: str, value: str) -> None:
@@ -159,43 +157,37 @@ def _fetch(
     yield _fetch_script(base, version, url, sha256, binaries, strip_components, archive)
 
 
-@operation()
-def _symlink(path: str, target: str, require: str | None = None) -> Iterator[str]:
-    """Point the symlink ``path`` at ``target`` atomically; fail first if ``require`` is missing."""
-    info = host.get_fact(Link, path=path)
-    if info and info.get("link_target") == target:
-        host.noop(f"{path} already points to {target}")
-        return
+def _link_script(path: str, target: str) -> str:
+    """Point the symlink ``path`` at ``target`` atomically (through a temporary link)."""
     q = shlex.quote
     new = f"{path}.galley-new"
-    lines = []
-    if require is not None:
-        message = f"cannot point {path} at {target}: {require} does not exist"
-        lines.append(f"[ -e {q(require)} ] || {{ echo {q(message)} >&2; exit 1; }}")
-    lines.append(f"mkdir -p {q(posixpath.dirname(path))}")
-    lines.append(f"ln -sfn {q(target)} {q(new)} && mv -T {q(new)} {q(path)}")
-    yield "\n".join(lines)
+    return (
+        f"mkdir -p {q(posixpath.dirname(path))} && "
+        f"ln -sfn {q(target)} {q(new)} && mv -T {q(new)} {q(path)}"
+    )
 
 
+@operation()
 def _activate(
     release: str, version: str, binaries: Sequence[str], prefix: str, bin_dir: str
-) -> Release:
+) -> Iterator[str]:
+    """Point ``current`` at ``version`` (which must be complete) and each binary's link in
+    ``bin_dir`` at ``current``; only links that differ are touched."""
     base = _release_dir(prefix, release)
-    current = _symlink(
-        name=f"Activate {release} {version}",
-        path=f"{base}/current",
-        target=version,
-        require=f"{base}/{version}/{COMPLETE_MARKER}",
+    wanted = {f"{base}/current": version}
+    wanted.update(
+        {posixpath.join(bin_dir, binary): f"{base}/current/{binary}" for binary in binaries}
     )
-    links = tuple(
-        _symlink(
-            name=f"Link {bin_dir}/{binary}",
-            path=posixpath.join(bin_dir, binary),
-            target=f"{base}/current/{binary}",
-        )
-        for binary in binaries
-    )
-    return Release(current=current, links=links)
+    targets = host.get_fact(LinkTargets, paths=list(wanted))
+    stale = [path for path, target in wanted.items() if targets.get(path) != target]
+    if not stale:
+        host.noop(f"{release} {version} is active")
+        return
+    marker = f"{base}/{version}/{COMPLETE_MARKER}"
+    message = f"cannot activate {release} {version}: {marker} does not exist"
+    lines = [f"[ -e {shlex.quote(marker)} ] || {{ echo {shlex.quote(message)} >&2; exit 1; }}"]
+    lines += [_link_script(path, wanted[path]) for path in stale]
+    yield "\n".join(lines)
 
 
 def _validate(release: str, version: str, binaries: Sequence[str]) -> None:
@@ -241,7 +233,16 @@ def install_release(
         strip_components=strip_components,
         archive=archive,
     )
-    return _activate(release, version, binaries, prefix, bin_dir)
+    return Release(
+        _activate(
+            name=f"Activate {release} {version}",
+            release=release,
+            version=version,
+            binaries=list(binaries),
+            prefix=prefix,
+            bin_dir=bin_dir,
+        )
+    )
 
 
 @deploy("Switch release")
@@ -254,4 +255,13 @@ def switch_release(
 ) -> Release:
     """Make an installed ``version`` active again (rollback); fails if it is not installed."""
     _validate(release, version, binaries)
-    return _activate(release, version, binaries, prefix, bin_dir)
+    return Release(
+        _activate(
+            name=f"Activate {release} {version}",
+            release=release,
+            version=version,
+            binaries=list(binaries),
+            prefix=prefix,
+            bin_dir=bin_dir,
+        )
+    )

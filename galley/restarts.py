@@ -2,8 +2,13 @@
 
 A unit restarts when a file it runs from (binary link, unit file, config, certificates) is
 newer than its last start (`galley.facts.PendingRestart`), so a run killed between writing a
-file and restarting still restarts on the next run. The check is added only when a restart
-may be needed: pending already, or one of the given operations will change something.
+file and restarting still restarts on the next run.
+
+When pyinfra detects changes up front (``--dry``, or a run without ``-y``), every operation has
+already been evaluated, so the restart is added only where one is due and the plan shows
+exactly which units will restart. With ``-y`` nothing is evaluated before it runs: asking
+whether the operations will change would run every one of their facts twice, so the restart
+is always added and decides at execution time with one fact.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from pyinfra import host
+from pyinfra import host, state
 from pyinfra.api.host import Host
 from pyinfra.api.operation import OperationMeta
 from pyinfra.api.state import State
@@ -59,7 +64,7 @@ def restart_when_pending(
     ``serial`` restarts one host at a time.
     """
     paths = sorted(watched)
-    if not (
+    if state.should_check_for_changes() and not (
         any(meta.will_change for meta in changes)
         or host.get_fact(PendingRestart, unit=unit, paths=paths)
     ):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -20,7 +20,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.api.state import State
 from pyinfra.operations import files, python, server
 
-from galley.facts.tls import Certificate, PublicKey
+from galley.facts.tls import TlsFiles
 from galley.pki import (
     Identity,
     identity_of_csr,
@@ -41,76 +41,116 @@ class HostCertificateError(Exception):
 
 
 @dataclass(frozen=True)
-class _Resign:
+class HostCert:
+    """One key and Vault-signed certificate a host should hold."""
+
     key_path: str
     cert_path: str
-    owner: str
-    group: str
+    ca_path: str  # where ``mount``'s CA bundle goes
     identity: Identity
     mount: str
     role: str
+    owner: str = "root"
+    group: str = "root"
+    ttl: str | None = None
+
+
+@dataclass(frozen=True)
+class _Resign:
+    cert: HostCert
     vault: Callable[[], hvac.Client]
-    ttl: str | None
     ca_pem: str
     reason: str
 
 
-@deploy("Host certificate")
-def host_certificate(
-    key_path: str,
-    cert_path: str,
-    ca_path: str,
-    identity: Identity,
-    mount: str,
-    role: str,
-    vault: Callable[[], hvac.Client],
-    owner: str = "root",
-    group: str = "root",
-    ttl: str | None = None,
+@deploy("Host certificates")
+def host_certificates(
+    certs: Sequence[HostCert], vault: Callable[[], hvac.Client]
 ) -> list[OperationMeta]:
-    """Keep a key, a Vault-signed certificate for ``identity`` and ``mount``'s CA bundle in place.
+    """Keep keys, Vault-signed certificates and their CA bundles in place on this host.
 
-    ``vault`` returns a connected client (see `galley.vault.lazy_client`): it is asked for the
-    mount's CA while preparing and to sign only while executing, when `resign_reason` (or a
-    new key) calls for it. The directories must exist. Nothing changes when all is in order.
-    Returns the operations it added, for callers that restart a service on change.
+    One fact reads every key's public half and every certificate (one round trip), and each
+    mount's CA is read from Vault once; ``vault`` (see `galley.vault.lazy_client`) is asked to
+    sign only while executing, when `resign_reason` (or a new key) calls for it, so ``--dry``
+    shows every "Re-sign <path>: <reason>" without signing. The directories must exist.
+    Nothing changes when all is in order. Returns the operations it added, for callers that
+    restart a service on change.
     """
-    ca_pem = read_ca(vault(), mount)
-    ca_bundle = files.put(
-        name=f"CA bundle {ca_path}",
-        src=io.StringIO(ca_pem),
-        dest=ca_path,
-        user=owner,
-        group=group,
-        mode="644",
+    found = host.get_fact(
+        TlsFiles, keys=[cert.key_path for cert in certs], certs=[cert.cert_path for cert in certs]
     )
-    public_key = host.get_fact(PublicKey, path=key_path)
-    if public_key is None:
-        key = server.shell(
-            name=f"Generate private key {key_path}", commands=[_genkey(key_path, owner, group)]
+    ca_pems = {mount: read_ca(vault(), mount) for mount in dict.fromkeys(c.mount for c in certs)}
+    bundles: dict[str, HostCert] = {}  # CA path -> the first certificate that needs it
+    for cert in certs:
+        bundles.setdefault(cert.ca_path, cert)
+    operations = []
+    for ca_path, cert in host.loop(bundles.items()):
+        operations.append(
+            files.put(
+                name=f"CA bundle {ca_path}",
+                src=io.StringIO(ca_pems[cert.mount]),
+                dest=ca_path,
+                user=cert.owner,
+                group=cert.group,
+                mode="644",
+            )
         )
-    else:
-        key = files.file(
-            name=f"Private key {key_path}", path=key_path, user=owner, group=group, mode="600"
+    for cert in host.loop(certs):
+        operations += _key_and_certificate(
+            cert, found["keys"][cert.key_path], found["certs"][cert.cert_path], ca_pems, vault
         )
-    cert = host.get_fact(Certificate, path=cert_path)
+    return operations
+
+
+def _key_and_certificate(
+    cert: HostCert,
+    key: dict | None,
+    cert_pem: str | None,
+    ca_pems: dict[str, str],
+    vault: Callable[[], hvac.Client],
+) -> list[OperationMeta]:
+    operations = []
+    if key is None:
+        operations.append(
+            server.shell(
+                name=f"Generate private key {cert.key_path}",
+                commands=[_genkey(cert.key_path, cert.owner, cert.group)],
+            )
+        )
+    elif key["public_key"] is None:
+        raise HostCertificateError(
+            f"{host.name}: {cert.key_path} is not a private key openssl can read; "
+            "remove it to have galley make a new one"
+        )
+    elif (key["mode"], key["user"], key["group"]) != ("600", cert.owner, cert.group):
+        operations.append(
+            files.file(
+                name=f"Private key {cert.key_path}",
+                path=cert.key_path,
+                user=cert.owner,
+                group=cert.group,
+                mode="600",
+            )
+        )
+    public_key = key["public_key"] if key else None
     reason = resign_reason(
-        cert["pem"] if cert else None,
-        identity,
-        ca_pem,
+        cert_pem,
+        cert.identity,
+        ca_pems[cert.mount],
         datetime.now(UTC),
         public_key_pem=public_key,
-        ttl=timedelta(seconds=parse_duration(ttl)) if ttl else None,
+        ttl=timedelta(seconds=parse_duration(cert.ttl)) if cert.ttl else None,
     )
     if reason is None and public_key is None:
         reason = "new private key"
-    if reason is None:
-        return [ca_bundle, key]
-    request = _Resign(
-        key_path, cert_path, owner, group, identity, mount, role, vault, ttl, ca_pem, reason
-    )
-    resign = python.call(name=f"Re-sign {cert_path}: {reason}", function=_resign, request=request)
-    return [ca_bundle, key, resign]
+    if reason is not None:
+        request = _Resign(cert, vault, ca_pems[cert.mount], reason)
+        operations.append(
+            python.call(
+                name=f"Re-sign {cert.cert_path}: {reason}", function=_resign, request=request
+            )
+        )
+    return operations
 
 
 def _genkey(key_path: str, owner: str, group: str) -> str:
@@ -146,26 +186,27 @@ def _run(host: Host, command: str, doing: str) -> str:
 
 def _resign(state: State, host: Host, request: _Resign) -> None:
     """At execution time: CSR on the host, Vault signs, the certificate replaces the old one."""
-    host.log(f"re-signing {request.cert_path}: {request.reason}")
-    csr = _run(host, csr_command(request.key_path, request.identity), "creating the CSR") + "\n"
-    if identity_of_csr(csr) != request.identity:
+    cert = request.cert
+    host.log(f"re-signing {cert.cert_path}: {request.reason}")
+    csr = _run(host, csr_command(cert.key_path, cert.identity), "creating the CSR") + "\n"
+    if identity_of_csr(csr) != cert.identity:
         raise HostCertificateError(
-            f"{host.name}: openssl made a CSR for {identity_of_csr(csr)}, not {request.identity}"
+            f"{host.name}: openssl made a CSR for {identity_of_csr(csr)}, not {cert.identity}"
         )
-    signed = sign(request.vault(), request.mount, request.role, csr, request.ttl)
+    signed = sign(request.vault(), cert.mount, cert.role, csr, cert.ttl)
     for warning in signed.warnings:
         host.log(f"Vault: {warning}", logger.warning)
     if not issued_by(load_certificate(signed.certificate), request.ca_pem):
         raise HostCertificateError(
-            f"{host.name}: {request.mount} signed {request.cert_path} with another CA than the "
+            f"{host.name}: {cert.mount} signed {cert.cert_path} with another CA than the "
             "one read at the start of the run; re-run"
         )
-    cert, tmp = shlex.quote(request.cert_path), shlex.quote(f"{request.cert_path}.galley-new")
-    if not host.put_file(io.StringIO(signed.certificate), f"{request.cert_path}.galley-new"):
-        raise HostCertificateError(f"{host.name}: uploading {request.cert_path} failed")
-    owner = shlex.quote(f"{request.owner}:{request.group}")
+    path, tmp = shlex.quote(cert.cert_path), shlex.quote(f"{cert.cert_path}.galley-new")
+    if not host.put_file(io.StringIO(signed.certificate), f"{cert.cert_path}.galley-new"):
+        raise HostCertificateError(f"{host.name}: uploading {cert.cert_path} failed")
+    owner = shlex.quote(f"{cert.owner}:{cert.group}")
     _run(
         host,
-        f"chmod 644 {tmp} && chown {owner} {tmp} && mv -f {tmp} {cert}",
-        f"installing {request.cert_path}",
+        f"chmod 644 {tmp} && chown {owner} {tmp} && mv -f {tmp} {path}",
+        f"installing {cert.cert_path}",
     )

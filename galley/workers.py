@@ -163,7 +163,7 @@ def worker(vault: Callable[[], hvac.Client]) -> None:
         *certs,
         *configs,
         *units.values(),
-        *(op for release in releases.values() for op in (release.current, *release.links)),
+        *(release.activation for release in releases.values()),
     ]
     run_units(units, {unit: watched(unit) for unit in UNITS}, changes)
 

@@ -4,7 +4,7 @@ from galley.facts.etcd import EtcdHealth, EtcdMembers
 from galley.facts.fleet import ComponentVersions, FlannelLease
 from galley.facts.release import InstalledReleases
 from galley.facts.system import OsInfo, PendingRestart, UnitStates
-from galley.facts.tls import Certificate, Certificates, PublicKey
+from galley.facts.tls import Certificate, Certificates, TlsFiles
 
 __all__ = [
     "Certificate",
@@ -16,6 +16,6 @@ __all__ = [
     "InstalledReleases",
     "OsInfo",
     "PendingRestart",
-    "PublicKey",
+    "TlsFiles",
     "UnitStates",
 ]

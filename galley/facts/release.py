@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 from typing import Any
 
 from pyinfra.api import FactBase
@@ -48,3 +49,19 @@ class InstalledReleases(FactBase):
                 result["sha256"][version] = sha256
         result["installed"] = sorted(result["sha256"])
         return result
+
+
+class LinkTargets(FactBase):
+    """Where each of ``paths`` points: ``{path: target}``, None for a missing path or one that
+    is not a symlink (one round trip for every link of a release)."""
+
+    def command(self, paths: Sequence[str]) -> str:
+        quoted = " ".join(shlex.quote(path) for path in paths)
+        return f'for p in {quoted}; do printf "%s\\t%s\\n" "$p" "$(readlink -- "$p")"; done'
+
+    def process(self, output: list[str]) -> dict[str, str | None]:
+        targets: dict[str, str | None] = {}
+        for line in output:
+            path, _, target = line.partition("\t")
+            targets[path] = target or None
+        return targets

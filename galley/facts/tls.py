@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from pyinfra.api import FactBase
@@ -14,6 +15,7 @@ from pyinfra.api import FactBase
 from galley.pki import identity_of_cert, load_certificate
 
 _SEPARATOR = "==> galley certificate file:"
+_KEY_SEPARATOR = "==> galley private key file:"
 
 
 def certificate_info(pem: str) -> dict:
@@ -77,15 +79,48 @@ class Certificates(FactBase):
         return {path: {k: v for k, v in info.items() if k != "pem"} for path, info in infos.items()}
 
 
-class PublicKey(FactBase):
-    """The public half (PEM) of the private key at ``path``, None when missing.
+class TlsFiles(FactBase):
+    """Private keys and certificates in one round trip, for deciding what to (re)make.
 
-    openssl derives it on the host: the private key itself is never read back.
+    ``{"keys": {path: None | {"mode", "user", "group", "public_key"}}, "certs": {path: None |
+    PEM}}``. openssl derives each key's public half on the host: the private key itself is
+    never read back; ``public_key`` is None when openssl cannot read the key.
     """
 
-    def command(self, path: str) -> str:
-        quoted = shlex.quote(path)
-        return f"test ! -e {quoted} || openssl pkey -in {quoted} -pubout"
+    def command(self, keys: Sequence[str], certs: Sequence[str]) -> str:
+        quoted_keys = " ".join(shlex.quote(path) for path in keys)
+        quoted_certs = " ".join(shlex.quote(path) for path in certs)
+        return (
+            f'for f in {quoted_keys}; do echo "{_KEY_SEPARATOR} $f"; test -e "$f" || continue; '
+            'stat -c \'%a %U %G\' -- "$f"; openssl pkey -in "$f" -pubout 2>/dev/null || true; '
+            f"done; "
+            f'for f in {quoted_certs}; do echo "{_SEPARATOR} $f"; test -e "$f" || continue; '
+            'echo present; cat -- "$f"; echo; done'
+        )
 
-    def process(self, output: list[str]) -> str | None:
-        return "\n".join(output) + "\n"
+    def process(self, output: list[str]) -> dict[str, dict]:
+        sections: dict[tuple[str, str], list[str]] = {}
+        lines: list[str] = []
+        for line in output:
+            for kind, separator in (("keys", _KEY_SEPARATOR), ("certs", _SEPARATOR)):
+                if line.startswith(separator):
+                    lines = sections[kind, line[len(separator) :].strip()] = []
+                    break
+            else:
+                lines.append(line)
+        found: dict[str, dict] = {"keys": {}, "certs": {}}
+        for (kind, path), text in sections.items():
+            if not text:
+                found[kind][path] = None
+            elif kind == "certs":
+                found[kind][path] = "\n".join(text[1:]).strip() + "\n"
+            else:
+                mode, user, group = text[0].split()
+                public = "\n".join(text[1:]).strip()
+                found[kind][path] = {
+                    "mode": mode,
+                    "user": user,
+                    "group": group,
+                    "public_key": public + "\n" if public else None,
+                }
+        return found

@@ -41,11 +41,17 @@ def hosts_of(lab, group: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def cluster(lab):
-    """The lab after `galley vault bootstrap` and a full cluster deploy."""
+def first_run(lab) -> dict:
+    """`galley vault bootstrap`, then a full cluster deploy; its JSON results."""
     run_cli("galley", "vault", "bootstrap", "--cluster", "lab")
-    code, _results, output = run_deploy("cluster")
+    code, results, output = run_deploy("cluster")
     assert code == 0, output
+    return results
+
+
+@pytest.fixture(scope="module")
+def cluster(lab, first_run):
+    """The lab after a full cluster deploy."""
     return lab
 
 
@@ -87,6 +93,18 @@ def _healthz(address: str, files: AdminFiles) -> tuple[int, str]:
     except requests.RequestException as exc:
         return 0, str(exc)
     return answer.status_code, answer.text
+
+
+def test_phases_run_in_order_across_hosts(first_run):
+    """No operation of a phase runs before the previous phase is done on every host."""
+    phases = ("etcd member |", "Kubernetes control plane |", "flannel |", "Kubernetes worker |")
+    order = [
+        next(index for index, prefix in enumerate(phases) if op["name"].startswith(prefix))
+        for op in first_run["operations"]
+        if op["name"].startswith(phases)
+    ]
+    assert order == sorted(order)
+    assert set(order) == {0, 1, 2, 3}
 
 
 def test_every_unit_is_active_and_passes_systemd_analyze_verify(cluster):

@@ -34,23 +34,34 @@ IDENTITY = pki.etcd_member_identity("lab-etcd-1", "198.18.0.10")
 DEPLOY = """
 from pyinfra import host
 
-from galley.facts.tls import Certificates
 from galley.pki import Identity
-from galley.tls import host_certificate
+from galley.tls import HostCert, host_certificates
 from galley.vault import VaultSettings, lazy_client
 
 pki_dir = host.data.pki_dir
-host_certificate(
-    key_path=f"{pki_dir}/member.key",
-    cert_path=f"{pki_dir}/member.crt",
-    ca_path=f"{pki_dir}/ca.crt",
-    identity=Identity("lab-etcd-1", ("lab-etcd-1", "localhost"), host.data.ips.split(",")),
-    mount="lab/pki/etcd",
-    role="etcd-member",
+owner = dict(owner=host.data.owner, group=host.data.group, ttl=host.data.get("ttl"))
+host_certificates(
+    certs=[
+        HostCert(
+            key_path=f"{pki_dir}/member.key",
+            cert_path=f"{pki_dir}/member.crt",
+            ca_path=f"{pki_dir}/ca.crt",
+            identity=Identity("lab-etcd-1", ("lab-etcd-1", "localhost"), host.data.ips.split(",")),
+            mount="lab/pki/etcd",
+            role="etcd-member",
+            **owner,
+        ),
+        HostCert(
+            key_path=f"{pki_dir}/client.key",
+            cert_path=f"{pki_dir}/client.crt",
+            ca_path=f"{pki_dir}/ca.crt",
+            identity=Identity("etcd-healthcheck-client"),
+            mount="lab/pki/etcd",
+            role="etcd-client",
+            **owner,
+        ),
+    ],
     vault=lazy_client(VaultSettings.from_data(host.data)),
-    owner=host.data.owner,
-    group=host.data.group,
-    ttl=host.data.get("ttl"),
 )
 """
 
@@ -69,9 +80,9 @@ class Lab:
             self.dir / n for n in ("member.key", "member.crt", "ca.crt")
         )
 
-    def run(self, *extra: str, ips: str = "127.0.0.1,198.18.0.10", ttl: str = "") -> str:
-        """Run the deploy with the pyinfra CLI; return its output."""
-        data = {
+    def data(self, ips: str = "127.0.0.1,198.18.0.10", ttl: str = "") -> dict[str, str]:
+        """The --data values of a run."""
+        return {
             "vault_addr": self.url,
             "cluster_name": "lab",
             "pki_dir": str(self.dir),
@@ -80,8 +91,11 @@ class Lab:
             "group": grp.getgrgid(os.getgid()).gr_name,
             **({"ttl": ttl} if ttl else {}),
         }
+
+    def run(self, *extra: str, ips: str = "127.0.0.1,198.18.0.10", ttl: str = "") -> str:
+        """Run the deploy with the pyinfra CLI; return its output."""
         command = [str(PYINFRA), "@local", str(self.deploy), *extra]
-        for key, value in data.items():
+        for key, value in self.data(ips, ttl).items():
             command += ["--data", f"{key}={value}"]
         env = {**os.environ, "VAULT_TOKEN": ROOT_TOKEN}
         done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
@@ -128,7 +142,7 @@ def test_first_run_signs_second_run_changes_nothing(lab):
     assert "[@local] Success" not in output and "Re-sign" not in output
     assert "[@local] No changes" in output
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in lab.dir.iterdir()} == files
-    assert lab.sign_requests() == 1
+    assert lab.sign_requests() == 2  # member and client, once each
 
     # The private key never left the host: no request to Vault carried it, not even in a PEM.
     key = serialization.load_pem_private_key(lab.key.read_bytes(), password=None)
@@ -155,7 +169,8 @@ def test_dry_run_shows_reason_and_signs_nothing(lab):
     lab.run("-y")
     output = lab.run("--dry", ips="127.0.0.1,198.18.0.11")
     assert f"Re-sign {lab.cert}: SANs changed (+ip 198.18.0.11, -ip 198.18.0.10)" in output
-    assert lab.sign_requests() == 1
+    assert "Re-sign" not in output.replace(f"Re-sign {lab.cert}", "")  # the client is fine
+    assert lab.sign_requests() == 2
 
 
 def test_short_lived_certificate_is_resigned_on_the_next_run(lab):
@@ -171,7 +186,7 @@ def test_short_lived_certificate_is_resigned_on_the_next_run(lab):
     renewed = pki.load_certificate(lab.cert.read_text())
     assert renewed.serial_number != short.serial_number
     assert (renewed.not_valid_after_utc - datetime.now(UTC)).days >= 29
-    assert lab.sign_requests() == 2
+    assert lab.sign_requests() == 4  # both certificates, twice
 
 
 def test_changed_identity_is_resigned_with_the_same_key_made_private_again(lab):
@@ -193,9 +208,30 @@ def test_certificates_fact_reads_every_file_and_flags_garbage(lab):
     lines = subprocess.run(["sh", "-c", command], capture_output=True, text=True).stdout
     facts = Certificates().process(lines.splitlines())
 
-    assert sorted(facts) == [str(lab.dir / n) for n in ("broken.crt", "ca.crt", "member.crt")]
+    assert sorted(facts) == [
+        str(lab.dir / n) for n in ("broken.crt", "ca.crt", "client.crt", "member.crt")
+    ]
     member = facts[str(lab.cert)]
     assert (member["cn"], member["issuer"]) == ("lab-etcd-1", "CN=lab etcd CA")
     assert member["ip_addresses"] == ["127.0.0.1", "198.18.0.10"]
     assert member["days_left"] == 29 and "pem" not in member
     assert facts[str(lab.dir / "broken.crt")]["error"].startswith("unreadable certificate")
+
+
+def test_shared_ca_bundle_is_written_once(lab):
+    output = lab.run("-y")
+    assert output.count(f"Starting operation: Host certificates | CA bundle {lab.ca}") == 1
+
+
+def test_unreadable_key_is_refused_before_any_change(lab):
+    lab.run("-y")
+    lab.key.write_text("garbage\n")
+    cert = lab.cert.read_bytes()
+    command = [str(PYINFRA), "@local", str(lab.deploy), "-y"]
+    for key, value in lab.data().items():
+        command += ["--data", f"{key}={value}"]
+    env = {**os.environ, "VAULT_TOKEN": ROOT_TOKEN}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode != 0
+    assert f"{lab.key} is not a private key openssl can read" in done.stdout + done.stderr
+    assert lab.key.read_text() == "garbage\n" and lab.cert.read_bytes() == cert
