@@ -29,6 +29,8 @@ from pyinfra.operations import files, server
 
 from galley.etcd import etcdctl_command, members
 from galley.kubernetes import (
+    CNI_BIN_DIR,
+    CNI_CONF_DIR,
     FLANNEL_DIR,
     K8S_DIR,
     PKI_DIR,
@@ -46,7 +48,7 @@ from galley.release import active_paths, install_release
 
 NET_CONF = f"{FLANNEL_DIR}/net-conf.json"
 KUBECONFIG = f"{K8S_DIR}/flannel.kubeconfig"
-CNI_CONFIG = "/etc/cni/net.d/10-flannel.conflist"
+CNI_CONFIG = f"{CNI_CONF_DIR}/10-flannel.conflist"
 ETCD_PREFIX = "/coreos.com/network"
 UNIT = "flanneld"
 
@@ -66,6 +68,15 @@ def release_url(data) -> str:
     return (
         f"{data.github_base_url.rstrip('/')}/flannel-io/flannel/releases/download/v{version}/"
         f"flannel-v{version}-linux-{arch}.tar.gz"
+    )
+
+
+def cni_plugin_url(data) -> str:
+    """Where flannel's CNI plugin tarball of ``flannel_cni_plugin_version`` comes from."""
+    version, arch = data.flannel_cni_plugin_version, data.arch
+    return (
+        f"{data.github_base_url.rstrip('/')}/flannel-io/cni-plugin/releases/download/v{version}/"
+        f"cni-plugin-flannel-linux-{arch}-v{version}.tgz"
     )
 
 
@@ -111,7 +122,7 @@ def flannel_node(vault: Callable[[], hvac.Client]) -> None:
             (PKI_DIR, "700"),
             (FLANNEL_DIR, "755"),
             (f"{FLANNEL_DIR}/pki", "700"),
-            ("/etc/cni/net.d", "755"),
+            (CNI_CONF_DIR, "755"),
         )
     ):
         files.directory(name=f"directory {path}", path=path, user="root", group="root", mode=mode)
@@ -134,6 +145,19 @@ def flannel_node(vault: Callable[[], hvac.Client]) -> None:
         "flannel_args": flanneld_args(host),
     }
     changes.append(template("flannel-net-conf.json.j2", NET_CONF, net_conf=net_conf(data)))
+    # The conflist's "flannel" type: the meta plugin that hands pods to the bridge plugin
+    # with an address from this node's lease (the CNI plugins come with the worker deploy).
+    plugin = f"flannel-{data.arch}"
+    install_release(
+        "flannel-cni-plugin",
+        data.flannel_cni_plugin_version,
+        cni_plugin_url(data),
+        data.flannel_cni_plugin_checksums[data.flannel_cni_plugin_version][data.arch],
+        [plugin],
+        bin_dir=CNI_BIN_DIR,
+        strip_components=0,
+        link_names={plugin: "flannel"},
+    )
     template("10-flannel.conflist.j2", CNI_CONFIG)
     unit = template("flanneld.service.j2", unit_path(UNIT), **variables)
     changes.append(unit)

@@ -33,6 +33,8 @@ PKI_DIR = f"{K8S_DIR}/pki"
 CA_PATH = f"{PKI_DIR}/ca.crt"
 ETCD_CA_PATH = f"{PKI_DIR}/etcd-ca.crt"
 FLANNEL_DIR = "/etc/kube-flannel"
+CNI_BIN_DIR = "/opt/cni/bin"
+CNI_CONF_DIR = "/etc/cni/net.d"
 
 
 @dataclass(frozen=True)

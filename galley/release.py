@@ -34,7 +34,7 @@ from __future__ import annotations
 import posixpath
 import re
 import shlex
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -169,14 +169,22 @@ def _link_script(path: str, target: str) -> str:
 
 @operation()
 def _activate(
-    release: str, version: str, binaries: Sequence[str], prefix: str, bin_dir: str
+    release: str,
+    version: str,
+    binaries: Sequence[str],
+    prefix: str,
+    bin_dir: str,
+    link_names: Mapping[str, str],
 ) -> Iterator[str]:
     """Point ``current`` at ``version`` (which must be complete) and each binary's link in
     ``bin_dir`` at ``current``; only links that differ are touched."""
     base = _release_dir(prefix, release)
     wanted = {f"{base}/current": version}
     wanted.update(
-        {posixpath.join(bin_dir, binary): f"{base}/current/{binary}" for binary in binaries}
+        {
+            posixpath.join(bin_dir, link_names.get(binary, binary)): f"{base}/current/{binary}"
+            for binary in binaries
+        }
     )
     targets = host.get_fact(LinkTargets, paths=list(wanted))
     stale = [path for path, target in wanted.items() if targets.get(path) != target]
@@ -190,13 +198,19 @@ def _activate(
     yield "\n".join(lines)
 
 
-def _validate(release: str, version: str, binaries: Sequence[str]) -> None:
+def _validate(
+    release: str, version: str, binaries: Sequence[str], link_names: Mapping[str, str]
+) -> None:
     _check_component("name", release)
     _check_component("version", version)
     if isinstance(binaries, str):
         raise TypeError("binaries must be a list of file names, not a string")
     for binary in binaries:
         _check_component("binary", binary)
+    for binary, link in link_names.items():
+        if binary not in binaries:
+            raise ValueError(f"link name given for {binary!r}, which is not one of {binaries!r}")
+        _check_component("link name", link)
 
 
 @deploy("Install release")
@@ -210,13 +224,17 @@ def install_release(
     bin_dir: str = DEFAULT_BIN_DIR,
     strip_components: int = 1,
     archive: bool = True,
+    link_names: Mapping[str, str] | None = None,
 ) -> Release:
     """Install ``version`` of a release (if not yet complete) and make it active.
 
     ``url`` is a tarball holding ``binaries``, or with ``archive=False`` a raw executable
-    (e.g. ``kubelet`` from dl.k8s.io) installed as the only entry of ``binaries``.
+    (e.g. ``kubelet`` from dl.k8s.io) installed as the only entry of ``binaries``. Each
+    binary is linked under its own name in ``bin_dir`` unless ``link_names`` maps it to
+    another (``{"flannel-amd64": "flannel"}``).
     """
-    _validate(release, version, binaries)
+    link_names = dict(link_names or {})
+    _validate(release, version, binaries, link_names)
     if not archive and len(binaries) != 1:
         raise ValueError(f"a raw binary download installs exactly one binary, not {binaries!r}")
     sha256 = sha256.lower()
@@ -241,6 +259,7 @@ def install_release(
             binaries=list(binaries),
             prefix=prefix,
             bin_dir=bin_dir,
+            link_names=link_names,
         )
     )
 
@@ -252,9 +271,11 @@ def switch_release(
     binaries: Sequence[str],
     prefix: str = DEFAULT_PREFIX,
     bin_dir: str = DEFAULT_BIN_DIR,
+    link_names: Mapping[str, str] | None = None,
 ) -> Release:
     """Make an installed ``version`` active again (rollback); fails if it is not installed."""
-    _validate(release, version, binaries)
+    link_names = dict(link_names or {})
+    _validate(release, version, binaries, link_names)
     return Release(
         _activate(
             name=f"Activate {release} {version}",
@@ -263,5 +284,6 @@ def switch_release(
             binaries=list(binaries),
             prefix=prefix,
             bin_dir=bin_dir,
+            link_names=link_names,
         )
     )

@@ -90,7 +90,12 @@ COMPONENTS: Mapping[str, Component] = {
         kubernetes=True,
     ),
     "flannel": Component(
-        "workers", binaries=("flannel",), networks=True, vault=True, kubernetes=True, flannel=True
+        "workers",
+        binaries=("flannel", "flannel_cni_plugin"),
+        networks=True,
+        vault=True,
+        kubernetes=True,
+        flannel=True,
     ),
 }
 FLANNEL_MODES = ("kube", "etcd")

@@ -18,6 +18,8 @@ from pyinfra.operations import files
 
 from galley.kubernetes import (
     CA_PATH,
+    CNI_BIN_DIR,
+    CNI_CONF_DIR,
     K8S_DIR,
     PKI_DIR,
     api_url,
@@ -34,8 +36,6 @@ from galley.kubernetes import (
 from galley.release import Release, active_paths, install_release
 
 CONTAINERD_CONFIG = "/etc/containerd/config.toml"
-CNI_BIN_DIR = "/opt/cni/bin"
-CNI_CONF_DIR = "/etc/cni/net.d"
 CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
 CONTAINERD_BINARIES = ("containerd", "containerd-shim-runc-v2", "ctr")
 KUBELET_CONFIG = "/var/lib/kubelet/config.yaml"

@@ -1,10 +1,10 @@
 """Workers: containerd, runc, CNI plugins, kubelet, kube-proxy and flanneld.
 
 sha256 per version and architecture, as published upstream and listed in kubespray's
-roles/kubespray_defaults/vars/main/checksums.yml. kube-proxy and flanneld have no checksum
-here yet: kubespray does not list them (it runs both as images) and galley could not verify
-upstream's values; validation refuses them until they are added. The lab sets all of them
-from its mirror.
+roles/kubespray_defaults/vars/main/checksums.yml. kube-proxy, flanneld and flannel's CNI
+plugin have no checksum here yet: kubespray does not list them (it runs them as images) and
+galley could not verify upstream's values; validation refuses them until they are added. The
+lab sets all of them from its mirror.
 """
 
 kubelet_checksums = {
@@ -38,5 +38,9 @@ cni_plugins_checksums = {
 }
 flannel_version = "0.26.7"
 flannel_checksums: dict = {}
+# flannel's CNI plugin (flannel-io/cni-plugin), the conflist's "flannel" type. No checksum
+# yet, for the same reason as flanneld's.
+flannel_cni_plugin_version = "1.7.1-flannel2"
+flannel_cni_plugin_checksums: dict = {}
 # The pause image containerd runs as each pod's sandbox.
 sandbox_image = "registry.k8s.io/pause:3.10"

@@ -299,6 +299,7 @@ KUBELET_UPGRADE_VERSION = "1.33.6"
 KUBELET_BROKEN_VERSION = "1.33.7-galley.broken"
 KUBECTL_VERSION = "1.36.4"
 FLANNEL_VERSION = "0.26.7"
+FLANNEL_CNI_PLUGIN_VERSION = "1.7.1-flannel2"
 CONTAINERD_VERSION = "2.1.9"
 RUNC_VERSION = "1.1.5"  # sid's runc 1.3.6 needs glibc 2.38; bookworm's runs on the droplets
 CNI_PLUGINS_VERSION = "1.9.1"
@@ -364,6 +365,15 @@ ARTIFACTS: tuple[Artifact, ...] = (
             f"flannel-v{FLANNEL_VERSION}-linux-amd64.tar.gz"
         ),
         builder=PythonStandin("flanneld", member="flanneld"),
+    ),
+    Artifact(
+        name="flannel-cni-plugin",
+        version=FLANNEL_CNI_PLUGIN_VERSION,
+        upstream_path=(
+            f"github.com/flannel-io/cni-plugin/releases/download/v{FLANNEL_CNI_PLUGIN_VERSION}/"
+            f"cni-plugin-flannel-linux-amd64-v{FLANNEL_CNI_PLUGIN_VERSION}.tgz"
+        ),
+        builder=PythonStandin("flannel_cni", member="flannel-amd64"),
     ),
     Artifact(
         name="containerd",

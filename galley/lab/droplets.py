@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 
 from galley.lab.state import Droplet
-from galley.lab.system import LabError, mount_overlay, spawn
+from galley.lab.system import LabError, mount_overlay, pid_alive, spawn
 
 NETWORK_UNIT = """[Match]
 Name=host0
@@ -108,11 +108,18 @@ def ssh_command(address: str, key: str, known_hosts: str, *remote: str) -> list[
     ]
 
 
-def wait_ready(droplet: Droplet, key: str, known_hosts: str, timeout: float = 90) -> None:
-    """Wait until the droplet answers SSH and systemd reports the system running."""
+def wait_ready(
+    droplet: Droplet, key: str, known_hosts: str, log: Path, timeout: float = 90
+) -> None:
+    """Wait until the droplet answers SSH and systemd reports the system running; fail at
+    once, with the last line of its log (``log``), if systemd-nspawn exits."""
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
+        if droplet.pid and not pid_alive(droplet.pid):
+            lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+            reason = lines[-1] if lines else "no output"
+            raise LabError(f"{droplet.name}: systemd-nspawn exited: {reason}")
         result = subprocess.run(
             ssh_command(
                 droplet.address, key, known_hosts, "systemctl", "is-system-running", "--wait"

@@ -186,7 +186,9 @@ def _bring_up(
 
     with ThreadPoolExecutor(max_workers=len(state.droplets)) as pool:
         for future in [
-            pool.submit(droplet_ops.wait_ready, d, state.ssh_key, state.known_hosts)
+            pool.submit(
+                droplet_ops.wait_ready, d, state.ssh_key, state.known_hosts, logs / f"{d.name}.log"
+            )
             for d in state.droplets
         ]:
             future.result()
@@ -234,9 +236,12 @@ def down(lab_dir: Path = LAB_DIR, progress: Progress = print) -> None:
 
 
 def _remove_droplet(droplet: Droplet, lab_dir: Path) -> None:
+    paths = droplet_ops.droplet_paths(lab_dir, droplet.name)
     if droplet.pid:
         system.stop_process(droplet.pid)
-    paths = droplet_ops.droplet_paths(lab_dir, droplet.name)
+    # systemd-nspawn killed after its grace period leaves the droplet's init running, which
+    # keeps its network namespace and veth: the next `up` could not create them again.
+    system.kill_container_init(droplet.name)
     system.unmount(paths["root"])
     subprocess.run(["rm", "-rf", "--one-file-system", str(paths["base"])], check=False)
 

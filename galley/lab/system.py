@@ -151,6 +151,32 @@ def stop_process(pid: int, grace: float = 20.0) -> None:
     _reap(pid)
 
 
+def kill_container_init(hostname: str, timeout: float = 10.0) -> int:
+    """SIGKILL every container init (PID 1 of its own PID namespace) whose root filesystem
+    says it is ``hostname``; its whole namespace dies with it. Waits until they are gone and
+    returns how many there were."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            nspids = next(
+                line.split()[1:]
+                for line in (entry / "status").read_text().splitlines()
+                if line.startswith("NSpid:")
+            )
+            if nspids[-1] == "1" and len(nspids) > 1:
+                if (entry / "root/etc/hostname").read_text().strip() == hostname:
+                    found.append(int(entry.name))
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while any(pid_alive(pid) for pid in found) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return len(found)
+
+
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)

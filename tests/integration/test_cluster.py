@@ -4,6 +4,7 @@ wiring, and bad input refused before any host changes."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import runpy
 import subprocess
@@ -139,6 +140,39 @@ def _kubectl_view(kubectl: Path, kubeconfig: Path) -> dict:
     )
     assert result.returncode == 0, (kubeconfig, result.stderr)
     return json.loads(result.stdout)
+
+
+# Runs the conflist's first plugin (flannel) by hand, as containerd would for a pod sandbox.
+_CNI = (
+    "set -e; ip netns add galley-cni-test; "
+    'python3 -c \'import json; c = json.load(open("/etc/cni/net.d/10-flannel.conflist")); '
+    'p = c["plugins"][0]; p.update(name=c["name"], cniVersion=c["cniVersion"]); '
+    "print(json.dumps(p))' > /tmp/galley-cni-test.json; "
+    "export CNI_CONTAINERID=galley-cni-test CNI_NETNS=/var/run/netns/galley-cni-test "
+    "CNI_IFNAME=eth0 CNI_PATH=/opt/cni/bin; "
+    "CNI_COMMAND=ADD /opt/cni/bin/flannel < /tmp/galley-cni-test.json; echo '=== netns'; "
+    "ip netns exec galley-cni-test ip -4 -o addr show eth0; "
+    "ip netns exec galley-cni-test ip -4 route; echo '=== del'; "
+    "CNI_COMMAND=DEL /opt/cni/bin/flannel < /tmp/galley-cni-test.json; "
+    "ls /var/lib/cni/networks/cbr0; ip netns del galley-cni-test"
+)
+
+
+def test_pod_network_namespace_gets_an_address_from_the_nodes_flannel_lease(cluster):
+    """The CNI chain containerd runs for a pod: flannel's plugin, the real bridge and
+    host-local plugins, this node's lease from flanneld."""
+    worker = hosts_of(cluster, "workers")[0]
+    lease = dict(line.split("=", 1) for line in ssh(worker, "cat /run/flannel/subnet.env").split())
+    gateway = ipaddress.ip_interface(lease["FLANNEL_SUBNET"])
+    added, _, rest = ssh(worker, _CNI).partition("=== netns")
+    netns, _, after_delete = rest.partition("=== del")
+
+    result = json.loads(added)
+    (address,) = [ipaddress.ip_interface(ip["address"]) for ip in result["ips"]]
+    assert address.network == gateway.network and address != gateway
+    assert f"inet {address}" in netns
+    assert f"{lease['FLANNEL_NETWORK']} via {gateway.ip} dev eth0" in netns
+    assert str(address.ip) not in after_delete  # host-local released it
 
 
 def test_real_kubectl_accepts_every_generated_kubeconfig(cluster, kubectl, tmp_path):

@@ -26,7 +26,7 @@ from galley.lab.artifacts import (
 from galley.rollout import JOURNAL
 
 from .conftest import BIN, REPO, run_cli, run_deploy
-from .test_cluster import _admin_files, _Data, cluster, hosts_of, ssh  # noqa: F401
+from .test_cluster import _admin_files, _Data, cluster, first_run, hosts_of, ssh  # noqa: F401
 
 INVENTORY = "inventories/lab.py"
 A, B = KUBERNETES_VERSION, KUBELET_UPGRADE_VERSION
