@@ -31,6 +31,7 @@ from galley.facts.release import InstalledReleases
 from galley.kubernetes import install_kubernetes_binary
 from galley.release import switch_release
 from galley.restarts import systemctl_restart
+from galley.ssh import disable_nagle
 
 BINARIES = ("kubelet", "kube-proxy")
 # kubeletconfig healthzBindAddress/healthzPort as templates/kubelet-config.yaml.j2 sets them.
@@ -130,6 +131,7 @@ class PyinfraHosts:
         stopped = "pyinfra stopped"
         try:
             connect_all(state)
+            disable_nagle(hosts)
             add_deploy(state, function, timeout=self.health_timeout, outcomes=outcomes, **kwargs)
             before_run()
             run_ops(state)
