@@ -165,9 +165,9 @@ def kill_container_init(hostname: str, timeout: float = 10.0) -> int:
                 for line in (entry / "status").read_text().splitlines()
                 if line.startswith("NSpid:")
             )
-            if nspids[-1] == "1" and len(nspids) > 1:
-                if (entry / "root/etc/hostname").read_text().strip() == hostname:
-                    found.append(int(entry.name))
+            in_container = len(nspids) > 1 and nspids[-1] == "1"
+            if in_container and (entry / "root/etc/hostname").read_text().strip() == hostname:
+                found.append(int(entry.name))
     for pid in found:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
