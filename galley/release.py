@@ -198,6 +198,27 @@ def _activate(
     yield "\n".join(lines)
 
 
+def _activation(
+    release: str,
+    version: str,
+    binaries: Sequence[str],
+    prefix: str,
+    bin_dir: str,
+    link_names: Mapping[str, str] | None,
+) -> Release:
+    return Release(
+        _activate(
+            name=f"Activate {release} {version}",
+            release=release,
+            version=version,
+            binaries=list(binaries),
+            prefix=prefix,
+            bin_dir=bin_dir,
+            link_names=dict(link_names or {}),
+        )
+    )
+
+
 def _validate(
     release: str, version: str, binaries: Sequence[str], link_names: Mapping[str, str]
 ) -> None:
@@ -233,8 +254,7 @@ def install_release(
     binary is linked under its own name in ``bin_dir`` unless ``link_names`` maps it to
     another (``{"flannel-amd64": "flannel"}``).
     """
-    link_names = dict(link_names or {})
-    _validate(release, version, binaries, link_names)
+    _validate(release, version, binaries, link_names or {})
     if not archive and len(binaries) != 1:
         raise ValueError(f"a raw binary download installs exactly one binary, not {binaries!r}")
     sha256 = sha256.lower()
@@ -251,17 +271,7 @@ def install_release(
         strip_components=strip_components,
         archive=archive,
     )
-    return Release(
-        _activate(
-            name=f"Activate {release} {version}",
-            release=release,
-            version=version,
-            binaries=list(binaries),
-            prefix=prefix,
-            bin_dir=bin_dir,
-            link_names=link_names,
-        )
-    )
+    return _activation(release, version, binaries, prefix, bin_dir, link_names)
 
 
 @deploy("Switch release")
@@ -274,16 +284,5 @@ def switch_release(
     link_names: Mapping[str, str] | None = None,
 ) -> Release:
     """Make an installed ``version`` active again (rollback); fails if it is not installed."""
-    link_names = dict(link_names or {})
-    _validate(release, version, binaries, link_names)
-    return Release(
-        _activate(
-            name=f"Activate {release} {version}",
-            release=release,
-            version=version,
-            binaries=list(binaries),
-            prefix=prefix,
-            bin_dir=bin_dir,
-            link_names=link_names,
-        )
-    )
+    _validate(release, version, binaries, link_names or {})
+    return _activation(release, version, binaries, prefix, bin_dir, link_names)

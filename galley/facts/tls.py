@@ -45,6 +45,21 @@ def certificate_info(pem: str) -> dict:
     }
 
 
+def _sections(output: list[str], separators: dict[str, str]) -> dict[tuple[str, str], list[str]]:
+    """Split output into the lines after each ``<separator> <path>`` line, keyed by (kind,
+    path) where ``separators`` maps kind -> separator."""
+    sections: dict[tuple[str, str], list[str]] = {}
+    lines: list[str] = []
+    for line in output:
+        for kind, separator in separators.items():
+            if line.startswith(separator):
+                lines = sections[kind, line[len(separator) :].strip()] = []
+                break
+        else:
+            lines.append(line)
+    return sections
+
+
 class Certificate(FactBase):
     """The certificate at ``path`` as a dict (see `certificate_info`), None when missing."""
 
@@ -68,13 +83,7 @@ class Certificates(FactBase):
         )
 
     def process(self, output: list[str]) -> dict[str, dict]:
-        files: dict[str, list[str]] = {}
-        lines: list[str] = []
-        for line in output:
-            if line.startswith(_SEPARATOR):
-                lines = files[line[len(_SEPARATOR) :].strip()] = []
-            else:
-                lines.append(line)
+        files = {path: text for (_, path), text in _sections(output, {"": _SEPARATOR}).items()}
         infos = {path: certificate_info("\n".join(text) + "\n") for path, text in files.items()}
         return {path: {k: v for k, v in info.items() if k != "pem"} for path, info in infos.items()}
 
@@ -99,15 +108,7 @@ class TlsFiles(FactBase):
         )
 
     def process(self, output: list[str]) -> dict[str, dict]:
-        sections: dict[tuple[str, str], list[str]] = {}
-        lines: list[str] = []
-        for line in output:
-            for kind, separator in (("keys", _KEY_SEPARATOR), ("certs", _SEPARATOR)):
-                if line.startswith(separator):
-                    lines = sections[kind, line[len(separator) :].strip()] = []
-                    break
-            else:
-                lines.append(line)
+        sections = _sections(output, {"keys": _KEY_SEPARATOR, "certs": _SEPARATOR})
         found: dict[str, dict] = {"keys": {}, "certs": {}}
         for (kind, path), text in sections.items():
             if not text:
