@@ -1,6 +1,5 @@
 """Deploy flannel on every node: `pyinfra inventories/<region>.py deploys/flannel.py`."""
 
-from galley.flannel import flannel
-from galley.preflight import preflight
+from galley.converge import converge
 
-flannel(vault=preflight({"flannel"}))
+converge("flannel")

@@ -1,4 +1,4 @@
-"""The `galley` command: the lab, Vault bootstrap and inventory validation."""
+"""The `galley` command: the lab, Vault bootstrap, validation, checksums, report, rollouts."""
 
 from __future__ import annotations
 
@@ -41,26 +41,36 @@ def _lab_ssh(args: argparse.Namespace) -> int:
 
 
 def _vault_bootstrap(args: argparse.Namespace) -> int:
-    from galley import pki
+    from galley import vault_setup
     from galley.vault import VaultSettings, connect
 
     data: dict = {"cluster_name": args.cluster}
     lab = LabState.load()
     if lab is not None and lab.cluster == args.cluster:
-        data |= {"vault_addr": lab.vault_addr, "vault_token": lab.vault_token}
+        data |= lab.vault_data()
     settings = VaultSettings.from_data(data)
-    changes = pki.bootstrap(connect(settings), settings.mount_prefix)
+    options = vault_setup.PkiOptions()
+    if args.inventory:
+        from galley.inventory.load import load_inventory
+
+        options = vault_setup.options_from(load_inventory(args.inventory))
+    changes = vault_setup.bootstrap(connect(settings), settings.mount_prefix, options)
     for line in changes:
         print(line)
     print(f"vault: {len(changes)} change(s) for cluster {args.cluster} at {settings.addr}")
     return 0
 
 
-def _validate(args: argparse.Namespace) -> int:
-    from galley.validate import COMPONENTS, validate_cli
+def _admin_credentials(args: argparse.Namespace) -> int:
+    from galley.ops.admin import admin_cli
 
-    components = args.components.split(",") if args.components else tuple(COMPONENTS)
-    return validate_cli(args.inventory, components)
+    return admin_cli(args.inventory)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from galley.inventory.validate import validate_cli
+
+    return validate_cli(args.inventory, args.components.split(",") if args.components else ())
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -70,19 +80,25 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _hostkeys_accept(args: argparse.Namespace) -> int:
-    from galley.hostkeys import accept_cli
+    from galley.inventory.hostkeys import accept_cli
 
     return accept_cli(args.inventory, args.name, args.fingerprint)
 
 
 def _hostkeys_list(args: argparse.Namespace) -> int:
-    from galley.hostkeys import list_cli
+    from galley.inventory.hostkeys import list_cli
 
     return list_cli(args.inventory)
 
 
+def _checksums_fetch(args: argparse.Namespace) -> int:
+    from galley.checksums import fetch_cli
+
+    return fetch_cli(args.kind, args.version, args.arch, args.inventory, args.catalogue)
+
+
 def _rollout_kubelet(args: argparse.Namespace) -> int:
-    from galley.rollout import rollout_kubelet_cli
+    from galley.ops.rollout import rollout_kubelet_cli
 
     return rollout_kubelet_cli(
         args.inventory,
@@ -123,10 +139,24 @@ def _parser() -> argparse.ArgumentParser:
         dest="vault_command", required=True
     )
     bootstrap = vault.add_parser(
-        "bootstrap", help="create the cluster's PKI mounts, CAs, roles and deploy policy"
+        "bootstrap", help="create the cluster's PKI mounts, CAs, roles and policies"
     )
     bootstrap.add_argument("--cluster", required=True, help="cluster name (mount prefix)")
+    bootstrap.add_argument(
+        "--inventory",
+        help="take cluster_domain and the API endpoint's name (exact apiserver names) from it",
+    )
     bootstrap.set_defaults(func=_vault_bootstrap)
+
+    admin = commands.add_parser("admin", help="the operator's credentials").add_subparsers(
+        dest="admin_command", required=True
+    )
+    credentials = admin.add_parser(
+        "credentials",
+        help="keep the admin kubeconfig current (with the operator's Vault token)",
+    )
+    credentials.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/nyc3.py")
+    credentials.set_defaults(func=_admin_credentials)
 
     validate = commands.add_parser("validate", help="check an inventory without connecting")
     validate.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/nyc3.py")
@@ -156,6 +186,25 @@ def _parser() -> argparse.ArgumentParser:
     listing = hostkeys.add_parser("list", help="each droplet's id, address and pinned keys")
     listing.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/nyc3.py")
     listing.set_defaults(func=_hostkeys_list)
+
+    checksums = commands.add_parser(
+        "checksums", help="the download catalogue of artifact sha256"
+    ).add_subparsers(dest="checksums_command", required=True)
+    fetch = checksums.add_parser(
+        "fetch", help="record upstream's published sha256 of a release in the catalogue"
+    )
+    fetch.add_argument(
+        "kind", help="kubernetes (its server binaries), or an artifact key: etcd, containerd, ..."
+    )
+    fetch.add_argument("version", help="e.g. 1.33.6")
+    fetch.add_argument(
+        "--arch", action="append", help="architecture (repeatable; default: amd64 and arm64)"
+    )
+    fetch.add_argument(
+        "--inventory", help="take the download base URLs and catalogue file from its group data"
+    )
+    fetch.add_argument("--catalogue", help="the catalogue file to record in")
+    fetch.set_defaults(func=_checksums_fetch)
 
     rollout = commands.add_parser("rollout", help="rolling upgrades").add_subparsers(
         dest="rollout_command", required=True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 from dataclasses import dataclass, field
 
 import hvac
@@ -21,6 +22,8 @@ from galley.vault import VaultError, vault_errors
 
 SERVICE_ACCOUNT = "kubernetes/service-account"
 ENCRYPTION = "kubernetes/encryption"
+# A new KV v2 mount answers "Upgrading from non-versioned to versioned data" for a moment.
+KV_READY_TIMEOUT = 10.0
 
 
 def kv_mount(cluster: str) -> str:
@@ -73,6 +76,19 @@ def _read(client: hvac.Client, cluster: str, name: str) -> dict | None:
     return answer["data"]["data"]
 
 
+def _wait_until_ready(client: hvac.Client, mount: str) -> None:
+    """Wait (bounded) until the new KV v2 ``mount`` has finished its upgrade and answers."""
+    deadline = time.monotonic() + KV_READY_TIMEOUT
+    while True:
+        try:
+            client.secrets.kv.v2.read_configuration(mount_point=mount)
+            return
+        except hvac.exceptions.InvalidRequest:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def bootstrap(client: hvac.Client, cluster: str, mounted: dict) -> list[str]:
     """Mount ``<cluster>/kv`` (KV v2) and generate the secrets that are missing.
 
@@ -84,6 +100,7 @@ def bootstrap(client: hvac.Client, cluster: str, mounted: dict) -> list[str]:
     if current is None:
         with vault_errors(f"enabling the KV mount {mount} failed"):
             client.sys.enable_secrets_engine("kv", path=mount, options={"version": "2"})
+            _wait_until_ready(client, mount)
         changes.append(f"enabled KV v2 mount {mount}")
     elif current.get("type") != "kv" or str((current.get("options") or {}).get("version")) != "2":
         raise VaultError(f"{mount} is mounted as {current.get('type')!r}, not as KV version 2")

@@ -1,19 +1,18 @@
-"""Galley's PKI in Vault: the certificate kinds, the idempotent bootstrap, signing, and the
-decision whether a certificate on a host must be re-signed.
+"""Galley's PKI in Vault: mounts, the shape of a role, identities, signing, and the decision
+whether a certificate on a host must be re-signed.
 
 Every cluster has one PKI mount per trust domain, ``<cluster>/pki/<name>`` (``MOUNTS``), each
-with a 10-year internal root CA, and one Vault role per kind of certificate (``ROLES``). Leaf
-keys are EC P-256 (``LEAF_KEY``): hosts generate them with openssl and send only a CSR; roles
-accept nothing else. Adding the Kubernetes mount and its identities means adding table rows.
+with a 10-year internal root CA, and one Vault role per kind of certificate: the components
+declare theirs (`galley.components`), `galley.vault_setup` writes them. Leaf keys are EC P-256
+(``LEAF_KEY``): hosts generate them with openssl and send only a CSR; roles accept nothing else.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import hvac
 import hvac.exceptions
@@ -22,12 +21,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from galley import cluster_secrets
 from galley.vault import VaultError, vault_errors
 
 LEAF_KEY = {"key_type": "ec", "key_bits": 256}  # what roles accept in CSRs
 CA_KEY = {"key_type": "ec", "key_bits": 384}  # the roots Vault generates (and keeps)
-ETCD_CLIENTS = ("etcd-healthcheck-client", "kube-apiserver-etcd-client", "flannel-etcd-client")
 # Re-sign when less than this share of a certificate's lifetime is left.
 RENEW_FRACTION = 1 / 3
 
@@ -60,131 +57,13 @@ class RoleSpec:
 
 
 MOUNTS = (MountSpec("etcd", "{cluster} etcd CA"), MountSpec("k8s", "{cluster} Kubernetes CA"))
+# The operator's admin credential (key made on the operator's machine, `galley.ops.admin`).
+ADMIN_ROLE = RoleSpec("admin", "k8s", ("admin",), organization=("system:masters",))
 # In-cluster names of the API (the cluster domain may differ from cluster.local).
 API_SERVICE_NAMES = ("kubernetes", "kubernetes.default", "kubernetes.default.svc")
-ROLES = (
-    # etcd server and peer certificate: CN = host name; SANs host name, localhost, IPs.
-    RoleSpec(
-        "etcd-member",
-        "etcd",
-        ("{cluster}-*",),
-        server=True,
-        glob_names=True,
-        localhost=True,
-        ip_sans=True,
-    ),
-    # etcd clients: the CN is the identity, no IP SANs.
-    RoleSpec("etcd-client", "etcd", ETCD_CLIENTS),
-    # kube-apiserver serving: in-cluster names, host names, the API endpoint name, IPs.
-    RoleSpec(
-        "kube-apiserver",
-        "k8s",
-        (
-            "kube-apiserver",
-            *API_SERVICE_NAMES,
-            "kubernetes.default.svc.*",
-            "{cluster}-*",
-            "api.{cluster}.*",
-        ),
-        server=True,
-        client=False,
-        glob_names=True,
-        localhost=True,
-        ip_sans=True,
-    ),
-    # Kubernetes clients: the CN is the user name, O the groups (from the role, not the CSR).
-    RoleSpec(
-        "kube-apiserver-kubelet-client",
-        "k8s",
-        ("kube-apiserver-kubelet-client",),
-        organization=("system:masters",),
-    ),
-    RoleSpec(
-        "kube-controller-manager",
-        "k8s",
-        ("system:kube-controller-manager",),
-        enforce_hostnames=False,
-    ),
-    RoleSpec("kube-scheduler", "k8s", ("system:kube-scheduler",), enforce_hostnames=False),
-    RoleSpec(
-        "kube-proxy",
-        "k8s",
-        ("system:kube-proxy",),
-        enforce_hostnames=False,
-        organization=("system:node-proxier",),
-    ),
-    # A node's client identity (kubelet, and flannel in Kubernetes API mode).
-    RoleSpec(
-        "kubelet",
-        "k8s",
-        ("system:node:{cluster}-*",),
-        glob_names=True,
-        enforce_hostnames=False,
-        organization=("system:nodes",),
-    ),
-    # Serving certificates of node-local endpoints (kubelet, controller manager, scheduler):
-    # CN and SAN the host name, its IPs; the apiserver and scrapers verify them with the CA.
-    RoleSpec(
-        "serving",
-        "k8s",
-        ("{cluster}-*",),
-        server=True,
-        client=False,
-        glob_names=True,
-        localhost=True,
-        ip_sans=True,
-    ),
-    # The operator's admin credential (key made on the operator's machine).
-    RoleSpec("admin", "k8s", ("admin",), organization=("system:masters",)),
-)
-
-
-@dataclass(frozen=True)
-class PkiOptions:
-    """Tunables of the bootstrap; ``allowed_names`` overrides a role's names by role name."""
-
-    leaf_ttl: str = "720h"
-    leaf_max_ttl: str = "720h"
-    ca_ttl: str = "87600h"
-    allowed_names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-
-
 def mount_path(cluster: str, mount: str) -> str:
     """The Vault path of a cluster's PKI mount, e.g. ``lab/pki/etcd``."""
     return f"{cluster}/pki/{mount}"
-
-
-def deploy_policy_name(cluster: str) -> str:
-    """Name of the ACL policy that deploy tokens need."""
-    return f"{cluster}-galley-deploy"
-
-
-def deploy_paths(cluster: str) -> dict[str, str]:
-    """Each API path a deploy uses, with the capability it needs (for the policy and `connect`)."""
-    paths = {f"{mount_path(cluster, r.mount)}/sign/{r.name}": "update" for r in ROLES}
-    for mount in MOUNTS:
-        paths[f"{mount_path(cluster, mount.name)}/ca/pem"] = "read"
-        paths[f"{mount_path(cluster, mount.name)}/cert/ca"] = "read"
-    for path in cluster_secrets.api_paths(cluster):
-        paths[path] = "read"
-    return paths
-
-
-def render_deploy_policy(cluster: str) -> str:
-    """HCL of the deploy policy: update on the sign paths, read on the mounts' CA.
-
-    Token lookup and capabilities-self (used by `galley.vault.connect`) come with Vault's
-    ``default`` policy.
-    """
-    blocks = [
-        f"# galley deploy policy of cluster {cluster}: sign leaf certificates, read CAs and "
-        "the shared cluster secrets"
-    ]
-    blocks += [
-        f'path "{path}" {{\n  capabilities = ["{capability}"]\n}}'
-        for path, capability in deploy_paths(cluster).items()
-    ]
-    return "\n\n".join(blocks) + "\n"
 
 
 def parse_duration(value: str | int) -> int:
@@ -196,112 +75,6 @@ def parse_duration(value: str | int) -> int:
         raise ValueError(f"not a duration: {value!r} (use e.g. 720h, 30m, 90s)")
     days, hours, minutes, seconds = (int(parts.group(i) or 0) for i in (2, 4, 6, 8))
     return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
-
-
-def role_params(role: RoleSpec, cluster: str, options: PkiOptions = PkiOptions()) -> dict:
-    """The role's settings, in the form Vault reads them back (seconds, lists)."""
-    names = options.allowed_names.get(role.name, role.allowed_names)
-    return {
-        "allowed_domains": [name.format(cluster=cluster) for name in names],
-        "allow_bare_domains": True,
-        "allow_subdomains": False,
-        "allow_glob_domains": role.glob_names,
-        "allow_wildcard_certificates": False,
-        "allow_any_name": False,
-        "allow_localhost": role.localhost,
-        "allow_ip_sans": role.ip_sans,
-        "enforce_hostnames": role.enforce_hostnames,
-        "server_flag": role.server,
-        "client_flag": role.client,
-        "organization": list(role.organization),
-        "use_csr_common_name": True,
-        "use_csr_sans": True,
-        "require_cn": True,
-        "ttl": parse_duration(options.leaf_ttl),
-        "max_ttl": parse_duration(options.leaf_max_ttl),
-        **LEAF_KEY,
-    }
-
-
-def bootstrap(client: hvac.Client, cluster: str, options: PkiOptions = PkiOptions()) -> list[str]:
-    """Create or update the cluster's PKI mounts, root CAs, roles, shared secrets (KV) and
-    deploy policy.
-
-    Safe to re-run: returns one line per change made, and nothing when all was in place.
-    """
-    changes: list[str] = []
-    with vault_errors("listing Vault's secrets engines failed"):
-        mounted = client.sys.list_mounted_secrets_engines()
-    mounted = mounted.get("data") or mounted
-    for mount in MOUNTS:
-        path = mount_path(cluster, mount.name)
-        changes += _ensure_mount(client, path, mounted.get(f"{path}/"), options.ca_ttl)
-        changes += _ensure_root_ca(
-            client, path, mount.ca_common_name.format(cluster=cluster), options.ca_ttl
-        )
-    for role in ROLES:
-        changes += _ensure_role(client, role, cluster, options)
-    changes += cluster_secrets.bootstrap(client, cluster, mounted)
-    changes += _ensure_policy(client, deploy_policy_name(cluster), render_deploy_policy(cluster))
-    return changes
-
-
-def _ensure_mount(client: hvac.Client, path: str, current: dict | None, ca_ttl: str) -> list[str]:
-    if current is None:
-        with vault_errors(f"enabling the PKI mount {path} failed"):
-            client.sys.enable_secrets_engine("pki", path=path, config={"max_lease_ttl": ca_ttl})
-        return [f"enabled PKI mount {path}"]
-    if current.get("type") != "pki":
-        raise VaultError(f"{path} is mounted as {current.get('type')!r}, not as a PKI engine")
-    if (current.get("config") or {}).get("max_lease_ttl") == parse_duration(ca_ttl):
-        return []
-    with vault_errors(f"tuning the PKI mount {path} failed"):
-        client.sys.tune_mount_configuration(path, max_lease_ttl=ca_ttl)
-    return [f"set max_lease_ttl of {path} to {ca_ttl}"]
-
-
-def _ensure_root_ca(client: hvac.Client, path: str, common_name: str, ttl: str) -> list[str]:
-    if read_ca(client, path, missing_ok=True):
-        return []
-    with vault_errors(f"generating the root CA of {path} failed"):
-        answer = client.secrets.pki.generate_root(
-            "internal", common_name, extra_params={"ttl": ttl, **CA_KEY}, mount_point=path
-        )
-    expires = datetime.fromtimestamp(answer["data"]["expiration"], UTC)
-    return [f"generated root CA '{common_name}' in {path}, valid until {expires:%Y-%m-%d}"]
-
-
-def _ensure_role(
-    client: hvac.Client, role: RoleSpec, cluster: str, options: PkiOptions
-) -> list[str]:
-    path = mount_path(cluster, role.mount)
-    wanted = role_params(role, cluster, options)
-    with vault_errors(f"reading role {role.name} of {path} failed"):
-        try:
-            current = client.secrets.pki.read_role(role.name, mount_point=path)["data"]
-        except hvac.exceptions.InvalidPath:
-            current = None
-    differing = [key for key, value in wanted.items() if current and current.get(key) != value]
-    if current is not None and not differing:
-        return []
-    with vault_errors(f"writing role {role.name} of {path} failed"):
-        client.secrets.pki.create_or_update_role(role.name, extra_params=wanted, mount_point=path)
-    if current is None:
-        return [f"created role {role.name} in {path}"]
-    return [f"updated role {role.name} in {path} ({', '.join(differing)})"]
-
-
-def _ensure_policy(client: hvac.Client, name: str, policy: str) -> list[str]:
-    with vault_errors(f"reading policy {name} failed"):
-        try:
-            current = client.sys.read_acl_policy(name)["data"]["policy"]
-        except hvac.exceptions.InvalidPath:
-            current = None
-    if current is not None and current.strip() == policy.strip():
-        return []
-    with vault_errors(f"writing policy {name} failed"):
-        client.sys.create_or_update_acl_policy(name, policy)
-    return [f"{'wrote' if current is None else 'updated'} policy {name}"]
 
 
 def read_ca(client: hvac.Client, mount: str, *, missing_ok: bool = False) -> str:
@@ -356,11 +129,6 @@ class Identity:
         object.__setattr__(self, "dns_names", tuple(sorted(set(self.dns_names))))
         object.__setattr__(self, "ip_addresses", tuple(sorted(ips)))
         object.__setattr__(self, "organization", tuple(sorted(set(self.organization))))
-
-
-def etcd_member_identity(host_name: str, private_ip: str) -> Identity:
-    """An etcd member's identity: CN host name, SANs host name, localhost and its IPs."""
-    return Identity(host_name, (host_name, "localhost"), (private_ip, "127.0.0.1"))
 
 
 def load_certificate(pem: str) -> x509.Certificate:

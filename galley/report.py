@@ -16,6 +16,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from galley.components import running_on
+from galley.components.kube_apiserver import KUBE_APISERVER
+from galley.components.kube_proxy import KUBE_PROXY
+from galley.components.kubelet import KUBELET
 from galley.facts import (
     Certificates,
     ComponentVersions,
@@ -24,25 +28,18 @@ from galley.facts import (
     OsInfo,
     UnitStates,
 )
+from galley.problems import Problem
+from galley.versions import VersionError, skew_problems
 
-# The components each inventory group runs: a galley release and a systemd unit of that name.
-GROUP_COMPONENTS: Mapping[str, tuple[str, ...]] = {"etcd": ("etcd",)}
 DEFAULT_DAYS = 14
 CONNECT_TIMEOUT = 5
 
 HostFacts = dict[str, Any]
 
 
-@dataclass(frozen=True)
-class Problem:
-    """Something an operator should look at."""
-
-    host: str | None
-    concern: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.host or 'fleet'}: {self.concern}: {self.message}"
+def fleet_problem(host: str | None, concern: str, message: str) -> Problem:
+    """A problem of the fleet report: ``concern`` is the table it shows in."""
+    return Problem(host, concern, message, scope="fleet")
 
 
 @dataclass
@@ -68,9 +65,21 @@ class Report:
     problems: list[Problem]
 
 
-def components_of(groups: Iterable[str]) -> tuple[str, ...]:
-    """The components a host in ``groups`` runs, in a stable order without repeats."""
-    return tuple(dict.fromkeys(c for g in groups for c in GROUP_COMPONENTS.get(g, ())))
+def releases_of(groups: Iterable[str]) -> dict[str, str | None]:
+    """The releases a host in ``groups`` runs (from the registry), each with the unit that
+    runs its binary (None for a release no unit runs, e.g. the CNI plugins)."""
+    found: dict[str, str | None] = {}
+    for component in running_on(groups):
+        for index, artifact in enumerate(component.artifacts):
+            unit = component.unit.name if component.unit and index == 0 else None
+            found[artifact.release] = unit
+    return found
+
+
+def units_of(groups: Iterable[str]) -> dict[str, str]:
+    """The systemd units a host in ``groups`` runs (from the registry), each with the release
+    whose binary it runs."""
+    return {c.unit.name: c.artifacts[0].release for c in running_on(groups) if c.unit}
 
 
 def analyse(hosts: Mapping[str, HostFacts], days: int, now: datetime | None = None) -> Report:
@@ -101,7 +110,7 @@ def _hosts_table(hosts: Mapping[str, HostFacts], problems: list[Problem]) -> Tab
     for name, facts in sorted(hosts.items()):
         groups = ",".join(facts.get("groups", ()))
         if facts.get("error") is not None:
-            problems.append(Problem(name, "hosts", f"unreachable: {facts['error']}"))
+            problems.append(fleet_problem(name, "hosts", f"unreachable: {facts['error']}"))
             table.add((name, groups, None, None, None, f"UNREACHABLE: {facts['error']}"), True)
             continue
         os_info = facts.get("os") or {}
@@ -111,54 +120,84 @@ def _hosts_table(hosts: Mapping[str, HostFacts], problems: list[Problem]) -> Tab
     return table
 
 
-def _deployed(facts: HostFacts, component: str) -> bool:
-    version = facts.get("versions", {}).get(component, {})
-    unit = facts.get("units", {}).get(component, {})
-    return bool(version.get("installed")) or unit.get("load", "not-found") != "not-found"
+def _deployed(facts: HostFacts, release: str, unit: str | None) -> bool:
+    version = facts.get("versions", {}).get(release, {})
+    state = facts.get("units", {}).get(unit, {}) if unit else {}
+    return bool(version.get("installed")) or state.get("load", "not-found") != "not-found"
+
+
+def _effective(facts: HostFacts, release: str) -> str | None:
+    """The version a host runs of ``release`` (or would run after a restart)."""
+    version = facts.get("versions", {}).get(release, {})
+    return version.get("running") or version.get("current")
+
+
+def _node_skew(hosts: Mapping[str, HostFacts], problems: list[Problem]) -> set[tuple[str, str]]:
+    """kubelets and kube-proxies outside the skew policy against the apiservers' versions."""
+    apiservers = {
+        name: version
+        for name, facts in _reached(hosts)
+        if (version := _effective(facts, KUBE_APISERVER.artifacts[0].release))
+    }
+    flagged: set[tuple[str, str]] = set()
+    if not apiservers:
+        return flagged
+    for name, facts in _reached(hosts):
+        for component in (KUBELET, KUBE_PROXY):
+            release = component.artifacts[0].release
+            version = _effective(facts, release)
+            if not version:
+                continue
+            try:
+                found = skew_problems(version, apiservers, component.name)
+            except VersionError as exc:
+                found = [f"{component.name}: {exc}"]
+            for message in found:
+                problems.append(fleet_problem(name, "versions", message))
+                flagged.add((name, release))
+    return flagged
 
 
 def _versions_table(hosts: Mapping[str, HostFacts], problems: list[Problem]) -> Table:
     table = Table("versions", ("host", "component", "installed", "current", "running"))
-    # component -> host -> the version it runs (or would run after a restart)
+    # release -> host -> the version it runs (or would run after a restart)
     effective: dict[str, dict[str, str | None]] = {}
     for name, facts in _reached(hosts):
-        for component in components_of(facts.get("groups", ())):
-            if _deployed(facts, component):
-                version = facts.get("versions", {}).get(component, {})
-                effective.setdefault(component, {})[name] = version.get("running") or version.get(
-                    "current"
-                )
+        for release, unit in releases_of(facts.get("groups", ())).items():
+            if _deployed(facts, release, unit):
+                effective.setdefault(release, {})[name] = _effective(facts, release)
     odd: set[tuple[str, str]] = set()
-    for component, by_host in effective.items():
+    for release, by_host in effective.items():
         counts = Counter(by_host.values())
         if len(counts) < 2:
             continue
         top = counts.most_common()
         tie = top[0][1] == top[1][1]
-        odd |= {(h, component) for h, v in by_host.items() if tie or v != top[0][0]}
+        odd |= {(h, release) for h, v in by_host.items() if tie or v != top[0][0]}
         spread = "; ".join(
             f"{v or 'none'} on {', '.join(sorted(h for h, x in by_host.items() if x == v))}"
             for v, _ in top
         )
-        problems.append(Problem(None, "versions", f"{component} version skew: {spread}"))
+        problems.append(fleet_problem(None, "versions", f"{release} version skew: {spread}"))
+    odd |= _node_skew(hosts, problems)
     for name, facts in _reached(hosts):
-        for component in components_of(facts.get("groups", ())):
-            if not _deployed(facts, component):
+        for release, unit in releases_of(facts.get("groups", ())).items():
+            if not _deployed(facts, release, unit):
                 continue
-            version = facts.get("versions", {}).get(component, {})
+            version = facts.get("versions", {}).get(release, {})
             running, current = version.get("running"), version.get("current")
             stale = running is not None and current is not None and running != current
             if stale:
                 problems.append(
-                    Problem(
+                    fleet_problem(
                         name,
                         "versions",
-                        f"{component} runs {running} but {current} is current (restart pending)",
+                        f"{release} runs {running} but {current} is current (restart pending)",
                     )
                 )
             table.add(
-                (name, component, ",".join(version.get("installed", ())) or None, current, running),
-                stale or (name, component) in odd,
+                (name, release, ",".join(version.get("installed", ())) or None, current, running),
+                stale or (name, release) in odd,
             )
     return table
 
@@ -166,14 +205,14 @@ def _versions_table(hosts: Mapping[str, HostFacts], problems: list[Problem]) -> 
 def _units_table(hosts: Mapping[str, HostFacts], problems: list[Problem]) -> Table:
     table = Table("units", ("host", "unit", "load", "state", "since", "restarts"))
     for name, facts in _reached(hosts):
-        for component in components_of(facts.get("groups", ())):
-            if not _deployed(facts, component):
+        for component, release in units_of(facts.get("groups", ())).items():
+            if not _deployed(facts, release, component):
                 continue
             unit = facts.get("units", {}).get(component, {})
             load, active = unit.get("load", "not-found"), unit.get("active", "inactive")
             bad = load != "loaded" or active != "active"
             if bad:
-                problems.append(Problem(name, "units", f"{component}: {load}, {active}"))
+                problems.append(fleet_problem(name, "units", f"{component}: {load}, {active}"))
             since = unit.get("since")
             table.add(
                 (
@@ -197,7 +236,7 @@ def _certificates_table(
     for name, facts in _reached(hosts):
         for path, cert in sorted((facts.get("certificates") or {}).items()):
             if "error" in cert:
-                problems.append(Problem(name, "certificates", f"{path}: {cert['error']}"))
+                problems.append(fleet_problem(name, "certificates", f"{path}: {cert['error']}"))
                 table.add((name, path, cert["error"], None, None), True)
                 continue
             not_after = cert["not_after"]
@@ -205,7 +244,9 @@ def _certificates_table(
             left = not_after - now
             if expiring:
                 when = "expired" if left.total_seconds() <= 0 else f"expires in {_duration(left)}"
-                problems.append(Problem(name, "certificates", f"{path} ({cert.get('cn')}) {when}"))
+                problems.append(
+                    fleet_problem(name, "certificates", f"{path} ({cert.get('cn')}) {when}")
+                )
             table.add(
                 (name, path, cert.get("cn"), not_after.strftime("%Y-%m-%d %H:%M"), left.days),
                 expiring,
@@ -231,7 +272,7 @@ def _etcd_table(hosts: Mapping[str, HostFacts], problems: list[Problem]) -> Tabl
             continue
         healthy = bool(health.get("healthy"))
         if not healthy:
-            problems.append(Problem(name, "etcd", f"unhealthy: {health.get('error')}"))
+            problems.append(fleet_problem(name, "etcd", f"unhealthy: {health.get('error')}"))
         if health.get("leader"):
             leaders.setdefault(health["leader"], []).append(name)
         db_size = health.get("db_size")
@@ -250,9 +291,9 @@ def _etcd_table(hosts: Mapping[str, HostFacts], problems: list[Problem]) -> Tabl
         )
     if len(leaders) > 1:
         seen = "; ".join(f"{lead} by {', '.join(names)}" for lead, names in leaders.items())
-        problems.append(Problem(None, "etcd", f"members disagree on the leader: {seen}"))
+        problems.append(fleet_problem(None, "etcd", f"members disagree on the leader: {seen}"))
     elif table.rows and not leaders:
-        problems.append(Problem(None, "etcd", "no member knows a leader"))
+        problems.append(fleet_problem(None, "etcd", "no member knows a leader"))
     return table
 
 
@@ -299,7 +340,7 @@ def as_json(hosts: Mapping[str, HostFacts], report: Report, days: int) -> str:
         "days": days,
         "hosts": hosts,
         "problems": [
-            {"host": p.host, "concern": p.concern, "message": p.message} for p in report.problems
+            {"host": p.host, "concern": p.field, "message": p.message} for p in report.problems
         ],
     }
     return json.dumps(document, indent=2, sort_keys=True, default=_json_default)
@@ -331,12 +372,16 @@ def gather(inventory: Any, connect_timeout: int = CONNECT_TIMEOUT) -> dict[str, 
         wanted: dict[str, tuple[Any, dict[str, Any]]] = {
             "os": (OsInfo, {}),
             "flannel": (FlannelLease, {}),
-            "certificates": (Certificates, {}),
         }
-        components = components_of(host.groups)
-        if components:
-            wanted["units"] = (UnitStates, {"units": components})
-            wanted["versions"] = (ComponentVersions, {"components": components})
+        components = running_on(host.groups)
+        certificates = sorted({c.cert_path for one in components for c in one.certs_of(host)})
+        if certificates:
+            wanted["certificates"] = (Certificates, {"paths": " ".join(certificates)})
+        if units := units_of(host.groups):
+            wanted["units"] = (UnitStates, {"units": list(units)})
+        if releases := releases_of(host.groups):
+            entries = [f"{release}:{unit or ''}" for release, unit in releases.items()]
+            wanted["versions"] = (ComponentVersions, {"components": entries})
         if "etcd" in host.groups:
             wanted["etcd"] = (EtcdHealth, {})
         jobs = {key: gevent.spawn(host.get_fact, cls, **kw) for key, (cls, kw) in wanted.items()}
@@ -353,7 +398,7 @@ def gather(inventory: Any, connect_timeout: int = CONNECT_TIMEOUT) -> dict[str, 
 
 def report_cli(inventory_path: str, days: int = DEFAULT_DAYS, json_output: bool = False) -> int:
     """`galley report`: print the report; 0 without problems, 1 with, 2 if unloadable."""
-    from galley.validate import load_inventory
+    from galley.inventory.load import load_inventory
 
     try:
         inventory = load_inventory(inventory_path)

@@ -1,16 +1,20 @@
 """Vault connection settings and a client checked before any host work starts.
 
-The token and the AppRole secret ID never appear in a repr, a message or a log line.
+The token and the AppRole secret ID come from the environment or from files that data names,
+never from inventory data itself, and never appear in a repr, a message or a log line.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache, partial
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import hvac
 import hvac.exceptions
@@ -19,6 +23,8 @@ import requests
 TIMEOUT_SECONDS = 10
 # sys/health codes of a node that serves requests: active, standby, DR secondary, perf standby.
 _SERVING = {200, 429, 472, 473}
+# Secrets that data must not hold; each has a ``<key>_file`` setting and a ``<KEY>`` variable.
+SECRET_KEYS = ("vault_token", "vault_secret_id")
 
 
 class VaultError(Exception):
@@ -30,6 +36,8 @@ class VaultSettings:
     """Where Vault is, how to log in, and the mount prefix (the cluster name).
 
     Authentication uses ``token`` when set, otherwise AppRole (``role_id`` + ``secret_id``).
+    ``credential_source`` says where the secret came from, for messages: ``"VAULT_TOKEN"``,
+    ``"vault_token_file /etc/galley/token"``, ``"the secret ID in VAULT_SECRET_ID"``.
     """
 
     addr: str
@@ -38,23 +46,30 @@ class VaultSettings:
     role_id: str | None = None
     secret_id: str | None = field(default=None, repr=False)
     ca_cert: str | None = None
+    credential_source: str = ""
 
     @classmethod
     def from_data(cls, data: Mapping, env: Mapping[str, str] = os.environ) -> VaultSettings:
         """Read ``vault_*`` and ``cluster_name`` from host/group data, else ``VAULT_*`` from env.
 
-        ``data`` only needs ``.get`` (pyinfra's ``host.data`` works). Raises `VaultError` naming
-        what is missing and where to set it.
+        Secrets never come from data itself: the token and the AppRole secret ID are read from
+        the files ``vault_token_file`` / ``vault_secret_id_file`` name, else from
+        ``VAULT_TOKEN`` / ``VAULT_SECRET_ID``. ``data`` only needs ``.get`` (pyinfra's
+        ``host.data`` works). Raises `VaultError` naming what is wrong and where to fix it.
         """
 
         def pick(key: str, env_key: str | None) -> str | None:
             value = data.get(key) or (env.get(env_key) if env_key else None)
             return str(value) if value else None
 
+        for key in SECRET_KEYS:
+            if data.get(key) is not None:
+                raise VaultError(
+                    f"{key} must not be in group or host data (`pyinfra debug-inventory` shows "
+                    f"data): set {key}_file to a file holding it, or {key.upper()} in the "
+                    "environment"
+                )
         addr = pick("vault_addr", "VAULT_ADDR")
-        token = pick("vault_token", "VAULT_TOKEN")
-        role_id = pick("vault_role_id", "VAULT_ROLE_ID")
-        secret_id = pick("vault_secret_id", "VAULT_SECRET_ID")
         cluster = pick("cluster_name", None)
         if not addr:
             raise VaultError(
@@ -63,29 +78,80 @@ class VaultSettings:
             )
         if not re.match(r"https?://[^/\s]+", addr):
             raise VaultError(f"vault_addr must be a URL like https://vault:8200, got {addr!r}")
+        _refuse_insecure_http(addr, data)
         if not cluster:
             raise VaultError(
                 "cluster_name is not set: set it in group data (it names the Vault PKI mounts)"
             )
-        if not token and bool(role_id) != bool(secret_id):
-            have, lack = ("role_id", "secret_id") if role_id else ("secret_id", "role_id")
-            raise VaultError(
-                f"vault_{have} is set but vault_{lack} is missing: set vault_{lack} in group "
-                f"data or VAULT_{lack.upper()} in the environment"
-            )
-        if not token and not role_id:
-            raise VaultError(
-                "no Vault credentials: set vault_token (or VAULT_TOKEN), or vault_role_id and "
-                "vault_secret_id (or VAULT_ROLE_ID and VAULT_SECRET_ID)"
-            )
+        token = _secret(data, env, "vault_token")
+        role_id = None if token else pick("vault_role_id", "VAULT_ROLE_ID")
+        secret_id = None if token else _secret(data, env, "vault_secret_id")
+        if not token:
+            _check_approle(role_id, secret_id)
         return cls(
             addr=addr.rstrip("/"),
             mount_prefix=cluster,
-            token=token,
-            role_id=None if token else role_id,
-            secret_id=None if token else secret_id,
+            token=token[0] if token else None,
+            role_id=role_id,
+            secret_id=secret_id[0] if secret_id else None,
             ca_cert=pick("vault_ca_cert", "VAULT_CACERT"),
+            credential_source=token[1] if token else f"the secret ID in {secret_id[1]}",
         )
+
+
+def _secret(data: Mapping, env: Mapping[str, str], key: str) -> tuple[str, str] | None:
+    """The secret ``key`` and where it came from: the file ``<key>_file`` names, else ``<KEY>``."""
+    path = data.get(f"{key}_file")
+    if path:
+        try:
+            value = Path(str(path)).read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not a text file"
+            raise VaultError(f"{key}_file {path} cannot be read: {reason}") from exc
+        if not value:
+            raise VaultError(f"{key}_file {path} is empty")
+        return value, f"{key}_file {path}"
+    value = env.get(key.upper())
+    return (value, key.upper()) if value else None
+
+
+def _check_approle(role_id: str | None, secret_id: tuple[str, str] | None) -> None:
+    if not role_id and not secret_id:
+        raise VaultError(
+            "no Vault credentials: set vault_token_file (or VAULT_TOKEN), or vault_role_id "
+            "(or VAULT_ROLE_ID) and vault_secret_id_file (or VAULT_SECRET_ID)"
+        )
+    if not secret_id:
+        raise VaultError(
+            "vault_role_id is set but the AppRole secret ID is missing: set "
+            "vault_secret_id_file in group data or VAULT_SECRET_ID in the environment"
+        )
+    if not role_id:
+        raise VaultError(
+            "an AppRole secret ID is set but vault_role_id is missing: set vault_role_id in "
+            "group data or VAULT_ROLE_ID in the environment"
+        )
+
+
+def _refuse_insecure_http(addr: str, data: Mapping) -> None:
+    """Plain HTTP only to this machine, unless data sets ``vault_allow_insecure_http = True``."""
+    host = urlsplit(addr).hostname or ""
+    if urlsplit(addr).scheme != "http" or _is_loopback(host):
+        return
+    if data.get("vault_allow_insecure_http") is not True:
+        raise VaultError(
+            f"vault_addr {addr} is plain HTTP to another machine: the token would cross the "
+            "network unencrypted; use https://, or set vault_allow_insecure_http = True"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def vault_message(exc: hvac.exceptions.VaultError) -> str:
@@ -167,7 +233,7 @@ def _check_health(client: hvac.Client, addr: str) -> None:
 
 
 def _log_in(client: hvac.Client, settings: VaultSettings) -> None:
-    addr = settings.addr
+    addr, source = settings.addr, settings.credential_source
     if settings.token:
         client.token = settings.token
         with vault_errors(f"Vault at {addr}: token lookup failed"):
@@ -175,13 +241,13 @@ def _log_in(client: hvac.Client, settings: VaultSettings) -> None:
                 client.auth.token.lookup_self()
             except hvac.exceptions.Forbidden as exc:
                 raise VaultError(
-                    f"Vault at {addr} rejected the token (invalid or expired): set a valid one "
-                    "in vault_token or VAULT_TOKEN"
+                    f"Vault at {addr} rejected the token from {source} (invalid or expired): "
+                    "give a valid one there"
                 ) from exc
         return
     with vault_errors(
-        f"AppRole login to Vault at {addr} failed (check vault_role_id and vault_secret_id, "
-        "or VAULT_ROLE_ID and VAULT_SECRET_ID)"
+        f"AppRole login to Vault at {addr} failed (check vault_role_id or VAULT_ROLE_ID, and "
+        f"{source})"
     ):
         client.auth.approle.login(role_id=settings.role_id, secret_id=settings.secret_id)
 

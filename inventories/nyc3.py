@@ -1,9 +1,9 @@
 """Droplets in NYC3 tagged `k8s-nyc3` (GALLEY_CLUSTER_TAG overrides), from the DigitalOcean API.
 
-Needs DIGITALOCEAN_TOKEN; other settings are described in galley/inventory.py.
+Needs DIGITALOCEAN_TOKEN; other settings are described in galley/inventory/sources.py.
 """
 
-from galley.inventory import digitalocean_groups
+from galley.inventory.sources import digitalocean_groups
 
 _groups = digitalocean_groups("k8s-nyc3")
 etcd = _groups["etcd"]

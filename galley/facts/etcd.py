@@ -19,11 +19,9 @@ from typing import Any
 
 from pyinfra.api import FactBase
 
-ETCDCTL = "/usr/local/bin/etcdctl"
-ENDPOINT = "https://127.0.0.1:2379"
-CACERT = "/etc/etcd/pki/ca.crt"
-CERT = "/etc/etcd/pki/healthcheck-client.crt"
-KEY = "/etc/etcd/pki/healthcheck-client.key"
+from galley.etcdctl import CACERT, CERT, ETCDCTL, KEY, etcdctl_flags
+from galley.etcdctl import LOCAL_ENDPOINT as ENDPOINT
+
 # Both the dial and the whole request are bounded so a dead etcd cannot hang a deploy.
 TIMEOUT = "3s"
 
@@ -47,13 +45,8 @@ def _etcdctl_script(
     It prints a begin marker, etcdctl's stdout, its exit status and its stderr lines (prefixed),
     or a "missing" marker when etcdctl is not executable; ``_parse_etcdctl_runs`` reads it back.
     """
-    flags = [f"--endpoints={endpoint}", f"--dial-timeout={TIMEOUT}", f"--command-timeout={TIMEOUT}"]
-    flags += [
-        f"--{flag}={path}"
-        for flag, path in (("cacert", cacert), ("cert", cert), ("key", key))
-        if path
-    ]
     binary = shlex.quote(etcdctl)
+    flags = etcdctl_flags([endpoint], cacert, cert, key, command_timeout=TIMEOUT)
     invocation = " ".join([binary, *map(shlex.quote, flags), subcommand, "-w", "json"])
     return (
         f"echo '{_BEGIN}'; "

@@ -17,7 +17,8 @@ _COMPONENT_HEADER = "##galley-component "
 _RUNNING = "##galley-running "
 _COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # "etcd Version: 3.5.30", "Kubernetes v1.30.2", "v0.25.1": the first dotted version printed.
-_VERSION = re.compile(r"\bv?(\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.+-]+)?)")
+# Build metadata ("+unknown", "+ds1") is not part of the version (semver precedence).
+_VERSION = re.compile(r"\bv?(\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?)(?:\+[0-9A-Za-z.-]+)?")
 
 
 def _running_script(unit: str) -> str:
@@ -37,10 +38,12 @@ def _running_script(unit: str) -> str:
 class ComponentVersions(FactBase):
     """Installed, current and running version of each component, in one round trip.
 
-    ``components`` are galley release names whose systemd unit has the same name (``etcd``).
-    Returns ``{"etcd": {"installed": ["3.5.29", "3.5.30"], "current": "3.5.30",
-    "running": "3.5.30" | None}}``: ``installed``/``current`` as `InstalledReleases` reads
-    them, ``running`` what the unit's main process binary reports (None when not running).
+    ``components`` are galley release names, each optionally ``release:unit`` when its
+    systemd unit has another name (``flannel:flanneld``), or ``release:`` for a release no
+    unit runs (``cni-plugins:``). Returns ``{"etcd": {"installed": ["3.5.29", "3.5.30"],
+    "current": "3.5.30", "running": "3.5.30" | None}}``: ``installed``/``current`` as
+    `InstalledReleases` reads them, ``running`` what the unit's main process binary reports
+    (None when not running).
     """
 
     def command(
@@ -50,14 +53,17 @@ class ComponentVersions(FactBase):
         if not names:
             raise ValueError("no components given")
         parts = []
-        for name in names:
-            if not _COMPONENT.fullmatch(name):
-                raise ValueError(f"invalid component name: {name!r}")
+        for entry in names:
+            name, colon, unit = entry.partition(":")
+            unit = unit if colon else name
+            if not _COMPONENT.fullmatch(name) or (unit and not _COMPONENT.fullmatch(unit)):
+                raise ValueError(f"invalid component name: {entry!r}")
             parts += [
                 f"echo '{_COMPONENT_HEADER}{name}'",
                 InstalledReleases().command(name, prefix),
-                _running_script(name),
             ]
+            if unit:
+                parts.append(_running_script(unit))
         return "; ".join(parts) + "; true"
 
     @staticmethod

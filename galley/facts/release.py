@@ -1,4 +1,4 @@
-"""Facts about release tarballs installed by galley.release under ``<prefix>/<release>/``."""
+"""Facts about release tarballs installed by galley.host.release under ``<prefix>/<release>/``."""
 
 from __future__ import annotations
 

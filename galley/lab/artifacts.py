@@ -26,6 +26,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from galley.components import artifacts as registry_artifacts
+from galley.components.kubernetes import kubernetes_binary
+from galley.components.model import UPSTREAM_HOSTS
+from galley.components.model import Artifact as ReleaseArtifact
+from galley.downloads import parse_sha256
+
 DEFAULT_CACHE_DIR = Path("/var/cache/galley/mirror")
 DEFAULT_SOURCE_DIR = Path("/var/cache/galley/sources")
 
@@ -55,6 +61,8 @@ class Artifact:
     builder: Callable[[Artifact, Path, Path], None]
     # True: the artifact is the executable itself (install it as a file, do not unpack it).
     raw: bool = False
+    # Where upstream publishes its sha256 (host + path): the mirror serves it there too.
+    checksum_path: str = ""
 
     @property
     def filename(self) -> str:
@@ -294,8 +302,9 @@ class PythonStandin:
 
 ETCD_VERSION = "3.5.30"
 KUBERNETES_VERSION = "1.33.5"
-# Node versions a rolling kubelet upgrade can go to: a good one and a build never healthy.
-KUBELET_UPGRADE_VERSION = "1.33.6"
+# The control plane's and the nodes' upgrade target, and a node build never healthy.
+KUBERNETES_UPGRADE_VERSION = "1.33.6"
+KUBELET_UPGRADE_VERSION = KUBERNETES_UPGRADE_VERSION
 KUBELET_BROKEN_VERSION = "1.33.7-galley.broken"
 KUBECTL_VERSION = "1.36.4"
 FLANNEL_VERSION = "0.26.7"
@@ -303,131 +312,117 @@ FLANNEL_CNI_PLUGIN_VERSION = "1.7.1-flannel2"
 CONTAINERD_VERSION = "2.1.9"
 RUNC_VERSION = "1.1.5"  # sid's runc 1.3.6 needs glibc 2.38; bookworm's runs on the droplets
 CNI_PLUGINS_VERSION = "1.9.1"
-KUBERNETES_SERVER_BINARIES = (
-    "kube-apiserver",
-    "kube-controller-manager",
-    "kube-scheduler",
-    "kubelet",
-    "kube-proxy",
+CNI_PLUGIN_BINARIES = (
+    "bandwidth",
+    "bridge",
+    "dhcp",
+    "dummy",
+    "firewall",
+    "host-device",
+    "host-local",
+    "ipvlan",
+    "loopback",
+    "macvlan",
+    "portmap",
+    "ptp",
+    "sbr",
+    "static",
+    "tap",
+    "tuning",
+    "vlan",
+    "vrf",
 )
 
 
-def _dl_k8s_io(version: str, binary: str) -> str:
-    return f"dl.k8s.io/release/v{version}/bin/linux/amd64/{binary}"
+def lab_artifact(
+    artifact: ReleaseArtifact, version: str, builder: Callable[[Artifact, Path, Path], None]
+) -> Artifact:
+    """A mirror row for a registry artifact: the upstream paths come from its declaration."""
+    return Artifact(
+        name=artifact.release,
+        version=version,
+        upstream_path=artifact.url_for(version, DEBIAN_ARCH, UPSTREAM_HOSTS),
+        builder=builder,
+        raw=not artifact.archive,
+        checksum_path=artifact.checksum_url_for(version, DEBIAN_ARCH, UPSTREAM_HOSTS),
+    )
+
+
+def _artifact(key: str) -> ReleaseArtifact:
+    (found,) = [a for a in registry_artifacts() if a.key == key]
+    return found
+
+
+def _kubernetes_rows() -> list[Artifact]:
+    """The Kubernetes server binaries (stand-ins) at the lab's version and the upgrade target;
+    kubelet and kube-proxy also as a build that never becomes healthy."""
+    rows = []
+    for component in (
+        "kube_apiserver",
+        "kube_controller_manager",
+        "kube_scheduler",
+        "kubelet",
+        "kube_proxy",
+    ):
+        versions = [KUBERNETES_VERSION, KUBERNETES_UPGRADE_VERSION]
+        if component in ("kubelet", "kube_proxy"):
+            versions.append(KUBELET_BROKEN_VERSION)
+        rows += [
+            lab_artifact(
+                _artifact(component),
+                version,
+                PythonStandin("kube", healthy=version != KUBELET_BROKEN_VERSION),
+            )
+            for version in versions
+        ]
+    return rows
 
 
 ARTIFACTS: tuple[Artifact, ...] = (
-    Artifact(
-        name="etcd",
-        version=ETCD_VERSION,
-        upstream_path=(
-            f"github.com/etcd-io/etcd/releases/download/v{ETCD_VERSION}/"
-            f"etcd-v{ETCD_VERSION}-linux-amd64.tar.gz"
-        ),
-        builder=DebianRepack(
+    lab_artifact(
+        _artifact("etcd"),
+        ETCD_VERSION,
+        DebianRepack(
             packages=("etcd-server", "etcd-client"), binaries=("etcd", "etcdctl", "etcdutl")
         ),
     ),
-    # kubelet and kube-proxy upgrade targets for rollouts, and a build that never gets healthy.
-    *(
-        Artifact(
-            name=binary,
-            version=version,
-            upstream_path=_dl_k8s_io(version, binary),
-            builder=PythonStandin("kube", healthy=version != KUBELET_BROKEN_VERSION),
-            raw=True,
-        )
-        for binary in ("kubelet", "kube-proxy")
-        for version in (KUBELET_UPGRADE_VERSION, KUBELET_BROKEN_VERSION)
+    *_kubernetes_rows(),
+    # The operator's client, real (Debian's build): tests read kubeconfigs with it.
+    lab_artifact(
+        kubernetes_binary("kubectl"),
+        KUBECTL_VERSION,
+        DebianRepack(packages=("kubectl",), binaries=("kubectl",), raw=True),
     ),
-    *(
-        Artifact(
-            name=binary,
-            version=KUBERNETES_VERSION,
-            upstream_path=_dl_k8s_io(KUBERNETES_VERSION, binary),
-            builder=PythonStandin("kube"),
-            raw=True,
-        )
-        for binary in KUBERNETES_SERVER_BINARIES
+    lab_artifact(
+        _artifact("flannel"), FLANNEL_VERSION, PythonStandin("flanneld", member="flanneld")
     ),
-    Artifact(
-        name="kubectl",
-        version=KUBECTL_VERSION,
-        upstream_path=_dl_k8s_io(KUBECTL_VERSION, "kubectl"),
-        builder=DebianRepack(packages=("kubectl",), binaries=("kubectl",), raw=True),
-        raw=True,
+    lab_artifact(
+        _artifact("flannel_cni_plugin"),
+        FLANNEL_CNI_PLUGIN_VERSION,
+        PythonStandin("flannel_cni", member="flannel-amd64"),
     ),
-    Artifact(
-        name="flannel",
-        version=FLANNEL_VERSION,
-        upstream_path=(
-            f"github.com/flannel-io/flannel/releases/download/v{FLANNEL_VERSION}/"
-            f"flannel-v{FLANNEL_VERSION}-linux-amd64.tar.gz"
-        ),
-        builder=PythonStandin("flanneld", member="flanneld"),
-    ),
-    Artifact(
-        name="flannel-cni-plugin",
-        version=FLANNEL_CNI_PLUGIN_VERSION,
-        upstream_path=(
-            f"github.com/flannel-io/cni-plugin/releases/download/v{FLANNEL_CNI_PLUGIN_VERSION}/"
-            f"cni-plugin-flannel-linux-amd64-v{FLANNEL_CNI_PLUGIN_VERSION}.tgz"
-        ),
-        builder=PythonStandin("flannel_cni", member="flannel-amd64"),
-    ),
-    Artifact(
-        name="containerd",
-        version=CONTAINERD_VERSION,
-        upstream_path=(
-            f"github.com/containerd/containerd/releases/download/v{CONTAINERD_VERSION}/"
-            f"containerd-{CONTAINERD_VERSION}-linux-amd64.tar.gz"
-        ),
-        builder=DebianRepack(
+    lab_artifact(
+        _artifact("containerd"),
+        CONTAINERD_VERSION,
+        DebianRepack(
             packages=("containerd",),
             binaries=("containerd", "containerd-shim-runc-v2", "ctr"),
             top_dir="bin",
         ),
     ),
-    Artifact(
-        name="runc",
-        version=RUNC_VERSION,
-        upstream_path=(
-            f"github.com/opencontainers/runc/releases/download/v{RUNC_VERSION}/runc.amd64"
-        ),
-        builder=DebianRepack(
+    lab_artifact(
+        _artifact("runc"),
+        RUNC_VERSION,
+        DebianRepack(
             packages=("runc",), binaries=("runc",), source="usr/sbin", raw=True, suite="bookworm"
         ),
-        raw=True,
     ),
-    Artifact(
-        name="cni-plugins",
-        version=CNI_PLUGINS_VERSION,
-        upstream_path=(
-            "github.com/containernetworking/plugins/releases/download/"
-            f"v{CNI_PLUGINS_VERSION}/cni-plugins-linux-amd64-v{CNI_PLUGINS_VERSION}.tgz"
-        ),
-        builder=DebianRepack(
+    lab_artifact(
+        _artifact("cni_plugins"),
+        CNI_PLUGINS_VERSION,
+        DebianRepack(
             packages=("containernetworking-plugins",),
-            binaries=(
-                "bandwidth",
-                "bridge",
-                "dhcp",
-                "dummy",
-                "firewall",
-                "host-device",
-                "host-local",
-                "ipvlan",
-                "loopback",
-                "macvlan",
-                "portmap",
-                "ptp",
-                "sbr",
-                "static",
-                "tap",
-                "tuning",
-                "vlan",
-                "vrf",
-            ),
+            binaries=CNI_PLUGIN_BINARIES,
             source="usr/lib/cni",
             top_dir=".",
         ),
@@ -481,18 +476,50 @@ def build_all(
     source_dir: Path = DEFAULT_SOURCE_DIR,
     artifacts: Iterable[Artifact] = ARTIFACTS,
 ) -> dict[str, str]:
-    """Build every artifact into ``cache_dir``; returns {upstream path: sha256}."""
-    return {a.upstream_path: build(a, Path(cache_dir), Path(source_dir)) for a in artifacts}
+    """Build every artifact into ``cache_dir`` and publish its sha256 where upstream does;
+    returns {upstream path: sha256}."""
+    built = {}
+    for artifact in artifacts:
+        built[artifact.upstream_path] = build(artifact, Path(cache_dir), Path(source_dir))
+        _publish_checksum(Path(cache_dir), artifact, built[artifact.upstream_path])
+    return built
+
+
+def _publish_checksum(cache_dir: Path, artifact: Artifact, digest: str) -> None:
+    """Write ``digest`` into the artifact's published checksum file, as upstream lays it out:
+    dl.k8s.io's ``<binary>.sha256`` holds the bare digest; GitHub releases' files hold
+    ``sha256sum`` lines, one per asset for lists such as ``SHA256SUMS``."""
+    path = cache_dir / artifact.checksum_path
+    if artifact.checksum_path.startswith(UPSTREAM_HOSTS["dl_k8s"] + "/"):
+        text = f"{digest}\n"
+    else:
+        lines: dict[str, str] = {}
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                parts = line.split()
+                if len(parts) == 2:
+                    lines[parts[1]] = parts[0]
+        lines[artifact.filename] = digest
+        text = "".join(f"{lines[name]}  {name}\n" for name in sorted(lines))
+    if path.is_file() and path.read_text() == text:
+        return
+    partial = path.with_name(path.name + ".part")
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 def checksums(
     cache_dir: Path = DEFAULT_CACHE_DIR, artifacts: Iterable[Artifact] = ARTIFACTS
 ) -> dict[str, str]:
-    """Read the recorded sha256 of every artifact; {upstream path: sha256}."""
+    """Read the published sha256 of every artifact (as `galley checksums fetch` reads
+    upstream's); {upstream path: sha256}."""
     result = {}
     for artifact in artifacts:
         path = Path(cache_dir) / artifact.upstream_path
-        recorded = _read_checksum(path)
+        published = Path(cache_dir) / artifact.checksum_path
+        recorded = (
+            parse_sha256(published.read_text(), artifact.filename) if published.is_file() else None
+        )
         if recorded is None or not path.is_file():
             raise ArtifactError(f"{artifact.name} is not built in {cache_dir}: run build_all")
         result[artifact.upstream_path] = recorded

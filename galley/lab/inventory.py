@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from galley.components.model import BASE_URL_KEYS, UPSTREAM_HOSTS
 from galley.lab.artifacts import ARTIFACTS, DEBIAN_ARCH, KUBERNETES_VERSION, checksums
-from galley.lab.state import CACHE_DIR, LabState
+from galley.lab.state import CACHE_DIR, LAB_DIR, LabState
 from galley.lab.topology import NETWORK, ROLES
 
 Host = tuple[str, dict]
@@ -15,8 +16,8 @@ def lab_groups(state: LabState, overrides: dict | None = None) -> dict[str, list
     """Groups ``etcd``, ``control_plane`` and ``workers`` with each droplet's connection data.
 
     Every host carries what the lab replaces for production settings: its SSH key and pinned
-    known_hosts, the cluster name, the Vault address and token, and ``overrides`` (e.g. the
-    artifact mirror's base URLs and checksums).
+    known_hosts, the cluster name, the Vault address, CA certificate and token file (never the
+    token), and ``overrides`` (e.g. the artifact mirror's base URLs and checksums).
     """
     shared = {
         "cluster_name": state.cluster,
@@ -24,8 +25,7 @@ def lab_groups(state: LabState, overrides: dict | None = None) -> dict[str, list
         "ssh_key": state.ssh_key,
         "ssh_known_hosts_file": state.known_hosts,
         "ssh_strict_host_key_checking": "yes",
-        "vault_addr": state.vault_addr,
-        "vault_token": state.vault_token,
+        **state.vault_data(),
         **(overrides or {}),
     }
     groups: dict[str, list[Host]] = {role: [] for role in ROLES}
@@ -45,10 +45,11 @@ def lab_overrides(state: LabState, mirror_dir: Path = CACHE_DIR / "mirror") -> d
     binaries' version.
     """
     overrides: dict = {
-        "github_base_url": f"{state.mirror_url}/github.com",
-        "dl_k8s_base_url": f"{state.mirror_url}/dl.k8s.io",
+        **{key: f"{state.mirror_url}/{UPSTREAM_HOSTS[b]}" for b, key in BASE_URL_KEYS.items()},
         "node_cidrs": [str(NETWORK)],
         "kubernetes_version": KUBERNETES_VERSION,
+        # `galley checksums fetch --inventory inventories/lab.py` records the lab's own here.
+        "checksums_file": str(LAB_DIR / "checksums.json"),
     }
     recorded = checksums(mirror_dir)
     versions: dict[str, set[str]] = {}

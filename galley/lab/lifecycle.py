@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -13,12 +12,15 @@ from pathlib import Path
 from galley.lab import droplets as droplet_ops
 from galley.lab import services, system
 from galley.lab.artifacts import build_all
+from galley.lab.openbao import OpenBao, bao_binary
 from galley.lab.rootfs import ensure_rootfs
 from galley.lab.state import CACHE_DIR, LAB_DIR, Droplet, LabState, remove_state
 from galley.lab.system import LabError
 from galley.lab.topology import BRIDGE, CLUSTER, GATEWAY, NETWORK, DropletPlan
 
 Progress = Callable[[str], None]
+# The lab's OpenBao keeps its configuration, raft data, TLS files and credentials here.
+VAULT_DIR = "openbao"
 
 
 # inotify instances each droplet's systemd and services hold (measured: about 5), plus the
@@ -40,6 +42,7 @@ def preflight(lab_dir: Path, droplets: int) -> None:
     missing = system.missing_commands()
     if missing:
         raise LabError("missing on this machine: " + ", ".join(missing))
+    bao_binary()  # the lab's Vault
     if system.link_exists(BRIDGE):
         raise LabError(
             f"network link {BRIDGE} already exists but no lab state is recorded in {lab_dir}; "
@@ -65,7 +68,14 @@ def up(
     cache_dir: Path = CACHE_DIR,
     progress: Progress = print,
 ) -> LabState:
-    """Boot the lab described by ``plans``; on any failure remove what was created and re-raise."""
+    """Boot the lab described by ``plans``; on any failure remove what was created and re-raise.
+
+    A stale lab (some of its processes gone, e.g. after a reboot) is taken down first and booted
+    anew, its Vault included: a fresh OpenBao, initialised and unsealed, not the old raft data
+    unsealed again. The droplets come back empty (no etcd data, no certificates), so a Vault
+    keeping the old CAs, roles and shared secrets would describe a cluster that no longer
+    exists; `galley vault bootstrap --cluster lab` sets the new one up as on a first `up`.
+    """
     existing = LabState.load(lab_dir)
     if existing and all_running(existing):
         progress(
@@ -146,17 +156,7 @@ def _bring_up(
         logs,
         lab_dir,
     )
-    state.vault_token = secrets.token_hex(16)
-    host, port = services.VAULT_ADDRESS
-    state.vault_addr = f"http://{host}:{port}"
-    _start_service(
-        state,
-        "vault",
-        services.vault_command(state.vault_token),
-        services.VAULT_ADDRESS,
-        logs,
-        lab_dir,
-    )
+    _start_vault(state, lab_dir, logs)
     progress(
         f"apt proxy {state.apt_proxy}, artifact mirror {state.mirror_url}, vault {state.vault_addr}"
     )
@@ -209,8 +209,20 @@ def _start_service(
     services.wait_listening(name, *listen, pid_alive=lambda: system.pid_alive(pid))
 
 
+def _start_vault(state: LabState, lab_dir: Path, logs: Path) -> None:
+    """A fresh OpenBao on https://127.0.0.1:8200, its data and root token file in the lab dir."""
+    shutil.rmtree(lab_dir / VAULT_DIR, ignore_errors=True)
+    vault = OpenBao.start(lab_dir / VAULT_DIR, services.VAULT_ADDRESS[1], log=logs / "vault.log")
+    state.services["vault"] = vault.pid
+    state.vault_addr = vault.addr
+    state.vault_ca_cert = str(vault.ca_cert)
+    state.vault_token_file = str(vault.token_file)
+    state.save(lab_dir)
+
+
 def down(lab_dir: Path = LAB_DIR, progress: Progress = print) -> None:
-    """Remove exactly what `up` recorded (droplets, overlays, services, bridge, state).
+    """Remove exactly what `up` recorded (droplets, overlays, services, bridge, Vault's data,
+    state).
 
     Safe to run again: without a recorded lab it only says so.
     """
@@ -226,7 +238,7 @@ def down(lab_dir: Path = LAB_DIR, progress: Progress = print) -> None:
         system.delete_bridge(state.bridge)
     for leftover in ("id_ed25519", "id_ed25519.pub", "known_hosts"):
         (lab_dir / leftover).unlink(missing_ok=True)
-    for directory in ("droplets", "apt-cacher-ng"):
+    for directory in ("droplets", "apt-cacher-ng", VAULT_DIR):
         shutil.rmtree(lab_dir / directory, ignore_errors=True)
     remove_state(lab_dir)
     progress(

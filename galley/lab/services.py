@@ -1,8 +1,7 @@
-"""The lab's host services: the apt proxy, the artifact mirror and Vault (or its stand-in)."""
+"""The lab's host services: the apt proxy and the artifact mirror (Vault: galley.lab.openbao)."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import sys
 import time
@@ -50,28 +49,6 @@ def mirror_command(root: Path, address: str) -> list[str]:
         f"{address}:{MIRROR_PORT}",
         "--root",
         str(root),
-    ]
-
-
-def vault_command(token: str) -> list[str]:
-    """Run the real `vault server -dev` when installed, otherwise galley's Vault stand-in."""
-    host, port = VAULT_ADDRESS
-    if shutil.which("vault"):
-        return [
-            "vault",
-            "server",
-            "-dev",
-            f"-dev-root-token-id={token}",
-            f"-dev-listen-address={host}:{port}",
-        ]
-    return [
-        sys.executable,
-        "-m",
-        "galley.lab.vault_standin",
-        "--listen",
-        f"{host}:{port}",
-        "--root-token",
-        token,
     ]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 LAB_DIR = Path(os.environ.get("GALLEY_LAB_DIR", "/var/lib/galley/lab"))
@@ -40,13 +40,16 @@ class LabState:
     apt_proxy: str = ""
     mirror_url: str = ""
     vault_addr: str = ""
-    vault_token: str = ""
+    # The lab's OpenBao: the CA certificate its TLS listener is verified with, and the file
+    # (0600) holding its root token; the token itself is never recorded here.
+    vault_ca_cert: str = ""
+    vault_token_file: str = ""
     # name -> PID of the lab's own services (apt proxy, mirror, vault).
     services: dict[str, int] = field(default_factory=dict)
     droplets: list[Droplet] = field(default_factory=list)
 
     def save(self, lab_dir: Path = LAB_DIR) -> None:
-        """Write the state atomically, readable by root only (it holds the lab's Vault token)."""
+        """Write the state atomically, readable by root only."""
         lab_dir.mkdir(parents=True, exist_ok=True)
         path = state_path(lab_dir)
         tmp = path.with_suffix(".tmp")
@@ -63,7 +66,18 @@ class LabState:
             return None
         raw = json.loads(path.read_text())
         droplets = [Droplet(**item) for item in raw.pop("droplets", [])]
-        return cls(**raw, droplets=droplets)
+        # Fields an older galley recorded (e.g. a plain vault_token) are dropped: such a lab can
+        # still be taken down.
+        known = {item.name for item in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known}, droplets=droplets)
+
+    def vault_data(self) -> dict[str, str]:
+        """The lab's Vault as group data: its address, CA certificate and root token file."""
+        return {
+            "vault_addr": self.vault_addr,
+            "vault_ca_cert": self.vault_ca_cert,
+            "vault_token_file": self.vault_token_file,
+        }
 
     def droplet(self, name: str) -> Droplet:
         """The droplet called ``name``; KeyError naming the known ones otherwise."""

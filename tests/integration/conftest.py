@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hvac
 import pytest
 
 from galley.lab.state import LabState
@@ -77,6 +78,12 @@ def lab_inventory_variant(directory: Path, body: str) -> str:
         "workers = _groups['workers']\n" + body
     )
     return str(path)
+
+
+def lab_vault(state: LabState) -> hvac.Client:
+    """A root client of the lab's OpenBao, its token read from the file the state names."""
+    token = Path(state.vault_token_file).read_text().strip()
+    return hvac.Client(url=state.vault_addr, token=token, verify=state.vault_ca_cert)
 
 
 def pyinfra_json(*args: str) -> dict:

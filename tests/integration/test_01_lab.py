@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import requests
 
 from galley.lab.lifecycle import all_running
 from galley.lab.state import LAB_DIR, LabState
@@ -31,6 +32,16 @@ def _live_processes(name: str) -> list[int]:
     return pids
 
 
+def _lab_vault_processes() -> list[int]:
+    """PIDs of running ``bao`` processes serving from the lab directory (the unit tests' own
+    OpenBao, in a tmp directory, does not count)."""
+    return [
+        pid
+        for pid in _live_processes("bao")
+        if str(LAB_DIR) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    ]
+
+
 def _lab_mounts() -> list[str]:
     with open("/proc/self/mountinfo") as mounts:
         return [line.split()[4] for line in mounts if str(LAB_DIR) in line.split()[4]]
@@ -44,6 +55,8 @@ def _assert_nothing_left() -> None:
     assert LabState.load() is None
     assert _live_processes("systemd-nspawn") == []
     assert _live_processes("apt-cacher-ng") == []
+    assert _lab_vault_processes() == []
+    assert not (LAB_DIR / "openbao").exists()
     assert _lab_mounts() == []
     assert not _bridge_exists()
 
@@ -64,6 +77,12 @@ def _refused(*args: str, env: dict | None = None) -> str:
     assert len(lines) == 1, result.stderr
     _assert_nothing_left()
     return lines[0]
+
+
+def _vault_is_unsealed(state: LabState) -> bool:
+    """Whether the lab's OpenBao answers as active (initialised, unsealed) over verified TLS."""
+    health = requests.get(f"{state.vault_addr}/v1/sys/health", verify=state.vault_ca_cert)
+    return health.status_code == 200
 
 
 def test_invalid_counts_are_refused():
@@ -127,6 +146,13 @@ def test_up_facts_and_down():
         "lab-worker-2",
     ]
 
+    assert state.vault_addr == "https://127.0.0.1:8200"
+    assert _vault_is_unsealed(state)
+    token = Path(state.vault_token_file).read_text().strip()
+    assert Path(state.vault_token_file).stat().st_mode & 0o777 == 0o600
+    assert token not in (LAB_DIR / "state.json").read_text()
+    assert token not in up.stdout + up.stderr
+
     again = run_cli("galley", "lab", "up")
     assert "already up (7 droplets)" in again.stdout
     assert LabState.load() == state
@@ -152,11 +178,13 @@ def test_up_facts_and_down():
     assert sum("running" in line for line in status) == 7 + 3
 
     # A lab whose processes died (e.g. the machine restarted) is cleaned up and booted anew.
-    os.kill(state.services["mirror"], signal.SIGKILL)
+    for service in ("mirror", "vault"):
+        os.kill(state.services[service], signal.SIGKILL)
     renewed = run_cli("galley", "lab", "up")
     assert "the recorded lab is stale" in renewed.stdout
     assert "lab up: 7 droplets running" in renewed.stdout
     assert all_running(LabState.load())
+    assert _vault_is_unsealed(LabState.load())
 
     down = run_cli("galley", "lab", "down")
     assert "removed 7 droplets, 3 services and bridge br-galley" in down.stdout

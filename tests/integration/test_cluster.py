@@ -15,11 +15,12 @@ import pytest
 import requests
 from pyinfra.api import Inventory
 
-from galley.admin import AdminFiles, operator_dir
-from galley.kubernetes import K8S_DIR, certificates_of, unit_path
+from galley.components import REGISTRY, certificates_of, running_on
+from galley.components.kubernetes import K8S_DIR
 from galley.lab.artifacts import ARTIFACTS
 from galley.lab.inventory import lab_groups, lab_overrides
 from galley.lab.state import CACHE_DIR
+from galley.ops.admin import AdminFiles, operator_dir
 
 from .conftest import REPO, changed, lab_inventory_variant, pyinfra_json, run_cli, run_deploy
 
@@ -27,6 +28,7 @@ UNITS = {
     "control_plane": ("kube-apiserver", "kube-controller-manager", "kube-scheduler"),
     "workers": ("containerd", "flanneld", "kubelet", "kube-proxy"),
 }
+UNIT_PATHS = {c.unit.name: c.unit.path for c in REGISTRY if c.unit}
 KUBECONFIGS = {
     "control_plane": ("controller-manager", "scheduler"),
     "workers": ("kubelet", "kube-proxy", "flannel"),
@@ -47,6 +49,7 @@ def first_run(lab) -> dict:
     run_cli("galley", "vault", "bootstrap", "--cluster", "lab")
     code, results, output = run_deploy("cluster")
     assert code == 0, output
+    run_cli("galley", "admin", "credentials", "inventories/lab.py")
     return results
 
 
@@ -98,7 +101,7 @@ def _healthz(address: str, files: AdminFiles) -> tuple[int, str]:
 
 def test_phases_run_in_order_across_hosts(first_run):
     """No operation of a phase runs before the previous phase is done on every host."""
-    phases = ("etcd member |", "Kubernetes control plane |", "flannel |", "Kubernetes worker |")
+    phases = ("etcd |", "control plane |", "flannel |", "workers |")
     order = [
         next(index for index, prefix in enumerate(phases) if op["name"].startswith(prefix))
         for op in first_run["operations"]
@@ -113,7 +116,7 @@ def test_every_unit_is_active_and_passes_systemd_analyze_verify(cluster):
         for name in hosts_of(cluster, group):
             states = ssh(name, f"systemctl is-active {' '.join(units)}", check=False).split()
             assert states == ["active"] * len(units), (name, dict(zip(units, states, strict=False)))
-            paths = " ".join(unit_path(unit) for unit in units)
+            paths = " ".join(UNIT_PATHS[unit] for unit in units)
             verified = run_cli(
                 "galley", "lab", "ssh", name, f"systemd-analyze verify {paths}", check=False
             )
@@ -204,17 +207,13 @@ def test_certificates_match_the_identity_table(cluster, inventory):
     found = pyinfra_json(
         "fact",
         "galley.facts.Certificates",
-        "paths=/etc/kubernetes/pki/*.crt /etc/kube-flannel/pki/*.crt",
+        "paths=/etc/etcd/pki/*.crt /etc/kubernetes/pki/*.crt /etc/kube-flannel/pki/*.crt",
     ).popitem()[1]
     for host in inventory:
-        specs = certificates_of(host)
-        if not specs:
-            continue
         certs = found[host.name]
-        for spec in specs:
+        for spec, want in certificates_of(host):
             cert = certs[spec.cert_path]
             have = (cert["cn"], cert["organization"], cert["dns_names"], cert["ip_addresses"])
-            want = spec.identity
             assert have == (
                 want.cn,
                 list(want.organization),
@@ -303,3 +302,58 @@ def test_bad_inventories_are_refused_before_any_change(cluster, tmp_path, case):
         for name in before
     }
     assert after == before
+
+
+def test_the_report_lists_every_component_and_flags_a_stopped_kubelet(cluster, inventory):
+    result = run_cli("galley", "report", "inventories/lab.py", "--json", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    hosts = json.loads(result.stdout)["hosts"]
+    for host in inventory:
+        facts = hosts[host.name]
+        for component in running_on(host.groups):
+            release = component.artifacts[0].release
+            version = host.data.get(component.artifacts[0].version_field)
+            assert facts["versions"][release]["current"] == version, (host.name, release)
+            if component.unit:
+                assert facts["units"][component.unit.name]["active"] == "active"
+                assert facts["versions"][release]["running"] == version, (host.name, release)
+    ssh("lab-worker-1", "systemctl stop kubelet")
+    try:
+        stopped = run_cli("galley", "report", "inventories/lab.py", check=False)
+        assert stopped.returncode == 1
+        assert "lab-worker-1: units: kubelet: loaded, inactive" in stopped.stdout
+    finally:
+        ssh("lab-worker-1", "systemctl start kubelet")
+    assert _wait(
+        lambda: run_cli("galley", "report", "inventories/lab.py", check=False).returncode == 0, 60
+    )
+
+
+def test_checksums_fetch_reads_the_mirror_and_refuses_a_tampered_file(cluster, tmp_path):
+    catalogue = tmp_path / "checksums.json"
+    fetch = (
+        "galley", "checksums", "fetch", "kubernetes", "1.33.6",
+        "--arch", "amd64", "--inventory", "inventories/lab.py", "--catalogue", str(catalogue),
+    )  # fmt: skip
+    run_cli(*fetch)
+    published = {
+        a.name.replace("-", "_"): digest
+        for a in ARTIFACTS
+        if a.version == "1.33.6" and a.checksum_path.startswith("dl.k8s.io/")
+        for digest in [(CACHE_DIR / "mirror" / a.checksum_path).read_text().split()[0]]
+    }
+    recorded = json.loads(catalogue.read_text())
+    assert len(published) == 5
+    assert {key: recorded[key]["1.33.6"]["amd64"] for key in recorded} == published
+
+    (kubelet,) = [a for a in ARTIFACTS if a.name == "kubelet" and a.version == "1.33.6"]
+    path = CACHE_DIR / "mirror" / kubelet.checksum_path
+    original = path.read_text()
+    try:
+        path.write_text("0" * 64 + "\n")
+        tampered = run_cli(*fetch, check=False)
+    finally:
+        path.write_text(original)
+    assert tampered.returncode == 1
+    assert "kubelet 1.33.6 amd64: upstream publishes 0000" in tampered.stderr
+    assert json.loads(catalogue.read_text()) == recorded

@@ -19,13 +19,20 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from galley.etcd import etcdctl_command
+from galley.components.etcd import member_identity as etcd_member_identity
+from galley.etcdctl import etcdctl_command
+from galley.host.tls import csr_command
 from galley.lab.artifacts import ARTIFACTS
 from galley.lab.state import CACHE_DIR
-from galley.pki import etcd_member_identity
-from galley.tls import csr_command
 
-from .conftest import changed, lab_inventory_variant, pyinfra_json, run_cli, run_deploy
+from .conftest import (
+    changed,
+    lab_inventory_variant,
+    lab_vault,
+    pyinfra_json,
+    run_cli,
+    run_deploy,
+)
 
 MEMBER_CERT = "/etc/etcd/pki/member.crt"
 
@@ -60,7 +67,7 @@ def fingerprint(lab) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def vault(lab) -> hvac.Client:
     run_cli("galley", "vault", "bootstrap", "--cluster", "lab")
-    return hvac.Client(url=lab.vault_addr, token=lab.vault_token)
+    return lab_vault(lab)
 
 
 @pytest.fixture(scope="module")
@@ -282,7 +289,7 @@ def test_a_run_killed_before_its_restart_still_restarts_next_time(cluster):
     code, results, output = run_deploy("etcd")
     assert code == 0, output
     assert changed(results) == {
-        "etcd member | Rolling restart of etcd (only if its files changed)": {"lab-etcd-1"}
+        "etcd | Restart etcd (only if its files changed)": {"lab-etcd-1"}
     }
     after = started_at(cluster)
     assert after["lab-etcd-1"] != before["lab-etcd-1"]
@@ -300,8 +307,12 @@ BAD_INVENTORIES = {
         "lab-etcd-3: private_ip: missing (needed by cluster hosts)",
     ),
     "missing vault token": (
-        "for _, data in etcd:\n    del data['vault_token']\n",
-        "vault: no Vault credentials: set vault_token (or VAULT_TOKEN)",
+        "for _, data in etcd:\n    del data['vault_token_file']\n",
+        "vault: no Vault credentials: set vault_token_file (or VAULT_TOKEN)",
+    ),
+    "vault token in data": (
+        "for _, data in etcd:\n    data['vault_token'] = 'pasted-token'\n",
+        "vault: vault_token must not be in group or host data",
     ),
 }
 
@@ -324,7 +335,8 @@ def test_bad_inventories_are_refused_before_any_change(cluster, tmp_path, case, 
     ("data", "message"),
     [
         ("etcd_version=3.9.9", "etcd_checksums: no sha256 for etcd 3.9.9 on amd64"),
-        ("vault_addr=http://127.0.0.1:9", "Vault at http://127.0.0.1:9 is unreachable"),
+        ("vault_addr=https://127.0.0.1:9", "Vault at https://127.0.0.1:9 is unreachable"),
+        ("vault_addr=http://198.18.0.1:8200", "is plain HTTP to another machine"),
     ],
 )
 def test_bad_settings_are_refused_before_any_change(cluster, data, message):

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 
-import hvac
 import pytest
 
-from .conftest import run_cli
+from .conftest import lab_vault, run_cli
 from .test_etcd import _install_cert
 
 INVENTORY = "inventories/lab.py"
@@ -46,7 +45,7 @@ def test_every_host_is_in_the_report_and_a_healthy_lab_has_no_problems(etcd_clus
 
 
 def test_a_certificate_expiring_soon_is_flagged_until_redeployed(etcd_cluster):
-    vault = hvac.Client(url=etcd_cluster.vault_addr, token=etcd_cluster.vault_token)
+    vault = lab_vault(etcd_cluster)
     address = etcd_cluster.droplet("lab-etcd-2").address
     _install_cert(etcd_cluster, vault, "lab-etcd-2", address, "1h")
     try:

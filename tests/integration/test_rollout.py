@@ -16,14 +16,14 @@ import time
 
 import pytest
 
-from galley.admin import operator_dir
-from galley.kubeapi import ApiError, KubeApi, kubelet_version, node_ready, node_unschedulable
 from galley.lab.artifacts import (
     KUBELET_BROKEN_VERSION,
     KUBELET_UPGRADE_VERSION,
     KUBERNETES_VERSION,
 )
-from galley.rollout import JOURNAL
+from galley.ops.admin import operator_dir
+from galley.ops.kubeapi import ApiError, KubeApi, kubelet_version, node_ready, node_unschedulable
+from galley.ops.rollout import JOURNAL
 
 from .conftest import BIN, REPO, run_cli, run_deploy
 from .test_cluster import _admin_files, _Data, cluster, first_run, hosts_of, ssh  # noqa: F401

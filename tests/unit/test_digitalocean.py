@@ -7,7 +7,7 @@ import socket
 import pytest
 import requests
 
-from galley.digitalocean import DigitalOceanError, Droplet, list_droplets
+from galley.inventory.digitalocean import DigitalOceanError, Droplet, list_droplets
 from tests.standins.digitalocean_api import droplet, serve
 
 TOKEN = "dop_v1_test"

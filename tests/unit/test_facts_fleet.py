@@ -87,6 +87,7 @@ def test_component_names_must_be_safe_for_the_shell():
         (["Kubernetes v1.30.2"], "1.30.2"),
         (["v0.25.1"], "0.25.1"),
         (["Kubernetes v1.31.0-rc.1"], "1.31.0-rc.1"),
+        (["containerd github.com/containerd/containerd/v2 2.1.9+unknown "], "2.1.9"),
         (["no version here"], None),
     ],
 )

@@ -1,5 +1,6 @@
-"""galley.hostkeys against an in-process SSH server on 127.0.0.1 (a stand-in: paramiko in server
-mode, key exchange only) whose host key the tests swap, as a recreated droplet would."""
+"""galley.inventory.hostkeys against an in-process SSH server on 127.0.0.1 (a stand-in:
+paramiko in server mode, key exchange only) whose host key the tests swap, as a recreated
+droplet would."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from galley.hostkeys import (
+from galley.inventory.hostkeys import (
     HostKey,
     HostKeyError,
     Target,
@@ -23,9 +24,9 @@ from galley.hostkeys import (
     pin_file,
     read_keys,
     store_dir,
-    unchecked,
     write_keys,
 )
+from galley.inventory.load import unchecked
 
 INVENTORY = "inventories/nyc3.py"
 

@@ -1,5 +1,5 @@
 """Kubernetes deploy pieces that need no lab: raw-binary installs, rendered configs, the identity
-table, validation rules, shared secrets and the admin credential (against the Vault stand-in)."""
+table, validation rules, shared secrets and the admin credential (against a real OpenBao)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ import jinja2
 import pytest
 from pyinfra.api import Inventory
 
-from galley import cluster_secrets, pki
-from galley.admin import AdminFiles, render_kubeconfig, update_reason, write_admin_files
-from galley.flannel import flanneld_args, net_conf
-from galley.kubernetes import TEMPLATES, certificates_of, cluster_dns_ip
+from galley import cluster_secrets, pki, vault_setup
+from galley.components import certificates_of
+from galley.components.flanneld import flanneld_args, net_conf
+from galley.components.kubernetes import TEMPLATES, cluster_dns_ip
+from galley.host.release import _fetch_script
+from galley.inventory.validate import problems
 from galley.lab.standins import yamlish
-from galley.lab.vault_standin import serve
-from galley.release import _fetch_script
-from galley.validate import problems
+from galley.ops.admin import AdminFiles, render_kubeconfig, update_reason, write_admin_files
 
 SHA = "a" * 64
 DATA = {
@@ -88,15 +88,23 @@ def _render(name: str, **variables) -> str:
 @pytest.mark.parametrize(
     ("template", "api_version", "kind"),
     [
-        ("kubelet-config.yaml.j2", "kubelet.config.k8s.io/v1beta1", "KubeletConfiguration"),
-        ("kube-proxy-config.yaml.j2", "kubeproxy.config.k8s.io/v1alpha1", "KubeProxyConfiguration"),
+        ("kubelet/kubelet-config.yaml.j2", "kubelet.config.k8s.io/v1beta1", "KubeletConfiguration"),
         (
-            "kube-scheduler.yaml.j2",
+            "kube-proxy/kube-proxy-config.yaml.j2",
+            "kubeproxy.config.k8s.io/v1alpha1",
+            "KubeProxyConfiguration",
+        ),
+        (
+            "kube-scheduler/kube-scheduler.yaml.j2",
             "kubescheduler.config.k8s.io/v1",
             "KubeSchedulerConfiguration",
         ),
-        ("encryption-config.yaml.j2", "apiserver.config.k8s.io/v1", "EncryptionConfiguration"),
-        ("kubeconfig.j2", "v1", "Config"),
+        (
+            "kube-apiserver/encryption-config.yaml.j2",
+            "apiserver.config.k8s.io/v1",
+            "EncryptionConfiguration",
+        ),
+        ("kubernetes/kubeconfig.j2", "v1", "Config"),
     ],
 )
 def test_config_files_have_their_current_kind(template, api_version, kind):
@@ -127,17 +135,23 @@ def test_cluster_dns_is_the_tenth_service_address():
 
 def test_identity_table_names_kubernetes_users_and_groups():
     inventory = _inventory()
-    by_host = {host.name: {s.name: s for s in certificates_of(host)} for host in inventory}
-    assert by_host["lab-etcd-1"] == {}
-    apiserver = by_host["lab-cp-1"]["apiserver"].identity
+    by_host = {
+        host.name: {
+            cert.cert_path.rsplit("/", 1)[1][:-4]: (cert, identity)
+            for cert, identity in certificates_of(host)
+        }
+        for host in inventory
+    }
+    assert set(by_host["lab-etcd-1"]) == {"member", "healthcheck-client"}
+    apiserver = by_host["lab-cp-1"]["apiserver"][1]
     assert "kubernetes.default.svc.cluster.local" in apiserver.dns_names
     assert {"172.20.0.1", "198.18.0.13", "127.0.0.1"} <= set(apiserver.ip_addresses)
     worker = by_host["lab-worker-1"]
-    assert worker["kubelet"].identity.cn == "system:node:lab-worker-1"
-    assert worker["kubelet"].identity.organization == ("system:nodes",)
-    assert worker["kube-proxy"].identity.organization == ("system:node-proxier",)
-    assert worker["flannel"].identity == worker["kubelet"].identity
-    assert by_host["lab-cp-1"]["apiserver-etcd-client"].mount == "etcd"
+    assert worker["kubelet"][1].cn == "system:node:lab-worker-1"
+    assert worker["kubelet"][1].organization == ("system:nodes",)
+    assert worker["kube-proxy"][1].organization == ("system:node-proxier",)
+    assert worker["flannel"][1] == worker["kubelet"][1]
+    assert by_host["lab-cp-1"]["apiserver-etcd-client"][0].mount == "etcd"
 
 
 def test_flannel_modes():
@@ -189,12 +203,10 @@ def test_bad_kubernetes_settings_are_named(data, message):
 
 
 @pytest.fixture
-def vault():
-    server = serve("127.0.0.1", 0, "root")
-    client = hvac.Client(url=server.url, token="root")
-    pki.bootstrap(client, "lab")
-    yield client
-    server.shutdown()
+def vault(vault: hvac.Client) -> hvac.Client:
+    """The session's OpenBao (tests/conftest.py) with the lab cluster bootstrapped."""
+    vault_setup.bootstrap(vault, "lab")
+    return vault
 
 
 def test_shared_secrets_are_generated_once(vault):

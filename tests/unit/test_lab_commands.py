@@ -38,13 +38,6 @@ def test_apt_proxy_config_binds_to_the_bridge_and_maps_debian(tmp_path):
     assert "Remap-debrep: file:deb_mirror*.gz /debian ; http://deb.debian.org/debian/" in conf
 
 
-def test_vault_is_the_real_dev_server_when_installed_else_the_stand_in(monkeypatch):
-    monkeypatch.setattr(services.shutil, "which", lambda name: None)
-    assert services.vault_command("tok")[1:3] == ["-m", "galley.lab.vault_standin"]
-    monkeypatch.setattr(services.shutil, "which", lambda name: "/usr/bin/vault")
-    assert services.vault_command("tok")[:3] == ["vault", "server", "-dev"]
-
-
 def test_prepared_droplet_root_has_its_identity(tmp_path, monkeypatch):
     def fake_overlay(lower, upper, work, merged):
         for directory in ("etc/ssh", "etc/apt/apt.conf.d"):

@@ -1,5 +1,5 @@
-"""galley.pki: re-sign decisions, identities, the deploy policy, and bootstrap/sign against the
-Vault stand-in."""
+"""galley.pki: re-sign decisions, identities, the deploy policy, and bootstrap/sign against a
+real OpenBao (the `vault` fixture of tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,16 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import hvac
+import hvac.exceptions
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from galley import pki
-from galley.lab.vault_standin import serve
-from galley.pki import Identity, etcd_member_identity, resign_reason
+from galley import pki, vault_setup
+from galley.components.etcd import member_identity as etcd_member_identity
+from galley.pki import Identity, resign_reason
 from galley.vault import VaultError
 
 NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
@@ -178,50 +179,106 @@ def test_identity_normalises_names_and_rejects_bad_ips():
         Identity("a", ip_addresses=("not-an-ip",))
 
 
-def test_deploy_policy_grants_exactly_sign_and_ca_reads():
-    hcl = pki.render_deploy_policy("lab")
+def _blocks(name: str, paths: dict[str, str]) -> dict[str, str]:
+    hcl = vault_setup.render_policy(name, paths)
     blocks = dict(re.findall(r'path "([^"]+)" \{\s*capabilities = \[([^\]]*)\]\s*\}', hcl))
-    k8s_roles = (
-        "kube-apiserver",
-        "kube-apiserver-kubelet-client",
-        "kube-controller-manager",
-        "kube-scheduler",
-        "kube-proxy",
-        "kubelet",
-        "serving",
-        "admin",
-    )
-    assert blocks == {
-        "lab/pki/etcd/sign/etcd-member": '"update"',
-        "lab/pki/etcd/sign/etcd-client": '"update"',
-        **{f"lab/pki/k8s/sign/{role}": '"update"' for role in k8s_roles},
-        **{
-            f"lab/pki/{mount}/{path}": '"read"'
-            for mount in ("etcd", "k8s")
-            for path in ("ca/pem", "cert/ca")
-        },
-        "lab/kv/data/kubernetes/service-account": '"read"',
-        "lab/kv/data/kubernetes/encryption": '"read"',
-    }
     assert hcl.count("path ") == len(blocks)
+    return {path: capability.strip('"') for path, capability in blocks.items()}
+
+
+CA_READS = {
+    f"lab/pki/{mount}/{path}": "read" for mount in ("etcd", "k8s") for path in ("ca/pem", "cert/ca")
+}
+
+
+def _signs(mount: str, *roles: str) -> dict[str, str]:
+    return {f"lab/pki/{mount}/sign/{role}": "update" for role in roles}
+
+
+def test_one_policy_per_job_grants_exactly_what_its_deploy_signs_and_reads():
+    policies = vault_setup.policies("lab")
+    assert _blocks("lab-etcd", policies["lab-etcd"]) == {
+        **_signs("etcd", "etcd-member", "etcd-healthcheck-client"),
+        **CA_READS,
+    }
+    assert _blocks("lab-control-plane", policies["lab-control-plane"]) == {
+        **_signs("etcd", "kube-apiserver-etcd-client"),
+        **_signs(
+            "k8s",
+            "kube-apiserver",
+            "kube-apiserver-kubelet-client",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "control-plane-serving",
+        ),
+        **CA_READS,
+        "lab/kv/data/kubernetes/service-account": "read",
+        "lab/kv/data/kubernetes/encryption": "read",
+    }
+    assert _blocks("lab-workers", policies["lab-workers"]) == {
+        **_signs("etcd", "flannel-etcd-client"),
+        **_signs("k8s", "kubelet", "kubelet-serving", "kube-proxy"),
+        **CA_READS,
+    }
+    assert policies["lab-operator"] == {
+        **_signs("k8s", "admin"),
+        **{f"lab/pki/k8s/{path}": "read" for path in ("ca/pem", "cert/ca")},
+    }
+
+
+def test_the_combined_deploy_policy_never_grants_the_admin_role():
+    policies = vault_setup.policies("lab")
+    jobs = ("lab-etcd", "lab-control-plane", "lab-workers")
+    assert policies["lab-deploy"] == {k: v for job in jobs for k, v in policies[job].items()}
+    assert not any("sign/admin" in path for path in policies["lab-deploy"])
+    assert not any(
+        "system:masters" in role.organization
+        for role in vault_setup.ROLES
+        if f"lab/pki/{role.mount}/sign/{role.name}" in policies["lab-workers"]
+    )
 
 
 def test_roles_table():
-    member, client = (pki.role_params(role, "lab") for role in pki.ROLES[:2])
+    roles = {role.name: role for role in vault_setup.ROLES}
+    member = vault_setup.role_params(roles["etcd-member"], "lab")
+    client = vault_setup.role_params(roles["etcd-healthcheck-client"], "lab")
     assert member["allowed_domains"] == ["lab-*"]
     assert member["allow_glob_domains"] and member["allow_ip_sans"] and member["allow_localhost"]
     assert member["server_flag"] and member["client_flag"]
-    assert client["allowed_domains"] == [
-        "etcd-healthcheck-client",
-        "kube-apiserver-etcd-client",
-        "flannel-etcd-client",
-    ]
+    assert client["allowed_domains"] == ["etcd-healthcheck-client"]
     assert not client["server_flag"] and client["client_flag"]
     assert not client["allow_ip_sans"] and not client["allow_glob_domains"]
     assert client["allow_bare_domains"] and client["ttl"] == client["max_ttl"] == 720 * 3600
-    custom = pki.PkiOptions(leaf_ttl="24h", allowed_names={"etcd-member": ("db-*", "etcd.lab")})
-    assert pki.role_params(pki.ROLES[0], "lab", custom)["allowed_domains"] == ["db-*", "etcd.lab"]
-    assert pki.role_params(pki.ROLES[0], "lab", custom)["ttl"] == 24 * 3600
+    custom = vault_setup.PkiOptions(
+        leaf_ttl="24h", allowed_names={"etcd-member": ("db-*", "etcd.lab")}
+    )
+    assert vault_setup.role_params(roles["etcd-member"], "lab", custom)["allowed_domains"] == [
+        "db-*",
+        "etcd.lab",
+    ]
+    assert vault_setup.role_params(roles["etcd-member"], "lab", custom)["ttl"] == 24 * 3600
+    for role in vault_setup.ROLES:
+        params = vault_setup.role_params(role, "lab")
+        assert params["allow_any_name"] is False and params["allow_wildcard_certificates"] is False
+        assert params["allow_subdomains"] is False and params["key_type"] == "ec"
+
+
+def test_the_apiserver_role_allows_exact_names_only():
+    (role,) = [r for r in vault_setup.ROLES if r.name == "kube-apiserver"]
+    plain = vault_setup.role_params(role, "lab")
+    assert not plain["allow_glob_domains"]
+    assert plain["allowed_domains"] == [
+        "kube-apiserver",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    ]
+    options = vault_setup.PkiOptions(cluster_domain="k8s.internal", api_endpoint="api.lab.example")
+    assert vault_setup.role_params(role, "lab", options)["allowed_domains"][-2:] == [
+        "kubernetes.default.svc.k8s.internal",
+        "api.lab.example",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -251,16 +308,7 @@ def test_format_duration(delta, text):
     assert pki.format_duration(delta) == text
 
 
-# Against the Vault stand-in.
-
-ROOT_TOKEN = "root-token-for-tests"
-
-
-@pytest.fixture
-def vault():
-    server = serve("127.0.0.1", 0, ROOT_TOKEN)
-    yield hvac.Client(url=server.url, token=ROOT_TOKEN)
-    server.shutdown()
+# Against a real OpenBao: `vault` is a root client of a server as fresh as a new one.
 
 
 def _csr(identity: Identity) -> str:
@@ -272,36 +320,34 @@ def _csr(identity: Identity) -> str:
 
 
 def test_bootstrap_sets_up_and_is_a_no_op_when_re_run(vault):
-    changes = pki.bootstrap(vault, "lab")
+    changes = vault_setup.bootstrap(vault, "lab")
     assert changes[0] == "enabled PKI mount lab/pki/etcd"
     assert changes[1].startswith("generated root CA 'lab etcd CA' in lab/pki/etcd")
     assert changes[2] == "enabled PKI mount lab/pki/k8s"
     assert changes[3].startswith("generated root CA 'lab Kubernetes CA' in lab/pki/k8s")
     assert changes[4:] == [
-        "created role etcd-member in lab/pki/etcd",
-        "created role etcd-client in lab/pki/etcd",
-        *(f"created role {role.name} in lab/pki/k8s" for role in pki.ROLES[2:]),
+        *(f"created role {role.name} in lab/pki/{role.mount}" for role in vault_setup.ROLES),
         "enabled KV v2 mount lab/kv",
         "generated lab/kv/kubernetes/service-account",
         "generated lab/kv/kubernetes/encryption",
-        "wrote policy lab-galley-deploy",
+        *(f"wrote policy {name}" for name in vault_setup.policies("lab")),
     ]
     ca = pki.read_ca(vault, "lab/pki/etcd")
-    assert pki.bootstrap(vault, "lab") == []
+    assert vault_setup.bootstrap(vault, "lab") == []
     assert pki.read_ca(vault, "lab/pki/etcd") == ca  # the root CA is not regenerated
 
 
 def test_bootstrap_reports_only_roles_that_differ(vault):
-    pki.bootstrap(vault, "lab")
-    shorter = pki.PkiOptions(leaf_ttl="24h")
-    assert pki.bootstrap(vault, "lab", shorter) == [
-        f"updated role {role.name} in lab/pki/{role.mount} (ttl)" for role in pki.ROLES
+    vault_setup.bootstrap(vault, "lab")
+    shorter = vault_setup.PkiOptions(leaf_ttl="24h")
+    assert vault_setup.bootstrap(vault, "lab", shorter) == [
+        f"updated role {role.name} in lab/pki/{role.mount} (ttl)" for role in vault_setup.ROLES
     ]
-    assert pki.bootstrap(vault, "lab", shorter) == []
+    assert vault_setup.bootstrap(vault, "lab", shorter) == []
 
 
 def test_sign_member_certificate(vault):
-    pki.bootstrap(vault, "lab")
+    vault_setup.bootstrap(vault, "lab")
     signed = pki.sign(vault, "lab/pki/etcd", "etcd-member", _csr(MEMBER), ttl="1h")
     assert signed.certificate.endswith("-----END CERTIFICATE-----\n")
     assert signed.ca_bundle == pki.read_ca(vault, "lab/pki/etcd")
@@ -310,9 +356,9 @@ def test_sign_member_certificate(vault):
 
 
 def test_sign_client_certificate(vault):
-    pki.bootstrap(vault, "lab")
+    vault_setup.bootstrap(vault, "lab")
     client = Identity("etcd-healthcheck-client")
-    signed = pki.sign(vault, "lab/pki/etcd", "etcd-client", _csr(client))
+    signed = pki.sign(vault, "lab/pki/etcd", "etcd-healthcheck-client", _csr(client))
     assert pki.identity_of_cert(signed.certificate) == client
     usages = pki.load_certificate(signed.certificate).extensions.get_extension_for_class(
         x509.ExtendedKeyUsage
@@ -321,11 +367,11 @@ def test_sign_client_certificate(vault):
 
 
 def test_sign_refusal_names_mount_role_and_vault_reason(vault):
-    pki.bootstrap(vault, "lab")
+    vault_setup.bootstrap(vault, "lab")
     with pytest.raises(VaultError) as raised:
-        pki.sign(vault, "lab/pki/etcd", "etcd-client", _csr(Identity("kube-scheduler")))
+        pki.sign(vault, "lab/pki/etcd", "etcd-healthcheck-client", _csr(Identity("kube-scheduler")))
     assert str(raised.value) == (
-        "Vault refused to sign with role etcd-client of lab/pki/etcd: "
+        "Vault refused to sign with role etcd-healthcheck-client of lab/pki/etcd: "
         "common name kube-scheduler not allowed by this role"
     )
 
@@ -336,3 +382,63 @@ def test_read_ca_before_bootstrap_says_what_to_do(vault):
         VaultError, match="lab/pki/etcd has no CA yet: run galley's Vault bootstrap"
     ):
         pki.read_ca(vault, "lab/pki/etcd")
+
+
+def test_bootstrap_converges_a_role_loosened_by_hand(vault):
+    vault_setup.bootstrap(vault, "lab")
+    role = vault.secrets.pki.read_role("kubelet", mount_point="lab/pki/k8s")["data"]
+    loosened = role | {"allow_any_name": True, "allowed_uri_sans": ["spiffe://*"]}
+    vault.secrets.pki.create_or_update_role("kubelet", loosened, mount_point="lab/pki/k8s")
+    assert vault_setup.bootstrap(vault, "lab") == [
+        "updated role kubelet in lab/pki/k8s (allow_any_name, allowed_uri_sans)"
+    ]
+    role = vault.secrets.pki.read_role("kubelet", mount_point="lab/pki/k8s")["data"]
+    assert (role["allow_any_name"], role["allowed_uri_sans"]) == (False, [])
+
+
+def _token(vault, policy: str) -> hvac.Client:
+    token = vault.auth.token.create(policies=[policy])["auth"]["client_token"]
+    return hvac.Client(url=vault.url, token=token, verify=vault.session.verify)
+
+
+def test_a_workers_token_gets_only_the_workers_identities(vault):
+    vault_setup.bootstrap(vault, "lab")
+    workers = _token(vault, "lab-workers")
+    node = Identity("system:node:lab-worker-2", organization=("system:nodes",))
+    assert pki.identity_of_cert(pki.sign(workers, "lab/pki/k8s", "kubelet", _csr(node)).certificate)
+    refused = [
+        ("lab/pki/k8s", "admin", Identity("admin", organization=("system:masters",))),
+        ("lab/pki/k8s", "kube-apiserver-kubelet-client", Identity("kube-apiserver-kubelet-client")),
+        ("lab/pki/etcd", "etcd-member", MEMBER),
+        ("lab/pki/etcd", "kube-apiserver-etcd-client", Identity("kube-apiserver-etcd-client")),
+    ]
+    for mount, role, identity in refused:
+        with pytest.raises(hvac.exceptions.Forbidden):
+            workers.secrets.pki.sign_certificate(
+                role, _csr(identity), identity.cn, mount_point=mount
+            )
+    with pytest.raises(hvac.exceptions.Forbidden):
+        workers.secrets.kv.v2.read_secret_version(
+            "kubernetes/service-account", mount_point="lab/kv", raise_on_deleted_version=True
+        )
+    outsider = Identity("system:node:attacker", organization=("system:nodes",))
+    with pytest.raises(VaultError, match="common name system:node:attacker not allowed"):
+        pki.sign(workers, "lab/pki/k8s", "kubelet", _csr(outsider))
+
+
+def test_no_deploy_token_can_sign_system_masters_or_a_foreign_api_name(vault):
+    options = vault_setup.PkiOptions(api_endpoint="api.lab.example")
+    vault_setup.bootstrap(vault, "lab", options)
+    deploy = _token(vault, "lab-deploy")
+    admin = Identity("admin", organization=("system:masters",))
+    with pytest.raises(hvac.exceptions.Forbidden):
+        deploy.secrets.pki.sign_certificate(
+            "admin", _csr(admin), "admin", mount_point="lab/pki/k8s"
+        )
+    foreign = Identity("kube-apiserver", ("api.lab.attacker.example",))
+    with pytest.raises(VaultError, match=r"api\.lab\.attacker\.example not allowed by this role"):
+        pki.sign(deploy, "lab/pki/k8s", "kube-apiserver", _csr(foreign))
+    own = Identity("kube-apiserver", ("api.lab.example", "kubernetes.default.svc.cluster.local"))
+    assert pki.sign(deploy, "lab/pki/k8s", "kube-apiserver", _csr(own)).certificate
+    operator = _token(vault, "lab-operator")
+    assert pki.sign(operator, "lab/pki/k8s", "admin", _csr(admin)).certificate

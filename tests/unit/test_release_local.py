@@ -70,7 +70,7 @@ class Site:
         deploy = self.tmp / "deploy.py"
         deploy.write_text(
             "from pyinfra.operations import server\n"
-            "from galley.release import install_release, switch_release\n"
+            "from galley.host.release import install_release, switch_release\n"
             f"release = {call}\n"
             "server.shell(name='Restart tool', "
             f"commands=['echo restart >> {self.restarts}'], _if=release.changed)\n"

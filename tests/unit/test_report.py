@@ -170,3 +170,30 @@ def test_json_carries_the_facts_and_the_problems():
     ]
     not_after = document["hosts"]["etcd-1"]["certificates"]["/etc/etcd/pki/member.crt"]
     assert not_after["not_after"] == "2026-05-30T12:00:00+00:00"
+
+
+def _kube_host(groups: list[str], releases: dict[str, str]) -> dict:
+    return {
+        "groups": groups,
+        "error": None,
+        "units": {},
+        "versions": {
+            release: {"installed": [version], "current": version, "running": version}
+            for release, version in releases.items()
+        },
+    }
+
+
+def test_every_component_of_a_worker_is_reported_and_a_kubelet_newer_than_the_api_flagged():
+    fleet = {
+        "cp-1": _kube_host(["control_plane"], {"kube-apiserver": "1.33.5"}),
+        "worker-1": _kube_host(["workers"], {"kubelet": "1.34.1", "kube-proxy": "1.33.5"}),
+        "worker-2": _kube_host(["workers"], {"kubelet": "1.33.5", "kube-proxy": "1.33.5"}),
+        "worker-3": _kube_host(["workers"], {"kubelet": "1.33.5", "kube-proxy": "1.33.5"}),
+    }
+    report = analyse(fleet, days=14, now=NOW)
+    assert "worker-1: versions: kubelet 1.34.1 would be newer than the apiserver cp-1 (1.33.5)" in [
+        str(p) for p in report.problems
+    ]
+    assert ("worker-1", "kubelet", "1.34.1", "1.34.1", "1.34.1") in flagged(report, "versions")
+    assert not any(row[0] == "worker-2" for row in flagged(report, "versions"))

@@ -1,6 +1,6 @@
 """The shared health wait of rolling restarts."""
 
-from galley.restarts import wait_until_healthy
+from galley.host.restarts import wait_until_healthy
 
 
 def test_waits_until_healthy():

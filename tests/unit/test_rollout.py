@@ -8,8 +8,9 @@ import pytest
 from pyinfra.api import Inventory, deploy
 from pyinfra.operations import python, server
 
-from galley.kubeapi import Eviction, eviction_blocker
-from galley.rollout import (
+from galley.ops.batches import HostOutcome, PyinfraHosts, target_version
+from galley.ops.kubeapi import Eviction, eviction_blocker
+from galley.ops.rollout import (
     Journal,
     Plan,
     Rollout,
@@ -19,9 +20,8 @@ from galley.rollout import (
     gate_problems,
     make_plan,
     parse_budget,
-    skew_problems,
 )
-from galley.rollout_hosts import HostOutcome, PyinfraHosts, target_version
+from galley.versions import skew_problems
 
 OLD, NEW = "1.33.5", "1.33.6"
 PDB_STATUS = {

@@ -1,11 +1,11 @@
-"""galley.ssh: Nagle is turned off on connected SSH sockets, other hosts are left alone."""
+"""galley.host.ssh: Nagle is turned off on connected SSH sockets, other hosts are left alone."""
 
 from __future__ import annotations
 
 import socket
 from types import SimpleNamespace
 
-from galley.ssh import disable_nagle
+from galley.host.ssh import disable_nagle
 
 
 def _host(sock) -> SimpleNamespace:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from galley.digitalocean import Droplet
-from galley.terraform import TerraformError, droplets_from_outputs, load_droplets
+from galley.inventory.digitalocean import Droplet
+from galley.inventory.terraform import TerraformError, droplets_from_outputs, load_droplets
 
 # What `value = digitalocean_droplet.node` (with count) gives, trimmed to a few attributes.
 RESOURCE = {

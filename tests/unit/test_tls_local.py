@@ -1,4 +1,4 @@
-"""galley.tls.host_certificate through the real pyinfra CLI (@local) and the Vault stand-in.
+"""galley.host.tls.host_certificate through the real pyinfra CLI (@local) and a real OpenBao.
 
 Slow-ish (each case runs the pyinfra CLI a few times, about 1 s per run); no root needed.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import grp
+import json
 import os
 import pwd
 import re
@@ -21,21 +22,21 @@ import hvac
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from galley import pki
+from galley import pki, vault_setup
+from galley.components.etcd import member_identity
 from galley.facts.tls import Certificates
-from galley.lab import vault_standin
+from galley.lab.openbao import OpenBao
 from galley.pki import Identity
 
-ROOT_TOKEN = "root-token-for-tests"
 PYINFRA = Path(sys.executable).with_name("pyinfra")
 MOUNT = "lab/pki/etcd"
-IDENTITY = pki.etcd_member_identity("lab-etcd-1", "198.18.0.10")
+IDENTITY = member_identity("lab-etcd-1", "198.18.0.10")
 
 DEPLOY = """
 from pyinfra import host
 
 from galley.pki import Identity
-from galley.tls import HostCert, host_certificates
+from galley.host.tls import HostCert, host_certificates
 from galley.vault import VaultSettings, lazy_client
 
 pki_dir = host.data.pki_dir
@@ -57,7 +58,7 @@ host_certificates(
             ca_path=f"{pki_dir}/ca.crt",
             identity=Identity("etcd-healthcheck-client"),
             mount="lab/pki/etcd",
-            role="etcd-client",
+            role="etcd-healthcheck-client",
             **owner,
         ),
     ],
@@ -67,11 +68,16 @@ host_certificates(
 
 
 class Lab:
-    """A bootstrapped stand-in, the requests it saw, and a pki directory to deploy into."""
+    """The session's OpenBao bootstrapped for cluster "lab", the requests it got during the test
+    (read back from its audit log), and a pki directory to deploy into."""
 
-    def __init__(self, tmp_path: Path, url: str, requests: list[tuple[str, str, bytes]]) -> None:
-        self.url = url
-        self.requests = requests
+    def __init__(
+        self, tmp_path: Path, openbao: OpenBao, vault: hvac.Client, audit_log: Path
+    ) -> None:
+        self.openbao = openbao
+        self.vault = vault
+        self.audit_log = audit_log
+        self.audit_start = audit_log.stat().st_size
         self.dir = tmp_path / "pki"
         self.dir.mkdir()
         self.deploy = tmp_path / "deploy.py"
@@ -83,7 +89,9 @@ class Lab:
     def data(self, ips: str = "127.0.0.1,198.18.0.10", ttl: str = "") -> dict[str, str]:
         """The --data values of a run."""
         return {
-            "vault_addr": self.url,
+            "vault_addr": self.openbao.addr,
+            "vault_ca_cert": str(self.openbao.ca_cert),
+            "vault_token_file": str(self.openbao.token_file),
             "cluster_name": "lab",
             "pki_dir": str(self.dir),
             "ips": ips,
@@ -92,39 +100,44 @@ class Lab:
             **({"ttl": ttl} if ttl else {}),
         }
 
-    def run(self, *extra: str, ips: str = "127.0.0.1,198.18.0.10", ttl: str = "") -> str:
-        """Run the deploy with the pyinfra CLI; return its output."""
+    def command(self, *extra: str, ips: str = "127.0.0.1,198.18.0.10", ttl: str = "") -> list[str]:
+        """The pyinfra command line of a run."""
         command = [str(PYINFRA), "@local", str(self.deploy), *extra]
         for key, value in self.data(ips, ttl).items():
             command += ["--data", f"{key}={value}"]
-        env = {**os.environ, "VAULT_TOKEN": ROOT_TOKEN}
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+        return command
+
+    def run(self, *extra: str, ips: str = "127.0.0.1,198.18.0.10", ttl: str = "") -> str:
+        """Run the deploy with the pyinfra CLI; return its output."""
+        done = subprocess.run(
+            self.command(*extra, ips=ips, ttl=ttl), capture_output=True, text=True, timeout=120
+        )
         output = done.stdout + done.stderr
         assert done.returncode == 0, output
-        assert ROOT_TOKEN not in output
+        assert self.openbao.root_token not in output
         return output
+
+    def requests(self) -> list[tuple[str, bytes]]:
+        """(path, body as JSON) of every request Vault got since the fixture started."""
+        with open(self.audit_log, "rb") as log:
+            log.seek(self.audit_start)
+            entries = [json.loads(line) for line in log if line.strip()]
+        return [
+            (entry["request"]["path"], json.dumps(entry["request"].get("data") or {}).encode())
+            for entry in entries
+            if entry["type"] == "request"
+        ]
 
     def sign_requests(self) -> int:
         """How many sign requests Vault got so far."""
-        return sum(f"/{MOUNT}/sign/" in path for _, path, _ in self.requests)
+        return sum(path.startswith(f"{MOUNT}/sign/") for path, _ in self.requests())
 
 
 @pytest.fixture
-def lab(tmp_path, monkeypatch):
-    requests: list[tuple[str, str, bytes]] = []
-    handle = vault_standin.Core.handle
-
-    def recording(self, method, raw_path, query, headers, body):
-        requests.append((method, raw_path, body))
-        return handle(self, method, raw_path, query, headers, body)
-
-    monkeypatch.setattr(vault_standin.Core, "handle", recording)
-    server = vault_standin.serve("127.0.0.1", 0, ROOT_TOKEN)
-    pki.bootstrap(hvac.Client(url=server.url, token=ROOT_TOKEN), "lab")
+def lab(tmp_path, openbao, vault, vault_audit_log) -> Lab:
     # The bootstrap stores the cluster's shared service-account key; record the deploy only.
-    requests.clear()
-    yield Lab(tmp_path, server.url, requests)
-    server.shutdown()
+    vault_setup.bootstrap(vault, "lab")
+    return Lab(tmp_path, openbao, vault, vault_audit_log)
 
 
 def test_first_run_signs_second_run_changes_nothing(lab):
@@ -132,7 +145,7 @@ def test_first_run_signs_second_run_changes_nothing(lab):
     assert f"re-signing {lab.cert}: no certificate" in output
     assert stat.S_IMODE(lab.key.stat().st_mode) == 0o600
     assert stat.S_IMODE(lab.cert.stat().st_mode) == 0o644
-    ca = pki.read_ca(hvac.Client(url=lab.url, token=ROOT_TOKEN), MOUNT)
+    ca = pki.read_ca(lab.vault, MOUNT)
     assert lab.ca.read_text() == ca
     assert pki.identity_of_cert(lab.cert.read_text()) == IDENTITY
     assert pki.resign_reason(lab.cert.read_text(), IDENTITY, ca, datetime.now(UTC)) is None
@@ -147,8 +160,9 @@ def test_first_run_signs_second_run_changes_nothing(lab):
     # The private key never left the host: no request to Vault carried it, not even in a PEM.
     key = serialization.load_pem_private_key(lab.key.read_bytes(), password=None)
     secret = key.private_numbers().private_value.to_bytes(32, "big")
-    assert any(_pem_payloads(body) for _, _, body in lab.requests)  # the CSR was seen
-    for _, _, body in lab.requests:
+    requests = lab.requests()
+    assert any(_pem_payloads(body) for _, body in requests)  # the CSR was seen
+    for _, body in requests:
         assert b"PRIVATE KEY" not in body and secret.hex().encode() not in body
         assert not any(secret in der for der in _pem_payloads(body))
 
@@ -227,11 +241,7 @@ def test_unreadable_key_is_refused_before_any_change(lab):
     lab.run("-y")
     lab.key.write_text("garbage\n")
     cert = lab.cert.read_bytes()
-    command = [str(PYINFRA), "@local", str(lab.deploy), "-y"]
-    for key, value in lab.data().items():
-        command += ["--data", f"{key}={value}"]
-    env = {**os.environ, "VAULT_TOKEN": ROOT_TOKEN}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(lab.command("-y"), capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert f"{lab.key} is not a private key openssl can read" in done.stdout + done.stderr
     assert lab.key.read_text() == "garbage\n" and lab.cert.read_bytes() == cert

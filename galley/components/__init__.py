@@ -1,0 +1,85 @@
+"""The component registry: every component galley runs, declared once in its own room.
+
+Phases run in this order in a whole-cluster deploy; within a phase, components in this order.
+A new component is one more module here and one more entry below: the deploys, validation,
+the fleet report, the Vault roles and policies and the lab's mirror all read `REGISTRY`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from pyinfra.api.host import Host
+
+from galley.components.containerd import CONTAINERD
+from galley.components.etcd import ETCD
+from galley.components.flannel_cni import FLANNEL_CNI
+from galley.components.flanneld import FLANNELD, flannel_network
+from galley.components.kube_apiserver import KUBE_APISERVER
+from galley.components.kube_controller_manager import KUBE_CONTROLLER_MANAGER
+from galley.components.kube_proxy import KUBE_PROXY
+from galley.components.kube_scheduler import KUBE_SCHEDULER
+from galley.components.kubelet import KUBELET
+from galley.components.model import Artifact, Cert, Component, Phase
+from galley.pki import Identity, RoleSpec
+
+PHASES: tuple[Phase, ...] = (
+    Phase("etcd", (ETCD,)),
+    Phase("control plane", (KUBE_APISERVER, KUBE_CONTROLLER_MANAGER, KUBE_SCHEDULER)),
+    Phase("flannel", (FLANNELD, FLANNEL_CNI), prepare=flannel_network),
+    Phase("workers", (CONTAINERD, KUBELET, KUBE_PROXY)),
+)
+REGISTRY: tuple[Component, ...] = tuple(c for phase in PHASES for c in phase.components)
+
+
+def phase(name: str) -> Phase:
+    """The phase called ``name`` (``control_plane`` is accepted for ``control plane``)."""
+    for candidate in PHASES:
+        if candidate.name == name.replace("_", " "):
+            return candidate
+    known = ", ".join(p.name for p in PHASES)
+    raise ValueError(f"unknown phase {name!r}; known: {known}")
+
+
+def select(names: Iterable[str]) -> list[Component]:
+    """Components by component name or phase name, in registry order, without repeats."""
+    registry = REGISTRY
+    wanted: set[str] = set()
+    unknown = []
+    for name in names:
+        matches = [c.name for c in registry if c.name == name or c.phase == name.replace("_", " ")]
+        if not matches:
+            unknown.append(name)
+        wanted.update(matches)
+    if unknown:
+        known = sorted({c.name for c in registry} | {c.phase.replace(" ", "_") for c in registry})
+        raise ValueError(f"unknown component(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return [c for c in registry if c.name in wanted]
+
+
+def running_on(groups: Iterable[str]) -> list[Component]:
+    """The components a host in ``groups`` runs."""
+    groups = set(groups)
+    return [c for c in REGISTRY if c.group in groups]
+
+
+def artifacts() -> list[Artifact]:
+    """Every artifact of the registry, once each, in registry order."""
+    return list({a.key: a for c in REGISTRY for a in c.artifacts}.values())
+
+
+def vault_roles(components: Iterable[Component] | None = None) -> list[RoleSpec]:
+    """The Vault roles that sign the certificates of ``components`` (default: all), once each."""
+    chosen = REGISTRY if components is None else components
+    return list({cert.role.name: cert.role for c in chosen for cert in c.certs}.values())
+
+
+def certificates_of(host: Host) -> list[tuple[Cert, Identity]]:
+    """The identity table of ``host``: every certificate galley keeps on it, with the names it
+    carries (what the deploy installs and what the tests hold the hosts against)."""
+    found = {
+        cert.cert_path: (cert, cert.identity(host))
+        for component in running_on(host.groups)
+        for cert in component.certs_of(host)
+    }
+    return list(found.values())

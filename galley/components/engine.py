@@ -1,0 +1,168 @@
+"""Deploy components on a host from their declarations (`galley.components.model`).
+
+For the components of a phase that run on the current host, in this order: system users and
+directories, every artifact (downloaded and verified before activation), every certificate
+(one round trip reads them all), each component's own ``configure`` (its config files), its
+unit file, then systemd: reload, start and enable each unit, wait after a first start, and a
+durable restart when the files it runs from (`Component.watched`) are newer than its start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import hvac
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.api.host import Host
+from pyinfra.api.operation import OperationMeta
+from pyinfra.api.util import get_template
+from pyinfra.operations import files, python, server, systemd
+
+from galley.components.kubernetes import TEMPLATES
+from galley.components.model import Artifact, Cert, Component, Config, Configured
+from galley.downloads import sha256_of
+from galley.host.release import Release, install_release
+from galley.host.restarts import restart_when_pending
+from galley.host.tls import HostCert, host_certificates
+from galley.pki import mount_path
+
+
+def render(config: Config, **variables) -> OperationMeta:
+    """Write the declared ``config`` from its template with ``variables``."""
+    return files.template(
+        name=config.path,
+        src=str(TEMPLATES / str(config.template)),
+        dest=config.path,
+        user=config.owner,
+        group=config.group,
+        mode=config.mode,
+        **variables,
+    )
+
+
+def render_text(config: Config, **variables) -> str:
+    """The declared ``config`` rendered here, as `render` would write it (for content that
+    must not go through `files.template`, e.g. secrets)."""
+    return get_template(str(TEMPLATES / str(config.template))).render(variables)
+
+
+def install_artifact(artifact: Artifact, data, version: str | None = None) -> Release:
+    """Install ``artifact`` at ``version`` (default: its group-data version), verified against
+    the catalogue's sha256 before it is activated."""
+    version = version or data.get(artifact.version_field)
+    arch = data.arch
+    digest = sha256_of(data, artifact.key, version, arch)
+    if digest is None:
+        raise ValueError(f"no sha256 for {artifact.key} {version} on {arch}")
+    return install_release(
+        artifact.release,
+        version,
+        artifact.url_for(version, arch, artifact.bases_of(data)),
+        digest,
+        artifact.binaries_for(arch),
+        bin_dir=artifact.bin_dir,
+        strip_components=artifact.strip_components,
+        archive=artifact.archive,
+        link_names={name.format(arch=arch): link for name, link in artifact.link_names.items()},
+    )
+
+
+def install_certificates(
+    target: Host, certs: Sequence[Cert], vault: Callable[[], hvac.Client]
+) -> list[OperationMeta]:
+    """Keep each certificate (key made on the host) signed by Vault; returns the operations."""
+    data = target.data
+    return host_certificates(
+        name="Certificates",
+        certs=[
+            HostCert(
+                key_path=cert.key_path,
+                cert_path=cert.cert_path,
+                ca_path=cert.ca_path,
+                identity=cert.identity(target),
+                mount=mount_path(data.cluster_name, cert.mount),
+                role=cert.role.name,
+                owner=cert.owner,
+                group=cert.group,
+                ttl=data.get(cert.ttl_key),
+            )
+            for cert in certs
+        ],
+        vault=vault,
+    )
+
+
+def run_units(
+    components: Sequence[Component],
+    unit_files: Mapping[str, OperationMeta],
+    changes: Sequence[OperationMeta],
+) -> None:
+    """Reload systemd if a unit file changed; start and enable each unit, in order; wait after
+    a first start; restart (durably, see `restart_when_pending`) when its files changed."""
+    systemd.daemon_reload(
+        name="systemd daemon-reload",
+        _if=lambda: any(unit.did_change() for unit in unit_files.values()),
+    )
+    for component in host.loop(components):
+        unit = component.unit
+        started = systemd.service(
+            name=f"{unit.name} started and enabled", service=unit.name, running=True, enabled=True
+        )
+        if unit.wait is not None:
+            python.call(
+                name=f"Wait for {unit.name} to be healthy",
+                function=unit.wait,
+                unit=unit.name,
+                _if=started.did_change,
+            )
+        options: dict = {"serial": unit.serial}
+        if unit.restart is not None:
+            options["function"] = unit.restart
+        restart_when_pending(unit.name, component.watched(host), changes, started, **options)
+
+
+def _prepare(components: Sequence[Component]) -> None:
+    users = {c.user: c.user_home for c in components if c.user}
+    for user, home in host.loop(users.items()):
+        server.user(
+            name=f"{user} system user",
+            user=user,
+            system=True,
+            home=home,
+            shell="/usr/sbin/nologin",
+            create_home=False,
+        )
+    directories = {d.path: d for c in components for d in c.directories}
+    for directory in host.loop(directories.values()):
+        files.directory(
+            name=f"directory {directory.path}",
+            path=directory.path,
+            user=directory.owner,
+            group=directory.group,
+            mode=directory.mode,
+        )
+
+
+@deploy("Components")
+def deploy_components(components: Sequence[Component], vault: Callable[[], hvac.Client]) -> None:
+    """Install, configure and (re)start ``components`` on this host (those of its groups)."""
+    mine = [c for c in components if c.group in host.groups]
+    if not mine:
+        return
+    _prepare(mine)
+    artifacts = [artifact for c in mine for artifact in c.artifacts]
+    releases = [install_artifact(artifact, host.data) for artifact in host.loop(artifacts)]
+    certs = list({cert.cert_path: cert for c in mine for cert in c.certs_of(host)}.values())
+    changes: list[OperationMeta] = [*install_certificates(host, certs, vault)]
+    context = {"vault": vault, "certs": {cert.stem: cert for cert in certs}}
+    unit_files: dict[str, OperationMeta] = {}
+    for component in host.loop(mine):
+        configured = component.configure(host, context) if component.configure else Configured()
+        changes += configured.operations
+        if component.unit is not None:
+            unit = component.unit
+            variables = {"cluster_name": host.data.cluster_name, **configured.variables}
+            unit_files[unit.name] = render(Config(unit.path, unit.template), **variables)
+    changes += [*unit_files.values(), *(release.activation for release in releases)]
+    run_units([c for c in mine if c.unit], unit_files, changes)

@@ -1,0 +1,196 @@
+"""kube-apiserver on the ``control_plane`` group: the API, in front of etcd.
+
+It holds the only etcd client certificates of the control plane, the shared service-account
+key pair and the secrets encryption key (both from Vault's KV store, `galley.cluster_secrets`).
+Apiservers restart one at a time, each answering ``/healthz`` again before the next.
+"""
+
+from __future__ import annotations
+
+import io
+import shlex
+from collections.abc import Mapping
+from typing import Any
+
+from pyinfra.api.host import Host
+from pyinfra.api.state import State
+from pyinfra.operations import files
+
+from galley import cluster_secrets
+from galley.components.engine import render_text
+from galley.components.etcd import etcd_client_cert
+from galley.components.kubernetes import (
+    CA_PATH,
+    ETCD_CA_PATH,
+    K8S_DIR,
+    PKI_DIR,
+    etcd_servers,
+    first_service_ip,
+    is_ip,
+    k8s_cert,
+    kubernetes_binary,
+)
+from galley.components.model import Component, Config, Configured, Directory, Unit
+from galley.host.restarts import RestartError, systemctl_restart, wait_until_healthy
+from galley.host.secrets import Secret, secret_file
+from galley.pki import API_SERVICE_NAMES, Identity, RoleSpec
+
+ENCRYPTION_CONFIG = f"{K8S_DIR}/encryption-config.yaml"
+SA_KEY = f"{PKI_DIR}/sa.key"
+SA_PUB = f"{PKI_DIR}/sa.pub"
+HEALTH_TIMEOUT = 60.0
+# The client whose certificate the health check presents (any valid client may read /healthz).
+HEALTH_CLIENT = f"{PKI_DIR}/kube-controller-manager"
+
+# Exact names, no glob: the in-cluster names, and the API endpoint's name when one is set
+# (`galley vault bootstrap --inventory` reads it); clients dial the hosts by address.
+SERVING_ROLE = RoleSpec(
+    "kube-apiserver",
+    "k8s",
+    (
+        "kube-apiserver",
+        *API_SERVICE_NAMES,
+        "kubernetes.default.svc.{cluster_domain}",
+        "{api_endpoint}",
+    ),
+    server=True,
+    client=False,
+    localhost=True,
+    ip_sans=True,
+)
+KUBELET_CLIENT_ROLE = RoleSpec(
+    "kube-apiserver-kubelet-client",
+    "k8s",
+    ("kube-apiserver-kubelet-client",),
+    organization=("system:masters",),
+)
+CONTROL_PLANE_DIRECTORIES = (Directory(K8S_DIR), Directory(PKI_DIR, "700"))
+
+
+def apiserver_identity(host: Host) -> Identity:
+    """The apiserver's serving identity: in-cluster names, the endpoint, the first service IP,
+    the host's own addresses."""
+    data = host.data
+    endpoint = str(data.get("api_endpoint") or "")
+    dns = [*API_SERVICE_NAMES, f"kubernetes.default.svc.{data.cluster_domain}"]
+    ips = [str(first_service_ip(data.service_cidr)), data.private_ip, "127.0.0.1"]
+    if endpoint:
+        (ips if is_ip(endpoint) else dns).append(endpoint)
+    return Identity("kube-apiserver", (*dns, "localhost"), tuple(ips))
+
+
+def healthz_command(port: int, path: str = "healthz") -> str:
+    """curl this host's apiserver ``/healthz`` with a control-plane client (prints ``ok``)."""
+    return " ".join(
+        [
+            "curl -fsS --max-time 5",
+            f"--cacert {CA_PATH}",
+            f"--cert {HEALTH_CLIENT}.crt",
+            f"--key {HEALTH_CLIENT}.key",
+            shlex.quote(f"https://127.0.0.1:{port}/{path}"),
+        ]
+    )
+
+
+def _healthy(host: Host) -> str | None:
+    """None when the local apiserver answers ``ok``, else what it answered."""
+    ok, output = host.run_shell_command(healthz_command(host.data.api_port) + " 2>&1")
+    answer = (output.stdout or "").strip()
+    return None if ok and answer == "ok" else answer or "no answer"
+
+
+def _wait_healthy(state: State, host: Host, unit: str, doing: str = "its start") -> None:
+    problem = wait_until_healthy(lambda: _healthy(host), HEALTH_TIMEOUT)
+    if problem is not None:
+        raise RestartError(
+            f"{host.name}: kube-apiserver not healthy {HEALTH_TIMEOUT:.0f}s after {doing}: "
+            f"{problem}"
+        )
+
+
+def _restart(state: State, host: Host, unit: str) -> None:
+    """Restart this apiserver and wait for ``/healthz`` before the next host restarts."""
+    systemctl_restart(state, host, unit)
+    _wait_healthy(state, host, unit, "its restart; stopping before any other apiserver restarts")
+
+
+def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
+    data = host.data
+    cluster = data.cluster_name
+    shared = cluster_secrets.read(context["vault"](), cluster)
+    encryption = KUBE_APISERVER.config(ENCRYPTION_CONFIG)
+    # Secrets go through `secret_file`: never shown, not even with --diff.
+    operations = [
+        secret_file(
+            name=f"service-account key {SA_KEY}",
+            path=SA_KEY,
+            secret=Secret(shared.service_account_key),
+        ),
+        files.put(
+            name=f"service-account public key {SA_PUB}",
+            src=io.StringIO(shared.service_account_public_key),
+            dest=SA_PUB,
+            user="root",
+            group="root",
+            mode="644",
+        ),
+        secret_file(
+            name=f"secrets encryption config {ENCRYPTION_CONFIG}",
+            path=ENCRYPTION_CONFIG,
+            secret=Secret(
+                render_text(
+                    encryption,
+                    cluster_name=cluster,
+                    encryption_key=shared.encryption_key,
+                    kv_mount=cluster_secrets.kv_mount(cluster),
+                )
+            ),
+            mode=encryption.mode,
+        ),
+    ]
+    variables = {
+        "cluster_domain": data.cluster_domain,
+        "private_ip": data.private_ip,
+        "api_port": data.api_port,
+        "pki_dir": PKI_DIR,
+        "service_cidr": data.service_cidr,
+        "etcd_servers": etcd_servers(host.inventory),
+        "encryption_config": ENCRYPTION_CONFIG,
+    }
+    return Configured(operations, variables)
+
+
+KUBE_APISERVER = Component(
+    name="kube-apiserver",
+    group="control_plane",
+    phase="control plane",
+    artifacts=(kubernetes_binary("kube-apiserver"),),
+    certs=(
+        k8s_cert("apiserver", SERVING_ROLE, apiserver_identity),
+        k8s_cert(
+            "apiserver-kubelet-client",
+            KUBELET_CLIENT_ROLE,
+            lambda host: Identity(
+                "kube-apiserver-kubelet-client", organization=("system:masters",)
+            ),
+        ),
+        etcd_client_cert(
+            "apiserver-etcd-client", "kube-apiserver-etcd-client", PKI_DIR, ETCD_CA_PATH
+        ),
+    ),
+    configs=(
+        Config(ENCRYPTION_CONFIG, "kube-apiserver/encryption-config.yaml.j2", mode="600"),
+        Config(SA_KEY, mode="600"),
+        Config(SA_PUB),
+    ),
+    unit=Unit(
+        "kube-apiserver",
+        "kube-apiserver/kube-apiserver.service.j2",
+        restart=_restart,
+        serial=True,
+        wait=_wait_healthy,
+    ),
+    directories=CONTROL_PLANE_DIRECTORIES,
+    checks=("networks", "api"),
+    configure=_configure,
+)

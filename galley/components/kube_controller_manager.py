@@ -1,0 +1,71 @@
+"""kube-controller-manager on the ``control_plane`` group; it talks to its local apiserver."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pyinfra.api.host import Host
+
+from galley.components.kube_apiserver import CONTROL_PLANE_DIRECTORIES, SA_KEY
+from galley.components.kubernetes import (
+    CONTROL_PLANE_SERVING_ROLE,
+    K8S_DIR,
+    PKI_DIR,
+    api_url,
+    k8s_cert,
+    kubeconfig,
+    kubernetes_binary,
+    local_serving_identity,
+)
+from galley.components.model import Component, Config, Configured, Unit
+from galley.pki import Identity, RoleSpec
+
+KUBECONFIG = f"{K8S_DIR}/controller-manager.kubeconfig"
+ROLE = RoleSpec(
+    "kube-controller-manager",
+    "k8s",
+    ("system:kube-controller-manager",),
+    enforce_hostnames=False,
+)
+CLIENT = k8s_cert(
+    "kube-controller-manager", ROLE, lambda host: Identity("system:kube-controller-manager")
+)
+
+
+def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
+    data = host.data
+    operation = kubeconfig(host, KUBECONFIG, api_url(data, local=True), CLIENT)
+    variables = {
+        "kubeconfig": KUBECONFIG,
+        "pki_dir": PKI_DIR,
+        "service_cidr": data.service_cidr,
+        "pod_cidr": data.pod_cidr,
+        "node_cidr_mask_size": data.node_cidr_mask_size,
+        # flannel's etcd mode allocates node subnets itself; its Kubernetes mode reads the
+        # controller manager's allocation (node.spec.podCIDR).
+        "allocate_node_cidrs": str(data.flannel_mode == "kube").lower(),
+    }
+    return Configured([operation], variables)
+
+
+KUBE_CONTROLLER_MANAGER = Component(
+    name="kube-controller-manager",
+    group="control_plane",
+    phase="control plane",
+    artifacts=(kubernetes_binary("kube-controller-manager"),),
+    certs=(
+        CLIENT,
+        k8s_cert(
+            "kube-controller-manager-serving", CONTROL_PLANE_SERVING_ROLE, local_serving_identity
+        ),
+    ),
+    configs=(Config(KUBECONFIG, "kubernetes/kubeconfig.j2", mode="600"),),
+    unit=Unit(
+        "kube-controller-manager", "kube-controller-manager/kube-controller-manager.service.j2"
+    ),
+    directories=CONTROL_PLANE_DIRECTORIES,
+    watch=(SA_KEY,),
+    checks=("networks", "api"),
+    configure=_configure,
+)

@@ -1,0 +1,68 @@
+"""kube-proxy on the ``workers`` group (``system:kube-proxy`` in ``system:node-proxier``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pyinfra.api.host import Host
+
+from galley.components.engine import render
+from galley.components.kubelet import WORKER_DIRECTORIES
+from galley.components.kubernetes import (
+    K8S_DIR,
+    api_url,
+    k8s_cert,
+    kubeconfig,
+    kubernetes_binary,
+    node_name,
+)
+from galley.components.model import Component, Config, Configured, Directory, Unit
+from galley.pki import Identity, RoleSpec
+
+CONFIG = "/var/lib/kube-proxy/config.yaml"
+KUBECONFIG = f"{K8S_DIR}/kube-proxy.kubeconfig"
+ROLE = RoleSpec(
+    "kube-proxy",
+    "k8s",
+    ("system:kube-proxy",),
+    enforce_hostnames=False,
+    organization=("system:node-proxier",),
+)
+CLIENT = k8s_cert(
+    "kube-proxy",
+    ROLE,
+    lambda host: Identity("system:kube-proxy", organization=("system:node-proxier",)),
+)
+
+
+def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
+    data = host.data
+    operations = [
+        kubeconfig(host, KUBECONFIG, api_url(data), CLIENT),
+        render(
+            KUBE_PROXY.config(CONFIG),
+            cluster_name=data.cluster_name,
+            kubeconfig=KUBECONFIG,
+            node_name=node_name(host),
+            pod_cidr=data.pod_cidr,
+        ),
+    ]
+    return Configured(operations, {"kube_proxy_config": CONFIG})
+
+
+KUBE_PROXY = Component(
+    name="kube-proxy",
+    group="workers",
+    phase="workers",
+    artifacts=(kubernetes_binary("kube-proxy"),),
+    certs=(CLIENT,),
+    configs=(
+        Config(KUBECONFIG, "kubernetes/kubeconfig.j2", mode="600"),
+        Config(CONFIG, "kube-proxy/kube-proxy-config.yaml.j2"),
+    ),
+    unit=Unit("kube-proxy", "kube-proxy/kube-proxy.service.j2"),
+    directories=(*WORKER_DIRECTORIES, Directory("/var/lib/kube-proxy")),
+    checks=("networks", "api"),
+    configure=_configure,
+)

@@ -1,0 +1,80 @@
+"""The kubelet on the ``workers`` group.
+
+It registers under the host's inventory name (``--hostname-override``), which is also the CN of
+its client certificate (``system:node:<name>``, O ``system:nodes``), so the Node authorizer lets
+it manage exactly its own Node object. Its serving certificate is signed by the cluster CA too,
+so the apiservers verify kubelets (``--kubelet-certificate-authority``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pyinfra.api.host import Host
+
+from galley.components.engine import render
+from galley.components.kubernetes import (
+    CA_PATH,
+    K8S_DIR,
+    NODE_ROLE,
+    NODE_SERVING_ROLE,
+    PKI_DIR,
+    api_url,
+    cluster_dns_ip,
+    k8s_cert,
+    kubeconfig,
+    kubernetes_binary,
+    node_identity,
+    node_name,
+)
+from galley.components.model import Component, Config, Configured, Directory, Unit
+from galley.pki import Identity
+
+CONFIG = "/var/lib/kubelet/config.yaml"
+KUBECONFIG = f"{K8S_DIR}/kubelet.kubeconfig"
+CLIENT = k8s_cert("kubelet", NODE_ROLE, node_identity)
+WORKER_DIRECTORIES = (Directory(K8S_DIR), Directory(PKI_DIR, "700"))
+
+
+def _serving_identity(host: Host) -> Identity:
+    return Identity(node_name(host), (node_name(host),), (host.data.private_ip,))
+
+
+def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
+    data = host.data
+    operations = [
+        kubeconfig(host, KUBECONFIG, api_url(data), CLIENT),
+        render(
+            KUBELET.config(CONFIG),
+            cluster_name=data.cluster_name,
+            cluster_domain=data.cluster_domain,
+            cluster_dns=str(cluster_dns_ip(data.service_cidr)),
+            ca_path=CA_PATH,
+            pki_dir=PKI_DIR,
+        ),
+    ]
+    variables = {
+        "kubeconfig": KUBECONFIG,
+        "kubelet_config": CONFIG,
+        "node_name": node_name(host),
+        "private_ip": data.private_ip,
+    }
+    return Configured(operations, variables)
+
+
+KUBELET = Component(
+    name="kubelet",
+    group="workers",
+    phase="workers",
+    artifacts=(kubernetes_binary("kubelet"),),
+    certs=(CLIENT, k8s_cert("kubelet-serving", NODE_SERVING_ROLE, _serving_identity)),
+    configs=(
+        Config(KUBECONFIG, "kubernetes/kubeconfig.j2", mode="600"),
+        Config(CONFIG, "kubelet/kubelet-config.yaml.j2"),
+    ),
+    unit=Unit("kubelet", "kubelet/kubelet.service.j2"),
+    directories=(*WORKER_DIRECTORIES, Directory("/var/lib/kubelet", "700")),
+    checks=("networks", "api"),
+    configure=_configure,
+)

@@ -1,0 +1,263 @@
+"""What a component declaration is made of: artifacts, certificates, config files, a unit.
+
+A `Component` is declared once, in its own room (``galley/components/<name>.py``), and
+everything else reads it: the deploy engine installs its artifacts, certificates, configs and
+unit; validation checks the group data its artifacts need; the fleet report lists its units,
+versions and certificates; the Vault bootstrap writes the roles its certificates are signed
+with; the lab's mirror builds its artifacts under the same URLs. The paths a restart watches
+are derived here (`Component.watched`), never typed twice.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyinfra.api.host import Host
+
+from galley.downloads import checksums_field
+from galley.host.release import active_paths
+from galley.pki import Identity, RoleSpec
+
+# Where each download base comes from: ``{github}/...`` -> group data ``github_base_url``.
+BASE_URL_KEYS: Mapping[str, str] = {"github": "github_base_url", "dl_k8s": "dl_k8s_base_url"}
+# The same bases upstream, without scheme: the lab's mirror keeps files under these.
+UPSTREAM_HOSTS: Mapping[str, str] = {"github": "github.com", "dl_k8s": "dl.k8s.io"}
+SYSTEMD_DIR = "/etc/systemd/system"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A release download: where it comes from, what it holds, where its sha256 is published.
+
+    ``url`` and ``checksum_url`` are patterns with ``{github}``/``{dl_k8s}`` (the download
+    bases), ``{version}`` and ``{arch}``; ``checksum_url`` names upstream's published checksum
+    file (one digest, or a ``sha256sum`` list naming the file). ``key`` names the group data
+    (``<version_key>`` and the catalogue's ``<key>`` entry); ``release`` is the directory
+    under /opt/galley and the name `galley.facts.InstalledReleases` reads.
+    """
+
+    key: str
+    release: str
+    url: str
+    checksum_url: str
+    binaries: tuple[str, ...]
+    version_key: str = ""  # default: <key>_version
+    archive: bool = True
+    strip_components: int = 1
+    bin_dir: str = "/usr/local/bin"
+    link_names: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def version_field(self) -> str:
+        """The group-data key holding the version to install."""
+        return self.version_key or f"{self.key}_version"
+
+    @property
+    def checksums_field(self) -> str:
+        """The group-data key that may replace the catalogue's checksums."""
+        return checksums_field(self.key)
+
+    def url_for(self, version: str, arch: str, bases: Mapping[str, str]) -> str:
+        """The download URL of ``version`` for ``arch`` below ``bases``."""
+        return self.url.format(version=version, arch=arch, **_bases(bases))
+
+    def checksum_url_for(self, version: str, arch: str, bases: Mapping[str, str]) -> str:
+        """Where upstream publishes the sha256 of `url_for`."""
+        return self.checksum_url.format(version=version, arch=arch, **_bases(bases))
+
+    def binaries_for(self, arch: str) -> list[str]:
+        """The binaries' file names for ``arch`` (a name may hold ``{arch}``)."""
+        return [binary.format(arch=arch) for binary in self.binaries]
+
+    def bases_of(self, data: Any) -> dict[str, str]:
+        """The download bases from host or group data (``github_base_url`` ...)."""
+        return {name: str(data.get(key) or "") for name, key in BASE_URL_KEYS.items()}
+
+    def active_paths(self) -> list[str]:
+        """The links a process running this artifact depends on (see `active_paths`)."""
+        return [
+            path
+            for binary in self.binaries
+            for path in active_paths(
+                self.release, self.link_names.get(binary, binary), bin_dir=self.bin_dir
+            )
+        ]
+
+
+def _bases(bases: Mapping[str, str]) -> dict[str, str]:
+    return {name: str(bases.get(name, "")).rstrip("/") for name in BASE_URL_KEYS}
+
+
+def github_artifact(
+    key: str, project: str, filename: str, checksums: str, binaries: tuple[str, ...], **options
+) -> Artifact:
+    """An asset of a GitHub release of ``project``: ``filename`` (a pattern), its sha256 in
+    the release's ``checksums`` file (``{file}`` stands for the asset's name). ``release``
+    defaults to ``key`` with "-" for "_"; ``options`` are `Artifact`'s other fields."""
+    base = f"{{github}}/{project}/releases/download/v{{version}}/"
+    options.setdefault("release", key.replace("_", "-"))
+    return Artifact(
+        key=key,
+        url=base + filename,
+        checksum_url=base + checksums.format(file=filename),
+        binaries=binaries,
+        **options,
+    )
+
+
+@dataclass(frozen=True)
+class Cert:
+    """A key and Vault-signed certificate on a host: ``<directory>/<stem>.key`` and ``.crt``.
+
+    ``identity`` gives the names for a host; ``when`` limits the certificate to hosts it is
+    true for (e.g. one flannel mode). ``ca_path`` is where the signing mount's CA goes.
+    """
+
+    stem: str
+    directory: str
+    mount: str
+    role: RoleSpec
+    identity: Callable[[Host], Identity]
+    ca_path: str
+    owner: str = "root"
+    group: str = "root"
+    ttl_key: str = "kubernetes_cert_ttl"
+    when: Callable[[Host], bool] = lambda host: True
+
+    @property
+    def key_path(self) -> str:
+        """Where the private key lives (made on the host, never leaves it)."""
+        return f"{self.directory}/{self.stem}.key"
+
+    @property
+    def cert_path(self) -> str:
+        """Where the signed certificate lives."""
+        return f"{self.directory}/{self.stem}.crt"
+
+    def paths(self) -> list[str]:
+        """Every file of this certificate a service reads."""
+        return [self.cert_path, self.key_path, self.ca_path]
+
+
+@dataclass(frozen=True)
+class Config:
+    """A file a component reads, rendered from ``templates/<template>`` (None: written by the
+    component's own code, e.g. a secret from Vault)."""
+
+    path: str
+    template: str | None = None
+    mode: str = "644"
+    owner: str = "root"
+    group: str = "root"
+    when: Callable[[Host], bool] = lambda host: True
+
+
+@dataclass(frozen=True)
+class Directory:
+    """A directory a component needs before its files are written."""
+
+    path: str
+    mode: str = "755"
+    owner: str = "root"
+    group: str = "root"
+
+
+# (state, host, unit) -> None: restart or wait with the component's own health gate.
+UnitHook = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A systemd unit rendered from ``templates/<template>``.
+
+    ``restart`` restarts it (default: plain ``systemctl restart``), ``serial`` one host at a
+    time; ``wait`` runs after its first start, e.g. until it is healthy.
+    """
+
+    name: str
+    template: str
+    restart: UnitHook | None = None
+    serial: bool = False
+    wait: UnitHook | None = None
+
+    @property
+    def path(self) -> str:
+        """Where galley writes the unit file."""
+        return posixpath.join(SYSTEMD_DIR, f"{self.name}.service")
+
+
+@dataclass(frozen=True)
+class Configured:
+    """What a component's ``configure`` added: the operations that write its configs and the
+    variables its unit template needs."""
+
+    operations: list = field(default_factory=list)
+    variables: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Component:
+    """One thing galley installs and runs on the hosts of ``group``.
+
+    ``configure(host, context)`` writes its config files (`Config` entries) and returns
+    `Configured`; ``context`` has the run's ``vault`` factory and the ``certs`` by stem.
+    ``checks`` name the validation rules its group data must pass (`galley.inventory.checks`).
+    ``watch`` lists files other components write that its unit reads too.
+    """
+
+    name: str
+    group: str
+    phase: str
+    artifacts: tuple[Artifact, ...] = ()
+    certs: tuple[Cert, ...] = ()
+    configs: tuple[Config, ...] = ()
+    unit: Unit | None = None
+    directories: tuple[Directory, ...] = ()
+    user: str | None = None  # a system user it runs as, with ``user_home``
+    user_home: str | None = None
+    watch: tuple[str, ...] = ()
+    checks: tuple[str, ...] = ()
+    configure: Callable[[Host, Mapping[str, Any]], Configured] | None = None
+
+    def certs_of(self, host: Host) -> list[Cert]:
+        """The certificates this component needs on ``host``."""
+        return [cert for cert in self.certs if cert.when(host)]
+
+    def configs_of(self, host: Host) -> list[Config]:
+        """The config files this component reads on ``host``."""
+        return [config for config in self.configs if config.when(host)]
+
+    def config(self, path: str) -> Config:
+        """The declared config at ``path`` (KeyError if it is not declared)."""
+        for config in self.configs:
+            if config.path == path:
+                return config
+        raise KeyError(f"{self.name} declares no config {path}")
+
+    def watched(self, host: Host) -> list[str]:
+        """The files this component's unit runs from on ``host``: one newer than the unit's
+        start means it must restart. Derived from the declaration."""
+        if self.unit is None:
+            return []
+        paths = [self.unit.path]
+        if self.artifacts:
+            paths += self.artifacts[0].active_paths()
+        paths += [config.path for config in self.configs_of(host)]
+        paths += [path for cert in self.certs_of(host) for path in cert.paths()]
+        paths += list(self.watch)
+        return list(dict.fromkeys(paths))
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A step of a whole-cluster run: every host finishes it before the next starts.
+
+    ``prepare`` runs first on every host (e.g. flannel's network config in etcd).
+    """
+
+    name: str
+    components: tuple[Component, ...]
+    prepare: Callable[[], None] | None = None

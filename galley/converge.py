@@ -1,0 +1,29 @@
+"""Converge the current host to the declared components, phase by phase (the deploy files'
+one entry point).
+
+pyinfra orders operations by a topological sort of each host's own sequence, so phases of
+different groups would interleave across hosts; a join operation after each phase
+(`galley.host.phases.phase_done`) makes every host finish it before the next starts anywhere.
+Everything is validated, and Vault checked, before any operation runs (`galley.preflight`).
+"""
+
+from __future__ import annotations
+
+from pyinfra import host
+
+from galley.components import phase
+from galley.components.engine import deploy_components
+from galley.host.phases import phase_done
+from galley.preflight import preflight
+
+
+def converge(*phase_names: str) -> None:
+    """Deploy the phases ``phase_names`` (e.g. ``"etcd"``, ``"control plane"``) on this host."""
+    phases = [phase(name) for name in phase_names]
+    vault = preflight([c for p in phases for c in p.components])
+    for index, current in enumerate(host.loop(phases)):
+        if current.prepare is not None:
+            current.prepare()
+        deploy_components(current.components, vault, name=f"{current.name}")
+        if index < len(phases) - 1:
+            phase_done(name=f"{current.name} done on all hosts", phase=current.name)

@@ -1,0 +1,313 @@
+"""One validation layer for inventories, run by every deploy and by `galley validate`.
+
+Every check reads inventory data (and the VAULT_* variables of the environment) only: nothing
+here connects to a host or to Vault, so bad input is reported before any host is changed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from itertools import combinations
+
+from pyinfra.api import Inventory
+from pyinfra.api.host import Host
+
+import galley.components as registry
+from galley.components.kubernetes import first_service_ip
+from galley.components.model import Artifact, Component
+from galley.downloads import ChecksumError, sha256_of
+from galley.inventory.load import load_inventory
+from galley.problems import Problem
+from galley.vault import VaultError, VaultSettings
+
+CLUSTER_GROUPS = ("etcd", "control_plane", "workers")
+LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ValidationError(Exception):
+    """The inventory has problems; str() lists them one per line."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(map(str, problems)))
+
+
+FLANNEL_MODES = ("kube", "etcd")
+FLANNEL_BACKENDS = ("vxlan", "host-gw", "wireguard")
+
+Check = Callable[[Host], Iterable[tuple[str, str]]]
+
+
+def problems(
+    inventory: Inventory,
+    components: Iterable[str | Component],
+    environ: Mapping[str, str] | None = None,
+) -> list[Problem]:
+    """Every problem that would stop deploying ``components`` (declarations, or component or
+    phase names) to ``inventory``."""
+    environ = os.environ if environ is None else environ
+    components = list(components)
+    names = [c for c in components if isinstance(c, str)]
+    chosen = [c for c in components if isinstance(c, Component)]
+    chosen += registry.select(names) if names else []
+    found = _names(inventory) + _private_addresses(inventory)
+    for component in chosen:
+        hosts = inventory.get_group(component.group, [])
+        found += _group_size(component, hosts)
+        for artifact in component.artifacts:
+            found += _per_host(hosts, _checksum_check(artifact))
+        for rule in component.checks:
+            found += RULES[rule](inventory, component.group, hosts)
+        if component.certs:
+            found += _per_host(hosts, _vault_check(environ))
+    return list(dict.fromkeys(found))
+
+
+def check(
+    inventory: Inventory, components: Iterable[str], environ: Mapping[str, str] | None = None
+) -> None:
+    """Raise ValidationError listing every problem, if there are any."""
+    found = problems(inventory, components, environ)
+    if found:
+        raise ValidationError(found)
+
+
+def validate_cli(inventory_path: str, components: Iterable[str] = ()) -> int:
+    """`galley validate`: print the problems (exit 1) or "OK: N hosts" (exit 0); 2 if unloadable."""
+    try:
+        chosen = registry.select(components) if components else list(registry.REGISTRY)
+        inventory = load_inventory(inventory_path)
+    except Exception as exc:  # any failure while loading user code is reported the same way
+        print(f"galley: cannot validate {inventory_path}: {exc}", file=sys.stderr)
+        return 2
+    found = problems(inventory, chosen)
+    for problem in found:
+        print(problem)
+    if found:
+        print(f"{len(found)} problem(s) in {inventory_path}", file=sys.stderr)
+        return 1
+    print(f"OK: {len(inventory)} hosts")
+    return 0
+
+
+def _cluster_hosts(inventory: Inventory) -> list[Host]:
+    return [host for host in inventory if set(CLUSTER_GROUPS) & set(host.groups)]
+
+
+def _names(inventory: Inventory) -> list[Problem]:
+    found = []
+    for host in inventory:
+        if not LABEL.fullmatch(host.name):
+            found.append(
+                Problem(host.name, "name", "not an RFC 1123 label (a-z, 0-9, '-', at most 63)")
+            )
+        node_name = host.data.get("node_name")
+        if node_name is not None and node_name != host.name:
+            found.append(
+                Problem(host.name, "node_name", f"{node_name!r} differs from the host name")
+            )
+    return found
+
+
+def _private_addresses(inventory: Inventory) -> list[Problem]:
+    found = []
+    owners: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, str] = {}
+    for host in _cluster_hosts(inventory):
+        value = host.data.get("private_ip")
+        if not value:
+            found.append(Problem(host.name, "private_ip", "missing (needed by cluster hosts)"))
+            continue
+        try:
+            address = ipaddress.ip_address(value)
+        except ValueError:
+            found.append(Problem(host.name, "private_ip", f"{value!r} is not an IP address"))
+            continue
+        if address in owners:
+            found.append(
+                Problem(host.name, "private_ip", f"{address} is also used by {owners[address]}")
+            )
+        owners.setdefault(address, host.name)
+    return found
+
+
+def _group_size(component: Component, hosts: list[Host]) -> list[Problem]:
+    group = component.group
+    if not hosts:
+        return [Problem(None, group, f"no hosts in group {group!r}")]
+    return []
+
+
+def _odd_members(inventory: Inventory, group: str, hosts: list[Host]) -> list[Problem]:
+    """Quorum: an odd member count unless ``<group>_allow_even_members``."""
+    allow_even = f"{group}_allow_even_members"
+    even = len(hosts) % 2 == 0
+    if hosts and even and not all(host.data.get(allow_even) for host in hosts):
+        message = (
+            f"{len(hosts)} members: an even number adds no fault tolerance "
+            f"(use an odd number, or set {allow_even} = True)"
+        )
+        return [Problem(None, group, message)]
+    return []
+
+
+def _per_host(hosts: list[Host], check: Check) -> list[Problem]:
+    """Run `check` on each host; a problem every host shares is reported once, for all."""
+    names: dict[tuple[str, str], list[str]] = {}
+    for host in hosts:
+        for field, message in check(host):
+            names.setdefault((field, message), []).append(host.name)
+    found = []
+    for (field, message), hit in names.items():
+        shared = len(hosts) > 1 and len(hit) == len(hosts)
+        found += (
+            [Problem(None, field, message)]
+            if shared
+            else [Problem(name, field, message) for name in hit]
+        )
+    return found
+
+
+def _checksum_check(artifact: Artifact) -> Check:
+    key, version_key, field = artifact.key, artifact.version_field, artifact.checksums_field
+
+    def check(host: Host) -> Iterable[tuple[str, str]]:
+        version = host.data.get(version_key)
+        arch = host.data.get("arch")
+        if not version:
+            yield version_key, "missing"
+        elif not isinstance(version, str):
+            yield version_key, f"must be a string such as '1.2.3', not {version!r}"
+            return
+        if not arch:
+            yield "arch", "missing"
+        if not version or not arch:
+            return
+        try:
+            digest = sha256_of(host.data, artifact.key, version, arch)
+        except ChecksumError as exc:
+            yield field, str(exc)
+            return
+        if digest is None:
+            yield field, f"no sha256 for {key} {version} on {arch}"
+        elif not SHA256.fullmatch(str(digest)):
+            yield field, f"{key} {version} {arch}: {digest!r} is not a sha256"
+
+    return check
+
+
+def _network_check(host: Host) -> Iterable[tuple[str, str]]:
+    networks: list[tuple[str, Network]] = []
+    for field in ("pod_cidr", "service_cidr", "node_cidrs"):
+        value = host.data.get(field)
+        if not value:
+            yield field, "missing"
+            continue
+        if field == "node_cidrs" and not isinstance(value, list | tuple):
+            yield field, f"must be a list of networks, not {value!r}"
+            continue
+        for text in value if field == "node_cidrs" else [value]:
+            try:
+                networks.append((field, ipaddress.ip_network(text)))
+            except (TypeError, ValueError) as exc:
+                yield field, f"{text!r} is not a network: {exc}"
+    for (field, a), (other, b) in combinations(networks, 2):
+        if a.version == b.version and a.overlaps(b):
+            yield field, f"{a} overlaps {other} {b}"
+    for field, network in networks:
+        if field == "service_cidr":
+            try:
+                first_service_ip(str(network))
+            except ValueError as exc:
+                yield field, str(exc)
+        if field == "pod_cidr":
+            yield from _node_mask_check(host, network)
+
+
+def _node_mask_check(host: Host, pod_network: Network) -> Iterable[tuple[str, str]]:
+    mask = host.data.get("node_cidr_mask_size")
+    if not isinstance(mask, int) or isinstance(mask, bool):
+        yield "node_cidr_mask_size", f"must be a prefix length, not {mask!r}"
+    elif not pod_network.prefixlen < mask <= pod_network.max_prefixlen - 2:
+        yield (
+            "node_cidr_mask_size",
+            f"/{mask} does not split pod_cidr {pod_network} into node subnets (use a prefix "
+            f"longer than /{pod_network.prefixlen} and at most /{pod_network.max_prefixlen - 2})",
+        )
+
+
+def _networks(inventory: Inventory, group: str, hosts: list[Host]) -> list[Problem]:
+    return _per_host(hosts, _network_check)
+
+
+def _api(inventory: Inventory, group: str, hosts: list[Host]) -> list[Problem]:
+    return _control_plane_exists(inventory) + _per_host(hosts, _api_endpoint_check)
+
+
+def _flannel(inventory: Inventory, group: str, hosts: list[Host]) -> list[Problem]:
+    return _per_host(hosts, _flannel_check)
+
+
+def _control_plane_exists(inventory: Inventory) -> list[Problem]:
+    if inventory.get_group("control_plane", []):
+        return []
+    # The same problem as an empty control_plane component, so it is reported once.
+    return [Problem(None, "control_plane", "no hosts in group 'control_plane'")]
+
+
+def _api_endpoint_check(host: Host) -> Iterable[tuple[str, str]]:
+    endpoint = host.data.get("api_endpoint")
+    port = host.data.get("api_port")
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        yield "api_port", f"must be a TCP port, not {port!r}"
+    if not endpoint:
+        return
+    try:
+        ipaddress.ip_address(endpoint)
+        return
+    except ValueError:
+        pass
+    cluster = host.data.get("cluster_name")
+    if not re.fullmatch(rf"api\.{re.escape(str(cluster))}(\.{LABEL.pattern})+", str(endpoint)):
+        yield (
+            "api_endpoint",
+            f"{endpoint!r} must be an IP address or a name api.{cluster}.<domain> (the names "
+            "the apiserver certificate may carry)",
+        )
+
+
+def _flannel_check(host: Host) -> Iterable[tuple[str, str]]:
+    mode = host.data.get("flannel_mode")
+    if mode not in FLANNEL_MODES:
+        yield "flannel_mode", f"{mode!r} is not one of {', '.join(FLANNEL_MODES)}"
+    backend = host.data.get("flannel_backend")
+    kind = backend.get("Type") if isinstance(backend, Mapping) else None
+    if kind not in FLANNEL_BACKENDS:
+        yield (
+            "flannel_backend",
+            f"Type {kind!r} is not one of {', '.join(FLANNEL_BACKENDS)} (e.g. {{'Type': 'vxlan'}})",
+        )
+
+
+def _vault_check(environ: Mapping[str, str]) -> Check:
+    def check(host: Host) -> Iterable[tuple[str, str]]:
+        try:
+            VaultSettings.from_data(host.data, environ)
+        except VaultError as exc:
+            yield "vault", str(exc)
+
+    return check
+
+
+# The rules a component's declaration may name in ``checks``.
+RULES: Mapping[str, Callable[[Inventory, str, list[Host]], list[Problem]]] = {
+    "odd_members": _odd_members,
+    "networks": _networks,
+    "api": _api,
+    "flannel": _flannel,
+}

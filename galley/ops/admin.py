@@ -1,0 +1,206 @@
+"""The operator's admin credential: key made on the operator's machine, signed by Vault.
+
+Kept in ``<galley_config_dir>/<cluster>/`` (default ``~/.config/galley/<cluster>/``):
+``admin.key`` (0600, never sent anywhere), ``admin.crt`` (CN admin, O system:masters),
+``ca.crt`` (the cluster CA) and ``admin.kubeconfig`` pointing at the API endpoint. Re-signed
+by the same rules as host certificates (`galley.pki.resign_reason`), with the operator's own
+Vault token: `galley admin credentials INVENTORY` (deploy tokens cannot sign it).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import hvac
+import jinja2
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.x509.oid import NameOID
+
+from galley.components.kubernetes import TEMPLATES, api_url
+from galley.inventory.load import load_inventory
+from galley.pki import Identity, mount_path, parse_duration, read_ca, resign_reason, sign
+from galley.vault import VaultError, VaultSettings, connect
+
+ADMIN = Identity("admin", organization=("system:masters",))
+ROLE = "admin"
+
+
+def operator_dir(data) -> Path:
+    """Where the operator's credentials of ``data.cluster_name`` live."""
+    base = data.get("galley_config_dir") or "~/.config/galley"
+    return Path(base).expanduser() / data.cluster_name
+
+
+@dataclass(frozen=True)
+class AdminFiles:
+    """The operator-side files of one cluster."""
+
+    directory: Path
+
+    @property
+    def key(self) -> Path:
+        """The admin private key (0600)."""
+        return self.directory / "admin.key"
+
+    @property
+    def cert(self) -> Path:
+        """The admin certificate."""
+        return self.directory / "admin.crt"
+
+    @property
+    def ca(self) -> Path:
+        """The cluster CA bundle."""
+        return self.directory / "ca.crt"
+
+    @property
+    def kubeconfig(self) -> Path:
+        """The admin kubeconfig."""
+        return self.directory / "admin.kubeconfig"
+
+
+def render_kubeconfig(files: AdminFiles, cluster: str, server: str) -> str:
+    """The admin kubeconfig text (the hosts' kubeconfig template, with local paths)."""
+    template = jinja2.Template(
+        (TEMPLATES / "kubernetes" / "kubeconfig.j2").read_text(),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    return template.render(
+        cluster_name=cluster,
+        server=server,
+        ca_path=files.ca,
+        user_name=ADMIN.cn,
+        cert_path=files.cert,
+        key_path=files.key,
+    )
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+
+
+def _public_key(files: AdminFiles) -> str | None:
+    pem = _read(files.key)
+    if pem is None:
+        return None
+    key = serialization.load_pem_private_key(pem.encode(), password=None)
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+def update_reason(
+    files: AdminFiles, ca_pem: str, kubeconfig: str, ttl: str, now: datetime
+) -> str | None:
+    """Why the operator's files must be (re)written, or None when all is in place."""
+    public_key = _public_key(files)
+    if public_key is None:
+        return "no admin key"
+    reason = resign_reason(
+        _read(files.cert),
+        ADMIN,
+        ca_pem,
+        now,
+        public_key_pem=public_key,
+        ttl=timedelta(seconds=parse_duration(ttl)),
+    )
+    if reason:
+        return reason
+    if _read(files.ca) != ca_pem:
+        return "CA bundle changed"
+    if _read(files.kubeconfig) != kubeconfig:
+        return "kubeconfig changed"
+    return None
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    tmp = path.with_name(path.name + ".galley-new")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def _csr(key: PrivateKeyTypes) -> str:
+    subject = x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org) for org in ADMIN.organization]
+        + [x509.NameAttribute(NameOID.COMMON_NAME, ADMIN.cn)]
+    )
+    csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def write_admin_files(
+    files: AdminFiles,
+    vault: Callable[[], hvac.Client],
+    mount: str,
+    ttl: str,
+    ca_pem: str,
+    kubeconfig: str,
+) -> None:
+    """Make the key if missing, have Vault sign a CSR for it, write cert, CA and kubeconfig."""
+    files.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if _read(files.key) is None:
+        new = ec.generate_private_key(ec.SECP256R1())
+        pem = new.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        _write(files.key, pem.decode(), 0o600)
+    key = serialization.load_pem_private_key(files.key.read_bytes(), password=None)
+    signed = sign(vault(), mount, ROLE, _csr(key), ttl)
+    _write(files.cert, signed.certificate, 0o644)
+    _write(files.ca, ca_pem, 0o644)
+    _write(files.kubeconfig, kubeconfig, 0o600)
+
+
+def operator_paths(cluster: str) -> dict[str, str]:
+    """What the operator's token needs here: sign the admin role and read the cluster CA."""
+    mount = mount_path(cluster, "k8s")
+    return {f"{mount}/sign/{ROLE}": "update", f"{mount}/ca/pem": "read", f"{mount}/cert/ca": "read"}
+
+
+def admin_cli(inventory_path: str) -> int:
+    """`galley admin credentials`: keep the operator's admin files of the inventory's cluster
+    current, signed with the operator's own Vault token (the deploy tokens cannot sign
+    ``system:masters``). 0 when in place or written, 1 on a Vault problem, 2 if unloadable."""
+    try:
+        inventory = load_inventory(inventory_path)
+        (first, *_) = inventory.get_group("control_plane", []) or [None]
+        if first is None:
+            raise ValueError(f"{inventory_path} has no control_plane hosts")
+    except Exception as exc:  # any failure while loading user code is reported the same way
+        print(f"galley: cannot load {inventory_path}: {exc}", file=sys.stderr)
+        return 2
+    data = first.data
+    cluster = data.cluster_name
+    files = AdminFiles(operator_dir(data))
+    try:
+        settings = VaultSettings.from_data(data)
+        client = connect(settings, operator_paths(cluster))
+        mount = mount_path(cluster, "k8s")
+        ca_pem = read_ca(client, mount)
+        kubeconfig = render_kubeconfig(files, cluster, api_url(data, inventory=inventory))
+        ttl = data.kubernetes_cert_ttl
+        reason = update_reason(files, ca_pem, kubeconfig, ttl, datetime.now(UTC))
+        if reason is not None:
+            write_admin_files(files, lambda: client, mount, ttl, ca_pem, kubeconfig)
+    except VaultError as exc:
+        print(f"galley: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{files.kubeconfig}: {'written (' + reason + ')' if reason else 'up to date'}")
+    return 0

@@ -1,0 +1,170 @@
+"""A small Kubernetes API client for the operator's machine: the admin certificate, `requests`.
+
+Only what a rolling node upgrade needs: health and version of each apiserver, Nodes (list,
+get, cordon/uncordon with a merge patch of ``spec.unschedulable``), the pods bound to a node
+and the Eviction API. JSON shapes and status codes are those of the Kubernetes API reference.
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from galley.ops.admin import AdminFiles
+
+TIMEOUT = 10
+MERGE_PATCH = "application/merge-patch+json"
+_PDB = re.compile(r"disruption budget (\S+)")
+
+
+class ApiError(Exception):
+    """The API answered with an error status (or could not be reached: ``status`` 0)."""
+
+    def __init__(self, status: int, message: str, body: dict | None = None) -> None:
+        self.status = status
+        self.body = body or {}
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Eviction:
+    """The answer to one eviction: ``evicted`` (or already gone), else what blocked it."""
+
+    evicted: bool
+    blocked_by: str = ""  # e.g. "PodDisruptionBudget web-pdb" or the API's message
+
+
+def eviction_blocker(status: dict) -> str:
+    """Name what a 429 Status from the Eviction API says blocks it (the PDB when named)."""
+    causes = (status.get("details") or {}).get("causes") or []
+    for cause in causes:
+        if cause.get("reason") == "DisruptionBudget":
+            found = _PDB.search(cause.get("message", ""))
+            if found:
+                return f"PodDisruptionBudget {found.group(1)}"
+    return status.get("message") or "the API refused the eviction (429)"
+
+
+def node_ready(node: dict) -> bool:
+    """Whether the Node's Ready condition is True."""
+    conditions = (node.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def node_unschedulable(node: dict) -> bool:
+    """Whether the Node is cordoned."""
+    return bool((node.get("spec") or {}).get("unschedulable"))
+
+
+def kubelet_version(node: dict) -> str:
+    """The kubelet version the Node reports (``nodeInfo.kubeletVersion``), "" when absent."""
+    return ((node.get("status") or {}).get("nodeInfo") or {}).get("kubeletVersion", "")
+
+
+class _TLSAdapter(HTTPAdapter):
+    """Connections with a TLS context made when the client is, not by urllib3 later.
+
+    Once pyinfra's CLI modules are imported, gevent has patched ``ssl``; a context urllib3
+    builds from the class it imported earlier then recurses forever on ``minimum_version``.
+    """
+
+    def __init__(self, files: AdminFiles) -> None:
+        self.context = ssl.create_default_context(cafile=str(files.ca))
+        self.context.load_cert_chain(str(files.cert), str(files.key))
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["ssl_context"] = self.context
+        super().init_poolmanager(*args, **kwargs)
+
+
+class KubeApi:
+    """Requests to one apiserver ``server`` (https URL) as the cluster's admin."""
+
+    def __init__(self, server: str, files: AdminFiles, timeout: float = TIMEOUT) -> None:
+        self.server = server.rstrip("/")
+        self.session = requests.Session()
+        self.session.verify = str(files.ca)
+        self.session.mount("https://", _TLSAdapter(files))
+        self.timeout = timeout
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        try:
+            return self.session.request(method, self.server + path, timeout=self.timeout, **kwargs)
+        except requests.RequestException as exc:
+            raise ApiError(0, f"{method} {self.server}{path}: {exc}") from exc
+
+    def request(self, method: str, path: str, **kwargs: Any) -> dict:
+        """Send a request; the JSON answer, or ApiError carrying the Status on failure."""
+        answer = self._send(method, path, **kwargs)
+        try:
+            body = answer.json()
+        except ValueError:
+            body = {"message": answer.text.strip()}
+        if answer.status_code >= 400:
+            message = body.get("message") if isinstance(body, dict) else None
+            raise ApiError(
+                answer.status_code,
+                f"{method} {path}: {answer.status_code} {message or answer.reason}",
+                body if isinstance(body, dict) else None,
+            )
+        return body
+
+    def healthz(self) -> tuple[bool, str]:
+        """``/healthz`` (which includes the apiserver's etcd check): (ok, reason if not ok)."""
+        try:
+            answer = self._send("GET", "/healthz")
+        except ApiError as exc:
+            return False, str(exc)
+        if answer.status_code == 200:
+            return True, ""
+        failed = [line[3:] for line in answer.text.splitlines() if line.startswith("[-]")]
+        return False, f"{answer.status_code} {'; '.join(failed) or answer.text.strip()}"
+
+    def version(self) -> str:
+        """The apiserver's ``gitVersion`` (e.g. ``v1.33.5``)."""
+        return self.request("GET", "/version")["gitVersion"]
+
+    def nodes(self) -> list[dict]:
+        """Every Node."""
+        return self.request("GET", "/api/v1/nodes").get("items") or []
+
+    def node(self, name: str) -> dict:
+        """One Node."""
+        return self.request("GET", f"/api/v1/nodes/{name}")
+
+    def set_unschedulable(self, name: str, value: bool) -> dict:
+        """Cordon (True) or uncordon (False) a Node."""
+        return self.request(
+            "PATCH",
+            f"/api/v1/nodes/{name}",
+            json={"spec": {"unschedulable": value}},
+            headers={"Content-Type": MERGE_PATCH},
+        )
+
+    def pods_on(self, node: str) -> list[dict]:
+        """The pods bound to ``node``, in every namespace."""
+        params = {"fieldSelector": f"spec.nodeName={node}"}
+        return self.request("GET", "/api/v1/pods", params=params).get("items") or []
+
+    def evict(self, namespace: str, pod: str) -> Eviction:
+        """Ask the Eviction API to evict a pod; a 429 (a PDB forbids it now) is not an error."""
+        body = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": pod, "namespace": namespace},
+        }
+        try:
+            self.request("POST", f"/api/v1/namespaces/{namespace}/pods/{pod}/eviction", json=body)
+        except ApiError as exc:
+            if exc.status == 404:
+                return Eviction(True)
+            if exc.status == 429:
+                return Eviction(False, eviction_blocker(exc.body))
+            raise
+        return Eviction(True)
