@@ -14,9 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from galley.ops.admin import operator_dir
 from galley.inventory.load import load_inventory
 from galley.lab.artifacts import KUBELET_UPGRADE_VERSION, KUBERNETES_VERSION
+from galley.ops.admin import operator_dir
 from galley.ops.rollout import JOURNAL
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,6 +1,13 @@
+# ruff: noqa: E402 (the gevent patch must come before every other import)
 """The `galley` command: the lab, Vault bootstrap, validation, checksums, report, rollouts."""
 
 from __future__ import annotations
+
+# Like pyinfra's own CLI: patch the stdlib for gevent before anything imports ssl or socket
+# (pyinfra connects through gevent; patching after ssl is imported breaks TLS clients).
+from gevent import monkey
+
+monkey.patch_all()
 
 import argparse
 import os

@@ -10,6 +10,7 @@ Everything is validated, and Vault checked, before any operation runs (`galley.p
 from __future__ import annotations
 
 from pyinfra import host
+from pyinfra.api import deploy
 
 from galley.components import phase
 from galley.components.engine import deploy_components
@@ -24,6 +25,6 @@ def converge(*phase_names: str) -> None:
     for index, current in enumerate(host.loop(phases)):
         if current.prepare is not None:
             current.prepare()
-        deploy_components(current.components, vault, name=f"{current.name}")
+        deploy(current.name)(deploy_components)(current.components, vault)
         if index < len(phases) - 1:
             phase_done(name=f"{current.name} done on all hosts", phase=current.name)

@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping, Sequence
 
 import hvac
 from pyinfra import host
-from pyinfra.api import deploy
 from pyinfra.api.host import Host
 from pyinfra.api.operation import OperationMeta
 from pyinfra.api.util import get_template
@@ -144,9 +143,10 @@ def _prepare(components: Sequence[Component]) -> None:
         )
 
 
-@deploy("Components")
 def deploy_components(components: Sequence[Component], vault: Callable[[], hvac.Client]) -> None:
-    """Install, configure and (re)start ``components`` on this host (those of its groups)."""
+    """Install, configure and (re)start ``components`` on this host (those of its groups).
+
+    Call it inside a pyinfra deploy (`galley.converge` names one per phase)."""
     mine = [c for c in components if c.group in host.groups]
     if not mine:
         return

@@ -22,16 +22,21 @@ _VERSION = re.compile(r"\bv?(\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?)(?:\+[0-9A-Za-z.-
 
 
 def _running_script(unit: str) -> str:
-    """Print the ``--version`` output of the binary the unit's main process runs, prefixed.
+    """Print the ``--version`` output of the program the unit's main process runs, prefixed.
 
     ``/proc/<pid>/exe`` is the file the process was started from, even after an upgrade
-    replaced or removed it, so this is the running version, not the installed one.
+    replaced or removed it, so this is the running version, not the installed one. A program
+    run by a Python interpreter (the lab's stand-ins, which start from their resolved,
+    versioned path) is asked through its script, the first argument of its command line.
     """
     quoted = shlex.quote(unit)
     return (
         f"pid=$(systemctl show -p MainPID --value -- {quoted} 2>/dev/null); "
-        'if [ -n "$pid" ] && [ "$pid" != 0 ]; then '
-        f'"/proc/$pid/exe" --version 2>&1 | head -n 3 | sed "s/^/{_RUNNING}/"; fi'
+        'if [ -n "$pid" ] && [ "$pid" != 0 ]; then exe="/proc/$pid/exe"; '
+        'case "$(readlink "$exe")" in */python*) '
+        """script=$(tr '\\0' '\\n' < "/proc/$pid/cmdline" | sed -n 2p); """
+        '"$exe" "$script" --version;; *) "$exe" --version;; esac 2>&1 | head -n 3 | '
+        f'sed "s/^/{_RUNNING}/"; fi'
     )
 
 

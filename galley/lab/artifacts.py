@@ -262,7 +262,16 @@ def standin_zipapp(entry_module: str, version: str, healthy: bool = True) -> byt
             entry.compress_type, entry.external_attr = zipfile.ZIP_DEFLATED, 0o644 << 16
             archive.writestr(entry, data)
 
-        main = f"from standins.{entry_module} import main\n\nmain()\n"
+        # Started through a link (/usr/local/bin/kubelet -> .../current/...): run again from the
+        # resolved, versioned path, so the process's command line names the version it runs
+        # (what `galley.facts.ComponentVersions` reads, as /proc/<pid>/exe for a real binary).
+        main = (
+            "import os, sys\n"
+            "real = os.path.realpath(sys.argv[0])\n"
+            "if sys.argv[0] != real:\n"
+            "    os.execv(sys.executable, [sys.executable, real, *sys.argv[1:]])\n"
+            f"from standins.{entry_module} import main\n\nmain()\n"
+        )
         add("__main__.py", main.encode())
         for module in sorted(STANDINS_DIR.glob("*.py")):
             add(f"standins/{module.name}", module.read_bytes())
