@@ -12,7 +12,7 @@ from typing import Any
 import galley.components as registry
 from galley.components.model import Artifact
 from galley.downloads import DEFAULT_CATALOGUE, ChecksumError, catalogue_path, fetch
-from galley.inventory.load import load_inventory
+from galley.inventory.load import InventoryLoadError, load_inventory
 
 DEFAULT_ARCHES = ("amd64", "arm64")
 
@@ -67,8 +67,8 @@ def fetch_cli(
     except ChecksumError as exc:
         print(f"galley: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # any failure while loading user code is reported the same way
-        print(f"galley: cannot load {inventory_path}: {exc}", file=sys.stderr)
+    except InventoryLoadError as exc:
+        print(f"galley: {exc}", file=sys.stderr)
         return 2
     path = Path(catalogue) if catalogue else catalogue_path(data)
     try:

@@ -29,6 +29,7 @@ from galley.facts import (
     UnitStates,
 )
 from galley.problems import Problem
+from galley.text import clean
 from galley.versions import VersionError, skew_problems
 
 DEFAULT_DAYS = 14
@@ -54,7 +55,7 @@ class Table:
     def add(self, cells: Iterable[Any], problem: bool = False) -> None:
         if problem:
             self.flagged.add(len(self.rows))
-        self.rows.append(tuple("-" if cell is None else str(cell) for cell in cells))
+        self.rows.append(tuple("-" if cell is None else clean(str(cell)) for cell in cells))
 
 
 @dataclass
@@ -116,7 +117,11 @@ def _hosts_table(hosts: Mapping[str, HostFacts], problems: list[Problem]) -> Tab
         os_info = facts.get("os") or {}
         lease = facts.get("flannel") or {}
         os_name, kernel = os_info.get("pretty_name"), os_info.get("kernel")
-        table.add((name, groups, os_name, kernel, lease.get("subnet"), "ok"))
+        failed = facts.get("fact_errors") or {}
+        for key, error in sorted(failed.items()):
+            problems.append(fleet_problem(name, "hosts", f"facts failed: {key}: {error}"))
+        status = f"FACTS FAILED: {', '.join(sorted(failed))}" if failed else "ok"
+        table.add((name, groups, os_name, kernel, lease.get("subnet"), status), bool(failed))
     return table
 
 
@@ -328,7 +333,8 @@ def render(report: Report, color: bool) -> str:
         out.append("")
     if report.problems:
         out.append(f"{len(report.problems)} problem(s):")
-        out += [f"  {RED}{p}{RESET}" if color else f"  {p}" for p in report.problems]
+        lines = [clean(str(problem)) for problem in report.problems]
+        out += [f"  {RED}{line}{RESET}" if color else f"  {line}" for line in lines]
     else:
         out.append("no problems")
     return "\n".join(out)
@@ -366,7 +372,7 @@ def gather(inventory: Any, connect_timeout: int = CONNECT_TIMEOUT) -> dict[str, 
         try:
             host.connect(show_errors=False, raise_exceptions=True)
         except ConnectError as exc:
-            facts["error"] = str(exc.args[0] if exc.args else exc)
+            facts["error"] = clean(str(exc.args[0] if exc.args else exc))
             return facts
         state.activate_host(host)
         wanted: dict[str, tuple[Any, dict[str, Any]]] = {
@@ -387,7 +393,11 @@ def gather(inventory: Any, connect_timeout: int = CONNECT_TIMEOUT) -> dict[str, 
         jobs = {key: gevent.spawn(host.get_fact, cls, **kw) for key, (cls, kw) in wanted.items()}
         gevent.joinall(list(jobs.values()))
         for key, job in jobs.items():
-            facts[key] = job.get()
+            if job.successful():
+                facts[key] = job.value
+            else:  # one fact that does not parse must not hide the rest of the fleet
+                failed = facts.setdefault("fact_errors", {})
+                failed[key] = clean(f"{type(job.exception).__name__}: {job.exception}")
         host.disconnect()
         return facts
 
@@ -398,12 +408,12 @@ def gather(inventory: Any, connect_timeout: int = CONNECT_TIMEOUT) -> dict[str, 
 
 def report_cli(inventory_path: str, days: int = DEFAULT_DAYS, json_output: bool = False) -> int:
     """`galley report`: print the report; 0 without problems, 1 with, 2 if unloadable."""
-    from galley.inventory.load import load_inventory
+    from galley.inventory.load import InventoryLoadError, load_inventory
 
     try:
         inventory = load_inventory(inventory_path)
-    except Exception as exc:  # any failure while loading user code is reported the same way
-        print(f"galley: cannot load {inventory_path}: {exc}", file=sys.stderr)
+    except InventoryLoadError as exc:
+        print(f"galley: {exc}", file=sys.stderr)
         return 2
     hosts = gather(inventory)
     report = analyse(hosts, days)

@@ -263,6 +263,7 @@ def _check_capabilities(client: hvac.Client, addr: str, needed: dict[str, str]) 
     ]
     if missing:
         raise VaultError(
-            f"token lacks {', '.join(missing)} (grant them with the galley deploy policy that "
-            "the Vault bootstrap writes)"
+            f"token lacks {', '.join(missing)} (use a token with the policy of this job that "
+            "`galley vault bootstrap` writes: <cluster>-etcd, -control-plane, -workers or "
+            "-deploy)"
         )

@@ -4,6 +4,7 @@ Reads the state `galley lab up` recorded; SSH key, pinned host keys, Vault and t
 mirror come from it, so no flags or environment variables are needed.
 """
 
+from galley.inventory.validate import checked
 from galley.lab.inventory import lab_groups, lab_overrides
 from galley.lab.state import LabState
 
@@ -11,7 +12,7 @@ _state = LabState.load()
 if _state is None:
     raise SystemExit("galley: no lab is up: run `galley lab up` first")
 
-_groups = lab_groups(_state, lab_overrides(_state))
+_groups = checked(lab_groups(_state, lab_overrides(_state)), __file__)
 etcd = _groups["etcd"]
 control_plane = _groups["control_plane"]
 workers = _groups["workers"]

@@ -4,8 +4,9 @@ Needs DIGITALOCEAN_TOKEN; other settings are described in galley/inventory/sourc
 """
 
 from galley.inventory.sources import digitalocean_groups
+from galley.inventory.validate import checked
 
-_groups = digitalocean_groups("k8s-nyc3")
+_groups = checked(digitalocean_groups("k8s-nyc3"), __file__)
 etcd = _groups["etcd"]
 control_plane = _groups["control_plane"]
 workers = _groups["workers"]

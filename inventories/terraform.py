@@ -7,8 +7,9 @@ file), else ../terraform next to this directory; other settings are in galley/in
 from pathlib import Path
 
 from galley.inventory.sources import terraform_groups
+from galley.inventory.validate import checked
 
-_groups = terraform_groups(Path(__file__).resolve().parent.parent / "terraform")
+_groups = checked(terraform_groups(Path(__file__).resolve().parent.parent / "terraform"), __file__)
 etcd = _groups["etcd"]
 control_plane = _groups["control_plane"]
 workers = _groups["workers"]

@@ -21,7 +21,7 @@ from pyinfra.operations import files, python, server, systemd
 from galley.components.kubernetes import TEMPLATES
 from galley.components.model import Artifact, Cert, Component, Config, Configured
 from galley.downloads import sha256_of
-from galley.host.release import Release, install_release
+from galley.host.release import DEFAULT_STALL_SECONDS, Release, install_release
 from galley.host.restarts import restart_when_pending
 from galley.host.tls import HostCert, host_certificates
 from galley.pki import mount_path
@@ -64,6 +64,7 @@ def install_artifact(artifact: Artifact, data, version: str | None = None) -> Re
         strip_components=artifact.strip_components,
         archive=artifact.archive,
         link_names={name.format(arch=arch): link for name, link in artifact.link_names.items()},
+        stall_seconds=data.get("download_stall_seconds") or DEFAULT_STALL_SECONDS,
     )
 
 

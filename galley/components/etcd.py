@@ -222,6 +222,5 @@ ETCD = Component(
     ),
     user="etcd",
     user_home=DATA_DIR,
-    checks=("odd_members",),
     configure=_configure,
 )

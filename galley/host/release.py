@@ -45,6 +45,7 @@ from pyinfra.api.operation import OperationMeta
 from galley.facts.release import COMPLETE_MARKER, DEFAULT_PREFIX, InstalledReleases, LinkTargets
 
 DEFAULT_BIN_DIR = "/usr/local/bin"
+DEFAULT_STALL_SECONDS = 30
 
 _COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -87,10 +88,13 @@ def _fetch_script(
     binaries: Sequence[str],
     strip_components: int,
     archive: bool = True,
+    stall_seconds: int = DEFAULT_STALL_SECONDS,
 ) -> str:
     """Shell script that downloads, verifies and unpacks ``url`` into ``<base>/<version>/``.
 
-    With ``archive`` False the download is the single binary ``binaries[0]`` itself.
+    With ``archive`` False the download is the single binary ``binaries[0]`` itself. A
+    download slower than 1 KiB/s for ``stall_seconds`` is abandoned, and retries stop after
+    three times that, so a stalled mirror fails the run instead of hanging it.
     """
     q = shlex.quote
     if archive:
@@ -117,7 +121,10 @@ def _fetch_script(
             f'part="$base/.download/"{q(filename + ".part")}; tmp=""',
             """trap 'rm -f "$part"; if [ -n "$tmp" ]; then rm -rf "$tmp"; fi' EXIT""",
             "curl -fsSL --retry 5 --retry-delay 2 --retry-connrefused --connect-timeout 10 \\",
-            '  -o "$part" "$url" || { echo "download of $url failed" >&2; exit 1; }',
+            f"  --speed-limit 1024 --speed-time {int(stall_seconds)} "
+            f"--retry-max-time {3 * int(stall_seconds)} \\",
+            '  -o "$part" "$url" || { echo "download of $url failed (no progress or no answer)"'
+            ' >&2; exit 1; }',
             'got=$(sha256sum "$part" | cut -d " " -f 1)',
             'if [ "$got" != "$want" ]; then',
             '  echo "sha256 mismatch for $url: expected $want got $got" >&2',
@@ -148,13 +155,16 @@ def _fetch(
     prefix: str,
     strip_components: int,
     archive: bool,
+    stall_seconds: int,
 ) -> Iterator[str]:
     installed = host.get_fact(InstalledReleases, release=release, prefix=prefix)
     if installed["sha256"].get(version) == sha256:
         host.noop(f"{release} {version} is already installed")
         return
     base = _release_dir(prefix, release)
-    yield _fetch_script(base, version, url, sha256, binaries, strip_components, archive)
+    yield _fetch_script(
+        base, version, url, sha256, binaries, strip_components, archive, stall_seconds
+    )
 
 
 def _link_script(path: str, target: str) -> str:
@@ -246,6 +256,7 @@ def install_release(
     strip_components: int = 1,
     archive: bool = True,
     link_names: Mapping[str, str] | None = None,
+    stall_seconds: int = DEFAULT_STALL_SECONDS,
 ) -> Release:
     """Install ``version`` of a release (if not yet complete) and make it active.
 
@@ -270,6 +281,7 @@ def install_release(
         prefix=prefix,
         strip_components=strip_components,
         archive=archive,
+        stall_seconds=stall_seconds,
     )
     return _activation(release, version, binaries, prefix, bin_dir, link_names)
 

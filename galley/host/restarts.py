@@ -64,18 +64,24 @@ def restart_when_pending(
     ``serial`` restarts one host at a time.
     """
     paths = sorted(watched)
-    if state.should_check_for_changes() and not (
-        any(meta.will_change for meta in changes)
-        or host.get_fact(PendingRestart, unit=unit, paths=paths)
-    ):
-        return
+    options: dict = {}
+    if state.should_check_for_changes():
+        # Everything was evaluated already: decide now, so the plan (--dry) lists exactly the
+        # restarts the run will do. A unit this run starts needs no restart.
+        due = any(meta.will_change for meta in changes) or host.get_fact(
+            PendingRestart, unit=unit, paths=paths
+        )
+        if not due or started.will_change:
+            return
+    else:
+        options["_if"] = lambda: (
+            host.get_fact(PendingRestart, unit=unit, paths=paths) and not started.did_change()
+        )
     python.call(
         name=name or f"Restart {unit} (only if its files changed)",
         function=function,
         unit=unit,
         _serial=serial,
-        _if=lambda: (
-            host.get_fact(PendingRestart, unit=unit, paths=paths) and not started.did_change()
-        ),
+        **options,
         **kwargs,
     )

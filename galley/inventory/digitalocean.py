@@ -14,6 +14,8 @@ import requests
 DEFAULT_API_URL = "https://api.digitalocean.com"
 API_URL_ENV = "DIGITALOCEAN_API_URL"
 MAX_TOTAL_WAIT = 60.0
+# 200 droplets a page: far beyond any region, and a bound on a misbehaving API.
+MAX_PAGES = 100
 TIMEOUT = (10, 60)
 
 
@@ -71,8 +73,10 @@ def list_droplets(
 ) -> list[Droplet]:
     """Every droplet tagged `tag` (and in `region`, if given), following all pages.
 
-    Rate limiting (429) is retried at most `max_retries` times, waiting as the API asks but
-    never more than `max_total_wait` seconds in all; any other failure raises DigitalOceanError.
+    Rate limiting (429) and server errors (5xx) are retried at most `max_retries` times,
+    waiting as the API asks (429) or backing off (5xx), never more than `max_total_wait`
+    seconds in all; at most `MAX_PAGES` pages are read; any other failure raises
+    DigitalOceanError.
     """
     if not token:
         raise DigitalOceanError("no DigitalOcean API token given")
@@ -85,10 +89,12 @@ def list_droplets(
     droplets: dict[int, Droplet] = {}  # by id: a droplet created mid-listing shifts pages
     waited = 0.0
     retries = 0
+    pages = 0
     while url:
         response = _get(http, url, params, headers)
-        if response.status_code == 429:
-            delay = _retry_delay(response, retries)
+        if response.status_code == 429 or response.status_code >= 500:
+            limited = response.status_code == 429
+            delay = _retry_delay(response, retries) if limited else float(2**retries)
             if retries >= max_retries or waited + delay > max_total_wait:
                 raise DigitalOceanError(
                     f"{_describe(response)}; gave up after {retries} retries and "
@@ -106,7 +112,12 @@ def list_droplets(
             raise DigitalOceanError(f"GET {response.url}: the response has no droplets list")
         droplets.update((d.id, d) for d in map(droplet_from_api, items))
         seen.add(response.url)
+        pages += 1
         url = ((body.get("links") or {}).get("pages") or {}).get("next")
+        if url and pages >= MAX_PAGES:
+            raise DigitalOceanError(
+                f"GET {response.url}: more than {MAX_PAGES} pages of droplets; refusing to go on"
+            )
         params = None
         if url and (urlsplit(url)[:2] != origin or url in seen):
             raise DigitalOceanError(f"refusing to follow pagination link {url!r}")

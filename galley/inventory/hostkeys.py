@@ -30,7 +30,12 @@ from typing import Any
 import paramiko
 from pyinfra.api.exceptions import InventoryError
 
-from galley.inventory.load import contacting_hosts, load_inventory, unchecked
+from galley.inventory.load import (
+    InventoryLoadError,
+    contacting_hosts,
+    load_inventory,
+    unchecked,
+)
 
 ENV = "GALLEY_KNOWN_HOSTS"
 DEFAULT_ROOT = Path("~/.config/galley/known_hosts")
@@ -220,8 +225,8 @@ def _load(inventory_path: str) -> list[tuple[Target, Path]] | None:
     try:
         with unchecked():
             inventory = load_inventory(inventory_path)
-    except Exception as exc:  # any failure while loading user code is reported the same way
-        print(f"galley: cannot load {inventory_path}: {exc}", file=sys.stderr)
+    except InventoryLoadError as exc:
+        print(f"galley: {exc}", file=sys.stderr)
         return None
     hosts = [(host.name, host.data.dict()) for host in inventory]
     files = {name: data.get("ssh_known_hosts_file") for name, data in hosts}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable, Mapping
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from pyinfra.api.exceptions import InventoryError as PyinfraInventoryError
 from galley.inventory import hostkeys
 from galley.inventory.digitalocean import DigitalOceanError, Droplet, api_url, list_droplets
 from galley.inventory.terraform import TerraformError, load_droplets
+from galley.text import clean
 
 DEFAULT_ROLE_TAGS: Mapping[str, str] = {
     "etcd": "role:etcd",
@@ -101,10 +103,17 @@ def digitalocean_groups(
         )
     tag = environ.get("GALLEY_CLUSTER_TAG") or default_tag
     try:
-        droplets = list_droplets(token, tag, base_url=api_url(environ))
+        droplets = list(_tagged(token, tag, api_url(environ)))
     except DigitalOceanError as exc:
         raise InventoryError(str(exc)) from exc
     return _groups(droplets, tag, environ)
+
+
+@cache
+def _tagged(token: str, tag: str, base_url: str) -> tuple[Droplet, ...]:
+    """The droplets tagged ``tag``, listed once per process (the inventory is loaded twice:
+    once to be validated before any host is contacted, once by pyinfra)."""
+    return tuple(list_droplets(token, tag, base_url=base_url))
 
 
 def terraform_groups(
@@ -181,4 +190,4 @@ def _check_unique_names(droplets: list[Droplet]) -> None:
 
 def _warn(what: str, names: list[str]) -> None:
     if names:
-        print(f"galley: ignoring {what}: {', '.join(names)}", file=sys.stderr)
+        print(f"galley: ignoring {what}: {clean(', '.join(names))}", file=sys.stderr)

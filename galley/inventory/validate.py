@@ -20,7 +20,7 @@ import galley.components as registry
 from galley.components.kubernetes import first_service_ip
 from galley.components.model import Artifact, Component
 from galley.downloads import ChecksumError, sha256_of
-from galley.inventory.load import load_inventory
+from galley.inventory.load import InventoryLoadError, contacting_hosts, load_inventory
 from galley.problems import Problem
 from galley.vault import VaultError, VaultSettings
 
@@ -56,7 +56,7 @@ def problems(
     names = [c for c in components if isinstance(c, str)]
     chosen = [c for c in components if isinstance(c, Component)]
     chosen += registry.select(names) if names else []
-    found = _names(inventory) + _private_addresses(inventory)
+    found = inventory_problems(inventory)
     for component in chosen:
         hosts = inventory.get_group(component.group, [])
         found += _group_size(component, hosts)
@@ -83,8 +83,8 @@ def validate_cli(inventory_path: str, components: Iterable[str] = ()) -> int:
     try:
         chosen = registry.select(components) if components else list(registry.REGISTRY)
         inventory = load_inventory(inventory_path)
-    except Exception as exc:  # any failure while loading user code is reported the same way
-        print(f"galley: cannot validate {inventory_path}: {exc}", file=sys.stderr)
+    except InventoryLoadError as exc:
+        print(f"galley: {exc}", file=sys.stderr)
         return 2
     found = problems(inventory, chosen)
     for problem in found:
@@ -94,6 +94,36 @@ def validate_cli(inventory_path: str, components: Iterable[str] = ()) -> int:
         return 1
     print(f"OK: {len(inventory)} hosts")
     return 0
+
+
+def inventory_problems(inventory: Inventory) -> list[Problem]:
+    """The problems of the inventory itself, whatever is deployed: names, addresses, the
+    cluster's settings (checked before pyinfra connects, see `checked`)."""
+    found = _names(inventory) + _private_addresses(inventory)
+    found += _per_host(_cluster_hosts(inventory), _settings_check)
+    found += _odd_members(inventory.get_group("etcd", []))
+    return list(dict.fromkeys(found))
+
+
+def checked(groups: Mapping[str, list], inventory_file: str) -> Mapping[str, list]:
+    """Return ``groups`` if the inventory in ``inventory_file`` (which defines them) is valid
+    with its group data; otherwise stop, before pyinfra contacts any host, with one line per
+    problem. Inventory modules end with ``... = checked(groups, __file__)``.
+
+    The inventory is loaded again as pyinfra loads it (`load_inventory`, offline), in which
+    load this check returns at once.
+    """
+    if not contacting_hosts():
+        return groups
+    try:
+        inventory = load_inventory(inventory_file)
+    except InventoryLoadError as exc:
+        raise SystemExit(f"galley: {exc}") from None
+    found = inventory_problems(inventory)
+    if found:
+        lines = "\n".join(str(problem) for problem in found)
+        raise SystemExit(f"galley: the inventory is not valid, no host was contacted:\n{lines}")
+    return groups
 
 
 def _cluster_hosts(inventory: Inventory) -> list[Host]:
@@ -143,7 +173,7 @@ def _group_size(component: Component, hosts: list[Host]) -> list[Problem]:
     return []
 
 
-def _odd_members(inventory: Inventory, group: str, hosts: list[Host]) -> list[Problem]:
+def _odd_members(hosts: list[Host], group: str = "etcd") -> list[Problem]:
     """Quorum: an odd member count unless ``<group>_allow_even_members``."""
     allow_even = f"{group}_allow_even_members"
     even = len(hosts) % 2 == 0
@@ -199,6 +229,46 @@ def _checksum_check(artifact: Artifact) -> Check:
             yield field, f"{key} {version} {arch}: {digest!r} is not a sha256"
 
     return check
+
+
+DNS_NAME = re.compile(rf"{LABEL.pattern}(\.{LABEL.pattern})*")
+# registry/name[:tag][@digest], as container image references are written.
+IMAGE = re.compile(
+    r"[a-z0-9][a-z0-9._/-]*(:[0-9]+)?(/[a-z0-9._-]+)*(:[\w][\w.-]{0,127})?(@sha256:[0-9a-f]{64})?"
+)
+ARCHES = ("amd64", "arm64")
+PORTS = ("api_port", "etcd_client_port", "etcd_peer_port", "etcd_metrics_port")
+
+
+def _is_port(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536
+
+
+def _settings_check(host: Host) -> Iterable[tuple[str, str]]:
+    """Values that reach unit files, configs, commands and Vault roles: type and shape."""
+    data = host.data
+    cluster = data.get("cluster_name")
+    if not isinstance(cluster, str) or not LABEL.fullmatch(cluster) or len(cluster) > 40:
+        yield "cluster_name", f"{cluster!r} must be a DNS label of at most 40 characters"
+    elif LABEL.fullmatch(host.name) and not host.name.startswith(f"{cluster}-"):
+        yield (
+            "name",
+            f"does not fit the cluster's naming scheme {cluster}-*: the Vault roles would refuse "
+            "to sign its certificates",
+        )
+    domain = data.get("cluster_domain")
+    if domain is not None and not (isinstance(domain, str) and DNS_NAME.fullmatch(domain)):
+        yield "cluster_domain", f"{domain!r} is not a DNS name"
+    arch = data.get("arch")
+    if arch is not None and arch not in ARCHES:
+        yield "arch", f"{arch!r} is not one of {', '.join(ARCHES)}"
+    for port in PORTS:
+        value = data.get(port)
+        if value is not None and not _is_port(value):
+            yield port, f"must be a TCP port, not {value!r}"
+    image = data.get("sandbox_image")
+    if image is not None and not (isinstance(image, str) and IMAGE.fullmatch(image)):
+        yield "sandbox_image", f"{image!r} is not a container image reference"
 
 
 def _network_check(host: Host) -> Iterable[tuple[str, str]]:
@@ -306,7 +376,6 @@ def _vault_check(environ: Mapping[str, str]) -> Check:
 
 # The rules a component's declaration may name in ``checks``.
 RULES: Mapping[str, Callable[[Inventory, str, list[Host]], list[Problem]]] = {
-    "odd_members": _odd_members,
     "networks": _networks,
     "api": _api,
     "flannel": _flannel,

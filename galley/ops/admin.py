@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import NameOID
 
 from galley.components.kubernetes import TEMPLATES, api_url
-from galley.inventory.load import load_inventory
+from galley.inventory.load import InventoryLoadError, load_inventory
 from galley.pki import Identity, mount_path, parse_duration, read_ca, resign_reason, sign
 from galley.vault import VaultError, VaultSettings, connect
 
@@ -182,9 +182,9 @@ def admin_cli(inventory_path: str) -> int:
         inventory = load_inventory(inventory_path)
         (first, *_) = inventory.get_group("control_plane", []) or [None]
         if first is None:
-            raise ValueError(f"{inventory_path} has no control_plane hosts")
-    except Exception as exc:  # any failure while loading user code is reported the same way
-        print(f"galley: cannot load {inventory_path}: {exc}", file=sys.stderr)
+            raise InventoryLoadError(f"{inventory_path} has no control_plane hosts")
+    except InventoryLoadError as exc:
+        print(f"galley: {exc}", file=sys.stderr)
         return 2
     data = first.data
     cluster = data.cluster_name

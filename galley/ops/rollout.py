@@ -16,23 +16,22 @@ is switched back, restarted, waited for and uncordoned, and the run stops. The j
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Protocol
 
 from galley.components.kube_proxy import KUBE_PROXY
 from galley.components.kubelet import KUBELET
 from galley.components.kubernetes import api_url
 from galley.ops.admin import AdminFiles, operator_dir
-from galley.ops.batches import ARTIFACTS, PyinfraHosts, target_version
+from galley.ops.journal import Journal, JournalError
 from galley.ops.kubeapi import ApiError, KubeApi, kubelet_version, node_ready, node_unschedulable
+from galley.ops.kubelet_hosts import ARTIFACTS, PyinfraHosts, target_version
+from galley.text import clean
 from galley.versions import VersionError, skew_problems
 from galley.versions import bare as bare_version
 
@@ -209,53 +208,6 @@ def drain(
         sleep(interval)
 
 
-class Journal:
-    """What a rollout did so far, written after every step (JSON, replaced atomically)."""
-
-    def __init__(self, path: Path, data: dict) -> None:
-        self.path = path
-        self.data = data
-
-    @classmethod
-    def start(cls, path: Path, target: str, resume: bool) -> Journal:
-        """A new journal, or with ``resume`` the unfinished one for the same target."""
-        old = json.loads(path.read_text()) if path.exists() else None
-        if resume:
-            if old is None:
-                raise RolloutError(f"--resume: there is no rollout journal at {path}")
-            if old.get("target") != target:
-                raise RolloutError(
-                    f"--resume: the journal {path} is a rollout to {old.get('target')}, "
-                    f"not {target}"
-                )
-            return cls(path, old | {"status": "running"})
-        if old is not None and old.get("status") == "running":
-            raise RolloutError(
-                f"an interrupted rollout to {old.get('target')} is recorded in {path}: "
-                "rerun with --resume, or remove the file to start over"
-            )
-        started = datetime.now(UTC).isoformat(timespec="seconds")
-        return cls(path, {"target": target, "status": "running", "started": started, "nodes": {}})
-
-    def node(self, name: str) -> dict:
-        """The record of one node (created empty)."""
-        return self.data["nodes"].setdefault(name, {})
-
-    def done(self) -> list[str]:
-        """Nodes finished in this rollout."""
-        return [
-            name for name, record in self.data["nodes"].items() if record.get("state") == "done"
-        ]
-
-    def update(self, name: str | None = None, **values: Any) -> None:
-        """Set ``values`` on node ``name`` (or the run, when None) and save."""
-        (self.node(name) if name else self.data).update(values)
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        new = self.path.with_name(self.path.name + ".galley-new")
-        new.write_text(json.dumps(self.data, indent=2, sort_keys=True) + "\n")
-        os.replace(new, self.path)
-
-
 @dataclass
 class Rollout:
     """Runs a `Plan`: ``api`` is the cluster, ``apiservers`` each one for the gates."""
@@ -279,10 +231,29 @@ class Rollout:
 
     def say(self, node: str, step: str) -> None:
         """A progress line: elapsed time, node, step."""
-        self.out(f"[{self.clock() - self.started:7.1f}s] {node}: {step}")
+        self.out(clean(f"[{self.clock() - self.started:7.1f}s] {node}: {step}"))
 
     def run(self, plan: Plan) -> int:
-        """Upgrade batch after batch; 0 when every node is at the target, 1 when stopped."""
+        """Upgrade batch after batch; 0 when every node is at the target, 1 when stopped.
+
+        Whatever goes wrong (an API error, a bug, Ctrl-C), the nodes this run cordoned and did
+        not finish are uncordoned and the journal records how the run ended before the error
+        goes on (``interrupted`` stays resumable: a plain rerun is refused)."""
+        try:
+            return self._run(plan)
+        except BaseException as exc:
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            for name in list(self.cordoned_at):
+                if self.journal.node(name).get("state") != "done":
+                    with contextlib.suppress(Exception):
+                        self._uncordon(name)
+            self.journal.update(
+                status="interrupted" if interrupted else "failed",
+                error=clean(f"{type(exc).__name__}: {exc}"),
+            )
+            raise
+
+    def _run(self, plan: Plan) -> int:
         for number, batch in enumerate(plan.batches, 1):
             names = [step.node for step in batch]
             problems = gate_problems(
@@ -493,7 +464,7 @@ def rollout_kubelet_cli(
 ) -> int:
     """`galley rollout kubelet --to VERSION INVENTORY`: 0 done (or nothing to do), 1 stopped
     with a report, 2 refused before any change."""
-    from galley.inventory.load import load_inventory
+    from galley.inventory.load import InventoryLoadError, load_inventory
 
     try:
         target = bare(to)
@@ -501,7 +472,7 @@ def rollout_kubelet_cli(
         plan, journal, budget, endpoint, apiservers = _prepare(
             inventory, target, max_unavailable, resume
         )
-    except (RolloutError, ApiError, FileNotFoundError) as exc:
+    except (RolloutError, JournalError, ApiError, InventoryLoadError) as exc:
         print(f"galley: rollout: {exc} (nothing was changed)", file=sys.stderr)
         return 2
     for line in plan.describe():
@@ -530,3 +501,10 @@ def rollout_kubelet_cli(
             f"galley: rollout interrupted: resume with --resume ({journal.path})", file=sys.stderr
         )
         return 130
+    except Exception as exc:  # recorded in the journal by Rollout.run, nodes uncordoned
+        print(
+            f"galley: rollout failed: {clean(f'{type(exc).__name__}: {exc}')}; the nodes it "
+            f"cordoned are uncordoned; see {journal.path}",
+            file=sys.stderr,
+        )
+        return 1

@@ -82,7 +82,7 @@ def cluster(lab, vault):
 def client_cert(cluster, vault, tmp_path_factory) -> tuple[str, str, str]:
     """An etcd client certificate from Vault (key made here, as an operator's would be)."""
     issued = vault.secrets.pki.generate_certificate(
-        "etcd-client", "etcd-healthcheck-client", mount_point="lab/pki/etcd"
+        "etcd-healthcheck-client", "etcd-healthcheck-client", mount_point="lab/pki/etcd"
     )["data"]
     directory = tmp_path_factory.mktemp("client")
     paths = [directory / name for name in ("client.crt", "client.key", "ca.crt")]

@@ -92,13 +92,23 @@ def test_a_bad_token_gives_the_apis_401_message_without_the_token():
     assert "dop_v1_wrong" not in message
 
 
-def test_a_server_error_names_the_request_id():
-    with serve(_fleet(1), TOKEN) as api:
-        api.fail_next(500)
+def test_server_errors_are_retried_with_backoff_then_name_the_request_id():
+    slept: list[float] = []
+    with serve(_fleet(2), TOKEN) as api:
+        api.fail_next(500, count=2)
+        assert len(list_droplets(TOKEN, "k8s-nyc3", base_url=api.url, sleep=slept.append)) == 2
+        assert slept == [1.0, 2.0]
+        api.fail_next(500, count=10)
         with pytest.raises(DigitalOceanError) as caught:
-            list_droplets(TOKEN, "k8s-nyc3", base_url=api.url, sleep=_no_sleep)
+            list_droplets(TOKEN, "k8s-nyc3", base_url=api.url, sleep=slept.append, max_retries=3)
     assert "500 server_error: Server was unable to give you a response." in str(caught.value)
-    assert "(request_id " in str(caught.value)
+    assert "(request_id " in str(caught.value) and "gave up after 3 retries" in str(caught.value)
+
+
+def test_pages_are_capped(monkeypatch):
+    monkeypatch.setattr("galley.inventory.digitalocean.MAX_PAGES", 2)
+    with serve(_fleet(5), TOKEN) as api, pytest.raises(DigitalOceanError, match="more than 2 pages"):
+        list_droplets(TOKEN, "k8s-nyc3", base_url=api.url, per_page=2)
 
 
 def test_an_unreachable_api_is_a_digitalocean_error():

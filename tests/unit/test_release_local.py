@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import socket
 import subprocess
 import sys
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,3 +282,26 @@ def test_rollback_to_a_version_not_installed_fails_and_keeps_current(site: Site)
     assert "0.9.0/.galley-complete does not exist" in run.stdout + run.stderr
     assert site.run_tool() == "tool 1.0.0"
     assert site.restart_count() == 1
+
+
+def test_a_stalled_mirror_fails_within_its_timeout_and_keeps_the_running_version(
+    site: Site,
+) -> None:
+    v1 = site.publish("1.0.0")
+    site.install("1.0.0", v1)
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/tool-v2.0.0.tar.gz"
+        call = (
+            f"install_release('tool', '2.0.0', {url!r}, {'0' * 64!r}, {BINARIES!r}, "
+            f"prefix={str(site.prefix)!r}, bin_dir={str(site.bin_dir)!r}, stall_seconds=2)"
+        )
+        started = time.monotonic()
+        run = site.pyinfra(call)
+        elapsed = time.monotonic() - started
+    assert run.returncode != 0
+    assert f"download of {url} failed (no progress or no answer)" in run.stdout + run.stderr
+    assert elapsed < 30
+    assert site.run_tool() == "tool 1.0.0"
+    assert not (site.prefix / "tool" / "2.0.0").exists()

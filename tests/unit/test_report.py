@@ -197,3 +197,16 @@ def test_every_component_of_a_worker_is_reported_and_a_kubelet_newer_than_the_ap
     ]
     assert ("worker-1", "kubelet", "1.34.1", "1.34.1", "1.34.1") in flagged(report, "versions")
     assert not any(row[0] == "worker-2" for row in flagged(report, "versions"))
+
+
+def test_a_host_whose_facts_failed_is_flagged_and_the_rest_reported():
+    fleet = healthy_fleet()
+    fleet["etcd-2"] = etcd_host(fact_errors={"certificates": "ValueError: bad line"})
+    del fleet["etcd-2"]["certificates"]
+    report = analyse(fleet, days=14, now=NOW)
+    assert [str(p) for p in report.problems] == [
+        "etcd-2: hosts: facts failed: certificates: ValueError: bad line"
+    ]
+    assert ("etcd-2", "etcd,nyc3") == flagged(report, "hosts")[0][:2]
+    assert flagged(report, "hosts")[0][-1] == "FACTS FAILED: certificates"
+    assert len(table(report, "versions").rows) == 2  # etcd-2's other facts still count

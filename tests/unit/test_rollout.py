@@ -8,8 +8,10 @@ import pytest
 from pyinfra.api import Inventory, deploy
 from pyinfra.operations import python, server
 
-from galley.ops.batches import HostOutcome, PyinfraHosts, target_version
+from galley.ops.batches import Batches, HostOutcome
+from galley.ops.journal import JournalError
 from galley.ops.kubeapi import Eviction, eviction_blocker
+from galley.ops.kubelet_hosts import target_version
 from galley.ops.rollout import (
     Journal,
     Plan,
@@ -348,9 +350,9 @@ def test_resume_skips_finished_nodes_and_keeps_the_recorded_previous_version(tmp
     first = Journal.start(path, NEW, resume=False)
     first.update("w-b", state="done")
     first.update("w-a", state="upgrading", previous={"kubelet": "1.33.4", "kube-proxy": "1.33.4"})
-    with pytest.raises(RolloutError, match="--resume"):
+    with pytest.raises(JournalError, match="--resume"):
         Journal.start(path, NEW, resume=False)
-    with pytest.raises(RolloutError, match=r"not 1\.33\.7"):
+    with pytest.raises(JournalError, match=r"not 1\.33\.7"):
         Journal.start(path, "1.33.7", resume=True)
     resumed = Journal.start(path, NEW, resume=True)
     assert resumed.done() == ["w-b"]
@@ -363,7 +365,7 @@ def test_resume_skips_finished_nodes_and_keeps_the_recorded_previous_version(tmp
 
 
 def test_resume_needs_a_journal(tmp_path):
-    with pytest.raises(RolloutError, match="no rollout journal"):
+    with pytest.raises(JournalError, match="no rollout journal"):
         Journal.start(tmp_path / "none.json", NEW, resume=True)
 
 
@@ -380,7 +382,7 @@ def test_a_target_without_checksums_is_refused():
 
 
 @deploy("Test host work")
-def _host_work(timeout, outcomes, fail: bool) -> None:
+def _host_work(outcomes, fail: bool) -> None:
     server.shell(name="fail" if fail else "succeed", commands=["false" if fail else "true"])
     python.call(
         name="healthy",
@@ -390,8 +392,46 @@ def _host_work(timeout, outcomes, fail: bool) -> None:
 
 def test_host_batches_reuse_one_inventory_and_report_unfinished_hosts():
     inventory = Inventory((["@local"], {}), workers=(["@local"], {}))
-    hosts = PyinfraHosts(inventory, health_timeout=1)
-    assert hosts._run(["@local"], _host_work, fail=False)["@local"].error is None
-    failed = hosts._run(["@local"], _host_work, fail=True)["@local"]
+    batches = Batches(inventory)
+    assert batches.run(["@local"], _host_work, fail=False)["@local"].error is None
+    failed = batches.run(["@local"], _host_work, fail=True)["@local"]
     assert failed.error is not None and "did not finish" in failed.error
-    assert hosts._run(["@local"], _host_work, fail=False)["@local"].error is None
+    assert batches.run(["@local"], _host_work, fail=False)["@local"].error is None
+
+
+def test_a_corrupt_journal_is_one_clear_error(tmp_path):
+    path = tmp_path / "journal.json"
+    path.write_text('{"target": "1.33.6", "status": "runn')
+    with pytest.raises(JournalError, match=r"journal .* is not valid JSON"):
+        Journal.start(path, NEW, resume=True)
+
+
+class BrokenHosts(FakeHosts):
+    """Host work that fails with an error nobody planned for."""
+
+    def upgrade(self, names, record):
+        raise RuntimeError("connection to lab-worker-1 reset")
+
+
+def test_an_unexpected_error_uncordons_what_it_cordoned_and_records_the_end(tmp_path):
+    api = FakeApi([node(n) for n in WORKERS])
+    run = rollout(api, BrokenHosts(api), tmp_path)
+    with pytest.raises(RuntimeError):
+        run.run(plan_for(api))
+    assert not any(api.node(n)["spec"].get("unschedulable") for n in WORKERS)
+    journal = json.loads((tmp_path / "journal.json").read_text())
+    assert journal["status"] == "failed"
+    assert journal["error"] == "RuntimeError: connection to lab-worker-1 reset"
+    assert Journal.start(tmp_path / "journal.json", NEW, resume=False).data["nodes"] == {}
+
+
+def test_an_interrupted_rollout_is_resumable_and_a_plain_rerun_refused(tmp_path):
+    api = FakeApi([node(n) for n in WORKERS])
+    hosts = FakeHosts(api)
+    hosts.upgrade = lambda names, record: (_ for _ in ()).throw(KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        rollout(api, hosts, tmp_path).run(plan_for(api))
+    assert not any(api.node(n)["spec"].get("unschedulable") for n in WORKERS)
+    with pytest.raises(JournalError, match="interrupted rollout"):
+        Journal.start(tmp_path / "journal.json", NEW, resume=False)
+    assert Journal.start(tmp_path / "journal.json", NEW, resume=True).data["status"] == "running"

@@ -40,15 +40,15 @@ GOOD = {
 ENV = {"VAULT_TOKEN": "s.test"}
 ALL = ("etcd", "control_plane")
 HOSTS = {
-    "etcd-1": {"private_ip": "10.108.0.11"},
-    "etcd-2": {"private_ip": "10.108.0.12"},
-    "etcd-3": {"private_ip": "10.108.0.13"},
-    "worker-1": {"private_ip": "10.108.0.21"},
+    "test-etcd-1": {"private_ip": "10.108.0.11"},
+    "test-etcd-2": {"private_ip": "10.108.0.12"},
+    "test-etcd-3": {"private_ip": "10.108.0.13"},
+    "test-worker-1": {"private_ip": "10.108.0.21"},
 }
 GROUPS = {
-    "etcd": ["etcd-1", "etcd-2", "etcd-3"],
-    "control_plane": ["etcd-1"],
-    "workers": ["worker-1"],
+    "etcd": ["test-etcd-1", "test-etcd-2", "test-etcd-3"],
+    "control_plane": ["test-etcd-1"],
+    "workers": ["test-worker-1"],
 }
 
 
@@ -88,38 +88,38 @@ def test_validation_never_connects(monkeypatch):
 
 
 def test_check_raises_one_line_per_problem_naming_host_and_field():
-    hosts = HOSTS | {"etcd-1": {}, "Etcd_2": {"private_ip": "10.108.0.12"}}
-    groups = GROUPS | {"etcd": ["etcd-1", "Etcd_2", "etcd-3"]}
+    hosts = HOSTS | {"test-etcd-1": {}, "Etcd_2": {"private_ip": "10.108.0.12"}}
+    groups = GROUPS | {"etcd": ["test-etcd-1", "Etcd_2", "test-etcd-3"]}
     with pytest.raises(ValidationError) as caught:
         check(_inventory(hosts=hosts, groups=groups), ALL, ENV)
     assert str(caught.value).splitlines() == [
         "Etcd_2: name: not an RFC 1123 label (a-z, 0-9, '-', at most 63)",
-        "etcd-1: private_ip: missing (needed by cluster hosts)",
+        "test-etcd-1: private_ip: missing (needed by cluster hosts)",
     ]
     assert caught.value.problems[1] == Problem(
-        "etcd-1", "private_ip", "missing (needed by cluster hosts)"
+        "test-etcd-1", "private_ip", "missing (needed by cluster hosts)"
     )
 
 
 def test_host_names_must_be_rfc_1123_labels():
     hosts = HOSTS | {"w" * 64: {"private_ip": "10.108.0.30"}}
-    groups = GROUPS | {"workers": ["worker-1", "w" * 64]}
+    groups = GROUPS | {"workers": ["test-worker-1", "w" * 64]}
     assert _messages(_inventory(hosts=hosts, groups=groups)) == [
         f"{'w' * 64}: name: not an RFC 1123 label (a-z, 0-9, '-', at most 63)"
     ]
 
 
 def test_node_name_must_match_the_host_name():
-    hosts = _with("worker-1", node_name="worker-one")
+    hosts = _with("test-worker-1", node_name="worker-one")
     assert _messages(_inventory(hosts=hosts)) == [
-        "worker-1: node_name: 'worker-one' differs from the host name"
+        "test-worker-1: node_name: 'worker-one' differs from the host name"
     ]
 
 
 def test_cluster_hosts_need_a_private_ip():
-    hosts = HOSTS | {"worker-1": {}}
+    hosts = HOSTS | {"test-worker-1": {}}
     assert _messages(_inventory(hosts=hosts)) == [
-        "worker-1: private_ip: missing (needed by cluster hosts)"
+        "test-worker-1: private_ip: missing (needed by cluster hosts)"
     ]
 
 
@@ -129,16 +129,16 @@ def test_hosts_outside_cluster_groups_need_no_private_ip():
 
 
 def test_private_ip_must_be_an_ip_address():
-    hosts = _with("etcd-2", private_ip="10.108.0.256")
+    hosts = _with("test-etcd-2", private_ip="10.108.0.256")
     assert _messages(_inventory(hosts=hosts)) == [
-        "etcd-2: private_ip: '10.108.0.256' is not an IP address"
+        "test-etcd-2: private_ip: '10.108.0.256' is not an IP address"
     ]
 
 
 def test_private_addresses_must_be_unique():
-    hosts = _with("worker-1", private_ip="10.108.0.11")
+    hosts = _with("test-worker-1", private_ip="10.108.0.11")
     assert _messages(_inventory(hosts=hosts)) == [
-        "worker-1: private_ip: 10.108.0.11 is also used by etcd-1"
+        "test-worker-1: private_ip: 10.108.0.11 is also used by test-etcd-1"
     ]
 
 
@@ -149,7 +149,7 @@ def test_the_etcd_group_must_not_be_empty():
 
 
 def test_an_even_etcd_member_count_is_refused_unless_allowed():
-    groups = GROUPS | {"etcd": ["etcd-1", "etcd-2"]}
+    groups = GROUPS | {"etcd": ["test-etcd-1", "test-etcd-2"]}
     assert _messages(_inventory(groups=groups), {"etcd"}) == [
         "inventory: etcd: 2 members: an even number adds no fault tolerance "
         "(use an odd number, or set etcd_allow_even_members = True)"
@@ -181,9 +181,9 @@ def test_a_missing_version_is_reported():
 
 
 def test_a_problem_of_some_hosts_only_names_those_hosts():
-    hosts = _with("etcd-3", etcd_version="3.6.0")
+    hosts = _with("test-etcd-3", etcd_version="3.6.0")
     assert _messages(_inventory(hosts=hosts), {"etcd"}) == [
-        "etcd-3: etcd_checksums: no sha256 for etcd 3.6.0 on amd64"
+        "test-etcd-3: etcd_checksums: no sha256 for etcd 3.6.0 on amd64"
     ]
 
 
@@ -200,7 +200,7 @@ def test_a_problem_of_some_hosts_only_names_those_hosts():
 )
 def test_networks_must_be_valid_and_disjoint(data, message):
     found = _messages(_inventory(**data), {"control_plane"})
-    assert found and found[0].startswith(f"etcd-1: {message}"), found
+    assert found and found[0].startswith(f"test-etcd-1: {message}"), found
 
 
 def test_networks_are_only_checked_when_deploying_the_control_plane():
@@ -245,9 +245,9 @@ def test_first_service_ip_is_the_second_address_of_the_service_network():
 
 
 INVENTORY_FILE = """
-etcd = [("etcd-1", {"private_ip": "10.108.0.11"}), ("etcd-2", {"private_ip": "10.108.0.12"}),
-        ("etcd-3", {"private_ip": "10.108.0.13"})]
-control_plane = [("etcd-1", {"private_ip": "10.108.0.11"})]
+etcd = [("test-etcd-1", {"private_ip": "10.108.0.11"}), ("test-etcd-2", {"private_ip": "10.108.0.12"}),
+        ("test-etcd-3", {"private_ip": "10.108.0.13"})]
+control_plane = [("test-etcd-1", {"private_ip": "10.108.0.11"})]
 """
 # In a child process: loading an inventory file imports pyinfra_cli, which monkey-patches
 # the stdlib for gevent, and that must not leak into this test process.

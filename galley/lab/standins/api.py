@@ -45,10 +45,11 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+from . import tables
 from .etcd import EtcdClient, EtcdError
-from .serve import Request
+from .serve import Answer, Request, Route
 
 JSON = "application/json"
 NODE_GRACE_SECONDS = 10.0
@@ -62,22 +63,54 @@ _PATH = re.compile(
 )
 
 
+# The verbs every resource of the slice serves (watch and deletecollection are not served).
+VERBS = ("create", "delete", "get", "list", "patch", "update")
+
+
+@dataclass(frozen=True)
+class Subresource:
+    """A subresource: its verbs and what it answers with (by default its resource's kind)."""
+
+    name: str
+    verbs: tuple[str, ...]
+    kind: str = ""
+    api_version: str = ""
+
+
 @dataclass(frozen=True)
 class Resource:
-    """A resource type of the slice: its kind, API group and etcd key segment."""
+    """A resource type of the slice: its kind, API group, etcd key segment and discovery names."""
 
     plural: str
+    singular: str
     kind: str
     api_version: str
     key: str
     namespaced: bool
     fields: tuple[str, ...]  # fieldSelector labels it supports
-    subresources: tuple[str, ...] = ()
+    printer: tables.Printer  # its server-side Table
+    short_names: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    subresources: tuple[Subresource, ...] = ()
 
     @property
     def group(self) -> str:
         """The API group ("" for the core group)."""
         return self.api_version.rpartition("/")[0]
+
+    @property
+    def version(self) -> str:
+        """The version within the group."""
+        return self.api_version.rpartition("/")[2]
+
+    @property
+    def path(self) -> str:
+        """Where its group version is served: ``/api/v1`` or ``/apis/<group>/<version>``."""
+        return f"/apis/{self.api_version}" if self.group else f"/api/{self.api_version}"
+
+    def subresource(self, name: str | None) -> Subresource | None:
+        """The subresource called ``name``, if it has one."""
+        return next((sub for sub in self.subresources if sub.name == name), None)
 
 
 RESOURCES = {
@@ -85,29 +118,39 @@ RESOURCES = {
     for resource in (
         Resource(
             "nodes",
+            "node",
             "Node",
             "v1",
             "minions",
             False,
             ("metadata.name", "spec.unschedulable"),
-            ("status",),
+            tables.NODES,
+            short_names=("no",),
+            subresources=(Subresource("status", ("get", "patch", "update")),),
         ),
         Resource(
             "pods",
+            "pod",
             "Pod",
             "v1",
             "pods",
             True,
             ("metadata.name", "metadata.namespace", "spec.nodeName", "status.phase"),
-            ("eviction",),
+            tables.PODS,
+            short_names=("po",),
+            categories=("all",),
+            subresources=(Subresource("eviction", ("create",), "Eviction", "policy/v1"),),
         ),
         Resource(
             "poddisruptionbudgets",
+            "poddisruptionbudget",
             "PodDisruptionBudget",
             "policy/v1",
             "poddisruptionbudgets",
             True,
             ("metadata.name", "metadata.namespace"),
+            tables.PODDISRUPTIONBUDGETS,
+            short_names=("pdb",),
         ),
     )
 }
@@ -386,6 +429,28 @@ def disruption_status(pdb: dict, pods: list[dict]) -> dict:
     }
 
 
+def _running(pod: dict) -> dict:
+    """The status a kubelet reports for ``pod`` once all its containers run and are ready."""
+    now = timestamp()
+    containers = (pod.get("spec") or {}).get("containers") or []
+    return {
+        "phase": "Running",
+        "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}],
+        "startTime": now,
+        "containerStatuses": [
+            {
+                "name": container.get("name", ""),
+                "image": container.get("image", ""),
+                "ready": True,
+                "started": True,
+                "restartCount": 0,
+                "state": {"running": {"startedAt": now}},
+            }
+            for container in containers
+        ],
+    }
+
+
 def node_as_seen(node: dict, now: datetime.datetime | None = None) -> dict:
     """``node`` with Ready Unknown if the kubelet's last heartbeat is older than the grace."""
     now = now or _now()
@@ -435,19 +500,25 @@ class _Call:
         return body
 
 
+def _not_allowed() -> ApiError:
+    return ApiError(
+        405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
+    )
+
+
 def _call(request: Request) -> _Call:
     missing = ApiError(404, "NotFound", "the server could not find the requested resource", {})
     match = _PATH.match(request.path)
     resource = RESOURCES.get(match.group("resource")) if match else None
     if match is None or resource is None:
         raise missing
-    group = "api/v1" if resource.api_version == "v1" else f"apis/{resource.api_version}"
     namespace, name, sub = match.group("namespace", "name", "sub")
+    subresource = resource.subresource(sub)
     if (
-        match.group("group") != group
+        f"/{match.group('group')}" != resource.path
         or (namespace is not None and not resource.namespaced)
         or (resource.namespaced and namespace is None and (name or request.method != "GET"))
-        or (sub is not None and sub not in resource.subresources)
+        or (sub is not None and subresource is None)
     ):
         raise missing
     verbs = {
@@ -462,14 +533,10 @@ def _call(request: Request) -> _Call:
     verb = verbs.get((request.method, name is not None))
     if (
         verb is None
-        or (sub == "eviction") != (verb == "create" and name is not None)
-        or (sub == "status" and verb not in ("get", "update", "patch"))
+        or (subresource is not None and verb not in subresource.verbs)
+        or (subresource is None and verb == "create" and name is not None)
     ):
-        raise ApiError(
-            405,
-            "MethodNotAllowed",
-            "the server does not allow this method on the requested resource",
-        )
+        raise _not_allowed()
     return _Call(verb, resource, namespace, name, sub, request)
 
 
@@ -512,15 +579,78 @@ def _authorize(call: _Call, name: str | None) -> None:
     )
 
 
-class KubeApi:
-    """The request handler of the API slice, over a :class:`Store`."""
+# Accept clauses that ask for plain JSON (no conversion target).
+_JSON_RANGES = ("application/json", "application/*", "*/*")
+# What an object or list can be answered as: itself, or a meta.k8s.io Table of that version.
+_TABLES: dict[tuple[str, str, str] | None, str | None] = {
+    None: None,
+    ("meta.k8s.io", "v1", "Table"): "meta.k8s.io/v1",
+    ("meta.k8s.io", "v1beta1", "Table"): "meta.k8s.io/v1beta1",
+}
+_INCLUDE_OBJECT = ("", "None", "Metadata", "Object")
+T = TypeVar("T")
+# Non-resource paths anyone may read (RBAC's system:public-info-viewer); the rest of discovery
+# needs an authenticated user (system:discovery).
+PUBLIC_PATHS = ("/healthz", "/livez", "/readyz", "/version")
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
 
-    def __call__(self, request: Request) -> tuple[int, str, bytes]:
-        """Answer one API request (any path below /api or /apis)."""
+def negotiate(accept: str, offers: dict[tuple[str, str, str] | None, T]) -> T:
+    """The offer that the best clause of an ``Accept`` header can have (by quality, then order).
+
+    A clause with ``as``, ``g`` and ``v`` parameters asks for that conversion target
+    (group, version, kind) in JSON; one without asks for the plain JSON document (key None).
+    Clauses nobody offers are skipped, as the kube-apiserver does; none left is 406.
+    """
+    clauses = []
+    for order, clause in enumerate((accept or "*/*").split(",")):
+        media, *pairs = (part.strip() for part in clause.split(";"))
+        params = {key.strip(): value.strip() for key, _, value in (p.partition("=") for p in pairs)}
         try:
+            quality = float(params.pop("q", "1"))
+        except ValueError:
+            quality = 0.0
+        if quality > 0:
+            clauses.append((-quality, order, media.lower(), params))
+    for _, _, media, params in sorted(clauses):
+        if "as" in params:
+            target = (params.get("g", ""), params.get("v", ""), params["as"])
+            if media == "application/json" and target in offers:
+                return offers[target]
+        elif media in _JSON_RANGES and None in offers:
+            return offers[None]
+    raise ApiError(
+        406, "NotAcceptable", "only the following media types are accepted: application/json"
+    )
+
+
+def _authorize_path(request: Request) -> None:
+    """Discovery is for authenticated users; anonymous ones may read the public paths only."""
+    if request.common_name is not None or request.path in PUBLIC_PATHS:
+        return
+    raise ApiError(
+        403,
+        "Forbidden",
+        f'forbidden: User "system:anonymous" cannot {request.method.lower()} path "{request.path}"',
+        {},
+    )
+
+
+class KubeApi:
+    """The request handler of the API slice, over a :class:`Store`; ``paths`` answer the
+    non-resource GET paths (discovery, see the ``discovery`` module)."""
+
+    def __init__(self, store: Store, paths: dict[str, Route] | None = None) -> None:
+        self.store, self.paths = store, dict(paths or {})
+
+    def __call__(self, request: Request) -> Answer:
+        """Answer one request: a path of ``paths``, or any path below /api or /apis."""
+        try:
+            route = self.paths.get(request.path.rstrip("/") or "/")
+            if route is not None:
+                _authorize_path(request)
+                if request.method != "GET":
+                    raise _not_allowed()
+                return route(request)
             status, answer = self._answer(request)
         except ApiError as exc:
             status, answer = exc.code, exc.status()
@@ -535,10 +665,32 @@ class KubeApi:
         if call.verb == "create" and call.sub is None:
             name = (body.get("metadata") or {}).get("name") if body else None
         _authorize(call, name)
+        table = negotiate(request.headers.get("accept", ""), _TABLES)
+        include = request.query.get("includeObject", "")
+        if table is not None and include not in _INCLUDE_OBJECT:
+            raise ApiError(
+                400,
+                "BadRequest",
+                "Unable to convert to Table as requested: includeObject: Invalid value: "
+                f"\"{include}\": must be 'Metadata', 'Object', 'None', or empty",
+            )
         if call.sub == "eviction":
-            return self._evict(call, body or {})
-        handler = getattr(self, f"_{call.verb}")
-        return handler(call, body)
+            status, answer = self._evict(call, body or {})
+        else:
+            status, answer = getattr(self, f"_{call.verb}")(call, body)
+        if table is not None and answer.get("kind") != "Status":
+            answer = self._table(call.resource, answer, table, include)
+        return status, answer
+
+    @staticmethod
+    def _table(resource: Resource, answer: dict, api_version: str, include: str) -> dict:
+        """``answer`` (an object or a list of them) as a Table of meta.k8s.io ``api_version``."""
+        objects = [answer]
+        if "items" in answer:
+            kind = {"kind": resource.kind, "apiVersion": resource.api_version}
+            objects = [{**kind, **item} for item in answer["items"]]
+        version = answer["metadata"].get("resourceVersion", "")
+        return tables.table(resource.printer, objects, version, api_version, include, _now())
 
     def _present(self, resource: Resource, obj: dict, pods: list[dict] | None = None) -> dict:
         obj = {"kind": resource.kind, "apiVersion": resource.api_version, **obj}
@@ -628,12 +780,7 @@ class KubeApi:
     def _create(self, call: _Call, body: dict) -> tuple[int, dict]:
         obj = self._check_body(call, body)
         if call.resource.plural == "pods" and "status" not in obj:
-            obj["status"] = {
-                "phase": "Running",
-                "conditions": [
-                    {"type": "Ready", "status": "True", "lastTransitionTime": timestamp()}
-                ],
-            }
+            obj["status"] = _running(obj)
         return 201, self._present(call.resource, self.store.create(call.resource, obj))
 
     def _write(self, call: _Call, change: Callable[[dict], dict]) -> tuple[int, dict]:

@@ -8,7 +8,6 @@ galley.lab.artifacts writes into the zip application.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -19,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import files, serve
+from . import discovery, files, serve
 from .api import KubeApi, Store
 from .build import HEALTHY, VERSION
 from .etcd import EtcdClient, EtcdError
@@ -171,22 +170,6 @@ def _ok(request: serve.Request) -> tuple[int, str, bytes]:
     return 404, _TEXT, b"404 page not found\n"
 
 
-def _version_json() -> bytes:
-    major, minor = VERSION.removeprefix("v").split(".")[:2]
-    return json.dumps(
-        {
-            "major": major,
-            "minor": minor,
-            "emulationMajor": major,
-            "emulationMinor": minor,
-            "gitVersion": VERSION,
-            "goVersion": "stand-in",
-            "platform": "linux/amd64",
-        },
-        indent=2,
-    ).encode()
-
-
 class _EtcdHealth:
     """The apiserver's etcd check, cached for a second."""
 
@@ -253,10 +236,16 @@ def _apiserver(flags: Flags) -> Plan:
         flags.get("etcd-keyfile"),
     )
     etcd = _EtcdHealth(client)
-    api = KubeApi(Store(client, flags.get("etcd-prefix") or "/registry"))
+    host = _bind_host(flags.get("bind-address"))
+    port = _port(flags.get("secure-port", "6443"), "--secure-port")
+    advertised = flags.get("advertise-address") or host
+    address = f"[{advertised}]:{port}" if ":" in advertised else f"{advertised}:{port}"
+    api = KubeApi(
+        Store(client, flags.get("etcd-prefix") or "/registry"), discovery.paths(VERSION, address)
+    )
     anonymous = flags.get("anonymous-auth", "true") in _TRUE
 
-    def route(request: serve.Request) -> tuple[int, str, bytes]:
+    def route(request: serve.Request) -> serve.Answer:
         path = request.path
         if request.common_name is None and not anonymous:
             return 401, "application/json", b'{"kind":"Status","code":401,"reason":"Unauthorized"}'
@@ -269,13 +258,9 @@ def _apiserver(flags: Flags) -> Plan:
             check = "etcd" if path == "/healthz" else "etcd-readiness"
             body = f"[+]ping ok\n[+]log ok\n[-]{check} failed: reason withheld\n"
             return 500, _TEXT, (body + f"{path[1:]} check failed\n").encode()
-        if path == "/version":
-            return 200, "application/json", _version_json()
         return api(request)
 
     context = serve.tls_context(*serving, flags.get("client-ca-file"))
-    host = _bind_host(flags.get("bind-address"))
-    port = _port(flags.get("secure-port", "6443"), "--secure-port")
     return Plan([(host, port, route, context)])
 
 

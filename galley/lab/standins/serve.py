@@ -1,4 +1,4 @@
-"""HTTP(S) health endpoints for the stand-ins (lab/test only; stdlib only).
+"""HTTP(S) endpoints for the stand-ins (lab/test only; stdlib only).
 
 Each server runs in a daemon thread. TLS handshakes happen in the connection's own thread, so
 a client that fails the handshake (say, a certificate from another CA) cannot stall others.
@@ -18,7 +18,8 @@ from urllib.parse import parse_qs, urlsplit
 
 @dataclass(frozen=True)
 class Request:
-    """What a route sees of a request: the client certificate's CN and O values if one was sent."""
+    """What a route sees of a request: the client certificate's CN and O values if one was sent,
+    and the request headers (names in lower case)."""
 
     method: str
     path: str
@@ -27,10 +28,12 @@ class Request:
     body: bytes = b""
     common_name: str | None = None
     organizations: tuple[str, ...] = ()
+    headers: dict[str, str] = field(default_factory=dict)
 
 
-# route(request) -> (status, content type, body)
-Route = Callable[[Request], tuple[int, str, bytes]]
+# route(request) -> (status, content type, body), optionally with more response headers
+Answer = tuple[int, str, bytes] | tuple[int, str, bytes, dict[str, str]]
+Route = Callable[[Request], Answer]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -58,13 +61,18 @@ class _Handler(BaseHTTPRequestHandler):
             body=self.rfile.read(length) if length else b"",
             common_name=common_name,
             organizations=tuple(organizations),
+            headers={name.lower(): value for name, value in self.headers.items()},
         )
-        status, content_type, body = self.server.route(request)
+        status, content_type, body, *more = self.server.route(request)
         self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        for name, value in (more[0] if more else {}).items():
+            self.send_header(name, value)
+        if status != 304:  # Not Modified: no body, nor its headers
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if status != 304:
+            self.wfile.write(body)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
 

@@ -1,0 +1,106 @@
+"""Vault through the real CLIs on the lab's OpenBao: a token of one job deploys that job and
+nothing else, secrets never reach any output, and a sealed Vault stops a deploy before any
+host changes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from galley import cluster_secrets
+from galley.lab.lifecycle import VAULT_DIR
+from galley.lab.state import LAB_DIR
+
+from .conftest import lab_inventory_variant, lab_vault, run_cli, run_deploy
+from .test_cluster import cluster, first_run, ssh  # noqa: F401
+from .test_etcd import fingerprint
+
+ENCRYPTION_CONFIG = "/etc/kubernetes/encryption-config.yaml"
+
+
+@pytest.fixture(scope="module")
+def deployed(cluster):  # noqa: F811
+    """The lab after a whole-cluster deploy (test_cluster's fixture)."""
+    return cluster
+
+
+def _inventory_with_policy(lab, tmp_path: Path, policy: str) -> str:
+    """The lab's inventory with a token that holds only ``policy``."""
+    token = lab_vault(lab).auth.token.create(policies=[policy], ttl="1h")["auth"]["client_token"]
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    body = (
+        "for _group in (etcd, control_plane, workers):\n"
+        "    for _name, _data in _group:\n"
+        f"        _data['vault_token_file'] = {str(token_file)!r}\n"
+    )
+    return lab_inventory_variant(tmp_path, body)
+
+
+def test_a_workers_token_deploys_the_workers_and_nothing_else(deployed, tmp_path):
+    inventory = _inventory_with_policy(deployed, tmp_path, "lab-workers")
+    code, _, output = run_deploy("workers", inventory=inventory, check=False)
+    assert code == 0, output
+    before = fingerprint(deployed)
+    code, _, output = run_deploy("etcd", inventory=inventory, check=False)
+    assert code != 0
+    assert "token lacks " in output and "'update' on lab/pki/etcd/sign/etcd-member" in output
+    assert "nothing was changed" in output and "Traceback" not in output
+    assert fingerprint(deployed) == before
+
+
+def _secret_fragments(lab) -> list[str]:
+    """Material that must never be printed: the encryption key, a line of the service-account
+    private key."""
+    shared = cluster_secrets.read(lab_vault(lab), "lab")
+    key_lines = shared.service_account_key.strip().splitlines()
+    return [shared.encryption_key, key_lines[len(key_lines) // 2]]
+
+
+def test_secrets_never_reach_the_output_of_diff_dry_or_verbose_runs(deployed):
+    fragments = _secret_fragments(deployed)
+    ssh("lab-cp-1", f"echo '# drift' >> {ENCRYPTION_CONFIG}")
+    dry = run_cli("pyinfra", "inventories/lab.py", "deploys/control_plane.py", "--dry", "--diff")
+    assert f"secrets encryption config {ENCRYPTION_CONFIG}" in dry.stdout + dry.stderr
+    real = run_cli(
+        "pyinfra", "-y", "inventories/lab.py", "deploys/control_plane.py", "--diff", "-vv"
+    )
+    for output in (dry.stdout + dry.stderr, real.stdout + real.stderr):
+        for fragment in fragments:
+            assert fragment not in output
+        assert "PRIVATE KEY-----" not in output
+    assert "# drift" not in ssh("lab-cp-1", f"cat {ENCRYPTION_CONFIG}")
+    assert ssh("lab-cp-1", f"stat -c %a {ENCRYPTION_CONFIG}").strip() == "600"
+
+
+def test_debug_inventory_never_shows_the_token(deployed):
+    token = Path(deployed.vault_token_file).read_text().strip()
+    shown = run_cli("pyinfra", "inventories/lab.py", "debug-inventory")
+    assert "vault_token_file" in shown.stdout + shown.stderr
+    assert token not in shown.stdout + shown.stderr
+
+
+@pytest.fixture
+def sealed(deployed):
+    """The lab's OpenBao sealed for the test, unsealed afterwards with the lab's key."""
+    vault = lab_vault(deployed)
+    vault.sys.seal()
+    yield
+    key = (LAB_DIR / VAULT_DIR / "unseal-key").read_text().strip()
+    vault.sys.submit_unseal_key(key)
+
+
+def test_a_sealed_vault_stops_a_deploy_before_any_host_changes(deployed, sealed):
+    before = fingerprint(deployed)
+    code, _, output = run_deploy("etcd", check=False)
+    assert code != 0
+    assert "Vault at https://127.0.0.1:8200 is sealed: unseal it and re-run" in output
+    assert "Traceback" not in output
+    assert fingerprint(deployed) == before
+
+
+def test_after_unsealing_the_next_run_converges(deployed):
+    code, _, output = run_deploy("etcd")
+    assert code == 0, output
