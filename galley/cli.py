@@ -17,6 +17,7 @@ from galley.lab import lifecycle
 from galley.lab.state import LabState
 from galley.lab.system import LabError
 from galley.lab.topology import TopologyError, plan_droplets
+from galley.lock import LockError
 from galley.vault import VaultError
 
 
@@ -72,6 +73,21 @@ def _admin_credentials(args: argparse.Namespace) -> int:
     from galley.ops.admin import admin_cli
 
     return admin_cli(args.inventory)
+
+
+def _lock_break(args: argparse.Namespace) -> int:
+    from galley.inventory.load import InventoryLoadError, load_inventory
+    from galley.lock import break_lock, lock_paths
+    from galley.vault import VaultSettings, connect
+
+    try:
+        data = next(iter(load_inventory(args.inventory))).data
+    except (InventoryLoadError, StopIteration) as exc:
+        print(f"galley: {exc or 'the inventory has no hosts'}", file=sys.stderr)
+        return 2
+    client = connect(VaultSettings.from_data(data), lock_paths(data.cluster_name))
+    print(break_lock(client, data.cluster_name, force=args.force))
+    return 0
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -165,6 +181,16 @@ def _parser() -> argparse.ArgumentParser:
     credentials.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/nyc3.py")
     credentials.set_defaults(func=_admin_credentials)
 
+    lock = commands.add_parser("lock", help="the cluster's one-operator lock").add_subparsers(
+        dest="lock_command", required=True
+    )
+    breaking = lock.add_parser("break", help="free a lock whose holder is gone")
+    breaking.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/nyc3.py")
+    breaking.add_argument(
+        "--force", action="store_true", help="also break a lock whose lease is still live"
+    )
+    breaking.set_defaults(func=_lock_break)
+
     validate = commands.add_parser("validate", help="check an inventory without connecting")
     validate.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/nyc3.py")
     validate.add_argument("--components", help="comma-separated (default: all)")
@@ -241,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.func(args)
-    except (LabError, TopologyError, VaultError, KeyError) as exc:
+    except (LabError, TopologyError, VaultError, LockError, KeyError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) else str(exc)
         print(f"galley: error: {message}", file=sys.stderr)
         return 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections.abc import Callable, Sequence
 
 import hvac
@@ -11,10 +13,13 @@ from pyinfra.api.exceptions import PyinfraError
 from galley.components.model import Component
 from galley.host.ssh import disable_nagle
 from galley.inventory.validate import ValidationError, check
+from galley.lock import ClusterLock, LockError
 from galley.vault import VaultError, VaultSettings, lazy_client
 from galley.vault_setup import deploy_paths
 
 _checked: dict[tuple[int, tuple[str, ...]], Callable[[], hvac.Client]] = {}
+# pyinfra prepares hosts concurrently (gevent): the first host checks, the others wait for it.
+_checking = threading.Lock()
 
 
 class PreflightError(PyinfraError):
@@ -27,22 +32,31 @@ def preflight(components: Sequence[Component]) -> Callable[[], hvac.Client]:
     Called by `galley.converge` at the top of each deploy file (which pyinfra runs once per
     host, after connecting and before executing anything). Also turns off Nagle on every SSH
     connection (`galley.host.ssh`). Vault must allow exactly what deploying ``components``
-    needs. Returns the run's shared Vault client factory.
+    needs. A run that changes hosts (not ``--dry``) takes the cluster's lock (`galley.lock`)
+    for as long as it runs. Returns the run's shared Vault client factory.
     """
     key = (id(state), tuple(c.name for c in components))
-    if key not in _checked:
-        disable_nagle(inventory.get_active_hosts())
-        try:
-            check(inventory, components)
-        except ValidationError as exc:
-            raise PreflightError(
-                f"the inventory is not valid, nothing was changed:\n{exc}"
-            ) from exc
-        try:
-            settings = VaultSettings.from_data(host.data)
-            vault = lazy_client(settings, deploy_paths(host.data.cluster_name, components))
-            vault()
-        except VaultError as exc:
-            raise PreflightError(f"{exc} (nothing was changed)") from exc
-        _checked[key] = vault
+    with _checking:
+        if key not in _checked:
+            _checked[key] = _check(components)
     return _checked[key]
+
+
+def _check(components: Sequence[Component]) -> Callable[[], hvac.Client]:
+    disable_nagle(inventory.get_active_hosts())
+    try:
+        check(inventory, components)
+    except ValidationError as exc:
+        raise PreflightError(
+            f"the inventory is not valid, nothing was changed:\n{exc}"
+        ) from exc
+    try:
+        settings = VaultSettings.from_data(host.data)
+        vault = lazy_client(settings, deploy_paths(host.data.cluster_name, components))
+        if "--dry" not in sys.argv:  # a run that changes hosts holds the cluster's lock
+            command = " ".join(["pyinfra", *sys.argv[1:]])
+            ClusterLock.acquire(vault(), host.data.cluster_name, command).keep()
+        vault()
+    except (VaultError, LockError) as exc:
+        raise PreflightError(f"{exc} (nothing was changed)") from exc
+    return vault

@@ -185,9 +185,10 @@ def _transport_reason(exc: requests.RequestException) -> str:
 def connect(settings: VaultSettings, needed_paths: dict[str, str] | None = None) -> hvac.Client:
     """Log in to Vault and check it can do the caller's work, before any host is touched.
 
-    ``needed_paths`` maps each API path the caller will use to the capability it needs, e.g.
-    ``{"lab/pki/etcd/sign/etcd-member": "update"}``. Raises one `VaultError` per problem:
-    unreachable, sealed, not initialised, bad token, failed AppRole login, missing capability.
+    ``needed_paths`` maps each API path the caller will use to the capabilities it needs
+    (comma-separated), e.g. ``{"lab/pki/etcd/sign/etcd-member": "update"}``. Raises one
+    `VaultError` per problem: unreachable, sealed, not initialised, bad token, failed AppRole
+    login, missing capability.
     """
     if settings.ca_cert and not os.path.isfile(settings.ca_cert):
         raise VaultError(f"vault_ca_cert {settings.ca_cert} does not exist")
@@ -258,7 +259,8 @@ def _check_capabilities(client: hvac.Client, addr: str, needed: dict[str, str]) 
     granted = answer.get("data") or answer
     missing = [
         f"'{capability}' on {path}"
-        for path, capability in needed.items()
+        for path, capabilities in needed.items()
+        for capability in capabilities.split(",")
         if not {"root", capability} & set(granted.get(path, ()))
     ]
     if missing:

@@ -17,6 +17,7 @@ from galley import cluster_secrets
 from galley.components.kube_apiserver import KUBE_APISERVER
 from galley.components.kubernetes import is_ip
 from galley.components.model import Component
+from galley.lock import lock_paths
 from galley.ops.admin import operator_paths
 from galley.pki import (
     ADMIN_ROLE,
@@ -85,7 +86,7 @@ def deploy_paths(cluster: str, components: Iterable[Component] | None = None) ->
     if KUBE_APISERVER in components:
         for path in cluster_secrets.api_paths(cluster):
             paths[path] = "read"
-    return paths
+    return paths | lock_paths(cluster)
 
 
 def policies(cluster: str) -> dict[str, dict[str, str]]:
@@ -100,16 +101,21 @@ def policies(cluster: str) -> dict[str, dict[str, str]]:
         for job, phases in JOBS.items()
     }
     combined = {path: cap for paths in jobs.values() for path, cap in paths.items()}
-    return {**jobs, f"{cluster}-deploy": combined, f"{cluster}-operator": operator_paths(cluster)}
+    operator = operator_paths(cluster) | lock_paths(cluster)
+    return {**jobs, f"{cluster}-deploy": combined, f"{cluster}-operator": operator}
+
+
+def repr_hcl(text: str) -> str:
+    """A string literal in HCL."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def render_policy(name: str, paths: Mapping[str, str]) -> str:
     """The HCL of policy ``name`` granting exactly ``paths``."""
     blocks = [f"# galley policy {name}: written by `galley vault bootstrap`"]
-    blocks += [
-        f'path "{path}" {{\n  capabilities = ["{capability}"]\n}}'
-        for path, capability in paths.items()
-    ]
+    for path, capabilities in paths.items():
+        listed = ", ".join(repr_hcl(capability) for capability in capabilities.split(","))
+        blocks.append(f'path "{path}" {{\n  capabilities = [{listed}]\n}}')
     return "\n\n".join(blocks) + "\n"
 
 

@@ -13,6 +13,7 @@ is always added and decides at execution time with one fact.
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Callable, Iterable, Sequence
 
@@ -23,6 +24,8 @@ from pyinfra.api.state import State
 from pyinfra.operations import python
 
 from galley.facts.system import PendingRestart
+
+RESTART_LOCK = "/run/lock/galley-restart.lock"
 
 
 class RestartError(Exception):
@@ -41,7 +44,10 @@ def wait_until_healthy(problem: Callable[[], str | None], timeout: float) -> str
 def systemctl_restart(state: State, host: Host, unit: str) -> None:
     """Restart ``unit`` on ``host`` (a `restart_when_pending` function without a health gate)."""
     host.log(f"restarting {unit}")
-    ok, output = host.run_shell_command(f"systemctl restart {unit}")
+    # One restart at a time on a host, whoever asks (another galley run, a renewal timer).
+    ok, output = host.run_shell_command(
+        f"flock -w 120 {RESTART_LOCK} systemctl restart {shlex.quote(unit)}"
+    )
     if not ok:
         raise RestartError(f"{host.name}: systemctl restart {unit} failed: {output.stderr}")
 

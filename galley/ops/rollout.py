@@ -27,11 +27,13 @@ from typing import Any, Protocol
 from galley.components.kube_proxy import KUBE_PROXY
 from galley.components.kubelet import KUBELET
 from galley.components.kubernetes import api_url
+from galley.lock import ClusterLock, LockError, lock_paths
 from galley.ops.admin import AdminFiles, operator_dir
 from galley.ops.journal import Journal, JournalError
 from galley.ops.kubeapi import ApiError, KubeApi, kubelet_version, node_ready, node_unschedulable
 from galley.ops.kubelet_hosts import ARTIFACTS, PyinfraHosts, target_version
 from galley.text import clean
+from galley.vault import VaultError, VaultSettings, connect
 from galley.versions import VersionError, skew_problems
 from galley.versions import bare as bare_version
 
@@ -479,6 +481,13 @@ def rollout_kubelet_cli(
         print(line, flush=True)
     if dry_run or not plan.batches:
         return 0
+    data = inventory.get_group("workers")[0].data
+    try:
+        vault = connect(VaultSettings.from_data(data), lock_paths(data.cluster_name))
+        ClusterLock.acquire(vault, data.cluster_name, " ".join(["galley", *sys.argv[1:]])).keep()
+    except (VaultError, LockError) as exc:
+        print(f"galley: rollout: {exc} (nothing was changed)", file=sys.stderr)
+        return 2
     logging.getLogger("pyinfra").addHandler(logging.StreamHandler(sys.stderr))
     journal.update(status="running")
     rollout = Rollout(

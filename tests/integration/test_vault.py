@@ -4,6 +4,8 @@ host changes."""
 
 from __future__ import annotations
 
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -11,8 +13,9 @@ import pytest
 from galley import cluster_secrets
 from galley.lab.lifecycle import VAULT_DIR
 from galley.lab.state import LAB_DIR
+from galley.lock import LEASE_SECONDS, ClusterLock
 
-from .conftest import lab_inventory_variant, lab_vault, run_cli, run_deploy
+from .conftest import BIN, REPO, lab_inventory_variant, lab_vault, run_cli, run_deploy
 from .test_cluster import cluster, first_run, ssh  # noqa: F401
 from .test_etcd import fingerprint
 
@@ -102,5 +105,39 @@ def test_a_sealed_vault_stops_a_deploy_before_any_host_changes(deployed, sealed)
 
 
 def test_after_unsealing_the_next_run_converges(deployed):
+    code, _, output = run_deploy("etcd")
+    assert code == 0, output
+
+
+def test_two_deploys_at_the_same_moment_one_runs_the_other_is_refused(deployed):
+    command = [str(BIN / "pyinfra"), "-y", "inventories/lab.py", "deploys/etcd.py"]
+    runs = [
+        subprocess.Popen(
+            command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    codes = sorted(run.returncode for run in runs)
+    assert codes[0] == 0 and codes[1] != 0, outputs
+    refused = outputs[[run.returncode for run in runs].index(codes[1])]
+    assert "cluster lab is locked by " in refused or "taken by another run" in refused
+    assert "(nothing was changed)" in refused
+    code, _, output = run_deploy("etcd")  # the lock was released when the winner ended
+    assert code == 0, output
+
+
+def test_a_dead_holders_lock_is_named_and_broken_only_on_request(deployed):
+    vault = lab_vault(deployed)
+    stale = ClusterLock.acquire(
+        vault, "lab", "pyinfra -y inventories/lab.py deploys/cluster.py",
+        clock=lambda: time.time() - 2 * LEASE_SECONDS,
+    )  # fmt: skip
+    code, _, output = run_deploy("etcd", check=False)
+    assert code != 0
+    assert "whose lease ran out: if that run is gone, `galley lock break" in output
+    assert stale.record["holder"] in output
+    broken = run_cli("galley", "lock", "break", "inventories/lab.py")
+    assert broken.stdout.startswith("broke the lock of cluster lab: ")
     code, _, output = run_deploy("etcd")
     assert code == 0, output

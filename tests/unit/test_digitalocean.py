@@ -107,7 +107,8 @@ def test_server_errors_are_retried_with_backoff_then_name_the_request_id():
 
 def test_pages_are_capped(monkeypatch):
     monkeypatch.setattr("galley.inventory.digitalocean.MAX_PAGES", 2)
-    with serve(_fleet(5), TOKEN) as api, pytest.raises(DigitalOceanError, match="more than 2 pages"):
+    pages = pytest.raises(DigitalOceanError, match="more than 2 pages")
+    with serve(_fleet(5), TOKEN) as api, pages:
         list_droplets(TOKEN, "k8s-nyc3", base_url=api.url, per_page=2)
 
 

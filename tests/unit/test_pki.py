@@ -183,12 +183,13 @@ def _blocks(name: str, paths: dict[str, str]) -> dict[str, str]:
     hcl = vault_setup.render_policy(name, paths)
     blocks = dict(re.findall(r'path "([^"]+)" \{\s*capabilities = \[([^\]]*)\]\s*\}', hcl))
     assert hcl.count("path ") == len(blocks)
-    return {path: capability.strip('"') for path, capability in blocks.items()}
+    return {path: ",".join(re.findall(r'"([^"]+)"', caps)) for path, caps in blocks.items()}
 
 
 CA_READS = {
     f"lab/pki/{mount}/{path}": "read" for mount in ("etcd", "k8s") for path in ("ca/pem", "cert/ca")
 }
+LOCK = {"lab/kv/data/galley/lock": "create,read,update"}
 
 
 def _signs(mount: str, *roles: str) -> dict[str, str]:
@@ -200,6 +201,7 @@ def test_one_policy_per_job_grants_exactly_what_its_deploy_signs_and_reads():
     assert _blocks("lab-etcd", policies["lab-etcd"]) == {
         **_signs("etcd", "etcd-member", "etcd-healthcheck-client"),
         **CA_READS,
+        **LOCK,
     }
     assert _blocks("lab-control-plane", policies["lab-control-plane"]) == {
         **_signs("etcd", "kube-apiserver-etcd-client"),
@@ -214,15 +216,18 @@ def test_one_policy_per_job_grants_exactly_what_its_deploy_signs_and_reads():
         **CA_READS,
         "lab/kv/data/kubernetes/service-account": "read",
         "lab/kv/data/kubernetes/encryption": "read",
+        **LOCK,
     }
     assert _blocks("lab-workers", policies["lab-workers"]) == {
         **_signs("etcd", "flannel-etcd-client"),
         **_signs("k8s", "kubelet", "kubelet-serving", "kube-proxy"),
         **CA_READS,
+        **LOCK,
     }
     assert policies["lab-operator"] == {
         **_signs("k8s", "admin"),
         **{f"lab/pki/k8s/{path}": "read" for path in ("ca/pem", "cert/ca")},
+        **LOCK,
     }
 
 

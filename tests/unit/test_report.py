@@ -207,6 +207,6 @@ def test_a_host_whose_facts_failed_is_flagged_and_the_rest_reported():
     assert [str(p) for p in report.problems] == [
         "etcd-2: hosts: facts failed: certificates: ValueError: bad line"
     ]
-    assert ("etcd-2", "etcd,nyc3") == flagged(report, "hosts")[0][:2]
+    assert flagged(report, "hosts")[0][:2] == ("etcd-2", "etcd,nyc3")
     assert flagged(report, "hosts")[0][-1] == "FACTS FAILED: certificates"
     assert len(table(report, "versions").rows) == 2  # etcd-2's other facts still count

@@ -10,6 +10,7 @@ import http.client
 import ipaddress
 import json
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -23,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from galley.lab.artifacts import ARTIFACTS, KUBERNETES_VERSION, build_all, standin_zipapp
-from galley.lab.standins import yamlish
+from galley.lab.standins import tables, yamlish
 from galley.lab.state import CACHE_DIR
 
 KUBE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy")
@@ -1020,8 +1021,402 @@ def cluster(tmp_path_factory, programs, pki, etcd_release, kubectl):
             apiserver.wait(timeout=10)
 
 
-def test_kubectl_smoke(pki, cluster):
-    for args in (["version", "-o", "json"], ["get", "nodes"], ["get", "pods", "-A"], ["get", "foo"], ["api-resources"]):
-        done = cluster["run"](*args, "-v=6")
-        print(args, done.returncode, done.stdout, done.stderr[-3000:])
-    assert False
+def table_rows(output: str) -> list[list[str]]:
+    """kubectl's table output as cells (columns are at least 3 spaces apart)."""
+    return [re.split(r"\s{2,}", line.strip()) for line in output.splitlines()]
+
+
+def seed_node(port: int, pki, name: str, ready: bool = True, **labels: str) -> None:
+    """Register a Node as a kubelet of v1.33.5 would, its heartbeat now."""
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    node = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, **labels}},
+        "status": {
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True" if ready else "False",
+                    "lastHeartbeatTime": now,
+                    "lastTransitionTime": now,
+                    "reason": "KubeletReady" if ready else "KubeletNotReady",
+                }
+            ],
+            "addresses": [
+                {"type": "InternalIP", "address": "198.18.0.21"},
+                {"type": "Hostname", "address": name},
+            ],
+            "nodeInfo": {
+                "kubeletVersion": "v1.33.5",
+                "osImage": "Debian GNU/Linux 12 (bookworm)",
+                "kernelVersion": "6.1.0-28-amd64",
+            },
+        },
+    }
+    assert call(port, pki, "admin", "POST", "/api/v1/nodes", node)[0] == 201
+
+
+def test_kubectl_get_nodes_prints_status_roles_age_and_version(pki, cluster):
+    port, kubectl = cluster["port"], cluster["run"]
+    seed_node(port, pki, "node-a", **{"node-role.kubernetes.io/control-plane": ""})
+    seed_node(port, pki, "node-b", ready=False)
+
+    done = kubectl("get", "nodes")
+    assert (done.returncode, done.stderr) == (0, "")
+    header, *rows = table_rows(done.stdout)
+    assert header == ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]
+    assert [row[:3] + row[4:] for row in rows] == [
+        ["node-a", "Ready", "control-plane", "v1.33.5"],
+        ["node-b", "NotReady", "<none>", "v1.33.5"],
+    ]
+    assert all(re.fullmatch(r"\d+s", row[3]) for row in rows), rows
+
+    wide = table_rows(kubectl("get", "node", "node-a", "-o", "wide").stdout)
+    assert wide[0][5:] == ["INTERNAL-IP", "EXTERNAL-IP", "OS-IMAGE", "KERNEL-VERSION",
+                           "CONTAINER-RUNTIME"]  # fmt: skip
+    assert wide[1][5:] == ["198.18.0.21", "<none>", "Debian GNU/Linux 12 (bookworm)",
+                           "6.1.0-28-amd64", "<unknown>"]  # fmt: skip
+
+    listed = json.loads(kubectl("get", "nodes", "-o", "json").stdout)
+    assert listed["kind"] == "List"
+    assert [(n["kind"], n["metadata"]["name"]) for n in listed["items"]] == [
+        ("Node", "node-a"),
+        ("Node", "node-b"),
+    ]
+    missing = kubectl("get", "node", "node-z")
+    assert (missing.returncode, missing.stderr) == (
+        1,
+        'Error from server (NotFound): nodes "node-z" not found\n',
+    )
+
+
+def test_kubectl_get_pods_in_all_namespaces_and_budgets(pki, cluster):
+    port, kubectl = cluster["port"], cluster["run"]
+    for namespace, name in (("shop", "web-1"), ("kube-system", "dns-1")):
+        pod = {
+            "metadata": {"name": name, "labels": {"app": name[:-2]}},
+            "spec": {"nodeName": "node-a", "containers": [{"name": "c", "image": "pause"}]},
+        }
+        path = f"/api/v1/namespaces/{namespace}/pods"
+        assert call(port, pki, "admin", "POST", path, pod)[0] == 201
+    pdb = {
+        "metadata": {"name": "web"},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}},
+    }
+    budgets = "/apis/policy/v1/namespaces/shop/poddisruptionbudgets"
+    assert call(port, pki, "admin", "POST", budgets, pdb)[0] == 201
+
+    done = kubectl("get", "pods", "-A")
+    assert (done.returncode, done.stderr) == (0, "")
+    header, *rows = table_rows(done.stdout)
+    assert header == ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    assert [row[:5] for row in rows] == [
+        ["kube-system", "dns-1", "1/1", "Running", "0"],
+        ["shop", "web-1", "1/1", "Running", "0"],
+    ]
+    in_shop = table_rows(kubectl("get", "pods", "-n", "shop", "-o", "wide").stdout)
+    assert in_shop[0][:2] + in_shop[0][5:] == ["NAME", "READY", "IP", "NODE", "NOMINATED NODE",
+                                               "READINESS GATES"]  # fmt: skip
+    assert in_shop[1][:2] + in_shop[1][5:] == ["web-1", "1/1", "<none>", "node-a", "<none>",
+                                               "<none>"]  # fmt: skip
+    header, row = table_rows(kubectl("get", "pdb", "-A").stdout)
+    assert header == ["NAMESPACE", "NAME", "MIN AVAILABLE", "MAX UNAVAILABLE",
+                      "ALLOWED DISRUPTIONS", "AGE"]  # fmt: skip
+    assert row[:5] == ["shop", "web", "1", "N/A", "0"]
+    empty = kubectl("get", "pods")  # the default namespace
+    assert (empty.returncode, empty.stdout, empty.stderr) == (
+        0,
+        "",
+        "No resources found in default namespace.\n",
+    )
+
+
+def test_kubectl_cordons_and_uncordons_a_node(pki, cluster):
+    port, kubectl = cluster["port"], cluster["run"]
+    seed_node(port, pki, "node-c")
+
+    def unschedulable() -> str:
+        done = kubectl("get", "node", "node-c", "-o", "jsonpath={.spec.unschedulable}")
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert unschedulable() == ""
+    assert kubectl("cordon", "node-c").stdout == "node/node-c cordoned\n"
+    assert unschedulable() == "true"
+    assert table_rows(kubectl("get", "node", "node-c").stdout)[1][1] == "Ready,SchedulingDisabled"
+    assert kubectl("cordon", "node-c").stdout == "node/node-c already cordoned\n"
+    assert kubectl("uncordon", "node-c").stdout == "node/node-c uncordoned\n"
+    assert unschedulable() == ""
+    missing = kubectl("cordon", "node-z")
+    assert (missing.returncode, missing.stderr) == (
+        1,
+        'Error from server (NotFound): nodes "node-z" not found\n',
+    )
+
+
+def test_kubectl_version_shows_the_pinned_server_version(cluster):
+    done = cluster["run"]("version", "-o", "json")
+    assert done.returncode == 0, done.stderr
+    server = json.loads(done.stdout)["serverVersion"]
+    assert {k: server[k] for k in ("major", "minor", "gitVersion", "platform")} == {
+        "major": "1",
+        "minor": "33",
+        "gitVersion": "v1.33.5",
+        "platform": "linux/amd64",
+    }
+    assert set(server) >= {"gitCommit", "gitTreeState", "buildDate", "goVersion", "compiler"}
+    assert "Server Version: v1.33.5\n" in cluster["run"]("version").stdout
+
+
+def test_kubectl_knows_the_served_resource_types_only(cluster):
+    unknown = cluster["run"]("get", "foo")
+    assert (unknown.returncode, unknown.stderr) == (
+        1,
+        'error: the server doesn\'t have a resource type "foo"\n',
+    )
+    header, *rows = table_rows(cluster["run"]("api-resources").stdout)
+    assert header == ["NAME", "SHORTNAMES", "APIVERSION", "NAMESPACED", "KIND"]
+    assert rows == [
+        ["nodes", "no", "v1", "false", "Node"],
+        ["pods", "po", "v1", "true", "Pod"],
+        ["poddisruptionbudgets", "pdb", "policy/v1", "true", "PodDisruptionBudget"],
+    ]
+
+
+# --- discovery and server-side printing, over HTTP --------------------------------------------
+
+KUBECTL_DISCOVERY = (
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,"
+    "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json"
+)
+AGGREGATED = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
+
+
+def fetch(port: int, pki, path: str, who: str | None = "admin", **headers: str):
+    """GET ``path`` as ``who`` (None: anonymous): (status, response headers, body)."""
+    context = ssl.create_default_context(cafile=pki["ca"])
+    if who:
+        context.load_cert_chain(pki[f"{who}.crt"], pki[f"{who}.key"])
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=5)
+    connection.request("GET", path, headers={k.replace("_", "-"): v for k, v in headers.items()})
+    response = connection.getresponse()
+    return response.status, dict(response.getheaders()), response.read()
+
+
+def test_aggregated_discovery_for_clients_asking_for_it(pki, api):
+    port = api["ports"][0]
+    status, headers, body = fetch(port, pki, "/api", Accept=KUBECTL_DISCOVERY)
+    assert (status, headers["Content-Type"]) == (200, AGGREGATED)
+    core = json.loads(body)
+    assert (core["kind"], core["apiVersion"]) == ("APIGroupDiscoveryList", "apidiscovery.k8s.io/v2")
+    ((group,),) = [core["items"]]
+    assert group["metadata"] == {"creationTimestamp": None}
+    ((version,),) = [group["versions"]]
+    assert (version["version"], version["freshness"]) == ("v1", "Current")
+    nodes, pods = version["resources"]
+    assert nodes == {
+        "resource": "nodes",
+        "responseKind": {"group": "", "version": "v1", "kind": "Node"},
+        "scope": "Cluster",
+        "singularResource": "node",
+        "verbs": ["create", "delete", "get", "list", "patch", "update"],
+        "shortNames": ["no"],
+        "subresources": [
+            {
+                "subresource": "status",
+                "responseKind": {"group": "", "version": "v1", "kind": "Node"},
+                "verbs": ["get", "patch", "update"],
+            }
+        ],
+    }
+    assert (pods["scope"], pods["categories"], pods["subresources"]) == (
+        "Namespaced",
+        ["all"],
+        [
+            {
+                "subresource": "eviction",
+                "responseKind": {"group": "policy", "version": "v1", "kind": "Eviction"},
+                "verbs": ["create"],
+            }
+        ],
+    )
+    status, headers, body = fetch(port, pki, "/apis", Accept=KUBECTL_DISCOVERY)
+    ((policy,),) = [json.loads(body)["items"]]
+    assert policy["metadata"] == {"name": "policy", "creationTimestamp": None}
+    assert [r["resource"] for r in policy["versions"][0]["resources"]] == ["poddisruptionbudgets"]
+    # An unchanged document is not sent again.
+    assert (headers["Vary"], headers["Cache-Control"]) == ("Accept", "public")
+    again = fetch(port, pki, "/apis", Accept=KUBECTL_DISCOVERY, If_None_Match=headers["ETag"])
+    assert (again[0], again[2], again[1]["ETag"]) == (304, b"", headers["ETag"])
+
+
+def test_legacy_discovery_for_clients_asking_for_plain_json(pki, api):
+    port = api["ports"][1]
+
+    def document(path: str, **headers: str) -> dict:
+        status, answered, body = fetch(port, pki, path, **headers)
+        assert (status, answered["Content-Type"]) == (200, "application/json")
+        return json.loads(body)
+
+    assert document("/api") == {
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [
+            {"clientCIDR": "0.0.0.0/0", "serverAddress": f"127.0.0.1:{port}"}
+        ],
+    }
+    preferred = {"groupVersion": "policy/v1", "version": "v1"}
+    policy = {"name": "policy", "versions": [preferred], "preferredVersion": preferred}
+    assert document("/apis/", Accept="application/json, */*") == {
+        "kind": "APIGroupList",
+        "apiVersion": "v1",
+        "groups": [policy],
+    }
+    assert document("/apis/policy") == {"kind": "APIGroup", "apiVersion": "v1", **policy}
+    core = document("/api/v1", Accept=TABLE + ",application/json")
+    assert (core["kind"], core["groupVersion"], "apiVersion" in core) == (
+        "APIResourceList",
+        "v1",
+        False,
+    )
+    by_name = {r["name"]: r for r in core["resources"]}
+    assert list(by_name) == ["nodes", "nodes/status", "pods", "pods/eviction"]
+    assert by_name["pods/eviction"] == {
+        "name": "pods/eviction",
+        "singularName": "",
+        "namespaced": True,
+        "group": "policy",
+        "version": "v1",
+        "kind": "Eviction",
+        "verbs": ["create"],
+    }
+    assert by_name["nodes"]["shortNames"] == ["no"]
+    budgets = document("/apis/policy/v1")
+    assert (budgets["apiVersion"], budgets["groupVersion"]) == ("v1", "policy/v1")
+    assert [(r["name"], r["kind"], r["namespaced"]) for r in budgets["resources"]] == [
+        ("poddisruptionbudgets", "PodDisruptionBudget", True)
+    ]
+    version = document("/version", Accept=KUBECTL_DISCOVERY)
+    assert (version["gitVersion"], version["major"], version["minor"]) == ("v1.33.5", "1", "33")
+
+
+@pytest.mark.parametrize(
+    ("path", "who", "accept", "code", "reason", "message"),
+    [
+        ("/apis/apps/v1", "admin", "application/json", 404, "NotFound",
+         "the server could not find the requested resource"),
+        ("/api", None, "application/json", 403, "Forbidden",
+         'forbidden: User "system:anonymous" cannot get path "/api"'),
+        ("/apis", "admin", "application/yaml", 406, "NotAcceptable",
+         "only the following media types are accepted: application/json"),
+        ("/api/v1", "admin", AGGREGATED, 406, "NotAcceptable",
+         "only the following media types are accepted: application/json"),
+        ("/api/v1/nodes", "admin", "application/vnd.kubernetes.protobuf", 406, "NotAcceptable",
+         "only the following media types are accepted: application/json"),
+        ("/api/v1/nodes?includeObject=All", "admin", TABLE, 400, "BadRequest",
+         "Unable to convert to Table as requested: includeObject: Invalid value: \"All\": must "
+         "be 'Metadata', 'Object', 'None', or empty"),
+    ],
+)  # fmt: skip
+def test_discovery_and_negotiation_errors_are_v1_statuses(
+    pki, api, path, who, accept, code, reason, message
+):
+    status, headers, body = fetch(api["ports"][0], pki, path, who, Accept=accept)
+    answer = json.loads(body)
+    assert (status, headers["Content-Type"]) == (code, "application/json")
+    assert (answer["kind"], answer["code"], answer["reason"], answer["message"]) == (
+        "Status",
+        code,
+        reason,
+        message,
+    )
+
+
+def test_anonymous_users_may_read_the_version(pki, api):
+    status, _, body = fetch(api["ports"][0], pki, "/version", None)
+    assert (status, json.loads(body)["gitVersion"]) == (200, "v1.33.5")
+
+
+def test_lists_and_objects_are_tables_on_request(pki, api):
+    port = api["ports"][0]
+    seed_node(port, pki, "table-node", **{"node-role.kubernetes.io/worker": ""})
+    status, headers, body = fetch(port, pki, "/api/v1/nodes", Accept=TABLE)
+    table = json.loads(body)
+    assert (status, headers["Content-Type"]) == (200, "application/json")
+    assert (table["kind"], table["apiVersion"]) == ("Table", "meta.k8s.io/v1")
+    assert [(c["name"], c["priority"]) for c in table["columnDefinitions"]] == [
+        ("Name", 0), ("Status", 0), ("Roles", 0), ("Age", 0), ("Version", 0),
+        ("Internal-IP", 1), ("External-IP", 1), ("OS-Image", 1), ("Kernel-Version", 1),
+        ("Container-Runtime", 1),
+    ]  # fmt: skip
+    rows = {row["cells"][0]: row for row in table["rows"]}
+    row = rows["table-node"]
+    assert row["cells"][1:3] == ["Ready", "worker"]
+    assert row["object"]["kind"] == "PartialObjectMetadata"
+    assert row["object"]["metadata"]["labels"]["node-role.kubernetes.io/worker"] == ""
+    assert table["metadata"]["resourceVersion"].isdigit()
+    # One object, in the older meta.k8s.io version, with the whole object or none.
+    beta = TABLE.replace("v=v1", "v=v1beta1")
+    status, _, body = fetch(port, pki, "/api/v1/nodes/table-node?includeObject=Object", Accept=beta)
+    single = json.loads(body)
+    assert (single["apiVersion"], [r["object"]["kind"] for r in single["rows"]]) == (
+        "meta.k8s.io/v1beta1",
+        ["Node"],
+    )
+    status, _, body = fetch(port, pki, "/api/v1/nodes/table-node?includeObject=None", Accept=TABLE)
+    assert "object" not in json.loads(body)["rows"][0]
+
+
+# --- server-side printing, unit ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (-5, "<invalid>"), (-1, "0s"), (0, "0s"), (119, "119s"), (120, "2m"), (125, "2m5s"),
+        (600, "10m"), (179 * 60, "179m"), (3 * 3600, "3h"), (3 * 3600 + 300, "3h5m"),
+        (9 * 3600, "9h"), (47 * 3600, "47h"), (50 * 3600, "2d2h"), (8 * 86400, "8d"),
+        (400 * 86400, "400d"), (3 * 365 * 86400 + 5 * 86400, "3y5d"), (9 * 365 * 86400, "9y"),
+    ],
+)  # fmt: skip
+def test_ages_are_shown_as_kubectl_shows_them(seconds, shown):
+    assert tables.human_duration(seconds) == shown
+
+
+def test_pod_rows_follow_the_container_statuses():
+    now = datetime.datetime(2025, 1, 1, 12, 0, tzinfo=datetime.UTC)
+    pod = {
+        "metadata": {"name": "web-1", "creationTimestamp": "2025-01-01T10:00:00Z"},
+        "spec": {"nodeName": "node-a", "containers": [{"name": "a"}, {"name": "b"}]},
+        "status": {
+            "phase": "Running",
+            "podIPs": [{"ip": "10.244.1.5"}],
+            "containerStatuses": [
+                {"name": "a", "ready": True, "restartCount": 0, "state": {"running": {}}},
+                {
+                    "name": "b",
+                    "ready": False,
+                    "restartCount": 3,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"finishedAt": "2025-01-01T11:55:00Z"}},
+                },
+            ],
+        },
+    }
+    assert tables.PODS.cells(pod, now) == [
+        "web-1", "1/2", "CrashLoopBackOff", "3 (5m ago)", "120m", "10.244.1.5", "node-a",
+        "<none>", "<none>",
+    ]  # fmt: skip
+    pod["metadata"]["deletionTimestamp"] = "2025-01-01T11:59:00Z"
+    assert tables.PODS.cells(pod, now)[2] == "Terminating"
+    pod["status"]["phase"] = "Succeeded"
+    assert tables.PODS.conditions(pod) == [
+        {
+            "type": "Completed",
+            "status": "True",
+            "reason": "Succeeded",
+            "message": "The pod has completed successfully.",
+        }
+    ]

@@ -245,7 +245,8 @@ def test_first_service_ip_is_the_second_address_of_the_service_network():
 
 
 INVENTORY_FILE = """
-etcd = [("test-etcd-1", {"private_ip": "10.108.0.11"}), ("test-etcd-2", {"private_ip": "10.108.0.12"}),
+etcd = [("test-etcd-1", {"private_ip": "10.108.0.11"}),
+        ("test-etcd-2", {"private_ip": "10.108.0.12"}),
         ("test-etcd-3", {"private_ip": "10.108.0.13"})]
 control_plane = [("test-etcd-1", {"private_ip": "10.108.0.11"})]
 """
@@ -297,4 +298,4 @@ def test_validate_cli_prints_problems_and_fails(tmp_path: Path):
 def test_validate_cli_reports_an_inventory_it_cannot_load(tmp_path: Path):
     result = _validate_cli(tmp_path, "missing.py")
     assert result.returncode == 2
-    assert "no such inventory file: missing.py" in result.stderr
+    assert "galley: cannot load missing.py: no such file" in result.stderr

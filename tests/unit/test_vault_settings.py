@@ -242,7 +242,8 @@ def test_missing_capabilities_are_named(openbao, vault):
     with pytest.raises(VaultError) as raised:
         connect(_settings(openbao, weak), needed)
     assert str(raised.value).startswith(
-        "token lacks 'update' on lab/pki/etcd/sign/etcd-member (grant them"
+        "token lacks 'update' on lab/pki/etcd/sign/etcd-member (use a token with the policy of "
+        "this job"
     )
     assert connect(_settings(openbao, deploy), needed).is_authenticated()
 

@@ -39,7 +39,9 @@ Per binary:
   the slice of the Kubernetes API a rollout needs (``api``: nodes, pods, evictions that respect
   PodDisruptionBudgets), storing the objects in that etcd so all apiservers agree; a Node
   whose kubelet stopped heartbeating for 10 s is served Ready ``Unknown`` (there is no node
-  lifecycle controller).
+  lifecycle controller). With it come the discovery documents (``discovery``: ``/version``,
+  aggregated and legacy ``/api`` and ``/apis``) and server-side Tables (``tables``), so the
+  real kubectl works against it (``kubectl get nodes``, ``get pods -A``, ``cordon``).
 - kube-controller-manager: ``--kubeconfig`` and the authentication/authorization kubeconfigs,
   the cluster-signing pair, ``--root-ca-file``, ``--service-account-private-key-file``; HTTPS
   ``/healthz`` on ``--secure-port`` (10257).

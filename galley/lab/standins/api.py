@@ -11,7 +11,8 @@ errors of the Kubernetes API reference:
 - pods: ``GET /api/v1/pods`` and ``/api/v1/namespaces/{ns}/pods`` (PodList; ``fieldSelector``
   on ``spec.nodeName``, ``metadata.name``, ``metadata.namespace``, ``status.phase`` and
   equality ``labelSelector``), ``POST`` to seed pods (the stand-ins run no pods: a pod without
-  a status is stored Running and Ready), ``GET``/``DELETE`` ``.../pods/{name}``.
+  a status is stored Running and Ready, each container running and ready, as a kubelet would
+  report it), ``GET``/``DELETE`` ``.../pods/{name}``.
 - evictions: ``POST .../pods/{name}/eviction`` (policy/v1 Eviction): 429 TooManyRequests with a
   ``DisruptionBudget`` cause naming the PodDisruptionBudget while it forbids the disruption,
   else the pod is deleted and the answer is a 201 Success Status.
@@ -20,6 +21,14 @@ errors of the Kubernetes API reference:
   when read, as the disruption controller would keep it: pods selected by ``spec.selector``
   (``matchLabels``, ``matchExpressions``), healthy when Running and Ready; ``minAvailable`` or
   ``maxUnavailable`` as a count or a percentage (rounded up).
+- tables: any answer but a Status comes as a meta.k8s.io ``Table`` (v1 or v1beta1) to clients
+  asking for one (``Accept: application/json;as=Table;v=v1;g=meta.k8s.io``, what ``kubectl
+  get`` sends), with the kube-apiserver's columns (``tables``) and each row's object as
+  ``includeObject`` says (``Metadata``: a PartialObjectMetadata, the default; ``Object``;
+  ``None``). Plain JSON otherwise; an ``Accept`` header with neither is 406 NotAcceptable.
+- discovery: the documents of the ``discovery`` module, on the paths given to :class:`KubeApi`
+  (``/version``, ``/api``, ``/apis`` and below), derived from :data:`RESOURCES` (the verbs
+  are :data:`VERBS` and the subresources' own).
 
 Objects live in the real etcd as JSON below the apiserver's key layout
 (``<etcd-prefix>/minions/<node>``, ``/pods/<ns>/<name>``, ``/poddisruptionbudgets/<ns>/<name>``),
@@ -33,7 +42,9 @@ The node lifecycle controller is not run: a Node whose Ready condition has a
 
 Authorization: group ``system:masters`` may do everything. A node identity (user
 ``system:node:<name>``, group ``system:nodes``) may read nodes and pods, and create, update and
-patch its own Node only (the NodeRestriction answer otherwise). Everyone else gets 403.
+patch its own Node only (the NodeRestriction answer otherwise). Everyone else gets 403. Any
+authenticated user may read discovery (RBAC's system:discovery); anonymous users only
+``/healthz``, ``/livez``, ``/readyz`` and ``/version`` (system:public-info-viewer).
 """
 
 from __future__ import annotations
@@ -588,10 +599,12 @@ _TABLES: dict[tuple[str, str, str] | None, str | None] = {
     ("meta.k8s.io", "v1beta1", "Table"): "meta.k8s.io/v1beta1",
 }
 _INCLUDE_OBJECT = ("", "None", "Metadata", "Object")
-T = TypeVar("T")
 # Non-resource paths anyone may read (RBAC's system:public-info-viewer); the rest of discovery
 # needs an authenticated user (system:discovery).
 PUBLIC_PATHS = ("/healthz", "/livez", "/readyz", "/version")
+
+
+T = TypeVar("T")
 
 
 def negotiate(accept: str, offers: dict[tuple[str, str, str] | None, T]) -> T:

@@ -225,6 +225,5 @@ def paths(version: str, address: str) -> dict[str, Route]:
     )
     for group, by_version in {**core, **groups}.items():
         for version, resources in by_version.items():
-            path = f"/apis/{group}/{version}" if group else f"/api/{version}"
-            routes[path] = _document(_resource_list(group, version, resources))
+            routes[resources[0].path] = _document(_resource_list(group, version, resources))
     return routes

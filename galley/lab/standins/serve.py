@@ -32,6 +32,7 @@ class Request:
 
 
 # route(request) -> (status, content type, body), optionally with more response headers
+# (a 304 Not Modified answer has an empty body)
 Answer = tuple[int, str, bytes] | tuple[int, str, bytes, dict[str, str]]
 Route = Callable[[Request], Answer]
 
@@ -67,12 +68,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         for name, value in (more[0] if more else {}).items():
             self.send_header(name, value)
-        if status != 304:  # Not Modified: no body, nor its headers
+        if status != 304:  # Not Modified has no body, nor its headers
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if status != 304:
-            self.wfile.write(body)
+        self.wfile.write(body)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
 
