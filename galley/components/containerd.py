@@ -30,7 +30,7 @@ def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
         cni_bin_dir=CNI_BIN_DIR,
         cni_conf_dir=CNI_CONF_DIR,
     )
-    return Configured([operation], {"containerd_config": CONFIG})
+    return Configured({CONFIG: operation}, {"containerd_config": CONFIG})
 
 
 CONTAINERD = Component(

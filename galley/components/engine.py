@@ -70,8 +70,9 @@ def install_artifact(artifact: Artifact, data, version: str | None = None) -> Re
 
 def install_certificates(
     target: Host, certs: Sequence[Cert], vault: Callable[[], hvac.Client]
-) -> list[OperationMeta]:
-    """Keep each certificate (key made on the host) signed by Vault; returns the operations."""
+) -> dict[str, list[OperationMeta]]:
+    """Keep each certificate (key made on the host) signed by Vault; returns the operations
+    by the path they write."""
     data = target.data
     return host_certificates(
         name="Certificates",
@@ -96,10 +97,14 @@ def install_certificates(
 def run_units(
     components: Sequence[Component],
     unit_files: Mapping[str, OperationMeta],
-    changes: Sequence[OperationMeta],
+    written: Mapping[str, Sequence[OperationMeta]],
 ) -> None:
     """Reload systemd if a unit file changed; start and enable each unit, in order; wait after
-    a first start; restart (durably, see `restart_when_pending`) when its files changed."""
+    a first start; restart (durably, see `restart_when_pending`) when its files changed.
+
+    ``written`` maps each path to the operations of this run that write it: a unit's restart
+    depends on exactly the operations writing the files it watches (so ``--dry`` lists
+    exactly the restarts the run will do)."""
     systemd.daemon_reload(
         name="systemd daemon-reload",
         _if=lambda: any(unit.did_change() for unit in unit_files.values()),
@@ -119,7 +124,9 @@ def run_units(
         options: dict = {"serial": unit.serial}
         if unit.restart is not None:
             options["function"] = unit.restart
-        restart_when_pending(unit.name, component.watched(host), changes, started, **options)
+        watched = component.watched(host)
+        changes = [op for path in watched for op in written.get(path, ())]
+        restart_when_pending(unit.name, watched, changes, started, **options)
 
 
 def _prepare(components: Sequence[Component]) -> None:
@@ -152,18 +159,28 @@ def deploy_components(components: Sequence[Component], vault: Callable[[], hvac.
     if not mine:
         return
     _prepare(mine)
+    written: dict[str, list[OperationMeta]] = {}
+
+    def wrote(path: str, operation: OperationMeta) -> None:
+        written.setdefault(path, []).append(operation)
+
     artifacts = [artifact for c in mine for artifact in c.artifacts]
-    releases = [install_artifact(artifact, host.data) for artifact in host.loop(artifacts)]
+    for artifact in host.loop(artifacts):
+        release = install_artifact(artifact, host.data)
+        for path in artifact.active_paths():
+            wrote(path, release.activation)
     certs = list({cert.cert_path: cert for c in mine for cert in c.certs_of(host)}.values())
-    changes: list[OperationMeta] = [*install_certificates(host, certs, vault)]
+    for path, operations in install_certificates(host, certs, vault).items():
+        written.setdefault(path, []).extend(operations)
     context = {"vault": vault, "certs": {cert.stem: cert for cert in certs}}
     unit_files: dict[str, OperationMeta] = {}
     for component in host.loop(mine):
         configured = component.configure(host, context) if component.configure else Configured()
-        changes += configured.operations
+        for path, operation in configured.files.items():
+            wrote(path, operation)
         if component.unit is not None:
             unit = component.unit
             variables = {"cluster_name": host.data.cluster_name, **configured.variables}
             unit_files[unit.name] = render(Config(unit.path, unit.template), **variables)
-    changes += [*unit_files.values(), *(release.activation for release in releases)]
-    run_units([c for c in mine if c.unit], unit_files, changes)
+            wrote(unit.path, unit_files[unit.name])
+    run_units([c for c in mine if c.unit], unit_files, written)

@@ -108,7 +108,7 @@ def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
         "initial_cluster": initial_cluster(members(), data.etcd_peer_port),
         "initial_cluster_state": "new",
     }
-    return Configured([render(ETCD.config(CONFIG_PATH), **variables)], variables)
+    return Configured({CONFIG_PATH: render(ETCD.config(CONFIG_PATH), **variables)}, variables)
 
 
 def _endpoint_health(host: Host, endpoints: Sequence[str]) -> dict[str, str | None]:

@@ -20,7 +20,7 @@ PLUGIN = "flannel-{arch}"  # the binary in the tarball; linked as "flannel"
 
 
 def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
-    return Configured([render(FLANNEL_CNI.config(CNI_CONFIG))])
+    return Configured({CNI_CONFIG: render(FLANNEL_CNI.config(CNI_CONFIG))})
 
 
 FLANNEL_CNI = Component(

@@ -96,16 +96,16 @@ def flanneld_args(target: Host) -> list[str]:
 
 def _configure(target: Host, context: Mapping[str, Any]) -> Configured:
     data = target.data
-    operations = []
+    written = {}
     if _kube_mode(target):
-        operations.append(kubeconfig(target, KUBECONFIG, api_url(data), KUBE_CLIENT))
-    operations.append(render(FLANNELD.config(NET_CONF), net_conf=net_conf(data)))
+        written[KUBECONFIG] = kubeconfig(target, KUBECONFIG, api_url(data), KUBE_CLIENT)
+    written[NET_CONF] = render(FLANNELD.config(NET_CONF), net_conf=net_conf(data))
     variables = {
         "flannel_mode": data.flannel_mode,
         "node_name": node_name(target),
         "flannel_args": flanneld_args(target),
     }
-    return Configured(operations, variables)
+    return Configured(written, variables)
 
 
 def flannel_network() -> None:

@@ -120,13 +120,13 @@ def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
     shared = cluster_secrets.read(context["vault"](), cluster)
     encryption = KUBE_APISERVER.config(ENCRYPTION_CONFIG)
     # Secrets go through `secret_file`: never shown, not even with --diff.
-    operations = [
-        secret_file(
+    written = {
+        SA_KEY: secret_file(
             name=f"service-account key {SA_KEY}",
             path=SA_KEY,
             secret=Secret(shared.service_account_key),
         ),
-        files.put(
+        SA_PUB: files.put(
             name=f"service-account public key {SA_PUB}",
             src=io.StringIO(shared.service_account_public_key),
             dest=SA_PUB,
@@ -134,7 +134,7 @@ def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
             group="root",
             mode="644",
         ),
-        secret_file(
+        ENCRYPTION_CONFIG: secret_file(
             name=f"secrets encryption config {ENCRYPTION_CONFIG}",
             path=ENCRYPTION_CONFIG,
             secret=Secret(
@@ -147,7 +147,7 @@ def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
             ),
             mode=encryption.mode,
         ),
-    ]
+    }
     variables = {
         "cluster_domain": data.cluster_domain,
         "private_ip": data.private_ip,
@@ -157,7 +157,7 @@ def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
         "etcd_servers": etcd_servers(host.inventory),
         "encryption_config": ENCRYPTION_CONFIG,
     }
-    return Configured(operations, variables)
+    return Configured(written, variables)
 
 
 KUBE_APISERVER = Component(

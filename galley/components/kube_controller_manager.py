@@ -46,7 +46,7 @@ def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
         # controller manager's allocation (node.spec.podCIDR).
         "allocate_node_cidrs": str(data.flannel_mode == "kube").lower(),
     }
-    return Configured([operation], variables)
+    return Configured({KUBECONFIG: operation}, variables)
 
 
 KUBE_CONTROLLER_MANAGER = Component(

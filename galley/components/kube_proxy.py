@@ -38,17 +38,17 @@ CLIENT = k8s_cert(
 
 def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
     data = host.data
-    operations = [
-        kubeconfig(host, KUBECONFIG, api_url(data), CLIENT),
-        render(
+    written = {
+        KUBECONFIG: kubeconfig(host, KUBECONFIG, api_url(data), CLIENT),
+        CONFIG: render(
             KUBE_PROXY.config(CONFIG),
             cluster_name=data.cluster_name,
             kubeconfig=KUBECONFIG,
             node_name=node_name(host),
             pod_cidr=data.pod_cidr,
         ),
-    ]
-    return Configured(operations, {"kube_proxy_config": CONFIG})
+    }
+    return Configured(written, {"kube_proxy_config": CONFIG})
 
 
 KUBE_PROXY = Component(

@@ -30,11 +30,13 @@ CLIENT = k8s_cert("kube-scheduler", ROLE, lambda host: Identity("system:kube-sch
 
 def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
     variables = {"kubeconfig": KUBECONFIG, "config_path": CONFIG, "pki_dir": PKI_DIR}
-    operations = [
-        kubeconfig(host, KUBECONFIG, api_url(host.data, local=True), CLIENT),
-        render(KUBE_SCHEDULER.config(CONFIG), cluster_name=host.data.cluster_name, **variables),
-    ]
-    return Configured(operations, variables)
+    written = {
+        KUBECONFIG: kubeconfig(host, KUBECONFIG, api_url(host.data, local=True), CLIENT),
+        CONFIG: render(
+            KUBE_SCHEDULER.config(CONFIG), cluster_name=host.data.cluster_name, **variables
+        ),
+    }
+    return Configured(written, variables)
 
 
 KUBE_SCHEDULER = Component(

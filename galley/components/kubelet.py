@@ -43,9 +43,9 @@ def _serving_identity(host: Host) -> Identity:
 
 def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
     data = host.data
-    operations = [
-        kubeconfig(host, KUBECONFIG, api_url(data), CLIENT),
-        render(
+    written = {
+        KUBECONFIG: kubeconfig(host, KUBECONFIG, api_url(data), CLIENT),
+        CONFIG: render(
             KUBELET.config(CONFIG),
             cluster_name=data.cluster_name,
             cluster_domain=data.cluster_domain,
@@ -53,14 +53,14 @@ def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
             ca_path=CA_PATH,
             pki_dir=PKI_DIR,
         ),
-    ]
+    }
     variables = {
         "kubeconfig": KUBECONFIG,
         "kubelet_config": CONFIG,
         "node_name": node_name(host),
         "private_ip": data.private_ip,
     }
-    return Configured(operations, variables)
+    return Configured(written, variables)
 
 
 KUBELET = Component(

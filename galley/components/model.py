@@ -191,10 +191,11 @@ class Unit:
 
 @dataclass(frozen=True)
 class Configured:
-    """What a component's ``configure`` added: the operations that write its configs and the
-    variables its unit template needs."""
+    """What a component's ``configure`` added: the operation writing each of its config files
+    (by path: a restart watches exactly the files its unit reads) and the variables its unit
+    template needs."""
 
-    operations: list = field(default_factory=list)
+    files: dict[str, Any] = field(default_factory=dict)
     variables: dict[str, Any] = field(default_factory=dict)
 
 

@@ -66,15 +66,15 @@ class _Resign:
 @deploy("Host certificates")
 def host_certificates(
     certs: Sequence[HostCert], vault: Callable[[], hvac.Client]
-) -> list[OperationMeta]:
+) -> dict[str, list[OperationMeta]]:
     """Keep keys, Vault-signed certificates and their CA bundles in place on this host.
 
     One fact reads every key's public half and every certificate (one round trip), and each
     mount's CA is read from Vault once; ``vault`` (see `galley.vault.lazy_client`) is asked to
     sign only while executing, when `resign_reason` (or a new key) calls for it, so ``--dry``
     shows every "Re-sign <path>: <reason>" without signing. The directories must exist.
-    Nothing changes when all is in order. Returns the operations it added, for callers that
-    restart a service on change.
+    Nothing changes when all is in order. Returns the operations it added by the path they
+    write (key, certificate, CA bundle), for callers that restart a service on change.
     """
     found = host.get_fact(
         TlsFiles, keys=[cert.key_path for cert in certs], certs=[cert.cert_path for cert in certs]
@@ -83,9 +83,9 @@ def host_certificates(
     bundles: dict[str, HostCert] = {}  # CA path -> the first certificate that needs it
     for cert in certs:
         bundles.setdefault(cert.ca_path, cert)
-    operations = []
+    operations: dict[str, list[OperationMeta]] = {}
     for ca_path, cert in host.loop(bundles.items()):
-        operations.append(
+        operations.setdefault(ca_path, []).append(
             files.put(
                 name=f"CA bundle {ca_path}",
                 src=io.StringIO(ca_pems[cert.mount]),
@@ -96,9 +96,11 @@ def host_certificates(
             )
         )
     for cert in host.loop(certs):
-        operations += _key_and_certificate(
+        written = _key_and_certificate(
             cert, found["keys"][cert.key_path], found["certs"][cert.cert_path], ca_pems, vault
         )
+        for path, operation in written:
+            operations.setdefault(path, []).append(operation)
     return operations
 
 
@@ -108,13 +110,16 @@ def _key_and_certificate(
     cert_pem: str | None,
     ca_pems: dict[str, str],
     vault: Callable[[], hvac.Client],
-) -> list[OperationMeta]:
+) -> list[tuple[str, OperationMeta]]:
     operations = []
     if key is None:
         operations.append(
-            server.shell(
-                name=f"Generate private key {cert.key_path}",
-                commands=[_genkey(cert.key_path, cert.owner, cert.group)],
+            (
+                cert.key_path,
+                server.shell(
+                    name=f"Generate private key {cert.key_path}",
+                    commands=[_genkey(cert.key_path, cert.owner, cert.group)],
+                ),
             )
         )
     elif key["public_key"] is None:
@@ -124,12 +129,15 @@ def _key_and_certificate(
         )
     elif (key["mode"], key["user"], key["group"]) != ("600", cert.owner, cert.group):
         operations.append(
-            files.file(
-                name=f"Private key {cert.key_path}",
-                path=cert.key_path,
-                user=cert.owner,
-                group=cert.group,
-                mode="600",
+            (
+                cert.key_path,
+                files.file(
+                    name=f"Private key {cert.key_path}",
+                    path=cert.key_path,
+                    user=cert.owner,
+                    group=cert.group,
+                    mode="600",
+                ),
             )
         )
     public_key = key["public_key"] if key else None
@@ -146,8 +154,11 @@ def _key_and_certificate(
     if reason is not None:
         request = _Resign(cert, vault, ca_pems[cert.mount], reason)
         operations.append(
-            python.call(
-                name=f"Re-sign {cert.cert_path}: {reason}", function=_resign, request=request
+            (
+                cert.cert_path,
+                python.call(
+                    name=f"Re-sign {cert.cert_path}: {reason}", function=_resign, request=request
+                ),
             )
         )
     return operations

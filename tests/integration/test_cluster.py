@@ -357,3 +357,32 @@ def test_checksums_fetch_reads_the_mirror_and_refuses_a_tampered_file(cluster, t
     assert tampered.returncode == 1
     assert "kubelet 1.33.6 amd64: upstream publishes 0000" in tampered.stderr
     assert json.loads(catalogue.read_text()) == recorded
+
+
+def test_the_dry_plan_lists_exactly_the_changes_and_restarts_the_run_makes(cluster):
+    """A release version and a template input change: --dry and the real run agree."""
+    changes = (
+        "--data",
+        "kubernetes_version=1.33.6",
+        "--data",
+        "cluster_domain=lab.internal",
+    )
+    dry = json.loads(
+        run_cli(
+            "pyinfra", "inventories/lab.py", "deploys/workers.py", "--dry", "--json", *changes
+        ).stdout
+    )
+    planned = {
+        op["name"]: set(op["hosts_with_change"]) for op in dry["plan"] if op["hosts_with_change"]
+    }
+    try:
+        code, results, output = run_deploy("workers", *changes)
+        assert code == 0, output
+        assert changed(results) == planned
+        restarts = {name.split(" | ")[-1] for name in planned if "Restart" in name}
+        assert restarts == {
+            f"Restart {unit} (only if its files changed)" for unit in ("kubelet", "kube-proxy")
+        }
+    finally:
+        code, _, output = run_deploy("workers")
+        assert code == 0, output

@@ -114,6 +114,7 @@ def test_the_vault_roles_and_deploy_paths_pick_up_a_new_component(with_ccm):
     assert deploy_paths("lab", [CCM]) == {
         "lab/pki/k8s/sign/cloud-controller-manager": "update",
         **{f"lab/pki/{m}/{p}": "read" for m in ("etcd", "k8s") for p in ("ca/pem", "cert/ca")},
+        "lab/kv/data/galley/lock": "create,read,update",
     }
 
 

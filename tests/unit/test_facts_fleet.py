@@ -4,7 +4,6 @@ systemctl stand-in whose "unit" is a real process on this machine."""
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -37,9 +36,16 @@ def install(prefix: Path, release: str, *versions: str, current: str | None = No
 
 @pytest.fixture
 def service(tmp_path):
-    """A running process standing in for a unit's main process (a Python interpreter), and a
-    systemctl stand-in reporting its PID for unit "etcd" and 0 for any other unit."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    """A running process standing in for a unit's main process (a Python program, as the lab's
+    stand-ins are: asked through its script), and a systemctl stand-in reporting its PID for
+    unit "etcd" and 0 for any other unit."""
+    program = tmp_path / "etcd-3.5.31"
+    program.write_text(
+        "import sys, time\n"
+        "if '--version' in sys.argv:\n    print('etcd Version: 3.5.31')\n"
+        "else:\n    time.sleep(60)\n"
+    )
+    process = subprocess.Popen([sys.executable, str(program)])
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     script = bin_dir / "systemctl"
@@ -60,11 +66,11 @@ def test_versions_report_installed_current_and_what_the_process_runs(tmp_path, s
         ComponentVersions(), service, components=["etcd", "flanneld"], prefix=str(prefix)
     )
     assert versions == {
-        # The stand-in process is a Python interpreter: its --version is what "runs".
+        # What the process was started from reports 3.5.31, whatever is current on disk.
         "etcd": {
             "installed": ["3.5.29", "3.5.30"],
             "current": "3.5.30",
-            "running": platform.python_version(),
+            "running": "3.5.31",
         },
         "flanneld": {"installed": ["0.25.1"], "current": None, "running": None},
     }

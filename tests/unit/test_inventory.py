@@ -133,16 +133,19 @@ def test_digitalocean_groups_reports_api_errors_as_inventory_errors():
 
 
 API_FLEET = [
-    droplet(1, "etcd-1", [TAG, "role:etcd", "role:control-plane"], private_ip="10.108.0.11"),
-    droplet(2, "etcd-2", [TAG, "role:etcd"], private_ip="10.108.0.12"),
-    droplet(3, "etcd-3", [TAG, "role:etcd"], private_ip="10.108.0.13"),
-    droplet(4, "worker-1", [TAG, "role:worker"], private_ip="10.108.0.21"),
-    droplet(5, "other-1", ["k8s-sfo3", "role:etcd"], private_ip="10.116.0.2"),
+    droplet(1, "nyc3-etcd-1", [TAG, "role:etcd", "role:control-plane"], private_ip="10.108.0.11"),
+    droplet(2, "nyc3-etcd-2", [TAG, "role:etcd"], private_ip="10.108.0.12"),
+    droplet(3, "nyc3-etcd-3", [TAG, "role:etcd"], private_ip="10.108.0.13"),
+    droplet(4, "nyc3-worker-1", [TAG, "role:worker"], private_ip="10.108.0.21"),
+    droplet(5, "sfo3-etcd-1", ["k8s-sfo3", "role:etcd"], private_ip="10.116.0.2"),
 ]
 
 
 def _debug_inventory(inventory: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    """Run the real pyinfra CLI's debug-inventory (it does not connect) with only `env` set."""
+    """Run the real pyinfra CLI's debug-inventory (it does not connect) with only `env` set,
+    from ``cwd`` with the repository's group data (the cluster names, as in production)."""
+    if not (cwd / "group_data").exists():
+        (cwd / "group_data").symlink_to(REPO / "group_data")
     inherited = {
         key: value
         for key, value in os.environ.items()
@@ -174,9 +177,9 @@ def test_the_nyc3_inventory_file_reads_the_api_through_the_pyinfra_cli(tmp_path:
             GALLEY_SSH_USER="admin",
         )
     hosts = _hosts(result)
-    assert sorted(hosts) == ["etcd-1", "etcd-2", "etcd-3", "worker-1"]
-    assert sorted(hosts["etcd-1"]["groups"]) == ["control_plane", "etcd", "nyc3"]
-    worker = hosts["worker-1"]["data"]
+    assert sorted(hosts) == ["nyc3-etcd-1", "nyc3-etcd-2", "nyc3-etcd-3", "nyc3-worker-1"]
+    assert sorted(hosts["nyc3-etcd-1"]["groups"]) == ["control_plane", "etcd", "nyc3"]
+    worker = hosts["nyc3-worker-1"]["data"]
     assert (worker["droplet_id"], worker["ssh_hostname"], worker["ssh_user"]) == (
         4,
         "10.108.0.21",
@@ -194,7 +197,7 @@ def test_the_nyc3_inventory_file_fails_clearly_without_a_token(tmp_path: Path):
 def test_the_terraform_inventory_file_reads_a_saved_output(tmp_path: Path):
     resource = {
         "id": "7",
-        "name": "etcd-1",
+        "name": "tf-etcd-1",
         "tags": ["role:etcd"],
         "ipv4_address_private": "10.108.0.7",
     }
@@ -205,6 +208,6 @@ def test_the_terraform_inventory_file_reads_a_saved_output(tmp_path: Path):
             str(REPO / "inventories" / "terraform.py"), tmp_path, GALLEY_TERRAFORM_OUTPUT=str(saved)
         )
     )
-    assert hosts["etcd-1"]["groups"] == ["etcd", "terraform"]
-    assert hosts["etcd-1"]["data"]["droplet_id"] == 7
-    assert hosts["etcd-1"]["data"]["ssh_hostname"] == "10.108.0.7"
+    assert hosts["tf-etcd-1"]["groups"] == ["etcd", "terraform"]
+    assert hosts["tf-etcd-1"]["data"]["droplet_id"] == 7
+    assert hosts["tf-etcd-1"]["data"]["ssh_hostname"] == "10.108.0.7"
