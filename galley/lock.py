@@ -3,9 +3,11 @@
 The lock is a lease in Vault's KV v2 store (``<cluster>/kv/galley/lock``) written with
 check-and-set, so two runs that start at the same moment cannot both take it. It records who
 holds it (user, machine, process), the command and when it started; the holder renews the
-lease every `RENEW_SECONDS` and releases it when the process ends. A holder that died leaves
-a lease that runs out: the next run refuses to start, naming it, until an operator breaks it
-(`galley lock break INVENTORY`), never silently.
+lease every `RENEW_SECONDS` and releases it when the process ends. A holder that died on this
+machine (its process is gone, e.g. killed with SIGKILL) is taken over by the next run here,
+which then resumes where it stopped; a holder elsewhere leaves a lease that runs out, and the
+next run refuses to start, naming it, until an operator breaks it (`galley lock break
+INVENTORY`), never silently.
 """
 
 from __future__ import annotations
@@ -57,6 +59,20 @@ def _read(client: hvac.Client, cluster: str) -> tuple[dict, int]:
     return answer["data"]["data"] or {}, int(answer["data"]["metadata"]["version"])
 
 
+def _gone(record: dict) -> bool:
+    """Whether the holder was a process on this machine that no longer runs (e.g. a rollout
+    killed with SIGKILL): its lock is provably stale. A holder elsewhere is never assumed gone."""
+    if record.get("machine") != socket.gethostname() or not isinstance(record.get("pid"), int):
+        return False
+    try:
+        os.kill(record["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def describe(record: dict) -> str:
     """``<holder> running `<command>` since <started> (lease until <expires>)``."""
     return clean(
@@ -86,15 +102,21 @@ class ClusterLock:
     ) -> ClusterLock:
         """Take the lock for ``command`` or raise LockError naming who holds it."""
         current, version = _read(client, cluster)
-        if current.get("holder"):
+        if current.get("holder") and not _gone(current):
             if float(current.get("expires", 0)) > clock():
                 raise LockError(f"cluster {cluster} is locked by {describe(current)}")
             raise LockError(
                 f"cluster {cluster} is locked by {describe(current)}, whose lease ran out: "
                 "if that run is gone, `galley lock break INVENTORY`, then run again"
             )
-        holder = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
-        record = {"holder": holder, "command": command[:300], "started": _stamp(clock())}
+        machine, pid = socket.gethostname(), os.getpid()
+        record = {
+            "holder": f"{getpass.getuser()}@{machine} pid {pid}",
+            "machine": machine,
+            "pid": pid,
+            "command": command[:300],
+            "started": _stamp(clock()),
+        }
         lock = cls(client, cluster, record, version, clock)
         lock._write(lambda: "taken by another run at the same moment; run again later")
         return lock

@@ -18,8 +18,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.api.util import get_template
 from pyinfra.operations import files, python, server, systemd
 
-from galley.components.kubernetes import TEMPLATES
-from galley.components.model import Artifact, Cert, Component, Config, Configured
+from galley.components.model import TEMPLATES, Artifact, Cert, Component, Config, Configured
 from galley.downloads import sha256_of
 from galley.host.release import DEFAULT_STALL_SECONDS, Release, install_release
 from galley.host.restarts import restart_when_pending

@@ -8,7 +8,6 @@ groups (the Vault role sets O, so each identity has its own role).
 from __future__ import annotations
 
 import ipaddress
-from pathlib import Path
 
 from pyinfra import inventory
 from pyinfra.api import Inventory
@@ -16,10 +15,9 @@ from pyinfra.api.host import Host
 from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import files
 
-from galley.components.model import Artifact, Cert
+from galley.components.model import TEMPLATES, Artifact, Cert
 from galley.pki import Identity, RoleSpec
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 K8S_DIR = "/etc/kubernetes"
 PKI_DIR = f"{K8S_DIR}/pki"
 CA_PATH = f"{PKI_DIR}/ca.crt"

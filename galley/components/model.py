@@ -13,6 +13,7 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pyinfra.api.host import Host
@@ -26,6 +27,8 @@ BASE_URL_KEYS: Mapping[str, str] = {"github": "github_base_url", "dl_k8s": "dl_k
 # The same bases upstream, without scheme: the lab's mirror keeps files under these.
 UPSTREAM_HOSTS: Mapping[str, str] = {"github": "github.com", "dl_k8s": "dl.k8s.io"}
 SYSTEMD_DIR = "/etc/systemd/system"
+# Where `Config.template` and `Unit.template` paths start.
+TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import NameOID
 
-from galley.components.kubernetes import TEMPLATES, api_url
+from galley.components.kubernetes import api_url
+from galley.components.model import TEMPLATES
 from galley.inventory.load import InventoryLoadError, load_inventory
 from galley.pki import Identity, mount_path, parse_duration, read_ca, resign_reason, sign
 from galley.vault import VaultError, VaultSettings, connect

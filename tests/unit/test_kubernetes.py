@@ -17,7 +17,8 @@ from pyinfra.api import Inventory
 from galley import cluster_secrets, pki, vault_setup
 from galley.components import certificates_of
 from galley.components.flanneld import flanneld_args, net_conf
-from galley.components.kubernetes import TEMPLATES, cluster_dns_ip
+from galley.components.kubernetes import cluster_dns_ip
+from galley.components.model import TEMPLATES
 from galley.host.release import _fetch_script
 from galley.inventory.validate import problems
 from galley.lab.standins import yamlish

@@ -3,6 +3,8 @@ holder's lease runs out and is broken only on request; check-and-set settles a r
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import pytest
@@ -48,3 +50,12 @@ def test_check_and_set_lets_only_one_of_two_simultaneous_runs_win(kv):
     with pytest.raises(LockError, match="taken by another run at the same moment"):
         late._write(lambda: "taken by another run at the same moment; run again later")
     winner.release()
+
+
+def test_a_holder_killed_on_this_machine_is_taken_over(kv):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    killed = ClusterLock.acquire(kv, "lab", "galley rollout kubelet --to 1.33.6 inv.py")
+    killed.record["pid"] = dead.pid  # as if that process had held it and been killed
+    killed.renew()
+    ClusterLock.acquire(kv, "lab", "galley rollout kubelet --to 1.33.6 --resume inv.py").release()
