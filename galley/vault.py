@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache, partial
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import hvac
@@ -21,6 +22,7 @@ import hvac.exceptions
 import requests
 
 TIMEOUT_SECONDS = 10
+T = TypeVar("T")
 # sys/health codes of a node that serves requests: active, standby, DR secondary, perf standby.
 _SERVING = {200, 429, 472, 473}
 # Secrets that data must not hold; each has a ``<key>_file`` setting and a ``<KEY>`` variable.
@@ -269,3 +271,15 @@ def _check_capabilities(client: hvac.Client, addr: str, needed: dict[str, str]) 
             "`galley vault bootstrap` writes: <cluster>-etcd, -control-plane, -workers or "
             "-deploy)"
         )
+
+
+def once_per_client(client: hvac.Client, key: tuple, fetch: Callable[[], T]) -> T:
+    """``fetch()`` the first time ``key`` is asked of ``client``, the same value afterwards.
+
+    A deploy shares one client per run (`lazy_client`): what every host reads from Vault
+    (a mount's CA, the shared secrets) is then read once per run, not once per host.
+    """
+    cache = client.__dict__.setdefault("_galley_once", {})
+    if key not in cache:
+        cache[key] = fetch()
+    return cache[key]

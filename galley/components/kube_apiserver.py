@@ -34,6 +34,7 @@ from galley.components.model import Component, Config, Configured, Directory, Un
 from galley.host.restarts import RestartError, systemctl_restart, wait_until_healthy
 from galley.host.secrets import Secret, secret_file
 from galley.pki import API_SERVICE_NAMES, Identity, RoleSpec
+from galley.vault import once_per_client
 
 ENCRYPTION_CONFIG = f"{K8S_DIR}/encryption-config.yaml"
 SA_KEY = f"{PKI_DIR}/sa.key"
@@ -117,7 +118,10 @@ def _restart(state: State, host: Host, unit: str) -> None:
 def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
     data = host.data
     cluster = data.cluster_name
-    shared = cluster_secrets.read(context["vault"](), cluster)
+    client = context["vault"]()
+    shared = once_per_client(
+        client, ("secrets", cluster), lambda: cluster_secrets.read(client, cluster)
+    )
     encryption = KUBE_APISERVER.config(ENCRYPTION_CONFIG)
     # Secrets go through `secret_file`: never shown, not even with --diff.
     written = {

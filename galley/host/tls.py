@@ -31,6 +31,7 @@ from galley.pki import (
     resign_reason,
     sign,
 )
+from galley.vault import once_per_client
 
 # Must produce what pki.LEAF_KEY allows: EC P-256.
 GENPKEY_OPTIONS = "-algorithm EC -pkeyopt ec_paramgen_curve:P-256"
@@ -79,7 +80,11 @@ def host_certificates(
     found = host.get_fact(
         TlsFiles, keys=[cert.key_path for cert in certs], certs=[cert.cert_path for cert in certs]
     )
-    ca_pems = {mount: read_ca(vault(), mount) for mount in dict.fromkeys(c.mount for c in certs)}
+    client = vault()
+    ca_pems = {
+        mount: once_per_client(client, ("ca", mount), lambda mount=mount: read_ca(client, mount))
+        for mount in dict.fromkeys(c.mount for c in certs)
+    }
     bundles: dict[str, HostCert] = {}  # CA path -> the first certificate that needs it
     for cert in certs:
         bundles.setdefault(cert.ca_path, cert)
