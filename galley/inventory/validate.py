@@ -21,6 +21,7 @@ from galley.components.kubernetes import first_service_ip
 from galley.components.model import Artifact, Component
 from galley.downloads import ChecksumError, sha256_of
 from galley.inventory.load import InventoryLoadError, contacting_hosts, load_inventory
+from galley.pki import parse_duration
 from galley.problems import Problem
 from galley.vault import VaultError, VaultSettings
 
@@ -269,6 +270,18 @@ def _settings_check(host: Host) -> Iterable[tuple[str, str]]:
     image = data.get("sandbox_image")
     if image is not None and not (isinstance(image, str) and IMAGE.fullmatch(image)):
         yield "sandbox_image", f"{image!r} is not a container image reference"
+    for ttl in ("etcd_cert_ttl", "kubernetes_cert_ttl"):
+        value = data.get(ttl)
+        try:
+            if value is not None and parse_duration(value) <= 0:
+                raise ValueError
+        except (TypeError, ValueError):
+            yield ttl, f"{value!r} is not a duration such as '720h'"
+    stall = data.get("download_stall_seconds")
+    if stall is not None and not (isinstance(stall, int) and not isinstance(stall, bool)):
+        yield "download_stall_seconds", f"must be a number of seconds, not {stall!r}"
+    elif stall is not None and stall < 1:
+        yield "download_stall_seconds", f"must be at least 1, not {stall}"
 
 
 def _network_check(host: Host) -> Iterable[tuple[str, str]]:

@@ -89,6 +89,10 @@ BAD_INVENTORIES = {
         [_host("etcd-1", 1), *GOOD[1:]],
         "etcd-1: name: does not fit the cluster's naming scheme lab-*",
     ),
+    "certificate lifetime that is not a duration": (
+        [_host("lab-etcd-1", 1, etcd_cert_ttl="a month"), *GOOD[1:]],
+        "lab-etcd-1: etcd_cert_ttl: 'a month' is not a duration such as '720h'",
+    ),
     "port of the wrong type": (
         [_host("lab-etcd-1", 1, etcd_client_port="2379"), *GOOD[1:]],
         "lab-etcd-1: etcd_client_port: must be a TCP port, not '2379'",
