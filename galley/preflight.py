@@ -53,10 +53,10 @@ def _check(components: Sequence[Component]) -> Callable[[], hvac.Client]:
     try:
         settings = VaultSettings.from_data(host.data)
         vault = lazy_client(settings, deploy_paths(host.data.cluster_name, components))
+        client = vault()
         if "--dry" not in sys.argv:  # a run that changes hosts holds the cluster's lock
             command = " ".join(["pyinfra", *sys.argv[1:]])
-            ClusterLock.acquire(vault(), host.data.cluster_name, command).keep()
-        vault()
+            ClusterLock.acquire(client, host.data.cluster_name, command).keep()
     except (VaultError, LockError) as exc:
         raise PreflightError(f"{exc} (nothing was changed)") from exc
     return vault

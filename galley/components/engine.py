@@ -45,10 +45,10 @@ def render_text(config: Config, **variables) -> str:
     return get_template(str(TEMPLATES / str(config.template))).render(variables)
 
 
-def install_artifact(artifact: Artifact, data, version: str | None = None) -> Release:
-    """Install ``artifact`` at ``version`` (default: its group-data version), verified against
-    the catalogue's sha256 before it is activated."""
-    version = version or data.get(artifact.version_field)
+def install_artifact(artifact: Artifact, data) -> Release:
+    """Install ``artifact`` at its group-data version, verified against the catalogue's sha256
+    before it is activated."""
+    version = data.get(artifact.version_field)
     arch = data.arch
     digest = sha256_of(data, artifact.key, version, arch)
     if digest is None:
@@ -171,7 +171,7 @@ def deploy_components(components: Sequence[Component], vault: Callable[[], hvac.
     certs = list({cert.cert_path: cert for c in mine for cert in c.certs_of(host)}.values())
     for path, operations in install_certificates(host, certs, vault).items():
         written.setdefault(path, []).extend(operations)
-    context = {"vault": vault, "certs": {cert.stem: cert for cert in certs}}
+    context = {"vault": vault}
     unit_files: dict[str, OperationMeta] = {}
     for component in host.loop(mine):
         configured = component.configure(host, context) if component.configure else Configured()

@@ -207,7 +207,7 @@ class Component:
     """One thing galley installs and runs on the hosts of ``group``.
 
     ``configure(host, context)`` writes its config files (`Config` entries) and returns
-    `Configured`; ``context`` has the run's ``vault`` factory and the ``certs`` by stem.
+    `Configured`; ``context`` has the run's ``vault`` factory.
     ``checks`` name the validation rules its group data must pass (`galley.inventory.checks`).
     ``watch`` lists files other components write that its unit reads too.
     """
