@@ -11,6 +11,7 @@ import shlex
 from collections.abc import Sequence
 
 ETCDCTL = "/usr/local/bin/etcdctl"
+ETCDUTL = "/usr/local/bin/etcdutl"
 LOCAL_ENDPOINT = "https://127.0.0.1:2379"
 CACERT = "/etc/etcd/pki/ca.crt"
 CERT = "/etc/etcd/pki/healthcheck-client.crt"
