@@ -27,6 +27,7 @@ from galley.components.model import (
     github_artifact,
 )
 from galley.etcdctl import CACERT, etcdctl_command
+from galley.facts.etcd import EtcdDataDir
 from galley.host.restarts import RestartError, systemctl_restart, wait_until_healthy
 from galley.pki import Identity, RoleSpec
 
@@ -34,6 +35,8 @@ CONFIG_DIR = "/etc/etcd"
 CONFIG_PATH = f"{CONFIG_DIR}/etcd.conf.yml"
 PKI_DIR = f"{CONFIG_DIR}/pki"
 DATA_DIR = "/var/lib/etcd"
+# The initial-cluster `member add` returned for this host, written before its first start.
+JOIN_RECORD = f"{CONFIG_DIR}/initial-cluster"
 HEALTHCHECK_CLIENT = "etcd-healthcheck-client"
 HEALTH_TIMEOUT = 60.0
 
@@ -93,9 +96,30 @@ def _member_cert(stem: str, role: RoleSpec, identity) -> Cert:
     return Cert(stem, PKI_DIR, "etcd", role, identity, CACERT, "etcd", "etcd", "etcd_cert_ttl")
 
 
-def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
+def cluster_settings(
+    inventory_cluster: str, joined: str | None, data_dir_empty: bool, cluster_exists: bool
+) -> tuple[str, str]:
+    """``initial-cluster-state`` and ``initial-cluster`` for a member's config.
+
+    ``new`` only to bootstrap: this data dir is empty and no etcd host has member data.
+    Everything else is ``existing``: a member that joined keeps the list ``member add``
+    returned (its join record, ``joined``); a member with data keeps the inventory's list
+    (etcd reads neither with data). A host with an empty data dir beside a cluster that
+    exists must join through `galley.ops.etcd_members` before etcd starts: started with this
+    config, etcd refuses to run (the list does not match the cluster) and changes nothing.
+    """
+    if joined:
+        return "existing", joined
+    if data_dir_empty and not cluster_exists:
+        return "new", inventory_cluster
+    return "existing", inventory_cluster
+
+
+def member_variables(host: Host, state: str, cluster: str) -> dict[str, Any]:
+    """The config template's variables for ``host`` with the given cluster settings (the
+    deploy's and a joining member's config are rendered from the same values)."""
     data = host.data
-    variables = {
+    return {
         "cluster_name": data.cluster_name,
         "member_name": member_name(host),
         "private_ip": data.private_ip,
@@ -105,9 +129,25 @@ def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
         "data_dir": DATA_DIR,
         "pki_dir": PKI_DIR,
         "config_path": CONFIG_PATH,
-        "initial_cluster": initial_cluster(members(), data.etcd_peer_port),
-        "initial_cluster_state": "new",
+        "initial_cluster": cluster,
+        "initial_cluster_state": state,
     }
+
+
+def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
+    own = host.get_fact(EtcdDataDir, data_dir=DATA_DIR, join_record=JOIN_RECORD)
+    exists = own["empty"] and any(
+        not other.get_fact(EtcdDataDir, data_dir=DATA_DIR, join_record=JOIN_RECORD)["empty"]
+        for other in members()
+        if other != host
+    )
+    settings = cluster_settings(
+        initial_cluster(members(), host.data.etcd_peer_port),
+        own["joined"],
+        own["empty"],
+        exists,
+    )
+    variables = member_variables(host, *settings)
     return Configured({CONFIG_PATH: render(ETCD.config(CONFIG_PATH), **variables)}, variables)
 
 

@@ -244,6 +244,30 @@ class EtcdHealth(FactBase):
         return result
 
 
+class EtcdDataDir(FactBase):
+    """Whether the member's data dir holds member data, and its join record.
+
+    Returns ``{"empty": bool, "joined": str | None}``: ``empty`` is False once etcd has
+    written ``<data_dir>/member``; ``joined`` is the join record's ``initial-cluster`` (the
+    list ``member add`` returned for this host), None without one.
+    """
+
+    def command(self, data_dir: str, join_record: str) -> str:
+        member = shlex.quote(f"{data_dir}/member")
+        return (
+            f"if [ -d {member} ]; then echo data; else echo empty; fi; "
+            f"cat {shlex.quote(join_record)} 2>/dev/null || true"
+        )
+
+    @staticmethod
+    def default() -> dict[str, Any]:
+        return {"empty": False, "joined": None}  # unknown: never a reason to bootstrap
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        joined = "".join(line.strip() for line in output[1:])
+        return {"empty": output[0] != "data", "joined": joined or None}
+
+
 def _first_entry(data: Any) -> dict[str, Any]:
     """The first object of an ``endpoint health/status -w json`` list (one endpoint), or {}."""
     if isinstance(data, list) and data and isinstance(data[0], dict):
