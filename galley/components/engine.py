@@ -10,7 +10,7 @@ than its start, or a reload when only files it reloads (`Component.reloaded_by`)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import hvac
 from pyinfra import host
@@ -99,19 +99,29 @@ def run_units(
     components: Sequence[Component],
     unit_files: Mapping[str, OperationMeta],
     written: Mapping[str, Sequence[OperationMeta]],
+    before_start: Collection[str] = (),
 ) -> None:
     """Reload systemd if a unit file changed; start and enable each unit, in order; wait after
     a first start; restart (durably, see `restart_when_pending`) when its files changed.
 
     ``written`` maps each path to the operations of this run that write it: a unit's restart
     depends on exactly the operations writing the files it watches (so ``--dry`` lists
-    exactly the restarts the run will do)."""
+    exactly the restarts the run will do). ``before_start`` names the units whose
+    `Unit.before_start` hook is due: it runs just before the unit is started, one host at a
+    time."""
     systemd.daemon_reload(
         name="systemd daemon-reload",
         _if=lambda: any(unit.did_change() for unit in unit_files.values()),
     )
     for component in host.loop(components):
         unit = component.unit
+        if unit.before_start is not None and unit.name in before_start:
+            python.call(
+                name=f"Before starting {unit.name}",
+                function=unit.before_start,
+                unit=unit.name,
+                _serial=True,
+            )
         started = systemd.service(
             name=f"{unit.name} started and enabled", service=unit.name, running=True, enabled=True
         )
@@ -211,8 +221,11 @@ def deploy_components(components: Sequence[Component], vault: Callable[[], hvac.
         written.setdefault(path, []).extend(operations)
     context = {"vault": vault}
     unit_files: dict[str, OperationMeta] = {}
+    before_start: list[str] = []
     for component in host.loop(mine):
         configured = component.configure(host, context) if component.configure else Configured()
+        if configured.before_start and component.unit is not None:
+            before_start.append(component.unit.name)
         for path, operation in configured.files.items():
             wrote(path, operation)
         if component.unit is not None:
@@ -220,4 +233,4 @@ def deploy_components(components: Sequence[Component], vault: Callable[[], hvac.
             variables = {"cluster_name": host.data.cluster_name, **configured.variables}
             unit_files[unit.name] = render(Config(unit.path, unit.template), **variables)
             wrote(unit.path, unit_files[unit.name])
-    run_units([c for c in mine if c.unit], unit_files, written)
+    run_units([c for c in mine if c.unit], unit_files, written, before_start)

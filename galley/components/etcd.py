@@ -1,14 +1,20 @@
 """etcd: the cluster's store, on the ``etcd`` group, with Vault-signed TLS for clients and peers.
 
-Peers come from the inventory (member name = host name, private IP). Restarts are durable and
-rolling: a member restarts when the files it runs from are newer than its start, one member
-at a time, each only while every other member is healthy, leadership handed off first, and
-the next only once the cluster is healthy again.
+Peers come from the inventory (member name = host name, private IP). etcd reads its whole
+configuration from environment files: ``etcd.env`` (everything but the bootstrap; a change
+restarts the member) and ``bootstrap.env`` (``initial-cluster*``, which etcd reads only with
+an empty data dir, so a change there restarts nothing). `bootstrap_settings` never claims a
+state the member is not in; a host with an empty data dir beside a running cluster joins it
+before its first start (`_join`: learner, start, promote; `galley.ops.etcd_members`).
+Restarts are durable and rolling: a member restarts when the files it runs from are newer
+than its start, one member at a time, each only while every other member is healthy,
+leadership handed off first, and the next only once the cluster is healthy again.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,7 +22,7 @@ from pyinfra import inventory
 from pyinfra.api.host import Host
 from pyinfra.api.state import State
 
-from galley.components.engine import render
+from galley.components.engine import render, render_text
 from galley.components.model import (
     Cert,
     Component,
@@ -29,14 +35,21 @@ from galley.components.model import (
 from galley.etcdctl import CACERT, etcdctl_command
 from galley.facts.etcd import EtcdDataDir
 from galley.host.restarts import RestartError, systemctl_restart, wait_until_healthy
+from galley.ops.etcd_client import EtcdClient, host_runner
+from galley.ops.etcd_members import Membership
+from galley.ops.etcd_plan import Wanted
+from galley.ops.journal import operator_dir
 from galley.pki import Identity, RoleSpec
 
 CONFIG_DIR = "/etc/etcd"
-CONFIG_PATH = f"{CONFIG_DIR}/etcd.conf.yml"
+ENV_PATH = f"{CONFIG_DIR}/etcd.env"
+BOOTSTRAP_PATH = f"{CONFIG_DIR}/bootstrap.env"
 PKI_DIR = f"{CONFIG_DIR}/pki"
 DATA_DIR = "/var/lib/etcd"
-# The initial-cluster `member add` returned for this host, written before its first start.
-JOIN_RECORD = f"{CONFIG_DIR}/initial-cluster"
+# Snapshots taken before each membership change, on the host running it (0600: every Secret).
+SNAPSHOT_DIR = "/var/lib/galley/etcd-snapshots"
+# The membership journal, in the operator's directory of the cluster.
+MEMBERSHIP_JOURNAL = "etcd-membership.json"
 HEALTHCHECK_CLIENT = "etcd-healthcheck-client"
 HEALTH_TIMEOUT = 60.0
 
@@ -62,19 +75,29 @@ def members() -> list[Host]:
     return list(inventory.get_group("etcd", []))
 
 
+def wanted(member: Host) -> Wanted:
+    """An inventory host as the membership planner sees it: name, peer and client URL."""
+    data = member.data
+    return Wanted(
+        member_name(member),
+        f"https://{data.private_ip}:{data.etcd_peer_port}",
+        f"https://{data.private_ip}:{data.etcd_client_port}",
+    )
+
+
 def member_identity(host_name: str, private_ip: str) -> Identity:
     """An etcd member's identity: CN host name, SANs host name, localhost and its IPs."""
     return Identity(host_name, (host_name, "localhost"), (private_ip, "127.0.0.1"))
 
 
-def initial_cluster(hosts: Sequence[Host], peer_port: int) -> str:
+def initial_cluster(hosts: Sequence[Host]) -> str:
     """etcd's ``initial-cluster`` value: ``name=https://ip:peer_port`` for every member."""
-    return ",".join(f"{member_name(h)}=https://{h.data.private_ip}:{peer_port}" for h in hosts)
+    return ",".join(f"{w.name}={w.peer_url}" for w in map(wanted, hosts))
 
 
 def client_endpoints(hosts: Sequence[Host]) -> list[str]:
     """The client URLs of all members (each member's own port)."""
-    return [f"https://{h.data.private_ip}:{h.data.etcd_client_port}" for h in hosts]
+    return [wanted(h).client_url for h in hosts]
 
 
 def client_role(cn: str) -> RoleSpec:
@@ -96,28 +119,29 @@ def _member_cert(stem: str, role: RoleSpec, identity) -> Cert:
     return Cert(stem, PKI_DIR, "etcd", role, identity, CACERT, "etcd", "etcd", "etcd_cert_ttl")
 
 
-def cluster_settings(
-    inventory_cluster: str, joined: str | None, data_dir_empty: bool, cluster_exists: bool
-) -> tuple[str, str]:
-    """``initial-cluster-state`` and ``initial-cluster`` for a member's config.
+def bootstrap_settings(
+    inventory_cluster: str, own: Mapping[str, Any], cluster_exists: bool
+) -> tuple[str, str] | None:
+    """``initial-cluster-state`` and ``initial-cluster`` for a member's bootstrap.env, from
+    its `EtcdDataDir` fact (``own``) and whether another etcd host has member data; None when
+    the host must join the cluster first (`_join` writes the file at execution time).
 
-    ``new`` only to bootstrap: this data dir is empty and no etcd host has member data.
-    Everything else is ``existing``: a member that joined keeps the list ``member add``
-    returned (its join record, ``joined``); a member with data keeps the inventory's list
-    (etcd reads neither with data). A host with an empty data dir beside a cluster that
-    exists must join through `galley.ops.etcd_members` before etcd starts: started with this
-    config, etcd refuses to run (the list does not match the cluster) and changes nothing.
+    - A member with data: ``existing``, with the list its file records (the inventory's
+      without one). etcd reads neither with data; keeping the recorded list leaves the file
+      alone when members come and go.
+    - Every data dir empty: ``new`` with the inventory's list, until the wait after the first
+      start rewrites it to ``existing`` (`_settle`), so the next deploy changes nothing.
+    - An empty data dir beside a cluster with data: a join (learner, then voter).
     """
-    if joined:
-        return "existing", joined
-    if data_dir_empty and not cluster_exists:
+    if not own["empty"]:
+        return "existing", own["cluster"] or inventory_cluster
+    if not cluster_exists:
         return "new", inventory_cluster
-    return "existing", inventory_cluster
+    return None
 
 
-def member_variables(host: Host, state: str, cluster: str) -> dict[str, Any]:
-    """The config template's variables for ``host`` with the given cluster settings (the
-    deploy's and a joining member's config are rendered from the same values)."""
+def member_variables(host: Host) -> dict[str, Any]:
+    """The variables of etcd.env and the unit for ``host``."""
     data = host.data
     return {
         "cluster_name": data.cluster_name,
@@ -128,27 +152,95 @@ def member_variables(host: Host, state: str, cluster: str) -> dict[str, Any]:
         "metrics_port": data.etcd_metrics_port,
         "data_dir": DATA_DIR,
         "pki_dir": PKI_DIR,
-        "config_path": CONFIG_PATH,
+        "env_path": ENV_PATH,
+        "bootstrap_path": BOOTSTRAP_PATH,
+    }
+
+
+def bootstrap_variables(host: Host, state: str, cluster: str) -> dict[str, Any]:
+    """The variables of bootstrap.env (the deploy's and a joining member's, alike)."""
+    return {
+        "cluster_name": host.data.cluster_name,
         "initial_cluster": cluster,
         "initial_cluster_state": state,
     }
 
 
+def _data_dir(host: Host) -> dict[str, Any]:
+    return host.get_fact(EtcdDataDir, data_dir=DATA_DIR, bootstrap_env=BOOTSTRAP_PATH)
+
+
 def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
-    own = host.get_fact(EtcdDataDir, data_dir=DATA_DIR, join_record=JOIN_RECORD)
+    own = _data_dir(host)
     exists = own["empty"] and any(
-        not other.get_fact(EtcdDataDir, data_dir=DATA_DIR, join_record=JOIN_RECORD)["empty"]
-        for other in members()
-        if other != host
+        not _data_dir(other)["empty"] for other in members() if other != host
     )
-    settings = cluster_settings(
-        initial_cluster(members(), host.data.etcd_peer_port),
-        own["joined"],
-        own["empty"],
-        exists,
+    settings = bootstrap_settings(initial_cluster(members()), own, exists)
+    variables = member_variables(host)
+    files = {ENV_PATH: render(ETCD.config(ENV_PATH), **variables)}
+    if settings is not None:
+        files[BOOTSTRAP_PATH] = render(
+            ETCD.config(BOOTSTRAP_PATH), **bootstrap_variables(host, *settings)
+        )
+    return Configured(files, variables, before_start=settings is None)
+
+
+class DeployHosts:
+    """`galley.ops.etcd_members.MemberHosts` over the etcd group's hosts of a deploy (by
+    member name), at execution time."""
+
+    def __init__(self, hosts: Sequence[Host]) -> None:
+        self.hosts = {member_name(host): host for host in hosts}
+
+    def data_dir_empty(self, name: str) -> bool:
+        """Whether the host's data dir holds no member data (unknown counts as data)."""
+        return _data_dir(self.hosts[name])["empty"]
+
+    def start_member(self, name: str, initial_cluster: str) -> None:
+        """Write bootstrap.env with ``existing`` and ``initial_cluster``, start etcd (not
+        waiting for it: the executor polls until it has joined)."""
+        target = self.hosts[name]
+        text = render_text(
+            ETCD.config(BOOTSTRAP_PATH),
+            **bootstrap_variables(target, "existing", initial_cluster),
+        )
+        _run(target, f"{_write_command(BOOTSTRAP_PATH, text)} && systemctl start --no-block etcd")
+
+    def stop_and_wipe(self, name: str) -> None:
+        """Stop and disable etcd, empty its data dir."""
+        _run(self.hosts[name], f"systemctl disable --now etcd && rm -rf {DATA_DIR}/member")
+
+
+def _write_command(path: str, text: str) -> str:
+    """Replace ``path`` (root:etcd 0640) with ``text``, atomically."""
+    tmp = shlex.quote(f"{path}.galley-new")
+    return (
+        f"umask 027 && printf %s {shlex.quote(text)} > {tmp} && chgrp etcd {tmp} && "
+        f"mv {tmp} {shlex.quote(path)}"
     )
-    variables = member_variables(host, *settings)
-    return Configured({CONFIG_PATH: render(ETCD.config(CONFIG_PATH), **variables)}, variables)
+
+
+def _run(host: Host, command: str) -> None:
+    ok, output = host.run_shell_command(command)
+    if not ok:
+        raise RestartError(f"{host.name}: {command.split(' && ')[-1]} failed: {output.stderr}")
+
+
+def _join(state: State, host: Host, unit: str) -> None:
+    """Before this host's etcd first starts beside a running cluster: reconcile the members
+    with the inventory (a replaced droplet's old member removed, then each new host added as
+    a learner, started with the list ``member add`` returned and promoted once caught up).
+    Hooks run one host at a time; the first does every pending change, the next find none."""
+    hosts = members()
+    membership = Membership(
+        client=EtcdClient(host_runner(host)),
+        hosts=DeployHosts(hosts),
+        journal_path=operator_dir(host.data) / MEMBERSHIP_JOURNAL,
+        snapshot_dir=SNAPSHOT_DIR,
+        log=host.log,
+        timeout=HEALTH_TIMEOUT,
+    )
+    host.log(membership.reconcile([wanted(h) for h in hosts]))
 
 
 def _endpoint_health(host: Host, endpoints: Sequence[str]) -> dict[str, str | None]:
@@ -172,12 +264,21 @@ def unhealthy(host: Host, endpoints: Sequence[str]) -> str | None:
 
 
 def _wait_cluster_healthy(state: State, host: Host, unit: str) -> None:
+    """After the first start: wait until the cluster is healthy, then settle bootstrap.env."""
     endpoints = client_endpoints(members())
     problem = wait_until_healthy(lambda: unhealthy(host, endpoints), HEALTH_TIMEOUT)
     if problem:
         raise RestartError(
             f"{host.name}: etcd cluster not healthy after {HEALTH_TIMEOUT:.0f}s: {problem}"
         )
+    _run(host, SETTLE_COMMAND)
+
+
+# A bootstrapped member's bootstrap.env says ``existing`` (it has data; etcd no longer reads it).
+SETTLE_COMMAND = (
+    "sed -i 's/^ETCD_INITIAL_CLUSTER_STATE=new$/ETCD_INITIAL_CLUSTER_STATE=existing/' "
+    + BOOTSTRAP_PATH
+)
 
 
 def _restart_member(state: State, host: Host, unit: str) -> None:
@@ -247,13 +348,17 @@ ETCD = Component(
             lambda host: Identity(HEALTHCHECK_CLIENT),
         ),
     ),
-    configs=(Config(CONFIG_PATH, "etcd/etcd.conf.yml.j2", mode="640", group="etcd"),),
+    configs=(
+        Config(ENV_PATH, "etcd/etcd.env.j2", mode="640", group="etcd"),
+        Config(BOOTSTRAP_PATH, "etcd/bootstrap.env.j2", mode="640", group="etcd", watched=False),
+    ),
     unit=Unit(
         "etcd",
         "etcd/etcd.service.j2",
         restart=_restart_member,
         serial=True,
         wait=_wait_cluster_healthy,
+        before_start=_join,
     ),
     directories=(
         Directory(DATA_DIR, "700", "etcd", "etcd"),

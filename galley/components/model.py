@@ -149,7 +149,9 @@ class Cert:
 class Config:
     """A file a component reads, rendered from ``templates/<template>`` (None: written by the
     component's own code, e.g. a secret from Vault). A change to a ``reload`` file is applied
-    with ``systemctl reload`` (the unit keeps running), to any other with a restart."""
+    with ``systemctl reload`` (the unit keeps running), to any other with a restart, except to
+    a file that is not ``watched``: one the unit reads only on some starts (etcd's
+    bootstrap.env, read only with an empty data dir), whose change alone restarts nothing."""
 
     path: str
     template: str | None = None
@@ -158,6 +160,7 @@ class Config:
     group: str = "root"
     when: Callable[[Host], bool] = lambda host: True
     reload: bool = False
+    watched: bool = True
 
 
 @dataclass(frozen=True)
@@ -179,7 +182,9 @@ class Unit:
     """A systemd unit rendered from ``templates/<template>``.
 
     ``restart`` restarts it (default: plain ``systemctl restart``), ``serial`` one host at a
-    time; ``wait`` runs after its first start, e.g. until it is healthy.
+    time; ``wait`` runs after its first start, e.g. until it is healthy; ``before_start`` runs
+    just before it is started, on the hosts where the component's ``configure`` says it is due
+    (`Configured.before_start`), one host at a time (e.g. etcd's join of a new member).
     """
 
     name: str
@@ -187,6 +192,7 @@ class Unit:
     restart: UnitHook | None = None
     serial: bool = False
     wait: UnitHook | None = None
+    before_start: UnitHook | None = None
 
     @property
     def path(self) -> str:
@@ -197,11 +203,13 @@ class Unit:
 @dataclass(frozen=True)
 class Configured:
     """What a component's ``configure`` added: the operation writing each of its config files
-    (by path: a restart watches exactly the files its unit reads) and the variables its unit
-    template needs."""
+    (by path: a restart watches exactly the files its unit reads), the variables its unit
+    template needs, and whether its unit's ``before_start`` hook is due on this host (decided
+    from facts, so ``--dry`` lists it exactly when it will run)."""
 
     files: dict[str, Any] = field(default_factory=dict)
     variables: dict[str, Any] = field(default_factory=dict)
+    before_start: bool = False
 
 
 @dataclass(frozen=True)
@@ -259,7 +267,9 @@ class Component:
         paths = [self.unit.path]
         if self.artifacts:
             paths += self.artifacts[0].active_paths()
-        paths += [config.path for config in self.configs_of(host) if not config.reload]
+        paths += [
+            config.path for config in self.configs_of(host) if config.watched and not config.reload
+        ]
         paths += [path for cert in self.certs_of(host) for path in cert.paths()]
         paths += list(self.watch)
         return list(dict.fromkeys(paths))
@@ -268,7 +278,7 @@ class Component:
         """The files whose change this component's unit takes with a reload (`Config.reload`)."""
         if self.unit is None:
             return []
-        return [config.path for config in self.configs_of(host) if config.reload]
+        return [config.path for config in self.configs_of(host) if config.watched and config.reload]
 
 
 @dataclass(frozen=True)

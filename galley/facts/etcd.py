@@ -245,27 +245,33 @@ class EtcdHealth(FactBase):
 
 
 class EtcdDataDir(FactBase):
-    """Whether the member's data dir holds member data, and its join record.
+    """Whether the member's data dir holds member data, and what its bootstrap file says.
 
-    Returns ``{"empty": bool, "joined": str | None}``: ``empty`` is False once etcd has
-    written ``<data_dir>/member``; ``joined`` is the join record's ``initial-cluster`` (the
-    list ``member add`` returned for this host), None without one.
+    Returns ``{"empty": bool, "state": str | None, "cluster": str | None}``: ``empty`` is
+    False once etcd has written ``<data_dir>/member``; ``state`` and ``cluster`` are the
+    ``ETCD_INITIAL_CLUSTER_STATE`` and ``ETCD_INITIAL_CLUSTER`` of ``bootstrap_env`` (None
+    without them).
     """
 
-    def command(self, data_dir: str, join_record: str) -> str:
+    def command(self, data_dir: str, bootstrap_env: str) -> str:
         member = shlex.quote(f"{data_dir}/member")
         return (
             f"if [ -d {member} ]; then echo data; else echo empty; fi; "
-            f"cat {shlex.quote(join_record)} 2>/dev/null || true"
+            f"grep -E '^ETCD_INITIAL_CLUSTER(_STATE)?=' {shlex.quote(bootstrap_env)} "
+            "2>/dev/null || true"
         )
 
     @staticmethod
     def default() -> dict[str, Any]:
-        return {"empty": False, "joined": None}  # unknown: never a reason to bootstrap
+        return {"empty": False, "state": None, "cluster": None}  # unknown: never bootstrap
 
     def process(self, output: list[str]) -> dict[str, Any]:
-        joined = "".join(line.strip() for line in output[1:])
-        return {"empty": output[0] != "data", "joined": joined or None}
+        values = dict(line.strip().partition("=")[::2] for line in output[1:] if "=" in line)
+        return {
+            "empty": output[0] != "data",
+            "state": values.get("ETCD_INITIAL_CLUSTER_STATE") or None,
+            "cluster": values.get("ETCD_INITIAL_CLUSTER") or None,
+        }
 
 
 def _first_entry(data: Any) -> dict[str, Any]:

@@ -31,18 +31,13 @@ from cryptography.x509.oid import NameOID
 from galley.components.kubernetes import operator_api_urls
 from galley.components.model import TEMPLATES
 from galley.inventory.load import InventoryLoadError, load_inventory
+from galley.ops.journal import operator_dir
 from galley.pki import Identity, mount_path, parse_duration, read_ca, resign_reason, sign
 from galley.vault import VaultError, VaultSettings, connect
 
 ADMIN = Identity("admin", organization=("system:masters",))
 ROLE = "admin"
 READY_TIMEOUT = 3.0
-
-
-def operator_dir(data) -> Path:
-    """Where the operator's credentials of ``data.cluster_name`` live."""
-    base = data.get("galley_config_dir") or "~/.config/galley"
-    return Path(base).expanduser() / data.cluster_name
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The journal every day-2 operation shares: what it did so far, node by node."""
+"""The journal every day-2 operation shares: what it did so far, node by node, kept in the
+operator's directory of the cluster (`operator_dir`, beside the admin credential)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,12 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+
+def operator_dir(data) -> Path:
+    """Where the operator's files of ``data.cluster_name`` live (credentials, journals)."""
+    base = data.get("galley_config_dir") or "~/.config/galley"
+    return Path(base).expanduser() / data.cluster_name
 
 
 class JournalError(Exception):

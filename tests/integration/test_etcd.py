@@ -57,7 +57,8 @@ def member_certs() -> dict[str, dict]:
 def fingerprint(lab) -> dict[str, str]:
     """Everything a deploy could change on the etcd members, plus when etcd started."""
     command = (
-        "sha256sum /etc/etcd/etcd.conf.yml /etc/systemd/system/etcd.service /etc/etcd/pki/*; "
+        "sha256sum /etc/etcd/etcd.env /etc/etcd/bootstrap.env /etc/systemd/system/etcd.service "
+        "/etc/etcd/pki/*; "
         "readlink /opt/galley/etcd/current; ls /opt/galley/etcd; "
         "systemctl show -p ActiveEnterTimestamp,MainPID etcd"
     )
@@ -284,7 +285,7 @@ def test_near_expiry_and_stale_address_are_resigned_one_member_at_a_time(
 
 def test_a_run_killed_before_its_restart_still_restarts_next_time(cluster):
     # As if a run wrote the configuration and died before restarting etcd.
-    ssh(cluster, "lab-etcd-1", "touch /etc/etcd/etcd.conf.yml")
+    ssh(cluster, "lab-etcd-1", "touch /etc/etcd/etcd.env")
     before = started_at(cluster)
     code, results, output = run_deploy("etcd")
     assert code == 0, output

@@ -1,44 +1,236 @@
-"""How the etcd config claims ``new`` or ``existing`` (galley.components.etcd) and the fact
-it decides from (galley.facts.etcd.EtcdDataDir, run by sh)."""
+"""etcd's bootstrap settings (galley.components.etcd): the decision table, what the deploy
+writes on each host, the environment files etcd reads, and a real etcd 3.5.30 started from
+them (bootstrap ``new``, settled to ``existing``, restarted on its data)."""
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+from pyinfra.api import Inventory
 
-from galley.components.etcd import cluster_settings
+from galley.components import etcd
+from galley.components.engine import render_text
+from galley.components.etcd import (
+    BOOTSTRAP_PATH,
+    ENV_PATH,
+    ETCD,
+    SETTLE_COMMAND,
+    bootstrap_settings,
+    bootstrap_variables,
+    member_variables,
+)
+from galley.components.model import Config
 from galley.facts.etcd import EtcdDataDir
+from tests.standins.pki import CA
+from tests.unit.test_etcd_membership import free_ports
 
 INVENTORY = "a=https://10.0.0.1:2380,b=https://10.0.0.2:2380,c=https://10.0.0.3:2380"
 JOINED = "a=https://10.0.0.1:2380,b=https://10.0.0.2:2380,d=https://10.0.0.4:2380"
 
 
+def fact(empty: bool, state: str | None = None, cluster: str | None = None) -> dict:
+    return {"empty": empty, "state": state, "cluster": cluster}
+
+
 @pytest.mark.parametrize(
-    ("joined", "empty", "exists", "expected"),
+    ("own", "exists", "expected"),
     [
-        (None, True, False, ("new", INVENTORY)),  # the first bootstrap
-        (None, False, False, ("existing", INVENTORY)),  # a bootstrapped member, later runs
-        (None, False, True, ("existing", INVENTORY)),
-        (None, True, True, ("existing", INVENTORY)),  # must join first; etcd refuses this
-        (JOINED, False, True, ("existing", JOINED)),  # joined: what member add returned
-        (JOINED, True, True, ("existing", JOINED)),  # joined, first start under way
+        (fact(True), False, ("new", INVENTORY)),  # the first bootstrap
+        (fact(True, "new", INVENTORY), False, ("new", INVENTORY)),  # rerun before any start
+        (fact(False, "new", INVENTORY), True, ("existing", INVENTORY)),  # killed before settling
+        (fact(False, "existing", INVENTORY), True, ("existing", INVENTORY)),  # no change
+        (fact(False, "existing", JOINED), True, ("existing", JOINED)),  # joined: its list kept
+        (fact(False), True, ("existing", INVENTORY)),  # data, no file: the inventory's list
+        (fact(True), True, None),  # an empty data dir beside a cluster: join first
+        (fact(True, "existing", JOINED), True, None),  # a join under way: finish it
     ],
 )
-def test_new_only_to_bootstrap_a_cluster_that_does_not_exist(joined, empty, exists, expected):
-    assert cluster_settings(INVENTORY, joined, empty, exists) == expected
+def test_never_a_state_the_member_is_not_in(own, exists, expected):
+    assert bootstrap_settings(INVENTORY, own, exists) == expected
 
 
 def gather(tmp_path: Path) -> dict:
-    command = EtcdDataDir().command(str(tmp_path / "data"), str(tmp_path / "initial-cluster"))
+    command = EtcdDataDir().command(str(tmp_path / "data"), str(tmp_path / "bootstrap.env"))
     done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True)
     return EtcdDataDir().process(done.stdout.splitlines())
 
 
-def test_the_data_dir_fact_reads_member_data_and_the_join_record(tmp_path):
-    assert gather(tmp_path) == {"empty": True, "joined": None}
+def test_the_data_dir_fact_reads_member_data_and_the_bootstrap_file(tmp_path):
+    assert gather(tmp_path) == fact(True)
     (tmp_path / "data" / "member").mkdir(parents=True)
-    (tmp_path / "initial-cluster").write_text(JOINED + "\n")
-    assert gather(tmp_path) == {"empty": False, "joined": JOINED}
-    assert EtcdDataDir.default() == {"empty": False, "joined": None}
+    (tmp_path / "bootstrap.env").write_text(
+        f"# comment\nETCD_INITIAL_CLUSTER={JOINED}\nETCD_INITIAL_CLUSTER_STATE=existing\n"
+        "ETCD_INITIAL_CLUSTER_TOKEN=lab-etcd\n"
+    )
+    assert gather(tmp_path) == fact(False, "existing", JOINED)
+    assert EtcdDataDir.default() == fact(False)
+
+
+# --- what the deploy writes on each host ------------------------------------------------------
+
+
+def inventory(*names: str) -> Inventory:
+    hosts = [(name, {"private_ip": f"10.0.0.{i}"}) for i, name in enumerate(names, 1)]
+    data = {"cluster_name": "lab", "etcd_client_port": 2379, "etcd_peer_port": 2380}
+    data["etcd_metrics_port"] = 2381
+    return Inventory((hosts, data), etcd=(list(names), {}))
+
+
+@pytest.fixture
+def deploy(monkeypatch):
+    """`etcd._configure` on a 3-host inventory with data dir facts set by the test; returns
+    what it wrote (path -> template variables), whether the join hook is due and the hosts
+    whose facts were read."""
+    hosts = list(inventory("a", "b", "c"))
+    facts: dict[str, dict] = {}
+    read: list[str] = []
+
+    def data_dir(host):
+        read.append(host.name)
+        return facts[host.name]
+
+    monkeypatch.setattr(etcd, "members", lambda: hosts)
+    monkeypatch.setattr(etcd, "_data_dir", data_dir)
+    monkeypatch.setattr(etcd, "render", lambda config, **variables: (config.path, variables))
+
+    def run(name: str, **given: dict) -> tuple[dict, bool, list[str]]:
+        facts.clear()
+        facts.update(given)
+        read.clear()
+        configured = etcd._configure(next(h for h in hosts if h.name == name), {})
+        written = dict(configured.files.values())
+        return written, configured.before_start, list(read)
+
+    return run
+
+
+def test_a_fresh_cluster_bootstraps_new_without_a_join(deploy):
+    written, join, _ = deploy("a", a=fact(True), b=fact(True), c=fact(True))
+    assert set(written) == {ENV_PATH, BOOTSTRAP_PATH} and not join
+    assert written[BOOTSTRAP_PATH]["initial_cluster_state"] == "new"
+    assert written[BOOTSTRAP_PATH]["initial_cluster"] == INVENTORY
+
+
+def test_a_member_with_data_keeps_its_recorded_list_and_reads_no_other_fact(deploy):
+    written, join, read = deploy("a", a=fact(False, "existing", JOINED))
+    assert written[BOOTSTRAP_PATH]["initial_cluster"] == JOINED
+    assert written[BOOTSTRAP_PATH]["initial_cluster_state"] == "existing"
+    assert not join and read == ["a"]
+
+
+def test_an_empty_host_beside_a_cluster_is_joined_by_the_hook_which_writes_the_file(deploy):
+    written, join, _ = deploy("c", a=fact(False), b=fact(False), c=fact(True))
+    assert join and set(written) == {ENV_PATH}
+
+
+def test_bootstrap_env_restarts_nothing_and_etcd_env_restarts_etcd():
+    watched = ETCD.watched(None)
+    assert ENV_PATH in watched and BOOTSTRAP_PATH not in watched
+    assert BOOTSTRAP_PATH not in ETCD.reloaded_by(None)
+    assert ETCD.unit.before_start is etcd._join
+
+
+# --- the files etcd reads -----------------------------------------------------------------
+
+
+def rendered(host, state: str = "new", cluster: str = INVENTORY) -> dict[str, str]:
+    """The unit, etcd.env and bootstrap.env of ``host`` as the deploy writes them."""
+    variables = member_variables(host)
+    return {
+        "unit": render_text(Config(ETCD.unit.path, ETCD.unit.template), **variables),
+        "env": render_text(ETCD.config(ENV_PATH), **variables),
+        "bootstrap": render_text(
+            ETCD.config(BOOTSTRAP_PATH), **bootstrap_variables(host, state, cluster)
+        ),
+    }
+
+
+def environment(*texts: str) -> dict[str, str]:
+    """KEY=VALUE lines as systemd's EnvironmentFile= reads them (comments skipped)."""
+    pairs = [line.split("=", 1) for t in texts for line in t.splitlines()]
+    return {key: value for key, value in (p for p in pairs if len(p) == 2) if key[0] != "#"}
+
+
+def test_the_unit_takes_every_setting_from_the_two_environment_files():
+    files = rendered(inventory("a", "b", "c").get_host("a"))
+    assert f"EnvironmentFile={ENV_PATH}\nEnvironmentFile={BOOTSTRAP_PATH}\n" in files["unit"]
+    assert re.search(r"^ExecStart=/usr/local/bin/etcd$", files["unit"], re.MULTILINE)
+    assert set(environment(files["bootstrap"])) == {
+        "ETCD_INITIAL_CLUSTER",
+        "ETCD_INITIAL_CLUSTER_STATE",
+        "ETCD_INITIAL_CLUSTER_TOKEN",
+    }
+    assert not set(environment(files["env"])) & set(environment(files["bootstrap"]))
+
+
+def test_every_variable_is_an_etcd_3_5_flag(etcd_release):
+    help_text = subprocess.run(
+        [etcd_release / "etcd", "--help"], capture_output=True, text=True, check=False
+    )
+    flags = set(re.findall(r"^\s+--([a-z0-9-]+)", help_text.stdout + help_text.stderr, re.M))
+    files = rendered(inventory("a").get_host("a"))
+    names = environment(files["env"], files["bootstrap"])
+    as_flags = {name.removeprefix("ETCD_").lower().replace("_", "-") for name in names}
+    assert len(names) == 21 and as_flags <= flags, as_flags - flags
+
+
+def test_a_real_etcd_bootstraps_from_the_files_settles_and_restarts_on_its_data(
+    etcd_release, tmp_path
+):
+    client, peer, metrics = free_ports(3)
+    host = Inventory(
+        ([("m1", {"private_ip": "127.0.0.1"})], {"cluster_name": "t"}), etcd=(["m1"], {})
+    ).get_host("m1")
+    host.data.etcd_client_port, host.data.etcd_peer_port = client, peer
+    host.data.etcd_metrics_port = metrics
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca = CA(pki, "ca")
+    ca.issue("member")
+    variables = member_variables(host) | {"data_dir": str(tmp_path / "data"), "pki_dir": pki}
+    env = render_text(ETCD.config(ENV_PATH), **variables)
+    bootstrap = tmp_path / "bootstrap.env"
+    bootstrap.write_text(rendered(host, "new", f"m1=https://127.0.0.1:{peer}")["bootstrap"])
+    etcdctl = [
+        str(etcd_release / "etcdctl"),
+        f"--endpoints=https://127.0.0.1:{client}",
+        f"--cacert={pki / 'ca.crt'}",
+        f"--cert={pki / 'member.crt'}",
+        f"--key={pki / 'member.key'}",
+    ]
+
+    def start() -> subprocess.Popen:
+        settings = environment(env, bootstrap.read_text())
+        log = (tmp_path / "etcd.log").open("a")
+        return subprocess.Popen([etcd_release / "etcd"], env=settings, stdout=log, stderr=log)
+
+    def healthy() -> bool:
+        for _ in range(100):
+            done = subprocess.run([*etcdctl, "endpoint", "health"], capture_output=True)
+            if done.returncode == 0:
+                return True
+            time.sleep(0.1)
+        return False
+
+    process = start()
+    try:
+        assert healthy(), (tmp_path / "etcd.log").read_text()[-2000:]
+        subprocess.run([*etcdctl, "put", "k", "v"], check=True, capture_output=True)
+        settle = SETTLE_COMMAND.replace(BOOTSTRAP_PATH, str(bootstrap))
+        subprocess.run(["sh", "-c", settle], check=True)
+        subprocess.run(["sh", "-c", settle], check=True)  # idempotent
+        assert "ETCD_INITIAL_CLUSTER_STATE=existing\n" in bootstrap.read_text()
+        process.terminate()
+        process.wait(timeout=10)
+        process = start()
+        assert healthy()
+        got = subprocess.run([*etcdctl, "get", "k", "-w", "json"], capture_output=True)
+        assert json.loads(got.stdout)["count"] == 1
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
