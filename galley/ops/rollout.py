@@ -29,6 +29,7 @@ from galley.components.kubelet import KUBELET
 from galley.components.kubernetes import apiserver_urls, operator_api_urls
 from galley.lock import ClusterLock, LockError, lock_paths
 from galley.ops.admin import AdminFiles, operator_dir
+from galley.ops.drain import drain
 from galley.ops.journal import Journal, JournalError
 from galley.ops.kubeapi import ApiError, KubeApi, kubelet_version, node_ready, node_unschedulable
 from galley.ops.kubelet_hosts import ARTIFACTS, PyinfraHosts, target_version
@@ -150,18 +151,6 @@ def gate_problems(
     return found
 
 
-def evictable(pod: dict) -> bool:
-    """Whether a drain evicts this pod: not a DaemonSet's and not a mirror (static) pod."""
-    metadata = pod.get("metadata") or {}
-    if "kubernetes.io/config.mirror" in (metadata.get("annotations") or {}):
-        return False
-    return not any(ref.get("kind") == "DaemonSet" for ref in metadata.get("ownerReferences") or [])
-
-
-def _pod_key(pod: dict) -> str:
-    return f"{pod['metadata'].get('namespace', 'default')}/{pod['metadata']['name']}"
-
-
 class Api(Protocol):
     """What a rollout needs of the Kubernetes API (`galley.ops.kubeapi.KubeApi`)."""
 
@@ -179,35 +168,6 @@ class Hosts(Protocol):
     def upgrade(self, names: list[str], record: Callable[[dict], None]) -> dict[str, Any]: ...
     def rollback(self, versions: dict[str, dict]) -> dict[str, Any]: ...
     def etcd_health(self) -> dict[str, tuple[bool, str]]: ...
-
-
-def drain(
-    api: Api,
-    node: str,
-    timeout: float,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-    interval: float = 1.0,
-) -> list[str]:
-    """Evict every evictable pod of ``node`` and wait until they are gone.
-
-    Returns [] when drained, else (after ``timeout``) each remaining pod and what holds it.
-    """
-    deadline = clock() + timeout
-    while True:
-        blocked: dict[str, str] = {}
-        for pod in filter(evictable, api.pods_on(node)):
-            key = _pod_key(pod)
-            if pod["metadata"].get("deletionTimestamp"):
-                blocked[key] = "still terminating"
-                continue
-            answer = api.evict(pod["metadata"].get("namespace", "default"), pod["metadata"]["name"])
-            blocked[key] = "evicted, still terminating" if answer.evicted else answer.blocked_by
-        if not blocked:
-            return []
-        if clock() >= deadline:
-            return [f"{key}: {reason}" for key, reason in sorted(blocked.items())]
-        sleep(interval)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from pyinfra.api import Inventory, deploy
 from pyinfra.operations import python, server
 
 from galley.ops.batches import Batches, HostOutcome
+from galley.ops.drain import drain
 from galley.ops.journal import JournalError
 from galley.ops.kubeapi import Eviction, eviction_blocker
 from galley.ops.kubelet_hosts import target_version
@@ -18,7 +19,6 @@ from galley.ops.rollout import (
     Rollout,
     RolloutError,
     checksum_problems,
-    drain,
     gate_problems,
     make_plan,
     parse_budget,
