@@ -1,5 +1,6 @@
 # ruff: noqa: E402 (the gevent patch must come before every other import)
-"""The `galley` command: the lab, Vault bootstrap, validation, checksums, report, rollouts."""
+"""The `galley` command: the lab, Vault bootstrap, validation, checksums, report, rollouts,
+node removal."""
 
 from __future__ import annotations
 
@@ -149,6 +150,14 @@ def _rollout_kubelet(args: argparse.Namespace) -> int:
     )
 
 
+def _node_remove(args: argparse.Namespace) -> int:
+    from galley.ops.node_remove import node_remove_cli
+
+    return node_remove_cli(
+        args.inventory, args.name, args.unreachable, args.yes, args.drain_timeout
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="galley", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -287,6 +296,24 @@ def _parser() -> argparse.ArgumentParser:
     kubelet.add_argument("--drain-timeout", type=float, default=300, metavar="SECONDS")
     kubelet.add_argument("--ready-timeout", type=float, default=300, metavar="SECONDS")
     kubelet.set_defaults(func=_rollout_kubelet)
+
+    node = commands.add_parser("node", help="workers leaving the cluster").add_subparsers(
+        dest="node_command", required=True
+    )
+    remove = node.add_parser(
+        "remove",
+        help="cordon, drain and delete a worker's Node, clean its host, revoke its certificates",
+    )
+    remove.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/nyc3.py")
+    remove.add_argument("name", help="the worker, still in the inventory's workers group")
+    remove.add_argument(
+        "--unreachable",
+        action="store_true",
+        help="a dead droplet: skip the host steps (it may be gone from the inventory)",
+    )
+    remove.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    remove.add_argument("--drain-timeout", type=float, default=300, metavar="SECONDS")
+    remove.set_defaults(func=_node_remove)
     return parser
 
 

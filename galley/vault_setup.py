@@ -19,6 +19,7 @@ from galley.components.kubernetes import is_ip
 from galley.components.model import Component
 from galley.lock import lock_paths
 from galley.ops.admin import operator_paths
+from galley.ops.revocation import revocation_paths
 from galley.pki import (
     ADMIN_ROLE,
     CA_KEY,
@@ -93,7 +94,8 @@ def policies(cluster: str) -> dict[str, dict[str, str]]:
     """Every ACL policy the bootstrap writes, name -> {path: capability}: one per job
     (``<cluster>-etcd``, ``-control-plane``, ``-workers``), ``<cluster>-deploy`` combining
     them for one-token convenience, and ``<cluster>-operator`` (the admin credential, which no
-    deploy policy grants). Token lookup and capabilities-self come with Vault's ``default``."""
+    deploy policy grants, and revoking a leaving host's certificates: `galley node remove`).
+    Token lookup and capabilities-self come with Vault's ``default``."""
     jobs = {
         f"{cluster}-{job}": deploy_paths(
             cluster, [c for name in phases for c in registry.phase(name).components]
@@ -101,7 +103,7 @@ def policies(cluster: str) -> dict[str, dict[str, str]]:
         for job, phases in JOBS.items()
     }
     combined = {path: cap for paths in jobs.values() for path, cap in paths.items()}
-    operator = operator_paths(cluster) | lock_paths(cluster)
+    operator = operator_paths(cluster) | revocation_paths(cluster) | lock_paths(cluster)
     return {**jobs, f"{cluster}-deploy": combined, f"{cluster}-operator": operator}
 
 

@@ -11,14 +11,13 @@ what only galley knows (a removed member's host not wiped yet).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from galley.ops.etcd_client import EtcdClient, EtcdctlError
 from galley.ops.etcd_plan import (
@@ -34,7 +33,7 @@ from galley.ops.etcd_plan import (
     plan_reconcile,
     plan_remove,
 )
-from galley.ops.journal import Journal
+from galley.ops.journal import Journal, JournalError
 
 # etcd's answers that pass with time: a learner catching up, and strict-reconfig-check's
 # "every voter connected for 5 s" (also just after a member started or was promoted).
@@ -245,14 +244,12 @@ class Membership:
     def _journal(self, target: str) -> Journal:
         """This command's journal: the unfinished one of the same command is resumed; an
         unfinished one of another command refuses the run."""
-        old = _read_journal(self.journal_path) or {}
-        if old.get("status") in ("running", "interrupted") and old.get("target") != target:
-            raise MembershipError(
-                f"an unfinished etcd membership change ({old.get('target')}) is recorded "
-                f"in {self.journal_path}: run it again to finish it first"
+        try:
+            return Journal.continue_or_start(
+                self.journal_path, target, what="etcd membership change"
             )
-        resume = old.get("target") == target and old.get("status") != "finished"
-        return Journal.start(self.journal_path, target, resume, what="etcd membership change")
+        except JournalError as exc:
+            raise MembershipError(str(exc)) from None
 
 
 @contextmanager
@@ -264,14 +261,6 @@ def _recorded(journal: Journal) -> Iterator[None]:
         if journal.data.get("status") == "running":
             journal.update(status="interrupted")
         raise
-
-
-def _read_journal(path: Path) -> dict[str, Any] | None:
-    """The journal as saved (None when there is none or it does not parse)."""
-    try:
-        return json.loads(path.read_text()) if path.exists() else None
-    except ValueError:
-        return None
 
 
 def _voter_endpoints(live: Live) -> list[str]:

@@ -59,6 +59,23 @@ class Journal:
         started = datetime.now(UTC).isoformat(timespec="seconds")
         return cls(path, {"target": target, "status": "running", "started": started, "nodes": {}})
 
+    @classmethod
+    def continue_or_start(cls, path: Path, target: str, what: str) -> Journal:
+        """For commands that finish their own unfinished run when run again (no ``--resume``):
+        the unfinished journal of the same ``target`` is continued, an unfinished one of
+        another target refuses the run, anything else starts afresh."""
+        try:
+            old = json.loads(path.read_text()) if path.exists() else {}
+        except ValueError:
+            old = {}
+        if old.get("status") in ("running", "interrupted") and old.get("target") != target:
+            raise JournalError(
+                f"an unfinished {what} ({old.get('target')}) is recorded in {path}: run it "
+                "again to finish it first"
+            )
+        resume = old.get("target") == target and old.get("status") != "finished"
+        return cls.start(path, target, resume, what=what)
+
     def node(self, name: str) -> dict:
         """The record of one node (created empty)."""
         return self.data["nodes"].setdefault(name, {})

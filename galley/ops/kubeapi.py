@@ -1,8 +1,8 @@
 """A small Kubernetes API client for the operator's machine: the admin certificate, `requests`.
 
-Only what a rolling node upgrade needs: health and version of each apiserver, Nodes (list,
-get, cordon/uncordon with a merge patch of ``spec.unschedulable``), the pods bound to a node
-and the Eviction API. JSON shapes and status codes are those of the Kubernetes API reference.
+Only what day-2 operations need: health and version of each apiserver, Nodes (list, get,
+cordon/uncordon with a merge patch of ``spec.unschedulable``, delete), the pods bound to a
+node and the Eviction API. JSON shapes and status codes are those of the Kubernetes API reference.
 """
 
 from __future__ import annotations
@@ -168,6 +168,16 @@ class KubeApi:
             json={"spec": {"unschedulable": value}},
             headers={"Content-Type": MERGE_PATCH},
         )
+
+    def delete_node(self, name: str) -> bool:
+        """Delete a Node; False when there was none (404)."""
+        try:
+            self.request("DELETE", f"/api/v1/nodes/{name}")
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
     def pods_on(self, node: str) -> list[dict]:
         """The pods bound to ``node``, in every namespace."""

@@ -227,6 +227,15 @@ def test_one_policy_per_job_grants_exactly_what_its_deploy_signs_and_reads():
     assert policies["lab-operator"] == {
         **_signs("k8s", "admin"),
         **{f"lab/pki/k8s/{path}": "read" for path in ("ca/pem", "cert/ca")},
+        **{
+            path: capability
+            for mount in ("etcd", "k8s")
+            for path, capability in (
+                (f"lab/pki/{mount}/certs", "list"),
+                (f"lab/pki/{mount}/cert/*", "read"),
+                (f"lab/pki/{mount}/revoke", "update"),
+            )
+        },
         **LOCK,
     }
 

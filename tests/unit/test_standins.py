@@ -1417,3 +1417,75 @@ def test_authentication_config_lets_anonymous_requests_reach_the_health_paths_on
     both = run(programs["kube-apiserver"], *args, "--anonymous-auth=false")
     assert both.returncode == 1
     assert "--anonymous-auth flag cannot be set when anonymous field is configured" in both.stderr
+
+
+def test_deleting_a_node_answers_a_success_status_then_not_found(pki, api):
+    one, two = api["ports"]
+    assert (
+        call(one, pki, "admin", "POST", "/api/v1/nodes", {"metadata": {"name": "gone"}})[0] == 201
+    )
+    uid = call(one, pki, "admin", "GET", "/api/v1/nodes/gone")[1]["metadata"]["uid"]
+    assert call(two, pki, "worker-1", "DELETE", "/api/v1/nodes/gone")[0] == 403
+    assert call(two, pki, "admin", "DELETE", "/api/v1/nodes/gone") == (
+        200,
+        {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Success",
+            "details": {"name": "gone", "kind": "nodes", "uid": uid},
+        },
+    )
+    status, missing = call(one, pki, "admin", "DELETE", "/api/v1/nodes/gone")
+    assert (status, missing["reason"]) == (404, "NotFound")
+    assert call(one, pki, "admin", "GET", "/api/v1/nodes/gone")[0] == 404
+
+
+def test_node_remove_drains_through_budgets_then_deletes_the_node(pki, api, tmp_path):
+    from galley.ops.journal import Journal
+    from galley.ops.node_remove import Removal, RemoveError
+
+    one, _ = api["ports"]
+    client = KubeApi(f"https://127.0.0.1:{one}", _admin_files(pki, tmp_path / "admin"))
+    pods = "/api/v1/namespaces/leaving/pods"
+    for node in ("leave-1", "leave-2", "stay-1"):
+        assert call(one, pki, "admin", "POST", "/api/v1/nodes", {"metadata": {"name": node}})[0]
+    for name, node, app, kind in (
+        ("db-1", "leave-1", "db", "ReplicaSet"),
+        ("db-2", "stay-1", "db", "ReplicaSet"),
+        ("logs-1", "leave-1", "logs", "DaemonSet"),
+        ("solo-1", "leave-2", "solo", "ReplicaSet"),
+    ):
+        owner = {"apiVersion": "apps/v1", "kind": kind, "name": app, "uid": app}
+        pod = {
+            "metadata": {"name": name, "labels": {"app": app}, "ownerReferences": [owner]},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "pause"}]},
+        }
+        assert call(one, pki, "admin", "POST", pods, pod)[0] == 201
+    budgets = "/apis/policy/v1/namespaces/leaving/poddisruptionbudgets"
+    for app in ("db", "solo"):
+        pdb = {"metadata": {"name": app}, "spec": {"minAvailable": 1}}
+        pdb["spec"]["selector"] = {"matchLabels": {"app": app}}
+        assert call(one, pki, "admin", "POST", budgets, pdb)[0] == 201
+    seen: list[list[str]] = []
+
+    class Hosts:
+        def clean(self, name, record):
+            seen.append([p["metadata"]["name"] for p in client.pods_on(name)])
+            client.node(name)  # the Node is deleted only after the host steps
+            record([])
+
+    def removal(name: str) -> Removal:
+        journal = Journal.start(tmp_path / f"{name}.json", name, resume=False)
+        return Removal(client, Hosts(), None, [], journal, drain_timeout=0.5, out=print)
+
+    assert removal("leave-1").run("leave-1", "leave-1") == []
+    assert seen == [["logs-1"]]  # evicted but for the DaemonSet's pod
+    assert call(one, pki, "admin", "GET", "/api/v1/nodes/leave-1")[0] == 404
+    assert call(one, pki, "admin", "GET", f"{pods}/db-2")[0] == 200
+
+    blocked = removal("leave-2")
+    with pytest.raises(RemoveError, match="leaving/solo-1: PodDisruptionBudget solo"):
+        blocked.run("leave-2", "leave-2")
+    node = call(one, pki, "admin", "GET", "/api/v1/nodes/leave-2")[1]
+    assert node["spec"]["unschedulable"] is True and seen == [["logs-1"]]

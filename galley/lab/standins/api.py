@@ -8,6 +8,8 @@ errors of the Kubernetes API reference:
   on a stale ``metadata.resourceVersion``) and ``PATCH`` (``application/merge-patch+json`` or
   ``application/strategic-merge-patch+json``, which merges ``conditions`` and ``addresses`` by
   ``type``). Writes to the node keep its status, writes to ``/status`` keep the rest.
+  ``DELETE /api/v1/nodes/{name}``: 200 with a Success ``Status`` (``details``: name, kind
+  ``nodes``, uid), as for every object deleted at once; 404 NotFound when there is none.
 - pods: ``GET /api/v1/pods`` and ``/api/v1/namespaces/{ns}/pods`` (PodList; ``fieldSelector``
   on ``spec.nodeName``, ``metadata.name``, ``metadata.namespace``, ``status.phase`` and
   equality ``labelSelector``), ``POST`` to seed pods (the stand-ins run no pods: a pod without
@@ -831,9 +833,22 @@ class KubeApi:
         return self._write(call, lambda current: merge_patch(current, body, keys))
 
     def _delete(self, call: _Call, body: None) -> tuple[int, dict]:
-        return 200, self._present(
-            call.resource, self.store.delete(call.resource, call.namespace, call.name)
-        )
+        """200 with the deleted pod (graceful deletion answers with the object); a Node or a
+        budget (deleted at once, no finalizers) answers with a Success Status naming it."""
+        deleted = self.store.delete(call.resource, call.namespace, call.name)
+        if call.resource.plural == "pods":
+            return 200, self._present(call.resource, deleted)
+        details = {"name": call.name, "kind": call.resource.plural}
+        if call.resource.group:
+            details["group"] = call.resource.group
+        details["uid"] = deleted["metadata"].get("uid", "")
+        return 200, {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Success",
+            "details": details,
+        }
 
     def _evict(self, call: _Call, eviction: dict) -> tuple[int, dict]:
         """policy/v1 Eviction: delete the pod unless a PodDisruptionBudget forbids it (429)."""

@@ -1,0 +1,181 @@
+"""`galley node remove` (galley.ops.node_remove): refusals before any change, and revocation
+against the real OpenBao: the serials read on the host and every certificate naming the node
+end on the CRL; other nodes' certificates do not. (Cordon, drain and Node deletion against the
+apiserver stand-in are in test_standins.py.)"""
+
+from __future__ import annotations
+
+import hvac
+import pytest
+
+from galley import pki, vault_setup
+from galley.ops.journal import Journal
+from galley.ops.node_remove import Removal, RemoveError, refusal
+from galley.ops.revocation import issued, revocation_paths, revoked_serials, vault_serial
+from galley.pki import Identity
+from galley.vault import VaultSettings, connect
+from tests.unit.test_pki import _csr, _token
+
+GROUPS = {"etcd": ["e1"], "control_plane": ["cp1"], "workers": ["w1", "w2", "cp1"]}
+K8S, ETCD = "lab/pki/k8s", "lab/pki/etcd"
+
+
+@pytest.mark.parametrize(
+    ("name", "unreachable", "reason"),
+    [
+        ("e1", False, "e1 is in the etcd group: node remove takes workers only (galley etcd"),
+        ("cp1", True, "cp1 is in the control_plane group: node remove takes workers only"),
+        ("gone", False, "gone is not in the inventory's workers group: galley reaches a host"),
+        ("w1", False, None),
+        ("w1", True, None),
+        ("gone", True, None),  # a dead droplet the inventory no longer lists
+    ],
+)
+def test_only_workers_and_only_listed_ones_unless_unreachable(name, unreachable, reason):
+    found = refusal(GROUPS, name, unreachable)
+    assert (found or "").startswith(reason or "") and (found is None) == (reason is None)
+
+
+def test_vault_serials_are_written_as_vault_writes_them():
+    assert vault_serial(0x39DD2E) == "39:dd:2e"
+    assert vault_serial(0x0102) == "01:02"
+
+
+class Api:
+    """A Kubernetes API without the node (already deleted): nothing to cordon or drain."""
+
+    def __init__(self) -> None:
+        self.deleted: list[str] = []
+
+    def node(self, name: str) -> dict:
+        from galley.ops.kubeapi import ApiError
+
+        raise ApiError(404, f"nodes {name!r} not found")
+
+    def delete_node(self, name: str) -> bool:
+        self.deleted.append(name)
+        return False
+
+
+class Hosts:
+    """Host steps that read the given certificates' serials."""
+
+    def __init__(self, certificates: list) -> None:
+        self.certificates = certificates
+
+    def clean(self, name, record):
+        record(self.certificates)
+        return None
+
+
+@pytest.fixture
+def issued_certs(vault):
+    """The lab's PKI with certificates signed for two workers (kubelet client and serving)
+    and one kube-proxy certificate (a shared identity)."""
+    vault_setup.bootstrap(vault, "lab")
+    workers = _token(vault, "lab-workers")
+
+    def sign(role: str, identity: Identity) -> str:
+        return pki.sign(workers, K8S, role, _csr(identity)).certificate
+
+    node = {"organization": ("system:nodes",)}
+    return {
+        "w1-client": sign("kubelet", Identity("system:node:lab-worker-1", **node)),
+        "w1-serving": sign(
+            "kubelet-serving", Identity("lab-worker-1", ("lab-worker-1",), ("10.0.0.5",))
+        ),
+        "w2-client": sign("kubelet", Identity("system:node:lab-worker-2", **node)),
+        "proxy": sign(
+            "kube-proxy", Identity("system:kube-proxy", organization=("system:node-proxier",))
+        ),
+    }
+
+
+def removal(client, hosts, tmp_path) -> Removal:
+    journal = Journal.start(tmp_path / "node-remove.json", "lab-worker-1", resume=False)
+    return Removal(Api(), hosts, client, [ETCD, K8S], journal, out=lambda line: None)
+
+
+def serial(pem: str) -> str:
+    return issued(K8S, pem).serial
+
+
+def test_a_reachable_worker_has_every_certificate_it_holds_and_every_one_naming_it_revoked(
+    vault, issued_certs, tmp_path
+):
+    operator = _token(vault, "lab-operator")  # the operator's policy is enough
+    on_host = [issued(K8S, issued_certs[key]) for key in ("w1-client", "proxy")]
+    revoked = removal(operator, Hosts(on_host), tmp_path).run("lab-worker-1", "lab-worker-1")
+    crl = revoked_serials(vault, K8S)
+    expected = {serial(issued_certs[key]) for key in ("w1-client", "w1-serving", "proxy")}
+    assert {cert.serial for cert in revoked} == expected
+    assert expected <= crl and serial(issued_certs["w2-client"]) not in crl
+    status = vault.secrets.pki.read_certificate(serial(issued_certs["w1-serving"]), K8S)
+    assert status["data"]["revocation_time"] > 0
+
+
+def test_an_unreachable_worker_has_the_certificates_naming_it_revoked_found_in_vault(
+    vault, issued_certs, tmp_path
+):
+    work = removal(vault, None, tmp_path)
+    revoked = work.run("lab-worker-1", "lab-worker-1")
+    assert {cert.cn for cert in revoked} == {"system:node:lab-worker-1", "lab-worker-1"}
+    crl = revoked_serials(vault, K8S)
+    assert serial(issued_certs["proxy"]) not in crl  # names no host: only the host knows it
+    record = work.journal.node("lab-worker-1")
+    assert (record["state"], record["host"]) == ("done", "skipped (unreachable)")
+    assert work.journal.data["status"] == "finished"
+    # Run again: nothing left naming the node (revoked ones are not listed again).
+    again = Journal.start(tmp_path / "node-remove.json", "lab-worker-1", resume=False)
+    rerun = Removal(Api(), None, vault, [K8S], again, out=lambda line: None)
+    assert rerun.run("lab-worker-1", "lab-worker-1") == []
+
+
+def test_a_host_step_that_fails_stops_before_the_node_is_deleted(vault, tmp_path):
+    class Failing:
+        def clean(self, name, record):
+            return "the host work did not finish (pyinfra: unreachable)"
+
+    work = removal(vault, Failing(), tmp_path)
+    with pytest.raises(RemoveError, match=r"^lab-worker-1: the host work did not finish"):
+        work.run("lab-worker-1", "lab-worker-1")
+    assert work.api.deleted == [] and work.journal.node("lab-worker-1")["state"] == "drained"
+
+
+def test_the_operator_token_passes_the_capability_check_and_a_workers_token_does_not(
+    vault, tmp_path
+):
+    vault_setup.bootstrap(vault, "lab")
+    for policy, allowed in (("lab-operator", True), ("lab-workers", False)):
+        token_file = tmp_path / policy
+        token_file.write_text(_token(vault, policy).token)
+        settings = VaultSettings.from_data(
+            {"cluster_name": "lab", "vault_addr": vault.url, "vault_token_file": str(token_file)}
+            | {"vault_ca_cert": vault.session.verify}
+        )
+        if allowed:
+            assert isinstance(connect(settings, revocation_paths("lab")), hvac.Client)
+        else:
+            with pytest.raises(Exception, match="token lacks 'list' on lab/pki/etcd/certs"):
+                connect(settings, revocation_paths("lab"))
+
+
+def test_the_command_refuses_before_reaching_any_api_vault_or_host(tmp_path, capsys):
+    from galley.ops.node_remove import node_remove_cli
+
+    inventory = tmp_path / "inventory.py"
+    data = {"cluster_name": "lab", "galley_config_dir": str(tmp_path)}
+    inventory.write_text(
+        f"etcd = [('e1', {data} | {{'private_ip': '127.0.9.1'}})]\n"
+        f"control_plane = [('cp1', {data} | {{'private_ip': '127.0.9.2'}})]\n"
+        f"workers = [('w1', {data} | {{'private_ip': '127.0.9.3'}})]\n"
+    )
+    for name, unreachable, said in (
+        ("e1", False, "e1 is in the etcd group"),
+        ("gone", False, "gone is not in the inventory's workers group"),
+        ("w1", True, "no admin credential in"),  # the next check: still nothing changed
+    ):
+        assert node_remove_cli(str(inventory), name, unreachable, yes=True) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"galley: node remove: {said}") and "(nothing was changed)" in err
+    assert not (tmp_path / "lab").exists()
