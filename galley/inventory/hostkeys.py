@@ -11,7 +11,14 @@ with ``ssh_strict_host_key_checking = accept-new``:
 - a new droplet on a reused address has a new id, hence a new file: the old key is not in the way;
 - for a pinned droplet, `pin` reads the key the host offers now (a key exchange, no login)
   while the inventory loads, before pyinfra connects anywhere, and refuses to go on if it
-  changed, naming the droplet and both fingerprints and giving the command that accepts it.
+  changed, naming the droplet and both fingerprints and giving the command that accepts it;
+- admission: a droplet in the ``etcd`` or ``control_plane`` group (it receives the cluster's
+  secrets) must have its id in the store's ``admitted`` list. One that is not stops the run
+  while the inventory loads, named, until the operator admits it with `galley hostkeys accept
+  INVENTORY NAME` (which pins the key it offers and admits its id); meanwhile its connections
+  check host keys strictly, so no galley command trusts it on first use. Workers keep trust on
+  first use. A store without the list (pins made before admission existed) starts it with the
+  ids of the etcd and control-plane droplets already pinned.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import hashlib
 import os
 import socket
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +45,8 @@ from galley.inventory.load import (
 )
 
 ENV = "GALLEY_KNOWN_HOSTS"
+# Droplets in these groups receive the cluster's secrets: a new id there needs admission.
+GUARDED_GROUPS = ("etcd", "control_plane")
 DEFAULT_ROOT = Path("~/.config/galley/known_hosts")
 SCAN_TIMEOUT = 5.0
 
@@ -82,6 +91,34 @@ def store_dir(cluster: str, environ: Mapping[str, str] = os.environ) -> Path:
 def pin_file(store: Path, droplet_id: int) -> Path:
     """The known_hosts file holding droplet ``droplet_id``'s keys."""
     return store / f"droplet-{droplet_id}"
+
+
+def admitted_file(store: Path) -> Path:
+    """The list of admitted droplet ids, one per line."""
+    return store / "admitted"
+
+
+def read_admitted(store: Path) -> set[int] | None:
+    """The admitted droplet ids; None when the store has no list yet."""
+    try:
+        text = admitted_file(store).read_text()
+    except FileNotFoundError:
+        return None
+    return {int(line) for line in text.split() if line.isdigit()}
+
+
+def admit(store: Path, droplet_ids: Iterable[int]) -> None:
+    """Add ``droplet_ids`` to the admitted list (created if missing), atomically."""
+    ids = (read_admitted(store) or set()) | set(droplet_ids)
+    store.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = admitted_file(store).with_name("admitted.tmp")
+    tmp.write_text("".join(f"{droplet_id}\n" for droplet_id in sorted(ids)))
+    os.replace(tmp, admitted_file(store))
+
+
+def guarded(groups: Mapping[str, Iterable[tuple[str, Any]]]) -> set[str]:
+    """The names of the hosts in `GUARDED_GROUPS` (inventory host entries by group)."""
+    return {name for group in GUARDED_GROUPS for name, _ in groups.get(group, ())}
 
 
 def read_keys(path: Path) -> list[HostKey]:
@@ -141,13 +178,20 @@ def targets(entries: Iterable[tuple[str, Mapping[str, Any]]]) -> list[Target]:
     return list(found.values())
 
 
-def pin(entries: Iterable[tuple[str, dict[str, Any]]], store: Path, inventory: str) -> None:
-    """Point every droplet's host data at its pin file, then verify the pinned keys.
+def pin(
+    entries: Iterable[tuple[str, dict[str, Any]]],
+    store: Path,
+    inventory: str,
+    guarded_names: Collection[str] = (),
+) -> None:
+    """Point every droplet's host data at its pin file, then check admission and the keys.
 
-    Pins are re-listed under the droplet's current address. Unless inside `unchecked`, every
-    pinned droplet's offered key is read concurrently; a changed one raises HostKeyError
-    naming each such droplet (``inventory`` is quoted in the command to accept it). Hosts
-    that cannot be reached are left to pyinfra to report.
+    Pins are re-listed under the droplet's current address. A droplet in ``guarded_names``
+    (see `guarded`) whose id is not admitted gets strict host key checking. Unless inside
+    `unchecked`, such droplets raise HostKeyError naming each; then every pinned droplet's
+    offered key is read concurrently, and a changed one raises HostKeyError naming each such
+    droplet (``inventory`` is quoted in the commands to run). Hosts that cannot be reached
+    are left to pyinfra to report.
     """
     entries = list(entries)
     found = targets(entries)
@@ -159,11 +203,22 @@ def pin(entries: Iterable[tuple[str, dict[str, Any]]], store: Path, inventory: s
         write_keys(path, target.address, target.port, keys)
         if keys:
             pinned[target.name] = keys
+    admitted = read_admitted(store)
+    if admitted is None:  # pins from before admission: those already trusted stay trusted
+        admitted = {by_name[n].droplet_id for n in pinned if n in guarded_names}
+        admit(store, admitted)
+    waiting = [t for t in found if t.name in guarded_names and t.droplet_id not in admitted]
     for name, data in entries:
         if name in by_name:
             data["ssh_known_hosts_file"] = str(pin_file(store, by_name[name].droplet_id))
-            data["ssh_strict_host_key_checking"] = "accept-new"
-    if not contacting_hosts() or not pinned:
+            data["ssh_strict_host_key_checking"] = (
+                "yes" if by_name[name] in waiting else "accept-new"
+            )
+    if not contacting_hosts():
+        return
+    if waiting:
+        raise HostKeyError(admission_message(waiting, inventory))
+    if not pinned:
         return
     with ThreadPoolExecutor(max_workers=min(64, len(pinned))) as pool:
         offered = dict(
@@ -204,10 +259,27 @@ def changed_message(changed: list[tuple[Target, list[HostKey], HostKey]], invent
     return "\n".join(lines)
 
 
+def admission_message(waiting: list[Target], inventory: str) -> str:
+    """Which droplets wait for admission, and the command admitting each."""
+    lines = [
+        f"{len(waiting)} droplet(s) new to the etcd or control_plane group, not admitted (they "
+        "would receive the cluster's secrets); no host was contacted:"
+    ]
+    for target in waiting:
+        lines += [
+            f"  {target.name} (droplet id {target.droplet_id}, address {target.address}); if "
+            "you created it, admit it with:",
+            f"    galley hostkeys accept {inventory} {target.name} [--fingerprint SHA256:...]",
+        ]
+    lines.append("(--fingerprint: the key its console shows, checked before it is pinned)")
+    return "\n".join(lines)
+
+
 def accept(
     target: Target, path: Path, fingerprint: str | None = None
 ) -> tuple[list[HostKey], HostKey]:
-    """Pin the key ``target`` offers now (only if it has ``fingerprint``); return (old, new)."""
+    """Pin the key ``target`` offers now (only if it has ``fingerprint``) and admit its id
+    (the store is the pin file's directory); return (old, new)."""
     old = read_keys(path)
     new = scan(target.address, target.port, prefer=[key.type for key in old])
     if fingerprint is not None and new.fingerprint != fingerprint:
@@ -216,6 +288,7 @@ def accept(
             f"{new}, not {fingerprint}: nothing was accepted"
         )
     write_keys(path, target.address, target.port, [new])
+    admit(path.parent, [target.droplet_id])
     return old, new
 
 
@@ -255,7 +328,10 @@ def accept_cli(inventory_path: str, name: str, fingerprint: str | None = None) -
         print(f"galley: cannot read {name}'s host key at {target.address}: {exc}", file=sys.stderr)
         return 1
     was = ", ".join(map(str, old)) or "nothing"
-    print(f"{name} (droplet id {target.droplet_id}, {target.address}): pinned {new} (was {was})")
+    print(
+        f"{name} (droplet id {target.droplet_id}, {target.address}): pinned {new} (was {was}), "
+        "admitted"
+    )
     return 0
 
 

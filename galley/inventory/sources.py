@@ -147,7 +147,12 @@ def _groups(
     )
     if "ssh_known_hosts_file" not in settings:
         entries = [entry for group in groups.values() for entry in group]
-        hostkeys.pin(entries, hostkeys.store_dir(tag or "default", environ), _inventory_file())
+        hostkeys.pin(
+            entries,
+            hostkeys.store_dir(tag or "default", environ),
+            _inventory_file(),
+            hostkeys.guarded(groups),
+        )
     return groups
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from galley.components.model import BASE_URL_KEYS, UPSTREAM_HOSTS
+from galley.inventory import hostkeys
 from galley.lab.artifacts import ARTIFACTS, DEBIAN_ARCH, KUBERNETES_VERSION, checksums
 from galley.lab.state import CACHE_DIR, LAB_DIR, LabState
 from galley.lab.topology import NETWORK, ROLES
@@ -31,8 +32,24 @@ def lab_groups(state: LabState, overrides: dict | None = None) -> dict[str, list
     groups: dict[str, list[Host]] = {role: [] for role in ROLES}
     for droplet in state.droplets:
         data = {**shared, "ssh_hostname": droplet.address, "private_ip": droplet.address}
+        if droplet.droplet_id:
+            data["droplet_id"] = droplet.droplet_id
         for role in droplet.roles:
             groups[role].append((droplet.name, data))
+    return groups
+
+
+def pin_lab(
+    groups: dict[str, list[Host]], state: LabState, inventory: str
+) -> dict[str, list[Host]]:
+    """Host keys pinned per droplet id as for DigitalOcean (`galley.inventory.hostkeys.pin`):
+    a replaced droplet is a new id, a changed key on the same id stops the run, and an etcd or
+    control-plane droplet the lab did not admit (`galley lab add`, `replace`) waits for
+    `galley hostkeys accept`. A lab recorded before droplet ids keeps its one known_hosts."""
+    if state.host_keys:
+        entries = [entry for group in groups.values() for entry in group]
+        with_ids = [(name, data) for name, data in entries if data.get("droplet_id")]
+        hostkeys.pin(with_ids, Path(state.host_keys), inventory, hostkeys.guarded(groups))
     return groups
 
 

@@ -1,6 +1,12 @@
 """`galley lab up | down | status`: bring the lab up, take exactly it down, describe it; and
 `add | kill | start | replace | remove`: grow and break a running lab as a region grows and
-breaks (one droplet more, a hardware fault, a replaced or deleted droplet)."""
+breaks (one droplet more, a hardware fault, a replaced or deleted droplet).
+
+Every fresh disk is a new simulated droplet id. The droplets `up` boots are admitted (their
+keys pinned per id, `galley.inventory.hostkeys`): the lab made them. One that `add` or
+`replace` boots is as new to galley as a new DigitalOcean droplet: a worker is trusted on
+first use, an etcd or control-plane droplet waits for `galley hostkeys accept
+inventories/lab.py NAME`."""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from galley.inventory import hostkeys
 from galley.lab import droplets as droplet_ops
 from galley.lab import services, system
 from galley.lab.artifacts import build_all
@@ -108,6 +115,7 @@ def up(
         gateway=gateway,
         ssh_key=str(lab_dir / "id_ed25519"),
         known_hosts=str(lab_dir / "known_hosts"),
+        host_keys=str(lab_dir / "host-keys"),
         apt_proxy=f"http://{gateway}:{services.APT_PROXY_PORT}",
         mirror_url=f"http://{gateway}:{services.MIRROR_PORT}",
     )
@@ -172,18 +180,24 @@ def _bring_up(
     hosts = {plan.name: plan.address for plan in plans}
     Path(state.known_hosts).write_text("")
     for plan in plans:
-        _boot(state, plan, rootfs, lab_dir, hosts)
+        _boot(state, plan, rootfs, lab_dir, hosts, admit=True)
     progress(f"booting {len(plans)} droplets: {', '.join(hosts)}")
     _wait_ready(state, state.droplets, lab_dir)
     progress(f"lab up: {len(state.droplets)} droplets running")
 
 
 def _boot(
-    state: LabState, plan: DropletPlan, rootfs: Path, lab_dir: Path, hosts: dict[str, str]
+    state: LabState,
+    plan: DropletPlan,
+    rootfs: Path,
+    lab_dir: Path,
+    hosts: dict[str, str],
+    admit: bool,
 ) -> Droplet:
-    """Prepare a fresh root for ``plan`` (new host keys, pinned in the lab's known_hosts) and
-    boot it; recorded in ``state`` as it goes."""
+    """Prepare a fresh root for ``plan`` (a new droplet id, new host keys pinned in the lab's
+    known_hosts, and per id when ``admit``) and boot it; recorded in ``state`` as it goes."""
     droplet = Droplet(name=plan.name, address=plan.address, roles=list(plan.roles))
+    droplet.droplet_id, state.next_droplet_id = state.next_droplet_id, state.next_droplet_id + 1
     state.droplets.append(droplet)
     state.save(lab_dir)
     root = droplet_ops.prepare_root(
@@ -196,7 +210,10 @@ def _boot(
         hosts=hosts,
     )
     droplet.root, droplet.mounted = str(root), True
-    _pin_host_keys(state, droplet.address, droplet_ops.host_key_lines(root, droplet.address))
+    lines = droplet_ops.host_key_lines(root, droplet.address)
+    _pin_host_keys(state, droplet.address, lines)
+    if admit:
+        admit_droplet(state, droplet, lines)
     droplet.pid = droplet_ops.boot(droplet, root, state.bridge, lab_dir / "logs")
     state.save(lab_dir)
     return droplet
@@ -211,6 +228,14 @@ def _pin_host_keys(state: LabState, address: str, lines: list[str]) -> None:
         if line.split(" ", 1)[0] != address
     ]
     path.write_text("".join(f"{line}\n" for line in kept + lines))
+
+
+def admit_droplet(state: LabState, droplet: Droplet, lines: list[str]) -> None:
+    """Pin ``droplet``'s keys (known_hosts ``lines``) per its id and admit it."""
+    store = Path(state.host_keys)
+    keys = [hostkeys.HostKey(*line.split()[1:3]) for line in lines]
+    hostkeys.write_keys(hostkeys.pin_file(store, droplet.droplet_id), droplet.address, 22, keys)
+    hostkeys.admit(store, [droplet.droplet_id])
 
 
 def _wait_ready(state: LabState, droplets: list[Droplet], lab_dir: Path) -> None:
@@ -268,7 +293,7 @@ def down(lab_dir: Path = LAB_DIR, progress: Progress = print) -> None:
         system.delete_bridge(state.bridge)
     for leftover in ("id_ed25519", "id_ed25519.pub", "known_hosts"):
         (lab_dir / leftover).unlink(missing_ok=True)
-    for directory in ("droplets", "apt-cacher-ng", VAULT_DIR):
+    for directory in ("droplets", "apt-cacher-ng", VAULT_DIR, "host-keys"):
         shutil.rmtree(lab_dir / directory, ignore_errors=True)
     remove_state(lab_dir)
     progress(
@@ -334,13 +359,13 @@ def add(
     check_inotify(len(state.droplets) + 1)
     rootfs = ensure_rootfs(cache_dir, progress)
     hosts = {d.name: d.address for d in state.droplets} | {plan.name: plan.address}
-    droplet = _boot(state, plan, rootfs, lab_dir, hosts)
+    droplet = _boot(state, plan, rootfs, lab_dir, hosts, admit=False)
     for other in state.droplets:
         if other is not droplet and other.root:
             with open(Path(other.root) / "etc/hosts", "a") as etc_hosts:
                 etc_hosts.write(f"{plan.address} {plan.name}\n")
     _wait_ready(state, [droplet], lab_dir)
-    progress(f"added {plan.name} ({plan.address}, {group})")
+    progress(f"added {plan.name} ({plan.address}, {group}, droplet id {droplet.droplet_id})")
     return droplet
 
 
@@ -397,9 +422,13 @@ def replace(
     state = _running_lab(lab_dir)
     plan = DropletPlan(name=old.name, address=old.address, roles=tuple(old.roles))
     hosts = {d.name: d.address for d in state.droplets} | {plan.name: plan.address}
-    droplet = _boot(state, plan, ensure_rootfs(cache_dir, progress), lab_dir, hosts)
+    rootfs = ensure_rootfs(cache_dir, progress)
+    droplet = _boot(state, plan, rootfs, lab_dir, hosts, admit=False)
     _wait_ready(state, [droplet], lab_dir)
-    progress(f"replaced {name} ({old.address}): new host keys, empty disk")
+    progress(
+        f"replaced {name} ({old.address}): droplet id {old.droplet_id} -> {droplet.droplet_id}, "
+        "new host keys, empty disk"
+    )
     return droplet
 
 

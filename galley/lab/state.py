@@ -27,6 +27,9 @@ class Droplet:
     pid: int | None = None
     mounted: bool = False
     killed: bool = False  # `galley lab kill`: down on purpose, its disk kept
+    # A simulated DigitalOcean droplet id: new for every boot of a fresh disk (`up`, `add`,
+    # `replace`), so host keys are pinned per id as for DigitalOcean. 0: an older lab's.
+    droplet_id: int = 0
 
 
 @dataclass
@@ -37,7 +40,11 @@ class LabState:
     bridge: str = ""
     gateway: str = ""
     ssh_key: str = ""
+    # The lab's own SSH (wait for boot, `galley lab ssh`) pins every key here, by address.
     known_hosts: str = ""
+    # The inventory's pins per droplet id (galley.inventory.hostkeys), and the next id.
+    host_keys: str = ""
+    next_droplet_id: int = 1001
     apt_proxy: str = ""
     mirror_url: str = ""
     vault_addr: str = ""

@@ -20,13 +20,18 @@ from galley.inventory.hostkeys import (
     HostKeyError,
     Target,
     accept,
+    admit,
     pin,
     pin_file,
+    read_admitted,
     read_keys,
     store_dir,
     write_keys,
 )
 from galley.inventory.load import unchecked
+from galley.lab.inventory import lab_groups, pin_lab
+from galley.lab.lifecycle import admit_droplet
+from galley.lab.state import Droplet, LabState
 
 INVENTORY = "inventories/nyc3.py"
 
@@ -176,3 +181,83 @@ def test_accept_pins_the_new_key_only_if_it_is_the_one_the_operator_saw(server, 
         server.offered(),
     )
     pin(entries(server), tmp_path, INVENTORY)  # passes now
+
+
+# --- admission: new droplets in the etcd and control_plane groups ---------------------------
+
+
+def test_a_new_control_plane_droplet_stops_the_run_until_admitted(server, tmp_path):
+    admit(tmp_path, [])  # a store that already keeps the admitted list
+    hosts = entries(server, 4007, "cp-3")
+    with pytest.raises(HostKeyError) as raised:
+        pin(hosts, tmp_path, INVENTORY, guarded_names={"cp-3"})
+    message = str(raised.value)
+    assert "cp-3 (droplet id 4007, address 127.0.0.1)" in message
+    assert f"galley hostkeys accept {INVENTORY} cp-3" in message
+    assert server.connections == 0
+    # Loaded without contacting hosts (galley's own commands): not trusted on first use either.
+    with unchecked():
+        pin(hosts, tmp_path, INVENTORY, guarded_names={"cp-3"})
+    assert hosts[0][1]["ssh_strict_host_key_checking"] == "yes"
+    target = Target("cp-3", 4007, "127.0.0.1", server.port)
+    accept(target, pin_file(tmp_path, 4007), fingerprint=server.offered().fingerprint)
+    assert read_admitted(tmp_path) == {4007}
+    pin(hosts, tmp_path, INVENTORY, guarded_names={"cp-3"})
+    assert hosts[0][1]["ssh_strict_host_key_checking"] == "accept-new"
+
+
+def test_workers_keep_trust_on_first_use_but_not_into_the_control_plane(server, tmp_path):
+    admit(tmp_path, [])
+    hosts = entries(server, 4008, "worker-9")
+    pin(hosts, tmp_path, INVENTORY, guarded_names={"cp-1"})
+    assert hosts[0][1]["ssh_strict_host_key_checking"] == "accept-new"
+    # pyinfra pinned its key on first use; the same droplet tagged into the control plane:
+    write_keys(pin_file(tmp_path, 4008), "127.0.0.1", server.port, [server.offered()])
+    with pytest.raises(HostKeyError, match=r"worker-9 \(droplet id 4008"):
+        pin(hosts, tmp_path, INVENTORY, guarded_names={"worker-9"})
+
+
+def test_pins_made_before_admission_existed_stay_trusted(server, tmp_path):
+    write_keys(pin_file(tmp_path, 4001), "127.0.0.1", server.port, [server.offered()])
+    pin(entries(server), tmp_path, INVENTORY, guarded_names={"etcd-1", "etcd-2"})
+    assert read_admitted(tmp_path) == {4001}
+
+
+def test_the_lab_pins_per_droplet_id_and_admits_only_what_lab_up_booted(server, tmp_path):
+    store = tmp_path / "host-keys"
+    droplets = [
+        Droplet("lab-cp-1", "127.0.0.1", ["control_plane"], droplet_id=1001),
+        Droplet("lab-worker-1", "127.0.0.1", ["workers"], droplet_id=1002),
+        Droplet("lab-cp-2", "127.0.0.1", ["control_plane"], droplet_id=1003),  # `lab add`
+    ]
+    state = LabState(host_keys=str(store), droplets=droplets)
+    line = f"127.0.0.1 {server.offered().type} {server.offered().base64}"
+    admit_droplet(state, droplets[0], [line])  # what `lab up` does for its droplets
+
+    def groups() -> dict:
+        return lab_groups(state, {"ssh_port": server.port})
+
+    with pytest.raises(HostKeyError, match=r"lab-cp-2 \(droplet id 1003") as raised:
+        pin_lab(groups(), state, "inventories/lab.py")
+    assert "galley hostkeys accept inventories/lab.py lab-cp-2" in str(raised.value)
+    assert "lab-worker-1" not in str(raised.value)  # a worker: trust on first use
+    # `galley lab replace lab-cp-2` (new id, same address): no key mismatch, still not admitted.
+    droplets[2] = Droplet("lab-cp-2", "127.0.0.1", ["control_plane"], droplet_id=1004)
+    with unchecked():
+        found = pin_lab(groups(), state, "inventories/lab.py")
+    data = dict(found["control_plane"])["lab-cp-2"]
+    assert data["ssh_known_hosts_file"] == str(pin_file(store, 1004))
+    assert data["ssh_strict_host_key_checking"] == "yes"
+    admit(store, [1004])
+    pin_lab(groups(), state, "inventories/lab.py")  # admitted: passes
+    # A changed key on the same id (lab-cp-1, admitted by `lab up`) is an error.
+    server.regenerate()
+    with pytest.raises(HostKeyError, match=r"changed since it was pinned") as raised:
+        pin_lab(groups(), state, "inventories/lab.py")
+    assert "lab-cp-1 (droplet id 1001, address 127.0.0.1):\n    pinned" in str(raised.value)
+
+
+def test_a_lab_recorded_before_droplet_ids_keeps_its_known_hosts_file():
+    state = LabState(known_hosts="/lab/known_hosts", droplets=[Droplet("a", "10.0.0.1", ["etcd"])])
+    (_, data), *_ = pin_lab(lab_groups(state), state, "inventories/lab.py")["etcd"]
+    assert data["ssh_known_hosts_file"] == "/lab/known_hosts"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from galley.inventory import hostkeys
 from galley.inventory.digitalocean import Droplet
 from galley.inventory.sources import (
     InventoryError,
@@ -168,14 +169,26 @@ def _hosts(result: subprocess.CompletedProcess) -> dict[str, dict]:
 
 
 def test_the_nyc3_inventory_file_reads_the_api_through_the_pyinfra_cli(tmp_path: Path):
+    pins = tmp_path / "pins"
     with serve(API_FLEET, TOKEN) as api:
-        result = _debug_inventory(
-            str(REPO / "inventories" / "nyc3.py"),
-            tmp_path,
-            DIGITALOCEAN_TOKEN=TOKEN,
-            DIGITALOCEAN_API_URL=api.url,
-            GALLEY_SSH_USER="admin",
-        )
+
+        def debug() -> subprocess.CompletedProcess:
+            return _debug_inventory(
+                str(REPO / "inventories" / "nyc3.py"),
+                tmp_path,
+                DIGITALOCEAN_TOKEN=TOKEN,
+                DIGITALOCEAN_API_URL=api.url,
+                GALLEY_SSH_USER="admin",
+                GALLEY_KNOWN_HOSTS=str(pins),
+            )
+
+        refused = debug()
+        # New etcd and control-plane droplets wait for admission; the worker does not.
+        assert refused.returncode == 1
+        assert "3 droplet(s) new to the etcd or control_plane group" in refused.stderr
+        assert "nyc3-worker-1" not in refused.stderr
+        hostkeys.admit(pins, [1, 2, 3])
+        result = debug()
     hosts = _hosts(result)
     assert sorted(hosts) == ["nyc3-etcd-1", "nyc3-etcd-2", "nyc3-etcd-3", "nyc3-worker-1"]
     assert sorted(hosts["nyc3-etcd-1"]["groups"]) == ["control_plane", "etcd", "nyc3"]
@@ -203,9 +216,13 @@ def test_the_terraform_inventory_file_reads_a_saved_output(tmp_path: Path):
     }
     saved = tmp_path / "outputs.json"
     saved.write_text(json.dumps({"droplets": {"value": [resource]}}))
+    hostkeys.admit(tmp_path / "pins", [7])
     hosts = _hosts(
         _debug_inventory(
-            str(REPO / "inventories" / "terraform.py"), tmp_path, GALLEY_TERRAFORM_OUTPUT=str(saved)
+            str(REPO / "inventories" / "terraform.py"),
+            tmp_path,
+            GALLEY_TERRAFORM_OUTPUT=str(saved),
+            GALLEY_KNOWN_HOSTS=str(tmp_path / "pins"),
         )
     )
     assert hosts["tf-etcd-1"]["groups"] == ["etcd", "terraform"]
