@@ -56,7 +56,12 @@ class RoleSpec:
     organization: tuple[str, ...] = ()
 
 
-MOUNTS = (MountSpec("etcd", "{cluster} etcd CA"), MountSpec("k8s", "{cluster} Kubernetes CA"))
+# ``host``: each host's renewal credential (`galley.renewal`), trusted only by Vault's cert auth.
+MOUNTS = (
+    MountSpec("etcd", "{cluster} etcd CA"),
+    MountSpec("k8s", "{cluster} Kubernetes CA"),
+    MountSpec("host", "{cluster} host identity CA"),
+)
 # The operator's admin credential (key made on the operator's machine, `galley.ops.admin`).
 ADMIN_ROLE = RoleSpec("admin", "k8s", ("admin",), organization=("system:masters",))
 # In-cluster names of the API (the cluster domain may differ from cluster.local).

@@ -113,7 +113,12 @@ def test_the_vault_roles_and_deploy_paths_pick_up_a_new_component(with_ccm):
     assert ROLE in registry.vault_roles()
     assert deploy_paths("lab", [CCM]) == {
         "lab/pki/k8s/sign/cloud-controller-manager": "update",
-        **{f"lab/pki/{m}/{p}": "read" for m in ("etcd", "k8s") for p in ("ca/pem", "cert/ca")},
+        "lab/pki/host/sign/host-identity": "update",
+        **{
+            f"lab/pki/{m}/{p}": "read"
+            for m in ("etcd", "k8s", "host")
+            for p in ("ca/pem", "cert/ca")
+        },
         "lab/kv/data/galley/lock": "create,read,update",
     }
 
