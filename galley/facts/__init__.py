@@ -3,6 +3,7 @@
 from galley.facts.etcd import EtcdHealth, EtcdMembers
 from galley.facts.fleet import ComponentVersions, FlannelLease
 from galley.facts.release import InstalledReleases
+from galley.facts.renewal import RenewalStatus
 from galley.facts.system import OsInfo, PendingRestart, UnitStates
 from galley.facts.tls import Certificate, Certificates, TlsFiles
 
@@ -16,6 +17,7 @@ __all__ = [
     "InstalledReleases",
     "OsInfo",
     "PendingRestart",
+    "RenewalStatus",
     "TlsFiles",
     "UnitStates",
 ]

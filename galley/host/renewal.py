@@ -1,26 +1,25 @@
-"""The files a host's own certificate renewal runs from, and the state it leaves behind.
+"""The files a host's own certificate renewal runs from.
 
 `render_script` gives the shell script (bash, openssl, curl, coreutils: nothing else on the
 host) for a host's `galley.renewal.HostRenewal`; `render_units` its systemd service and timer.
-The script records its outcome in `STATE_PATH` (``key=value`` lines), read back by
-`parse_state`.
+The script records its outcome in `STATE_PATH` (``key=value`` lines), which
+`galley.facts.renewal.RenewalStatus` reads.
 """
 
 from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import jinja2
 
 from galley.components.model import SYSTEMD_DIR, TEMPLATES
+from galley.facts.renewal import STATE_PATH
 from galley.renewal import IDENTITY_DIR, HostRenewal, auth_path
 
 SCRIPT_PATH = "/usr/local/sbin/galley-renew-certs"
-STATE_DIR = "/var/lib/galley/renewal"
-STATE_PATH = f"{STATE_DIR}/state"
 VAULT_CA_PATH = f"{IDENTITY_DIR}/vault-ca.pem"  # the CA Vault's listener is verified with
 UNIT = "galley-cert-renewal"
 # Group data keys of the schedule, with their defaults (systemd time spans).
@@ -84,36 +83,3 @@ def render_units(data: Mapping[str, Any]) -> dict[str, str]:
             boot_delay="5min",
         ),
     }
-
-
-@dataclass(frozen=True)
-class RenewalState:
-    """What the last renewal run recorded: ``status`` ``ok`` or ``failing``, when it ran, since
-    when it fails and why, and when each certificate is next due (path -> UTC time)."""
-
-    status: str
-    checked: str
-    failing_since: str | None = None
-    error: str | None = None
-    next_renewal: dict[str, str] = field(default_factory=dict)
-
-
-def parse_state(text: str) -> RenewalState | None:
-    """The state file's content, or None when the script never ran (empty text)."""
-    values: dict[str, str] = {}
-    next_renewal: dict[str, str] = {}
-    for line in text.splitlines():
-        key, _, value = line.partition("=")
-        if key.startswith("next:"):
-            next_renewal[key.removeprefix("next:")] = value
-        elif key:
-            values[key] = value
-    if "status" not in values:
-        return None
-    return RenewalState(
-        status=values["status"],
-        checked=values.get("checked", ""),
-        failing_since=values.get("failing_since"),
-        error=values.get("error"),
-        next_renewal=next_renewal,
-    )

@@ -19,7 +19,8 @@ import requests
 from pyinfra.api import Inventory
 
 from galley import pki, vault_setup
-from galley.host.renewal import ScriptSettings, parse_state, render_script, render_units
+from galley.facts.renewal import RenewalStatus, parse_state
+from galley.host.renewal import ScriptSettings, render_script, render_units
 from galley.host.tls import GENPKEY_OPTIONS, csr_command
 from galley.renewal import HostRenewal, RenewalCert, plan
 
@@ -400,3 +401,12 @@ def test_state_file_parsing():
     assert state.failing_since == "2030-06-01T11:00:00Z"
     assert state.error == "login failed: HTTP 503 Vault is sealed"
     assert state.next_renewal == {"/etc/x.crt": "2030-06-20T00:00:00Z"}
+
+
+def test_the_report_fact_reads_the_state_the_script_wrote(vault, openbao, bootstrapped, tmp_path):
+    host = _on_host(vault, openbao, bootstrapped["lab-worker-2"], tmp_path, ttl="720h")
+    host.run()
+    fact = RenewalStatus()
+    output = _run(fact.command(str(tmp_path / "state"))).splitlines()
+    assert fact.process(output) == parse_state(host.state())
+    assert fact.process(_run(fact.command(str(tmp_path / "nothing"))).splitlines()) is None
