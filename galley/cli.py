@@ -20,6 +20,9 @@ from galley.lab.topology import TopologyError, plan_droplets
 from galley.lock import LockError
 from galley.vault import VaultError
 
+# `galley lab add --role`: the inventory group of each role.
+ROLE_GROUPS = {"etcd": "etcd", "control-plane": "control_plane", "worker": "workers"}
+
 
 def _lab_up(args: argparse.Namespace) -> int:
     plans = plan_droplets(args.etcd, args.control_plane, args.workers, args.stacked_etcd)
@@ -34,6 +37,18 @@ def _lab_down(args: argparse.Namespace) -> int:
 
 def _lab_status(args: argparse.Namespace) -> int:
     print("\n".join(lifecycle.status()))
+    return 0
+
+
+def _lab_add(args: argparse.Namespace) -> int:
+    lifecycle.add(ROLE_GROUPS[args.role], args.name)
+    return 0
+
+
+def _lab_change(args: argparse.Namespace) -> int:
+    {"kill": lifecycle.kill, "start": lifecycle.start, "remove": lifecycle.remove}.get(
+        args.lab_command, lifecycle.replace
+    )(args.name)
     return 0
 
 
@@ -153,6 +168,19 @@ def _parser() -> argparse.ArgumentParser:
     lab_up.set_defaults(func=_lab_up)
     lab.add_parser("down", help="remove everything `lab up` created").set_defaults(func=_lab_down)
     lab.add_parser("status", help="list droplets and services").set_defaults(func=_lab_status)
+    lab_add = lab.add_parser("add", help="boot one more droplet on the running lab")
+    lab_add.add_argument("--role", required=True, choices=ROLE_GROUPS)
+    lab_add.add_argument("--name", help="droplet name (default: the role's next free number)")
+    lab_add.set_defaults(func=_lab_add)
+    for command, text in (
+        ("kill", "stop a droplet abruptly, as a hardware fault would (disk kept)"),
+        ("start", "boot a killed droplet again from its disk"),
+        ("replace", "destroy a droplet and boot a fresh one: same name and address, new keys"),
+        ("remove", "delete a droplet"),
+    ):
+        change = lab.add_parser(command, help=text)
+        change.add_argument("name")
+        change.set_defaults(func=_lab_change)
     lab_ssh = lab.add_parser("ssh", help="ssh into a droplet as root")
     lab_ssh.add_argument("name")
     lab_ssh.add_argument("command", nargs=argparse.REMAINDER)

@@ -159,4 +159,3 @@ def fetch(published: Mapping[tuple[str, str, str], tuple[str, str]], path: Path)
     """Fetch every ``{(key, version, arch): (checksum file URL, file name)}`` and record the
     values in the catalogue at ``path`` (nothing is written if any fetch fails)."""
     return record(path, {entry: fetch_sha256(*where) for entry, where in published.items()})
-

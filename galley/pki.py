@@ -66,6 +66,8 @@ MOUNTS = (
 ADMIN_ROLE = RoleSpec("admin", "k8s", ("admin",), organization=("system:masters",))
 # In-cluster names of the API (the cluster domain may differ from cluster.local).
 API_SERVICE_NAMES = ("kubernetes", "kubernetes.default", "kubernetes.default.svc")
+
+
 def mount_path(cluster: str, mount: str) -> str:
     """The Vault path of a cluster's PKI mount, e.g. ``lab/pki/etcd``."""
     return f"{cluster}/pki/{mount}"

@@ -47,9 +47,7 @@ def _check(components: Sequence[Component]) -> Callable[[], hvac.Client]:
     try:
         check(inventory, components)
     except ValidationError as exc:
-        raise PreflightError(
-            f"the inventory is not valid, nothing was changed:\n{exc}"
-        ) from exc
+        raise PreflightError(f"the inventory is not valid, nothing was changed:\n{exc}") from exc
     try:
         settings = VaultSettings.from_data(host.data)
         vault = lazy_client(settings, deploy_paths(host.data.cluster_name, components))

@@ -16,11 +16,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from galley.components import running_on
+from galley.components import named, running_on
+from galley.components.api_proxy import API_PROXY
 from galley.components.kube_apiserver import KUBE_APISERVER
 from galley.components.kube_proxy import KUBE_PROXY
 from galley.components.kubelet import KUBELET
+from galley.components.model import Component
 from galley.facts import (
+    ApiProxyBackends,
     Certificates,
     ComponentVersions,
     EtcdHealth,
@@ -66,29 +69,38 @@ class Report:
     problems: list[Problem]
 
 
-def releases_of(groups: Iterable[str]) -> dict[str, str | None]:
-    """The releases a host in ``groups`` runs (from the registry), each with the unit that
-    runs its binary (None for a release no unit runs, e.g. the CNI plugins)."""
+def releases_of(components: Iterable[Component]) -> dict[str, str | None]:
+    """The releases ``components`` run, each with the unit that runs its binary (None for a
+    release no unit runs, e.g. the CNI plugins)."""
     found: dict[str, str | None] = {}
-    for component in running_on(groups):
+    for component in components:
         for index, artifact in enumerate(component.artifacts):
             unit = component.unit.name if component.unit and index == 0 else None
             found[artifact.release] = unit
     return found
 
 
-def units_of(groups: Iterable[str]) -> dict[str, str]:
-    """The systemd units a host in ``groups`` runs (from the registry), each with the release
-    whose binary it runs."""
-    return {c.unit.name: c.artifacts[0].release for c in running_on(groups) if c.unit}
+def units_of(components: Iterable[Component]) -> dict[str, str | None]:
+    """The systemd units ``components`` run, each with the release whose binary it runs (None
+    for a Debian package's)."""
+    return {
+        c.unit.name: c.artifacts[0].release if c.artifacts else None for c in components if c.unit
+    }
+
+
+def _components(facts: HostFacts) -> list[Component]:
+    """The components a host runs, as `gather` recorded them."""
+    return named(facts.get("components", ()))
 
 
 def analyse(hosts: Mapping[str, HostFacts], days: int, now: datetime | None = None) -> Report:
     """Tables and problems from each host's facts (``gather``'s result, or the same shape).
 
-    A host's dict has ``groups`` and ``error`` (why it could not be reached, else None) and,
+    A host's dict has ``groups``, ``components`` (the names of those it runs) and ``error``
+    (why it could not be reached, else None) and,
     when reached, the fact values ``os``, ``flannel``, ``certificates``, ``units``,
-    ``versions`` and ``etcd`` (the last three only for hosts running the component).
+    ``versions``, ``etcd`` and ``api_proxy`` (the last four only for hosts running the
+    component).
     """
     now = now or datetime.now(UTC)
     problems: list[Problem] = []
@@ -98,6 +110,7 @@ def analyse(hosts: Mapping[str, HostFacts], days: int, now: datetime | None = No
         _units_table(hosts, problems),
         _certificates_table(hosts, days, now, problems),
         _etcd_table(hosts, problems),
+        _api_proxies_table(hosts, problems),
     ]
     return Report(tables, problems)
 
@@ -168,7 +181,7 @@ def _versions_table(hosts: Mapping[str, HostFacts], problems: list[Problem]) -> 
     # release -> host -> the version it runs (or would run after a restart)
     effective: dict[str, dict[str, str | None]] = {}
     for name, facts in _reached(hosts):
-        for release, unit in releases_of(facts.get("groups", ())).items():
+        for release, unit in releases_of(_components(facts)).items():
             if _deployed(facts, release, unit):
                 effective.setdefault(release, {})[name] = _effective(facts, release)
     odd: set[tuple[str, str]] = set()
@@ -186,7 +199,7 @@ def _versions_table(hosts: Mapping[str, HostFacts], problems: list[Problem]) -> 
         problems.append(fleet_problem(None, "versions", f"{release} version skew: {spread}"))
     odd |= _node_skew(hosts, problems)
     for name, facts in _reached(hosts):
-        for release, unit in releases_of(facts.get("groups", ())).items():
+        for release, unit in releases_of(_components(facts)).items():
             if not _deployed(facts, release, unit):
                 continue
             version = facts.get("versions", {}).get(release, {})
@@ -210,7 +223,7 @@ def _versions_table(hosts: Mapping[str, HostFacts], problems: list[Problem]) -> 
 def _units_table(hosts: Mapping[str, HostFacts], problems: list[Problem]) -> Table:
     table = Table("units", ("host", "unit", "load", "state", "since", "restarts"))
     for name, facts in _reached(hosts):
-        for component, release in units_of(facts.get("groups", ())).items():
+        for component, release in units_of(_components(facts)).items():
             if not _deployed(facts, release, component):
                 continue
             unit = facts.get("units", {}).get(component, {})
@@ -302,6 +315,23 @@ def _etcd_table(hosts: Mapping[str, HostFacts], problems: list[Problem]) -> Tabl
     return table
 
 
+def _api_proxies_table(hosts: Mapping[str, HostFacts], problems: list[Problem]) -> Table:
+    table = Table("api proxies", ("host", "apiserver", "address", "status", "last check"))
+    for name, facts in _reached(hosts):
+        for server, seen in sorted((facts.get("api_proxy") or {}).items()):
+            up = seen.get("status") == "UP"
+            if not up:
+                problems.append(
+                    fleet_problem(
+                        name, "api proxies", f"sees apiserver {server} {seen.get('status')}"
+                    )
+                )
+            table.add(
+                (name, server, seen.get("address"), seen.get("status"), seen.get("check")), not up
+            )
+    return table
+
+
 def _size(size: int) -> str:
     for unit in ("B", "KiB", "MiB"):
         if size < 1024:
@@ -368,7 +398,12 @@ def gather(inventory: Any, connect_timeout: int = CONNECT_TIMEOUT) -> dict[str, 
     state = State(inventory, Config(CONNECT_TIMEOUT=connect_timeout, PARALLEL=len(hosts) or 1))
 
     def facts_of(host: Any) -> HostFacts:
-        facts: HostFacts = {"groups": sorted(host.groups), "error": None}
+        components = running_on(host)
+        facts: HostFacts = {
+            "groups": sorted(host.groups),
+            "components": [c.name for c in components],
+            "error": None,
+        }
         try:
             host.connect(show_errors=False, raise_exceptions=True)
         except ConnectError as exc:
@@ -379,17 +414,18 @@ def gather(inventory: Any, connect_timeout: int = CONNECT_TIMEOUT) -> dict[str, 
             "os": (OsInfo, {}),
             "flannel": (FlannelLease, {}),
         }
-        components = running_on(host.groups)
         certificates = sorted({c.cert_path for one in components for c in one.certs_of(host)})
         if certificates:
             wanted["certificates"] = (Certificates, {"paths": " ".join(certificates)})
-        if units := units_of(host.groups):
+        if units := units_of(components):
             wanted["units"] = (UnitStates, {"units": list(units)})
-        if releases := releases_of(host.groups):
+        if releases := releases_of(components):
             entries = [f"{release}:{unit or ''}" for release, unit in releases.items()]
             wanted["versions"] = (ComponentVersions, {"components": entries})
         if "etcd" in host.groups:
             wanted["etcd"] = (EtcdHealth, {})
+        if API_PROXY in components:
+            wanted["api_proxy"] = (ApiProxyBackends, {})
         jobs = {key: gevent.spawn(host.get_fact, cls, **kw) for key, (cls, kw) in wanted.items()}
         gevent.joinall(list(jobs.values()))
         for key, job in jobs.items():

@@ -15,9 +15,10 @@ kubernetes_version = "1.33.5"
 dl_k8s_base_url = "https://dl.k8s.io"
 cluster_domain = "cluster.local"
 api_port = 6443
-# What clients dial for the API (a load balancer's DNS name or IP); None means the first
-# control-plane host's private IP. A name must look like api.<cluster>.<domain> (the Vault
-# role of the apiserver certificate allows exactly that).
+# What clients dial for the API: a load balancer's DNS name or IP in front of the apiservers.
+# None: every worker runs a node-local proxy (HAProxy, `api-proxy`) on 127.0.0.1:<api_port>
+# in front of every apiserver. A name must look like api.<cluster>.<domain> (the Vault role of
+# the apiserver certificate allows exactly that).
 api_endpoint = None
 # Leaf certificates of the Kubernetes components (and the operator's admin credential).
 kubernetes_cert_ttl = "720h"

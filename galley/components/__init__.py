@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 from pyinfra.api.host import Host
 
+from galley.components.api_proxy import API_PROXY
 from galley.components.containerd import CONTAINERD
 from galley.components.etcd import ETCD
 from galley.components.flannel_cni import FLANNEL_CNI
@@ -26,7 +27,8 @@ from galley.pki import Identity, RoleSpec
 PHASES: tuple[Phase, ...] = (
     Phase("etcd", (ETCD,)),
     Phase("control plane", (KUBE_APISERVER, KUBE_CONTROLLER_MANAGER, KUBE_SCHEDULER)),
-    Phase("flannel", (FLANNELD, FLANNEL_CNI), prepare=flannel_network),
+    # Workers reach the API (through api-proxy) before flanneld, their first API client, starts.
+    Phase("flannel", (API_PROXY, FLANNELD, FLANNEL_CNI), prepare=flannel_network),
     Phase("workers", (CONTAINERD, KUBELET, KUBE_PROXY)),
 )
 REGISTRY: tuple[Component, ...] = tuple(c for phase in PHASES for c in phase.components)
@@ -57,10 +59,15 @@ def select(names: Iterable[str]) -> list[Component]:
     return [c for c in registry if c.name in wanted]
 
 
-def running_on(groups: Iterable[str]) -> list[Component]:
-    """The components a host in ``groups`` runs."""
-    groups = set(groups)
-    return [c for c in REGISTRY if c.group in groups]
+def running_on(host: Host) -> list[Component]:
+    """The components ``host`` runs."""
+    return [c for c in REGISTRY if c.runs_on(host)]
+
+
+def named(names: Iterable[str]) -> list[Component]:
+    """The components called ``names``, in registry order (unknown names are skipped)."""
+    wanted = set(names)
+    return [c for c in REGISTRY if c.name in wanted]
 
 
 def artifacts() -> list[Artifact]:
@@ -79,7 +86,7 @@ def certificates_of(host: Host) -> list[tuple[Cert, Identity]]:
     carries (what the deploy installs and what the tests hold the hosts against)."""
     found = {
         cert.cert_path: (cert, cert.identity(host))
-        for component in running_on(host.groups)
+        for component in running_on(host)
         for cert in component.certs_of(host)
     }
     return list(found.values())

@@ -1,10 +1,11 @@
 """Deploy components on a host from their declarations (`galley.components.model`).
 
-For the components of a phase that run on the current host, in this order: system users and
-directories, every artifact (downloaded and verified before activation), every certificate
-(one round trip reads them all), each component's own ``configure`` (its config files), its
-unit file, then systemd: reload, start and enable each unit, wait after a first start, and a
-durable restart when the files it runs from (`Component.watched`) are newer than its start.
+For the components of a phase that run on the current host, in this order: Debian packages,
+system users and directories, every artifact (downloaded and verified before activation),
+every certificate (one round trip reads them all), each component's own ``configure`` (its
+config files), its unit file, then systemd: reload, start and enable each unit, wait after a
+first start, and a durable restart when the files it runs from (`Component.watched`) are newer
+than its start, or a reload when only files it reloads (`Component.reloaded_by`) are.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from pyinfra import host
 from pyinfra.api.host import Host
 from pyinfra.api.operation import OperationMeta
 from pyinfra.api.util import get_template
-from pyinfra.operations import files, python, server, systemd
+from pyinfra.facts.deb import DebPackages
+from pyinfra.operations import apt, files, python, server, systemd
 
 from galley.components.model import TEMPLATES, Artifact, Cert, Component, Config, Configured
 from galley.downloads import sha256_of
 from galley.host.release import DEFAULT_STALL_SECONDS, Release, install_release
-from galley.host.restarts import restart_when_pending
+from galley.host.restarts import reload_when_pending, restart_when_pending
 from galley.host.tls import HostCert, host_certificates
 from galley.pki import mount_path
 
@@ -126,9 +128,18 @@ def run_units(
         watched = component.watched(host)
         changes = [op for path in watched for op in written.get(path, ())]
         restart_when_pending(unit.name, watched, changes, started, **options)
+        if reloaded := component.reloaded_by(host):
+            changes = [op for path in reloaded for op in written.get(path, ())]
+            reload_when_pending(unit.name, reloaded, changes, started)
 
 
 def _prepare(components: Sequence[Component]) -> None:
+    packages = [package for c in components for package in c.packages]
+    if packages:
+        installed = host.get_fact(DebPackages)
+        if any(package not in installed for package in packages):
+            apt.update(name="apt update (packages to install)")
+        apt.packages(name=f"packages {', '.join(packages)}", packages=packages)
     users = {c.user: c.user_home for c in components if c.user}
     for user, home in host.loop(users.items()):
         server.user(
@@ -150,11 +161,38 @@ def _prepare(components: Sequence[Component]) -> None:
         )
 
 
+def _retire(components: Sequence[Component]) -> None:
+    """Take away what ``components`` left on a host of their group that no longer runs them
+    (their ``when`` turned false, e.g. api-proxy once ``api_endpoint`` is set): the unit is
+    stopped and disabled, its unit file and config files removed."""
+    for component in host.loop(components):
+        if component.unit is None:
+            continue
+        unit = component.unit
+        systemd.service(
+            name=f"{unit.name} stopped and disabled (not needed here)",
+            service=unit.name,
+            running=False,
+            enabled=False,
+        )
+        removed = [
+            files.file(name=f"{path} removed", path=path, present=False)
+            for path in (unit.path, *(config.path for config in component.configs))
+        ]
+        systemd.daemon_reload(
+            name=f"systemd daemon-reload ({unit.name} removed)",
+            _if=lambda removed=removed: removed[0].did_change(),
+        )
+
+
 def deploy_components(components: Sequence[Component], vault: Callable[[], hvac.Client]) -> None:
     """Install, configure and (re)start ``components`` on this host (those of its groups).
 
     Call it inside a pyinfra deploy (`galley.converge` names one per phase)."""
-    mine = [c for c in components if c.group in host.groups]
+    retired = [c for c in components if c.group in host.groups and not c.runs_on(host)]
+    if retired:
+        _retire(retired)
+    mine = [c for c in components if c.runs_on(host)]
     if not mine:
         return
     _prepare(mine)

@@ -17,7 +17,7 @@ from pyinfra.api.state import State
 from pyinfra.operations import files
 
 from galley import cluster_secrets
-from galley.components.engine import render_text
+from galley.components.engine import render, render_text
 from galley.components.etcd import etcd_client_cert
 from galley.components.kubernetes import (
     CA_PATH,
@@ -37,6 +37,7 @@ from galley.pki import API_SERVICE_NAMES, Identity, RoleSpec
 from galley.vault import once_per_client
 
 ENCRYPTION_CONFIG = f"{K8S_DIR}/encryption-config.yaml"
+AUTHENTICATION_CONFIG = f"{K8S_DIR}/authentication-config.yaml"
 SA_KEY = f"{PKI_DIR}/sa.key"
 SA_PUB = f"{PKI_DIR}/sa.pub"
 HEALTH_TIMEOUT = 60.0
@@ -151,6 +152,9 @@ def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
             ),
             mode=encryption.mode,
         ),
+        AUTHENTICATION_CONFIG: render(
+            KUBE_APISERVER.config(AUTHENTICATION_CONFIG), cluster_name=cluster
+        ),
     }
     variables = {
         "cluster_domain": data.cluster_domain,
@@ -160,6 +164,7 @@ def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
         "service_cidr": data.service_cidr,
         "etcd_servers": etcd_servers(host.inventory),
         "encryption_config": ENCRYPTION_CONFIG,
+        "authentication_config": AUTHENTICATION_CONFIG,
     }
     return Configured(written, variables)
 
@@ -184,6 +189,7 @@ KUBE_APISERVER = Component(
     ),
     configs=(
         Config(ENCRYPTION_CONFIG, "kube-apiserver/encryption-config.yaml.j2", mode="600"),
+        Config(AUTHENTICATION_CONFIG, "kube-apiserver/authentication-config.yaml.j2"),
         Config(SA_KEY, mode="600"),
         Config(SA_PUB),
     ),

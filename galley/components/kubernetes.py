@@ -119,24 +119,34 @@ def etcd_servers(hosts: Inventory) -> str:
     )
 
 
-def api_address(data, hosts: Inventory | None = None) -> str:
-    """The address clients dial for the API: ``api_endpoint`` (e.g. a load balancer's name or
-    IP), else the first control-plane host's private IP (of ``hosts``, default the run's)."""
+def api_url(data, local: bool = False) -> str:
+    """The API's URL for a host's own clients: ``api_endpoint`` when set (e.g. a load
+    balancer's name or IP), else ``127.0.0.1``: the node-local proxy on a worker
+    (`galley.components.api_proxy`), the apiserver itself on a control-plane host. ``local``:
+    always the apiserver on this host."""
     endpoint = data.get("api_endpoint")
-    if endpoint:
-        return str(endpoint)
-    hosts = control_plane_hosts(hosts)
-    if not hosts:
+    return _https(str(endpoint) if endpoint and not local else "127.0.0.1", data.api_port)
+
+
+def apiserver_urls(hosts: Inventory) -> list[str]:
+    """Each control-plane host's apiserver, in inventory order."""
+    servers = control_plane_hosts(hosts)
+    if not servers:
         raise ValueError("no hosts in group 'control_plane' to serve the Kubernetes API")
-    return str(hosts[0].data.private_ip)
+    return [_https(str(one.data.private_ip), one.data.api_port) for one in servers]
 
 
-def api_url(data, local: bool = False, inventory: Inventory | None = None) -> str:
-    """The API's URL: through `api_address`, or the apiserver on this host when ``local``."""
-    address = "127.0.0.1" if local else api_address(data, inventory)
-    if ":" in address:
-        address = f"[{address}]"
-    return f"https://{address}:{data.api_port}"
+def operator_api_urls(hosts: Inventory) -> list[str]:
+    """Where a client off the cluster (the operator's) reaches the API: ``api_endpoint`` when
+    set, else each apiserver (`apiserver_urls`)."""
+    urls = apiserver_urls(hosts)
+    data = control_plane_hosts(hosts)[0].data
+    endpoint = data.get("api_endpoint")
+    return [_https(str(endpoint), data.api_port)] if endpoint else urls
+
+
+def _https(address: str, port: int) -> str:
+    return f"https://[{address}]:{port}" if ":" in address else f"https://{address}:{port}"
 
 
 def is_ip(value: str) -> bool:

@@ -148,7 +148,8 @@ class Cert:
 @dataclass(frozen=True)
 class Config:
     """A file a component reads, rendered from ``templates/<template>`` (None: written by the
-    component's own code, e.g. a secret from Vault)."""
+    component's own code, e.g. a secret from Vault). A change to a ``reload`` file is applied
+    with ``systemctl reload`` (the unit keeps running), to any other with a restart."""
 
     path: str
     template: str | None = None
@@ -156,6 +157,7 @@ class Config:
     owner: str = "root"
     group: str = "root"
     when: Callable[[Host], bool] = lambda host: True
+    reload: bool = False
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,8 @@ class Component:
     `Configured`; ``context`` has the run's ``vault`` factory.
     ``checks`` name the validation rules its group data must pass (`galley.inventory.checks`).
     ``watch`` lists files other components write that its unit reads too.
+    ``packages`` are Debian packages it needs; ``when`` limits it to the hosts of its group
+    it is true for.
     """
 
     name: str
@@ -225,6 +229,12 @@ class Component:
     watch: tuple[str, ...] = ()
     checks: tuple[str, ...] = ()
     configure: Callable[[Host, Mapping[str, Any]], Configured] | None = None
+    packages: tuple[str, ...] = ()
+    when: Callable[[Host], bool] = lambda host: True
+
+    def runs_on(self, host: Host) -> bool:
+        """Whether this component runs on ``host``."""
+        return self.group in host.groups and self.when(host)
 
     def certs_of(self, host: Host) -> list[Cert]:
         """The certificates this component needs on ``host``."""
@@ -249,10 +259,16 @@ class Component:
         paths = [self.unit.path]
         if self.artifacts:
             paths += self.artifacts[0].active_paths()
-        paths += [config.path for config in self.configs_of(host)]
+        paths += [config.path for config in self.configs_of(host) if not config.reload]
         paths += [path for cert in self.certs_of(host) for path in cert.paths()]
         paths += list(self.watch)
         return list(dict.fromkeys(paths))
+
+    def reloaded_by(self, host: Host) -> list[str]:
+        """The files whose change this component's unit takes with a reload (`Config.reload`)."""
+        if self.unit is None:
+            return []
+        return [config.path for config in self.configs_of(host) if config.reload]
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Custom pyinfra facts for galley, usable ad hoc: `pyinfra INVENTORY fact galley.facts.<Name>`."""
 
+from galley.facts.api_proxy import ApiProxyBackends
 from galley.facts.etcd import EtcdHealth, EtcdMembers
 from galley.facts.fleet import ComponentVersions, FlannelLease
 from galley.facts.release import InstalledReleases
@@ -8,6 +9,7 @@ from galley.facts.system import OsInfo, PendingRestart, UnitStates
 from galley.facts.tls import Certificate, Certificates, TlsFiles
 
 __all__ = [
+    "ApiProxyBackends",
     "Certificate",
     "Certificates",
     "ComponentVersions",

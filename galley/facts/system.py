@@ -15,6 +15,7 @@ _UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\@-]+")
 _UNIT_PROPERTIES = "LoadState,ActiveState,SubState,ActiveEnterTimestamp,MainPID,NRestarts"
 _UNITS_HEADER = "##galley-units "
 _MTIMES_HEADER = "##galley-mtimes"
+_STAMP_HEADER = "##galley-stamp"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -118,17 +119,23 @@ class PendingRestart(FactBase):
     its target) was modified after the unit last became active. Comparing modification times
     with the unit's start keeps "restart if files changed" durable: a run interrupted between
     writing a file and restarting still restarts on the next run. Missing paths are ignored;
-    the default (state unreadable) is True.
+    the default (state unreadable) is True. With ``stamp`` (a file touched after each reload),
+    a path counts only when it is newer than both the start and the stamp (a pending reload).
     """
 
     def requires_command(self, *args: Any, **kwargs: Any) -> str:
         return "systemctl"
 
-    def command(self, unit: str, paths: str | Iterable[str]) -> str:
+    def command(self, unit: str, paths: str | Iterable[str], stamp: str | None = None) -> str:
         command = _unit_states_command((unit,))
         quoted = " ".join(shlex.quote(path) for path in _as_tuple(paths))
         if not quoted:
             return command
+        if stamp:
+            command += (
+                f" && echo '{_STAMP_HEADER}' && "
+                f"{{ stat -c %.6Y -- {shlex.quote(stamp)} 2>/dev/null; true; }}"
+            )
         # Target and link mtimes both count: switching a symlink only changes the link's.
         return (
             f"{command} && echo '{_MTIMES_HEADER}' && "
@@ -146,11 +153,16 @@ class PendingRestart(FactBase):
             output, mtime_lines = output[:split], output[split + 1 :]
         else:
             mtime_lines = []
+        stamped = None
+        if _STAMP_HEADER in output:
+            split = output.index(_STAMP_HEADER)
+            output, stamp_lines = output[:split], output[split + 1 :]
+            stamped = _mtime_us(stamp_lines[0]) if stamp_lines else None
         state = next(iter(_parse_unit_states(output).values()), _unit_state({}))
         since = state["since"]
         if state["active"] != "active" or since is None:
             return True
-        started_us = (since - _EPOCH) // timedelta(microseconds=1)
+        started_us = max((since - _EPOCH) // timedelta(microseconds=1), stamped or 0)
         mtimes = [_mtime_us(line) for line in mtime_lines]
         return any(mtime > started_us for mtime in mtimes if mtime is not None)
 

@@ -124,7 +124,7 @@ def _fetch_script(
             f"  --speed-limit 1024 --speed-time {int(stall_seconds)} "
             f"--retry-max-time {3 * int(stall_seconds)} \\",
             '  -o "$part" "$url" || { echo "download of $url failed (no progress or no answer)"'
-            ' >&2; exit 1; }',
+            " >&2; exit 1; }",
             'got=$(sha256sum "$part" | cut -d " " -f 1)',
             'if [ "$got" != "$want" ]; then',
             '  echo "sha256 mismatch for $url: expected $want got $got" >&2',

@@ -26,6 +26,8 @@ from pyinfra.operations import python
 from galley.facts.system import PendingRestart
 
 RESTART_LOCK = "/run/lock/galley-restart.lock"
+# Reload stamps (`reload_stamp`); /run is empty after a boot, when every unit starts afresh.
+RELOAD_STAMPS = "/run/galley/reloaded"
 
 
 class RestartError(Exception):
@@ -52,6 +54,39 @@ def systemctl_restart(state: State, host: Host, unit: str) -> None:
         raise RestartError(f"{host.name}: systemctl restart {unit} failed: {output.stderr}")
 
 
+def reload_stamp(unit: str) -> str:
+    """The file touched after each reload of ``unit`` (a change older than it is applied)."""
+    return f"{RELOAD_STAMPS}/{unit}"
+
+
+def systemctl_reload(state: State, host: Host, unit: str) -> None:
+    """Reload ``unit`` on ``host`` and record when (`reload_stamp`); see `reload_when_pending`."""
+    host.log(f"reloading {unit}")
+    stamp = shlex.quote(reload_stamp(unit))
+    ok, output = host.run_shell_command(
+        f"flock -w 120 {RESTART_LOCK} systemctl reload {shlex.quote(unit)} && "
+        f"mkdir -p {RELOAD_STAMPS} && touch {stamp}"
+    )
+    if not ok:
+        raise RestartError(f"{host.name}: systemctl reload {unit} failed: {output.stderr}")
+
+
+def reload_when_pending(
+    unit: str, watched: Iterable[str], changes: Sequence[OperationMeta], started: OperationMeta
+) -> None:
+    """Reload ``unit`` at execution time if its ``watched`` files are newer than its start and
+    its last reload (durable as `restart_when_pending` is)."""
+    restart_when_pending(
+        unit,
+        watched,
+        changes,
+        started,
+        function=systemctl_reload,
+        name=f"Reload {unit} (only if its files changed)",
+        stamp=reload_stamp(unit),
+    )
+
+
 def restart_when_pending(
     unit: str,
     watched: Iterable[str],
@@ -60,6 +95,7 @@ def restart_when_pending(
     function: Callable[..., None] = systemctl_restart,
     serial: bool = False,
     name: str | None = None,
+    stamp: str | None = None,
     **kwargs,
 ) -> None:
     """Restart ``unit`` at execution time if its ``watched`` files are newer than its start.
@@ -67,22 +103,20 @@ def restart_when_pending(
     ``changes`` are this run's operations that may touch those files; ``started`` is the
     operation that starts the unit (a unit it just started needs no restart). ``function``
     (``function(state, host, unit=..., **kwargs)``) does the restart, e.g. with a health gate;
-    ``serial`` restarts one host at a time.
+    ``serial`` restarts one host at a time; ``stamp`` is a file whose mtime also counts as a
+    start (see `galley.facts.PendingRestart`).
     """
     paths = sorted(watched)
+    facts = {"unit": unit, "paths": paths, "stamp": stamp}
     options: dict = {}
     if state.should_check_for_changes():
         # Everything was evaluated already: decide now, so the plan (--dry) lists exactly the
         # restarts the run will do. A unit this run starts needs no restart.
-        due = any(meta.will_change for meta in changes) or host.get_fact(
-            PendingRestart, unit=unit, paths=paths
-        )
+        due = any(meta.will_change for meta in changes) or host.get_fact(PendingRestart, **facts)
         if not due or started.will_change:
             return
     else:
-        options["_if"] = lambda: (
-            host.get_fact(PendingRestart, unit=unit, paths=paths) and not started.did_change()
-        )
+        options["_if"] = lambda: host.get_fact(PendingRestart, **facts) and not started.did_change()
     python.call(
         name=name or f"Restart {unit} (only if its files changed)",
         function=function,

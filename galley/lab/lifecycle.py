@@ -1,4 +1,6 @@
-"""`galley lab up | down | status`: bring the lab up, take exactly it down, describe it."""
+"""`galley lab up | down | status`: bring the lab up, take exactly it down, describe it; and
+`add | kill | start | replace | remove`: grow and break a running lab as a region grows and
+breaks (one droplet more, a hardware fault, a replaced or deleted droplet)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from galley.lab.openbao import OpenBao, bao_binary
 from galley.lab.rootfs import ensure_rootfs
 from galley.lab.state import CACHE_DIR, LAB_DIR, Droplet, LabState, remove_state
 from galley.lab.system import LabError
-from galley.lab.topology import BRIDGE, CLUSTER, GATEWAY, NETWORK, DropletPlan
+from galley.lab.topology import BRIDGE, CLUSTER, GATEWAY, NETWORK, DropletPlan, plan_added
 
 Progress = Callable[[str], None]
 # The lab's OpenBao keeps its configuration, raft data, TLS files and credentials here.
@@ -33,6 +35,16 @@ INOTIFY_LIMIT = Path("/proc/sys/fs/inotify/max_user_instances")
 def inotify_needed(droplets: int) -> int:
     """The fs.inotify.max_user_instances a lab of ``droplets`` needs to boot cleanly."""
     return INOTIFY_SPARE + INOTIFY_PER_DROPLET * droplets
+
+
+def check_inotify(droplets: int) -> None:
+    """Refuse a lab of ``droplets`` when the kernel's inotify limit is too low for it."""
+    limit, needed = int(INOTIFY_LIMIT.read_text()), inotify_needed(droplets)
+    if limit < needed:
+        raise LabError(
+            f"{droplets} droplets need fs.inotify.max_user_instances >= {needed} (now {limit}): "
+            f"sysctl -w fs.inotify.max_user_instances={needed}"
+        )
 
 
 def preflight(lab_dir: Path, droplets: int) -> None:
@@ -54,12 +66,7 @@ def preflight(lab_dir: Path, droplets: int) -> None:
     host, port = services.VAULT_ADDRESS
     if services.port_taken(host, port):
         raise LabError(f"{host}:{port} is already in use; the lab's Vault needs it")
-    limit, needed = int(INOTIFY_LIMIT.read_text()), inotify_needed(droplets)
-    if limit < needed:
-        raise LabError(
-            f"{droplets} droplets need fs.inotify.max_user_instances >= {needed} (now {limit}): "
-            f"sysctl -w fs.inotify.max_user_instances={needed}"
-        )
+    check_inotify(droplets)
 
 
 def up(
@@ -115,8 +122,9 @@ def up(
 
 
 def all_running(state: LabState) -> bool:
-    """Whether every droplet and service the state records still runs."""
-    pids = [d.pid for d in state.droplets] + list(state.services.values())
+    """Whether every droplet (but those killed on purpose) and service the state records
+    still runs."""
+    pids = [d.pid for d in state.droplets if not d.killed] + list(state.services.values())
     return all(pid and system.pid_alive(pid) for pid in pids)
 
 
@@ -162,37 +170,59 @@ def _bring_up(
     )
 
     hosts = {plan.name: plan.address for plan in plans}
-    public_key = key.with_suffix(".pub").read_text()
-    known_hosts: list[str] = []
+    Path(state.known_hosts).write_text("")
     for plan in plans:
-        droplet = Droplet(name=plan.name, address=plan.address, roles=list(plan.roles))
-        state.droplets.append(droplet)
-        state.save(lab_dir)
-        root = droplet_ops.prepare_root(
-            droplet,
-            rootfs,
-            lab_dir,
-            prefix=NETWORK.prefixlen,
-            public_key=public_key,
-            apt_proxy=state.apt_proxy,
-            hosts=hosts,
-        )
-        droplet.root, droplet.mounted = str(root), True
-        known_hosts += droplet_ops.host_key_lines(root, droplet.address)
-        droplet.pid = droplet_ops.boot(droplet, root, state.bridge, logs)
-        state.save(lab_dir)
-    Path(state.known_hosts).write_text("\n".join(known_hosts) + "\n")
+        _boot(state, plan, rootfs, lab_dir, hosts)
     progress(f"booting {len(plans)} droplets: {', '.join(hosts)}")
+    _wait_ready(state, state.droplets, lab_dir)
+    progress(f"lab up: {len(state.droplets)} droplets running")
 
-    with ThreadPoolExecutor(max_workers=len(state.droplets)) as pool:
+
+def _boot(
+    state: LabState, plan: DropletPlan, rootfs: Path, lab_dir: Path, hosts: dict[str, str]
+) -> Droplet:
+    """Prepare a fresh root for ``plan`` (new host keys, pinned in the lab's known_hosts) and
+    boot it; recorded in ``state`` as it goes."""
+    droplet = Droplet(name=plan.name, address=plan.address, roles=list(plan.roles))
+    state.droplets.append(droplet)
+    state.save(lab_dir)
+    root = droplet_ops.prepare_root(
+        droplet,
+        rootfs,
+        lab_dir,
+        prefix=NETWORK.prefixlen,
+        public_key=Path(state.ssh_key).with_suffix(".pub").read_text(),
+        apt_proxy=state.apt_proxy,
+        hosts=hosts,
+    )
+    droplet.root, droplet.mounted = str(root), True
+    _pin_host_keys(state, droplet.address, droplet_ops.host_key_lines(root, droplet.address))
+    droplet.pid = droplet_ops.boot(droplet, root, state.bridge, lab_dir / "logs")
+    state.save(lab_dir)
+    return droplet
+
+
+def _pin_host_keys(state: LabState, address: str, lines: list[str]) -> None:
+    """Replace the pinned host keys of ``address`` with ``lines`` (none: forget it)."""
+    path = Path(state.known_hosts)
+    kept = [
+        line
+        for line in (path.read_text().splitlines() if path.exists() else [])
+        if line.split(" ", 1)[0] != address
+    ]
+    path.write_text("".join(f"{line}\n" for line in kept + lines))
+
+
+def _wait_ready(state: LabState, droplets: list[Droplet], lab_dir: Path) -> None:
+    logs = lab_dir / "logs"
+    with ThreadPoolExecutor(max_workers=max(1, len(droplets))) as pool:
         for future in [
             pool.submit(
                 droplet_ops.wait_ready, d, state.ssh_key, state.known_hosts, logs / f"{d.name}.log"
             )
-            for d in state.droplets
+            for d in droplets
         ]:
             future.result()
-    progress(f"lab up: {len(state.droplets)} droplets running")
 
 
 def _start_service(
@@ -264,8 +294,7 @@ def status(lab_dir: Path = LAB_DIR) -> list[str]:
     if state is None:
         return ["no lab is up"]
     lines = [
-        f"{d.name:<16} {d.address:<14} {','.join(d.roles):<22} "
-        f"{'running' if d.pid and system.pid_alive(d.pid) else 'STOPPED'}"
+        f"{d.name:<16} {d.address:<14} {','.join(d.roles):<22} {_droplet_state(d)}"
         for d in state.droplets
     ]
     lines += [
@@ -274,3 +303,108 @@ def status(lab_dir: Path = LAB_DIR) -> list[str]:
         for name, pid in state.services.items()
     ]
     return lines
+
+
+def _droplet_state(droplet: Droplet) -> str:
+    if droplet.killed:
+        return "KILLED"
+    return "running" if droplet.pid and system.pid_alive(droplet.pid) else "STOPPED"
+
+
+def _running_lab(lab_dir: Path) -> LabState:
+    state = LabState.load(lab_dir)
+    if state is None:
+        raise LabError("no lab is up: run `galley lab up` first")
+    if not all_running(state):
+        raise LabError("the lab is stale (some of its processes are gone): `galley lab up` again")
+    return state
+
+
+def add(
+    group: str,
+    name: str | None = None,
+    lab_dir: Path = LAB_DIR,
+    cache_dir: Path = CACHE_DIR,
+    progress: Progress = print,
+) -> Droplet:
+    """Boot one more droplet in ``group`` (``etcd``, ``control_plane``, ``workers``) on the
+    running lab: the next free name and address, fresh host keys, an empty disk."""
+    state = _running_lab(lab_dir)
+    plan = plan_added({d.name: d.address for d in state.droplets}, group, name)
+    check_inotify(len(state.droplets) + 1)
+    rootfs = ensure_rootfs(cache_dir, progress)
+    hosts = {d.name: d.address for d in state.droplets} | {plan.name: plan.address}
+    droplet = _boot(state, plan, rootfs, lab_dir, hosts)
+    for other in state.droplets:
+        if other is not droplet and other.root:
+            with open(Path(other.root) / "etc/hosts", "a") as etc_hosts:
+                etc_hosts.write(f"{plan.address} {plan.name}\n")
+    _wait_ready(state, [droplet], lab_dir)
+    progress(f"added {plan.name} ({plan.address}, {group})")
+    return droplet
+
+
+def kill(name: str, lab_dir: Path = LAB_DIR, progress: Progress = print) -> None:
+    """Stop droplet ``name`` abruptly, as a hardware fault would: every process in it gets
+    SIGKILL at once, nothing shuts down cleanly; its disk is kept (`start` boots it again)."""
+    state = _running_lab(lab_dir)
+    droplet = _droplet(state, name)
+    # SIGKILL to the droplet's init takes every process in it down at once; systemd-nspawn
+    # then has nothing left to shut down.
+    system.kill_container_init(droplet.name)
+    if droplet.pid:
+        system.stop_process(droplet.pid)
+    droplet.pid, droplet.killed = None, True
+    state.save(lab_dir)
+    progress(f"killed {name} (disk kept)")
+
+
+def start(name: str, lab_dir: Path = LAB_DIR, progress: Progress = print) -> None:
+    """Boot a killed droplet again from its kept disk (the same host keys and data)."""
+    state = LabState.load(lab_dir)
+    if state is None:
+        raise LabError("no lab is up: run `galley lab up` first")
+    droplet = _droplet(state, name)
+    if not droplet.killed:
+        raise LabError(f"{name} is not killed; nothing to start")
+    droplet.pid = droplet_ops.boot(droplet, Path(droplet.root), state.bridge, lab_dir / "logs")
+    droplet.killed = False
+    state.save(lab_dir)
+    _wait_ready(state, [droplet], lab_dir)
+    progress(f"started {name}")
+
+
+def remove(name: str, lab_dir: Path = LAB_DIR, progress: Progress = print) -> Droplet:
+    """Delete droplet ``name``: its processes, disk and pinned host keys are gone."""
+    state = LabState.load(lab_dir)
+    if state is None:
+        raise LabError("no lab is up: run `galley lab up` first")
+    droplet = _droplet(state, name)
+    _remove_droplet(droplet, lab_dir)
+    _pin_host_keys(state, droplet.address, [])
+    state.droplets.remove(droplet)
+    state.save(lab_dir)
+    progress(f"removed {name}")
+    return droplet
+
+
+def replace(
+    name: str, lab_dir: Path = LAB_DIR, cache_dir: Path = CACHE_DIR, progress: Progress = print
+) -> Droplet:
+    """Destroy droplet ``name`` and boot a fresh one with the same name, address and roles:
+    new host keys, an empty disk."""
+    old = remove(name, lab_dir, progress=lambda _: None)
+    state = _running_lab(lab_dir)
+    plan = DropletPlan(name=old.name, address=old.address, roles=tuple(old.roles))
+    hosts = {d.name: d.address for d in state.droplets} | {plan.name: plan.address}
+    droplet = _boot(state, plan, ensure_rootfs(cache_dir, progress), lab_dir, hosts)
+    _wait_ready(state, [droplet], lab_dir)
+    progress(f"replaced {name} ({old.address}): new host keys, empty disk")
+    return droplet
+
+
+def _droplet(state: LabState, name: str) -> Droplet:
+    try:
+        return state.droplet(name)
+    except KeyError as exc:
+        raise LabError(str(exc.args[0])) from None

@@ -26,6 +26,7 @@ class Droplet:
     root: str = ""
     pid: int | None = None
     mounted: bool = False
+    killed: bool = False  # `galley lab kill`: down on purpose, its disk kept
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 
 BRIDGE = "br-galley"
@@ -71,3 +72,26 @@ def plan_droplets(
         DropletPlan(name=name, address=str(FIRST_DROPLET + offset), roles=tuple(sorted(roles)))
         for offset, (name, roles) in enumerate(roles_by_name.items())
     ]
+
+
+def plan_added(existing: dict[str, str], group: str, name: str | None = None) -> DropletPlan:
+    """One more droplet in ``group`` for a lab whose droplets are ``existing`` (name ->
+    address): the next free number of its role unless ``name`` is given, the lowest free
+    address from 198.18.0.10."""
+    if group not in ROLES:
+        known = ", ".join(sorted(ROLES))
+        raise TopologyError(f"unknown role {group!r}; known: {known}")
+    if name is None:
+        index = 1
+        while f"{CLUSTER}-{ROLES[group]}-{index}" in existing:
+            index += 1
+        name = f"{CLUSTER}-{ROLES[group]}-{index}"
+    if name in existing:
+        raise TopologyError(f"a droplet called {name} already exists")
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", name):
+        raise TopologyError(f"{name!r} is not a valid droplet name (lower-case letters, digits, -)")
+    taken = set(existing.values())
+    for address in NETWORK.hosts():
+        if address >= FIRST_DROPLET and str(address) not in taken:
+            return DropletPlan(name=name, address=str(address), roles=(group,))
+    raise TopologyError(f"no free address left in {NETWORK}")

@@ -2,19 +2,23 @@
 
 Kept in ``<galley_config_dir>/<cluster>/`` (default ``~/.config/galley/<cluster>/``):
 ``admin.key`` (0600, never sent anywhere), ``admin.crt`` (CN admin, O system:masters),
-``ca.crt`` (the cluster CA) and ``admin.kubeconfig`` pointing at the API endpoint. Re-signed
+``ca.crt`` (the cluster CA) and ``admin.kubeconfig`` pointing at ``api_endpoint`` when set,
+else at the first apiserver that is ready (run it again to follow another one). Re-signed
 by the same rules as host certificates (`galley.pki.resign_reason`), with the operator's own
 Vault token: `galley admin credentials INVENTORY` (deploy tokens cannot sign it).
 """
 
 from __future__ import annotations
 
+import http.client
 import os
+import ssl
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import hvac
 import jinja2
@@ -24,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import NameOID
 
-from galley.components.kubernetes import api_url
+from galley.components.kubernetes import operator_api_urls
 from galley.components.model import TEMPLATES
 from galley.inventory.load import InventoryLoadError, load_inventory
 from galley.pki import Identity, mount_path, parse_duration, read_ca, resign_reason, sign
@@ -32,6 +36,7 @@ from galley.vault import VaultError, VaultSettings, connect
 
 ADMIN = Identity("admin", organization=("system:masters",))
 ROLE = "admin"
+READY_TIMEOUT = 3.0
 
 
 def operator_dir(data) -> Path:
@@ -169,6 +174,26 @@ def write_admin_files(
     _write(files.kubeconfig, kubeconfig, 0o600)
 
 
+def first_ready(urls: list[str], ca_pem: str, timeout: float = READY_TIMEOUT) -> str:
+    """The first of ``urls`` whose ``/readyz`` answers 200 (anonymously, TLS verified against
+    ``ca_pem``); the first of them when none does."""
+    context = ssl.create_default_context(cadata=ca_pem)
+    for url in urls:
+        parts = urlsplit(url)
+        connection = http.client.HTTPSConnection(
+            parts.hostname or "", parts.port, context=context, timeout=timeout
+        )
+        try:
+            connection.request("GET", "/readyz")
+            if connection.getresponse().status == 200:
+                return url
+        except (OSError, http.client.HTTPException):
+            continue
+        finally:
+            connection.close()
+    return urls[0]
+
+
 def operator_paths(cluster: str) -> dict[str, str]:
     """What the operator's token needs here: sign the admin role and read the cluster CA."""
     mount = mount_path(cluster, "k8s")
@@ -195,7 +220,8 @@ def admin_cli(inventory_path: str) -> int:
         client = connect(settings, operator_paths(cluster))
         mount = mount_path(cluster, "k8s")
         ca_pem = read_ca(client, mount)
-        kubeconfig = render_kubeconfig(files, cluster, api_url(data, inventory=inventory))
+        server = first_ready(operator_api_urls(inventory), ca_pem)
+        kubeconfig = render_kubeconfig(files, cluster, server)
         ttl = data.kubernetes_cert_ttl
         reason = update_reason(files, ca_pem, kubeconfig, ttl, datetime.now(UTC))
         if reason is not None:

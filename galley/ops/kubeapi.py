@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,20 +85,41 @@ class _TLSAdapter(HTTPAdapter):
 
 
 class KubeApi:
-    """Requests to one apiserver ``server`` (https URL) as the cluster's admin."""
+    """Requests to the API as the cluster's admin, through ``servers`` (https URLs): one that
+    cannot be reached is skipped for the next, and the one that answered is asked first from
+    then on (losing one apiserver does not stop an operation)."""
 
-    def __init__(self, server: str, files: AdminFiles, timeout: float = TIMEOUT) -> None:
-        self.server = server.rstrip("/")
+    def __init__(
+        self, servers: str | Sequence[str], files: AdminFiles, timeout: float = TIMEOUT
+    ) -> None:
+        listed = [servers] if isinstance(servers, str) else list(servers)
+        if not listed:
+            raise ValueError("no apiserver to talk to")
+        self.servers = [server.rstrip("/") for server in listed]
         self.session = requests.Session()
         self.session.verify = str(files.ca)
         self.session.mount("https://", _TLSAdapter(files))
         self.timeout = timeout
 
+    @property
+    def server(self) -> str:
+        """The apiserver asked first (the last that answered)."""
+        return self.servers[0]
+
     def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        try:
-            return self.session.request(method, self.server + path, timeout=self.timeout, **kwargs)
-        except requests.RequestException as exc:
-            raise ApiError(0, f"{method} {self.server}{path}: {exc}") from exc
+        failures = []
+        for server in list(self.servers):
+            try:
+                answer = self.session.request(method, server + path, timeout=self.timeout, **kwargs)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                failures.append(f"{server}: {exc}")
+                continue
+            except requests.RequestException as exc:
+                raise ApiError(0, f"{method} {server}{path}: {exc}") from exc
+            self.servers.remove(server)
+            self.servers.insert(0, server)
+            return answer
+        raise ApiError(0, f"{method} {path}: no apiserver answered ({'; '.join(failures)})")
 
     def request(self, method: str, path: str, **kwargs: Any) -> dict:
         """Send a request; the JSON answer, or ApiError carrying the Status on failure."""

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from galley.components.kube_proxy import KUBE_PROXY
 from galley.components.kubelet import KUBELET
-from galley.components.kubernetes import api_url
+from galley.components.kubernetes import apiserver_urls, operator_api_urls
 from galley.lock import ClusterLock, LockError, lock_paths
 from galley.ops.admin import AdminFiles, operator_dir
 from galley.ops.journal import Journal, JournalError
@@ -399,20 +399,14 @@ class Rollout:
 
 
 def _clients(inventory: Any) -> tuple[KubeApi, dict[str, KubeApi]]:
-    """The admin client of the API endpoint, and one per control-plane host for the gates."""
-    from pyinfra.context import ctx_inventory
-
+    """The admin client of the API (any apiserver that answers, or the endpoint), and one per
+    control-plane host for the gates."""
     data = inventory.get_group("workers")[0].data
     files = AdminFiles(operator_dir(data))
     if not files.cert.exists():
         raise RolloutError(f"no admin credential in {files.directory}: deploy the cluster first")
-    with ctx_inventory.use(inventory):
-        endpoint = KubeApi(api_url(data), files)
-    urls = [
-        f"https://{one.data.private_ip}:{one.data.api_port}"
-        for one in inventory.get_group("control_plane", [])
-    ]
-    return endpoint, {url: KubeApi(url, files) for url in urls} or {endpoint.server: endpoint}
+    gates = {url: KubeApi(url, files) for url in apiserver_urls(inventory)}
+    return KubeApi(operator_api_urls(inventory), files), gates
 
 
 def checksum_problems(inventory: Any) -> list[str]:

@@ -288,9 +288,7 @@ def test_a_run_killed_before_its_restart_still_restarts_next_time(cluster):
     before = started_at(cluster)
     code, results, output = run_deploy("etcd")
     assert code == 0, output
-    assert changed(results) == {
-        "etcd | Restart etcd (only if its files changed)": {"lab-etcd-1"}
-    }
+    assert changed(results) == {"etcd | Restart etcd (only if its files changed)": {"lab-etcd-1"}}
     after = started_at(cluster)
     assert after["lab-etcd-1"] != before["lab-etcd-1"]
     assert after["lab-etcd-2"] == before["lab-etcd-2"]

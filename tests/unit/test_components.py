@@ -65,7 +65,7 @@ def _inventory(**data) -> Inventory:
 
 def test_every_component_is_declared_once_with_a_phase_and_a_group():
     names = [c.name for c in registry.REGISTRY]
-    assert len(names) == len(set(names)) == 9
+    assert len(names) == len(set(names)) == 10
     assert [p.name for p in registry.PHASES] == ["etcd", "control plane", "flannel", "workers"]
     assert {c.group for c in registry.REGISTRY} == {"etcd", "control_plane", "workers"}
 
@@ -124,9 +124,11 @@ def test_the_vault_roles_and_deploy_paths_pick_up_a_new_component(with_ccm):
 
 
 def test_the_report_lists_and_checks_a_new_component(with_ccm):
-    assert releases_of(["control_plane"])["cloud-controller-manager"] == "cloud-controller-manager"
+    released = releases_of(registry.select(["control_plane"]))
+    assert released["cloud-controller-manager"] == "cloud-controller-manager"
     facts = {
         "groups": ["control_plane"],
+        "components": ["cloud-controller-manager"],
         "error": None,
         "units": {"cloud-controller-manager": {"load": "loaded", "active": "failed"}},
         "versions": {

@@ -183,3 +183,14 @@ def test_os_info_unquotes_debian_12_os_release():
         "pretty_name": "Debian GNU/Linux 12 (bookworm)",
         "kernel": "6.1.0-18-amd64",
     }
+
+
+def test_a_reload_is_pending_until_the_stamp_is_newer_than_the_change(systemctl, tmp_path):
+    conf = _file(tmp_path / "haproxy.cfg", STARTED + 30)
+    stamp = tmp_path / "reloaded"
+    arguments = {"unit": "etcd", "paths": [str(conf)], "stamp": str(stamp)}
+    assert gather(PendingRestart(), systemctl(ETCD_RUNNING), **arguments)  # never reloaded
+    _file(stamp, STARTED + 20)
+    assert gather(PendingRestart(), systemctl(ETCD_RUNNING), **arguments)
+    _file(stamp, STARTED + 40)
+    assert gather(PendingRestart(), systemctl(ETCD_RUNNING), **arguments) is False

@@ -16,8 +16,9 @@ from pyinfra.api import Inventory
 
 from galley import cluster_secrets, pki, vault_setup
 from galley.components import certificates_of
+from galley.components.api_proxy import backends, needs_proxy
 from galley.components.flanneld import flanneld_args, net_conf
-from galley.components.kubernetes import cluster_dns_ip
+from galley.components.kubernetes import api_url, cluster_dns_ip, operator_api_urls
 from galley.components.model import TEMPLATES
 from galley.host.release import _fetch_script
 from galley.inventory.validate import problems
@@ -104,6 +105,11 @@ def _render(name: str, **variables) -> str:
             "kube-apiserver/encryption-config.yaml.j2",
             "apiserver.config.k8s.io/v1",
             "EncryptionConfiguration",
+        ),
+        (
+            "kube-apiserver/authentication-config.yaml.j2",
+            "apiserver.config.k8s.io/v1beta1",
+            "AuthenticationConfiguration",
         ),
         ("kubernetes/kubeconfig.j2", "v1", "Config"),
     ],
@@ -233,3 +239,59 @@ def test_admin_credential_is_made_locally_signed_and_then_left_alone(vault, tmp_
     other = render_kubeconfig(files, "lab", "https://198.18.0.14:6443")
     assert update_reason(files, ca, other, "720h", now) == "kubeconfig changed"
     assert json.dumps(yamlish.loads(kubeconfig)["users"][0]["name"]) == '"admin"'
+
+
+def _two_apiservers(**data) -> Inventory:
+    return Inventory(
+        (
+            [
+                ("lab-cp-1", {"private_ip": "198.18.0.13"}),
+                ("lab-cp-2", {"private_ip": "198.18.0.14"}),
+                ("lab-worker-1", {"private_ip": "198.18.0.15"}),
+            ],
+            DATA | data,
+        ),
+        control_plane=(["lab-cp-1", "lab-cp-2"], {}),
+        workers=(["lab-worker-1"], {}),
+    )
+
+
+def test_without_an_endpoint_workers_dial_their_proxy_to_every_apiserver():
+    inventory = _two_apiservers()
+    worker, cp = inventory.get_host("lab-worker-1"), inventory.get_host("lab-cp-1")
+    assert api_url(worker.data) == api_url(cp.data) == "https://127.0.0.1:6443"
+    assert needs_proxy(worker) and not needs_proxy(cp)
+    assert backends(worker) == [("lab-cp-1", "198.18.0.13:6443"), ("lab-cp-2", "198.18.0.14:6443")]
+    # The operator's client tries each apiserver.
+    assert operator_api_urls(inventory) == ["https://198.18.0.13:6443", "https://198.18.0.14:6443"]
+
+
+def test_an_endpoint_replaces_the_proxy_for_every_client_but_the_control_plane_itself():
+    inventory = _two_apiservers(api_endpoint="api.lab.example.com")
+    worker, cp = inventory.get_host("lab-worker-1"), inventory.get_host("lab-cp-1")
+    assert api_url(worker.data) == "https://api.lab.example.com:6443"
+    assert api_url(cp.data, local=True) == "https://127.0.0.1:6443"
+    assert not needs_proxy(worker)
+    assert operator_api_urls(inventory) == ["https://api.lab.example.com:6443"]
+    assert api_url(_two_apiservers(api_endpoint="fd00::1").get_host("lab-worker-1").data) == (
+        "https://[fd00::1]:6443"
+    )
+
+
+def test_the_proxy_config_lists_every_apiserver_with_a_tls_readyz_check():
+    text = _render(
+        "api-proxy/haproxy.cfg.j2",
+        cluster_name="lab",
+        api_port=6443,
+        ca_path="/etc/kubernetes/pki/ca.crt",
+        backend="apiservers",
+        servers=[("lab-cp-1", "198.18.0.13:6443"), ("lab-cp-2", "198.18.0.14:6443")],
+        stats_socket="/run/api-proxy/stats.sock",
+    )
+    lines = [line.strip() for line in text.splitlines()]
+    assert "bind 127.0.0.1:6443" in lines
+    assert "option httpchk GET /readyz" in lines
+    assert "server lab-cp-1 198.18.0.13:6443" in lines
+    assert "server lab-cp-2 198.18.0.14:6443" in lines
+    check = next(line for line in lines if line.startswith("default-server"))
+    assert "check-ssl verify required ca-file /etc/kubernetes/pki/ca.crt" in check

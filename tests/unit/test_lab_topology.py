@@ -3,7 +3,7 @@
 import pytest
 
 from galley.lab.lifecycle import inotify_needed
-from galley.lab.topology import TopologyError, plan_droplets
+from galley.lab.topology import TopologyError, plan_added, plan_droplets
 
 
 def test_default_lab_has_seven_droplets_with_consecutive_addresses():
@@ -60,3 +60,31 @@ def test_largest_lab_stays_inside_the_bridge_network():
 def test_default_lab_fits_the_kernels_default_inotify_limit():
     assert inotify_needed(len(plan_droplets())) <= 128  # Debian's default
     assert inotify_needed(40) > 128  # the 40-droplet benchmark lab needs a raised limit
+
+
+def test_an_added_droplet_takes_the_next_number_and_the_lowest_free_address():
+    existing = {plan.name: plan.address for plan in plan_droplets()}
+    del existing["lab-cp-1"]  # removed earlier: its address is free again
+    added = plan_added(existing, "control_plane")
+    assert (added.name, added.address, added.roles) == (
+        "lab-cp-1",
+        "198.18.0.13",
+        ("control_plane",),
+    )
+    existing["lab-cp-1"] = "198.18.0.13"
+    assert plan_added(existing, "workers").name == "lab-worker-3"
+    assert plan_added(existing, "etcd", "lab-etcd-9").address == "198.18.0.17"
+
+
+@pytest.mark.parametrize(
+    ("group", "name", "message"),
+    [
+        ("db", None, "unknown role 'db'"),
+        ("workers", "lab-worker-1", "a droplet called lab-worker-1 already exists"),
+        ("workers", "Lab_1", "'Lab_1' is not a valid droplet name"),
+    ],
+)
+def test_impossible_additions_are_refused(group, name, message):
+    existing = {plan.name: plan.address for plan in plan_droplets()}
+    with pytest.raises(TopologyError, match=message):
+        plan_added(existing, group, name)

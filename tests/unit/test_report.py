@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+from galley.facts import ApiProxyBackends
 from galley.report import analyse, as_json, render
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -18,6 +19,7 @@ def etcd_host(version: str = "3.5.30", **overrides) -> dict:
     """A reachable etcd member in good shape, with ``overrides`` replacing whole facts."""
     facts = {
         "groups": ["etcd", "nyc3"],
+        "components": ["etcd"],
         "error": None,
         "os": {"pretty_name": "Debian GNU/Linux 12 (bookworm)", "kernel": "6.1.0-18-amd64"},
         "flannel": None,
@@ -175,6 +177,7 @@ def test_json_carries_the_facts_and_the_problems():
 def _kube_host(groups: list[str], releases: dict[str, str]) -> dict:
     return {
         "groups": groups,
+        "components": list(releases),  # each release here is its component's
         "error": None,
         "units": {},
         "versions": {
@@ -210,3 +213,31 @@ def test_a_host_whose_facts_failed_is_flagged_and_the_rest_reported():
     assert flagged(report, "hosts")[0][:2] == ("etcd-2", "etcd,nyc3")
     assert flagged(report, "hosts")[0][-1] == "FACTS FAILED: certificates"
     assert len(table(report, "versions").rows) == 2  # etcd-2's other facts still count
+
+
+STATS_CSV = [
+    "# pxname,svname,qcur,status,check_status,addr",
+    "kube-apiserver,FRONTEND,,OPEN,,",
+    "apiservers,lab-cp-1,0,UP,L7OK,198.18.0.13:6443",
+    "apiservers,lab-cp-2,0,DOWN,* L4CON,198.18.0.14:6443",
+    "apiservers,BACKEND,0,UP,,",
+    "stats,FRONTEND,,OPEN,,",
+]
+
+
+def test_a_proxy_that_sees_an_apiserver_down_is_flagged():
+    seen = ApiProxyBackends().process(STATS_CSV)
+    assert seen == {
+        "lab-cp-1": {"address": "198.18.0.13:6443", "status": "UP", "check": "L7OK"},
+        "lab-cp-2": {"address": "198.18.0.14:6443", "status": "DOWN", "check": "L4CON"},
+    }
+    fleet = healthy_fleet()
+    fleet["worker-1"]["api_proxy"] = seen
+    report = analyse(fleet, days=14, now=NOW)
+    assert [str(p) for p in report.problems] == [
+        "worker-1: api proxies: sees apiserver lab-cp-2 DOWN"
+    ]
+    assert flagged(report, "api proxies") == [
+        ("worker-1", "lab-cp-2", "198.18.0.14:6443", "DOWN", "L4CON")
+    ]
+    assert ApiProxyBackends().process([]) is None  # no proxy answering

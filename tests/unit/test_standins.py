@@ -26,6 +26,8 @@ from cryptography.x509.oid import NameOID
 from galley.lab.artifacts import ARTIFACTS, KUBERNETES_VERSION, build_all, standin_zipapp
 from galley.lab.standins import tables, yamlish
 from galley.lab.state import CACHE_DIR
+from galley.ops.admin import AdminFiles
+from galley.ops.kubeapi import ApiError, KubeApi
 
 KUBE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy")
 
@@ -1420,3 +1422,49 @@ def test_pod_rows_follow_the_container_statuses():
             "message": "The pod has completed successfully.",
         }
     ]
+
+
+def _admin_files(pki, directory: Path) -> AdminFiles:
+    """The operator's files of `galley.ops.admin` from the test PKI's admin pair."""
+    files = AdminFiles(directory)
+    directory.mkdir(exist_ok=True)
+    for source, target in (("admin.crt", files.cert), ("admin.key", files.key), ("ca", files.ca)):
+        target.write_bytes(Path(pki[source]).read_bytes())
+    return files
+
+
+def test_galleys_api_client_goes_on_to_the_next_apiserver(pki, api, tmp_path):
+    nobody = "https://127.0.3.1:6443"  # nothing listens there
+    port = api["ports"][1]
+    client = KubeApi([nobody, f"https://127.0.0.1:{port}"], _admin_files(pki, tmp_path / "admin"))
+    assert client.version() == "v1.33.5"
+    assert client.server == f"https://127.0.0.1:{port}"  # asked first from now on
+    with pytest.raises(ApiError, match="no apiserver answered"):
+        KubeApi([nobody], _admin_files(pki, tmp_path / "admin")).nodes()
+
+
+def test_authentication_config_lets_anonymous_requests_reach_the_health_paths_only(
+    programs, pki, etcd, tmp_path
+):
+    config = tmp_path / "authentication-config.yaml"
+    config.write_text(
+        "apiVersion: apiserver.config.k8s.io/v1beta1\n"
+        "kind: AuthenticationConfiguration\n"
+        "anonymous:\n"
+        "  enabled: true\n"
+        "  conditions:\n"
+        "  - path: /readyz\n"
+    )
+    port = free_port()
+    args = [*apiserver_args(pki, port, etcd["endpoint"]), f"--authentication-config={config}"]
+    apiserver = subprocess.Popen([programs["kube-apiserver"], *args], stderr=subprocess.PIPE)
+    try:
+        assert wait_for(lambda: get(port, "/readyz", ca=pki["ca"]) == (200, "ok"))
+        assert get(port, "/version", ca=pki["ca"])[0] == 401
+        assert get(port, "/healthz", ca=pki["ca"])[0] == 401
+    finally:
+        apiserver.terminate()
+        apiserver.wait(timeout=10)
+    both = run(programs["kube-apiserver"], *args, "--anonymous-auth=false")
+    assert both.returncode == 1
+    assert "--anonymous-auth flag cannot be set when anonymous field is configured" in both.stderr

@@ -33,7 +33,10 @@ Per binary:
   EncryptionConfiguration (apiserver.config.k8s.io/v1). Serves HTTPS on ``--bind-address``:
   ``--secure-port`` (6443). Client certificates are verified against ``--client-ca-file``
   (a certificate from another CA fails the handshake); anonymous requests may read ``/healthz``,
-  ``/livez``, ``/readyz`` and ``/version`` (JSON), as with RBAC's system:public-info-viewer.
+  ``/livez``, ``/readyz`` and ``/version`` (JSON), as with RBAC's system:public-info-viewer,
+  unless ``--anonymous-auth=false`` or the ``anonymous`` section of ``--authentication-config``
+  (AuthenticationConfiguration v1beta1: ``enabled``, ``conditions`` of paths) says otherwise:
+  a path anonymous requests may not reach answers 401.
   ``/healthz`` and ``/readyz`` ask the real etcd (``GET /health`` with the etcd client
   certificate, at most once a second): ``ok``, or HTTP 500 with ``[-]etcd failed``. It serves
   the slice of the Kubernetes API a rollout needs (``api``: nodes, pods, evictions that respect

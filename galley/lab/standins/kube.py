@@ -190,6 +190,37 @@ class _EtcdHealth:
             return self.error
 
 
+def _anonymous_paths(flags: Flags) -> frozenset[str] | None:
+    """The paths anonymous requests may reach (None: every path, as far as authentication
+    goes): ``--anonymous-auth``, or the ``anonymous`` section of ``--authentication-config``
+    (``enabled`` and ``conditions`` of paths; setting both is refused, as upstream does)."""
+    allowed = None if flags.get("anonymous-auth", "true") in _TRUE else frozenset()
+    for path in flags.values.get("authentication-config", []):
+        config = files.load_config(
+            "--authentication-config",
+            path,
+            "apiserver.config.k8s.io/v1beta1",
+            "AuthenticationConfiguration",
+        )
+        section = config.get("anonymous")
+        if section is None:
+            continue
+        if "anonymous-auth" in flags.values:
+            raise StartupError(
+                "--anonymous-auth flag cannot be set when anonymous field is configured in "
+                "authentication configuration file"
+            )
+        if not isinstance(section, dict) or not section.get("enabled"):
+            allowed = frozenset()
+            continue
+        conditions = section.get("conditions") or []
+        paths = [c.get("path") for c in conditions if isinstance(c, dict)]
+        if not all(isinstance(one, str) and one for one in paths):
+            raise StartupError(f"--authentication-config: {path}: anonymous condition without path")
+        allowed = frozenset(paths) if paths else None
+    return allowed
+
+
 def _apiserver(flags: Flags) -> Plan:
     servers = flags.all("etcd-servers")
     problems = []
@@ -226,6 +257,7 @@ def _apiserver(flags: Flags) -> Plan:
         )
         if not isinstance(config.get("resources"), list) or not config["resources"]:
             raise StartupError(f"--encryption-provider-config: {path}: no resources")
+    anonymous = _anonymous_paths(flags)
     for name in ("authorization-config", "admission-control-config-file", "audit-policy-file"):
         for path in flags.values.get(name, []):
             files.read(f"--{name}", path)
@@ -243,11 +275,10 @@ def _apiserver(flags: Flags) -> Plan:
     api = KubeApi(
         Store(client, flags.get("etcd-prefix") or "/registry"), discovery.paths(VERSION, address)
     )
-    anonymous = flags.get("anonymous-auth", "true") in _TRUE
 
     def route(request: serve.Request) -> serve.Answer:
         path = request.path
-        if request.common_name is None and not anonymous:
+        if request.common_name is None and not (anonymous is None or path in anonymous):
             return 401, "application/json", b'{"kind":"Status","code":401,"reason":"Unauthorized"}'
         if path == "/livez":
             return 200, _TEXT, b"ok"

@@ -1,0 +1,78 @@
+"""The node-local API proxy: HAProxy on every worker, in front of every apiserver.
+
+When no ``api_endpoint`` (a load balancer) is set, a worker's API clients (kubelet, kube-proxy,
+flanneld) dial ``https://127.0.0.1:<api_port>``, where HAProxy passes the TLS connection through
+to an apiserver that answers ``/readyz`` (checked over TLS against the cluster CA every couple of
+seconds). Losing one control-plane host then changes nothing on the workers. The backends come
+from the ``control_plane`` group; a change to them is a reload (new connections go to the new
+list, open ones finish on the old process), never a restart.
+
+HAProxy is Debian's package; galley runs it as its own unit (``api-proxy``) and keeps Debian's
+``haproxy.service`` stopped. Its statistics are served as CSV on a root-only socket
+(`galley.facts.ApiProxyBackends` reads them for the report).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pyinfra.api.host import Host
+from pyinfra.operations import systemd
+
+from galley.components.engine import render
+from galley.components.kubernetes import CA_PATH, control_plane_hosts
+from galley.components.model import Component, Config, Configured, Directory, Unit
+from galley.facts.api_proxy import BACKEND, STATS_SOCKET
+
+CONFIG_DIR = "/etc/galley/api-proxy"
+CONFIG = f"{CONFIG_DIR}/haproxy.cfg"
+
+
+def needs_proxy(host: Host) -> bool:
+    """Whether ``host`` reaches the API through a local proxy: no ``api_endpoint`` is set and
+    no apiserver runs on it (a control-plane host dials its own)."""
+    return not host.data.get("api_endpoint") and "control_plane" not in host.groups
+
+
+def backends(host: Host) -> list[tuple[str, str]]:
+    """The proxy's servers: each control-plane host's name and ``address:port``."""
+    return [
+        (server.name, f"{server.data.private_ip}:{server.data.api_port}")
+        for server in control_plane_hosts(host.inventory)
+    ]
+
+
+def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
+    systemd.service(
+        name="Debian's haproxy.service stopped (api-proxy runs HAProxy)",
+        service="haproxy",
+        running=False,
+        enabled=False,
+    )
+    written = {
+        CONFIG: render(
+            API_PROXY.config(CONFIG),
+            cluster_name=host.data.cluster_name,
+            api_port=host.data.api_port,
+            ca_path=CA_PATH,
+            backend=BACKEND,
+            servers=backends(host),
+            stats_socket=STATS_SOCKET,
+        )
+    }
+    return Configured(written, {"haproxy_config": CONFIG})
+
+
+API_PROXY = Component(
+    name="api-proxy",
+    group="workers",
+    phase="flannel",
+    packages=("haproxy",),
+    configs=(Config(CONFIG, "api-proxy/haproxy.cfg.j2", reload=True),),
+    unit=Unit("api-proxy", "api-proxy/api-proxy.service.j2"),
+    directories=(Directory("/etc/galley"), Directory(CONFIG_DIR)),
+    checks=("api",),
+    configure=_configure,
+    when=needs_proxy,
+)

@@ -1,0 +1,226 @@
+"""Losing a control-plane host changes nothing for the workers: node-local API proxies (real
+HAProxy from Debian) in front of every apiserver, or a load balancer named by `api_endpoint`.
+Driven through the real CLIs (`galley lab`, `pyinfra`, `galley report`, kubectl)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from galley.components.kubernetes import K8S_DIR
+from galley.ops.kubeapi import ApiError, KubeApi, node_ready
+
+from .conftest import changed, lab_inventory_variant, run_cli, run_deploy
+from .test_cluster import (  # noqa: F401
+    _admin_files,
+    cluster,
+    first_run,
+    hosts_of,
+    kubectl,
+    ssh,
+)
+
+# The stand-in apiserver serves a Node Ready Unknown 10 s after its last heartbeat: a minute
+# of Ready Nodes means heartbeats kept arriving through the other apiserver all along.
+OUTAGE_SECONDS = 60
+WORKER_UNITS = ("api-proxy", "containerd", "flanneld", "kubelet", "kube-proxy")
+PROXY_CHANGES = {
+    "flannel | /etc/galley/api-proxy/haproxy.cfg",
+    "flannel | Reload api-proxy (only if its files changed)",
+}
+ENDPOINT = "api.lab.galley.test"
+
+
+@pytest.fixture(scope="module")
+def api(cluster) -> KubeApi:  # noqa: F811
+    """The admin client, through every apiserver (one that is down is skipped)."""
+    urls = [f"https://{d.address}:6443" for d in cluster.droplets if "control_plane" in d.roles]
+    return KubeApi(urls, _admin_files())
+
+
+def _units(workers: list[str]) -> dict[str, str]:
+    """Each worker's units' main PIDs and restart counts (a restart changes them)."""
+    return {
+        name: ssh(name, f"systemctl show -p MainPID -p NRestarts {' '.join(WORKER_UNITS)}")
+        for name in workers
+    }
+
+
+def _report() -> tuple[int, dict]:
+    result = run_cli("galley", "report", "inventories/lab.py", "--json", check=False)
+    return result.returncode, json.loads(result.stdout)
+
+
+def _proxies_see(workers: list[str], server: str) -> set[str]:
+    """The status each worker's proxy gives ``server``."""
+    hosts = _report()[1]["hosts"]
+    return {(hosts[name].get("api_proxy") or {}).get(server, {}).get("status") for name in workers}
+
+
+def _wait(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(1)
+    return False
+
+
+def _every_node_ready_for(api: KubeApi, workers: list[str], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        nodes = {node["metadata"]["name"]: node for node in api.nodes()}
+        assert all(node_ready(nodes[name]) for name in workers), {
+            name: nodes.get(name, {}).get("status", {}).get("conditions") for name in workers
+        }
+        time.sleep(2)
+
+
+@pytest.fixture
+def workers(cluster) -> list[str]:  # noqa: F811
+    return hosts_of(cluster, "workers")
+
+
+def test_workers_reach_the_api_through_their_proxy_to_every_apiserver(workers):
+    assert _proxies_see(workers, "lab-cp-1") == {"UP"}
+    assert _proxies_see(workers, "lab-cp-2") == {"UP"}
+    for name in workers:
+        listening = ssh(name, "ss -Htlnp 'sport = :6443'")
+        assert "127.0.0.1:6443" in listening and "haproxy" in listening, listening
+
+
+def test_nodes_stay_ready_while_an_apiserver_is_stopped(api, workers, kubectl):  # noqa: F811
+    before = _units(workers)
+    ssh("lab-cp-1", "systemctl stop kube-apiserver")
+    try:
+        assert _wait(lambda: _proxies_see(workers, "lab-cp-1") == {"DOWN"}, 20)
+        code, document = _report()
+        assert code == 1
+        problems = {(p["host"], p["message"]) for p in document["problems"]}
+        assert ("lab-cp-1", "kube-apiserver: loaded, inactive") in problems
+        assert ("lab-worker-1", "sees apiserver lab-cp-1 DOWN") in problems
+        _every_node_ready_for(api, workers, OUTAGE_SECONDS)
+        # The operator's kubeconfig follows the apiserver that answers.
+        written = run_cli("galley", "admin", "credentials", "inventories/lab.py").stdout
+        assert "written" in written, written
+        listed = subprocess.run(
+            [str(kubectl), "--kubeconfig", str(_admin_files().kubeconfig), "get", "nodes"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert listed.returncode == 0, listed.stderr
+        for name in workers:
+            assert any(
+                line.split()[:2] == [name, "Ready"] for line in listed.stdout.splitlines()
+            ), listed.stdout
+    finally:
+        ssh("lab-cp-1", "systemctl start kube-apiserver")
+    assert _wait(lambda: _proxies_see(workers, "lab-cp-1") == {"UP"}, 30)
+    assert _units(workers) == before
+    run_cli("galley", "admin", "credentials", "inventories/lab.py")
+    assert "https://198.18.0.13:6443" in _admin_files().kubeconfig.read_text()
+
+
+def test_nodes_stay_ready_when_a_control_plane_droplet_dies(api, workers):
+    before = _units(workers)
+    run_cli("galley", "lab", "kill", "lab-cp-1")
+    try:
+        assert _wait(lambda: _proxies_see(workers, "lab-cp-1") == {"DOWN"}, 20)
+        code, document = _report()
+        assert code == 1
+        assert document["hosts"]["lab-cp-1"]["error"], document["hosts"]["lab-cp-1"]
+        _every_node_ready_for(api, workers, OUTAGE_SECONDS)
+    finally:
+        run_cli("galley", "lab", "start", "lab-cp-1")
+    assert _wait(lambda: _proxies_see(workers, "lab-cp-1") == {"UP"}, 60)
+    assert _units(workers) == before
+
+
+def _changes_beside(results: dict, host: str) -> dict[str, set[str]]:
+    """The changes a deploy made on hosts other than ``host``."""
+    return {name: hosts - {host} for name, hosts in changed(results).items() if hosts - {host}}
+
+
+@pytest.fixture
+def third_control_plane_host(cluster) -> Iterator[str]:  # noqa: F811
+    run_cli("galley", "lab", "add", "--role", "control-plane")
+    try:
+        yield "lab-cp-3"
+    finally:
+        if run_cli("galley", "lab", "remove", "lab-cp-3", check=False).returncode == 0:
+            run_deploy("cluster")
+
+
+def test_growing_and_shrinking_the_control_plane_reloads_the_proxies_only(
+    third_control_plane_host, api, workers
+):
+    before = _units(workers)
+    code, results, output = run_deploy("cluster")
+    assert code == 0, output
+    changes = _changes_beside(results, third_control_plane_host)
+    assert changes == {name: set(workers) for name in PROXY_CHANGES}, changes
+    assert _wait(lambda: _proxies_see(workers, third_control_plane_host) == {"UP"}, 30)
+    assert KubeApi("https://198.18.0.17:6443", _admin_files()).version()
+
+    run_cli("galley", "lab", "remove", third_control_plane_host)
+    code, results, output = run_deploy("cluster")
+    assert code == 0, output
+    assert changed(results) == {name: set(workers) for name in PROXY_CHANGES}
+    assert _proxies_see(workers, third_control_plane_host) == {None}
+    assert _units(workers) == before
+    assert all(node_ready(node) for node in api.nodes())
+
+
+@pytest.fixture
+def endpoint_inventory(cluster, tmp_path) -> Iterator[str]:  # noqa: F811
+    """The lab with `api_endpoint` set to a name resolving to lab-cp-1 (standing in for a
+    DigitalOcean load balancer); afterwards the default mode is deployed again."""
+    inventory = lab_inventory_variant(
+        tmp_path,
+        "for _, data in etcd + control_plane + workers:\n"
+        f"    data['api_endpoint'] = {ENDPOINT!r}\n",
+    )
+    clients = hosts_of(cluster, "control_plane") + hosts_of(cluster, "workers")
+    for name in clients:
+        ssh(name, f"echo '198.18.0.13 {ENDPOINT}' >> /etc/hosts")
+    run_cli("galley", "vault", "bootstrap", "--cluster", "lab", "--inventory", inventory)
+    try:
+        yield inventory
+    finally:
+        run_cli(
+            "galley", "vault", "bootstrap", "--cluster", "lab", "--inventory", "inventories/lab.py"
+        )
+        code, _, output = run_deploy("cluster")
+        for name in clients:
+            ssh(name, f"sed -i '/{ENDPOINT}/d' /etc/hosts")
+        assert code == 0, output
+
+
+def test_an_api_endpoint_replaces_the_proxies(endpoint_inventory, api, workers):
+    code, results, output = run_deploy("cluster", inventory=endpoint_inventory)
+    assert code == 0, output
+    for name in workers:
+        assert ssh(name, "systemctl is-active api-proxy", check=False).strip() == "inactive"
+        assert ssh(name, "test -e /etc/systemd/system/api-proxy.service || echo gone") == "gone\n"
+        servers = ssh(name, f"grep -h server: {K8S_DIR}/*.kubeconfig").split()
+        assert set(servers) == {"server:", f"https://{ENDPOINT}:6443"}, servers
+    san = ssh(
+        "lab-cp-1", "openssl x509 -noout -ext subjectAltName -in /etc/kubernetes/pki/apiserver.crt"
+    )
+    assert f"DNS:{ENDPOINT}" in san
+    code, results, output = run_deploy("cluster", inventory=endpoint_inventory)
+    assert code == 0, output
+    assert changed(results) == {}
+
+    def ready() -> bool:
+        try:
+            return all(node_ready(node) for node in api.nodes())
+        except ApiError:
+            return False
+
+    assert _wait(ready, 30)
