@@ -155,8 +155,9 @@ def plan(host: Host) -> HostRenewal:
 
 
 def _units_reading(host: Host, path: str) -> tuple[str, ...]:
+    """The units that restart when the certificate at ``path`` changes."""
     return tuple(
         component.unit.name
-        for component in running_on(host.groups)
+        for component in running_on(host)
         if component.unit is not None and path in component.watched(host)
     )

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from pyinfra.api import FactBase
 
@@ -46,12 +47,13 @@ def parse_state(text: str) -> RenewalState | None:
 
 
 class RenewalStatus(FactBase):
-    """The renewal state file as a `RenewalState`, None when the timer never ran: ``status``
-    ``ok`` or ``failing``, ``failing_since``, the one-line ``error``, and each certificate's
-    next renewal time."""
+    """The renewal state file as a dict (`RenewalState`'s fields), None when the timer never
+    ran: ``status`` ``ok`` or ``failing``, ``checked``, ``failing_since``, the one-line
+    ``error``, and ``next_renewal``, each certificate's next renewal time by path."""
 
     def command(self, path: str = STATE_PATH) -> str:
         return f"cat {shlex.quote(path)} 2>/dev/null; true"
 
-    def process(self, output: list[str]) -> RenewalState | None:
-        return parse_state("\n".join(output))
+    def process(self, output: list[str]) -> dict[str, Any] | None:
+        state = parse_state("\n".join(output))
+        return None if state is None else asdict(state)

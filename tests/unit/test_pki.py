@@ -124,7 +124,7 @@ def test_certificate_of_another_ca(ca):
 def test_near_expiry_is_explained(ca):
     issued = NOW - timedelta(days=26, hours=20)
     assert resign_reason(ca.issue(MEMBER, issued), MEMBER, ca.pem, NOW) == (
-        "expires in 3d 4h, less than a third of its 30d lifetime left"
+        "expires in 3d 4h, less than 1/3 of its 30d lifetime left"
     )
 
 

@@ -10,7 +10,7 @@ import os
 import pwd
 import stat
 import subprocess
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import hvac
@@ -131,6 +131,7 @@ def _on_host(
                 vault_ca=str(openbao.ca_cert),
                 state_path=str(root / "state"),
                 systemctl=str(stub),
+                restart_lock=str(root / "restart.lock"),
                 **options,
             ),
         )
@@ -301,7 +302,7 @@ def test_a_hosts_credential_is_refused_everything_but_its_own_names(
             serving.sign_parameters() | {"ip_sans": f"{HOSTS['lab-worker-1']},10.32.0.1"},
         ),
         "system:masters, the admin role": ("lab/pki/k8s/sign/admin", {"common_name": "admin"}),
-        "system:masters, the apiserver's kubelet client role": (
+        "the apiservers' kubelet client, their role": (
             "lab/pki/k8s/sign/kube-apiserver-kubelet-client",
             {"common_name": "kube-apiserver-kubelet-client"},
         ),
@@ -369,16 +370,18 @@ def test_bootstrap_with_hosts_is_a_no_op_when_re_run_and_prunes_removed_hosts(va
 
 def test_no_host_renews_a_system_masters_certificate():
     renewal = _plans("lab-cp-1")["lab-cp-1"]
-    assert renewal.excluded == (
-        ("/etc/kubernetes/pki/apiserver-kubelet-client.crt", "names system:masters"),
-    )
+    # The apiservers' kubelet client holds no group (RBAC grants it the kubelet API), so the
+    # control plane renews every certificate it has.
+    assert renewal.excluded == ()
+    kubelet_client = next(c for c in renewal.certs if c.stem == "apiserver-kubelet-client")
+    assert kubelet_client.identity == pki.Identity("kube-apiserver-kubelet-client")
     assert not any("system:masters" in c.identity.organization for c in renewal.certs)
     assert renewal.identity.stem == "host-identity"
     assert renewal.identity.identity == pki.Identity("lab-cp-1")
     policy = vault_setup.render_renewal_policy(renewal)
     assert 'path "lab/pki/k8s/sign/renew-lab-cp-1-kube-scheduler" {' in policy
     assert '    "common_name" = ["system:kube-scheduler"]\n' in policy
-    assert "kubelet-client" not in policy and "admin" not in policy
+    assert "sign/admin" not in policy
 
 
 def test_the_timer_takes_its_schedule_from_group_data():
@@ -408,5 +411,5 @@ def test_the_report_fact_reads_the_state_the_script_wrote(vault, openbao, bootst
     host.run()
     fact = RenewalStatus()
     output = _run(fact.command(str(tmp_path / "state"))).splitlines()
-    assert fact.process(output) == parse_state(host.state())
+    assert fact.process(output) == asdict(parse_state(host.state()))
     assert fact.process(_run(fact.command(str(tmp_path / "nothing"))).splitlines()) is None

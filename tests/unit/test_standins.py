@@ -23,10 +23,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from galley.components.kube_apiserver import KUBELET_API_ACCESS
 from galley.lab.artifacts import ARTIFACTS, KUBERNETES_VERSION, build_all, standin_zipapp
 from galley.lab.standins import tables, yamlish
 from galley.lab.state import CACHE_DIR
-from galley.ops.admin import AdminFiles
+from galley.ops.admin import RBAC_BINDINGS, AdminFiles
 from galley.ops.kubeapi import ApiError, KubeApi
 
 KUBE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy")
@@ -1183,6 +1184,12 @@ def test_kubectl_knows_the_served_resource_types_only(cluster):
         ["nodes", "no", "v1", "false", "Node"],
         ["pods", "po", "v1", "true", "Pod"],
         ["poddisruptionbudgets", "pdb", "policy/v1", "true", "PodDisruptionBudget"],
+        [
+            "clusterrolebindings",
+            "rbac.authorization.k8s.io/v1",
+            "false",
+            "ClusterRoleBinding",
+        ],
     ]
 
 
@@ -1468,3 +1475,14 @@ def test_authentication_config_lets_anonymous_requests_reach_the_health_paths_on
     both = run(programs["kube-apiserver"], *args, "--anonymous-auth=false")
     assert both.returncode == 1
     assert "--anonymous-auth flag cannot be set when anonymous field is configured" in both.stderr
+
+
+def test_the_operator_keeps_the_control_planes_rbac_in_place(pki, api, tmp_path):
+    client = KubeApi(f"https://127.0.0.1:{api['ports'][0]}", _admin_files(pki, tmp_path / "a"))
+    assert client.ensure(RBAC_BINDINGS, KUBELET_API_ACCESS) == "created"
+    assert client.ensure(RBAC_BINDINGS, KUBELET_API_ACCESS) == "up to date"
+    other = {**KUBELET_API_ACCESS, "roleRef": {**KUBELET_API_ACCESS["roleRef"], "name": "view"}}
+    assert client.ensure(RBAC_BINDINGS, other) == "updated"
+    stored = client.request("GET", f"{RBAC_BINDINGS}/galley:kube-apiserver-kubelet-client")
+    assert stored["roleRef"]["name"] == "view"
+    assert client.ensure(RBAC_BINDINGS, KUBELET_API_ACCESS) == "updated"
