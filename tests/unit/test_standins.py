@@ -1252,9 +1252,11 @@ def test_aggregated_discovery_for_clients_asking_for_it(pki, api):
         ],
     )
     status, headers, body = fetch(port, pki, "/apis", Accept=KUBECTL_DISCOVERY)
-    ((policy,),) = [json.loads(body)["items"]]
+    policy, rbac = json.loads(body)["items"]
     assert policy["metadata"] == {"name": "policy", "creationTimestamp": None}
     assert [r["resource"] for r in policy["versions"][0]["resources"]] == ["poddisruptionbudgets"]
+    assert rbac["metadata"] == {"name": "rbac.authorization.k8s.io", "creationTimestamp": None}
+    assert [r["resource"] for r in rbac["versions"][0]["resources"]] == ["clusterrolebindings"]
     # An unchanged document is not sent again.
     assert (headers["Vary"], headers["Cache-Control"]) == ("Accept", "public")
     again = fetch(port, pki, "/apis", Accept=KUBECTL_DISCOVERY, If_None_Match=headers["ETag"])
@@ -1278,10 +1280,16 @@ def test_legacy_discovery_for_clients_asking_for_plain_json(pki, api):
     }
     preferred = {"groupVersion": "policy/v1", "version": "v1"}
     policy = {"name": "policy", "versions": [preferred], "preferredVersion": preferred}
+    rbac_version = {"groupVersion": "rbac.authorization.k8s.io/v1", "version": "v1"}
+    rbac = {
+        "name": "rbac.authorization.k8s.io",
+        "versions": [rbac_version],
+        "preferredVersion": rbac_version,
+    }
     assert document("/apis/", Accept="application/json, */*") == {
         "kind": "APIGroupList",
         "apiVersion": "v1",
-        "groups": [policy],
+        "groups": [policy, rbac],
     }
     assert document("/apis/policy") == {"kind": "APIGroup", "apiVersion": "v1", **policy}
     core = document("/api/v1", Accept=TABLE + ",application/json")
