@@ -39,7 +39,9 @@ def main() -> None:
     first_target, noop_target = TARGETS[name]
     run("galley", "lab", "down")
     lab_up = run("galley", "lab", "up")
-    bootstrap = run("galley", "vault", "bootstrap", "--cluster", "lab")
+    bootstrap = run(
+        "galley", "vault", "bootstrap", "--cluster", "lab", "--inventory", "inventories/lab.py"
+    )
     deploy = ("pyinfra", "-y", "inventories/lab.py", f"deploys/{name}.py")
     first = run(*deploy)
     noop = sorted(run(*deploy) for _ in range(3))[1]

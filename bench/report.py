@@ -46,7 +46,7 @@ def main() -> None:
     if int(INOTIFY_LIMIT.read_text()) < needed:
         subprocess.run(["sysctl", "-w", f"fs.inotify.max_user_instances={needed}"], check=True)
     checked("galley", "lab", "up", *(f"--{k}={v}" for k, v in SHAPE.items()))
-    checked("galley", "vault", "bootstrap", "--cluster", "lab")
+    checked("galley", "vault", "bootstrap", "--cluster", "lab", "--inventory", "inventories/lab.py")
     checked("pyinfra", "-y", "inventories/lab.py", "deploys/etcd.py")
     seconds = []
     for _ in range(RUNS):

@@ -73,7 +73,7 @@ def measure(size: int) -> dict[str, float]:
         "galley", "lab", "up", "--etcd", str(etcd),
         "--control-plane", str(control_plane), "--workers", str(workers),
     )  # fmt: skip
-    run("galley", "vault", "bootstrap", "--cluster", "lab")
+    run("galley", "vault", "bootstrap", "--cluster", "lab", "--inventory", "inventories/lab.py")
     first = run(*DEPLOY)
     noops = [run(*DEPLOY, "--json") for _ in range(3)]
     operations = json.loads(noops[0].stdout)["results"]["operations"]

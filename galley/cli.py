@@ -238,7 +238,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/nyc3.py")
     report.add_argument(
-        "--days", type=int, default=14, help="flag certificates expiring within N days (14)"
+        "--days", type=int, default=7, help="flag certificates expiring within N days (7)"
     )
     report.add_argument("--json", action="store_true", help="one JSON document for scripts")
     report.set_defaults(func=_report)

@@ -5,6 +5,8 @@ pyinfra orders operations by a topological sort of each host's own sequence, so 
 different groups would interleave across hosts; a join operation after each phase
 (`galley.host.phases.phase_done`) makes every host finish it before the next starts anywhere.
 Everything is validated, and Vault checked, before any operation runs (`galley.preflight`).
+Last, every host these phases deploy gets what it needs to renew its own certificates
+(`galley.host.renewal`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pyinfra.api import deploy
 from galley.components import phase
 from galley.components.engine import deploy_components
 from galley.host.phases import phase_done
+from galley.host.renewal import install_renewal
 from galley.preflight import preflight
 
 
@@ -28,3 +31,5 @@ def converge(*phase_names: str) -> None:
         deploy(current.name)(deploy_components)(current.components, vault)
         if index < len(phases) - 1:
             phase_done(name=f"{current.name} done on all hosts", phase=current.name)
+    if any(component.runs_on(host) for current in phases for component in current.components):
+        deploy("certificate renewal")(install_renewal)(vault)

@@ -26,7 +26,12 @@ from galley.vault import VaultError, vault_errors
 LEAF_KEY = {"key_type": "ec", "key_bits": 256}  # what roles accept in CSRs
 CA_KEY = {"key_type": "ec", "key_bits": 384}  # the roots Vault generates (and keeps)
 # Re-sign when less than this share of a certificate's lifetime is left.
+# Clock skew between the operator's machine and Vault a certificate's validity may show.
+TTL_SLACK = timedelta(minutes=1)
 RENEW_FRACTION = 1 / 3
+# A deploy re-signs for age only this late: until then renewing is the host's own timer's job
+# (galley.host.renewal), and a deploy racing it would change what needs no change.
+DEPLOY_RENEW_FRACTION = 1 / 6
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,12 @@ class RoleSpec:
     organization: tuple[str, ...] = ()
 
 
-MOUNTS = (MountSpec("etcd", "{cluster} etcd CA"), MountSpec("k8s", "{cluster} Kubernetes CA"))
+# ``host``: each host's renewal credential (`galley.renewal`), trusted only by Vault's cert auth.
+MOUNTS = (
+    MountSpec("etcd", "{cluster} etcd CA"),
+    MountSpec("k8s", "{cluster} Kubernetes CA"),
+    MountSpec("host", "{cluster} host identity CA"),
+)
 # The operator's admin credential (key made on the operator's machine, `galley.ops.admin`).
 ADMIN_ROLE = RoleSpec("admin", "k8s", ("admin",), organization=("system:masters",))
 # In-cluster names of the API (the cluster domain may differ from cluster.local).
@@ -207,13 +217,15 @@ def resign_reason(
     *,
     public_key_pem: str | None = None,
     ttl: timedelta | None = None,
+    fraction: float = RENEW_FRACTION,
 ) -> str | None:
     """Why the certificate must be re-signed, or None when it is fine.
 
     It must be issued by a CA in ``ca_pem``, carry exactly ``expected``, match the key whose
-    public half is ``public_key_pem`` (when given) and have at least a third of its lifetime
-    left at ``now``. The lifetime is the longer of the certificate's own and ``ttl`` (the one
-    it should have been issued with), so a certificate issued too short is replaced early.
+    public half is ``public_key_pem`` (when given) and have at least ``fraction`` (a third) of
+    its lifetime left at ``now``. The lifetime is the longer of the certificate's own and
+    ``ttl`` (the one it should have been issued with), so a certificate issued too short is
+    replaced early; one valid for longer than ``ttl`` (the ttl was shortened) is replaced too.
     """
     if not cert_pem:
         return "no certificate"
@@ -241,9 +253,11 @@ def resign_reason(
     lifetime = max(cert.not_valid_after_utc - cert.not_valid_before_utc, ttl or timedelta(0))
     if left <= timedelta(0):
         return f"expired {format_duration(-left)} ago"
-    if left < lifetime * RENEW_FRACTION:
+    if left < lifetime * fraction:
         return (
-            f"expires in {format_duration(left)}, less than a third of its "
+            f"expires in {format_duration(left)}, less than 1/{round(1 / fraction)} of its "
             f"{format_duration(lifetime)} lifetime left"
         )
+    if ttl and left > ttl + TTL_SLACK:
+        return f"valid for {format_duration(left)}, longer than its {format_duration(ttl)} ttl"
     return None

@@ -29,13 +29,15 @@ from galley.facts import (
     EtcdHealth,
     FlannelLease,
     OsInfo,
+    RenewalStatus,
     UnitStates,
 )
 from galley.problems import Problem
 from galley.text import clean
 from galley.versions import VersionError, skew_problems
 
-DEFAULT_DAYS = 14
+# Hosts renew 30-day certificates with 10 days left: one with less than 7 has missed renewals.
+DEFAULT_DAYS = 7
 CONNECT_TIMEOUT = 5
 
 HostFacts = dict[str, Any]
@@ -99,8 +101,8 @@ def analyse(hosts: Mapping[str, HostFacts], days: int, now: datetime | None = No
     A host's dict has ``groups``, ``components`` (the names of those it runs) and ``error``
     (why it could not be reached, else None) and,
     when reached, the fact values ``os``, ``flannel``, ``certificates``, ``units``,
-    ``versions``, ``etcd`` and ``api_proxy`` (the last four only for hosts running the
-    component).
+    ``versions``, ``etcd``, ``api_proxy`` and ``renewal`` (the last five only for hosts
+    running the component or holding certificates).
     """
     now = now or datetime.now(UTC)
     problems: list[Problem] = []
@@ -109,6 +111,7 @@ def analyse(hosts: Mapping[str, HostFacts], days: int, now: datetime | None = No
         _versions_table(hosts, problems),
         _units_table(hosts, problems),
         _certificates_table(hosts, days, now, problems),
+        _renewal_table(hosts, problems),
         _etcd_table(hosts, problems),
         _api_proxies_table(hosts, problems),
     ]
@@ -249,13 +252,16 @@ def _units_table(hosts: Mapping[str, HostFacts], problems: list[Problem]) -> Tab
 def _certificates_table(
     hosts: Mapping[str, HostFacts], days: int, now: datetime, problems: list[Problem]
 ) -> Table:
-    table = Table("certificates", ("host", "path", "subject", "not after", "days left"))
+    table = Table(
+        "certificates", ("host", "path", "subject", "not after", "days left", "next renewal")
+    )
     horizon = now + timedelta(days=days)
     for name, facts in _reached(hosts):
+        due = (facts.get("renewal") or {}).get("next_renewal") or {}
         for path, cert in sorted((facts.get("certificates") or {}).items()):
             if "error" in cert:
                 problems.append(fleet_problem(name, "certificates", f"{path}: {cert['error']}"))
-                table.add((name, path, cert["error"], None, None), True)
+                table.add((name, path, cert["error"], None, None, None), True)
                 continue
             not_after = cert["not_after"]
             expiring = not_after <= horizon
@@ -265,10 +271,32 @@ def _certificates_table(
                 problems.append(
                     fleet_problem(name, "certificates", f"{path} ({cert.get('cn')}) {when}")
                 )
-            table.add(
-                (name, path, cert.get("cn"), not_after.strftime("%Y-%m-%d %H:%M"), left.days),
-                expiring,
+            cells = (name, path, cert.get("cn"), not_after.strftime("%Y-%m-%d %H:%M"), left.days)
+            table.add((*cells, due.get(path)), expiring)
+    return table
+
+
+def _renewal_table(hosts: Mapping[str, HostFacts], problems: list[Problem]) -> Table:
+    """Each host's own certificate renewal: its last run, and since when it fails."""
+    table = Table("renewal", ("host", "status", "last run", "failing since", "error"))
+    for name, facts in _reached(hosts):
+        if "renewal" not in facts:
+            continue
+        state = facts["renewal"]
+        if state is None:
+            table.add((name, "never ran", None, None, None))
+            continue
+        failing = state.get("status") != "ok"
+        if failing:
+            problems.append(
+                fleet_problem(
+                    name,
+                    "renewal",
+                    f"renewal failing since {state.get('failing_since')}: {state.get('error')}",
+                )
             )
+        cells = (state.get("status"), state.get("checked"), state.get("failing_since"))
+        table.add((name, *cells, state.get("error")), failing)
     return table
 
 
@@ -426,6 +454,8 @@ def gather(inventory: Any, connect_timeout: int = CONNECT_TIMEOUT) -> dict[str, 
             wanted["etcd"] = (EtcdHealth, {})
         if API_PROXY in components:
             wanted["api_proxy"] = (ApiProxyBackends, {})
+        if certificates:
+            wanted["renewal"] = (RenewalStatus, {})
         jobs = {key: gevent.spawn(host.get_fact, cls, **kw) for key, (cls, kw) in wanted.items()}
         gevent.joinall(list(jobs.values()))
         for key, job in jobs.items():

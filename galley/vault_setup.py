@@ -1,10 +1,14 @@
 """`galley vault bootstrap`: a cluster's PKI mounts and root CAs, one Vault role per kind of
-certificate the components declare (`galley.components.vault_roles`), the shared secrets in KV
-and the ACL policies (`policies`). Idempotent: a re-run changes nothing and says so.
+certificate the components declare (`galley.components.vault_roles`), the shared secrets in KV,
+the ACL policies (`policies`) and the hosts' own certificate renewal (`galley.renewal`): the
+TLS certificate auth method and, given an inventory, each host's renewal roles, policy and
+login. Idempotent: a re-run changes nothing and says so.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,10 +34,14 @@ from galley.pki import (
     parse_duration,
     read_ca,
 )
+from galley.renewal import HOST_IDENTITY_ROLE, HostRenewal, RenewalCert, auth_path, plan
 from galley.vault import VaultError, vault_errors
 
-# Every role the bootstrap writes: those the components' certificates declare, and the admin's.
-ROLES: tuple[RoleSpec, ...] = (*registry.vault_roles(), ADMIN_ROLE)
+# Every role the bootstrap writes: those the components' certificates declare, the hosts'
+# identities (their renewal credential) and the admin's.
+ROLES: tuple[RoleSpec, ...] = (*registry.vault_roles(), HOST_IDENTITY_ROLE, ADMIN_ROLE)
+# A host's renewal token: short-lived, not stored (batch), nothing but its own policy.
+RENEWAL_TOKEN_TTL = 300
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,9 @@ class PkiOptions:
 
     A role's names may hold ``{cluster}``, ``{cluster_domain}`` and ``{api_endpoint}`` (a
     name in front of the apiservers; a name that needs an unset one is left out).
+    ``renewal_hosts``: the hosts that renew their own certificates (from an inventory); their
+    renewal roles, policies and logins are written and any other host's removed. None (no
+    inventory) leaves the hosts' renewal configuration as it is.
     """
 
     leaf_ttl: str = "720h"
@@ -50,6 +61,7 @@ class PkiOptions:
     allowed_names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     cluster_domain: str = "cluster.local"
     api_endpoint: str | None = None
+    renewal_hosts: tuple[HostRenewal, ...] | None = None
 
 
 # One policy per job: the phases whose hosts a token of that job deploys.
@@ -61,26 +73,28 @@ JOBS: Mapping[str, tuple[str, ...]] = {
 
 
 def options_from(inventory) -> PkiOptions:
-    """Bootstrap options from an inventory's data: its cluster domain and, when the API
-    endpoint is a name, that name (the apiserver role then allows exactly it)."""
+    """Bootstrap options from an inventory's data: its cluster domain, when the API endpoint
+    is a name, that name (the apiserver role then allows exactly it), and each host's
+    certificate renewal (`galley.renewal.plan`)."""
     hosts = list(inventory)
     data = hosts[0].data if hosts else {}
     endpoint = data.get("api_endpoint")
     name = str(endpoint) if endpoint and not is_ip(str(endpoint)) else None
     return PkiOptions(
-        cluster_domain=data.get("cluster_domain") or "cluster.local", api_endpoint=name
+        cluster_domain=data.get("cluster_domain") or "cluster.local",
+        api_endpoint=name,
+        renewal_hosts=tuple(plan(host) for host in hosts),
     )
 
 
 def deploy_paths(cluster: str, components: Iterable[Component] | None = None) -> dict[str, str]:
     """Each API path deploying ``components`` (default: all) uses, with the capability it
-    needs (for the policies and `galley.vault.connect`): their roles' sign paths, the mounts'
-    CAs, and for the apiservers the shared secrets in KV."""
+    needs (for the policies and `galley.vault.connect`): their roles' sign paths and the host
+    identity's (every host gets one), the mounts' CAs, and for the apiservers the shared
+    secrets in KV."""
     components = list(registry.REGISTRY if components is None else components)
-    paths = {
-        f"{mount_path(cluster, r.mount)}/sign/{r.name}": "update"
-        for r in registry.vault_roles(components)
-    }
+    roles = [*registry.vault_roles(components), HOST_IDENTITY_ROLE]
+    paths = {f"{mount_path(cluster, r.mount)}/sign/{r.name}": "update" for r in roles}
     for mount in MOUNTS:
         paths[f"{mount_path(cluster, mount.name)}/ca/pem"] = "read"
         paths[f"{mount_path(cluster, mount.name)}/cert/ca"] = "read"
@@ -189,11 +203,148 @@ def bootstrap(client: hvac.Client, cluster: str, options: PkiOptions = PkiOption
             client, path, mount.ca_common_name.format(cluster=cluster), options.ca_ttl
         )
     for role in ROLES:
-        changes += _ensure_role(client, role, cluster, options)
+        changes += _ensure_role(
+            client, mount_path(cluster, role.mount), role.name, role_params(role, cluster, options)
+        )
     changes += cluster_secrets.bootstrap(client, cluster, mounted)
     for name, paths in policies(cluster).items():
         changes += _ensure_policy(client, name, render_policy(name, paths))
+    changes += _ensure_cert_auth(client, cluster)
+    if options.renewal_hosts is not None:
+        changes += _ensure_renewal(client, cluster, options)
     return changes
+
+
+def renewal_role_params(cert: RenewalCert, cluster: str, options: PkiOptions) -> dict:
+    """The role renewing ``cert`` on its host: the component role's usages and organization,
+    but exactly the certificate's names and addresses, taken from the request (which the
+    host's policy pins), never from the CSR."""
+    ips = cert.identity.ip_addresses
+    return role_params(cert.base_role, cluster, options) | {
+        "allowed_domains": list(dict.fromkeys((cert.identity.cn, *cert.identity.dns_names))),
+        "allow_bare_domains": True,
+        "allow_glob_domains": False,
+        "allow_localhost": False,
+        "allow_ip_sans": bool(ips),
+        "allowed_ip_sans_cidr": [str(ipaddress.ip_network(ip)) for ip in ips],
+        "use_csr_common_name": False,
+        "use_csr_sans": False,
+        "ttl": parse_duration(cert.ttl or options.leaf_ttl),
+    }
+
+
+def render_renewal_policy(host: HostRenewal) -> str:
+    """The HCL of a host's renewal policy: ``update`` on its renewal roles' sign paths, each
+    with exactly the parameters its certificate is renewed with (anything else: 403)."""
+    blocks = [f"# galley policy {host.policy}: written by `galley vault bootstrap`"]
+    for path, parameters in host.policy_paths().items():
+        pinned = "".join(
+            f"\n    {repr_hcl(key)} = [{json.dumps(value)}]" for key, value in parameters.items()
+        )
+        blocks.append(
+            f'path "{path}" {{\n  capabilities = ["update"]\n'
+            f'  allowed_parameters = {{\n    "csr" = []{pinned}\n  }}\n}}'
+        )
+    return "\n\n".join(blocks) + "\n"
+
+
+def login_params(host: HostRenewal, host_ca: str) -> dict:
+    """A host's cert-auth role: a certificate of the host identity CA naming exactly this host
+    logs in to a short-lived batch token carrying only the host's renewal policy."""
+    return {
+        "certificate": host_ca,
+        "allowed_common_names": [host.identity.identity.cn],
+        "display_name": host.host,
+        "token_policies": [host.policy],
+        "token_no_default_policy": True,
+        "token_type": "batch",
+        "token_ttl": RENEWAL_TOKEN_TTL,
+        "token_max_ttl": RENEWAL_TOKEN_TTL,
+    }
+
+
+def _ensure_cert_auth(client: hvac.Client, cluster: str) -> list[str]:
+    path = auth_path(cluster)
+    with vault_errors("listing Vault's auth methods failed"):
+        methods = client.sys.list_auth_methods()
+    current = (methods.get("data") or methods).get(f"{path}/")
+    if current is not None:
+        if current.get("type") != "cert":
+            raise VaultError(f"auth/{path} is a {current.get('type')!r} auth method, not cert")
+        return []
+    with vault_errors(f"enabling the cert auth method at auth/{path} failed"):
+        client.sys.enable_auth_method(
+            "cert", path=path, description="galley hosts renewing their certificates"
+        )
+    return [f"enabled cert auth method auth/{path}"]
+
+
+def _ensure_renewal(client: hvac.Client, cluster: str, options: PkiOptions) -> list[str]:
+    """Each host's renewal roles, policy and login; then remove those of any other host."""
+    hosts = options.renewal_hosts or ()
+    host_ca = read_ca(client, mount_path(cluster, "host"))
+    changes: list[str] = []
+    for host in hosts:
+        for cert in host.certs:
+            changes += _ensure_role(
+                client, cert.mount, cert.role, renewal_role_params(cert, cluster, options)
+            )
+        changes += _ensure_policy(client, host.policy, render_renewal_policy(host))
+        changes += _ensure_login(client, cluster, host.host, login_params(host, host_ca))
+    return changes + _prune_renewal(client, cluster, hosts)
+
+
+def _ensure_login(client: hvac.Client, cluster: str, name: str, wanted: dict) -> list[str]:
+    path = f"auth/{auth_path(cluster)}/certs/{name}"
+    with vault_errors(f"reading {path} failed"):
+        current = (client.read(path) or {}).get("data")
+    if current is not None:
+        current["certificate"] = current.get("certificate", "").strip() + "\n"
+    differing = [key for key, value in wanted.items() if current and current.get(key) != value]
+    if current is not None and not differing:
+        return []
+    with vault_errors(f"writing {path} failed"):
+        client.write_data(path, data=wanted)
+    if current is None:
+        return [f"created cert login {name} in auth/{auth_path(cluster)}"]
+    return [f"updated cert login {name} in auth/{auth_path(cluster)} ({', '.join(differing)})"]
+
+
+def _prune_renewal(client: hvac.Client, cluster: str, hosts: tuple[HostRenewal, ...]) -> list[str]:
+    """Delete the renewal roles, policies and logins of hosts no longer in ``hosts``."""
+    changes = []
+    roles = {(cert.mount, cert.role) for host in hosts for cert in host.certs}
+    for mount in MOUNTS:
+        path = mount_path(cluster, mount.name)
+        for name in _listed(client, f"{path}/roles"):
+            if name.startswith("renew-") and (path, name) not in roles:
+                with vault_errors(f"deleting role {name} of {path} failed"):
+                    client.delete(f"{path}/roles/{name}")
+                changes.append(f"deleted role {name} in {path}")
+    logins = {host.host for host in hosts}
+    for name in _listed(client, f"auth/{auth_path(cluster)}/certs"):
+        if name not in logins:
+            with vault_errors(f"deleting cert login {name} failed"):
+                client.delete(f"auth/{auth_path(cluster)}/certs/{name}")
+            changes.append(f"deleted cert login {name} in auth/{auth_path(cluster)}")
+    kept = {host.policy for host in hosts}
+    with vault_errors("listing policies failed"):
+        names = client.sys.list_acl_policies()["data"]["keys"]
+    for name in names:
+        if name.startswith(f"{cluster}-renew-") and name not in kept:
+            with vault_errors(f"deleting policy {name} failed"):
+                client.sys.delete_acl_policy(name)
+            changes.append(f"deleted policy {name}")
+    return changes
+
+
+def _listed(client: hvac.Client, path: str) -> list[str]:
+    with vault_errors(f"listing {path} failed"):
+        try:
+            answer = client.list(path)
+        except hvac.exceptions.InvalidPath:
+            return []
+    return list(((answer or {}).get("data") or {}).get("keys") or [])
 
 
 def _ensure_mount(client: hvac.Client, path: str, current: dict | None, ca_ttl: str) -> list[str]:
@@ -221,24 +372,20 @@ def _ensure_root_ca(client: hvac.Client, path: str, common_name: str, ttl: str) 
     return [f"generated root CA '{common_name}' in {path}, valid until {expires:%Y-%m-%d}"]
 
 
-def _ensure_role(
-    client: hvac.Client, role: RoleSpec, cluster: str, options: PkiOptions
-) -> list[str]:
-    path = mount_path(cluster, role.mount)
-    wanted = role_params(role, cluster, options)
-    with vault_errors(f"reading role {role.name} of {path} failed"):
+def _ensure_role(client: hvac.Client, path: str, name: str, wanted: dict) -> list[str]:
+    with vault_errors(f"reading role {name} of {path} failed"):
         try:
-            current = client.secrets.pki.read_role(role.name, mount_point=path)["data"]
+            current = client.secrets.pki.read_role(name, mount_point=path)["data"]
         except hvac.exceptions.InvalidPath:
             current = None
     differing = [key for key, value in wanted.items() if current and current.get(key) != value]
     if current is not None and not differing:
         return []
-    with vault_errors(f"writing role {role.name} of {path} failed"):
-        client.secrets.pki.create_or_update_role(role.name, extra_params=wanted, mount_point=path)
+    with vault_errors(f"writing role {name} of {path} failed"):
+        client.secrets.pki.create_or_update_role(name, extra_params=wanted, mount_point=path)
     if current is None:
-        return [f"created role {role.name} in {path}"]
-    return [f"updated role {role.name} in {path} ({', '.join(differing)})"]
+        return [f"created role {name} in {path}"]
+    return [f"updated role {name} in {path} ({', '.join(differing)})"]
 
 
 def _ensure_policy(client: hvac.Client, name: str, policy: str) -> list[str]:

@@ -107,16 +107,36 @@ def client_role(cn: str) -> RoleSpec:
 
 
 def etcd_client_cert(
-    stem: str, cn: str, directory: str, ca_path: str, when=lambda host: True
+    stem: str, cn: str, directory: str, ca_path: str, when=lambda host: True, reloaded=False
 ) -> Cert:
     """An etcd client certificate with the identity ``cn`` (its own role)."""
     return Cert(
-        stem, directory, "etcd", client_role(cn), lambda host: Identity(cn), ca_path, when=when
+        stem,
+        directory,
+        "etcd",
+        client_role(cn),
+        lambda host: Identity(cn),
+        ca_path,
+        when=when,
+        reloaded=reloaded,
     )
 
 
 def _member_cert(stem: str, role: RoleSpec, identity) -> Cert:
-    return Cert(stem, PKI_DIR, "etcd", role, identity, CACERT, "etcd", "etcd", "etcd_cert_ttl")
+    # etcd loads its certificate and key again for every TLS handshake (client and peer), and
+    # never reads the health check client's: renewing either needs no restart.
+    return Cert(
+        stem,
+        PKI_DIR,
+        "etcd",
+        role,
+        identity,
+        CACERT,
+        "etcd",
+        "etcd",
+        "etcd_cert_ttl",
+        reloaded=True,
+    )
 
 
 def bootstrap_settings(

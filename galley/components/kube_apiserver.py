@@ -60,12 +60,22 @@ SERVING_ROLE = RoleSpec(
     localhost=True,
     ip_sans=True,
 )
-KUBELET_CLIENT_ROLE = RoleSpec(
-    "kube-apiserver-kubelet-client",
-    "k8s",
-    ("kube-apiserver-kubelet-client",),
-    organization=("system:masters",),
-)
+# The apiservers' client of the kubelets: no group, so a host may renew it itself (nothing
+# on a host may hold system:masters); RBAC grants it the kubelet API (`KUBELET_API_ACCESS`).
+KUBELET_CLIENT = "kube-apiserver-kubelet-client"
+KUBELET_CLIENT_ROLE = RoleSpec(KUBELET_CLIENT, "k8s", (KUBELET_CLIENT,))
+# Created by `galley admin credentials` (the operator's identity may write RBAC).
+KUBELET_API_ACCESS = {
+    "apiVersion": "rbac.authorization.k8s.io/v1",
+    "kind": "ClusterRoleBinding",
+    "metadata": {"name": f"galley:{KUBELET_CLIENT}"},
+    "roleRef": {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "system:kubelet-api-admin",
+    },
+    "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": KUBELET_CLIENT}],
+}
 CONTROL_PLANE_DIRECTORIES = (Directory(K8S_DIR), Directory(PKI_DIR, "700"))
 
 
@@ -175,16 +185,23 @@ KUBE_APISERVER = Component(
     phase="control plane",
     artifacts=(kubernetes_binary("kube-apiserver"),),
     certs=(
-        k8s_cert("apiserver", SERVING_ROLE, apiserver_identity),
+        # The apiserver serves a renewed certificate from the next connection on (dynamic
+        # serving certificates), and etcd's client transport loads its client pair for every
+        # handshake: renewing either needs no restart.
+        k8s_cert("apiserver", SERVING_ROLE, apiserver_identity, reloaded=True),
+        # Its kubelet client reloads the pair from the files (client-go's ReloadTLSFiles).
         k8s_cert(
             "apiserver-kubelet-client",
             KUBELET_CLIENT_ROLE,
-            lambda host: Identity(
-                "kube-apiserver-kubelet-client", organization=("system:masters",)
-            ),
+            lambda host: Identity(KUBELET_CLIENT),
+            reloaded=True,
         ),
         etcd_client_cert(
-            "apiserver-etcd-client", "kube-apiserver-etcd-client", PKI_DIR, ETCD_CA_PATH
+            "apiserver-etcd-client",
+            "kube-apiserver-etcd-client",
+            PKI_DIR,
+            ETCD_CA_PATH,
+            reloaded=True,
         ),
     ),
     configs=(

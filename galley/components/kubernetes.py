@@ -72,10 +72,15 @@ def kubernetes_binary(binary: str) -> Artifact:
 
 
 def k8s_cert(
-    stem: str, role: RoleSpec, identity, directory: str = PKI_DIR, when=lambda host: True
+    stem: str,
+    role: RoleSpec,
+    identity,
+    directory: str = PKI_DIR,
+    when=lambda host: True,
+    reloaded: bool = False,
 ) -> Cert:
     """A certificate of the cluster's Kubernetes CA (mount ``k8s``) below ``directory``."""
-    return Cert(stem, directory, "k8s", role, identity, CA_PATH, when=when)
+    return Cert(stem, directory, "k8s", role, identity, CA_PATH, when=when, reloaded=reloaded)
 
 
 def node_name(host: Host) -> str:

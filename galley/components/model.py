@@ -117,6 +117,8 @@ class Cert:
 
     ``identity`` gives the names for a host; ``when`` limits the certificate to hosts it is
     true for (e.g. one flannel mode). ``ca_path`` is where the signing mount's CA goes.
+    ``reloaded``: the unit picks a renewed certificate up by itself (or never reads it), so a
+    new certificate or key needs no restart; a new CA still does.
     """
 
     stem: str
@@ -129,6 +131,7 @@ class Cert:
     group: str = "root"
     ttl_key: str = "kubernetes_cert_ttl"
     when: Callable[[Host], bool] = lambda host: True
+    reloaded: bool = False
 
     @property
     def key_path(self) -> str:
@@ -143,6 +146,10 @@ class Cert:
     def paths(self) -> list[str]:
         """Every file of this certificate a service reads."""
         return [self.cert_path, self.key_path, self.ca_path]
+
+    def restart_paths(self) -> list[str]:
+        """The files of this certificate whose change restarts the unit reading it."""
+        return [self.ca_path] if self.reloaded else self.paths()
 
 
 @dataclass(frozen=True)
@@ -270,7 +277,7 @@ class Component:
         paths += [
             config.path for config in self.configs_of(host) if config.watched and not config.reload
         ]
-        paths += [path for cert in self.certs_of(host) for path in cert.paths()]
+        paths += [path for cert in self.certs_of(host) for path in cert.restart_paths()]
         paths += list(self.watch)
         return list(dict.fromkeys(paths))
 

@@ -4,6 +4,7 @@ from galley.facts.api_proxy import ApiProxyBackends
 from galley.facts.etcd import EtcdHealth, EtcdMembers
 from galley.facts.fleet import ComponentVersions, FlannelLease
 from galley.facts.release import InstalledReleases
+from galley.facts.renewal import RenewalStatus
 from galley.facts.system import OsInfo, PendingRestart, UnitStates
 from galley.facts.tls import Certificate, Certificates, TlsFiles
 
@@ -18,6 +19,7 @@ __all__ = [
     "InstalledReleases",
     "OsInfo",
     "PendingRestart",
+    "RenewalStatus",
     "TlsFiles",
     "UnitStates",
 ]

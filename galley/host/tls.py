@@ -22,6 +22,7 @@ from pyinfra.operations import files, python, server
 
 from galley.facts.tls import TlsFiles
 from galley.pki import (
+    DEPLOY_RENEW_FRACTION,
     Identity,
     identity_of_csr,
     issued_by,
@@ -153,6 +154,7 @@ def _key_and_certificate(
         datetime.now(UTC),
         public_key_pem=public_key,
         ttl=timedelta(seconds=parse_duration(cert.ttl)) if cert.ttl else None,
+        fraction=DEPLOY_RENEW_FRACTION,
     )
     if reason is None and public_key is None:
         reason = "new private key"

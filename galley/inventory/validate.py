@@ -20,6 +20,7 @@ import galley.components as registry
 from galley.components.kubernetes import first_service_ip
 from galley.components.model import Artifact, Component
 from galley.downloads import ChecksumError, sha256_of
+from galley.host.renewal import span_seconds
 from galley.inventory.load import InventoryLoadError, contacting_hosts, load_inventory
 from galley.pki import parse_duration
 from galley.problems import Problem
@@ -277,11 +278,38 @@ def _settings_check(host: Host) -> Iterable[tuple[str, str]]:
                 raise ValueError
         except (TypeError, ValueError):
             yield ttl, f"{value!r} is not a duration such as '720h'"
+    yield from _renewal_schedule(data)
     stall = data.get("download_stall_seconds")
     if stall is not None and not (isinstance(stall, int) and not isinstance(stall, bool)):
         yield "download_stall_seconds", f"must be a number of seconds, not {stall!r}"
     elif stall is not None and stall < 1:
         yield "download_stall_seconds", f"must be at least 1, not {stall}"
+
+
+def _renewal_schedule(data) -> Iterable[tuple[str, str]]:
+    """The hosts' renewal timer must come round well inside the last third of every TTL."""
+    spans = {}
+    for key in ("cert_renewal_interval", "cert_renewal_random_delay"):
+        value = data.get(key)
+        if value is None:
+            continue
+        spans[key] = span_seconds(value)
+        if spans[key] is None:
+            yield key, f"{value!r} is not a systemd time span such as '1h' or '15min'"
+    if None in spans.values() or "cert_renewal_interval" not in spans:
+        return
+    every = spans["cert_renewal_interval"] + spans.get("cert_renewal_random_delay", 0)
+    for ttl in ("etcd_cert_ttl", "kubernetes_cert_ttl"):
+        try:
+            seconds = parse_duration(data.get(ttl))
+        except (TypeError, ValueError):
+            continue
+        if every * 2 > seconds / 3:
+            yield (
+                "cert_renewal_interval",
+                f"a renewal every {every}s (interval plus random delay) leaves no second chance "
+                f"in the last third of {ttl} {data.get(ttl)}",
+            )
 
 
 def _network_check(host: Host) -> Iterable[tuple[str, str]]:

@@ -265,11 +265,15 @@ def _start_service(
 
 
 def _start_vault(state: LabState, lab_dir: Path, logs: Path) -> None:
-    """A fresh OpenBao on https://127.0.0.1:8200, its data and root token file in the lab dir."""
+    """A fresh OpenBao on https://127.0.0.1:8200 (and the bridge's address, for the
+    droplets), its data and root token file in the lab dir."""
     shutil.rmtree(lab_dir / VAULT_DIR, ignore_errors=True)
-    vault = OpenBao.start(lab_dir / VAULT_DIR, services.VAULT_ADDRESS[1], log=logs / "vault.log")
+    port = services.VAULT_ADDRESS[1]
+    # The droplets renew their certificates themselves: the API listens on the bridge too.
+    vault = OpenBao.start(lab_dir / VAULT_DIR, port, log=logs / "vault.log", also_on=state.gateway)
     state.services["vault"] = vault.pid
     state.vault_addr = vault.addr
+    state.vault_host_addr = f"https://{state.gateway}:{port}"
     state.vault_ca_cert = str(vault.ca_cert)
     state.vault_token_file = str(vault.token_file)
     state.save(lab_dir)

@@ -47,9 +47,19 @@ listener "tcp" {{
   tls_key_file    = {key}
 }}
 
+{extra_listeners}
 api_addr     = "https://{host}:{port}"
 cluster_addr = "https://{host}:{cluster_port}"
 ui           = false
+"""
+
+# One more API listener (e.g. on the lab's bridge, for the droplets' certificate renewal).
+EXTRA_LISTENER = """
+listener "tcp" {{
+  address       = "{address}:{port}"
+  tls_cert_file = {cert}
+  tls_key_file  = {key}
+}}
 """
 
 # Every request and response, unhashed: lets tests see exactly what clients sent.
@@ -92,26 +102,33 @@ class OpenBao:
         cluster_port: int | None = None,
         log: Path | None = None,
         audit_log: Path | None = None,
+        also_on: str | None = None,
         timeout: float = START_TIMEOUT,
     ) -> OpenBao:
         """Start OpenBao in ``directory`` on 127.0.0.1:``port``; return it initialised, unsealed.
 
         ``cluster_port`` (raft's cluster listener) defaults to ``port + 1``; ``log`` (the
         server's output) to ``directory/server.log``; ``audit_log``, when given, receives every
-        request raw. A directory initialised before is only unsealed. On failure the process is
+        request raw; ``also_on``, an address the API listens on too (same port, its certificate
+        names it). A directory initialised before is only unsealed. On failure the process is
         stopped and a `LabError` says why (for an early exit: the last line of its log).
         """
         command = [bao_binary(), "server", f"-config={directory / 'config.hcl'}"]
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         (directory / "raft").mkdir(mode=0o700, exist_ok=True)
-        _ensure_tls(directory / "tls")
+        _ensure_tls(directory / "tls", [HOST, *([also_on] if also_on else [])])
+        files = {
+            "cert": _quoted(directory / "tls" / "server.pem"),
+            "key": _quoted(directory / "tls" / "server-key.pem"),
+        }
+        extra = EXTRA_LISTENER.format(address=also_on, port=port, **files) if also_on else ""
         config = CONFIG.format(
             raft=_quoted(directory / "raft"),
             host=HOST,
             port=port,
             cluster_port=cluster_port or port + 1,
-            cert=_quoted(directory / "tls" / "server.pem"),
-            key=_quoted(directory / "tls" / "server-key.pem"),
+            extra_listeners=extra,
+            **files,
         )
         if audit_log is not None:
             config += AUDIT.format(path=_quoted(audit_log))
@@ -234,8 +251,8 @@ def _write_private(path: Path, text: str) -> None:
         handle.write(text + "\n")
 
 
-def _ensure_tls(tls_dir: Path) -> None:
-    """A throwaway CA and a server certificate for 127.0.0.1 and localhost, unless present.
+def _ensure_tls(tls_dir: Path, addresses: list[str]) -> None:
+    """A throwaway CA and a server certificate for ``addresses`` and localhost, unless present.
 
     Writes ``ca.pem`` (for clients), ``server.pem`` and ``server-key.pem`` (0600); the CA's key
     is not kept.
@@ -265,7 +282,10 @@ def _ensure_tls(tls_dir: Path) -> None:
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]
+                [
+                    x509.DNSName("localhost"),
+                    *(x509.IPAddress(ipaddress.ip_address(one)) for one in addresses),
+                ]
             ),
             critical=False,
         )

@@ -48,6 +48,7 @@ class LabState:
     apt_proxy: str = ""
     mirror_url: str = ""
     vault_addr: str = ""
+    vault_host_addr: str = ""  # the same Vault as the droplets reach it (on the bridge)
     # The lab's OpenBao: the CA certificate its TLS listener is verified with, and the file
     # (0600) holding its root token; the token itself is never recorded here.
     vault_ca_cert: str = ""
@@ -80,9 +81,11 @@ class LabState:
         return cls(**{k: v for k, v in raw.items() if k in known}, droplets=droplets)
 
     def vault_data(self) -> dict[str, str]:
-        """The lab's Vault as group data: its address, CA certificate and root token file."""
+        """The lab's Vault as group data: its address (the operator's and the droplets'), CA
+        certificate and root token file."""
         return {
             "vault_addr": self.vault_addr,
+            "vault_host_addr": self.vault_host_addr,
             "vault_ca_cert": self.vault_ca_cert,
             "vault_token_file": self.vault_token_file,
         }

@@ -28,16 +28,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import NameOID
 
+from galley.components.kube_apiserver import KUBELET_API_ACCESS
 from galley.components.kubernetes import operator_api_urls
 from galley.components.model import TEMPLATES
 from galley.inventory.load import InventoryLoadError, load_inventory
 from galley.ops.journal import operator_dir
+from galley.ops.kubeapi import ApiError, KubeApi
 from galley.pki import Identity, mount_path, parse_duration, read_ca, resign_reason, sign
 from galley.vault import VaultError, VaultSettings, connect
 
 ADMIN = Identity("admin", organization=("system:masters",))
 ROLE = "admin"
 READY_TIMEOUT = 3.0
+RBAC_BINDINGS = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"
 
 
 @dataclass(frozen=True)
@@ -198,7 +201,9 @@ def operator_paths(cluster: str) -> dict[str, str]:
 def admin_cli(inventory_path: str) -> int:
     """`galley admin credentials`: keep the operator's admin files of the inventory's cluster
     current, signed with the operator's own Vault token (the deploy tokens cannot sign
-    ``system:masters``). 0 when in place or written, 1 on a Vault problem, 2 if unloadable."""
+    ``system:masters``), and with them the cluster RBAC the control plane's identities need
+    (`CLUSTER_RBAC`). 0 when in place or written, 1 on a Vault or API problem, 2 if
+    unloadable."""
     try:
         inventory = load_inventory(inventory_path)
         (first, *_) = inventory.get_group("control_plane", []) or [None]
@@ -225,4 +230,20 @@ def admin_cli(inventory_path: str) -> int:
         print(f"galley: error: {exc}", file=sys.stderr)
         return 1
     print(f"{files.kubeconfig}: {'written (' + reason + ')' if reason else 'up to date'}")
+    return _ensure_cluster_rbac(files, operator_api_urls(inventory))
+
+
+# RBAC the control plane's own identities need, which only the operator may write.
+CLUSTER_RBAC = ((RBAC_BINDINGS, KUBELET_API_ACCESS),)
+
+
+def _ensure_cluster_rbac(files: AdminFiles, urls: list[str]) -> int:
+    api = KubeApi(urls, files)
+    for collection, wanted in CLUSTER_RBAC:
+        what = f"{wanted['kind']} {wanted['metadata']['name']}"
+        try:
+            print(f"{what}: {api.ensure(collection, wanted)}")
+        except ApiError as exc:
+            print(f"galley: error: {what}: {exc}", file=sys.stderr)
+            return 1
     return 0

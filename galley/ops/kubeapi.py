@@ -1,8 +1,9 @@
 """A small Kubernetes API client for the operator's machine: the admin certificate, `requests`.
 
-Only what day-2 operations need: health and version of each apiserver, Nodes (list, get,
+Only what galley's operations need: health and version of each apiserver, Nodes (list, get,
 cordon/uncordon with a merge patch of ``spec.unschedulable``, delete), the pods bound to a
-node and the Eviction API. JSON shapes and status codes are those of the Kubernetes API reference.
+node, the Eviction API and objects kept as declared (`KubeApi.ensure`). JSON shapes and status
+codes are those of the Kubernetes API reference.
 """
 
 from __future__ import annotations
@@ -11,12 +12,25 @@ import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import requests
 from requests.adapters import HTTPAdapter
 
-from galley.ops.admin import AdminFiles
+
+class ClientFiles(Protocol):
+    """Where a client's TLS files are (e.g. `galley.ops.admin.ClientFiles`)."""
+
+    @property
+    def ca(self) -> Path: ...
+
+    @property
+    def cert(self) -> Path: ...
+
+    @property
+    def key(self) -> Path: ...
+
 
 TIMEOUT = 10
 MERGE_PATCH = "application/merge-patch+json"
@@ -74,7 +88,7 @@ class _TLSAdapter(HTTPAdapter):
     builds from the class it imported earlier then recurses forever on ``minimum_version``.
     """
 
-    def __init__(self, files: AdminFiles) -> None:
+    def __init__(self, files: ClientFiles) -> None:
         self.context = ssl.create_default_context(cafile=str(files.ca))
         self.context.load_cert_chain(str(files.cert), str(files.key))
         super().__init__()
@@ -90,7 +104,7 @@ class KubeApi:
     then on (losing one apiserver does not stop an operation)."""
 
     def __init__(
-        self, servers: str | Sequence[str], files: AdminFiles, timeout: float = TIMEOUT
+        self, servers: str | Sequence[str], files: ClientFiles, timeout: float = TIMEOUT
     ) -> None:
         listed = [servers] if isinstance(servers, str) else list(servers)
         if not listed:
@@ -147,6 +161,25 @@ class KubeApi:
             return True, ""
         failed = [line[3:] for line in answer.text.splitlines() if line.startswith("[-]")]
         return False, f"{answer.status_code} {'; '.join(failed) or answer.text.strip()}"
+
+    def ensure(self, collection: str, wanted: dict) -> str:
+        """Create the object ``wanted`` in ``collection`` (its API path), or replace it where
+        it differs; "created", "updated" or "up to date"."""
+        name = wanted["metadata"]["name"]
+        try:
+            current = self.request("GET", f"{collection}/{name}")
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            self.request("POST", collection, json=wanted)
+            return "created"
+        fields = [key for key in wanted if key not in ("apiVersion", "kind", "metadata")]
+        if all(current.get(key) == wanted[key] for key in fields):
+            return "up to date"
+        version = current["metadata"].get("resourceVersion")
+        replacement = wanted | {"metadata": wanted["metadata"] | {"resourceVersion": version}}
+        self.request("PUT", f"{collection}/{name}", json=replacement)
+        return "updated"
 
     def version(self) -> str:
         """The apiserver's ``gitVersion`` (e.g. ``v1.33.5``)."""

@@ -46,7 +46,7 @@ def hosts_of(lab, group: str) -> list[str]:
 @pytest.fixture(scope="module")
 def first_run(lab) -> dict:
     """`galley vault bootstrap`, then a full cluster deploy; its JSON results."""
-    run_cli("galley", "vault", "bootstrap", "--cluster", "lab")
+    run_cli("galley", "vault", "bootstrap", "--cluster", "lab", "--inventory", "inventories/lab.py")
     code, results, output = run_deploy("cluster")
     assert code == 0, output
     run_cli("galley", "admin", "credentials", "inventories/lab.py")

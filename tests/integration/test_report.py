@@ -20,7 +20,7 @@ def deploy_etcd() -> None:
 @pytest.fixture(scope="module")
 def etcd_cluster(lab):
     """The lab with Vault bootstrapped and etcd deployed (a no-op if it already is)."""
-    run_cli("galley", "vault", "bootstrap", "--cluster", "lab")
+    run_cli("galley", "vault", "bootstrap", "--cluster", "lab", "--inventory", "inventories/lab.py")
     deploy_etcd()
     return lab
 

@@ -85,11 +85,20 @@ def test_watched_paths_are_derived_from_the_declaration():
 
 
 def test_a_renamed_certificate_moves_its_watched_paths_with_it():
-    member = ETCD.certs[0]
-    assert member.cert_path in ETCD.watched(None)
-    renamed = replace(ETCD, certs=(replace(member, stem="peer"),))
+    member = replace(ETCD.certs[0], reloaded=False)
+    etcd = replace(ETCD, certs=(member,))
+    assert member.cert_path in etcd.watched(None)
+    renamed = replace(etcd, certs=(replace(member, stem="peer"),))
     assert "/etc/etcd/pki/peer.crt" in renamed.watched(None)
     assert member.cert_path not in renamed.watched(None)
+
+
+def test_a_certificate_its_process_reloads_restarts_nothing_but_a_new_ca_does():
+    member = ETCD.certs[0]
+    assert member.reloaded
+    watched = ETCD.watched(None)
+    assert member.cert_path not in watched and member.key_path not in watched
+    assert member.ca_path in watched
 
 
 def test_the_etcdctl_client_is_the_declared_health_check_certificate():
@@ -113,7 +122,12 @@ def test_the_vault_roles_and_deploy_paths_pick_up_a_new_component(with_ccm):
     assert ROLE in registry.vault_roles()
     assert deploy_paths("lab", [CCM]) == {
         "lab/pki/k8s/sign/cloud-controller-manager": "update",
-        **{f"lab/pki/{m}/{p}": "read" for m in ("etcd", "k8s") for p in ("ca/pem", "cert/ca")},
+        "lab/pki/host/sign/host-identity": "update",
+        **{
+            f"lab/pki/{m}/{p}": "read"
+            for m in ("etcd", "k8s", "host")
+            for p in ("ca/pem", "cert/ca")
+        },
         "lab/kv/data/galley/lock": "create,read,update",
     }
 

@@ -124,7 +124,7 @@ def test_certificate_of_another_ca(ca):
 def test_near_expiry_is_explained(ca):
     issued = NOW - timedelta(days=26, hours=20)
     assert resign_reason(ca.issue(MEMBER, issued), MEMBER, ca.pem, NOW) == (
-        "expires in 3d 4h, less than a third of its 30d lifetime left"
+        "expires in 3d 4h, less than 1/3 of its 30d lifetime left"
     )
 
 
@@ -187,8 +187,12 @@ def _blocks(name: str, paths: dict[str, str]) -> dict[str, str]:
 
 
 CA_READS = {
-    f"lab/pki/{mount}/{path}": "read" for mount in ("etcd", "k8s") for path in ("ca/pem", "cert/ca")
+    f"lab/pki/{mount}/{path}": "read"
+    for mount in ("etcd", "k8s", "host")
+    for path in ("ca/pem", "cert/ca")
 }
+# Every job's deploy gives its hosts a renewal credential (`galley.renewal`).
+HOST_IDENTITY = {"lab/pki/host/sign/host-identity": "update"}
 LOCK = {"lab/kv/data/galley/lock": "create,read,update"}
 
 
@@ -200,6 +204,7 @@ def test_one_policy_per_job_grants_exactly_what_its_deploy_signs_and_reads():
     policies = vault_setup.policies("lab")
     assert _blocks("lab-etcd", policies["lab-etcd"]) == {
         **_signs("etcd", "etcd-member", "etcd-healthcheck-client"),
+        **HOST_IDENTITY,
         **CA_READS,
         **LOCK,
     }
@@ -213,6 +218,7 @@ def test_one_policy_per_job_grants_exactly_what_its_deploy_signs_and_reads():
             "kube-scheduler",
             "control-plane-serving",
         ),
+        **HOST_IDENTITY,
         **CA_READS,
         "lab/kv/data/kubernetes/service-account": "read",
         "lab/kv/data/kubernetes/encryption": "read",
@@ -221,6 +227,7 @@ def test_one_policy_per_job_grants_exactly_what_its_deploy_signs_and_reads():
     assert _blocks("lab-workers", policies["lab-workers"]) == {
         **_signs("etcd", "flannel-etcd-client"),
         **_signs("k8s", "kubelet", "kubelet-serving", "kube-proxy"),
+        **HOST_IDENTITY,
         **CA_READS,
         **LOCK,
     }
@@ -339,12 +346,15 @@ def test_bootstrap_sets_up_and_is_a_no_op_when_re_run(vault):
     assert changes[1].startswith("generated root CA 'lab etcd CA' in lab/pki/etcd")
     assert changes[2] == "enabled PKI mount lab/pki/k8s"
     assert changes[3].startswith("generated root CA 'lab Kubernetes CA' in lab/pki/k8s")
-    assert changes[4:] == [
+    assert changes[4] == "enabled PKI mount lab/pki/host"
+    assert changes[5].startswith("generated root CA 'lab host identity CA' in lab/pki/host")
+    assert changes[6:] == [
         *(f"created role {role.name} in lab/pki/{role.mount}" for role in vault_setup.ROLES),
         "enabled KV v2 mount lab/kv",
         "generated lab/kv/kubernetes/service-account",
         "generated lab/kv/kubernetes/encryption",
         *(f"wrote policy {name}" for name in vault_setup.policies("lab")),
+        "enabled cert auth method auth/lab/host-cert",
     ]
     ca = pki.read_ca(vault, "lab/pki/etcd")
     assert vault_setup.bootstrap(vault, "lab") == []

@@ -20,10 +20,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from galley.components.kube_apiserver import KUBELET_API_ACCESS
 from galley.lab.artifacts import ARTIFACTS, KUBERNETES_VERSION, build_all, standin_zipapp
 from galley.lab.standins import tables, yamlish
 from galley.lab.state import CACHE_DIR
-from galley.ops.admin import AdminFiles
+from galley.ops.admin import RBAC_BINDINGS, AdminFiles
 from galley.ops.kubeapi import ApiError, KubeApi
 from tests.standins.pki import CA
 from tests.standins.pki import pem as _pem
@@ -1132,6 +1133,12 @@ def test_kubectl_knows_the_served_resource_types_only(cluster):
         ["nodes", "no", "v1", "false", "Node"],
         ["pods", "po", "v1", "true", "Pod"],
         ["poddisruptionbudgets", "pdb", "policy/v1", "true", "PodDisruptionBudget"],
+        [
+            "clusterrolebindings",
+            "rbac.authorization.k8s.io/v1",
+            "false",
+            "ClusterRoleBinding",
+        ],
     ]
 
 
@@ -1194,9 +1201,11 @@ def test_aggregated_discovery_for_clients_asking_for_it(pki, api):
         ],
     )
     status, headers, body = fetch(port, pki, "/apis", Accept=KUBECTL_DISCOVERY)
-    ((policy,),) = [json.loads(body)["items"]]
+    policy, rbac = json.loads(body)["items"]
     assert policy["metadata"] == {"name": "policy", "creationTimestamp": None}
     assert [r["resource"] for r in policy["versions"][0]["resources"]] == ["poddisruptionbudgets"]
+    assert rbac["metadata"] == {"name": "rbac.authorization.k8s.io", "creationTimestamp": None}
+    assert [r["resource"] for r in rbac["versions"][0]["resources"]] == ["clusterrolebindings"]
     # An unchanged document is not sent again.
     assert (headers["Vary"], headers["Cache-Control"]) == ("Accept", "public")
     again = fetch(port, pki, "/apis", Accept=KUBECTL_DISCOVERY, If_None_Match=headers["ETag"])
@@ -1220,10 +1229,16 @@ def test_legacy_discovery_for_clients_asking_for_plain_json(pki, api):
     }
     preferred = {"groupVersion": "policy/v1", "version": "v1"}
     policy = {"name": "policy", "versions": [preferred], "preferredVersion": preferred}
+    rbac_version = {"groupVersion": "rbac.authorization.k8s.io/v1", "version": "v1"}
+    rbac = {
+        "name": "rbac.authorization.k8s.io",
+        "versions": [rbac_version],
+        "preferredVersion": rbac_version,
+    }
     assert document("/apis/", Accept="application/json, */*") == {
         "kind": "APIGroupList",
         "apiVersion": "v1",
-        "groups": [policy],
+        "groups": [policy, rbac],
     }
     assert document("/apis/policy") == {"kind": "APIGroup", "apiVersion": "v1", **policy}
     core = document("/api/v1", Accept=TABLE + ",application/json")
@@ -1489,3 +1504,14 @@ def test_node_remove_drains_through_budgets_then_deletes_the_node(pki, api, tmp_
         blocked.run("leave-2", "leave-2")
     node = call(one, pki, "admin", "GET", "/api/v1/nodes/leave-2")[1]
     assert node["spec"]["unschedulable"] is True and seen == [["logs-1"]]
+
+
+def test_the_operator_keeps_the_control_planes_rbac_in_place(pki, api, tmp_path):
+    client = KubeApi(f"https://127.0.0.1:{api['ports'][0]}", _admin_files(pki, tmp_path / "a"))
+    assert client.ensure(RBAC_BINDINGS, KUBELET_API_ACCESS) == "created"
+    assert client.ensure(RBAC_BINDINGS, KUBELET_API_ACCESS) == "up to date"
+    other = {**KUBELET_API_ACCESS, "roleRef": {**KUBELET_API_ACCESS["roleRef"], "name": "view"}}
+    assert client.ensure(RBAC_BINDINGS, other) == "updated"
+    stored = client.request("GET", f"{RBAC_BINDINGS}/galley:kube-apiserver-kubelet-client")
+    assert stored["roleRef"]["name"] == "view"
+    assert client.ensure(RBAC_BINDINGS, KUBELET_API_ACCESS) == "updated"

@@ -71,7 +71,8 @@ STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 # Lists that a strategic merge patch merges item by item, by this key.
 _MERGE_KEYS = {"conditions": "type", "addresses": "type"}
 _PATH = re.compile(
-    r"^/(?P<group>api/v1|apis/policy/v1)(?:/namespaces/(?P<namespace>[^/]+))?"
+    r"^/(?P<group>api/v1|apis/policy/v1|apis/rbac\.authorization\.k8s\.io/v1)"
+    r"(?:/namespaces/(?P<namespace>[^/]+))?"
     r"/(?P<resource>[a-z]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>[a-z]+))?)?/?$"
 )
 
@@ -164,6 +165,18 @@ RESOURCES = {
             ("metadata.name", "metadata.namespace"),
             tables.PODDISRUPTIONBUDGETS,
             short_names=("pdb",),
+        ),
+        # Stored and served as given; authorization here stays the masters' and the Node
+        # authorizer's (the stand-in does not evaluate RBAC rules).
+        Resource(
+            "clusterrolebindings",
+            "clusterrolebinding",
+            "ClusterRoleBinding",
+            "rbac.authorization.k8s.io/v1",
+            "clusterrolebindings",
+            False,
+            ("metadata.name",),
+            tables.CLUSTERROLEBINDINGS,
         ),
     )
 }

@@ -6,6 +6,7 @@ a client that fails the handshake (say, a certificate from another CA) cannot st
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import sys
@@ -84,39 +85,67 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(
-        self, address: tuple[str, int], route: Route, context: ssl.SSLContext | None
-    ) -> None:
-        self.route, self.context = route, context
+    def __init__(self, address: tuple[str, int], route: Route, tls: ServingTls | None) -> None:
+        self.route, self.tls = route, tls
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
 
     def finish_request(self, request, client_address) -> None:  # type: ignore[override]
         """Do the TLS handshake here, in the connection's thread."""
-        if self.context is not None:
+        if self.tls is not None:
             try:
-                request = self.context.wrap_socket(request, server_side=True)
+                request = self.tls.context().wrap_socket(request, server_side=True)
             except (ssl.SSLError, OSError) as exc:
                 print(f"TLS handshake error from {client_address[0]}: {exc}", file=sys.stderr)
                 return
         super().finish_request(request, client_address)
 
 
-def tls_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSLContext:
-    """A server context; with ``client_ca``, client certificates must chain to it if sent."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert, key)
-    if client_ca:
-        context.load_verify_locations(cafile=client_ca)
-        context.verify_mode = ssl.CERT_OPTIONAL
-    return context
+class ServingTls:
+    """A server's TLS files, loaded again when one of them changes on disk (as upstream's
+    dynamic serving certificates are): a renewed certificate is served on the next
+    connection, with no restart."""
+
+    def __init__(self, cert: str, key: str, client_ca: str | None = None) -> None:
+        self.files = tuple(path for path in (cert, key, client_ca) if path)
+        self.cert, self.key, self.client_ca = cert, key, client_ca
+        self.lock = threading.Lock()
+        self.loaded: tuple[float, ...] = ()
+        self._context = self._load()
+
+    def _stamps(self) -> tuple[float, ...]:
+        return tuple(os.stat(path).st_mtime for path in self.files)
+
+    def _load(self) -> ssl.SSLContext:
+        self.loaded = self._stamps()
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.cert, self.key)
+        if self.client_ca:
+            context.load_verify_locations(cafile=self.client_ca)
+            context.verify_mode = ssl.CERT_OPTIONAL
+        return context
+
+    def context(self) -> ssl.SSLContext:
+        """The context for a new connection (the files as they are now)."""
+        with self.lock:
+            try:
+                if self._stamps() != self.loaded:
+                    self._context = self._load()
+            except (OSError, ssl.SSLError) as exc:  # half-written: keep serving the old pair
+                print(f"keeping the loaded TLS files: {exc}", file=sys.stderr, flush=True)
+            return self._context
 
 
-def start(host: str, port: int, route: Route, context: ssl.SSLContext | None = None) -> None:
-    """Serve ``route`` on host:port (HTTPS with ``context``) in a daemon thread."""
-    server = _Server((host, port), route, context)
+def tls_context(cert: str, key: str, client_ca: str | None = None) -> ServingTls:
+    """A server's TLS; with ``client_ca``, client certificates must chain to it if sent."""
+    return ServingTls(cert, key, client_ca)
+
+
+def start(host: str, port: int, route: Route, tls: ServingTls | None = None) -> None:
+    """Serve ``route`` on host:port (HTTPS with ``tls``) in a daemon thread."""
+    server = _Server((host, port), route, tls)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    scheme = "https" if context else "http"
+    scheme = "https" if tls else "http"
     print(f"serving {scheme}://{host}:{port}/", file=sys.stderr, flush=True)

@@ -3,7 +3,8 @@
 
 ``kubectl get`` asks for a Table (``Accept: application/json;as=Table;v=v1;g=meta.k8s.io``)
 and prints the columns of priority 0, all of them with ``-o wide``. The columns and how their
-cells are computed follow the kube-apiserver's printers for Node, Pod and PodDisruptionBudget;
+cells are computed follow the kube-apiserver's printers for Node, Pod, PodDisruptionBudget and
+ClusterRoleBinding;
 the server always fills the wide columns. Pods are printed from their status as a kubelet
 reports it (init containers are not modelled: the stand-ins run no pods).
 """
@@ -247,6 +248,21 @@ PODDISRUPTIONBUDGETS = Printer(
         _AGE,
     ),
     _budget_cells,
+)
+
+
+def _binding_cells(binding: dict, now: datetime.datetime) -> list[Any]:
+    role = binding.get("roleRef") or {}
+    return [
+        binding["metadata"]["name"],
+        f"{role.get('kind')}/{role.get('name')}",
+        _age(binding, now),
+    ]
+
+
+CLUSTERROLEBINDINGS = Printer(
+    (_NAME, Column("Role", "The role the subjects are bound to."), _AGE),
+    _binding_cells,
 )
 
 

@@ -1,0 +1,154 @@
+"""The files a host's own certificate renewal runs from, and the deploy step installing them.
+
+`render_script` gives the shell script (bash, openssl, curl, coreutils: nothing else on the
+host) for a host's `galley.renewal.HostRenewal`; `render_units` its systemd service and timer;
+`install_renewal` puts them, the host identity certificate and Vault's CA on the host. The
+script records its outcome in `STATE_PATH` (``key=value`` lines), which
+`galley.facts.renewal.RenewalStatus` reads.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import hvac
+import jinja2
+from pyinfra import host
+from pyinfra.operations import files, systemd
+
+from galley.components.engine import install_certificates
+from galley.components.model import SYSTEMD_DIR, TEMPLATES
+from galley.facts.renewal import STATE_DIR, STATE_PATH
+from galley.host.restarts import RESTART_LOCK
+from galley.renewal import HOST_IDENTITY, IDENTITY_DIR, HostRenewal, auth_path, plan
+
+SCRIPT_PATH = "/usr/local/sbin/galley-renew-certs"
+VAULT_CA_PATH = f"{IDENTITY_DIR}/vault-ca.pem"  # the CA Vault's listener is verified with
+SYSTEM_CAS = "/etc/ssl/certs/ca-certificates.crt"  # Debian's bundle, for a public Vault
+UNIT = "galley-cert-renewal"
+# Group data keys of the schedule, with their defaults (systemd time spans).
+SCHEDULE_DEFAULTS = {"cert_renewal_interval": "1h", "cert_renewal_random_delay": "15min"}
+
+
+@dataclass(frozen=True)
+class ScriptSettings:
+    """Where the script finds Vault and keeps its state; how hard it retries."""
+
+    vault_addr: str
+    vault_ca: str = VAULT_CA_PATH
+    state_path: str = STATE_PATH
+    systemctl: str = "systemctl"
+    restart_lock: str = RESTART_LOCK  # shared with the deploy's restarts on the host
+    attempts: int = 5
+    backoff: int = 10  # seconds before the second attempt, doubling after each
+
+
+def _environment() -> jinja2.Environment:
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES / "renewal"),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    environment.filters["q"] = lambda value: shlex.quote(str(value))
+    return environment
+
+
+def render_script(renewal: HostRenewal, settings: ScriptSettings) -> str:
+    """The renewal script of one host (install it 0755 at `SCRIPT_PATH`)."""
+    return (
+        _environment()
+        .get_template("galley-renew-certs.sh.j2")
+        .render(
+            host=renewal.host,
+            certs=renewal.certs,
+            login_path=f"auth/{auth_path(renewal.cluster)}/login",
+            vault_addr=settings.vault_addr.rstrip("/"),
+            vault_ca=settings.vault_ca,
+            state_file=settings.state_path,
+            systemctl=settings.systemctl,
+            restart_lock=settings.restart_lock,
+            attempts=settings.attempts,
+            backoff=settings.backoff,
+        )
+    )
+
+
+_SPAN = re.compile(r"(\d+)(s|sec|m|min|h|d)?")
+_SPAN_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def span_seconds(value: object) -> int | None:
+    """Seconds in a one-unit systemd time span (``15min``, ``1h``, ``30s``), None otherwise."""
+    found = _SPAN.fullmatch(str(value))
+    return int(found.group(1)) * _SPAN_SECONDS[found.group(2)] if found else None
+
+
+def render_units(data: Mapping[str, Any]) -> dict[str, str]:
+    """The service and timer, by path, with the schedule from group data ``data``."""
+    environment = _environment()
+    schedule = {key: str(data.get(key) or default) for key, default in SCHEDULE_DEFAULTS.items()}
+    return {
+        f"{SYSTEMD_DIR}/{UNIT}.service": environment.get_template(
+            "galley-cert-renewal.service.j2"
+        ).render(script_path=SCRIPT_PATH, timeout="30min"),
+        f"{SYSTEMD_DIR}/{UNIT}.timer": environment.get_template(
+            "galley-cert-renewal.timer.j2"
+        ).render(
+            interval=schedule["cert_renewal_interval"],
+            random_delay=schedule["cert_renewal_random_delay"],
+            first_run=f"{min(span_seconds(schedule['cert_renewal_interval']) or 60, 60)}s",
+        ),
+    }
+
+
+def install_renewal(vault: Callable[[], hvac.Client]) -> None:
+    """Keep this host renewing its own certificates: its host identity certificate (the
+    login), Vault's CA, the script, and the timer running it (`galley.converge` calls it
+    once per run, after the phases)."""
+    renewal = plan(host)
+    data = host.data
+    for directory, mode in ((IDENTITY_DIR, "700"), (STATE_DIR, "755")):
+        files.directory(name=f"directory {directory}", path=directory, mode=mode)
+    install_certificates(host, [HOST_IDENTITY], vault)
+    interval = span_seconds(data.get("cert_renewal_interval") or "1h") or 3600
+    settings = ScriptSettings(
+        vault_addr=data.get("vault_host_addr") or data.vault_addr,
+        attempts=4,
+        # Retries (1 + 2 + 4 backoffs) take about a tenth of the interval: a failure is on
+        # record well before the next run.
+        backoff=max(1, interval // 70),
+    )
+    if data.get("vault_ca_cert"):
+        files.put(
+            name=f"Vault's CA {VAULT_CA_PATH}",
+            src=str(data.vault_ca_cert),
+            dest=VAULT_CA_PATH,
+            mode="644",
+        )
+    else:  # a Vault with a publicly trusted certificate
+        settings = replace(settings, vault_ca=SYSTEM_CAS)
+    files.put(
+        name=f"renewal script {SCRIPT_PATH}",
+        src=io.StringIO(render_script(renewal, settings)),
+        dest=SCRIPT_PATH,
+        mode="755",
+    )
+    units = [
+        files.put(name=path, src=io.StringIO(text), dest=path, mode="644")
+        for path, text in render_units(data).items()
+    ]
+    systemd.daemon_reload(
+        name="systemd daemon-reload (renewal units)",
+        _if=lambda: any(unit.did_change() for unit in units),
+    )
+    systemd.service(
+        name=f"{UNIT}.timer started and enabled",
+        service=f"{UNIT}.timer",
+        running=True,
+        enabled=True,
+    )

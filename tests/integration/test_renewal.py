@@ -1,0 +1,234 @@
+"""Certificates renew themselves on the hosts, with no operator present and no restart of etcd
+or kube-apiserver: short-lived certificates over three lifetimes on the lab, the real OpenBao
+refusing a host anything but its own identities, and a sealed Vault making noise, not damage."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+
+from galley.components import certificates_of
+from galley.lab.lifecycle import VAULT_DIR
+from galley.lab.state import LAB_DIR
+from galley.renewal import HOST_IDENTITY
+
+from .conftest import changed, lab_inventory_variant, lab_vault, run_cli, run_deploy
+from .test_cluster import cluster, first_run, inventory, ssh  # noqa: F401
+from .test_etcd import Writer, client_cert, endpoints, vault  # noqa: F401
+
+# Renewed in its last third (from 40 s before expiry) by a timer every 5 s (+ up to 2 s, + up
+# to 5 s of systemd's accuracy): at least 28 s left, so a deploy (1/6: 20 s) never steps in.
+TTL_SECONDS = 120
+SHORT = {
+    "etcd_cert_ttl": f"{TTL_SECONDS}s",
+    "kubernetes_cert_ttl": f"{TTL_SECONDS}s",
+    "cert_renewal_interval": "5s",
+    "cert_renewal_random_delay": "2s",
+}
+QUORUM_UNITS = {"etcd": "etcd", "control_plane": "kube-apiserver"}
+
+
+def _paths(inventory) -> dict[str, list[str]]:  # noqa: F811
+    """Every certificate galley keeps on each host, its host identity included."""
+    return {
+        host.name: [HOST_IDENTITY.cert_path, *(cert.cert_path for cert, _ in certificates_of(host))]
+        for host in inventory
+    }
+
+
+def _serials(paths: dict[str, list[str]]) -> dict[str, dict[str, str]]:
+    return {
+        name: dict(
+            zip(
+                files,
+                ssh(
+                    name,
+                    " ".join(f"openssl x509 -noout -serial -in {path};" for path in files),
+                ).split(),
+                strict=True,
+            )
+        )
+        for name, files in paths.items()
+    }
+
+
+def _expired(paths: dict[str, list[str]]) -> list[str]:
+    """Every certificate that has expired (or is missing), as host:path."""
+    found = []
+    for name, files in paths.items():
+        checks = " ".join(
+            f"openssl x509 -checkend 0 -noout -in {path} >/dev/null || echo {path};"
+            for path in files
+        )
+        found += [f"{name}:{path}" for path in ssh(name, checks).split()]
+    return found
+
+
+def _quorum_starts(lab) -> dict[str, str]:
+    """When each etcd and kube-apiserver process started (a restart changes it)."""
+    return {
+        f"{d.name}/{unit}": ssh(d.name, f"systemctl show -p ActiveEnterTimestamp,MainPID {unit}")
+        for d in lab.droplets
+        for group, unit in QUORUM_UNITS.items()
+        if group in d.roles
+    }
+
+
+@pytest.fixture(scope="module")
+def short_lived(cluster, client_cert, tmp_path_factory) -> Iterator[str]:  # noqa: F811
+    # (client_cert first: its Vault fixture bootstraps with the lab's usual TTLs.)
+    """The lab with 120 s certificates and a renewal timer every 5 s (+ up to 2 s): Vault's
+    renewal roles and every certificate re-issued that short. Afterwards the usual TTLs again."""
+    body = "".join(
+        f"for _, data in etcd + control_plane + workers:\n    data[{key!r}] = {value!r}\n"
+        for key, value in SHORT.items()
+    )
+    variant = lab_inventory_variant(tmp_path_factory.mktemp("short"), body)
+    run_cli("galley", "vault", "bootstrap", "--cluster", "lab", "--inventory", variant)
+    code, _, output = run_deploy("cluster", inventory=variant)
+    assert code == 0, output
+    try:
+        yield variant
+    finally:
+        run_cli(
+            "galley", "vault", "bootstrap", "--cluster", "lab", "--inventory", "inventories/lab.py"
+        )
+        code, _, output = run_deploy("cluster")
+        assert code == 0, output
+
+
+def test_certificates_renew_themselves_for_three_lifetimes_with_no_restart(
+    short_lived,
+    cluster,  # noqa: F811
+    inventory,  # noqa: F811
+    client_cert,  # noqa: F811
+):
+    paths = _paths(inventory)
+    first = _serials(paths)
+    starts = _quorum_starts(cluster)
+    writer = Writer(endpoints(cluster), client_cert)
+    writer.start()
+    expired: list[str] = []
+    try:
+        deadline = time.monotonic() + 3 * TTL_SECONDS
+        while time.monotonic() < deadline:
+            expired += _expired(paths)
+            time.sleep(5)
+    finally:
+        writer.stop.set()
+        writer.join()
+    assert expired == []
+    assert writer.ok > 100 and writer.failed == [], writer.failed
+    assert _quorum_starts(cluster) == starts
+    last = _serials(paths)
+    unchanged = [
+        f"{name}:{path}"
+        for name in paths
+        for path in paths[name]
+        if first[name][path] == last[name][path]
+    ]
+    assert unchanged == []
+    # The report: every host renewing, each certificate's next renewal shown.
+    report = json.loads(
+        run_cli("galley", "report", short_lived, "--json", "--days", "0", check=False).stdout
+    )
+    assert report["problems"] == []
+    for name, facts in report["hosts"].items():
+        assert facts["renewal"]["status"] == "ok", (name, facts["renewal"])
+        assert set(facts["renewal"]["next_renewal"]) == set(paths[name])
+    # A deploy after renewals agrees with what the hosts renewed: nothing to change.
+    code, results, output = run_deploy("cluster", inventory=short_lived)
+    assert code == 0, output
+    assert changed(results) == {}
+
+
+# On a host: log in with its host identity as its renewal timer does, then ask to sign a CSR
+# for $3 through $2; prints OpenBao's HTTP status.
+ATTEMPT = r"""
+set -e
+cd /etc/galley/renewal
+vault=$(sed -n "s/^VAULT_ADDR=//p" /usr/local/sbin/galley-renew-certs | tr -d "'")
+login=$(curl -sS --cacert vault-ca.pem --cert host-identity.crt --key host-identity.key \
+  -d "{\"name\":\"$1\"}" "$vault/v1/auth/lab/host-cert/login")
+token=$(sed -n 's/.*"client_token":"\([^"]*\)".*/\1/p' <<<"$login")
+csr=$(openssl req -new -key host-identity.key -subj /CN=x | awk '{printf "%s\\n", $0}')
+curl -sS -o /dev/null -w '%{http_code}' --cacert vault-ca.pem -H "X-Vault-Token: $token" \
+  -d "{\"csr\":\"$csr\",\"common_name\":\"$3\"}" "$vault/v1/$2"
+"""
+
+
+def _renewal_attempt(host: str, role_path: str, common_name: str) -> int:
+    """What OpenBao answers ``host`` asking, with its renewal login, to sign ``common_name``
+    through ``role_path`` (the HTTP status)."""
+    arguments = " ".join(shlex.quote(a) for a in (host, role_path, common_name))
+    return int(ssh(host, f"bash -c {shlex.quote(ATTEMPT)} attempt {arguments}").strip())
+
+
+def test_a_host_may_renew_nothing_but_its_own_identities(short_lived):
+    asks = {
+        "lab-worker-2's node identity, through its role": (
+            "lab/pki/k8s/sign/renew-lab-worker-2-kubelet",
+            "system:node:lab-worker-2",
+        ),
+        "lab-worker-2's node identity, through its own role": (
+            "lab/pki/k8s/sign/renew-lab-worker-1-kubelet",
+            "system:node:lab-worker-2",
+        ),
+        "an etcd member's name": ("lab/pki/etcd/sign/renew-lab-etcd-1-member", "lab-etcd-1"),
+        "system:masters": ("lab/pki/k8s/sign/admin", "admin"),
+    }
+    answers = {why: _renewal_attempt("lab-worker-1", *ask) for why, ask in asks.items()}
+    assert answers == {why: 403 for why in asks}
+
+
+def _renewal_state(host: str) -> dict[str, str]:
+    """The renewal state file of ``host`` (``key=value`` lines) as a dict."""
+    lines = ssh(host, "cat /var/lib/galley/renewal/state 2>/dev/null || true").splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line)
+
+
+def test_a_sealed_vault_fails_loudly_and_restarts_nothing(
+    short_lived,
+    cluster,  # noqa: F811
+    inventory,  # noqa: F811
+):
+    # Seal OpenBao just before lab-worker-1's next renewal is due.
+    deadline = time.monotonic() + 30
+    while not (state := _renewal_state("lab-worker-1")):
+        assert time.monotonic() < deadline, "lab-worker-1's renewal timer never ran"
+        time.sleep(1)
+    due = min(value for key, value in state.items() if key.startswith("next:"))
+    wait = datetime.fromisoformat(due.replace("Z", "+00:00")) - datetime.now(UTC)
+    time.sleep(max(0.0, wait.total_seconds() - 3))
+    openbao = lab_vault(cluster)
+    starts = _quorum_starts(cluster)
+    openbao.sys.seal()
+    try:
+        deadline = time.monotonic() + 30
+        while _renewal_state("lab-worker-1").get("status") != "failing":
+            assert time.monotonic() < deadline, _renewal_state("lab-worker-1")
+            time.sleep(1)
+        report = run_cli("galley", "report", short_lived, "--days", "0", check=False)
+        assert report.returncode == 1
+        assert "lab-worker-1: renewal: renewal failing since" in report.stdout, report.stdout
+        journal = ssh("lab-worker-1", "journalctl -u galley-cert-renewal --no-pager -n 50")
+        assert "galley-renew: renewal failing since" in journal
+        assert "Vault is sealed" in journal
+    finally:
+        openbao.sys.submit_unseal_key((LAB_DIR / VAULT_DIR / "unseal-key").read_text().strip())
+    assert _quorum_starts(cluster) == starts
+
+    def all_ok() -> bool:
+        result = run_cli("galley", "report", short_lived, "--json", "--days", "0", check=False)
+        return not json.loads(result.stdout)["problems"]
+
+    deadline = time.monotonic() + 30
+    while not all_ok():
+        assert time.monotonic() < deadline, "renewals did not recover after the unseal"
+        time.sleep(2)
+    assert _expired(_paths(inventory)) == []
