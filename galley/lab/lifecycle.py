@@ -340,10 +340,15 @@ def _droplet_state(droplet: Droplet) -> str:
     return "running" if droplet.pid and system.pid_alive(droplet.pid) else "STOPPED"
 
 
-def _running_lab(lab_dir: Path) -> LabState:
+def _recorded_lab(lab_dir: Path) -> LabState:
     state = LabState.load(lab_dir)
     if state is None:
         raise LabError("no lab is up: run `galley lab up` first")
+    return state
+
+
+def _running_lab(lab_dir: Path) -> LabState:
+    state = _recorded_lab(lab_dir)
     if not all_running(state):
         raise LabError("the lab is stale (some of its processes are gone): `galley lab up` again")
     return state
@@ -390,9 +395,7 @@ def kill(name: str, lab_dir: Path = LAB_DIR, progress: Progress = print) -> None
 
 def start(name: str, lab_dir: Path = LAB_DIR, progress: Progress = print) -> None:
     """Boot a killed droplet again from its kept disk (the same host keys and data)."""
-    state = LabState.load(lab_dir)
-    if state is None:
-        raise LabError("no lab is up: run `galley lab up` first")
+    state = _recorded_lab(lab_dir)
     droplet = _droplet(state, name)
     if not droplet.killed:
         raise LabError(f"{name} is not killed; nothing to start")
@@ -405,9 +408,7 @@ def start(name: str, lab_dir: Path = LAB_DIR, progress: Progress = print) -> Non
 
 def remove(name: str, lab_dir: Path = LAB_DIR, progress: Progress = print) -> Droplet:
     """Delete droplet ``name``: its processes, disk and pinned host keys are gone."""
-    state = LabState.load(lab_dir)
-    if state is None:
-        raise LabError("no lab is up: run `galley lab up` first")
+    state = _recorded_lab(lab_dir)
     droplet = _droplet(state, name)
     _remove_droplet(droplet, lab_dir)
     _pin_host_keys(state, droplet.address, [])

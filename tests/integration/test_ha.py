@@ -17,6 +17,7 @@ from galley.ops.kubeapi import ApiError, KubeApi, node_ready
 from .conftest import changed, lab_inventory_variant, run_cli, run_deploy
 from .test_cluster import (  # noqa: F401
     _admin_files,
+    _wait,
     cluster,
     first_run,
     hosts_of,
@@ -59,15 +60,6 @@ def _proxies_see(workers: list[str], server: str) -> set[str]:
     """The status each worker's proxy gives ``server``."""
     hosts = _report()[1]["hosts"]
     return {(hosts[name].get("api_proxy") or {}).get(server, {}).get("status") for name in workers}
-
-
-def _wait(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(1)
-    return False
 
 
 def _every_node_ready_for(api: KubeApi, workers: list[str], seconds: float) -> None:
