@@ -236,7 +236,7 @@ def test_one_policy_per_job_grants_exactly_what_its_deploy_signs_and_reads():
         **{f"lab/pki/k8s/{path}": "read" for path in ("ca/pem", "cert/ca")},
         **{
             path: capability
-            for mount in ("etcd", "k8s")
+            for mount in ("etcd", "k8s", "host")
             for path, capability in (
                 (f"lab/pki/{mount}/certs", "list"),
                 (f"lab/pki/{mount}/cert/*", "read"),
