@@ -44,6 +44,11 @@ def auth_path(cluster: str) -> str:
     return f"{cluster}/host-cert"
 
 
+def login_path(cluster: str, host: str) -> str:
+    """The Vault path of ``host``'s renewal login (its host identity logs in there)."""
+    return f"auth/{auth_path(cluster)}/certs/{host}"
+
+
 def renewal_policy(cluster: str, host_name: str) -> str:
     """The name of the ACL policy a host's renewal token carries."""
     return f"{cluster}-renew-{host_name}"

@@ -34,7 +34,7 @@ from galley.pki import (
     parse_duration,
     read_ca,
 )
-from galley.renewal import HOST_IDENTITY_ROLE, HostRenewal, RenewalCert, auth_path, plan
+from galley.renewal import HOST_IDENTITY_ROLE, HostRenewal, RenewalCert, auth_path, login_path, plan
 from galley.vault import VaultError, vault_errors
 
 # Every role the bootstrap writes: those the components' certificates declare, the hosts'
@@ -295,7 +295,7 @@ def _ensure_renewal(client: hvac.Client, cluster: str, options: PkiOptions) -> l
 
 
 def _ensure_login(client: hvac.Client, cluster: str, name: str, wanted: dict) -> list[str]:
-    path = f"auth/{auth_path(cluster)}/certs/{name}"
+    path = login_path(cluster, name)
     with vault_errors(f"reading {path} failed"):
         current = (client.read(path) or {}).get("data")
     if current is not None:
@@ -325,7 +325,7 @@ def _prune_renewal(client: hvac.Client, cluster: str, hosts: tuple[HostRenewal, 
     for name in _listed(client, f"auth/{auth_path(cluster)}/certs"):
         if name not in logins:
             with vault_errors(f"deleting cert login {name} failed"):
-                client.delete(f"auth/{auth_path(cluster)}/certs/{name}")
+                client.delete(login_path(cluster, name))
             changes.append(f"deleted cert login {name} in auth/{auth_path(cluster)}")
     kept = {host.policy for host in hosts}
     with vault_errors("listing policies failed"):

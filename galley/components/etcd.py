@@ -260,7 +260,7 @@ def _join(state: State, host: Host, unit: str) -> None:
         log=host.log,
         timeout=HEALTH_TIMEOUT,
     )
-    host.log(membership.reconcile([wanted(h) for h in hosts]))
+    membership.reconcile([wanted(h) for h in hosts])
 
 
 def _endpoint_health(host: Host, endpoints: Sequence[str]) -> dict[str, str | None]:

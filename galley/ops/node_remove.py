@@ -42,6 +42,7 @@ from pyinfra.operations import files, python, systemd
 import galley.components as registry
 from galley.components.kubernetes import node_name, operator_api_urls
 from galley.components.model import Component
+from galley.host.renewal import UNIT as RENEWAL_UNIT
 from galley.lock import ClusterLock, LockError, lock_paths
 from galley.ops.admin import AdminFiles
 from galley.ops.batches import Batches, HostOutcome
@@ -50,6 +51,7 @@ from galley.ops.journal import Journal, JournalError, operator_dir
 from galley.ops.kubeapi import ApiError, KubeApi
 from galley.ops.revocation import (
     Issued,
+    delete_login,
     issued,
     issued_to,
     revocation_paths,
@@ -57,6 +59,7 @@ from galley.ops.revocation import (
     revoked_serials,
 )
 from galley.pki import mount_path
+from galley.renewal import HOST_IDENTITY, login_path
 from galley.text import clean
 from galley.vault import VaultError, VaultSettings, connect
 
@@ -113,6 +116,7 @@ class Removal:
     vault: hvac.Client
     mounts: list[str]  # the Vault mounts its certificates come from
     journal: Journal
+    login: Callable[[str], str | None] = lambda name: None  # a host's renewal login path
     drain_timeout: float = 300.0
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
@@ -198,6 +202,10 @@ class Removal:
         for cert in certificates:
             self.say(name, f"revoked {cert.serial} ({cert.cn}, {cert.mount}): on the CRL")
         self.journal.update(name, revoked=[vars(cert) for cert in certificates])
+        login = self.login(name)
+        if login:
+            delete_login(self.vault, login)
+            self.say(name, f"deleted its renewal login {login}")
         return certificates
 
 
@@ -221,11 +229,12 @@ def _finished(state: State, host: Host, outcomes: dict[str, HostOutcome]) -> Non
 def _clean_host(outcomes: dict[str, HostOutcome], record: Callable[[list[Issued]], None]) -> None:
     components = worker_components()
     certs = list({c.cert_path: c for comp in components for c in comp.certs_of(host)}.values())
+    certs.append(HOST_IDENTITY)
     mounted = [(mount_path(host.data.cluster_name, c.mount), c.cert_path) for c in certs]
     python.call(
         name="Read the certificates' serials", function=_read_serials, certs=mounted, record=record
     )
-    for unit in host.loop([c.unit.name for c in components if c.unit]):
+    for unit in host.loop([f"{RENEWAL_UNIT}.timer"] + [c.unit.name for c in components if c.unit]):
         systemd.service(
             name=f"{unit} stopped and disabled", service=unit, running=False, enabled=False
         )
@@ -264,7 +273,8 @@ def _prepare(inventory: Inventory, name: str, unreachable: bool) -> tuple:
         revocation_paths(data.cluster_name) | lock_paths(data.cluster_name),
     )
     components = worker_components()
-    mounts = sorted({mount_path(data.cluster_name, c.mount) for x in components for c in x.certs})
+    certs = [HOST_IDENTITY, *(c for x in components for c in x.certs)]
+    mounts = sorted({mount_path(data.cluster_name, c.mount) for c in certs})
     journal = Journal.continue_or_start(operator_dir(data) / JOURNAL, name, what="node removal")
     return data, node, listed, api, vault, mounts, journal
 
@@ -318,7 +328,16 @@ def node_remove_cli(
     lock.keep()
     logging.getLogger("pyinfra").addHandler(logging.StreamHandler(sys.stderr))
     hosts = None if unreachable else PyinfraHostWork(inventory)
-    removal = Removal(api, hosts, vault, mounts, journal, drain_timeout, out=_print)
+    removal = Removal(
+        api,
+        hosts,
+        vault,
+        mounts,
+        journal,
+        lambda host_name: login_path(data.cluster_name, host_name),
+        drain_timeout,
+        out=_print,
+    )
     try:
         revoked = removal.run(name, node)
     except (RemoveError, ApiError, VaultError) as exc:

@@ -20,6 +20,7 @@ import hvac.exceptions
 from cryptography import x509
 
 from galley.pki import MOUNTS, Identity, identity_of_cert, load_certificate, mount_path
+from galley.renewal import login_path
 from galley.vault import VaultError, vault_errors
 
 
@@ -47,12 +48,19 @@ def issued(mount: str, pem: str) -> Issued:
 
 def revocation_paths(cluster: str) -> dict[str, str]:
     """What revoking a host's certificates needs of Vault, per mount: list and read the
-    certificates, revoke (the CRL itself is unauthenticated)."""
+    certificates, revoke (the CRL itself is unauthenticated); and deleting the host's
+    renewal login (Vault's cert auth does not read the PKI mounts' CRLs)."""
     paths: dict[str, str] = {}
     for mount in MOUNTS:
         path = mount_path(cluster, mount.name)
         paths |= {f"{path}/certs": "list", f"{path}/cert/*": "read", f"{path}/revoke": "update"}
-    return paths
+    return paths | {login_path(cluster, "*"): "delete"}
+
+
+def delete_login(client: hvac.Client, path: str) -> None:
+    """Delete a host's renewal login (gone already is fine)."""
+    with vault_errors(f"deleting {path} failed"):
+        client.delete(path)
 
 
 def names_node(identity: Identity, node: str) -> bool:

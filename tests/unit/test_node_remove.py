@@ -17,6 +17,7 @@ from galley.ops.journal import Journal
 from galley.ops.node_remove import Removal, RemoveError, refusal
 from galley.ops.revocation import issued, revocation_paths, revoked_serials, vault_serial
 from galley.pki import Identity
+from galley.renewal import login_path
 from galley.vault import VaultSettings, connect
 from tests.unit.test_pki import _csr, _token
 
@@ -97,7 +98,15 @@ def issued_certs(vault):
 
 def removal(client, hosts, tmp_path) -> Removal:
     journal = Journal.start(tmp_path / "node-remove.json", "lab-worker-1", resume=False)
-    return Removal(Api(), hosts, client, [ETCD, K8S], journal, out=lambda line: None)
+    return Removal(
+        Api(),
+        hosts,
+        client,
+        [ETCD, K8S],
+        journal,
+        lambda name: login_path("lab", name),
+        out=lambda line: None,
+    )
 
 
 def serial(pem: str) -> str:
@@ -108,8 +117,13 @@ def test_a_reachable_worker_has_every_certificate_it_holds_and_every_one_naming_
     vault, issued_certs, tmp_path
 ):
     operator = _token(vault, "lab-operator")  # the operator's policy is enough
+    login = login_path("lab", "lab-worker-1")
+    host_ca = vault.secrets.pki.read_ca_certificate(mount_point="lab/pki/host")
+    vault.write_data(login, data={"certificate": host_ca})
     on_host = [issued(K8S, issued_certs[key]) for key in ("w1-client", "proxy")]
     revoked = removal(operator, Hosts(on_host), tmp_path).run("lab-worker-1", "lab-worker-1")
+    # Vault's cert auth does not read the CRLs: the host's renewal login is gone instead.
+    assert vault.read(login) is None
     crl = revoked_serials(vault, K8S)
     expected = {serial(issued_certs[key]) for key in ("w1-client", "w1-serving", "proxy")}
     assert {cert.serial for cert in revoked} == expected

@@ -243,6 +243,7 @@ def test_one_policy_per_job_grants_exactly_what_its_deploy_signs_and_reads():
                 (f"lab/pki/{mount}/revoke", "update"),
             )
         },
+        "auth/lab/host-cert/certs/*": "delete",
         **LOCK,
     }
 

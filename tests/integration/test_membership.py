@@ -1,0 +1,231 @@
+"""The lab grows and breaks like a region, and the deploy follows: etcd droplets join as
+learners and become voters, a dead member's fresh droplet replaces it, a deploy killed after
+`member add` is finished by the next, members leave through `galley etcd remove`, and a worker
+joins and leaves through `galley node remove`. Real etcd, the real CLIs; a writer puts a key
+every 50 ms through every member and must see no failed write."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from galley.etcdctl import etcdctl_command
+from galley.lab.state import LabState
+from galley.ops.kubeapi import ApiError, KubeApi, node_ready
+from galley.ops.revocation import revoked_serials
+
+from .conftest import BIN, REPO, changed, lab_vault, pyinfra_json, run_cli, run_deploy
+from .test_cluster import _admin_files, _wait, cluster, first_run, ssh  # noqa: F401
+from .test_etcd import Writer, client_cert, endpoints, vault  # noqa: F401
+
+DEFAULT_ETCD = ["lab-etcd-1", "lab-etcd-2", "lab-etcd-3"]
+
+
+def members() -> list[dict]:
+    """`etcdctl member list` as the first default member sees it."""
+    listing = ssh(
+        "lab-etcd-1", etcdctl_command(["https://127.0.0.1:2379"], "member", "list", "-w", "json")
+    )
+    return json.loads(listing)["members"]
+
+
+def voters() -> dict[str, str]:
+    """Voting members: name -> member id (hex); asserts no learner is left."""
+    listed = members()
+    assert not [m for m in listed if m.get("isLearner")], listed
+    return {m["name"]: f"{m['ID']:x}" for m in listed}
+
+
+def etcd_servers(name: str) -> list[str]:
+    """The `--etcd-servers` of the kube-apiserver running on ``name``."""
+    args = ssh(
+        name, "tr '\\0' '\\n' < /proc/$(systemctl show -p MainPID --value kube-apiserver)/cmdline"
+    )
+    flag = next(arg for arg in args.splitlines() if arg.startswith("--etcd-servers="))
+    return flag.split("=", 1)[1].split(",")
+
+
+def etcd_started() -> dict[str, str]:
+    """When each member's etcd last started (a restart changes it)."""
+    facts = pyinfra_json("fact", "galley.facts.UnitStates", "units=etcd", "--limit", "etcd")
+    return {host: str(units["etcd"]["since"]) for host, units in facts.popitem()[1].items()}
+
+
+def every_member_healthy() -> bool:
+    health = pyinfra_json("fact", "galley.facts.EtcdHealth", "--limit", "etcd").popitem()[1]
+    return all(h["healthy"] for h in health.values())
+
+
+@contextmanager
+def writing(cert) -> Iterator[Writer]:
+    """A writer through every etcd member of the lab (re-read when the test says so)."""
+    writer = Writer(endpoints(LabState.load()), cert)
+    writer.start()
+    try:
+        yield writer
+    finally:
+        writer.stop.set()
+        writer.join()
+
+
+def follow_lab(writer: Writer) -> None:
+    """Point the writer at the lab's etcd members as they are now."""
+    writer.urls[:] = endpoints(LabState.load())
+
+
+def admit(*names: str) -> None:
+    """Run the deploy (refused, naming each new droplet), then admit them."""
+    code, _, output = run_deploy("cluster", check=False)
+    assert code != 0, output
+    for name in names:
+        assert f"{name} (droplet id" in output, output
+        run_cli("galley", "hostkeys", "accept", "inventories/lab.py", name)
+
+
+def restore_default_lab() -> None:
+    """Back to 3 etcd members and the default droplets, whatever a failed test left."""
+    state = LabState.load()
+    for droplet in state.droplets:
+        if "etcd" in droplet.roles and droplet.name not in DEFAULT_ETCD:
+            run_cli(
+                "galley",
+                "etcd",
+                "remove",
+                "inventories/lab.py",
+                droplet.name,
+                "--allow-even",
+                "--yes",
+                check=False,
+            )
+            run_cli("galley", "lab", "remove", droplet.name, check=False)
+        elif droplet.name == "lab-worker-3":
+            run_cli("galley", "lab", "remove", droplet.name, check=False)
+    run_deploy("cluster")
+
+
+@pytest.fixture(scope="module")
+def lab_grows(cluster, client_cert) -> Iterator[tuple]:  # noqa: F811
+    yield cluster, client_cert
+    restore_default_lab()
+
+
+def test_two_etcd_droplets_join_as_learners_and_become_voters(lab_grows):
+    _, cert = lab_grows
+    run_cli("galley", "lab", "add", "--role", "etcd")
+    run_cli("galley", "lab", "add", "--role", "etcd")
+    admit("lab-etcd-4", "lab-etcd-5")
+    before = {host: since for host, since in etcd_started().items() if host in DEFAULT_ETCD}
+
+    with writing(cert) as writer:
+        code, results, output = run_deploy("cluster")
+    assert code == 0, output
+    assert writer.ok > 20 and writer.failed == [], writer.failed
+
+    assert sorted(voters()) == [*DEFAULT_ETCD, "lab-etcd-4", "lab-etcd-5"]
+    assert every_member_healthy()
+    for step in (
+        "lab-etcd-4 (https://198.18.0.17:2380) as a learner",
+        "promote learner lab-etcd-5",
+    ):
+        assert step in output
+    assert {host: since for host, since in etcd_started().items() if host in DEFAULT_ETCD} == before
+    urls = endpoints(LabState.load())
+    for name in ("lab-cp-1", "lab-cp-2"):
+        assert sorted(etcd_servers(name)) == sorted(urls)
+    code, results, output = run_deploy("cluster")
+    assert (code, changed(results)) == (0, {}), output
+
+
+def test_a_dead_members_fresh_droplet_replaces_it(lab_grows):
+    _, cert = lab_grows
+    old = voters()["lab-etcd-2"]
+    with writing(cert) as writer:
+        run_cli("galley", "lab", "kill", "lab-etcd-2")
+        run_cli("galley", "lab", "replace", "lab-etcd-2")
+        admit("lab-etcd-2")
+        code, _, output = run_deploy("cluster")
+    assert code == 0, output
+    assert writer.ok > 20 and writer.failed == [], writer.failed
+    assert f"remove member lab-etcd-2 [{old} https://198.18.0.11:2380]" in output
+    now = voters()
+    assert len(now) == 5 and now["lab-etcd-2"] != old and old not in now.values()
+    assert every_member_healthy()
+
+
+def test_a_deploy_killed_after_member_add_is_finished_by_the_next(lab_grows):
+    _, cert = lab_grows
+    with writing(cert) as writer:
+        run_cli("galley", "lab", "kill", "lab-etcd-4")
+        run_cli("galley", "lab", "replace", "lab-etcd-4")
+        admit("lab-etcd-4")
+        deploy = subprocess.Popen(
+            [str(BIN / "pyinfra"), "-y", "inventories/lab.py", "deploys/cluster.py"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+        seen = []
+        for line in deploy.stdout:
+            seen.append(line)
+            if "lab-etcd-4 added as learner" in line:
+                os.killpg(deploy.pid, signal.SIGKILL)
+                break
+        deploy.wait()
+        assert "lab-etcd-4 added as learner" in seen[-1], "".join(seen)
+        pending = [m for m in members() if m.get("isLearner")]
+        assert [m.get("name", "") for m in pending] == [""]  # added, never started
+
+        code, _, output = run_deploy("cluster")
+    assert code == 0, output
+    assert writer.ok > 20 and writer.failed == [], writer.failed
+    assert "start lab-etcd-4" in output and "add lab-etcd-4" not in output
+    assert len(voters()) == 5 and every_member_healthy()
+
+
+def test_a_new_worker_joins_alone_and_node_remove_takes_it_out(lab_grows):
+    lab, _ = lab_grows
+    run_cli("galley", "lab", "add", "--role", "worker")
+    code, results, output = run_deploy("cluster")
+    assert code == 0, output
+    beside = {op: hosts - {"lab-worker-3"} for op, hosts in changed(results).items()}
+    assert {op: hosts for op, hosts in beside.items() if hosts} == {}
+    api = KubeApi(
+        [f"https://{d.address}:6443" for d in lab.droplets if "control_plane" in d.roles],
+        _admin_files(),
+    )
+
+    def ready() -> bool:
+        try:
+            return node_ready(api.node("lab-worker-3"))
+        except ApiError:
+            return False
+
+    assert _wait(ready, 60)
+
+    removed = run_cli("galley", "node", "remove", "inventories/lab.py", "lab-worker-3", "--yes")
+    with pytest.raises(ApiError) as gone:
+        api.node("lab-worker-3")
+    assert gone.value.status == 404
+    serials = dict(re.findall(r"revoked (\S+) \(.+, (\S+)\): on the CRL", removed.stdout))
+    assert len(serials) >= 4, removed.stdout  # kubelet client and serving, kube-proxy, host
+    root = lab_vault(lab)
+    for serial, mount in serials.items():
+        assert serial in revoked_serials(root, mount)
+    assert root.read("auth/lab/host-cert/certs/lab-worker-3") is None
+    units = ssh(
+        "lab-worker-3",
+        "systemctl is-active kubelet kube-proxy galley-cert-renewal.timer",
+        check=False,
+    )
+    assert "active\n" not in units.replace("inactive", "")
+    run_cli("galley", "lab", "remove", "lab-worker-3")
