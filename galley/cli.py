@@ -1,6 +1,6 @@
 # ruff: noqa: E402 (the gevent patch must come before every other import)
 """The `galley` command: the lab, Vault bootstrap, validation, checksums, report, rollouts,
-node removal."""
+node removal, etcd member removal."""
 
 from __future__ import annotations
 
@@ -156,6 +156,12 @@ def _node_remove(args: argparse.Namespace) -> int:
     return node_remove_cli(
         args.inventory, args.name, args.unreachable, args.yes, args.drain_timeout
     )
+
+
+def _etcd_remove(args: argparse.Namespace) -> int:
+    from galley.ops.etcd_remove import etcd_remove_cli
+
+    return etcd_remove_cli(args.inventory, args.name, args.allow_even, args.yes, args.unreachable)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -314,6 +320,30 @@ def _parser() -> argparse.ArgumentParser:
     remove.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     remove.add_argument("--drain-timeout", type=float, default=300, metavar="SECONDS")
     remove.set_defaults(func=_node_remove)
+
+    etcd = commands.add_parser("etcd", help="etcd membership").add_subparsers(
+        dest="etcd_command", required=True
+    )
+    etcd_remove = etcd.add_parser(
+        "remove",
+        help="take a member out of the etcd cluster (snapshot first), stop it and wipe its data",
+    )
+    etcd_remove.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/nyc3.py")
+    etcd_remove.add_argument(
+        "name", help="the member (may still be in the etcd group; the others stay)"
+    )
+    etcd_remove.add_argument(
+        "--allow-even",
+        action="store_true",
+        help="accept leaving an even number of voters (e.g. 5 -> 4 on the way to 3)",
+    )
+    etcd_remove.add_argument(
+        "--unreachable",
+        action="store_true",
+        help="a dead droplet: skip the host steps (it may be gone from the inventory)",
+    )
+    etcd_remove.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    etcd_remove.set_defaults(func=_etcd_remove)
     return parser
 
 

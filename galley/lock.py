@@ -16,6 +16,7 @@ import atexit
 import getpass
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -164,6 +165,13 @@ class ClusterLock:
         threading.Thread(target=renew_until_released, name="galley-lock", daemon=True).start()
         atexit.register(self.release)
         return self
+
+
+def hold(client: hvac.Client, cluster: str) -> ClusterLock:
+    """Take the lock for this ``galley`` command (its command line recorded) and keep it until
+    the process exits (the day-2 commands' way)."""
+    command = " ".join(["galley", *sys.argv[1:]])
+    return ClusterLock.acquire(client, cluster, command).keep()
 
 
 def break_lock(client: hvac.Client, cluster: str, force: bool = False, clock=time.time) -> str:

@@ -17,8 +17,9 @@ import json
 import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
+from weakref import WeakSet
 
-from pyinfra import inventory
+from pyinfra import inventory, logger
 from pyinfra.api.host import Host
 from pyinfra.api.state import State
 
@@ -33,11 +34,11 @@ from galley.components.model import (
     github_artifact,
 )
 from galley.etcdctl import CACERT, etcdctl_command
-from galley.facts.etcd import EtcdDataDir
+from galley.facts.etcd import EtcdDataDir, EtcdMembers
 from galley.host.restarts import RestartError, systemctl_restart, wait_until_healthy
 from galley.ops.etcd_client import EtcdClient, host_runner
 from galley.ops.etcd_members import Membership
-from galley.ops.etcd_plan import Wanted
+from galley.ops.etcd_plan import Member, Wanted, unlisted_note
 from galley.ops.journal import operator_dir
 from galley.pki import Identity, RoleSpec
 
@@ -192,6 +193,8 @@ def _data_dir(host: Host) -> dict[str, Any]:
 
 def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
     own = _data_dir(host)
+    if not own["empty"]:
+        _note_unlisted(host)
     exists = own["empty"] and any(
         not _data_dir(other)["empty"] for other in members() if other != host
     )
@@ -205,16 +208,52 @@ def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
     return Configured(files, variables, before_start=settings is None)
 
 
-class DeployHosts:
-    """`galley.ops.etcd_members.MemberHosts` over the etcd group's hosts of a deploy (by
-    member name), at execution time."""
+def _live_members(host: Host) -> list[Member] | None:
+    """The member list as ``host``'s own etcd reports it (None when it does not answer)."""
+    endpoint = f"https://127.0.0.1:{host.data.etcd_client_port}"
+    found = host.get_fact(EtcdMembers, endpoint=endpoint)["members"]
+    if found is None:
+        return None
+    return [
+        Member(
+            m["id"] or "",
+            m["name"],
+            tuple(m["peer_urls"]),
+            tuple(m["client_urls"]),
+            m["is_learner"],
+        )
+        for m in found
+    ]
+
+
+# The runs (pyinfra States) whose unlisted members were looked for already: once per run.
+_noted: WeakSet[State] = WeakSet()
+
+
+def _note_unlisted(host: Host) -> None:
+    """Once per run, on the first etcd host with member data to be prepared: log a warning
+    naming each live member the inventory's etcd group does not list. A deploy never removes
+    a member (a host missing from the inventory may be a mistake); `galley etcd remove` does."""
+    if host.state in _noted:
+        return
+    _noted.add(host.state)
+    live = _live_members(host)
+    note = unlisted_note([wanted(h) for h in members()], live or [])
+    if note:
+        host.log(note, logger.warning)
+
+
+class PyinfraMemberHosts:
+    """`galley.ops.etcd_members.MemberHosts` over connected pyinfra hosts (by member name): a
+    deploy's etcd group at execution time, or the hosts `galley etcd remove` reached."""
 
     def __init__(self, hosts: Sequence[Host]) -> None:
         self.hosts = {member_name(host): host for host in hosts}
 
     def data_dir_empty(self, name: str) -> bool:
-        """Whether the host's data dir holds no member data (unknown counts as data)."""
-        return _data_dir(self.hosts[name])["empty"]
+        """Whether the host's data dir holds no member data (unknown, or a host not reached,
+        counts as data)."""
+        return name in self.hosts and _data_dir(self.hosts[name])["empty"]
 
     def start_member(self, name: str, initial_cluster: str) -> None:
         """Write bootstrap.env with ``existing`` and ``initial_cluster``, start etcd (not
@@ -254,7 +293,7 @@ def _join(state: State, host: Host, unit: str) -> None:
     hosts = members()
     membership = Membership(
         client=EtcdClient(host_runner(host)),
-        hosts=DeployHosts(hosts),
+        hosts=PyinfraMemberHosts(hosts),
         journal_path=operator_dir(host.data) / MEMBERSHIP_JOURNAL,
         snapshot_dir=SNAPSHOT_DIR,
         log=host.log,

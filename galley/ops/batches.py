@@ -8,14 +8,16 @@ hosts in no fixed order); the hosts' operation order left by the previous State 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from pyinfra.api import Config, Inventory, State
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.deploy import add_deploy
-from pyinfra.api.exceptions import PyinfraError
+from pyinfra.api.exceptions import ConnectError, PyinfraError
 from pyinfra.api.facts import get_facts
+from pyinfra.api.host import Host
 from pyinfra.api.operations import run_ops
 
 from galley.facts.etcd import EtcdHealth
@@ -29,6 +31,14 @@ class HostOutcome:
     error: str | None = None
     health_wait: float = 0.0  # seconds spent waiting for the kubelet's /healthz
     healthy: bool = False  # the last step, the kubelet's /healthz, answered ok
+
+
+@dataclass
+class Connected:
+    """Hosts connected outside a deploy: ``hosts`` by name, ``errors`` of those that were not."""
+
+    hosts: dict[str, Host] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
 
 
 class Batches:
@@ -71,6 +81,35 @@ class Batches:
             if not outcome.healthy and outcome.error is None:
                 outcome.error = f"the host work did not finish ({stopped})"
         return outcomes
+
+    @contextmanager
+    def connected(self, names: Iterable[str], connect_timeout: int = 10) -> Iterator[Connected]:
+        """Connect to the hosts ``names`` (all at once) for commands outside a deploy
+        (``host.run_shell_command``, ``host.get_fact``); a host that cannot be reached is in
+        ``errors`` with why, not raised. All are disconnected on exit."""
+        hosts = [self.inventory.get_host(name) for name in dict.fromkeys(names)]
+        for each in self.inventory:
+            each.op_hash_order = []  # as in `run`: a State of its own
+        config = Config(CONNECT_TIMEOUT=connect_timeout, PARALLEL=len(hosts) or 1)
+        state = State(self.inventory, config, initial_limit=hosts)
+        found = Connected()
+
+        def connect(host: Host) -> None:
+            try:
+                host.connect(show_errors=False, raise_exceptions=True)
+            except ConnectError as exc:
+                found.errors[host.name] = str(exc.args[0] if exc.args else exc)
+                return
+            state.activate_host(host)
+            found.hosts[host.name] = host
+
+        try:
+            state.pool.map(connect, hosts)
+            disable_nagle(found.hosts.values())
+            yield found
+        finally:
+            for host in found.hosts.values():
+                host.disconnect()
 
     def etcd_health(self) -> dict[str, tuple[bool, str]]:
         """Each etcd member's health (galley's EtcdHealth fact): (healthy, why not), the gate

@@ -12,12 +12,12 @@ what only galley knows (a removed member's host not wiped yet).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from galley.ops.etcd_client import EtcdClient, EtcdctlError
 from galley.ops.etcd_plan import (
@@ -43,10 +43,16 @@ TRANSIENT = (
 )
 T = TypeVar("T")
 POLL = 0.2
+# The journal states of a removal whose member is (or may be) removed, its host step not done.
+HOST_STEP_PENDING = ("removing", "removed")
 
 
 class MembershipError(Exception):
     """A membership change was refused or failed (one line; refusals change nothing)."""
+
+
+class MembershipRefused(MembershipError):
+    """The planner refused the change: nothing was changed."""
 
 
 class MemberHosts(Protocol):
@@ -91,7 +97,7 @@ class Membership:
                     return step.note
                 if isinstance(step, Refuse):
                     journal.update(status="refused")
-                    raise MembershipError(step.reason)
+                    raise MembershipRefused(step.reason)
                 if isinstance(step, AddLearner):
                     self._add(step, live, journal)
                 elif isinstance(step, StartMember):
@@ -105,28 +111,63 @@ class Membership:
                     )
             raise MembershipError(f"membership not settled after {self.max_steps} steps")
 
-    def remove(self, name: str, wanted: Sequence[Wanted], allow_even: bool = False) -> str:
+    def remove(
+        self,
+        name: str,
+        wanted: Sequence[Wanted],
+        allow_even: bool = False,
+        unreachable: bool = False,
+    ) -> str:
         """Take member ``name`` (no longer in ``wanted``) out of the cluster, then stop its
-        etcd and wipe its data dir; the final note."""
+        etcd and wipe its data dir (skipped, saying so, when its host is ``unreachable``);
+        the final note. A run killed after ``member remove`` finishes the host step; a run
+        after a finished removal says so and changes nothing."""
+        record = self.recorded_removal(name)
         journal = self._journal(f"remove {name}")
         with _recorded(journal):
             live = self.read(wanted)
             step = plan_remove(name, wanted, live, allow_even)
-            self.log(f"etcd membership: {step.describe()}")
+            pending = isinstance(step, Done) and record.get("state") in HOST_STEP_PENDING
+            if pending:
+                self.log(f"etcd membership: {name} was removed by an earlier run; its host next")
+            else:
+                self.log(f"etcd membership: {step.describe()}")
             if isinstance(step, Refuse):
                 journal.update(status="refused")
-                raise MembershipError(step.reason)
+                raise MembershipRefused(step.reason)
             if isinstance(step, RemoveMember):
+                # Recorded first: a run killed right after `member remove` finds no member
+                # and this state, and finishes the host step.
+                journal.update(name, state="removing", member_id=step.member.id)
                 self._remove(step, live)
-                journal.update(name, state="removed", member_id=step.member.id)
-            elif journal.node(name).get("state") != "removed":
+                journal.update(name, state="removed")
+            elif not pending:
+                already = removed_note(name, record)
+                if already:
+                    return already  # the finished journal is kept as it is
                 journal.update(status="finished")
                 return step.describe()
-            self.log(f"etcd membership: stopping etcd on {name} and wiping its data dir")
-            self.hosts.stop_and_wipe(name)
-            journal.update(name, state="done")
+            if unreachable:
+                self.log(
+                    f"etcd membership: {name} is unreachable: its etcd is not stopped and its "
+                    "data dir not wiped (never start it again with that data)"
+                )
+                host = "its host skipped as unreachable"
+            else:
+                self.log(f"etcd membership: stopping etcd on {name} and wiping its data dir")
+                self.hosts.stop_and_wipe(name)
+                host = "etcd stopped and its data dir wiped on its host"
+            journal.update(name, state="done", host=host)
             journal.update(status="finished")
-            return f"{name} removed from the etcd cluster, its etcd stopped and its data wiped"
+            return f"{name} removed from the etcd cluster: {host}"
+
+    def recorded_removal(self, name: str) -> dict:
+        """The journal's record of the last ``remove NAME`` run ({} when the journal holds
+        another command): ``state`` is in `HOST_STEP_PENDING` or ``"done"``."""
+        recorded = Journal.recorded(self.journal_path)
+        if recorded.get("target") != f"remove {name}":
+            return {}
+        return recorded.get("nodes", {}).get(name, {})
 
     def read(self, wanted: Sequence[Wanted]) -> Live:
         """The cluster as it is now: members, their health, leaders, alarms, and which
@@ -250,6 +291,17 @@ class Membership:
             )
         except JournalError as exc:
             raise MembershipError(str(exc)) from None
+
+
+def removed_note(name: str, record: Mapping[str, Any]) -> str | None:
+    """What to say when the journal ``record`` (`Membership.recorded_removal`) shows ``name``
+    removed by an earlier run; None otherwise."""
+    if record.get("state") != "done":
+        return None
+    return (
+        f"{name} was already removed (member {record.get('member_id')}; "
+        f"{record.get('host', 'its host done')}): nothing to do"
+    )
 
 
 @contextmanager

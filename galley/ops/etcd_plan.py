@@ -8,7 +8,8 @@ Rules (docs/etcd-membership): one change at a time; before any change every othe
 healthy, the members agree on one leader, no alarm is raised and no learner is pending; a new
 host joins as a learner and is promoted once started; a replaced droplet (same name, empty
 data dir, old member unreachable) has its old member removed first; a removal leaves at least
-3 voters, and an even count only with an explicit opt-in.
+3 voters, and an even count only with an explicit opt-in. A member the inventory does not
+list is never removed by a deploy: `unlisted_note` names it and the command that takes it out.
 """
 
 from __future__ import annotations
@@ -144,6 +145,36 @@ def quorum(voters: int) -> int:
     return voters // 2 + 1
 
 
+def unlisted(wanted: Sequence[Wanted], members: Sequence[Member]) -> list[Member]:
+    """The ``members`` the inventory's etcd group does not declare (by name, or by peer URL
+    for a member not started yet)."""
+    names = {w.name for w in wanted}
+    urls = {w.peer_url for w in wanted}
+    return [
+        m
+        for m in members
+        if (m.name not in names if m.started else not urls.intersection(m.peer_urls))
+    ]
+
+
+def unlisted_note(wanted: Sequence[Wanted], members: Sequence[Member]) -> str | None:
+    """The note a deploy logs about members the inventory does not list (galley never
+    removes them on its own), or None when every member is listed."""
+    found = unlisted(wanted, members)
+    if not found:
+        return None
+    advice = "; ".join(
+        f"{m.label()}: `galley etcd remove INVENTORY {m.name}`"
+        if m.started
+        else f"{m.label()}: `etcdctl member remove {m.id}`"
+        for m in found
+    )
+    return (
+        f"note: {len(found)} etcd member(s) not in the inventory's etcd group, left in the "
+        f"cluster (they still count for quorum): {advice}"
+    )
+
+
 def plan_reconcile(wanted: Sequence[Wanted], live: Live) -> Step:
     """The next step towards the members ``wanted``: finish a pending join first, then
     replace a replaced droplet's old member, then add the first missing host. Members not in
@@ -169,7 +200,7 @@ def plan_reconcile(wanted: Sequence[Wanted], live: Live) -> Step:
                 f"{w.name} is not a member but its data dir is not empty: wipe it before it "
                 "joins (it may hold a removed member's data)"
             )
-        problem = _gate(live)
+        problem = _gate(live, wanted=wanted)
         if problem:
             return Refuse(f"not adding {w.name}: {problem}")
         return AddLearner(w)
@@ -201,7 +232,7 @@ def plan_remove(name: str, wanted: Sequence[Wanted], live: Live, allow_even: boo
                 f"no more failures than {voters - 1}: pass --allow-even to accept it on the way "
                 f"to {voters - 1}"
             )
-    problem = _gate(live, exclude=member)
+    problem = _gate(live, exclude=member, wanted=wanted)
     if problem:
         return Refuse(f"not removing {name}: {problem}")
     healthy_after = sum(1 for m in live.voters if m != member and live.healthy(m))
@@ -210,7 +241,7 @@ def plan_remove(name: str, wanted: Sequence[Wanted], live: Live, allow_even: boo
     successor = None
     if member.id in live.leaders:
         successor = next(m.id for m in live.voters if m != member and live.healthy(m))
-    return RemoveMember(member, "removed from the inventory", successor)
+    return RemoveMember(member, "leaving the cluster", successor)
 
 
 def _finish_join(member: Member, wanted: Wanted | None, live: Live) -> Step:
@@ -267,15 +298,23 @@ def _check_wanted(w: Wanted, live: Live) -> Step | str | None:
     return RemoveMember(member, why)
 
 
-def _gate(live: Live, exclude: Member | None = None) -> str | None:
-    """Why no membership change is safe now (``exclude``: the member the change is about)."""
+def _gate(live: Live, exclude: Member | None = None, wanted: Sequence[Wanted] = ()) -> str | None:
+    """Why no membership change is safe now (``exclude``: the member the change is about;
+    an unhealthy member not in ``wanted`` is named with the command that takes it out)."""
+    strays = unlisted(wanted, live.members) if wanted else []
     for member in live.members:
         if member == exclude:
             continue
         if member.is_learner or not member.started:
             return f"member {member.label()} is pending (one change at a time)"
         if not live.healthy(member):
-            return f"member {member.label()} is unhealthy ({live.why(member)})"
+            why = f"member {member.label()} is unhealthy ({live.why(member)})"
+            if member in strays:
+                why += (
+                    " and not in the inventory's etcd group: take it out first with "
+                    f"`galley etcd remove INVENTORY {member.name}`"
+                )
+            return why
     if live.alarms:
         return f"etcd alarm raised: {'; '.join(live.alarms)}"
     if len(live.leaders) != 1:
@@ -286,10 +325,9 @@ def _gate(live: Live, exclude: Member | None = None) -> str | None:
 
 def _summary(wanted: Sequence[Wanted], live: Live) -> str:
     """The Done note: the voters, and members the inventory does not list."""
-    names = {w.name for w in wanted}
     voters = ", ".join(sorted(m.name for m in live.voters))
     note = f"etcd membership matches the inventory ({len(live.voters)} voters: {voters})"
-    extra = sorted(m.name for m in live.members if m.name not in names)
+    extra = sorted(m.name or m.id for m in unlisted(wanted, live.members))
     if extra:
         note += f"; not in the inventory: {', '.join(extra)} (galley etcd remove takes them out)"
     down = sorted(m.name for m in live.members if not live.healthy(m))

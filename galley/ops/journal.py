@@ -59,15 +59,21 @@ class Journal:
         started = datetime.now(UTC).isoformat(timespec="seconds")
         return cls(path, {"target": target, "status": "running", "started": started, "nodes": {}})
 
+    @staticmethod
+    def recorded(path: Path) -> dict:
+        """What the journal at ``path`` holds now ({} when there is none or it is not JSON)."""
+        try:
+            old = json.loads(path.read_text()) if path.exists() else {}
+        except ValueError:
+            return {}
+        return old if isinstance(old, dict) else {}
+
     @classmethod
     def continue_or_start(cls, path: Path, target: str, what: str) -> Journal:
         """For commands that finish their own unfinished run when run again (no ``--resume``):
         the unfinished journal of the same ``target`` is continued, an unfinished one of
         another target refuses the run, anything else starts afresh."""
-        try:
-            old = json.loads(path.read_text()) if path.exists() else {}
-        except ValueError:
-            old = {}
+        old = cls.recorded(path)
         if old.get("status") in ("running", "interrupted") and old.get("target") != target:
             raise JournalError(
                 f"an unfinished {what} ({old.get('target')}) is recorded in {path}: run it "

@@ -43,9 +43,10 @@ import galley.components as registry
 from galley.components.kubernetes import node_name, operator_api_urls
 from galley.components.model import Component
 from galley.host.renewal import UNIT as RENEWAL_UNIT
-from galley.lock import ClusterLock, LockError, lock_paths
+from galley.lock import LockError, hold, lock_paths
 from galley.ops.admin import AdminFiles
 from galley.ops.batches import Batches, HostOutcome
+from galley.ops.confirm import confirmed
 from galley.ops.drain import Evicting, drain
 from galley.ops.journal import Journal, JournalError, operator_dir
 from galley.ops.kubeapi import ApiError, KubeApi
@@ -279,20 +280,6 @@ def _prepare(inventory: Inventory, name: str, unreachable: bool) -> tuple:
     return data, node, listed, api, vault, mounts, journal
 
 
-def _confirmed(lines: list[str], yes: bool) -> bool:
-    for line in lines:
-        print(line, flush=True)
-    if yes:
-        return True
-    if not sys.stdin.isatty():
-        print(
-            "galley: node remove: not confirmed: pass --yes (nothing was changed)", file=sys.stderr
-        )
-        return False
-    answer = input("remove it? [y/N] ").strip().lower()
-    return answer in ("y", "yes")
-
-
 def node_remove_cli(
     inventory_path: str,
     name: str,
@@ -318,14 +305,13 @@ def node_remove_cli(
         else "  --unreachable: no host steps (its units, keys and certificates stay on it)",
         f"  revoke its certificates in Vault ({', '.join(mounts)}), checked on the CRLs",
     ]
-    if not _confirmed(plan, yes):
+    if not confirmed(plan, yes, "node remove"):
         return 2
     try:
-        lock = ClusterLock.acquire(vault, data.cluster_name, " ".join(["galley", *sys.argv[1:]]))
+        hold(vault, data.cluster_name)
     except (VaultError, LockError) as exc:
         print(f"galley: node remove: {exc} (nothing was changed)", file=sys.stderr)
         return 2
-    lock.keep()
     logging.getLogger("pyinfra").addHandler(logging.StreamHandler(sys.stderr))
     hosts = None if unreachable else PyinfraHostWork(inventory)
     removal = Removal(

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from galley.components.kube_proxy import KUBE_PROXY
 from galley.components.kubelet import KUBELET
 from galley.components.kubernetes import apiserver_urls, operator_api_urls
-from galley.lock import ClusterLock, LockError, lock_paths
+from galley.lock import LockError, hold, lock_paths
 from galley.ops.admin import AdminFiles, operator_dir
 from galley.ops.drain import drain
 from galley.ops.journal import Journal, JournalError
@@ -438,7 +438,7 @@ def rollout_kubelet_cli(
     data = inventory.get_group("workers")[0].data
     try:
         vault = connect(VaultSettings.from_data(data), lock_paths(data.cluster_name))
-        ClusterLock.acquire(vault, data.cluster_name, " ".join(["galley", *sys.argv[1:]])).keep()
+        hold(vault, data.cluster_name)
     except (VaultError, LockError) as exc:
         print(f"galley: rollout: {exc} (nothing was changed)", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ them (bootstrap ``new``, settled to ``existing``, restarted on its data)."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import subprocess
 import time
@@ -26,6 +27,7 @@ from galley.components.etcd import (
 )
 from galley.components.model import Config
 from galley.facts.etcd import EtcdDataDir
+from galley.ops.etcd_plan import Member
 from tests.standins.pki import CA
 from tests.unit.test_etcd_membership import free_ports
 
@@ -81,24 +83,37 @@ def inventory(*names: str) -> Inventory:
     return Inventory((hosts, data), etcd=(list(names), {}))
 
 
+class Run:
+    """A pyinfra run, as far as the once-per-run note is concerned."""
+
+
 @pytest.fixture
 def deploy(monkeypatch):
     """`etcd._configure` on a 3-host inventory with data dir facts set by the test; returns
     what it wrote (path -> template variables), whether the join hook is due and the hosts
-    whose facts were read."""
+    whose facts were read (the member list, read by one host per run, as ``"members@a"``).
+    The live members are ``a``, ``b``, ``c`` unless the test sets ``live``."""
     hosts = list(inventory("a", "b", "c"))
     facts: dict[str, dict] = {}
     read: list[str] = []
+    run = Run()
+    for host in hosts:
+        host.state, host.print_prefix_padding = run, ""  # as pyinfra's State sets them
 
     def data_dir(host):
         read.append(host.name)
         return facts[host.name]
 
+    def live_members(host):
+        read.append(f"members@{host.name}")
+        return deploy.live
+
     monkeypatch.setattr(etcd, "members", lambda: hosts)
     monkeypatch.setattr(etcd, "_data_dir", data_dir)
+    monkeypatch.setattr(etcd, "_live_members", live_members)
     monkeypatch.setattr(etcd, "render", lambda config, **variables: (config.path, variables))
 
-    def run(name: str, **given: dict) -> tuple[dict, bool, list[str]]:
+    def deploy(name: str, **given: dict) -> tuple[dict, bool, list[str]]:
         facts.clear()
         facts.update(given)
         read.clear()
@@ -106,7 +121,8 @@ def deploy(monkeypatch):
         written = dict(configured.files.values())
         return written, configured.before_start, list(read)
 
-    return run
+    deploy.live = [etcd_member(name) for name in "abc"]
+    return deploy
 
 
 def test_a_fresh_cluster_bootstraps_new_without_a_join(deploy):
@@ -120,7 +136,47 @@ def test_a_member_with_data_keeps_its_recorded_list_and_reads_no_other_fact(depl
     written, join, read = deploy("a", a=fact(False, "existing", JOINED))
     assert written[BOOTSTRAP_PATH]["initial_cluster"] == JOINED
     assert written[BOOTSTRAP_PATH]["initial_cluster_state"] == "existing"
-    assert not join and read == ["a"]
+    assert not join and read == ["a", "members@a"]
+
+
+def etcd_member(name: str, number: int = 0) -> Member:
+    number = number or "abc".index(name) + 1
+    url = f"https://10.0.0.{number}"
+    return Member(f"id-{name}", name, (f"{url}:2380",), (f"{url}:2379",))
+
+
+def test_a_live_member_the_inventory_does_not_list_is_named_once_per_run_never_removed(
+    deploy, caplog
+):
+    deploy.live = [*deploy.live, etcd_member("lab-etcd-5", 5)]
+    with caplog.at_level(logging.INFO, logger="pyinfra"):
+        _, join, read = deploy("a", a=fact(False, "existing", INVENTORY))
+        assert not join and read == ["a", "members@a"]
+        (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert (
+            warning.getMessage()
+            .split("] ", 1)[1]
+            .startswith(
+                "note: 1 etcd member(s) not in the inventory's etcd group, left in the cluster "
+                "(they still count for quorum): lab-etcd-5 [id-lab-etcd-5 https://10.0.0.5:2380]: "
+                "`galley etcd remove INVENTORY lab-etcd-5`"
+            )
+        )
+        # the other hosts of the same run neither read the list again nor repeat the note
+        assert deploy("b", b=fact(False, "existing", INVENTORY))[2] == ["b"]
+        assert len(caplog.records) == 1
+
+
+@pytest.mark.parametrize("live", [None, []], ids=["etcd does not answer", "all listed"])
+def test_no_note_when_every_member_is_listed_or_etcd_does_not_answer(deploy, caplog, live):
+    deploy.live = live if live is not None else deploy.live
+    with caplog.at_level(logging.INFO, logger="pyinfra"):
+        deploy("a", a=fact(False, "existing", INVENTORY))
+    assert caplog.records == []
+
+
+def test_a_new_host_does_not_ask_its_own_etcd(deploy):
+    assert "members@c" not in deploy("c", a=fact(False), b=fact(False), c=fact(True))[2]
 
 
 def test_an_empty_host_beside_a_cluster_is_joined_by_the_hook_which_writes_the_file(deploy):

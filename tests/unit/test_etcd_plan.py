@@ -19,6 +19,7 @@ from galley.ops.etcd_plan import (
     plan_reconcile,
     plan_remove,
     quorum,
+    unlisted_note,
 )
 
 
@@ -132,9 +133,9 @@ def test_removal_keeps_3_voters_and_an_odd_count_unless_opted_in():
     step = plan_remove("e", wanted("a", "b", "c", "d"), live(*five), allow_even=False)
     assert isinstance(step, Refuse) and "pass --allow-even" in step.reason
     step = plan_remove("e", wanted("a", "b", "c", "d"), live(*five), allow_even=True)
-    assert step == RemoveMember(five[4], "removed from the inventory")
+    assert step == RemoveMember(five[4], "leaving the cluster")
     step = plan_remove("d", wanted("a", "b", "c"), live(*five[:4]), allow_even=False)
-    assert step == RemoveMember(five[3], "removed from the inventory")
+    assert step == RemoveMember(five[3], "leaving the cluster")
 
 
 def test_removal_refusals_and_the_leader_handing_off_first():
@@ -147,11 +148,42 @@ def test_removal_refusals_and_the_leader_handing_off_first():
     assert isinstance(step, Refuse) and step.reason.startswith("not removing d: member b")
     learner = member("d", learner=True)
     assert plan_remove("d", wanted("a", "b", "c"), live(*THREE, learner), False) == RemoveMember(
-        learner, "removed from the inventory"
+        learner, "leaving the cluster"
     )
     assert plan_remove("z", wanted("a", "b", "c"), live(*THREE), False) == Done(
         "z is not a member of the etcd cluster"
     )
+
+
+def test_a_live_member_missing_from_the_inventory_is_never_removed_by_a_deploy_but_named():
+    stray = member("x")
+    step = plan_reconcile(wanted("a", "b", "c"), live(*THREE, stray))
+    assert isinstance(step, Done) and "not in the inventory: x (galley etcd remove" in step.note
+    # a host to add beside a healthy stray: added, the stray left alone
+    step = plan_reconcile(wanted("a", "b", "c", "d"), live(*THREE, stray, empty="d"))
+    assert step == AddLearner(wanted("d")[0])
+    # a dead stray blocks changes, and the refusal says how to take it out
+    step = plan_reconcile(wanted("a", "b", "c", "d"), live(*THREE, stray, down="x", empty="d"))
+    assert isinstance(step, Refuse) and step.reason == (
+        "not adding d: member x [id-x https://x:2380] is unhealthy (connection refused) and not "
+        "in the inventory's etcd group: take it out first with `galley etcd remove INVENTORY x`"
+    )
+    four = (*THREE, member("d"))
+    step = plan_remove("d", wanted("a", "b"), live(*four, stray, down="x"), allow_even=True)
+    assert isinstance(step, Refuse) and "`galley etcd remove INVENTORY x`" in step.reason
+
+
+def test_the_deploy_note_names_each_unlisted_member_and_how_to_take_it_out():
+    assert unlisted_note(wanted("a", "b", "c"), THREE) is None
+    unstarted = member("y", learner=True, started=False)
+    note = unlisted_note(wanted("a", "b"), (*THREE, unstarted))
+    assert note == (
+        "note: 2 etcd member(s) not in the inventory's etcd group, left in the cluster (they "
+        "still count for quorum): c [id-c https://c:2380]: `galley etcd remove INVENTORY c`; "
+        "(not started) [id-y https://y:2380]: `etcdctl member remove id-y`"
+    )
+    # a listed host's member that has not started yet is matched by its peer URL
+    assert unlisted_note(wanted("a", "b", "y"), (*THREE[:2], unstarted)) is None
 
 
 def test_quorum():
