@@ -150,6 +150,14 @@ def _rollout_kubelet(args: argparse.Namespace) -> int:
     )
 
 
+def _rollout_control_plane(args: argparse.Namespace) -> int:
+    from galley.ops.control_plane import rollout_control_plane_cli
+
+    return rollout_control_plane_cli(
+        args.inventory, args.to, args.dry_run, args.resume, args.allow_downgrade, args.ready_timeout
+    )
+
+
 def _node_remove(args: argparse.Namespace) -> int:
     from galley.ops.node_remove import node_remove_cli
 
@@ -302,6 +310,26 @@ def _parser() -> argparse.ArgumentParser:
     kubelet.add_argument("--drain-timeout", type=float, default=300, metavar="SECONDS")
     kubelet.add_argument("--ready-timeout", type=float, default=300, metavar="SECONDS")
     kubelet.set_defaults(func=_rollout_kubelet)
+    control_plane = rollout.add_parser(
+        "control-plane",
+        help="upgrade the apiservers, then the controller managers, then the schedulers, "
+        "one host at a time",
+    )
+    control_plane.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/nyc3.py")
+    control_plane.add_argument("--to", required=True, metavar="VERSION", help="target version")
+    control_plane.add_argument(
+        "--dry-run", action="store_true", help="print the plan, change nothing"
+    )
+    control_plane.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted rollout, skipping finished hosts",
+    )
+    control_plane.add_argument(
+        "--allow-downgrade", action="store_true", help="allow a target older than the apiservers"
+    )
+    control_plane.add_argument("--ready-timeout", type=float, default=300, metavar="SECONDS")
+    control_plane.set_defaults(func=_rollout_control_plane)
 
     node = commands.add_parser("node", help="workers leaving the cluster").add_subparsers(
         dest="node_command", required=True

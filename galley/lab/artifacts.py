@@ -311,10 +311,10 @@ class PythonStandin:
 
 ETCD_VERSION = "3.5.30"
 KUBERNETES_VERSION = "1.33.5"
-# The control plane's and the nodes' upgrade target, and a node build never healthy.
+# The control plane's and the nodes' upgrade target, and a build that never becomes healthy.
 KUBERNETES_UPGRADE_VERSION = "1.33.6"
 KUBELET_UPGRADE_VERSION = KUBERNETES_UPGRADE_VERSION
-KUBELET_BROKEN_VERSION = "1.33.7-galley.broken"
+KUBERNETES_BROKEN_VERSION = "1.33.7-galley.broken"
 KUBECTL_VERSION = "1.36.4"
 FLANNEL_VERSION = "0.26.7"
 FLANNEL_CNI_PLUGIN_VERSION = "1.7.1-flannel2"
@@ -363,28 +363,23 @@ def _artifact(key: str) -> ReleaseArtifact:
 
 
 def _kubernetes_rows() -> list[Artifact]:
-    """The Kubernetes server binaries (stand-ins) at the lab's version and the upgrade target;
-    kubelet and kube-proxy also as a build that never becomes healthy."""
-    rows = []
-    for component in (
-        "kube_apiserver",
-        "kube_controller_manager",
-        "kube_scheduler",
-        "kubelet",
-        "kube_proxy",
-    ):
-        versions = [KUBERNETES_VERSION, KUBERNETES_UPGRADE_VERSION]
-        if component in ("kubelet", "kube_proxy"):
-            versions.append(KUBELET_BROKEN_VERSION)
-        rows += [
-            lab_artifact(
-                _artifact(component),
-                version,
-                PythonStandin("kube", healthy=version != KUBELET_BROKEN_VERSION),
-            )
-            for version in versions
-        ]
-    return rows
+    """The Kubernetes server binaries (stand-ins) at the lab's version, the upgrade target,
+    and as a build that never becomes healthy (what a rollout must roll back)."""
+    return [
+        lab_artifact(
+            _artifact(component),
+            version,
+            PythonStandin("kube", healthy=version != KUBERNETES_BROKEN_VERSION),
+        )
+        for component in (
+            "kube_apiserver",
+            "kube_controller_manager",
+            "kube_scheduler",
+            "kubelet",
+            "kube_proxy",
+        )
+        for version in (KUBERNETES_VERSION, KUBERNETES_UPGRADE_VERSION, KUBERNETES_BROKEN_VERSION)
+    ]
 
 
 ARTIFACTS: tuple[Artifact, ...] = (

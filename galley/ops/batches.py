@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
-from pyinfra.api import Config, Inventory, State
+from pyinfra.api import Config, FactBase, Inventory, State
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.deploy import add_deploy
 from pyinfra.api.exceptions import ConnectError, PyinfraError
@@ -111,19 +112,27 @@ class Batches:
             for host in found.hosts.values():
                 host.disconnect()
 
+    def facts(self, names: Iterable[str], fact: type[FactBase], **kwargs) -> dict[str, Any]:
+        """``fact`` (with ``kwargs``) of each host of ``names``, read in one new State; raises
+        PyinfraError when a host cannot be reached."""
+        hosts = [self.inventory.get_host(name) for name in names]
+        state = State(self.inventory, Config(FAIL_PERCENT=0), initial_limit=hosts)
+        try:
+            connect_all(state)
+            found = get_facts(state, fact, kwargs=kwargs)
+        finally:
+            disconnect_all(state)
+        return {host.name: value for host, value in found.items()}
+
     def etcd_health(self) -> dict[str, tuple[bool, str]]:
         """Each etcd member's health (galley's EtcdHealth fact): (healthy, why not), the gate
         every operation checks before each batch."""
-        members = list(self.inventory.get_group("etcd", []))
-        state = State(self.inventory, Config(FAIL_PERCENT=0), initial_limit=members)
+        members = [member.name for member in self.inventory.get_group("etcd", [])]
         try:
-            connect_all(state)
-            facts = get_facts(state, EtcdHealth)
+            facts = self.facts(members, EtcdHealth)
         except PyinfraError as exc:
             return {"(all)": (False, f"cannot reach the etcd members: {exc}")}
-        finally:
-            disconnect_all(state)
         return {
-            member.name: (bool(found and found["healthy"]), (found or {}).get("error") or "")
-            for member, found in facts.items()
+            name: (bool(found and found["healthy"]), (found or {}).get("error") or "")
+            for name, found in facts.items()
         }

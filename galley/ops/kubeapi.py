@@ -1,9 +1,9 @@
 """A small Kubernetes API client for the operator's machine: the admin certificate, `requests`.
 
-Only what galley's operations need: health and version of each apiserver, Nodes (list, get,
-cordon/uncordon with a merge patch of ``spec.unschedulable``, delete), the pods bound to a
-node, the Eviction API and objects kept as declared (`KubeApi.ensure`). JSON shapes and status
-codes are those of the Kubernetes API reference.
+Only what galley's operations need: health, readiness and version of each apiserver, Nodes
+(list, get, cordon/uncordon with a merge patch of ``spec.unschedulable``, delete), the pods
+bound to a node, the Eviction API and objects kept as declared (`KubeApi.ensure`). JSON shapes
+and status codes are those of the Kubernetes API reference.
 """
 
 from __future__ import annotations
@@ -153,8 +153,15 @@ class KubeApi:
 
     def healthz(self) -> tuple[bool, str]:
         """``/healthz`` (which includes the apiserver's etcd check): (ok, reason if not ok)."""
+        return self._health("/healthz")
+
+    def readyz(self) -> tuple[bool, str]:
+        """``/readyz``: whether the apiserver serves requests now (ok, reason if not ok)."""
+        return self._health("/readyz")
+
+    def _health(self, path: str) -> tuple[bool, str]:
         try:
-            answer = self._send("GET", "/healthz")
+            answer = self._send("GET", path)
         except ApiError as exc:
             return False, str(exc)
         if answer.status_code == 200:

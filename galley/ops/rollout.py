@@ -17,40 +17,40 @@ is switched back, restarted, waited for and uncordoned, and the run stops. The j
 from __future__ import annotations
 
 import contextlib
-import logging
-import sys
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from galley.components.kube_proxy import KUBE_PROXY
 from galley.components.kubelet import KUBELET
-from galley.components.kubernetes import apiserver_urls, operator_api_urls
-from galley.lock import LockError, hold, lock_paths
-from galley.ops.admin import AdminFiles, operator_dir
 from galley.ops.drain import drain
-from galley.ops.journal import Journal, JournalError
-from galley.ops.kubeapi import ApiError, KubeApi, kubelet_version, node_ready, node_unschedulable
-from galley.ops.kubelet_hosts import ARTIFACTS, PyinfraHosts, target_version
-from galley.text import clean
-from galley.vault import VaultError, VaultSettings, connect
-from galley.versions import VersionError, skew_problems
-from galley.versions import bare as bare_version
+from galley.ops.journal import Journal, operator_dir
+from galley.ops.kubeapi import ApiError, kubelet_version, node_ready, node_unschedulable
+from galley.ops.release_hosts import HostWork, ReleaseHosts, set_version
+from galley.ops.rolling import (
+    Hosts,
+    Prepared,
+    RolloutError,
+    Runner,
+    bare,
+    checksum_problems,
+    clients,
+    declared_note,
+    health_problems,
+    rollout_cli,
+)
+from galley.versions import skew_problems
 
 JOURNAL = "rollout-kubelet.json"
-
-
-class RolloutError(Exception):
-    """The rollout cannot start (nothing was changed)."""
-
-
-def bare(version: str) -> str:
-    """``v1.33.6`` -> ``1.33.6``; raises RolloutError for anything else."""
-    try:
-        return bare_version(version)
-    except VersionError as exc:
-        raise RolloutError(str(exc)) from None
+# kubeletconfig healthzBindAddress/healthzPort as templates/kubelet-config.yaml.j2 sets them.
+KUBELET_HEALTHZ = "http://127.0.0.1:10248/healthz"
+# What a node rollout installs side by side and switches: the kubelet and kube-proxy.
+NODE_WORK = HostWork(
+    "kubelet",
+    (*KUBELET.artifacts, *KUBE_PROXY.artifacts),
+    ("kube-proxy", "kubelet"),
+    lambda host: f"curl -fsS --max-time 2 {KUBELET_HEALTHZ}",
+)
 
 
 def parse_budget(text: str, workers: int) -> int:
@@ -129,10 +129,7 @@ def gate_problems(
 ) -> list[str]:
     """Why the next batch may not start: an unhealthy apiserver or etcd member, or too many
     Nodes NotReady or cordoned besides the batch."""
-    found = [f"apiserver {server}: {reason}" for server, (ok, reason) in health.items() if not ok]
-    found += [
-        f"etcd member {name}: {reason}" for name, (ok, reason) in (etcd or {}).items() if not ok
-    ]
+    found = health_problems(health, etcd or {})
     members = set(batch)
     down = []
     for node in nodes:
@@ -162,58 +159,25 @@ class Api(Protocol):
     def healthz(self) -> tuple[bool, str]: ...
 
 
-class Hosts(Protocol):
-    """The host work (`galley.ops.batches.PyinfraHosts`)."""
-
-    def upgrade(self, names: list[str], record: Callable[[dict], None]) -> dict[str, Any]: ...
-    def rollback(self, versions: dict[str, dict]) -> dict[str, Any]: ...
-    def etcd_health(self) -> dict[str, tuple[bool, str]]: ...
-
-
 @dataclass
-class Rollout:
+class Rollout(Runner):
     """Runs a `Plan`: ``api`` is the cluster, ``apiservers`` each one for the gates."""
 
     api: Api
     apiservers: Mapping[str, Api]
     hosts: Hosts
-    journal: Journal
     budget: int
     drain_timeout: float = 300.0
     ready_timeout: float = 300.0
     interval: float = 1.0
-    clock: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], None] = time.sleep
-    out: Callable[[str], None] = print
-    report: list[str] = field(default_factory=list)
     cordoned_at: dict[str, float] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        self.started = self.clock()
-
-    def say(self, node: str, step: str) -> None:
-        """A progress line: elapsed time, node, step."""
-        self.out(clean(f"[{self.clock() - self.started:7.1f}s] {node}: {step}"))
-
-    def run(self, plan: Plan) -> int:
-        """Upgrade batch after batch; 0 when every node is at the target, 1 when stopped.
-
-        Whatever goes wrong (an API error, a bug, Ctrl-C), the nodes this run cordoned and did
-        not finish are uncordoned and the journal records how the run ended before the error
-        goes on (``interrupted`` stays resumable: a plain rerun is refused)."""
-        try:
-            return self._run(plan)
-        except BaseException as exc:
-            interrupted = isinstance(exc, KeyboardInterrupt)
-            for name in list(self.cordoned_at):
-                if self.journal.node(name).get("state") != "done":
-                    with contextlib.suppress(Exception):
-                        self._uncordon(name)
-            self.journal.update(
-                status="interrupted" if interrupted else "failed",
-                error=clean(f"{type(exc).__name__}: {exc}"),
-            )
-            raise
+    def _clean_up(self) -> None:
+        """Uncordon the nodes this run cordoned and did not finish."""
+        for name in list(self.cordoned_at):
+            if self.journal.node(name).get("state") != "done":
+                with contextlib.suppress(Exception):
+                    self._uncordon(name)
 
     def _run(self, plan: Plan) -> int:
         for number, batch in enumerate(plan.batches, 1):
@@ -232,16 +196,7 @@ class Rollout:
             stopped = self._batch(names, plan.target)
             if stopped is not None:
                 return stopped
-        self.journal.update(status="finished")
-        self.out(f"rollout to v{plan.target} finished")
-        return 0
-
-    def _stop(self, what: str, problems: Iterable[str]) -> int:
-        self.report = [f"rollout stopped: {what}", *(f"  {line}" for line in problems)]
-        self.journal.update(status="failed")
-        for line in self.report:
-            self.out(line)
-        return 1
+        return self._finished(plan.target)
 
     def _cordon(self, name: str) -> None:
         record = self.journal.node(name)
@@ -294,11 +249,6 @@ class Rollout:
         if failed:
             return self._roll_back(failed)
         return None
-
-    def _record_previous(self, previous: Mapping[str, Mapping[str, str | None]]) -> None:
-        for name, versions in previous.items():
-            if "previous" not in self.journal.node(name):
-                self.journal.update(name, previous=dict(versions))
 
     def _wait(self, names: list[str], version: str, what: str) -> dict[str, str]:
         """Wait until each Node is Ready and reports ``version``; the ones that did not."""
@@ -358,55 +308,49 @@ class Rollout:
         return self._stop("node(s) did not come back at the target version", lines)
 
 
-def _clients(inventory: Any) -> tuple[KubeApi, dict[str, KubeApi]]:
-    """The admin client of the API (any apiserver that answers, or the endpoint), and one per
-    control-plane host for the gates."""
-    data = inventory.get_group("workers")[0].data
-    files = AdminFiles(operator_dir(data))
-    if not files.cert.exists():
-        raise RolloutError(f"no admin credential in {files.directory}: deploy the cluster first")
-    gates = {url: KubeApi(url, files) for url in apiserver_urls(inventory)}
-    return KubeApi(operator_api_urls(inventory), files), gates
-
-
-def checksum_problems(inventory: Any) -> list[str]:
-    """What the workers lack to install their ``kubernetes_version`` (sha256 per arch)."""
-    from galley.inventory.validate import problems
-
-    fields = {"arch"} | {f for a in ARTIFACTS for f in (a.version_field, a.checksums_field)}
-    return [str(p) for p in problems(inventory, [KUBELET, KUBE_PROXY]) if p.field in fields]
-
-
-def _prepare(inventory: Any, target: str, budget_text: str, resume: bool) -> tuple:
+def _prepare(
+    inventory_path: str, to: str, budget_text: str, resume: bool, timeouts: tuple[float, float]
+) -> Prepared:
     """Everything checked before a change (RolloutError if refused): the plan, the journal,
-    the budget, the API endpoint's client and one client per apiserver."""
+    and how to run it."""
+    from galley.inventory.load import load_inventory
+
+    target = bare(to)
+    inventory = load_inventory(inventory_path)
     workers = [one.name for one in inventory.get_group("workers", [])]
     if not workers:
         raise RolloutError("no hosts in group 'workers'")
-    declared = inventory.get_group("workers")[0].data.get("kubernetes_version")
-    target_version(inventory, target)
-    found = checksum_problems(inventory)
-    if found:
-        raise RolloutError("refusing: " + "; ".join(found))
-    endpoint, apiservers = _clients(inventory)
+    data = inventory.get_group("workers")[0].data
+    declared = data.get("kubernetes_version")
+    endpoint, apiservers = clients(inventory)
     versions = {server: api.version() for server, api in apiservers.items()}
     found = skew_problems(target, versions)
+    set_version(inventory, "workers", target)
+    found += checksum_problems(inventory, [KUBELET, KUBE_PROXY])
     if found:
         raise RolloutError("refusing: " + "; ".join(found))
     nodes = {node["metadata"]["name"]: node for node in endpoint.nodes()}
     missing = [name for name in workers if name not in nodes]
     if missing:
         raise RolloutError(f"refusing: no Node object for worker(s) {', '.join(missing)}")
-    journal_path = operator_dir(inventory.get_group("workers")[0].data) / JOURNAL
-    journal = Journal.start(journal_path, target, resume)
+    journal = Journal.start(operator_dir(data) / JOURNAL, target, resume)
     budget = parse_budget(budget_text, len(workers))
     plan = make_plan(workers, nodes, target, budget, journal.done() if resume else ())
-    if declared and bare(str(declared)) != target:
-        print(
-            f"note: the inventory says kubernetes_version {declared}: set it to {target}, or the "
-            "next workers deploy switches the kubelet back"
-        )
-    return plan, journal, budget, endpoint, apiservers
+    note = declared_note(declared, target, "workers", "the kubelet")
+    if note:
+        print(note)
+    drain_timeout, ready_timeout = timeouts
+    rollout = Rollout(
+        endpoint,
+        apiservers,
+        ReleaseHosts(inventory, NODE_WORK, ready_timeout),
+        budget,
+        drain_timeout=drain_timeout,
+        ready_timeout=ready_timeout,
+        journal=journal,
+        out=lambda line: print(line, flush=True),
+    )
+    return Prepared(plan.describe(), bool(plan.batches), journal, data, lambda: rollout.run(plan))
 
 
 def rollout_kubelet_cli(
@@ -420,54 +364,9 @@ def rollout_kubelet_cli(
 ) -> int:
     """`galley rollout kubelet --to VERSION INVENTORY`: 0 done (or nothing to do), 1 stopped
     with a report, 2 refused before any change."""
-    from galley.inventory.load import InventoryLoadError, load_inventory
-
-    try:
-        target = bare(to)
-        inventory = load_inventory(inventory_path)
-        plan, journal, budget, endpoint, apiservers = _prepare(
-            inventory, target, max_unavailable, resume
-        )
-    except (RolloutError, JournalError, ApiError, InventoryLoadError) as exc:
-        print(f"galley: rollout: {exc} (nothing was changed)", file=sys.stderr)
-        return 2
-    for line in plan.describe():
-        print(line, flush=True)
-    if dry_run or not plan.batches:
-        return 0
-    data = inventory.get_group("workers")[0].data
-    try:
-        vault = connect(VaultSettings.from_data(data), lock_paths(data.cluster_name))
-        hold(vault, data.cluster_name)
-    except (VaultError, LockError) as exc:
-        print(f"galley: rollout: {exc} (nothing was changed)", file=sys.stderr)
-        return 2
-    logging.getLogger("pyinfra").addHandler(logging.StreamHandler(sys.stderr))
-    journal.update(status="running")
-    rollout = Rollout(
-        endpoint,
-        apiservers,
-        PyinfraHosts(inventory, ready_timeout),
-        journal,
-        budget,
-        drain_timeout=drain_timeout,
-        ready_timeout=ready_timeout,
-        out=lambda line: print(line, flush=True),
+    return rollout_cli(
+        lambda: _prepare(
+            inventory_path, to, max_unavailable, resume, (drain_timeout, ready_timeout)
+        ),
+        dry_run,
     )
-    try:
-        return rollout.run(plan)
-    except ApiError as exc:
-        print(f"galley: rollout: {exc}: resume with --resume ({journal.path})", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(
-            f"galley: rollout interrupted: resume with --resume ({journal.path})", file=sys.stderr
-        )
-        return 130
-    except Exception as exc:  # recorded in the journal by Rollout.run, nodes uncordoned
-        print(
-            f"galley: rollout failed: {clean(f'{type(exc).__name__}: {exc}')}; the nodes it "
-            f"cordoned are uncordoned; see {journal.path}",
-            file=sys.stderr,
-        )
-        return 1

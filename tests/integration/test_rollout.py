@@ -17,8 +17,8 @@ import time
 import pytest
 
 from galley.lab.artifacts import (
-    KUBELET_BROKEN_VERSION,
     KUBELET_UPGRADE_VERSION,
+    KUBERNETES_BROKEN_VERSION,
     KUBERNETES_VERSION,
 )
 from galley.ops.admin import operator_dir
@@ -176,7 +176,7 @@ def test_a_workers_deploy_after_a_rollout_restarts_the_version_it_switches_back_
 def test_a_never_healthy_build_is_rolled_back_and_the_run_stops(at_a, api, workers):
     first, rest = workers[0], workers[1:]
     with Recorder(api) as seen:
-        result = rollout("--to", KUBELET_BROKEN_VERSION, "--ready-timeout", "15")
+        result = rollout("--to", KUBERNETES_BROKEN_VERSION, "--ready-timeout", "15")
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"{first}: rolled back to {A} and uncordoned" in result.stdout
     assert "kubelet not healthy" in result.stdout
@@ -191,7 +191,7 @@ def test_a_never_healthy_build_is_rolled_back_and_the_run_stops(at_a, api, worke
     for name in rest:
         assert current(name) == A
         listing = ssh(name, "ls /opt/galley/kubelet")
-        assert KUBELET_BROKEN_VERSION not in listing
+        assert KUBERNETES_BROKEN_VERSION not in listing
 
 
 def test_a_pdb_blocking_eviction_stops_the_drain_and_uncordons(at_a, api, workers):

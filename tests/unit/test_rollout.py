@@ -8,11 +8,13 @@ import pytest
 from pyinfra.api import Inventory, deploy
 from pyinfra.operations import python, server
 
+from galley.components.kube_proxy import KUBE_PROXY
+from galley.components.kubelet import KUBELET
 from galley.ops.batches import Batches, HostOutcome
 from galley.ops.drain import drain
 from galley.ops.journal import JournalError
 from galley.ops.kubeapi import Eviction, eviction_blocker
-from galley.ops.kubelet_hosts import target_version
+from galley.ops.release_hosts import HostWork, ReleaseHosts, set_version
 from galley.ops.rollout import (
     Journal,
     Plan,
@@ -157,10 +159,10 @@ def rollout(api: FakeApi, hosts: FakeHosts, tmp_path, budget: int = 1, **kwargs)
     clock = Clock()
     return Rollout(
         api,
-        {"https://cp-1:6443": api},
+        {"cp-1": api},
         hosts,
-        Journal.start(tmp_path / "journal.json", NEW, resume=False),
         budget,
+        journal=Journal.start(tmp_path / "journal.json", NEW, resume=False),
         drain_timeout=10,
         ready_timeout=10,
         clock=clock,
@@ -358,7 +360,9 @@ def test_resume_skips_finished_nodes_and_keeps_the_recorded_previous_version(tmp
     assert resumed.done() == ["w-b"]
     api = FakeApi([node(n) for n in WORKERS])
     hosts = FakeHosts(api, never_healthy={"w-a"})
-    run = Rollout(api, {"s": api}, hosts, resumed, 1, out=lambda line: None, ready_timeout=0)
+    run = Rollout(
+        api, {"s": api}, hosts, 1, journal=resumed, out=lambda line: None, ready_timeout=0
+    )
     assert run.run(plan_for(api, done=resumed.done())) == 1
     assert hosts.upgraded == [["w-a"]]
     assert hosts.rolled_back == {"w-a": {"kubelet": "1.33.4", "kube-proxy": "1.33.4"}}
@@ -373,10 +377,10 @@ def test_a_target_without_checksums_is_refused():
     sums = {OLD: {"amd64": "a" * 64}}
     data = {"arch": "amd64", "kubelet_checksums": sums, "kube_proxy_checksums": sums}
     inventory = Inventory(([("w-a", data), ("cp-1", {})], {}), workers=(["w-a"], {}))
-    target_version(inventory, OLD)
-    assert checksum_problems(inventory) == []
-    target_version(inventory, NEW)
-    found = "\n".join(checksum_problems(inventory))
+    set_version(inventory, "workers", OLD)
+    assert checksum_problems(inventory, [KUBELET, KUBE_PROXY]) == []
+    set_version(inventory, "workers", NEW)
+    found = "\n".join(checksum_problems(inventory, [KUBELET, KUBE_PROXY]))
     assert "no sha256 for kubelet 1.33.6 on amd64" in found
     assert "no sha256 for kube_proxy 1.33.6 on amd64" in found
 
@@ -435,3 +439,14 @@ def test_an_interrupted_rollout_is_resumable_and_a_plain_rerun_refused(tmp_path)
     with pytest.raises(JournalError, match="interrupted rollout"):
         Journal.start(tmp_path / "journal.json", NEW, resume=False)
     assert Journal.start(tmp_path / "journal.json", NEW, resume=True).data["status"] == "running"
+
+
+def test_release_hosts_wait_for_the_health_command_and_record_previous_versions():
+    inventory = Inventory((["@local"], {}), workers=(["@local"], {}))
+    healthy = ReleaseHosts(inventory, HostWork("thing", (), (), lambda host: "true"), 5)
+    recorded = []
+    outcome = healthy.upgrade(["@local"], recorded.append)["@local"]
+    assert (outcome.error, outcome.healthy, recorded) == (None, True, [{"@local": {}}])
+    never = ReleaseHosts(inventory, HostWork("thing", (), (), lambda host: "false"), 0)
+    outcome = never.rollback({"@local": {}})["@local"]
+    assert outcome.error is not None and outcome.error.startswith("thing not healthy after 0s")

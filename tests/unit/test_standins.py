@@ -21,7 +21,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from galley.components.kube_apiserver import KUBELET_API_ACCESS
-from galley.lab.artifacts import ARTIFACTS, KUBERNETES_VERSION, build_all, standin_zipapp
+from galley.lab.artifacts import (
+    ARTIFACTS,
+    KUBERNETES_BROKEN_VERSION,
+    KUBERNETES_VERSION,
+    build_all,
+    standin_zipapp,
+)
 from galley.lab.standins import tables, yamlish
 from galley.lab.state import CACHE_DIR
 from galley.ops.admin import RBAC_BINDINGS, AdminFiles
@@ -575,7 +581,7 @@ def api(tmp_path_factory, programs, pki, etcd_release):
         try:
             for port in ports:
                 wait_for(lambda port=port: get(port, "/healthz", ca=pki["ca"]) == (200, "ok"))
-            yield {"ports": ports, "directory": directory}
+            yield {"ports": ports, "directory": directory, "etcd": etcd["endpoint"]}
         finally:
             for apiserver in apiservers:
                 apiserver.terminate()
@@ -900,6 +906,30 @@ def test_the_broken_build_never_becomes_ready(built_kubelets, pki, api, tmp_path
     finally:
         kubelet.terminate()
         assert kubelet.wait(timeout=10) == 0
+
+
+def test_the_broken_apiserver_build_never_becomes_ready(pki, api, tmp_path):
+    broken = ("kube-apiserver", KUBERNETES_BROKEN_VERSION)
+    (row,) = [a for a in ARTIFACTS if (a.name, a.version) == broken]
+    build_all(tmp_path, tmp_path, [row])
+    program = tmp_path / row.upstream_path
+    program.chmod(0o755)
+    port = free_port()
+    apiserver = subprocess.Popen(
+        [program, *apiserver_args(pki, port, api["etcd"])], stderr=subprocess.DEVNULL
+    )
+    try:
+        version = wait_for(lambda: get(port, "/version", ca=pki["ca"]))
+        assert json.loads(version[1])["gitVersion"] == f"v{row.version}"
+        for path in ("/readyz", "/healthz"):
+            status, body = get(port, path, ca=pki["ca"])
+            assert status == 500 and "[-]" in body, body
+        assert get(port, "/livez", ca=pki["ca"]) == (200, "ok")
+        # it serves the API all the same (its etcd is healthy)
+        assert call(port, pki, "admin", "GET", "/api/v1/nodes")[0] == 200
+    finally:
+        apiserver.terminate()
+        assert apiserver.wait(timeout=10) == 0
 
 
 @pytest.mark.parametrize(

@@ -6,10 +6,11 @@ zip applications). They run on the droplets with Debian 12's python3 and its sta
 only. They make a deploy and a rolling kubelet upgrade prove their wiring; they run no pods.
 
 Each zip application carries a generated ``build`` module (so the package runs only as built):
-``VERSION``, the release of the upstream path it is served under (the mirror carries the
-kubelet and kube-proxy in v1.33.5, v1.33.6 and ``v1.33.7-galley.broken``), and ``HEALTHY``.
-A build with ``HEALTHY = False`` (the ``-galley.broken`` one, a test build) starts and passes
-its checks but answers ``/healthz`` with HTTP 500, and its kubelet reports its Node NotReady.
+``VERSION``, the release of the upstream path it is served under (the mirror carries every
+server binary in v1.33.5, v1.33.6 and ``v1.33.7-galley.broken``), and ``HEALTHY``. A build
+with ``HEALTHY = False`` (the ``-galley.broken`` one, a test build) starts and passes its
+checks but answers ``/healthz`` (and an apiserver ``/readyz``) with HTTP 500, while an
+apiserver still serves the API and ``/version``; its kubelet reports its Node NotReady.
 
 Every Kubernetes stand-in (``kube.py``, dispatching on its program name):
 

@@ -284,9 +284,11 @@ def _apiserver(flags: Flags) -> Plan:
             return 200, _TEXT, b"ok"
         if path in ("/healthz", "/readyz"):
             error = etcd.error_now()
-            if error is None:
+            if error is None and HEALTHY:
                 return 200, _TEXT, b"ok"
             check = "etcd" if path == "/healthz" else "etcd-readiness"
+            if error is None:  # a build that never becomes healthy
+                check = "poststarthook/galley-never-ready"
             body = f"[+]ping ok\n[+]log ok\n[-]{check} failed: reason withheld\n"
             return 500, _TEXT, (body + f"{path[1:]} check failed\n").encode()
         return api(request)
