@@ -192,6 +192,39 @@ def test_a_deploy_killed_after_member_add_is_finished_by_the_next(lab_grows):
     assert len(voters()) == 5 and every_member_healthy()
 
 
+def etcd_remove(name: str, *flags: str):
+    return run_cli("galley", "etcd", "remove", "inventories/lab.py", name, *flags, check=False)
+
+
+def test_members_leave_through_etcd_remove_one_at_a_time(lab_grows):
+    _, cert = lab_grows
+    with writing(cert) as writer:
+        refused = etcd_remove("lab-etcd-5", "--yes")
+        assert refused.returncode == 2 and "pass --allow-even" in refused.stderr, refused.stderr
+        assert len(voters()) == 5
+
+        left = etcd_remove("lab-etcd-5", "--allow-even", "--yes")
+        assert left.returncode == 0, left.stdout + left.stderr
+        assert sorted(voters()) == [*DEFAULT_ETCD, "lab-etcd-4"]
+        gone = ssh("lab-etcd-5", "systemctl is-active etcd; ls -A /var/lib/etcd", check=False)
+        assert gone.split() == ["inactive"], gone
+        again = etcd_remove("lab-etcd-5", "--allow-even", "--yes")
+        assert again.returncode == 0 and "already removed" in again.stdout, again.stdout
+        run_cli("galley", "lab", "remove", "lab-etcd-5")
+
+        assert etcd_remove("lab-etcd-4", "--yes").returncode == 0
+        run_cli("galley", "lab", "remove", "lab-etcd-4")
+        follow_lab(writer)
+        refused = etcd_remove("lab-etcd-3", "--yes")
+        assert refused.returncode == 2 and "would leave 2 voters" in refused.stderr
+        code, _, output = run_deploy("cluster")
+    assert code == 0, output
+    assert writer.ok > 20 and writer.failed == [], writer.failed
+    assert sorted(voters()) == DEFAULT_ETCD and every_member_healthy()
+    for name in ("lab-cp-1", "lab-cp-2"):
+        assert sorted(etcd_servers(name)) == sorted(endpoints(LabState.load()))
+
+
 def test_a_new_worker_joins_alone_and_node_remove_takes_it_out(lab_grows):
     lab, _ = lab_grows
     run_cli("galley", "lab", "add", "--role", "worker")

@@ -190,8 +190,14 @@ def test_dry_run_shows_reason_and_signs_nothing(lab):
 def test_short_lived_certificate_is_resigned_on_the_next_run(lab):
     lab.run("-y", ttl="10s")
     short = pki.load_certificate(lab.cert.read_text())
-    lifetime = short.not_valid_after_utc - short.not_valid_before_utc
-    due = short.not_valid_after_utc - lifetime / 6  # the deploy steps in from there
+    # The deploy steps in at 1/6 of a lifetime left: wait until both certificates are there.
+    due = max(
+        cert.not_valid_after_utc - (cert.not_valid_after_utc - cert.not_valid_before_utc) / 6
+        for cert in (
+            pki.load_certificate(lab.cert.read_text()),
+            pki.load_certificate((lab.dir / "client.crt").read_text()),
+        )
+    )
     time.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()) + 0.1)
 
     output = lab.run("-y")
