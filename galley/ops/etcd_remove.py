@@ -51,6 +51,8 @@ from galley.ops.etcd_members import (
 )
 from galley.ops.etcd_plan import Done, Refuse, RemoveMember, Wanted, plan_remove
 from galley.ops.journal import JournalError, operator_dir
+from galley.ops.revocation import retire_host, revocation_paths
+from galley.pki import mount_path
 from galley.vault import VaultError, VaultSettings, connect
 
 COMMAND = "etcd remove"
@@ -122,6 +124,8 @@ class EtcdRemoval:
     unreachable: bool = False
     allow_even: bool = False
     runner: str = "another member"  # where etcdctl runs, for the plan
+    # After the member is gone: its certificates revoked, its renewal login deleted; lines.
+    retire: Callable[[], list[str]] = lambda: []
 
     def plan(self) -> tuple[list[str], bool]:
         """The lines a person confirms and whether there is anything to do; EtcdRemoveError
@@ -203,6 +207,10 @@ def run_removal(
     if not changes:
         for line in lines:
             out(line)
+        # Retire again: an earlier run may have stopped before it (it finds nothing then).
+        done = removed_note(removal.name, removal.membership.recorded_removal(removal.name))
+        if done and _retire(removal, out):
+            return 1
         out(removal.next_step())
         return 0
     if not confirmed(lines, yes, COMMAND):
@@ -218,12 +226,24 @@ def run_removal(
     except (MembershipError, RestartError, EtcdctlError) as exc:
         return _stopped(removal, exc)
     out(note)
+    if _retire(removal, out):
+        return 1
     if removal.wanted and len(removal.wanted) % 2 == 0 and removal.listed:
         out(
             f"note: the etcd group will have {len(removal.wanted)} hosts, an even count: set "
             "etcd_allow_even_members = True until the next removal (or an addition) makes it odd"
         )
     out(removal.next_step())
+    return 0
+
+
+def _retire(removal: EtcdRemoval, out: Callable[[str], None]) -> int:
+    """Revoke the removed member's certificates: 0 done, 1 stopped (run it again)."""
+    try:
+        for line in removal.retire():
+            out(line)
+    except VaultError as exc:
+        return _stopped(removal, exc)
     return 0
 
 
@@ -254,6 +274,14 @@ def _reach(connected: Connected, found: Target, unreachable: bool) -> tuple[Host
     return etcdctl_client(others, found.wanted)
 
 
+def _mounts(inventory: Inventory, found: Target, cluster: str) -> list[str]:
+    """The mounts whose certificates naming the leaving host are revoked: etcd's, and its
+    host identity's unless the host stays in another group."""
+    groups = set(inventory.get_host(found.host).groups) if found.host else set()
+    stays = groups & {"control_plane", "workers"}
+    return [mount_path(cluster, "etcd"), *([] if stays else [mount_path(cluster, "host")])]
+
+
 def etcd_remove_cli(
     inventory_path: str,
     name: str,
@@ -269,7 +297,10 @@ def etcd_remove_cli(
         inventory = load_inventory(inventory_path)
         found = target(inventory, name, unreachable)
         data = inventory.get_host(found.others[0] if found.others else found.host).data
-        vault = connect(VaultSettings.from_data(data), lock_paths(data.cluster_name))
+        cluster = data.cluster_name
+        vault = connect(
+            VaultSettings.from_data(data), lock_paths(cluster) | revocation_paths(cluster)
+        )
     except (EtcdRemoveError, InventoryLoadError, VaultError) as exc:
         return _refused(exc)
     needed = [*found.others, *([found.host] if found.host and not unreachable else [])]
@@ -294,5 +325,8 @@ def etcd_remove_cli(
             unreachable=unreachable,
             allow_even=allow_even,
             runner=runner.name,
+            retire=lambda: retire_host(
+                vault, cluster, found.host or found.name, _mounts(inventory, found, cluster)
+            ),
         )
         return run_removal(removal, yes, lambda: hold(vault, data.cluster_name))

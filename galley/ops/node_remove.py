@@ -56,8 +56,7 @@ from galley.ops.revocation import (
     issued,
     issued_to,
     revocation_paths,
-    revoke,
-    revoked_serials,
+    revoke_checked,
 )
 from galley.pki import mount_path
 from galley.renewal import HOST_IDENTITY, login_path
@@ -193,13 +192,7 @@ class Removal:
         found = [cert for mount in self.mounts for cert in issued_to(self.vault, mount, node, now)]
         certificates = list(dict.fromkeys(on_host + found))
         self.say(name, f"revoke {len(certificates)} certificate(s) in Vault")
-        revoke(self.vault, certificates)
-        listed = {mount: revoked_serials(self.vault, mount) for mount in self.mounts}
-        missing = [c for c in certificates if c.serial not in listed.get(c.mount, set())]
-        if missing:
-            raise RemoveError(
-                "revoked but not on the CRL: " + ", ".join(f"{c.serial} ({c.cn})" for c in missing)
-            )
+        revoke_checked(self.vault, certificates)
         for cert in certificates:
             self.say(name, f"revoked {cert.serial} ({cert.cn}, {cert.mount}): on the CRL")
         self.journal.update(name, revoked=[vars(cert) for cert in certificates])

@@ -11,9 +11,9 @@ valid) and, for a dead droplet, everything it can; a certificate of a shared ide
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import hvac
 import hvac.exceptions
@@ -94,6 +94,31 @@ def revoke(client: hvac.Client, certificates: Iterable[Issued]) -> None:
     for cert in certificates:
         with vault_errors(f"revoking {cert.serial} ({cert.cn}) in {cert.mount} failed"):
             client.secrets.pki.revoke_certificate(cert.serial, mount_point=cert.mount)
+
+
+def revoke_checked(client: hvac.Client, certificates: list[Issued]) -> None:
+    """Revoke each certificate, then find each serial on its mount's CRL (VaultError
+    naming those that are not)."""
+    revoke(client, certificates)
+    listed = {mount: revoked_serials(client, mount) for mount in {c.mount for c in certificates}}
+    missing = [c for c in certificates if c.serial not in listed[c.mount]]
+    if missing:
+        raise VaultError(
+            "revoked but not on the CRL: " + ", ".join(f"{c.serial} ({c.cn})" for c in missing)
+        )
+
+
+def retire_host(client: hvac.Client, cluster: str, host: str, mounts: Sequence[str]) -> list[str]:
+    """Revoke every unexpired certificate of ``mounts`` naming ``host`` (checked on the CRLs);
+    with the host identity mount among them, delete its renewal login too. A line for each."""
+    now = datetime.now(UTC)
+    certificates = [cert for mount in mounts for cert in issued_to(client, mount, host, now)]
+    revoke_checked(client, certificates)
+    lines = [f"revoked {c.serial} ({c.cn}, {c.mount}): on the CRL" for c in certificates]
+    if mount_path(cluster, "host") in mounts:
+        delete_login(client, login_path(cluster, host))
+        lines.append(f"deleted its renewal login {login_path(cluster, host)}")
+    return lines
 
 
 def revoked_serials(client: hvac.Client, mount: str) -> set[str]:

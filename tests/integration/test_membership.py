@@ -206,6 +206,10 @@ def test_members_leave_through_etcd_remove_one_at_a_time(lab_grows):
         left = etcd_remove("lab-etcd-5", "--allow-even", "--yes")
         assert left.returncode == 0, left.stdout + left.stderr
         assert sorted(voters()) == [*DEFAULT_ETCD, "lab-etcd-4"]
+        # Its certificates are revoked, its renewal login deleted.
+        assert "(lab-etcd-5, lab/pki/etcd): on the CRL" in left.stdout, left.stdout
+        assert "(lab-etcd-5, lab/pki/host): on the CRL" in left.stdout
+        assert lab_vault(LabState.load()).read("auth/lab/host-cert/certs/lab-etcd-5") is None
         gone = ssh("lab-etcd-5", "systemctl is-active etcd; ls -A /var/lib/etcd", check=False)
         assert gone.split() == ["inactive"], gone
         again = etcd_remove("lab-etcd-5", "--allow-even", "--yes")

@@ -15,14 +15,20 @@ import pytest
 from galley import pki, vault_setup
 from galley.ops.journal import Journal
 from galley.ops.node_remove import Removal, RemoveError, refusal
-from galley.ops.revocation import issued, revocation_paths, revoked_serials, vault_serial
+from galley.ops.revocation import (
+    issued,
+    retire_host,
+    revocation_paths,
+    revoked_serials,
+    vault_serial,
+)
 from galley.pki import Identity
 from galley.renewal import login_path
 from galley.vault import VaultSettings, connect
 from tests.unit.test_pki import _csr, _token
 
 GROUPS = {"etcd": ["e1"], "control_plane": ["cp1"], "workers": ["w1", "w2", "cp1"]}
-K8S, ETCD = "lab/pki/k8s", "lab/pki/etcd"
+K8S, ETCD, HOST = "lab/pki/k8s", "lab/pki/etcd", "lab/pki/host"
 
 
 @pytest.mark.parametrize(
@@ -205,3 +211,16 @@ def test_the_command_refuses_before_reaching_any_api_vault_or_host(tmp_path):
         assert done.stderr.startswith(f"galley: node remove: {said}"), done.stderr
         assert "(nothing was changed)" in done.stderr
     assert not (tmp_path / "lab").exists()
+
+
+def test_retiring_a_host_revokes_what_names_it_and_deletes_its_login(vault, issued_certs):
+    login = login_path("lab", "lab-worker-1")
+    vault.write_data(
+        login, data={"certificate": vault.secrets.pki.read_ca_certificate(mount_point=HOST)}
+    )
+    lines = retire_host(vault, "lab", "lab-worker-1", [K8S, HOST])
+    crl = revoked_serials(vault, K8S)
+    assert {serial(issued_certs[key]) for key in ("w1-client", "w1-serving")} <= crl
+    assert not {serial(issued_certs[key]) for key in ("w2-client", "proxy")} & crl
+    assert vault.read(login) is None and lines[-1] == f"deleted its renewal login {login}"
+    assert retire_host(vault, "lab", "lab-worker-1", [K8S]) == []  # nothing left naming it
