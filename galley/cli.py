@@ -1,6 +1,6 @@
 # ruff: noqa: E402 (the gevent patch must come before every other import)
 """The `galley` command: the lab, Vault bootstrap, validation, checksums, report, rollouts,
-node removal."""
+node removal, etcd snapshots and restores."""
 
 from __future__ import annotations
 
@@ -150,6 +150,18 @@ def _rollout_kubelet(args: argparse.Namespace) -> int:
     )
 
 
+def _etcd_snapshot(args: argparse.Namespace) -> int:
+    from galley.ops.etcd_snapshot import snapshot_cli
+
+    return snapshot_cli(args.inventory, args.out)
+
+
+def _etcd_restore(args: argparse.Namespace) -> int:
+    from galley.ops.etcd_restore import restore_cli
+
+    return restore_cli(args.inventory, args.snapshot, args.yes)
+
+
 def _node_remove(args: argparse.Namespace) -> int:
     from galley.ops.node_remove import node_remove_cli
 
@@ -296,6 +308,25 @@ def _parser() -> argparse.ArgumentParser:
     kubelet.add_argument("--drain-timeout", type=float, default=300, metavar="SECONDS")
     kubelet.add_argument("--ready-timeout", type=float, default=300, metavar="SECONDS")
     kubelet.set_defaults(func=_rollout_kubelet)
+
+    etcd = commands.add_parser("etcd", help="etcd backups").add_subparsers(
+        dest="etcd_command", required=True
+    )
+    snapshot = etcd.add_parser(
+        "snapshot", help="save a snapshot from a healthy follower and copy it to this machine"
+    )
+    snapshot.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/nyc3.py")
+    snapshot.add_argument(
+        "--out", metavar="DIR", help="where to put it (default: ~/.config/galley/<cluster>/...)"
+    )
+    snapshot.set_defaults(func=_etcd_snapshot)
+    restore = etcd.add_parser(
+        "restore", help="stop the control plane, restore every etcd member from a snapshot"
+    )
+    restore.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/nyc3.py")
+    restore.add_argument("snapshot", help="a snapshot file (a .sha256 beside it is checked)")
+    restore.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    restore.set_defaults(func=_etcd_restore)
 
     node = commands.add_parser("node", help="workers leaving the cluster").add_subparsers(
         dest="node_command", required=True

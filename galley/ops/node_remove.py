@@ -48,6 +48,7 @@ from galley.ops.batches import Batches, HostOutcome
 from galley.ops.drain import Evicting, drain
 from galley.ops.journal import Journal, JournalError, operator_dir
 from galley.ops.kubeapi import ApiError, KubeApi
+from galley.ops.prompt import confirmed
 from galley.ops.revocation import (
     Issued,
     issued,
@@ -269,20 +270,6 @@ def _prepare(inventory: Inventory, name: str, unreachable: bool) -> tuple:
     return data, node, listed, api, vault, mounts, journal
 
 
-def _confirmed(lines: list[str], yes: bool) -> bool:
-    for line in lines:
-        print(line, flush=True)
-    if yes:
-        return True
-    if not sys.stdin.isatty():
-        print(
-            "galley: node remove: not confirmed: pass --yes (nothing was changed)", file=sys.stderr
-        )
-        return False
-    answer = input("remove it? [y/N] ").strip().lower()
-    return answer in ("y", "yes")
-
-
 def node_remove_cli(
     inventory_path: str,
     name: str,
@@ -308,7 +295,7 @@ def node_remove_cli(
         else "  --unreachable: no host steps (its units, keys and certificates stay on it)",
         f"  revoke its certificates in Vault ({', '.join(mounts)}), checked on the CRLs",
     ]
-    if not _confirmed(plan, yes):
+    if not confirmed(plan, yes, "node remove", "remove it?"):
         return 2
     try:
         lock = ClusterLock.acquire(vault, data.cluster_name, " ".join(["galley", *sys.argv[1:]]))
