@@ -1,6 +1,6 @@
 # ruff: noqa: E402 (the gevent patch must come before every other import)
 """The `galley` command: the lab, Vault bootstrap, validation, checksums, report, rollouts,
-node removal, etcd member removal."""
+node removal, etcd member removal, snapshots and restores."""
 
 from __future__ import annotations
 
@@ -156,6 +156,18 @@ def _rollout_control_plane(args: argparse.Namespace) -> int:
     return rollout_control_plane_cli(
         args.inventory, args.to, args.dry_run, args.resume, args.allow_downgrade, args.ready_timeout
     )
+
+
+def _etcd_snapshot(args: argparse.Namespace) -> int:
+    from galley.ops.etcd_snapshot import snapshot_cli
+
+    return snapshot_cli(args.inventory, args.out)
+
+
+def _etcd_restore(args: argparse.Namespace) -> int:
+    from galley.ops.etcd_restore import restore_cli
+
+    return restore_cli(args.inventory, args.snapshot, args.yes)
 
 
 def _node_remove(args: argparse.Namespace) -> int:
@@ -331,27 +343,24 @@ def _parser() -> argparse.ArgumentParser:
     control_plane.add_argument("--ready-timeout", type=float, default=300, metavar="SECONDS")
     control_plane.set_defaults(func=_rollout_control_plane)
 
-    node = commands.add_parser("node", help="workers leaving the cluster").add_subparsers(
-        dest="node_command", required=True
-    )
-    remove = node.add_parser(
-        "remove",
-        help="cordon, drain and delete a worker's Node, clean its host, revoke its certificates",
-    )
-    remove.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/nyc3.py")
-    remove.add_argument("name", help="the worker, still in the inventory's workers group")
-    remove.add_argument(
-        "--unreachable",
-        action="store_true",
-        help="a dead droplet: skip the host steps (it may be gone from the inventory)",
-    )
-    remove.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    remove.add_argument("--drain-timeout", type=float, default=300, metavar="SECONDS")
-    remove.set_defaults(func=_node_remove)
-
-    etcd = commands.add_parser("etcd", help="etcd membership").add_subparsers(
+    etcd = commands.add_parser("etcd", help="etcd backups and membership").add_subparsers(
         dest="etcd_command", required=True
     )
+    snapshot = etcd.add_parser(
+        "snapshot", help="save a snapshot from a healthy follower and copy it to this machine"
+    )
+    snapshot.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/nyc3.py")
+    snapshot.add_argument(
+        "--out", metavar="DIR", help="where to put it (default: ~/.config/galley/<cluster>/...)"
+    )
+    snapshot.set_defaults(func=_etcd_snapshot)
+    restore = etcd.add_parser(
+        "restore", help="stop the control plane, restore every etcd member from a snapshot"
+    )
+    restore.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/nyc3.py")
+    restore.add_argument("snapshot", help="a snapshot file (a .sha256 beside it is checked)")
+    restore.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    restore.set_defaults(func=_etcd_restore)
     etcd_remove = etcd.add_parser(
         "remove",
         help="take a member out of the etcd cluster (snapshot first), stop it and wipe its data",
@@ -372,6 +381,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     etcd_remove.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     etcd_remove.set_defaults(func=_etcd_remove)
+
+    node = commands.add_parser("node", help="workers leaving the cluster").add_subparsers(
+        dest="node_command", required=True
+    )
+    remove = node.add_parser(
+        "remove",
+        help="cordon, drain and delete a worker's Node, clean its host, revoke its certificates",
+    )
+    remove.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/nyc3.py")
+    remove.add_argument("name", help="the worker, still in the inventory's workers group")
+    remove.add_argument(
+        "--unreachable",
+        action="store_true",
+        help="a dead droplet: skip the host steps (it may be gone from the inventory)",
+    )
+    remove.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    remove.add_argument("--drain-timeout", type=float, default=300, metavar="SECONDS")
+    remove.set_defaults(func=_node_remove)
+
     return parser
 
 

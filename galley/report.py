@@ -18,20 +18,23 @@ from typing import Any
 
 from galley.components import named, running_on
 from galley.components.api_proxy import API_PROXY
+from galley.components.etcd import SNAPSHOT_DIR_KEY, SNAPSHOT_JOB, snapshot_settings
 from galley.components.kube_apiserver import KUBE_APISERVER
 from galley.components.kube_proxy import KUBE_PROXY
 from galley.components.kubelet import KUBELET
-from galley.components.model import Component
+from galley.components.model import Component, first_run_seconds, span_seconds
 from galley.facts import (
     ApiProxyBackends,
     Certificates,
     ComponentVersions,
     EtcdHealth,
+    EtcdSnapshots,
     FlannelLease,
     OsInfo,
     RenewalStatus,
     UnitStates,
 )
+from galley.ops.etcd_snapshot import snapshot_prefix
 from galley.problems import Problem
 from galley.text import clean
 from galley.versions import VersionError, skew_problems
@@ -39,6 +42,8 @@ from galley.versions import VersionError, skew_problems
 # Hosts renew 30-day certificates with 10 days left: one with less than 7 has missed renewals.
 DEFAULT_DAYS = 7
 CONNECT_TIMEOUT = 5
+# A member's first scheduled snapshot may take this long after the timer's first due time.
+SNAPSHOT_GRACE = timedelta(minutes=5)
 
 HostFacts = dict[str, Any]
 
@@ -101,8 +106,9 @@ def analyse(hosts: Mapping[str, HostFacts], days: int, now: datetime | None = No
     A host's dict has ``groups``, ``components`` (the names of those it runs) and ``error``
     (why it could not be reached, else None) and,
     when reached, the fact values ``os``, ``flannel``, ``certificates``, ``units``,
-    ``versions``, ``etcd``, ``api_proxy`` and ``renewal`` (the last five only for hosts
-    running the component or holding certificates).
+    ``versions``, ``etcd``, ``api_proxy``, ``renewal`` and ``snapshots`` with
+    ``snapshot_interval`` (seconds) (the last six only for hosts running the component or
+    holding certificates).
     """
     now = now or datetime.now(UTC)
     problems: list[Problem] = []
@@ -113,6 +119,7 @@ def analyse(hosts: Mapping[str, HostFacts], days: int, now: datetime | None = No
         _certificates_table(hosts, days, now, problems),
         _renewal_table(hosts, problems),
         _etcd_table(hosts, problems),
+        _snapshots_table(hosts, now, problems),
         _api_proxies_table(hosts, problems),
     ]
     return Report(tables, problems)
@@ -343,6 +350,47 @@ def _etcd_table(hosts: Mapping[str, HostFacts], problems: list[Problem]) -> Tabl
     return table
 
 
+def snapshot_problem(snapshots: Mapping[str, Any], interval: int, now: datetime) -> str | None:
+    """What is wrong with a member's scheduled snapshots (`EtcdSnapshots`), taken every
+    ``interval`` seconds: a newest one older than twice the interval, none once the timer's
+    first run is due (plus `SNAPSHOT_GRACE`), or a timer that is not active."""
+    newest, since = snapshots.get("newest_time"), snapshots.get("timer_since")
+    if newest is not None and now - newest > timedelta(seconds=2 * interval):
+        return f"newest etcd snapshot is {_duration(now - newest)} old (every {interval}s)"
+    if snapshots.get("timer") != "active":
+        return f"the snapshot timer is {snapshots.get('timer') or 'missing'}"
+    if newest is None and since is not None:
+        due = since + timedelta(seconds=first_run_seconds(f"{interval}s")) + SNAPSHOT_GRACE
+        if now > due:
+            return f"no etcd snapshot since the timer started at {since:%Y-%m-%d %H:%M:%S}"
+    return None
+
+
+def _snapshots_table(
+    hosts: Mapping[str, HostFacts], now: datetime, problems: list[Problem]
+) -> Table:
+    """Each member's scheduled snapshots: how many, the newest and its age, the last run."""
+    table = Table("etcd snapshots", ("host", "count", "newest", "age", "size", "timer", "last run"))
+    for name, facts in _reached(hosts):
+        snapshots = facts.get("snapshots")
+        if snapshots is None:
+            continue
+        problem = snapshot_problem(snapshots, facts.get("snapshot_interval") or 3600, now)
+        if problem:
+            problems.append(fleet_problem(name, "etcd snapshots", problem))
+        newest, size = snapshots.get("newest_time"), snapshots.get("newest_size")
+        cells = (
+            snapshots.get("count"),
+            snapshots.get("newest"),
+            _duration(now - newest) if newest else None,
+            _size(size) if isinstance(size, int) else None,
+        )
+        table.add(
+            (name, *cells, snapshots.get("timer"), snapshots.get("last_result")), bool(problem)
+        )
+    return table
+
+
 def _api_proxies_table(hosts: Mapping[str, HostFacts], problems: list[Problem]) -> Table:
     table = Table("api proxies", ("host", "apiserver", "address", "status", "last check"))
     for name, facts in _reached(hosts):
@@ -452,6 +500,14 @@ def gather(inventory: Any, connect_timeout: int = CONNECT_TIMEOUT) -> dict[str, 
             wanted["versions"] = (ComponentVersions, {"components": entries})
         if "etcd" in host.groups:
             wanted["etcd"] = (EtcdHealth, {})
+            settings = snapshot_settings(host.data)
+            arguments = {
+                "directory": settings[SNAPSHOT_DIR_KEY],
+                "prefix": snapshot_prefix(host.data.cluster_name),
+                "job": SNAPSHOT_JOB,
+            }
+            wanted["snapshots"] = (EtcdSnapshots, arguments)
+            facts["snapshot_interval"] = span_seconds(settings["etcd_snapshot_interval"])
         if API_PROXY in components:
             wanted["api_proxy"] = (ApiProxyBackends, {})
         if certificates:

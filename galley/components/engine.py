@@ -20,7 +20,15 @@ from pyinfra.api.util import get_template
 from pyinfra.facts.deb import DebPackages
 from pyinfra.operations import apt, files, python, server, systemd
 
-from galley.components.model import TEMPLATES, Artifact, Cert, Component, Config, Configured
+from galley.components.model import (
+    SYSTEMD_DIR,
+    TEMPLATES,
+    Artifact,
+    Cert,
+    Component,
+    Config,
+    Configured,
+)
 from galley.downloads import sha256_of
 from galley.host.release import DEFAULT_STALL_SECONDS, Release, install_release
 from galley.host.restarts import reload_when_pending, restart_when_pending
@@ -160,11 +168,11 @@ def _prepare(components: Sequence[Component]) -> None:
             shell="/usr/sbin/nologin",
             create_home=False,
         )
-    directories = {d.path: d for c in components for d in c.directories}
-    for directory in host.loop(directories.values()):
+    directories = {d.path_on(host): d for c in components for d in c.directories}
+    for path, directory in host.loop(directories.items()):
         files.directory(
-            name=f"directory {directory.path}",
-            path=directory.path,
+            name=f"directory {path}",
+            path=path,
             user=directory.owner,
             group=directory.group,
             mode=directory.mode,
@@ -173,22 +181,24 @@ def _prepare(components: Sequence[Component]) -> None:
 
 def _retire(components: Sequence[Component]) -> None:
     """Take away what ``components`` left on a host of their group that no longer runs them
-    (their ``when`` turned false, e.g. api-proxy once ``api_endpoint`` is set): the unit is
-    stopped and disabled, its unit file and config files removed."""
+    (their ``when`` turned false, e.g. api-proxy once ``api_endpoint`` is set): the unit and
+    timers are stopped and disabled, their unit files, scripts and config files removed."""
     for component in host.loop(components):
         if component.unit is None:
             continue
         unit = component.unit
-        systemd.service(
-            name=f"{unit.name} stopped and disabled (not needed here)",
-            service=unit.name,
-            running=False,
-            enabled=False,
-        )
-        removed = [
-            files.file(name=f"{path} removed", path=path, present=False)
-            for path in (unit.path, *(config.path for config in component.configs))
-        ]
+        services = [*(timer.timer_unit for timer in component.timers), unit.name]
+        paths = [unit.path, *(config.path for config in component.configs)]
+        for timer in component.timers:
+            paths += [timer.script.path, *timer.unit_files()]
+        for service in host.loop(services):
+            systemd.service(
+                name=f"{service} stopped and disabled (not needed here)",
+                service=service,
+                running=False,
+                enabled=False,
+            )
+        removed = [files.file(name=f"{path} removed", path=path, present=False) for path in paths]
         systemd.daemon_reload(
             name=f"systemd daemon-reload ({unit.name} removed)",
             _if=lambda removed=removed: removed[0].did_change(),
@@ -233,4 +243,29 @@ def deploy_components(components: Sequence[Component], vault: Callable[[], hvac.
             variables = {"cluster_name": host.data.cluster_name, **configured.variables}
             unit_files[unit.name] = render(Config(unit.path, unit.template), **variables)
             wrote(unit.path, unit_files[unit.name])
+    timer_files: dict[str, OperationMeta] = {}
+    for timer in host.loop([timer for c in mine for timer in c.timers]):
+        variables = {"cluster_name": host.data.cluster_name, **timer.variables(host)}
+        render(timer.script, **variables)
+        for path, template in timer.unit_files().items():
+            unit_files[path] = render(Config(path, template), **variables)
+        timer_files[timer.timer_unit] = unit_files[f"{SYSTEMD_DIR}/{timer.timer_unit}"]
     run_units([c for c in mine if c.unit], unit_files, written, before_start)
+    start_timers(timer_files)
+
+
+def start_timers(timer_files: Mapping[str, OperationMeta]) -> None:
+    """Start and enable each timer (after the units: a job runs only beside its unit);
+    restart one whose timer file changed, so its schedule starts over from the new one."""
+    for timer, written in host.loop(timer_files.items()):
+        started = systemd.service(
+            name=f"{timer} started and enabled", service=timer, running=True, enabled=True
+        )
+        systemd.service(
+            name=f"{timer} restarted (its schedule changed)",
+            service=timer,
+            restarted=True,
+            _if=lambda written=written, started=started: (
+                written.did_change() and not started.did_change()
+            ),
+        )

@@ -30,15 +30,18 @@ from galley.components.model import (
     Config,
     Configured,
     Directory,
+    Timer,
     Unit,
+    first_run_seconds,
     github_artifact,
 )
-from galley.etcdctl import CACERT, etcdctl_command
+from galley.etcdctl import CACERT, ETCDUTL, etcdctl_command
 from galley.facts.etcd import EtcdDataDir, EtcdMembers
 from galley.host.restarts import RestartError, systemctl_restart, wait_until_healthy
 from galley.ops.etcd_client import EtcdClient, host_runner
 from galley.ops.etcd_members import Membership
 from galley.ops.etcd_plan import Member, Wanted, unlisted_note
+from galley.ops.etcd_snapshot import HOST_WORK_DIR, TIME_FORMAT, snapshot_prefix
 from galley.ops.journal import operator_dir
 from galley.pki import Identity, RoleSpec
 
@@ -47,8 +50,16 @@ ENV_PATH = f"{CONFIG_DIR}/etcd.env"
 BOOTSTRAP_PATH = f"{CONFIG_DIR}/bootstrap.env"
 PKI_DIR = f"{CONFIG_DIR}/pki"
 DATA_DIR = "/var/lib/etcd"
-# Snapshots taken before each membership change, on the host running it (0600: every Secret).
-SNAPSHOT_DIR = "/var/lib/galley/etcd-snapshots"
+# The members' scheduled snapshots: the timer's job, its script, and its group data.
+SNAPSHOT_JOB = "galley-etcd-snapshot"
+SNAPSHOT_SCRIPT = f"/usr/local/sbin/{SNAPSHOT_JOB}"
+SNAPSHOT_DIR_KEY = "etcd_snapshot_dir"
+SNAPSHOT_DEFAULTS: dict[str, Any] = {
+    "etcd_snapshot_interval": "1h",  # a systemd time span
+    "etcd_snapshot_keep": 24,  # the newest this many are kept
+    SNAPSHOT_DIR_KEY: "/var/lib/etcd-snapshots",  # owned by etcd, 0700; files 0600
+}
+SNAPSHOT_SAVE_TIMEOUT = "5m"
 # The membership journal, in the operator's directory of the cluster.
 MEMBERSHIP_JOURNAL = "etcd-membership.json"
 HEALTHCHECK_CLIENT = "etcd-healthcheck-client"
@@ -178,6 +189,38 @@ def member_variables(host: Host) -> dict[str, Any]:
     }
 
 
+def snapshot_settings(data: Any) -> dict[str, Any]:
+    """The scheduled snapshots' group data (`SNAPSHOT_DEFAULTS` where unset)."""
+    return {key: data.get(key) or default for key, default in SNAPSHOT_DEFAULTS.items()}
+
+
+def snapshot_variables(host: Host) -> dict[str, Any]:
+    """The variables of the scheduled snapshot's script, service and timer for ``host``:
+    the member snapshots itself (its own client port) into ``etcd_snapshot_dir`` every
+    ``etcd_snapshot_interval``, keeping the newest ``etcd_snapshot_keep``."""
+    data = host.data
+    settings = snapshot_settings(data)
+    interval = settings["etcd_snapshot_interval"]
+    etcdctl = etcdctl_command(
+        [f"https://127.0.0.1:{data.etcd_client_port}"], command_timeout=SNAPSHOT_SAVE_TIMEOUT
+    )
+    return {
+        "member_name": member_name(host),
+        "script_path": SNAPSHOT_SCRIPT,
+        "snapshot_dir": settings[SNAPSHOT_DIR_KEY],
+        "keep": settings["etcd_snapshot_keep"],
+        "interval": interval,
+        "first_run": f"{first_run_seconds(interval)}s",
+        "shell": {
+            "dir": shlex.quote(settings[SNAPSHOT_DIR_KEY]),
+            "prefix": shlex.quote(snapshot_prefix(data.cluster_name)),
+            "etcdctl": etcdctl,
+            "etcdutl": shlex.quote(ETCDUTL),
+            "date_format": shlex.quote(f"+{TIME_FORMAT}"),
+        },
+    }
+
+
 def bootstrap_variables(host: Host, state: str, cluster: str) -> dict[str, Any]:
     """The variables of bootstrap.env (the deploy's and a joining member's, alike)."""
     return {
@@ -295,7 +338,7 @@ def _join(state: State, host: Host, unit: str) -> None:
         client=EtcdClient(host_runner(host)),
         hosts=PyinfraMemberHosts(hosts),
         journal_path=operator_dir(host.data) / MEMBERSHIP_JOURNAL,
-        snapshot_dir=SNAPSHOT_DIR,
+        snapshot_dir=HOST_WORK_DIR,  # on the host running it (0600: every Secret)
         log=host.log,
         timeout=HEALTH_TIMEOUT,
     )
@@ -419,11 +462,24 @@ ETCD = Component(
         wait=_wait_cluster_healthy,
         before_start=_join,
     ),
+    timers=(
+        Timer(
+            SNAPSHOT_JOB,
+            Config(SNAPSHOT_SCRIPT, f"etcd/{SNAPSHOT_JOB}.sh.j2", mode="755"),
+            f"etcd/{SNAPSHOT_JOB}.service.j2",
+            f"etcd/{SNAPSHOT_JOB}.timer.j2",
+            snapshot_variables,
+        ),
+    ),
     directories=(
         Directory(DATA_DIR, "700", "etcd", "etcd"),
         Directory(CONFIG_DIR, "755"),
         Directory(PKI_DIR, "750", "root", "etcd"),
+        Directory(
+            SNAPSHOT_DEFAULTS[SNAPSHOT_DIR_KEY], "700", "etcd", "etcd", data_key=SNAPSHOT_DIR_KEY
+        ),
     ),
+    checks=("snapshots",),
     user="etcd",
     user_home=DATA_DIR,
     configure=_configure,

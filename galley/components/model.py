@@ -11,6 +11,7 @@ are derived here (`Component.watched`), never typed twice.
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,12 +173,18 @@ class Config:
 
 @dataclass(frozen=True)
 class Directory:
-    """A directory a component needs before its files are written."""
+    """A directory a component needs before its files are written: ``path``, or where the
+    group data ``data_key`` (when set) says."""
 
     path: str
     mode: str = "755"
     owner: str = "root"
     group: str = "root"
+    data_key: str = ""
+
+    def path_on(self, host: Host) -> str:
+        """Where the directory is on ``host``."""
+        return str(host.data.get(self.data_key) or self.path) if self.data_key else self.path
 
 
 # (state, host, unit) -> None: restart or wait with the component's own health gate.
@@ -207,6 +214,47 @@ class Unit:
         return posixpath.join(SYSTEMD_DIR, f"{self.name}.service")
 
 
+_SPAN = re.compile(r"(\d+)(s|sec|m|min|h|d)?")
+_SPAN_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def span_seconds(value: object) -> int | None:
+    """Seconds in a one-unit systemd time span (``15min``, ``1h``, ``30s``), None otherwise."""
+    found = _SPAN.fullmatch(str(value))
+    return int(found.group(1)) * _SPAN_SECONDS[found.group(2)] if found else None
+
+
+def first_run_seconds(interval: object) -> int:
+    """When a galley timer first runs after it starts (a deploy, a boot): one ``interval``
+    (a systemd time span), at most a minute."""
+    return min(span_seconds(interval) or 60, 60)
+
+
+@dataclass(frozen=True)
+class Timer:
+    """A job a systemd timer runs on the component's hosts: ``script`` (a `Config`), the
+    oneshot ``<name>.service`` and ``<name>.timer`` from ``templates/<service>`` and
+    ``templates/<timer>``, all rendered with ``variables(host)``. A changed timer file
+    restarts the timer (its schedule starts over); the script and service take effect at the
+    next run."""
+
+    name: str
+    script: Config
+    service: str
+    timer: str
+    variables: Callable[[Host], Mapping[str, Any]] = lambda host: {}
+
+    @property
+    def timer_unit(self) -> str:
+        """The timer's unit name."""
+        return f"{self.name}.timer"
+
+    def unit_files(self) -> dict[str, str]:
+        """The service's and the timer's unit file paths, each with its template."""
+        base = posixpath.join(SYSTEMD_DIR, self.name)
+        return {f"{base}.service": self.service, f"{base}.timer": self.timer}
+
+
 @dataclass(frozen=True)
 class Configured:
     """What a component's ``configure`` added: the operation writing each of its config files
@@ -227,6 +275,7 @@ class Component:
     `Configured`; ``context`` has the run's ``vault`` factory.
     ``checks`` name the validation rules its group data must pass (`galley.inventory.checks`).
     ``watch`` lists files other components write that its unit reads too.
+    ``timers`` are jobs systemd runs on a schedule beside its unit (started after it).
     ``packages`` are Debian packages it needs; ``when`` limits it to the hosts of its group
     it is true for.
     """
@@ -238,6 +287,7 @@ class Component:
     certs: tuple[Cert, ...] = ()
     configs: tuple[Config, ...] = ()
     unit: Unit | None = None
+    timers: tuple[Timer, ...] = ()
     directories: tuple[Directory, ...] = ()
     user: str | None = None  # a system user it runs as, with ``user_home``
     user_home: str | None = None

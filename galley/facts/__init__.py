@@ -1,7 +1,7 @@
 """Custom pyinfra facts for galley, usable ad hoc: `pyinfra INVENTORY fact galley.facts.<Name>`."""
 
 from galley.facts.api_proxy import ApiProxyBackends
-from galley.facts.etcd import EtcdHealth, EtcdMembers
+from galley.facts.etcd import EtcdHealth, EtcdMembers, EtcdSnapshots
 from galley.facts.fleet import ComponentVersions, FlannelLease
 from galley.facts.release import InstalledReleases
 from galley.facts.renewal import RenewalStatus
@@ -15,6 +15,7 @@ __all__ = [
     "ComponentVersions",
     "EtcdHealth",
     "EtcdMembers",
+    "EtcdSnapshots",
     "FlannelLease",
     "InstalledReleases",
     "OsInfo",

@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from pyinfra.api import FactBase
 
 from galley.etcdctl import CACERT, CERT, ETCDCTL, KEY, etcdctl_flags
 from galley.etcdctl import LOCAL_ENDPOINT as ENDPOINT
+from galley.facts.system import parse_timestamp
 
 # Both the dial and the whole request are bounded so a dead etcd cannot hang a deploy.
 TIMEOUT = "3s"
@@ -279,3 +281,61 @@ def _first_entry(data: Any) -> dict[str, Any]:
     if isinstance(data, list) and data and isinstance(data[0], dict):
         return data[0]
     return {}
+
+
+class EtcdSnapshots(FactBase):
+    """The member's scheduled snapshots: how many, the newest, and the timer taking them.
+
+    Returns ``{"count": int, "newest": name | None, "newest_time": datetime (UTC, its
+    modification time) | None, "newest_size": int | None, "timer": "active" | ...,
+    "timer_since": datetime | None (when the timer last started), "last_result": "success" |
+    "exit-code" | ... | None (the job's last run)}`` for the files ``<prefix>-r*-*.db`` of
+    ``directory``.
+    """
+
+    def command(self, directory: str, prefix: str, job: str) -> str:
+        pattern = shlex.quote(f"{prefix}-r*-*.db")
+        return (
+            f"find {shlex.quote(directory)} -maxdepth 1 -type f -name {pattern} "
+            "-printf 'file %T@ %s %f\\n' 2>/dev/null; "
+            "systemctl show --timestamp=us+utc -p ActiveState,ActiveEnterTimestamp "
+            f"{shlex.quote(job + '.timer')} | sed 's/^/timer /'; "
+            f"systemctl show -p Result {shlex.quote(job + '.service')} | sed 's/^/job /'; true"
+        )
+
+    @staticmethod
+    def default() -> dict[str, Any]:
+        return {
+            "count": 0,
+            "newest": None,
+            "newest_time": None,
+            "newest_size": None,
+            "timer": None,
+            "timer_since": None,
+            "last_result": None,
+        }
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        result = self.default()
+        files: list[tuple[float, int, str]] = []
+        properties: dict[str, str] = {}
+        for line in output:
+            kind, _, rest = line.partition(" ")
+            if kind == "file":
+                mtime, size, name = rest.split(" ", 2)
+                files.append((float(mtime), int(size), name))
+            elif kind in ("timer", "job"):
+                key, _, value = rest.partition("=")
+                properties[f"{kind}.{key}"] = value
+        if files:
+            mtime, size, name = max(files)
+            result.update(
+                newest=name, newest_time=datetime.fromtimestamp(mtime, UTC), newest_size=size
+            )
+        result.update(
+            count=len(files),
+            timer=properties.get("timer.ActiveState"),
+            timer_since=parse_timestamp(properties.get("timer.ActiveEnterTimestamp", "")),
+            last_result=properties.get("job.Result"),
+        )
+        return result

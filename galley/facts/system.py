@@ -38,7 +38,7 @@ def _unit_states_command(units: tuple[str, ...]) -> str:
     )
 
 
-def _parse_timestamp(value: str) -> datetime | None:
+def parse_timestamp(value: str) -> datetime | None:
     """Parse ``Day YYYY-MM-DD HH:MM:SS[.UUUUUU] UTC`` (``--timestamp=us+utc``); None if unset."""
     parts = value.split()
     if len(parts) != 4 or parts[3] != "UTC":
@@ -57,7 +57,7 @@ def _unit_state(properties: dict[str, str]) -> dict[str, Any]:
         "load": properties.get("LoadState", "not-found"),
         "active": properties.get("ActiveState", "inactive"),
         "sub": properties.get("SubState", "dead"),
-        "since": _parse_timestamp(properties.get("ActiveEnterTimestamp", "")),
+        "since": parse_timestamp(properties.get("ActiveEnterTimestamp", "")),
         "main_pid": main_pid or None,
         "restarts": int(restarts) if restarts.isdigit() else None,
     }

@@ -10,7 +10,6 @@ script records its outcome in `STATE_PATH` (``key=value`` lines), which
 from __future__ import annotations
 
 import io
-import re
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -22,7 +21,7 @@ from pyinfra import host
 from pyinfra.operations import files, systemd
 
 from galley.components.engine import install_certificates
-from galley.components.model import SYSTEMD_DIR, TEMPLATES
+from galley.components.model import SYSTEMD_DIR, TEMPLATES, first_run_seconds, span_seconds
 from galley.facts.renewal import STATE_DIR, STATE_PATH
 from galley.host.restarts import RESTART_LOCK
 from galley.renewal import HOST_IDENTITY, IDENTITY_DIR, HostRenewal, auth_path, plan
@@ -78,16 +77,6 @@ def render_script(renewal: HostRenewal, settings: ScriptSettings) -> str:
     )
 
 
-_SPAN = re.compile(r"(\d+)(s|sec|m|min|h|d)?")
-_SPAN_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
-
-
-def span_seconds(value: object) -> int | None:
-    """Seconds in a one-unit systemd time span (``15min``, ``1h``, ``30s``), None otherwise."""
-    found = _SPAN.fullmatch(str(value))
-    return int(found.group(1)) * _SPAN_SECONDS[found.group(2)] if found else None
-
-
 def render_units(data: Mapping[str, Any]) -> dict[str, str]:
     """The service and timer, by path, with the schedule from group data ``data``."""
     environment = _environment()
@@ -101,7 +90,7 @@ def render_units(data: Mapping[str, Any]) -> dict[str, str]:
         ).render(
             interval=schedule["cert_renewal_interval"],
             random_delay=schedule["cert_renewal_random_delay"],
-            first_run=f"{min(span_seconds(schedule['cert_renewal_interval']) or 60, 60)}s",
+            first_run=f"{first_run_seconds(schedule['cert_renewal_interval'])}s",
         ),
     }
 

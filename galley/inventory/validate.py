@@ -18,9 +18,8 @@ from pyinfra.api.host import Host
 
 import galley.components as registry
 from galley.components.kubernetes import first_service_ip
-from galley.components.model import Artifact, Component
+from galley.components.model import Artifact, Component, span_seconds
 from galley.downloads import ChecksumError, sha256_of
-from galley.host.renewal import span_seconds
 from galley.inventory.load import InventoryLoadError, contacting_hosts, load_inventory
 from galley.pki import parse_duration
 from galley.problems import Problem
@@ -29,6 +28,8 @@ from galley.vault import VaultError, VaultSettings
 CLUSTER_GROUPS = ("etcd", "control_plane", "workers")
 LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 SHA256 = re.compile(r"[0-9a-f]{64}")
+# A directory galley makes: absolute, plain characters, not / itself.
+ABSOLUTE = re.compile(r"(/[A-Za-z0-9._-]+)+")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -405,6 +406,24 @@ def _flannel_check(host: Host) -> Iterable[tuple[str, str]]:
         )
 
 
+def _snapshot_check(host: Host) -> Iterable[tuple[str, str]]:
+    """The members' scheduled snapshots (`galley.components.etcd.snapshot_settings`)."""
+    data = host.data
+    interval = data.get("etcd_snapshot_interval")
+    if interval is not None and not span_seconds(interval):
+        yield "etcd_snapshot_interval", f"{interval!r} is not a systemd time span such as '1h'"
+    keep = data.get("etcd_snapshot_keep")
+    if keep is not None and not (isinstance(keep, int) and not isinstance(keep, bool) and keep > 0):
+        yield "etcd_snapshot_keep", f"must be a number of snapshots (at least 1), not {keep!r}"
+    directory = data.get("etcd_snapshot_dir")
+    if directory is not None and not (isinstance(directory, str) and ABSOLUTE.fullmatch(directory)):
+        yield "etcd_snapshot_dir", f"{directory!r} is not an absolute path such as /var/lib/x"
+
+
+def _snapshots(inventory: Inventory, group: str, hosts: list[Host]) -> list[Problem]:
+    return _per_host(hosts, _snapshot_check)
+
+
 def _vault_check(environ: Mapping[str, str]) -> Check:
     def check(host: Host) -> Iterable[tuple[str, str]]:
         try:
@@ -420,4 +439,5 @@ RULES: Mapping[str, Callable[[Inventory, str, list[Host]], list[Problem]]] = {
     "networks": _networks,
     "api": _api,
     "flannel": _flannel,
+    "snapshots": _snapshots,
 }

@@ -105,6 +105,15 @@ class EtcdClient:
             for entry in _json_list(out)
         )
 
+    def revisions(self, endpoints: Sequence[str]) -> dict[str, int]:
+        """The store revision each of ``endpoints`` answering ``endpoint status`` is at."""
+        _, out, _ = self.run(self._command(endpoints, "endpoint", "status", "-w", "json"))
+        return {
+            entry["Endpoint"]: int(entry["Status"]["header"]["revision"])
+            for entry in _json_list(out)
+            if "Endpoint" in entry and "revision" in entry.get("Status", {}).get("header", {})
+        }
+
     def alarms(self, endpoints: Sequence[str]) -> tuple[str, ...]:
         """Raised alarms, one line each (``alarm list``)."""
         return tuple(

@@ -33,6 +33,7 @@ from galley.ops.etcd_plan import (
     plan_reconcile,
     plan_remove,
 )
+from galley.ops.etcd_snapshot import SnapshotError, save_snapshot
 from galley.ops.journal import Journal, JournalError
 
 # etcd's answers that pass with time: a learner catching up, and strict-reconfig-check's
@@ -267,20 +268,16 @@ class Membership:
     def _snapshot(self, live: Live, why: str, leaving: Member | None = None) -> None:
         """Save and check a snapshot from a healthy follower (the leader if none), not from
         the member ``leaving``."""
-        voters = [m for m in live.voters if live.healthy(m) and m != leaving]
-        source = next((m for m in voters if m.id not in live.leaders), voters[0])
+        source = live.snapshot_source(leaving)
+        if source is None:
+            raise MembershipError("no change without a snapshot: no healthy voter to take it")
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         path = f"{self.snapshot_dir}/etcd-{stamp}-{why}.db"
         try:
-            status = self.client.snapshot(source.client_urls[0], path)
-        except (EtcdctlError, ValueError) as exc:
-            raise MembershipError(f"no change without a snapshot: {exc}") from None
-        if not status.get("hash") or not status.get("totalSize"):
-            raise MembershipError(f"no change without a good snapshot: {path} reads {status}")
-        self.log(
-            f"etcd membership: snapshot {path} from {source.name}: revision "
-            f"{status['revision']}, {status.get('totalKey')} keys, {status.get('totalSize')} bytes"
-        )
+            status = save_snapshot(self.client, source.client_urls[0], path)
+        except SnapshotError as exc:
+            raise MembershipError(f"no change without a good snapshot: {exc}") from None
+        self.log(f"etcd membership: snapshot {path} from {source.name}: {status.describe()}")
 
     def _journal(self, target: str) -> Journal:
         """This command's journal: the unfinished one of the same command is resumed; an

@@ -72,6 +72,12 @@ class Live:
         """The voting members."""
         return [m for m in self.members if not m.is_learner]
 
+    def snapshot_source(self, leaving: Member | None = None) -> Member | None:
+        """Where to take a snapshot from: a healthy voter that follows (the leader if none
+        does), never ``leaving``; None without a healthy voter."""
+        voters = [m for m in self.voters if self.healthy(m) and m != leaving and m.client_urls]
+        return next((m for m in voters if m.id not in self.leaders), voters[0] if voters else None)
+
 
 @dataclass(frozen=True)
 class Done:

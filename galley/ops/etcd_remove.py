@@ -32,7 +32,6 @@ from galley.components.etcd import (
     DATA_DIR,
     HEALTH_TIMEOUT,
     MEMBERSHIP_JOURNAL,
-    SNAPSHOT_DIR,
     PyinfraMemberHosts,
     member_name,
     wanted,
@@ -50,6 +49,7 @@ from galley.ops.etcd_members import (
     removed_note,
 )
 from galley.ops.etcd_plan import Done, Refuse, RemoveMember, Wanted, plan_remove
+from galley.ops.etcd_snapshot import HOST_WORK_DIR
 from galley.ops.journal import JournalError, operator_dir
 from galley.ops.revocation import retire_host, revocation_paths
 from galley.pki import mount_path
@@ -313,7 +313,7 @@ def etcd_remove_cli(
             client=client,
             hosts=PyinfraMemberHosts(list(connected.hosts.values())),
             journal_path=operator_dir(data) / MEMBERSHIP_JOURNAL,
-            snapshot_dir=SNAPSHOT_DIR,
+            snapshot_dir=HOST_WORK_DIR,
             log=lambda line: print(line, flush=True),
             timeout=HEALTH_TIMEOUT,
         )

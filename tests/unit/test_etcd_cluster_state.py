@@ -28,8 +28,8 @@ from galley.components.etcd import (
 from galley.components.model import Config
 from galley.facts.etcd import EtcdDataDir
 from galley.ops.etcd_plan import Member
+from tests.etcd_local import free_ports
 from tests.standins.pki import CA
-from tests.unit.test_etcd_membership import free_ports
 
 INVENTORY = "a=https://10.0.0.1:2380,b=https://10.0.0.2:2380,c=https://10.0.0.3:2380"
 JOINED = "a=https://10.0.0.1:2380,b=https://10.0.0.2:2380,d=https://10.0.0.4:2380"

@@ -1,0 +1,165 @@
+"""etcd backups on the lab through the real CLIs: the members' snapshot timer (idempotent,
+shown and flagged by the report), `galley etcd snapshot` copying a checked snapshot off a
+follower, and `galley etcd restore` refusing a tampered file before anything stops, then
+bringing the whole cluster back to a snapshot."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from galley.etcdctl import etcdctl_command
+
+from .conftest import changed, pyinfra_json, run_cli, run_deploy
+from .test_cluster import _admin_files, _healthz, _wait
+
+INVENTORY = "inventories/lab.py"
+SNAPSHOT_DIR = "/var/lib/etcd-snapshots"
+NAME = re.compile(r"lab-etcd-r(\d+)-\d{8}T\d{6}Z\.db")
+LOCAL = ["https://127.0.0.1:2379"]
+
+
+def ssh(name: str, command: str, check: bool = True) -> str:
+    return run_cli("galley", "lab", "ssh", name, command, check=check).stdout
+
+
+def members(lab) -> list[str]:
+    return [d.name for d in lab.droplets if "etcd" in d.roles]
+
+
+def started(lab) -> dict[str, str]:
+    """When etcd and kube-apiserver last started on each host that runs them."""
+    return {
+        d.name: ssh(d.name, "systemctl show -p ActiveEnterTimestamp etcd kube-apiserver")
+        for d in lab.droplets
+        if {"etcd", "control_plane"} & set(d.roles)
+    }
+
+
+def keys(prefix: str) -> list[str]:
+    out = ssh("lab-etcd-1", etcdctl_command(LOCAL, "get", "--prefix", "--keys-only", prefix))
+    return [line for line in out.splitlines() if line]
+
+
+def report() -> subprocess.CompletedProcess:
+    return run_cli("galley", "report", INVENTORY, "--json", check=False)
+
+
+@pytest.fixture(scope="module")
+def cluster(lab):
+    """The whole lab cluster deployed (a no-op when it already is), with admin credentials."""
+    run_cli("galley", "vault", "bootstrap", "--cluster", "lab", "--inventory", INVENTORY)
+    code, _, output = run_deploy("cluster")
+    assert code == 0, output
+    run_cli("galley", "admin", "credentials", INVENTORY)
+    return lab
+
+
+def test_the_timer_is_installed_and_a_second_run_changes_nothing(cluster):
+    for name in members(cluster):
+        assert ssh(name, "systemctl is-enabled galley-etcd-snapshot.timer").strip() == "enabled"
+        assert ssh(name, "systemctl is-active galley-etcd-snapshot.timer").strip() == "active"
+        assert ssh(name, f"stat -c '%a %U' {SNAPSHOT_DIR}").split() == ["700", "etcd"]
+    dry = json.loads(run_cli("pyinfra", INVENTORY, "deploys/etcd.py", "--dry", "--json").stdout)
+    assert [op["name"] for op in dry["plan"] if op["hosts_with_change"]] == []
+    code, results, output = run_deploy("etcd")
+    assert code == 0 and changed(results) == {}, output
+
+
+def test_every_member_snapshots_itself_and_the_report_flags_a_stale_one(cluster):
+    for name in members(cluster):
+        ssh(name, "systemctl start galley-etcd-snapshot.service")
+        listing = ssh(name, f"stat -c '%a %U %n' {SNAPSHOT_DIR}/lab-etcd-r*.db").splitlines()
+        assert listing and all(line.startswith("600 etcd ") for line in listing), listing
+        newest = sorted(line.split()[-1] for line in listing)[-1]
+        ssh(name, f"/usr/local/bin/etcdutl snapshot status {newest} -w json")
+    result = report()
+    assert result.returncode == 0, result.stdout + result.stderr
+    hosts = json.loads(result.stdout)["hosts"]
+    for name in members(cluster):
+        assert hosts[name]["snapshots"]["count"] >= 1
+        assert NAME.fullmatch(hosts[name]["snapshots"]["newest"])
+
+    ssh("lab-etcd-2", f"touch -d '3 hours ago' {SNAPSHOT_DIR}/lab-etcd-r*.db")
+    try:
+        result = report()
+        assert result.returncode == 1
+        problems = [p["message"] for p in json.loads(result.stdout)["problems"]]
+        assert any(p.startswith("newest etcd snapshot is 3h00m old") for p in problems), problems
+    finally:
+        ssh("lab-etcd-2", "systemctl start galley-etcd-snapshot.service")
+    assert report().returncode == 0
+
+
+def take_snapshot(directory: Path) -> tuple[Path, subprocess.CompletedProcess]:
+    result = run_cli("galley", "etcd", "snapshot", INVENTORY, "--out", str(directory))
+    (path,) = directory.glob("*.db")
+    return path, result
+
+
+def test_snapshot_copies_a_checked_snapshot_off_a_follower(cluster, tmp_path):
+    leaders = {
+        name
+        for name, health in pyinfra_json("fact", "galley.facts.EtcdHealth", "--limit", "etcd")
+        .popitem()[1]
+        .items()
+        if health["is_leader"]
+    }
+    path, result = take_snapshot(tmp_path)
+    assert NAME.fullmatch(path.name), path.name
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert subprocess.run(["sha256sum", "-c", f"{path.name}.sha256"], cwd=tmp_path).returncode == 0
+    source = re.search(r"saving from (\S+)", result.stdout).group(1)
+    assert source not in leaders
+    left = ssh(source, "ls /var/lib/galley/etcd-snapshots/").split()
+    assert not [name for name in left if name.startswith("operator-")]  # the host's copy
+
+
+def test_restore_refuses_a_bad_snapshot_or_no_confirmation_before_stopping_anything(
+    cluster, tmp_path
+):
+    path, _ = take_snapshot(tmp_path)
+    before = started(cluster)
+    result = run_cli("galley", "etcd", "restore", INVENTORY, str(path), check=False)
+    assert result.returncode == 2 and "not confirmed: pass --yes" in result.stderr
+
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    result = run_cli("galley", "etcd", "restore", INVENTORY, str(path), "--yes", check=False)
+    assert result.returncode == 2
+    assert "does not match" in result.stderr and "nothing was changed" in result.stderr
+    assert started(cluster) == before
+
+
+def test_restore_brings_the_cluster_back_to_the_snapshot(cluster, tmp_path):
+    ssh("lab-etcd-1", etcdctl_command(LOCAL, "put", "galley-backup/before", "1"))
+    path, _ = take_snapshot(tmp_path)
+    ssh("lab-etcd-1", etcdctl_command(LOCAL, "put", "galley-backup/after", "2"))
+    revision = int(NAME.fullmatch(path.name).group(1))
+
+    result = run_cli("galley", "etcd", "restore", INVENTORY, str(path), "--yes", timeout=900)
+    for step in ("stop kube-apiserver on lab-cp-1", "restart kubelet on lab-worker-1"):
+        assert step in result.stdout
+    assert keys("galley-backup/") == ["galley-backup/before"]
+    health = pyinfra_json("fact", "galley.facts.EtcdHealth", "--limit", "etcd").popitem()[1]
+    assert all(h["healthy"] for h in health.values()), health
+    status = json.loads(
+        ssh("lab-etcd-1", etcdctl_command(LOCAL, "endpoint", "status", "-w", "json"))
+    )
+    assert status[0]["Status"]["header"]["revision"] >= revision
+    for name in members(cluster):
+        assert ssh(name, "ls -d /var/lib/etcd.before-restore-*").strip()  # old data kept
+        assert "ETCD_INITIAL_CLUSTER_STATE=existing" in ssh(name, "cat /etc/etcd/bootstrap.env")
+    files = _admin_files()
+    apiservers = [d.address for d in cluster.droplets if "control_plane" in d.roles]
+    assert _wait(lambda: all(_healthz(a, files) == (200, "ok") for a in apiservers), 90)
+
+    journal = Path("~/.config/galley/lab/etcd-restore.json").expanduser()
+    assert json.loads(journal.read_text())["status"] == "finished"
+    code, results, output = run_deploy("cluster")  # the deploy does not fight the restore
+    assert code == 0 and changed(results) == {}, output
