@@ -44,6 +44,7 @@ from galley.ops.etcd_plan import Member, Wanted, unlisted_note
 from galley.ops.etcd_snapshot import HOST_WORK_DIR, TIME_FORMAT, snapshot_prefix
 from galley.ops.journal import operator_dir
 from galley.pki import Identity, RoleSpec
+from galley.text import clean
 
 CONFIG_DIR = "/etc/etcd"
 ENV_PATH = f"{CONFIG_DIR}/etcd.env"
@@ -393,6 +394,7 @@ def _restart_member(state: State, host: Host, unit: str) -> None:
         raise RestartError(
             f"{host.name}: not restarting etcd while other members are unhealthy: {problem}"
         )
+    _snapshot_before_restart(host)
     _hand_off_leadership(host, own, others)
     systemctl_restart(state, host, unit)
     problem = wait_until_healthy(lambda: unhealthy(host, endpoints), HEALTH_TIMEOUT)
@@ -400,6 +402,22 @@ def _restart_member(state: State, host: Host, unit: str) -> None:
         raise RestartError(
             f"{host.name}: etcd not healthy {HEALTH_TIMEOUT:.0f}s after its restart: "
             f"{problem}; stopping before any other member restarts"
+        )
+
+
+def _snapshot_before_restart(host: Host) -> None:
+    """Run the member's snapshot job (save, check, keep the newest) before etcd restarts:
+    no checked snapshot, no restart. A member without the job yet (deployed before it
+    existed) restarts without, saying so."""
+    service = f"{SNAPSHOT_JOB}.service"
+    if not host.run_shell_command(f"systemctl cat {service} >/dev/null 2>&1")[0]:
+        host.log(f"no {service} yet: restarting etcd without a snapshot first")
+        return
+    ok, output = host.run_shell_command(f"systemctl start {service}")
+    if not ok:
+        raise RestartError(
+            f"{host.name}: not restarting etcd: its snapshot before the restart failed "
+            f"({clean(output.stderr.strip()) or 'see journalctl -u ' + service})"
         )
 
 

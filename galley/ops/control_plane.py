@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from pyinfra.api import Inventory
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.host import Host
 
@@ -35,6 +36,7 @@ from galley.components.kubernetes import control_plane_hosts
 from galley.components.model import Component
 from galley.facts.fleet import ComponentVersions
 from galley.ops.batches import Batches
+from galley.ops.etcd_snapshot import SnapshotError, operator_snapshot
 from galley.ops.journal import Journal, operator_dir
 from galley.ops.kubeapi import ApiError, kubelet_version
 from galley.ops.release_hosts import HostWork, ReleaseHosts, set_version
@@ -307,7 +309,25 @@ def _prepare(
         journal=journal,
         out=lambda line: print(line, flush=True),
     )
-    return Prepared(plan.describe(), bool(plan.steps), journal, data, lambda: rollout.run(plan))
+    lines = [*plan.describe(), "before the first step: a checked etcd snapshot to this machine"]
+    return Prepared(
+        lines,
+        bool(plan.steps),
+        journal,
+        data,
+        lambda: _snapshot_first(inventory, journal, lambda: rollout.run(plan)),
+    )
+
+
+def _snapshot_first(inventory: Inventory, journal: Journal, run: Callable[[], int]) -> int:
+    """Take the etcd snapshot a version change starts with (once per rollout), then run."""
+    if "snapshot" not in journal.data:
+        try:
+            path, _ = operator_snapshot(inventory, log=lambda line: print(line, flush=True))
+        except SnapshotError as exc:
+            raise RolloutError(f"no etcd snapshot, so no change: {exc}") from None
+        journal.update(snapshot=str(path))
+    return run()
 
 
 def rollout_control_plane_cli(

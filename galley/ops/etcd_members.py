@@ -11,6 +11,7 @@ what only galley knows (a removed member's host not wiped yet).
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -43,6 +44,7 @@ TRANSIENT = (
     "etcdserver: unhealthy cluster",
 )
 T = TypeVar("T")
+MEMBERSHIP_SNAPSHOTS_KEPT = 4  # on the host running etcdctl, before membership changes
 POLL = 0.2
 # The journal states of a removal whose member is (or may be) removed, its host step not done.
 HOST_STEP_PENDING = ("removing", "removed")
@@ -278,6 +280,11 @@ class Membership:
         except SnapshotError as exc:
             raise MembershipError(f"no change without a good snapshot: {exc}") from None
         self.log(f"etcd membership: snapshot {path} from {source.name}: {status.describe()}")
+        # Keep the newest few: each holds every Secret and the whole database.
+        self.client.run(
+            f"ls -1t {shlex.quote(self.snapshot_dir)}/etcd-*.db 2>/dev/null "
+            f"| tail -n +{MEMBERSHIP_SNAPSHOTS_KEPT + 1} | xargs -r rm -f"
+        )
 
     def _journal(self, target: str) -> Journal:
         """This command's journal: the unfinished one of the same command is resumed; an

@@ -249,35 +249,43 @@ class PyinfraHosts:
         self.run(name, f"chmod 600 {shlex.quote(remote)}")
 
 
+def operator_snapshot(
+    inventory: Inventory, out: str | None = None, log: Callable[[str], None] = print
+) -> tuple[Path, SnapshotStatus]:
+    """Take a checked snapshot of the inventory's etcd cluster from a healthy follower and
+    copy it into ``out`` (default: the operator's directory); SnapshotError when it cannot."""
+    from galley.components.etcd import member_name, wanted
+    from galley.ops.journal import operator_dir
+
+    hosts_of = list(inventory.get_group("etcd", []))
+    if not hosts_of:
+        raise SnapshotError("the inventory has no etcd group")
+    data = hosts_of[0].data
+    out_dir = Path(out).expanduser() if out else operator_dir(data) / SNAPSHOTS
+    hosts = PyinfraHosts(inventory, {member_name(h): h for h in hosts_of})
+    try:
+        hosts.connect()
+        chosen = [wanted(h) for h in hosts_of]
+        return Snapshotter(hosts, hosts.client_on, chosen, data.cluster_name, log=log).take(out_dir)
+    finally:
+        hosts.close()
+
+
 def snapshot_cli(inventory_path: str, out: str | None = None) -> int:
     """`galley etcd snapshot`: 0 with a snapshot on this machine, 1 without, 2 if unloadable."""
-    from galley.components.etcd import member_name, wanted
     from galley.inventory.load import InventoryLoadError, load_inventory
-    from galley.ops.journal import operator_dir
 
     try:
         inventory = load_inventory(inventory_path)
     except InventoryLoadError as exc:
         print(f"galley: {exc}", file=sys.stderr)
         return 2
-    hosts_of = list(inventory.get_group("etcd", []))
-    if not hosts_of:
-        print("galley: etcd snapshot: the inventory has no etcd group", file=sys.stderr)
-        return 2
-    data = hosts_of[0].data
-    out_dir = Path(out).expanduser() if out else operator_dir(data) / SNAPSHOTS
     logging.getLogger("pyinfra").addHandler(logging.StreamHandler(sys.stderr))
-    hosts = PyinfraHosts(inventory, {member_name(h): h for h in hosts_of})
     try:
-        hosts.connect()
-        chosen = [wanted(h) for h in hosts_of]
-        snapshotter = Snapshotter(hosts, hosts.client_on, chosen, data.cluster_name, log=_say)
-        path, status = snapshotter.take(out_dir)
+        path, status = operator_snapshot(inventory, out, log=_say)
     except SnapshotError as exc:
         print(f"galley: etcd snapshot: {clean(str(exc))}", file=sys.stderr)
         return 1
-    finally:
-        hosts.close()
     print(f"{path}: {status.describe()}")
     return 0
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import hvac
@@ -101,3 +103,27 @@ def lab() -> LabState:
     yield state
     if not was_up:
         run_cli("galley", "lab", "down")
+
+
+def kill_once_journal_says_done(args: list[str], journal: Path, key: str, timeout: float) -> dict:
+    """Run ``galley ARGS``; SIGKILL it (the operator's session is lost) once the journal's
+    record ``key`` is done, or at ``timeout``; the journal as it was left."""
+    process = subprocess.Popen(
+        [str(BIN / "galley"), *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if journal.exists():
+                nodes = json.loads(journal.read_text()).get("nodes", {})
+                if nodes.get(key, {}).get("state") == "done":
+                    break
+            time.sleep(0.1)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate()
+    return json.loads(journal.read_text())

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from galley.etcdctl import etcdctl_command
+from galley.ops.kubeapi import KubeApi
 
 from .conftest import changed, pyinfra_json, run_cli, run_deploy
 from .test_cluster import _admin_files, _healthz, _wait
@@ -137,15 +138,22 @@ def test_restore_refuses_a_bad_snapshot_or_no_confirmation_before_stopping_anyth
 
 
 def test_restore_brings_the_cluster_back_to_the_snapshot(cluster, tmp_path):
-    ssh("lab-etcd-1", etcdctl_command(LOCAL, "put", "galley-backup/before", "1"))
+    put = etcdctl_command(LOCAL, "put", "KEY", "v").replace(" KEY ", ' "$key" ')
+    ssh(
+        "lab-etcd-1",
+        f"for i in $(seq 1000); do key=galley-backup/before/$i; {put} >/dev/null; done",
+    )
     path, _ = take_snapshot(tmp_path)
     ssh("lab-etcd-1", etcdctl_command(LOCAL, "put", "galley-backup/after", "2"))
     revision = int(NAME.fullmatch(path.name).group(1))
+    for name in members(cluster):  # every member's data is lost
+        ssh(name, "systemctl stop etcd && rm -rf /var/lib/etcd/member")
 
     result = run_cli("galley", "etcd", "restore", INVENTORY, str(path), "--yes", timeout=900)
     for step in ("stop kube-apiserver on lab-cp-1", "restart kubelet on lab-worker-1"):
         assert step in result.stdout
-    assert keys("galley-backup/") == ["galley-backup/before"]
+    restored = keys("galley-backup/")
+    assert len(restored) == 1000 and "galley-backup/after" not in restored
     health = pyinfra_json("fact", "galley.facts.EtcdHealth", "--limit", "etcd").popitem()[1]
     assert all(h["healthy"] for h in health.values()), health
     status = json.loads(
@@ -158,6 +166,9 @@ def test_restore_brings_the_cluster_back_to_the_snapshot(cluster, tmp_path):
     files = _admin_files()
     apiservers = [d.address for d in cluster.droplets if "control_plane" in d.roles]
     assert _wait(lambda: all(_healthz(a, files) == (200, "ok") for a in apiservers), 90)
+    api = KubeApi([f"https://{a}:6443" for a in apiservers], files)
+    workers = {d.name for d in cluster.droplets if "workers" in d.roles}
+    assert {node["metadata"]["name"] for node in api.nodes()} == workers
 
     journal = Path("~/.config/galley/lab/etcd-restore.json").expanduser()
     assert json.loads(journal.read_text())["status"] == "finished"

@@ -10,7 +10,6 @@ there by the command itself) and, while the command runs, a poller asks every ap
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import threading
 import time
@@ -26,7 +25,7 @@ from galley.ops.admin import operator_dir
 from galley.ops.control_plane import JOURNAL
 from galley.ops.kubeapi import KubeApi, kubelet_version
 
-from .conftest import BIN, REPO, run_cli
+from .conftest import kill_once_journal_says_done, run_cli
 from .test_cluster import (  # noqa: F401
     _admin_files,
     _Data,
@@ -282,25 +281,9 @@ def test_an_interrupted_rollout_resumes_without_redoing_finished_hosts(
 ):
     first = control_plane[0]
     key = f"kube-apiserver@{first}"
-    process = subprocess.Popen(
-        [str(BIN / "galley"), "rollout", "control-plane", "--to", B, INVENTORY],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    journal = kill_once_journal_says_done(
+        ["rollout", "control-plane", "--to", B, INVENTORY], JOURNAL_PATH, key, 180
     )
-    deadline = time.monotonic() + 180
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            if JOURNAL_PATH.exists():
-                nodes = json.loads(JOURNAL_PATH.read_text()).get("nodes", {})
-                if nodes.get(key, {}).get("state") == "done":
-                    break
-            time.sleep(0.1)
-    finally:
-        process.send_signal(signal.SIGKILL)  # the operator's session is lost
-        process.communicate()
-    journal = json.loads(JOURNAL_PATH.read_text())
     assert journal["nodes"][key]["state"] == "done"
     assert journal["status"] == "running"
     wait_ready(apiservers)  # the next apiserver may have been mid-restart

@@ -8,8 +8,6 @@ command itself) and records, while the command runs, which Nodes are cordoned or
 from __future__ import annotations
 
 import contextlib
-import json
-import signal
 import subprocess
 import threading
 import time
@@ -25,7 +23,7 @@ from galley.ops.admin import operator_dir
 from galley.ops.kubeapi import ApiError, KubeApi, kubelet_version, node_ready, node_unschedulable
 from galley.ops.rollout import JOURNAL
 
-from .conftest import BIN, REPO, run_cli, run_deploy
+from .conftest import kill_once_journal_says_done, run_cli, run_deploy
 from .test_cluster import _admin_files, _Data, cluster, first_run, hosts_of, ssh  # noqa: F401
 
 INVENTORY = "inventories/lab.py"
@@ -229,25 +227,9 @@ def test_a_pdb_blocking_eviction_stops_the_drain_and_uncordons(at_a, api, worker
 
 def test_an_interrupted_rollout_resumes_without_redoing_finished_nodes(at_a, api, workers):
     first = workers[0]
-    process = subprocess.Popen(
-        [str(BIN / "galley"), "rollout", "kubelet", "--to", B, INVENTORY],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    journal = kill_once_journal_says_done(
+        ["rollout", "kubelet", "--to", B, INVENTORY], JOURNAL_PATH, first, 120
     )
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            if JOURNAL_PATH.exists():
-                nodes = json.loads(JOURNAL_PATH.read_text()).get("nodes", {})
-                if nodes.get(first, {}).get("state") == "done":
-                    break
-            time.sleep(0.1)
-    finally:
-        process.send_signal(signal.SIGKILL)  # the operator's session is lost
-        process.communicate()
-    journal = json.loads(JOURNAL_PATH.read_text())
     assert journal["nodes"][first]["state"] == "done"
     assert journal["status"] == "running"
 

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from galley.ops import control_plane
 from galley.ops.batches import HostOutcome
 from galley.ops.control_plane import (
     APISERVER,
@@ -17,8 +18,11 @@ from galley.ops.control_plane import (
     make_plan,
     version_problems,
 )
+from galley.ops.etcd_snapshot import SnapshotError
 from galley.ops.journal import Journal
+from galley.ops.rolling import RolloutError
 from galley.versions import upgrade_problems
+from tests.unit.test_rollout import Clock
 
 OLD, NEW = "1.33.5", "1.33.6"
 CM, SCHED = "kube-controller-manager", "kube-scheduler"
@@ -139,17 +143,6 @@ def test_the_gate_stops_on_an_unhealthy_etcd_member():
 
 
 # --- the run, with fakes ----------------------------------------------------------------------
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class FakeApiserver:
@@ -358,3 +351,26 @@ def test_an_unexpected_error_is_recorded_and_raised(tmp_path):
     journal = journal_of(tmp_path)
     assert journal["status"] == "failed"
     assert journal["error"] == "RuntimeError: connection to cp-b reset"
+
+
+def test_a_rollout_starts_with_one_etcd_snapshot_and_none_means_no_change(monkeypatch, tmp_path):
+    taken, ran = [], []
+    monkeypatch.setattr(
+        control_plane,
+        "operator_snapshot",
+        lambda inventory, log: taken.append(inventory) or (tmp_path / "lab-etcd-r7.db", None),
+    )
+    journal = Journal.start(tmp_path / "rollout.json", "1.33.6", resume=False)
+    assert control_plane._snapshot_first("inv", journal, lambda: ran.append(1) or 0) == 0
+    assert control_plane._snapshot_first("inv", journal, lambda: ran.append(2) or 0) == 0
+    assert taken == ["inv"] and ran == [1, 2]  # a resumed run keeps the first snapshot
+    assert journal.data["snapshot"] == str(tmp_path / "lab-etcd-r7.db")
+
+    def unhealthy(inventory, log):
+        raise SnapshotError("no healthy etcd member to snapshot")
+
+    monkeypatch.setattr(control_plane, "operator_snapshot", unhealthy)
+    fresh = Journal.start(tmp_path / "other.json", "1.33.6", resume=False)
+    with pytest.raises(RolloutError, match="no etcd snapshot, so no change"):
+        control_plane._snapshot_first("inv", fresh, lambda: ran.append(3) or 0)
+    assert ran == [1, 2]

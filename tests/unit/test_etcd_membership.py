@@ -178,6 +178,7 @@ def test_grows_3_to_5_one_learner_at_a_time_and_back_to_3_in_two_removals(cluste
     membership(hosts).remove("m4", four[:3])
     assert sorted(m.name for m in live_members(hosts)) == ["m1", "m2", "m3"]
     assert not hosts.running("m4") and not hosts.members["m4"].data_dir.exists()
+    assert len(snapshots(hosts)) == 4  # six taken, the newest four kept
 
 
 def test_replaces_a_dead_member_whose_droplet_was_replaced(clusters):
