@@ -313,7 +313,6 @@ ETCD_VERSION = "3.5.30"
 KUBERNETES_VERSION = "1.33.5"
 # The control plane's and the nodes' upgrade target, and a build that never becomes healthy.
 KUBERNETES_UPGRADE_VERSION = "1.33.6"
-KUBELET_UPGRADE_VERSION = KUBERNETES_UPGRADE_VERSION
 KUBERNETES_BROKEN_VERSION = "1.33.7-galley.broken"
 KUBECTL_VERSION = "1.36.4"
 FLANNEL_VERSION = "0.26.7"

@@ -15,8 +15,8 @@ import time
 import pytest
 
 from galley.lab.artifacts import (
-    KUBELET_UPGRADE_VERSION,
     KUBERNETES_BROKEN_VERSION,
+    KUBERNETES_UPGRADE_VERSION,
     KUBERNETES_VERSION,
 )
 from galley.ops.admin import operator_dir
@@ -27,7 +27,7 @@ from .conftest import kill_once_journal_says_done, run_cli, run_deploy
 from .test_cluster import _admin_files, _Data, cluster, first_run, hosts_of, ssh  # noqa: F401
 
 INVENTORY = "inventories/lab.py"
-A, B = KUBERNETES_VERSION, KUBELET_UPGRADE_VERSION
+A, B = KUBERNETES_VERSION, KUBERNETES_UPGRADE_VERSION
 JOURNAL_PATH = operator_dir(_Data({"cluster_name": "lab"})) / JOURNAL
 
 
