@@ -30,6 +30,7 @@ from galley.ops.etcd_plan import (
     Refuse,
     RemoveMember,
     StartMember,
+    Step,
     Wanted,
     plan_reconcile,
     plan_remove,
@@ -90,10 +91,13 @@ class Membership:
     def reconcile(self, wanted: Sequence[Wanted]) -> str:
         """Bring the members in line with ``wanted``, one change at a time; the final note."""
         journal = self._journal("reconcile")
+        changed = False
         with _recorded(journal):
             for _ in range(self.max_steps):
                 live = self.read(wanted)
                 step = plan_reconcile(wanted, live)
+                if isinstance(step, Refuse) and changed:
+                    live, step = self._settle(wanted, step)
                 self.log(f"etcd membership: {step.describe()}")
                 if isinstance(step, Done):
                     journal.update(status="finished")
@@ -112,7 +116,21 @@ class Membership:
                     journal.update(
                         step.member.name, state="old member removed", removed=step.member.id
                     )
+                changed = True
             raise MembershipError(f"membership not settled after {self.max_steps} steps")
+
+    def _settle(self, wanted: Sequence[Wanted], refused: Refuse) -> tuple[Live, Step]:
+        """After a change of this run, etcd takes a moment to settle (a new voter's first
+        health check, two members naming different leaders): read the cluster again until
+        the planner no longer refuses, up to the timeout; then its last answer stands."""
+        self.log(f"etcd membership: waiting for the cluster to settle ({refused.reason})")
+        deadline = time.monotonic() + self.timeout
+        while True:
+            time.sleep(POLL)
+            live = self.read(wanted)
+            step = plan_reconcile(wanted, live)
+            if not isinstance(step, Refuse) or time.monotonic() > deadline:
+                return live, step
 
     def remove(
         self,

@@ -18,18 +18,16 @@ import os
 import shlex
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from pyinfra.api import Config, Inventory, State
-from pyinfra.api.connect import connect_all, disconnect_all
-from pyinfra.api.exceptions import PyinfraError
+from pyinfra.api import Inventory
 from pyinfra.api.host import Host
 
-from galley.host.ssh import disable_nagle
+from galley.ops.batches import Batches
 from galley.ops.etcd_client import EtcdClient, EtcdctlError, host_runner
 from galley.ops.etcd_plan import Live, Wanted
 from galley.text import clean
@@ -208,25 +206,25 @@ def _partial(final: Path) -> Iterator[Path]:
 
 class PyinfraHosts:
     """`SnapshotHosts` over pyinfra hosts by name (etcd members by member name), all
-    connected at once: an unreachable host stops everything before any change."""
+    connected at once through `Batches.connected`: an unreachable host stops everything
+    before any change."""
 
     def __init__(self, inventory: Inventory, hosts: Mapping[str, Host]) -> None:
+        self.inventory = inventory
         self.hosts = dict(hosts)
-        self.state = State(
-            inventory, Config(FAIL_PERCENT=0), initial_limit=list(self.hosts.values())
-        )
+        self._connection = ExitStack()
 
     def connect(self) -> None:
-        """Connect to every host (SnapshotError naming the failure)."""
-        try:
-            connect_all(self.state)
-        except PyinfraError as exc:
-            raise SnapshotError(f"cannot reach every host: {exc}") from None
-        disable_nagle(self.hosts.values())
+        """Connect to every host (SnapshotError naming each that cannot be reached)."""
+        names = [host.name for host in self.hosts.values()]
+        found = self._connection.enter_context(Batches(self.inventory).connected(names))
+        if found.errors:
+            why = "; ".join(f"{name}: {error}" for name, error in sorted(found.errors.items()))
+            raise SnapshotError(f"cannot reach every host ({why})")
 
     def close(self) -> None:
         """Disconnect from every host."""
-        disconnect_all(self.state)
+        self._connection.close()
 
     def client_on(self, name: str) -> EtcdClient:
         """An `EtcdClient` running on ``name`` (galley's host layout)."""

@@ -42,9 +42,21 @@ def run_cli(*args: str, check: bool = True, timeout: float = 600, env: dict | No
     if check and result.returncode != 0:
         raise AssertionError(
             f"{' '.join(args)} exited {result.returncode}\n"
+            f"--- error lines\n{_error_lines(result.stdout + result.stderr)}\n"
             f"--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}"
         )
     return result
+
+
+def _error_lines(output: str) -> str:
+    """The lines of a long output that name an error, each with the line before it (pyinfra
+    prints the failing operation's name there), so a failure far up the log still shows."""
+    lines = output.splitlines()
+    picked: list[str] = []
+    for index, line in enumerate(lines):
+        if "rror" in line and not line.lstrip().startswith("{"):
+            picked.extend(lines[max(index - 1, 0) : index + 1])
+    return "\n".join(picked[-60:])
 
 
 def run_deploy(

@@ -151,3 +151,18 @@ def test_every_command_reports_an_inventory_that_raises_in_one_line(command, tmp
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in run.stderr
     assert f"cannot load {inventory}: NameError: name 'undefined_name' is not defined" in lines[0]
+
+
+def test_etcd_snapshot_names_every_member_it_cannot_reach(tmp_path):
+    """Nothing listens on port 2299 of 127.0.3.1-3: one line naming each member, exit 1."""
+    inventory = _inventory(tmp_path, [_host(f"lab-etcd-{i}", i, ssh_port=2299) for i in (1, 2, 3)])
+    run = subprocess.run(
+        [str(BIN / "galley"), "etcd", "snapshot", str(inventory), "--out", str(tmp_path / "out")],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+        env={"PATH": str(BIN), "HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    (line,) = [line for line in run.stderr.splitlines() if line.startswith("galley:")]
+    assert line.startswith("galley: etcd snapshot: cannot reach every host (lab-etcd-1: ")
+    assert "port 2299 on 127.0.3.2" in line and "lab-etcd-3: " in line
+    assert not (tmp_path / "out").exists() and "Traceback" not in run.stderr

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from galley.ops.etcd_client import EtcdClient
 from galley.ops.etcd_members import Membership, MembershipError
 from galley.ops.etcd_plan import Member
 from tests.etcd_local import LocalHosts, local_run
@@ -86,7 +87,7 @@ class Writers:
                 self.failures.append(f"{time.strftime('%H:%M:%S')} {endpoint}: {exc}")
 
 
-CLUSTERS = ("grow", "replace", "refusals", "killed")
+CLUSTERS = ("grow", "replace", "refusals", "killed", "settle")
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +112,9 @@ def cluster(clusters: dict[str, LocalHosts], name: str) -> LocalHosts:
     return hosts
 
 
-def membership(hosts: LocalHosts, run=None, log=None) -> Membership:
+def membership(hosts: LocalHosts, run=None, log=None, client=None) -> Membership:
     return Membership(
-        hosts.client(run),
+        client or hosts.client(run),
         hosts,
         journal_path=hosts.root.parent / "journal.json",
         snapshot_dir=str(hosts.root.parent / "snapshots"),
@@ -258,3 +259,37 @@ def test_a_run_killed_after_member_add_is_finished_by_the_next_without_a_second_
     membership(hosts, recorder).reconcile(hosts.wanted("m1", "m2", "m3", "m4", "m5"))
     assert sorted(hosts.starts[-1][2].split(",")) == sorted(returned.split(","))
     assert len([m for m in live_members(hosts) if not m.is_learner]) == 5
+
+
+@dataclass(frozen=True)
+class SlowToSettle(EtcdClient):
+    """etcd on a slow machine: a member just promoted answers its first health check late."""
+
+    late: set[str] = field(default_factory=set)
+
+    def promote(self, endpoints, member_id):
+        super().promote(endpoints, member_id)
+        self.late.add(member_id)
+
+    def health(self, members):
+        health = super().health(members)
+        late = self.late & set(health)
+        self.late.clear()
+        return {**health, **{member_id: "context deadline exceeded" for member_id in late}}
+
+
+def test_waits_for_the_cluster_to_settle_after_its_own_change_before_the_next(clusters):
+    hosts = cluster(clusters, "settle")
+    plain = hosts.client()
+    client = SlowToSettle(plain.run, tls=plain.tls, etcdctl=plain.etcdctl, etcdutl=plain.etcdutl)
+    log: list[str] = []
+    membership(hosts, log=log, client=client).reconcile(hosts.wanted("m1", "m2", "m3", "m4", "m5"))
+    assert sorted(m.name for m in live_members(hosts) if not m.is_learner) == [
+        "m1",
+        "m2",
+        "m3",
+        "m4",
+        "m5",
+    ]
+    settles = [line for line in log if "waiting for the cluster to settle" in line]
+    assert len(settles) == 1 and "m4" in settles[0] and "unhealthy" in settles[0], log
