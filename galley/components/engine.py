@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 
 import hvac
-from pyinfra import host
+from pyinfra import host, state
 from pyinfra.api.host import Host
 from pyinfra.api.operation import OperationMeta
 from pyinfra.api.util import get_template
@@ -31,16 +31,24 @@ from galley.components.model import (
 )
 from galley.downloads import sha256_of
 from galley.host.release import DEFAULT_STALL_SECONDS, Release, install_release
+from galley.host.rendered import read_rendered, unchanged
 from galley.host.restarts import reload_when_pending, restart_when_pending
 from galley.host.tls import HostCert, host_certificates
 from galley.pki import mount_path
 
 
 def render(config: Config, **variables) -> OperationMeta:
-    """Write the declared ``config`` from its template with ``variables``."""
+    """Write the declared ``config`` from its template with ``variables``: no operation when
+    the host's file, read by `read_rendered`, already holds it (content, mode, owner)."""
+    src = str(TEMPLATES / str(config.template))
+    # As files.template renders it (host, state and inventory available to the template).
+    context = {"host": host, "state": state, "inventory": state.inventory, **variables}
+    found = unchanged(config, get_template(src).render(context))
+    if found is not None:
+        return found
     return files.template(
         name=config.path,
-        src=str(TEMPLATES / str(config.template)),
+        src=src,
         dest=config.path,
         user=config.owner,
         group=config.group,
@@ -216,6 +224,7 @@ def deploy_components(components: Sequence[Component], vault: Callable[[], hvac.
     if not mine:
         return
     _prepare(mine)
+    read_rendered(path for component in mine for path in component.rendered_paths(host))
     written: dict[str, list[OperationMeta]] = {}
 
     def wrote(path: str, operation: OperationMeta) -> None:

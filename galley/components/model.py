@@ -316,6 +316,16 @@ class Component:
                 return config
         raise KeyError(f"{self.name} declares no config {path}")
 
+    def rendered_paths(self, host: Host) -> list[str]:
+        """Every file the engine renders from a template for this component on ``host``:
+        its configs, unit file, and each timer's script and unit files."""
+        paths = [config.path for config in self.configs_of(host) if config.template]
+        if self.unit is not None:
+            paths.append(self.unit.path)
+        for timer in self.timers:
+            paths += [timer.script.path, *timer.unit_files()]
+        return paths
+
     def watched(self, host: Host) -> list[str]:
         """The files this component's unit runs from on ``host``: one newer than the unit's
         start means it must restart. Derived from the declaration."""

@@ -389,3 +389,26 @@ def test_the_dry_plan_lists_exactly_the_changes_and_restarts_the_run_makes(clust
     finally:
         code, _, output = run_deploy("workers")
         assert code == 0, output
+
+
+def test_a_config_edited_or_chmodded_by_hand_is_written_back_and_its_unit_restarted(cluster):
+    """Each rendered file's digest, mode and owner are read once per host while preparing: an
+    edit and a chmod on one host are still found, written back there only, and the units
+    reading them restarted; the next run changes nothing."""
+    config, unit_file = "/var/lib/kubelet/config.yaml", "/etc/systemd/system/kube-proxy.service"
+    ssh("lab-worker-1", f"echo '# edited by hand' >> {config} && chmod 600 {unit_file}")
+    code, results, output = run_deploy("workers")
+    assert code == 0, output
+    got = changed(results)
+    for name in (
+        f"workers | {config}",
+        f"workers | {unit_file}",
+        "workers | Restart kubelet (only if its files changed)",
+        "workers | Restart kube-proxy (only if its files changed)",
+    ):
+        assert got.get(name) == {"lab-worker-1"}, got
+    assert all(hosts == {"lab-worker-1"} for hosts in got.values()), got
+    assert ssh("lab-worker-1", f"stat -c %a {unit_file}").strip() == "644"
+    assert "edited by hand" not in ssh("lab-worker-1", f"cat {config}")
+    code, results, output = run_deploy("workers")
+    assert code == 0 and changed(results) == {}, output
