@@ -16,20 +16,30 @@ from pyinfra.api import deploy
 
 from galley.components import phase
 from galley.components.engine import deploy_components
+from galley.host.observed import Wanted, observe
 from galley.host.phases import phase_done
 from galley.host.renewal import install_renewal
+from galley.host.renewal import wanted as renewal_wanted
 from galley.preflight import preflight
 
 
 def converge(*phase_names: str) -> None:
     """Deploy the phases ``phase_names`` (e.g. ``"etcd"``, ``"control plane"``) on this host."""
     phases = [phase(name) for name in phase_names]
-    vault = preflight([c for p in phases for c in p.components])
+    components = [c for p in phases for c in p.components]
+    vault = preflight(components)
+    wanted = Wanted()
+    for component in components:
+        if component.runs_on(host):
+            wanted.update(component.wanted(host))
+    if wanted.units:
+        wanted.update(renewal_wanted(host))
+    observe(wanted)
     for index, current in enumerate(host.loop(phases)):
         if current.prepare is not None:
             current.prepare()
         deploy(current.name)(deploy_components)(current.components, vault)
         if index < len(phases) - 1:
             phase_done(name=f"{current.name} done on all hosts", phase=current.name)
-    if any(component.runs_on(host) for current in phases for component in current.components):
+    if any(component.runs_on(host) for component in components):
         deploy("certificate renewal")(install_renewal)(vault)

@@ -24,6 +24,7 @@ from galley.components.engine import render
 from galley.components.kubernetes import CA_PATH, control_plane_hosts
 from galley.components.model import Component, Config, Configured, Directory, Unit
 from galley.facts.api_proxy import BACKEND, STATS_SOCKET
+from galley.host import observed
 
 CONFIG_DIR = "/etc/galley/api-proxy"
 CONFIG = f"{CONFIG_DIR}/haproxy.cfg"
@@ -44,12 +45,13 @@ def backends(host: Host) -> list[tuple[str, str]]:
 
 
 def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
-    systemd.service(
-        name="Debian's haproxy.service stopped (api-proxy runs HAProxy)",
-        service="haproxy",
-        running=False,
-        enabled=False,
-    )
+    if not observed.unit_stopped("haproxy"):
+        systemd.service(
+            name="Debian's haproxy.service stopped (api-proxy runs HAProxy)",
+            service="haproxy",
+            running=False,
+            enabled=False,
+        )
     written = {
         CONFIG: render(
             API_PROXY.config(CONFIG),
@@ -69,6 +71,7 @@ API_PROXY = Component(
     group="workers",
     phase="flannel",
     packages=("haproxy",),
+    other_units=("haproxy",),
     configs=(Config(CONFIG, "api-proxy/haproxy.cfg.j2", reload=True),),
     unit=Unit("api-proxy", "api-proxy/api-proxy.service.j2"),
     directories=(Directory("/etc/galley"), Directory(CONFIG_DIR)),

@@ -10,6 +10,7 @@ than its start, or a reload when only files it reloads (`Component.reloaded_by`)
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Collection, Mapping, Sequence
 
 import hvac
@@ -30,36 +31,49 @@ from galley.components.model import (
     Configured,
 )
 from galley.downloads import sha256_of
+from galley.host import observed
 from galley.host.release import DEFAULT_STALL_SECONDS, Release, install_release
-from galley.host.rendered import read_rendered, unchanged
 from galley.host.restarts import reload_when_pending, restart_when_pending
 from galley.host.tls import HostCert, host_certificates
 from galley.pki import mount_path
 
 
-def render(config: Config, **variables) -> OperationMeta:
-    """Write the declared ``config`` from its template with ``variables``: no operation when
-    the host's file, read by `read_rendered`, already holds it (content, mode, owner)."""
-    src = str(TEMPLATES / str(config.template))
-    # As files.template renders it (host, state and inventory available to the template).
-    context = {"host": host, "state": state, "inventory": state.inventory, **variables}
-    found = unchanged(config, get_template(src).render(context))
-    if found is not None:
-        return found
-    return files.template(
-        name=config.path,
-        src=src,
+def render(config: Config, name: str | None = None, **variables) -> OperationMeta:
+    """Write the declared ``config`` from its template with ``variables`` (and the ``host``,
+    ``state`` and ``inventory`` of the run): no operation when the host's file already holds
+    it, with the declared mode and owner (`galley.host.observed`)."""
+    text = render_text(config, host=host, state=state, inventory=state.inventory, **variables)
+    return write(config, text, name)
+
+
+def write(config: Config, text: str, name: str | None = None) -> OperationMeta:
+    """Put ``text`` at ``config.path`` with its mode and owner (settled when the host's file
+    already holds it, see `galley.host.observed`)."""
+    name = name or config.path
+    if observed.file_is(config.path, text, config.owner, config.group, config.mode):
+        return observed.settled(name)
+    operation = files.put(
+        name=name,
+        src=io.StringIO(text),
         dest=config.path,
         user=config.owner,
         group=config.group,
         mode=config.mode,
-        **variables,
     )
+    if observed.content_is(config.path, text):
+        observed.attributes_only(operation)
+    return operation
+
+
+def directory(path: str, mode: str = "755", owner: str = "root", group: str = "root") -> None:
+    """Make the directory ``path`` with this mode and owner (no operation when it is)."""
+    if not observed.directory_is(path, owner, group, mode):
+        files.directory(name=f"directory {path}", path=path, user=owner, group=group, mode=mode)
 
 
 def render_text(config: Config, **variables) -> str:
-    """The declared ``config`` rendered here, as `render` would write it (for content that
-    must not go through `files.template`, e.g. secrets)."""
+    """The declared ``config`` rendered here with ``variables``, as `render` writes it (for
+    content that must not go through `files.put`, e.g. secrets)."""
     return get_template(str(TEMPLATES / str(config.template))).render(variables)
 
 
@@ -80,7 +94,7 @@ def install_artifact(artifact: Artifact, data) -> Release:
         bin_dir=artifact.bin_dir,
         strip_components=artifact.strip_components,
         archive=artifact.archive,
-        link_names={name.format(arch=arch): link for name, link in artifact.link_names.items()},
+        link_names=artifact.link_names_for(arch),
         stall_seconds=data.get("download_stall_seconds") or DEFAULT_STALL_SECONDS,
     )
 
@@ -125,10 +139,7 @@ def run_units(
     exactly the restarts the run will do). ``before_start`` names the units whose
     `Unit.before_start` hook is due: it runs just before the unit is started, one host at a
     time."""
-    systemd.daemon_reload(
-        name="systemd daemon-reload",
-        _if=lambda: any(unit.did_change() for unit in unit_files.values()),
-    )
+    reload_systemd("systemd daemon-reload", unit_files.values())
     for component in host.loop(components):
         unit = component.unit
         if unit.before_start is not None and unit.name in before_start:
@@ -138,25 +149,61 @@ def run_units(
                 unit=unit.name,
                 _serial=True,
             )
-        started = systemd.service(
-            name=f"{unit.name} started and enabled", service=unit.name, running=True, enabled=True
-        )
-        if unit.wait is not None:
+        started = start_unit(unit.name)
+        due = only_if(lambda changed, started=started: changed(started), [started])
+        if unit.wait is not None and due is not None:
             python.call(
                 name=f"Wait for {unit.name} to be healthy",
                 function=unit.wait,
                 unit=unit.name,
-                _if=started.did_change,
+                **due,
             )
         options: dict = {"serial": unit.serial}
         if unit.restart is not None:
             options["function"] = unit.restart
         watched = component.watched(host)
-        changes = [op for path in watched for op in written.get(path, ())]
-        restart_when_pending(unit.name, watched, changes, started, **options)
+        restart_when_pending(unit.name, watched, _changes(watched, written), started, **options)
         if reloaded := component.reloaded_by(host):
-            changes = [op for path in reloaded for op in written.get(path, ())]
-            reload_when_pending(unit.name, reloaded, changes, started)
+            reload_when_pending(unit.name, reloaded, _changes(reloaded, written), started)
+
+
+def _changes(
+    paths: Collection[str], written: Mapping[str, Sequence[OperationMeta]]
+) -> list[OperationMeta]:
+    """This run's operations that may change what is in ``paths`` (not a mode or owner)."""
+    return [op for path in paths for op in written.get(path, ()) if observed.changes_content(op)]
+
+
+def only_if(
+    test: Callable[[Callable[[OperationMeta], bool]], bool], operations: Collection[OperationMeta]
+) -> dict | None:
+    """The arguments that run an operation only when ``test(changed)`` holds, ``changed(op)``
+    telling whether one of ``operations`` (of this run) changes anything; None when it does
+    not hold (add no operation). Decided now when that is known: every operation evaluated
+    up front (``--dry``, or a run without ``-y``), so the plan lists exactly what the run will
+    do, or all of ``operations`` settled; else at execution time (``_if``)."""
+    if state.should_check_for_changes():
+        return {} if test(lambda operation: operation.will_change) else None
+    if all(observed.is_settled(operation) for operation in operations):
+        return {} if test(lambda operation: False) else None
+    return {"_if": lambda: test(lambda operation: operation.did_change())}
+
+
+def reload_systemd(name: str, unit_files: Collection[OperationMeta]) -> None:
+    """``systemctl daemon-reload`` once any of ``unit_files`` changed (no operation when all
+    are settled)."""
+    due = only_if(lambda changed: any(changed(unit) for unit in unit_files), unit_files)
+    if due is not None:
+        systemd.daemon_reload(name=name, **due)
+
+
+def start_unit(unit: str) -> OperationMeta:
+    """Start and enable ``unit`` (settled when it is running and enabled already)."""
+    if observed.unit_running(unit):
+        return observed.settled(f"{unit} started and enabled")
+    return systemd.service(
+        name=f"{unit} started and enabled", service=unit, running=True, enabled=True
+    )
 
 
 def _prepare(components: Sequence[Component]) -> None:
@@ -165,7 +212,7 @@ def _prepare(components: Sequence[Component]) -> None:
         installed = host.get_fact(DebPackages)
         if any(package not in installed for package in packages):
             apt.update(name="apt update (packages to install)")
-        apt.packages(name=f"packages {', '.join(packages)}", packages=packages)
+            apt.packages(name=f"packages {', '.join(packages)}", packages=packages)
     users = {c.user: c.user_home for c in components if c.user}
     for user, home in host.loop(users.items()):
         server.user(
@@ -177,14 +224,8 @@ def _prepare(components: Sequence[Component]) -> None:
             create_home=False,
         )
     directories = {d.path_on(host): d for c in components for d in c.directories}
-    for path, directory in host.loop(directories.items()):
-        files.directory(
-            name=f"directory {path}",
-            path=path,
-            user=directory.owner,
-            group=directory.group,
-            mode=directory.mode,
-        )
+    for path, wanted in host.loop(directories.items()):
+        directory(path, wanted.mode, wanted.owner, wanted.group)
 
 
 def _retire(components: Sequence[Component]) -> None:
@@ -207,10 +248,7 @@ def _retire(components: Sequence[Component]) -> None:
                 enabled=False,
             )
         removed = [files.file(name=f"{path} removed", path=path, present=False) for path in paths]
-        systemd.daemon_reload(
-            name=f"systemd daemon-reload ({unit.name} removed)",
-            _if=lambda removed=removed: removed[0].did_change(),
-        )
+        reload_systemd(f"systemd daemon-reload ({unit.name} removed)", removed[:1])
 
 
 def deploy_components(components: Sequence[Component], vault: Callable[[], hvac.Client]) -> None:
@@ -224,7 +262,6 @@ def deploy_components(components: Sequence[Component], vault: Callable[[], hvac.
     if not mine:
         return
     _prepare(mine)
-    read_rendered(path for component in mine for path in component.rendered_paths(host))
     written: dict[str, list[OperationMeta]] = {}
 
     def wrote(path: str, operation: OperationMeta) -> None:
@@ -267,14 +304,17 @@ def start_timers(timer_files: Mapping[str, OperationMeta]) -> None:
     """Start and enable each timer (after the units: a job runs only beside its unit);
     restart one whose timer file changed, so its schedule starts over from the new one."""
     for timer, written in host.loop(timer_files.items()):
-        started = systemd.service(
-            name=f"{timer} started and enabled", service=timer, running=True, enabled=True
-        )
-        systemd.service(
-            name=f"{timer} restarted (its schedule changed)",
-            service=timer,
-            restarted=True,
-            _if=lambda written=written, started=started: (
-                written.did_change() and not started.did_change()
+        started = start_unit(timer)
+        due = only_if(
+            lambda changed, written=written, started=started: (
+                changed(written) and not changed(started)
             ),
+            [written, started],
         )
+        if due is not None:
+            systemd.service(
+                name=f"{timer} restarted (its schedule changed)",
+                service=timer,
+                restarted=True,
+                **due,
+            )

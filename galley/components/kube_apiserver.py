@@ -7,17 +7,15 @@ Apiservers restart one at a time, each answering ``/healthz`` again before the n
 
 from __future__ import annotations
 
-import io
 import shlex
 from collections.abc import Mapping
 from typing import Any
 
 from pyinfra.api.host import Host
 from pyinfra.api.state import State
-from pyinfra.operations import files
 
 from galley import cluster_secrets
-from galley.components.engine import render, render_text
+from galley.components.engine import render, render_text, write
 from galley.components.etcd import etcd_client_cert
 from galley.components.kubernetes import (
     CA_PATH,
@@ -32,7 +30,7 @@ from galley.components.kubernetes import (
 )
 from galley.components.model import Component, Config, Configured, Directory, Unit
 from galley.host.restarts import RestartError, systemctl_restart, wait_until_healthy
-from galley.host.secrets import Secret, secret_file
+from galley.host.secrets import Secret, keep_secret
 from galley.pki import API_SERVICE_NAMES, Identity, RoleSpec
 from galley.vault import once_per_client
 
@@ -134,22 +132,19 @@ def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
         client, ("secrets", cluster), lambda: cluster_secrets.read(client, cluster)
     )
     encryption = KUBE_APISERVER.config(ENCRYPTION_CONFIG)
-    # Secrets go through `secret_file`: never shown, not even with --diff.
+    # Secrets go through `keep_secret`: never shown, not even with --diff.
     written = {
-        SA_KEY: secret_file(
+        SA_KEY: keep_secret(
             name=f"service-account key {SA_KEY}",
             path=SA_KEY,
             secret=Secret(shared.service_account_key),
         ),
-        SA_PUB: files.put(
+        SA_PUB: write(
+            KUBE_APISERVER.config(SA_PUB),
+            shared.service_account_public_key,
             name=f"service-account public key {SA_PUB}",
-            src=io.StringIO(shared.service_account_public_key),
-            dest=SA_PUB,
-            user="root",
-            group="root",
-            mode="644",
         ),
-        ENCRYPTION_CONFIG: secret_file(
+        ENCRYPTION_CONFIG: keep_secret(
             name=f"secrets encryption config {ENCRYPTION_CONFIG}",
             path=ENCRYPTION_CONFIG,
             secret=Secret(

@@ -13,9 +13,9 @@ from pyinfra import inventory
 from pyinfra.api import Inventory
 from pyinfra.api.host import Host
 from pyinfra.api.operation import OperationMeta
-from pyinfra.operations import files
 
-from galley.components.model import TEMPLATES, Artifact, Cert
+from galley.components.engine import render
+from galley.components.model import Artifact, Cert, Config
 from galley.pki import Identity, RoleSpec
 
 K8S_DIR = "/etc/kubernetes"
@@ -165,13 +165,9 @@ def is_ip(value: str) -> bool:
 
 def kubeconfig(host: Host, path: str, server: str, cert: Cert) -> OperationMeta:
     """Write a kubeconfig at ``path`` that logs in to ``server`` with ``cert`` (0600, root)."""
-    return files.template(
+    return render(
+        Config(path, "kubernetes/kubeconfig.j2", mode="600"),
         name=f"kubeconfig {path}",
-        src=str(TEMPLATES / "kubernetes" / "kubeconfig.j2"),
-        dest=path,
-        user="root",
-        group="root",
-        mode="600",
         cluster_name=host.data.cluster_name,
         server=server,
         ca_path=CA_PATH,

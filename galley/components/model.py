@@ -20,7 +20,9 @@ from typing import Any
 from pyinfra.api.host import Host
 
 from galley.downloads import checksums_field
-from galley.host.release import active_paths
+from galley.host.observed import Wanted
+from galley.host.release import active_paths, marker_path, release_links
+from galley.host.restarts import reload_stamp
 from galley.pki import Identity, RoleSpec
 
 # Where each download base comes from: ``{github}/...`` -> group data ``github_base_url``.
@@ -79,6 +81,10 @@ class Artifact:
     def bases_of(self, data: Any) -> dict[str, str]:
         """The download bases from host or group data (``github_base_url`` ...)."""
         return {name: str(data.get(key) or "") for name, key in BASE_URL_KEYS.items()}
+
+    def link_names_for(self, arch: str) -> dict[str, str]:
+        """``link_names`` with each binary's name for ``arch``."""
+        return {name.format(arch=arch): link for name, link in self.link_names.items()}
 
     def active_paths(self) -> list[str]:
         """The links a process running this artifact depends on (see `active_paths`)."""
@@ -295,6 +301,7 @@ class Component:
     checks: tuple[str, ...] = ()
     configure: Callable[[Host, Mapping[str, Any]], Configured] | None = None
     packages: tuple[str, ...] = ()
+    other_units: tuple[str, ...] = ()  # systemd units its ``configure`` manages too
     when: Callable[[Host], bool] = lambda host: True
 
     def runs_on(self, host: Host) -> bool:
@@ -316,15 +323,39 @@ class Component:
                 return config
         raise KeyError(f"{self.name} declares no config {path}")
 
-    def rendered_paths(self, host: Host) -> list[str]:
-        """Every file the engine renders from a template for this component on ``host``:
-        its configs, unit file, and each timer's script and unit files."""
-        paths = [config.path for config in self.configs_of(host) if config.template]
-        if self.unit is not None:
-            paths.append(self.unit.path)
+    def wanted(self, host: Host) -> Wanted:
+        """Everything the engine's decisions for this component on ``host`` rest on, read
+        once per run (`galley.host.observed`): directories, files, release links, keys and
+        certificates, the files its restarts watch, and its units."""
+        wanted = Wanted(paths={d.path_on(host) for d in self.directories})
+        wanted.files(config.path for config in self.configs_of(host))
         for timer in self.timers:
-            paths += [timer.script.path, *timer.unit_files()]
-        return paths
+            wanted.files([timer.script.path, *timer.unit_files()])
+            wanted.units.add(timer.timer_unit)
+        for artifact in self.artifacts:
+            version, arch = str(host.data.get(artifact.version_field)), host.data.arch
+            wanted.files([marker_path(artifact.release, version)])
+            wanted.paths.update(
+                release_links(
+                    artifact.release,
+                    version,
+                    artifact.binaries_for(arch),
+                    bin_dir=artifact.bin_dir,
+                    link_names=artifact.link_names_for(arch),
+                )
+            )
+        for cert in self.certs_of(host):
+            wanted.keys.add(cert.key_path)
+            wanted.certs.add(cert.cert_path)
+            wanted.files([cert.ca_path])
+        wanted.units.update(self.other_units)
+        if self.unit is not None:
+            wanted.files([self.unit.path])
+            wanted.units.add(self.unit.name)
+            wanted.paths.update(self.watched(host))
+            if reloaded := self.reloaded_by(host):
+                wanted.paths.update([*reloaded, reload_stamp(self.unit.name)])
+        return wanted
 
     def watched(self, host: Host) -> list[str]:
         """The files this component's unit runs from on ``host``: one newer than the unit's

@@ -1,10 +1,17 @@
-"""Facts about files galley writes whole: their digest, mode and owner in one round trip."""
+"""Facts about files galley writes: digest, mode and owner, in one round trip."""
 
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
+from typing import Any
 
 from pyinfra.api import FactBase
+
+_DIGESTS_HEADER = "##galley-digests"
+_FOLLOWED_HEADER = "##galley-followed"
+# find's %y: f file, d directory, l symlink (anything else is "other").
+_KINDS = {"f": "file", "d": "directory", "l": "link"}
 
 
 class FileDigest(FactBase):
@@ -26,25 +33,57 @@ class FileDigest(FactBase):
         return {"sha256": output[1].strip(), "mode": mode, "user": user, "group": group}
 
 
-class FileDigests(FactBase):
-    """`FileDigest` of each of ``paths`` in one round trip: ``{path: {...} or None}``."""
+class PathStates(FactBase):
+    """What is at each of ``paths``, in one round trip (three commands, however many paths):
+    ``{path: {"kind": "file" | "directory" | "link" | "other", "mode": "644",
+    "user", "group", "target": link target | None, "mtime": "<seconds.fraction>",
+    "followed_mtime": mtime of what a link points at | None, "sha256": digest | None}}``.
+    Digests are taken only of ``digests`` (regular files; the content never leaves the
+    host). A missing path is left out."""
 
-    def command(self, paths: list[str]) -> str:
+    def command(self, paths: Sequence[str], digests: Sequence[str] = ()) -> str:
+        if not paths:
+            return "true"
         quoted = " ".join(shlex.quote(path) for path in paths)
-        return (
-            f'for p in {quoted}; do if [ -f "$p" ]; then '
-            'printf \'%s\\t%s\\t%s\\n\' "$p" "$(stat -c \'%a %U %G\' -- "$p")" '
-            '"$(sha256sum -- "$p" | cut -d \' \' -f 1)"; '
-            "else printf '%s\\t-\\n' \"$p\"; fi; done"
+        command = (
+            f"find {quoted} -maxdepth 0 -printf '%p\\t%y\\t%m %u %g\\t%T@\\t%l\\n' 2>/dev/null; "
+            f"echo '{_FOLLOWED_HEADER}'; find -L {quoted} -maxdepth 0 -printf '%p\\t%T@\\n' "
+            "2>/dev/null"
         )
+        if digests:
+            files = " ".join(shlex.quote(path) for path in digests)
+            command += f"; echo '{_DIGESTS_HEADER}'; sha256sum -- {files} 2>/dev/null"
+        return command + "; true"
 
-    def process(self, output: list[str]) -> dict[str, dict[str, str] | None]:
-        found: dict[str, dict[str, str] | None] = {}
+    @staticmethod
+    def default() -> dict[str, Any]:
+        return {}
+
+    def process(self, output: list[str]) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        section = "stat"
         for line in output:
-            path, *fields = line.split("\t")
-            if len(fields) != 2:
-                found[path] = None
-                continue
-            mode, user, group = fields[0].split()
-            found[path] = {"sha256": fields[1], "mode": mode, "user": user, "group": group}
+            if line in (_FOLLOWED_HEADER, _DIGESTS_HEADER):
+                section = line
+            elif section == "stat":
+                path, kind, owner, mtime, target = line.split("\t")
+                mode, user, group = owner.split(" ")
+                found[path] = {
+                    "kind": _KINDS.get(kind, "other"),
+                    "mode": mode,
+                    "user": user,
+                    "group": group,
+                    "target": target if kind == "l" else None,
+                    "mtime": mtime,
+                    "followed_mtime": None,
+                    "sha256": None,
+                }
+            elif section == _FOLLOWED_HEADER:
+                path, _, mtime = line.partition("\t")
+                if path in found:
+                    found[path]["followed_mtime"] = mtime
+            else:
+                digest, _, path = line.partition("  ")
+                if path in found and found[path]["kind"] == "file":
+                    found[path]["sha256"] = digest
         return found

@@ -12,7 +12,9 @@ from pyinfra.api import FactBase
 
 # systemd unit names: letters, digits and ":-_.\@", optionally with a type suffix.
 _UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\@-]+")
-_UNIT_PROPERTIES = "LoadState,ActiveState,SubState,ActiveEnterTimestamp,MainPID,NRestarts"
+_UNIT_PROPERTIES = (
+    "LoadState,ActiveState,SubState,ActiveEnterTimestamp,MainPID,NRestarts,UnitFileState"
+)
 _UNITS_HEADER = "##galley-units "
 _MTIMES_HEADER = "##galley-mtimes"
 _STAMP_HEADER = "##galley-stamp"
@@ -60,6 +62,7 @@ def _unit_state(properties: dict[str, str]) -> dict[str, Any]:
         "since": parse_timestamp(properties.get("ActiveEnterTimestamp", "")),
         "main_pid": main_pid or None,
         "restarts": int(restarts) if restarts.isdigit() else None,
+        "enabled": properties.get("UnitFileState") == "enabled",
     }
 
 
@@ -104,8 +107,9 @@ class UnitStates(FactBase):
         return _parse_unit_states(output)
 
 
-def _mtime_us(value: str) -> int | None:
-    """``stat -c %.6Y`` output (``1715000000.123456``) as integer microseconds."""
+def mtime_us(value: str) -> int | None:
+    """``stat -c %.6Y`` or ``find -printf %T@`` output (``1715000000.123456``) as integer
+    microseconds."""
     seconds, _, fraction = value.strip().partition(".")
     if not seconds.isdigit() or not (fraction.isdigit() or not fraction):
         return None
@@ -157,14 +161,22 @@ class PendingRestart(FactBase):
         if _STAMP_HEADER in output:
             split = output.index(_STAMP_HEADER)
             output, stamp_lines = output[:split], output[split + 1 :]
-            stamped = _mtime_us(stamp_lines[0]) if stamp_lines else None
+            stamped = mtime_us(stamp_lines[0]) if stamp_lines else None
         state = next(iter(_parse_unit_states(output).values()), _unit_state({}))
-        since = state["since"]
-        if state["active"] != "active" or since is None:
-            return True
-        started_us = max((since - _EPOCH) // timedelta(microseconds=1), stamped or 0)
-        mtimes = [_mtime_us(line) for line in mtime_lines]
-        return any(mtime > started_us for mtime in mtimes if mtime is not None)
+        return restart_pending(state, stamped, [mtime_us(line) for line in mtime_lines])
+
+
+def restart_pending(
+    unit_state: dict[str, Any], stamp_us: int | None, mtimes_us: Iterable[int | None]
+) -> bool:
+    """Whether a unit in ``unit_state`` (`UnitStates`) must be (re)started: it is not active,
+    or a file it runs from was modified (``mtimes_us``) after it became active and after
+    ``stamp_us`` (its last reload), see `PendingRestart`."""
+    since = unit_state["since"]
+    if unit_state["active"] != "active" or since is None:
+        return True
+    started_us = max((since - _EPOCH) // timedelta(microseconds=1), stamp_us or 0)
+    return any(mtime > started_us for mtime in mtimes_us if mtime is not None)
 
 
 class OsInfo(FactBase):

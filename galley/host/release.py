@@ -43,6 +43,7 @@ from pyinfra.api import deploy, operation
 from pyinfra.api.operation import OperationMeta
 
 from galley.facts.release import COMPLETE_MARKER, DEFAULT_PREFIX, InstalledReleases, LinkTargets
+from galley.host import observed
 
 DEFAULT_BIN_DIR = "/usr/local/bin"
 DEFAULT_STALL_SECONDS = 30
@@ -167,6 +168,29 @@ def _fetch(
     )
 
 
+def marker_path(release: str, version: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """The file whose presence (holding the sha256) marks ``version`` completely installed."""
+    return f"{_release_dir(prefix, release)}/{version}/{COMPLETE_MARKER}"
+
+
+def release_links(
+    release: str,
+    version: str,
+    binaries: Sequence[str],
+    prefix: str = DEFAULT_PREFIX,
+    bin_dir: str = DEFAULT_BIN_DIR,
+    link_names: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Each link that makes ``version`` active, with its target: ``current``, and each
+    binary's link in ``bin_dir``."""
+    base = _release_dir(prefix, release)
+    links = {f"{base}/current": version}
+    for binary in binaries:
+        link = (link_names or {}).get(binary, binary)
+        links[posixpath.join(bin_dir, link)] = f"{base}/current/{binary}"
+    return links
+
+
 def _link_script(path: str, target: str) -> str:
     """Point the symlink ``path`` at ``target`` atomically (through a temporary link)."""
     q = shlex.quote
@@ -188,20 +212,13 @@ def _activate(
 ) -> Iterator[str]:
     """Point ``current`` at ``version`` (which must be complete) and each binary's link in
     ``bin_dir`` at ``current``; only links that differ are touched."""
-    base = _release_dir(prefix, release)
-    wanted = {f"{base}/current": version}
-    wanted.update(
-        {
-            posixpath.join(bin_dir, link_names.get(binary, binary)): f"{base}/current/{binary}"
-            for binary in binaries
-        }
-    )
+    wanted = release_links(release, version, binaries, prefix, bin_dir, link_names)
     targets = host.get_fact(LinkTargets, paths=list(wanted))
     stale = [path for path, target in wanted.items() if targets.get(path) != target]
     if not stale:
         host.noop(f"{release} {version} is active")
         return
-    marker = f"{base}/{version}/{COMPLETE_MARKER}"
+    marker = marker_path(release, version, prefix)
     message = f"cannot activate {release} {version}: {marker} does not exist"
     lines = [f"[ -e {shlex.quote(marker)} ] || {{ echo {shlex.quote(message)} >&2; exit 1; }}"]
     lines += [_link_script(path, wanted[path]) for path in stale]
@@ -216,6 +233,8 @@ def _activation(
     bin_dir: str,
     link_names: Mapping[str, str] | None,
 ) -> Release:
+    if observed.links_are(release_links(release, version, binaries, prefix, bin_dir, link_names)):
+        return Release(observed.settled(f"Activate {release} {version}"))
     return Release(
         _activate(
             name=f"Activate {release} {version}",
@@ -271,6 +290,8 @@ def install_release(
     sha256 = sha256.lower()
     if not _SHA256.fullmatch(sha256):
         raise ValueError(f"invalid sha256 for {url}: {sha256!r}")
+    if observed.file_is(marker_path(release, version, prefix), f"{sha256}\n"):
+        return _activation(release, version, binaries, prefix, bin_dir, link_names)
     _fetch(
         name=f"Download {release} {version}",
         release=release,

@@ -9,7 +9,6 @@ script records its outcome in `STATE_PATH` (``key=value`` lines), which
 
 from __future__ import annotations
 
-import io
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -18,11 +17,24 @@ from typing import Any
 import hvac
 import jinja2
 from pyinfra import host
-from pyinfra.operations import files, systemd
+from pyinfra.api.host import Host
 
-from galley.components.engine import install_certificates
-from galley.components.model import SYSTEMD_DIR, TEMPLATES, first_run_seconds, span_seconds
+from galley.components.engine import (
+    directory,
+    install_certificates,
+    reload_systemd,
+    start_unit,
+    write,
+)
+from galley.components.model import (
+    SYSTEMD_DIR,
+    TEMPLATES,
+    Config,
+    first_run_seconds,
+    span_seconds,
+)
 from galley.facts.renewal import STATE_DIR, STATE_PATH
+from galley.host.observed import Wanted
 from galley.host.restarts import RESTART_LOCK
 from galley.renewal import HOST_IDENTITY, IDENTITY_DIR, HostRenewal, auth_path, plan
 
@@ -95,14 +107,23 @@ def render_units(data: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
+def wanted(target: Host) -> Wanted:
+    """What `install_renewal` decides on for ``target`` (see `galley.host.observed`)."""
+    found = Wanted(paths={IDENTITY_DIR, STATE_DIR}, units={f"{UNIT}.timer"})
+    found.files([VAULT_CA_PATH, SCRIPT_PATH, *render_units(target.data), HOST_IDENTITY.ca_path])
+    found.keys.add(HOST_IDENTITY.key_path)
+    found.certs.add(HOST_IDENTITY.cert_path)
+    return found
+
+
 def install_renewal(vault: Callable[[], hvac.Client]) -> None:
     """Keep this host renewing its own certificates: its host identity certificate (the
     login), Vault's CA, the script, and the timer running it (`galley.converge` calls it
     once per run, after the phases)."""
     renewal = plan(host)
     data = host.data
-    for directory, mode in ((IDENTITY_DIR, "700"), (STATE_DIR, "755")):
-        files.directory(name=f"directory {directory}", path=directory, mode=mode)
+    for path, mode in ((IDENTITY_DIR, "700"), (STATE_DIR, "755")):
+        directory(path, mode)
     install_certificates(host, [HOST_IDENTITY], vault)
     interval = span_seconds(data.get("cert_renewal_interval") or "1h") or 3600
     settings = ScriptSettings(
@@ -113,31 +134,15 @@ def install_renewal(vault: Callable[[], hvac.Client]) -> None:
         backoff=max(1, interval // 70),
     )
     if data.get("vault_ca_cert"):
-        files.put(
-            name=f"Vault's CA {VAULT_CA_PATH}",
-            src=str(data.vault_ca_cert),
-            dest=VAULT_CA_PATH,
-            mode="644",
-        )
+        with open(str(data.vault_ca_cert), encoding="utf-8") as ca:
+            write(Config(VAULT_CA_PATH), ca.read(), name=f"Vault's CA {VAULT_CA_PATH}")
     else:  # a Vault with a publicly trusted certificate
         settings = replace(settings, vault_ca=SYSTEM_CAS)
-    files.put(
+    write(
+        Config(SCRIPT_PATH, mode="755"),
+        render_script(renewal, settings),
         name=f"renewal script {SCRIPT_PATH}",
-        src=io.StringIO(render_script(renewal, settings)),
-        dest=SCRIPT_PATH,
-        mode="755",
     )
-    units = [
-        files.put(name=path, src=io.StringIO(text), dest=path, mode="644")
-        for path, text in render_units(data).items()
-    ]
-    systemd.daemon_reload(
-        name="systemd daemon-reload (renewal units)",
-        _if=lambda: any(unit.did_change() for unit in units),
-    )
-    systemd.service(
-        name=f"{UNIT}.timer started and enabled",
-        service=f"{UNIT}.timer",
-        running=True,
-        enabled=True,
-    )
+    units = [write(Config(path), text) for path, text in render_units(data).items()]
+    reload_systemd("systemd daemon-reload (renewal units)", units)
+    start_unit(f"{UNIT}.timer")

@@ -24,6 +24,7 @@ from pyinfra.api.state import State
 from pyinfra.operations import python
 
 from galley.facts.system import PendingRestart
+from galley.host import observed
 
 RESTART_LOCK = "/run/lock/galley-restart.lock"
 # Reload stamps (`reload_stamp`); /run is empty after a boot, when every unit starts afresh.
@@ -107,6 +108,10 @@ def restart_when_pending(
     start (see `galley.facts.PendingRestart`).
     """
     paths = sorted(watched)
+    # Nothing the unit runs from changes in this run: what was read while preparing decides.
+    settled = all(observed.is_settled(meta) for meta in (*changes, started))
+    if settled and observed.restart_due(unit, paths, stamp) is False:
+        return
     facts = {"unit": unit, "paths": paths, "stamp": stamp}
     options: dict = {}
     if state.should_check_for_changes():

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from pyinfra import host
 from pyinfra.api import FunctionCommand, operation
 from pyinfra.api.host import Host
+from pyinfra.api.operation import OperationMeta
 from pyinfra.api.state import State
 
 from galley.facts.files import FileDigest
+from galley.host import observed
 
 
 class SecretFileError(Exception):
@@ -64,6 +66,16 @@ def _write(state: State, host: Host, path: str, secret: Secret, mode: str, owner
         f"mv -f {tmp} {shlex.quote(path)}",
         f"installing {path}",
     )
+
+
+def keep_secret(
+    name: str, path: str, secret: Secret, mode: str = "600", user: str = "root", group: str = "root"
+) -> OperationMeta:
+    """`secret_file`, settled without an operation when the host's file, read while
+    preparing (`galley.host.observed`), already holds ``secret`` with this mode and owner."""
+    if observed.file_is(path, secret.text, user, group, mode):
+        return observed.settled(name)
+    return secret_file(name=name, path=path, secret=secret, mode=mode, user=user, group=group)
 
 
 @operation()

@@ -21,6 +21,7 @@ from pyinfra.api.state import State
 from pyinfra.operations import files, python, server
 
 from galley.facts.tls import TlsFiles
+from galley.host import observed
 from galley.pki import (
     DEPLOY_RENEW_FRACTION,
     Identity,
@@ -78,8 +79,9 @@ def host_certificates(
     Nothing changes when all is in order. Returns the operations it added by the path they
     write (key, certificate, CA bundle), for callers that restart a service on change.
     """
-    found = host.get_fact(
-        TlsFiles, keys=[cert.key_path for cert in certs], certs=[cert.cert_path for cert in certs]
+    keys, cert_paths = [cert.key_path for cert in certs], [cert.cert_path for cert in certs]
+    found = observed.tls_files(keys, cert_paths) or host.get_fact(
+        TlsFiles, keys=keys, certs=cert_paths
     )
     client = vault()
     ca_pems = {
@@ -91,10 +93,13 @@ def host_certificates(
         bundles.setdefault(cert.ca_path, cert)
     operations: dict[str, list[OperationMeta]] = {}
     for ca_path, cert in host.loop(bundles.items()):
+        pem = ca_pems[cert.mount]
         operations.setdefault(ca_path, []).append(
-            files.put(
+            observed.settled(f"CA bundle {ca_path}")
+            if observed.file_is(ca_path, pem, cert.owner, cert.group, "644")
+            else files.put(
                 name=f"CA bundle {ca_path}",
-                src=io.StringIO(ca_pems[cert.mount]),
+                src=io.StringIO(pem),
                 dest=ca_path,
                 user=cert.owner,
                 group=cert.group,

@@ -362,6 +362,18 @@ def test_checksums_fetch_reads_the_mirror_and_refuses_a_tampered_file(cluster, t
     assert json.loads(catalogue.read_text()) == recorded
 
 
+def _dry_plan(*arguments: str) -> dict[str, set[str]]:
+    """What ``deploys/workers.py --dry`` says it would change: {operation: hosts}."""
+    dry = json.loads(
+        run_cli(
+            "pyinfra", "inventories/lab.py", "deploys/workers.py", "--dry", "--json", *arguments
+        ).stdout
+    )
+    return {
+        op["name"]: set(op["hosts_with_change"]) for op in dry["plan"] if op["hosts_with_change"]
+    }
+
+
 def test_the_dry_plan_lists_exactly_the_changes_and_restarts_the_run_makes(cluster):
     """A release version and a template input change: --dry and the real run agree."""
     changes = (
@@ -370,14 +382,7 @@ def test_the_dry_plan_lists_exactly_the_changes_and_restarts_the_run_makes(clust
         "--data",
         "cluster_domain=lab.internal",
     )
-    dry = json.loads(
-        run_cli(
-            "pyinfra", "inventories/lab.py", "deploys/workers.py", "--dry", "--json", *changes
-        ).stdout
-    )
-    planned = {
-        op["name"]: set(op["hosts_with_change"]) for op in dry["plan"] if op["hosts_with_change"]
-    }
+    planned = _dry_plan(*changes)
     try:
         code, results, output = run_deploy("workers", *changes)
         assert code == 0, output
@@ -394,13 +399,15 @@ def test_the_dry_plan_lists_exactly_the_changes_and_restarts_the_run_makes(clust
 def test_a_config_edited_or_chmodded_by_hand_is_written_back_and_its_unit_restarted(cluster):
     """Each rendered file's digest, mode and owner are read once per host while preparing: an
     edit and a chmod on one host are still found and written back there only, the edited
-    file's unit restarted (a chmod alone changes nothing a unit runs); the next run changes
-    nothing."""
+    file's unit restarted (a chmod alone changes nothing a unit runs, and --dry does not list
+    a restart for it either); the next run changes nothing."""
     config, unit_file = "/var/lib/kubelet/config.yaml", "/etc/systemd/system/kube-proxy.service"
     ssh("lab-worker-1", f"echo '# edited by hand' >> {config} && chmod 600 {unit_file}")
+    planned = _dry_plan()
     code, results, output = run_deploy("workers")
     assert code == 0, output
     got = changed(results)
+    assert got == planned, got
     for name in (
         f"workers | {config}",
         f"workers | {unit_file}",
@@ -410,5 +417,36 @@ def test_a_config_edited_or_chmodded_by_hand_is_written_back_and_its_unit_restar
     assert all(hosts == {"lab-worker-1"} for hosts in got.values()), got
     assert ssh("lab-worker-1", f"stat -c %a {unit_file}").strip() == "644"
     assert "edited by hand" not in ssh("lab-worker-1", f"cat {config}")
+    code, results, output = run_deploy("workers")
+    assert code == 0 and changed(results) == {}, output
+
+
+def test_a_directory_a_link_and_a_unit_undone_by_hand_are_redone_on_that_host_only(cluster):
+    """What a converged host has is read once while preparing, and only what differs gets an
+    operation: a chmodded directory, a repointed binary link (its unit restarts) and a unit
+    stopped and disabled (started again, not restarted) on one worker are all found there,
+    with --dry listing exactly what the run then does; the next run changes nothing."""
+    ssh(
+        "lab-worker-2",
+        "chmod 700 /var/lib/kube-proxy && ln -sfn /bin/true /usr/local/bin/kubelet && "
+        "systemctl disable --now kube-proxy",
+    )
+    planned = _dry_plan()
+    code, results, output = run_deploy("workers")
+    assert code == 0, output
+    got = changed(results)
+    assert got == planned
+    assert all(hosts == {"lab-worker-2"} for hosts in got.values()), got
+    names = {name.removeprefix("workers | ") for name in got}
+    assert {
+        "directory /var/lib/kube-proxy",
+        "kube-proxy started and enabled",
+        "Restart kubelet (only if its files changed)",
+    } <= names, names
+    assert any(name.startswith("Install release | Activate kubelet ") for name in names), names
+    assert "Restart kube-proxy (only if its files changed)" not in names
+    assert ssh("lab-worker-2", "stat -c %a /var/lib/kube-proxy").strip() == "755"
+    assert ssh("lab-worker-2", "readlink /usr/local/bin/kubelet").strip().endswith("/kubelet")
+    assert ssh("lab-worker-2", "systemctl is-enabled kube-proxy").strip() == "enabled"
     code, results, output = run_deploy("workers")
     assert code == 0 and changed(results) == {}, output

@@ -15,12 +15,14 @@ from galley.facts.system import OsInfo, PendingRestart, UnitStates
 
 ETCD_RUNNING = """MainPID=4242
 NRestarts=2
+UnitFileState=enabled
 LoadState=loaded
 ActiveState=active
 SubState=running
 ActiveEnterTimestamp=Thu 2025-05-01 10:00:00.250000 UTC"""
 NOT_FOUND = """MainPID=0
 NRestarts=0
+UnitFileState=
 LoadState=not-found
 ActiveState=inactive
 SubState=dead
@@ -85,6 +87,7 @@ def test_unit_states_maps_each_unit_and_marks_missing_ones(systemctl):
             "since": datetime(2025, 5, 1, 10, 0, 0, 250000, tzinfo=UTC),
             "main_pid": 4242,
             "restarts": 2,
+            "enabled": True,
         },
         "srv-data\\x2d1.mount": {
             "load": "not-found",
@@ -93,6 +96,7 @@ def test_unit_states_maps_each_unit_and_marks_missing_ones(systemctl):
             "since": None,
             "main_pid": None,
             "restarts": 0,
+            "enabled": False,
         },
     }
     argv = (bin_dir / "argv").read_text().splitlines()
@@ -100,7 +104,7 @@ def test_unit_states_maps_each_unit_and_marks_missing_ones(systemctl):
         "show",
         "--timestamp=us+utc",
         "-p",
-        "LoadState,ActiveState,SubState,ActiveEnterTimestamp,MainPID,NRestarts",
+        "LoadState,ActiveState,SubState,ActiveEnterTimestamp,MainPID,NRestarts,UnitFileState",
         "--",
         "etcd",
         "srv-data\\x2d1.mount",
