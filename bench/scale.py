@@ -37,9 +37,10 @@ class Run:
     stdout: str
 
 
-def run(*args: str) -> Run:
+def run(*args: str, allowed: tuple[int, ...] = (0,)) -> Run:
     """Run a console script of this virtualenv from the repository root, measured by its own
-    resource usage (`os.wait4`: this process and the children it waited for)."""
+    resource usage (`os.wait4`: this process and the children it waited for); an exit status
+    other than ``allowed`` stops the bench."""
     started = time.monotonic()
     process = subprocess.Popen(
         [str(BIN / args[0]), *args[1:]],
@@ -51,8 +52,9 @@ def run(*args: str) -> Run:
     stdout = process.stdout.read() if process.stdout else ""
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} exited {process.returncode}")
+    if process.returncode not in allowed:
+        tail = "\n".join(stdout.splitlines()[-15:])
+        raise SystemExit(f"{' '.join(args)} exited {process.returncode}:\n{tail}")
     wall = time.monotonic() - started
     return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, stdout)
 
@@ -80,7 +82,11 @@ def measure(size: int) -> dict[str, float]:
     changed = sum(len(op["success"]) for op in operations)
     per_host = sum(len(op["success"]) + len(op["no_change"]) for op in operations) / size
     run("galley", "admin", "credentials", "inventories/lab.py")
-    report = min(run("galley", "report", "inventories/lab.py").wall for _ in range(3))
+    # The report's own time, whether or not it finds problems (exit 1): on a loaded 2-core
+    # lab a proxy's health check of a stand-in apiserver may time out now and then.
+    report = min(
+        run("galley", "report", "inventories/lab.py", allowed=(0, 1)).wall for _ in range(3)
+    )
     noop = statistics.median(r.wall for r in noops)
     return {
         "droplets": size,
@@ -102,7 +108,7 @@ def main() -> None:
     rows = []
     for size in sizes:
         rows.append(measure(size))
-        print(f"measured {size} droplets", file=sys.stderr, flush=True)
+        print(f"measured {size} droplets: {rows[-1]}", file=sys.stderr, flush=True)
     run("galley", "lab", "down")
     header = list(rows[0])
     print("| " + " | ".join(header) + " |")

@@ -34,6 +34,7 @@ from galley.facts import (
     RenewalStatus,
     UnitStates,
 )
+from galley.facts.together import FactError, read_together
 from galley.ops.etcd_snapshot import snapshot_prefix
 from galley.problems import Problem
 from galley.text import clean
@@ -512,14 +513,11 @@ def gather(inventory: Any, connect_timeout: int = CONNECT_TIMEOUT) -> dict[str, 
             wanted["api_proxy"] = (ApiProxyBackends, {})
         if certificates:
             wanted["renewal"] = (RenewalStatus, {})
-        jobs = {key: gevent.spawn(host.get_fact, cls, **kw) for key, (cls, kw) in wanted.items()}
-        gevent.joinall(list(jobs.values()))
-        for key, job in jobs.items():
-            if job.successful():
-                facts[key] = job.value
-            else:  # one fact that does not parse must not hide the rest of the fleet
-                failed = facts.setdefault("fact_errors", {})
-                failed[key] = clean(f"{type(job.exception).__name__}: {job.exception}")
+        for key, value in read_together(host, wanted).items():
+            if isinstance(value, FactError):  # one fact must not hide the rest of the fleet
+                facts.setdefault("fact_errors", {})[key] = clean(str(value))
+            else:
+                facts[key] = value
         host.disconnect()
         return facts
 

@@ -21,22 +21,30 @@ _COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _VERSION = re.compile(r"\bv?(\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?)(?:\+[0-9A-Za-z.-]+)?")
 
 
-def _running_script(unit: str) -> str:
-    """Print the ``--version`` output of the program the unit's main process runs, prefixed.
+def _running_script(unit: str, base: str) -> str:
+    """Print the version of the program the unit's main process runs, prefixed.
 
     ``/proc/<pid>/exe`` is the file the process was started from, even after an upgrade
     replaced or removed it, so this is the running version, not the installed one. A program
     run by a Python interpreter (the lab's stand-ins, which start from their resolved,
-    versioned path) is asked through its script, the first argument of its command line.
+    versioned path) is named by its script, the first argument of its command line. A
+    program galley installed runs from ``<base>/<version>/``: the version is read from that
+    path, without running anything (on a busy host a ``--version`` of every component is
+    most of a report's time); any other program is asked with ``--version``.
     """
-    quoted = shlex.quote(unit)
+    unit_quoted, base_quoted = shlex.quote(unit), shlex.quote(base.rstrip("/"))
     return (
-        f"pid=$(systemctl show -p MainPID --value -- {quoted} 2>/dev/null); "
+        f"pid=$(systemctl show -p MainPID --value -- {unit_quoted} 2>/dev/null); "
         'if [ -n "$pid" ] && [ "$pid" != 0 ]; then exe="/proc/$pid/exe"; '
-        'case "$(readlink "$exe")" in */python*) '
-        """script=$(tr '\\0' '\\n' < "/proc/$pid/cmdline" | sed -n 2p); """
-        '"$exe" "$script" --version;; *) "$exe" --version;; esac 2>&1 | head -n 3 | '
-        f'sed "s/^/{_RUNNING}/"; fi'
+        'program=$(readlink "$exe"); '
+        'case "$program" in */python*) '
+        """program=$(tr '\\0' '\\n' < "/proc/$pid/cmdline" | sed -n 2p); """
+        "python=1;; *) python=;; esac; "
+        f"base={base_quoted}; "
+        'case "$program" in "$base"/*/*) version=${program#"$base"/}; '
+        f'echo "{_RUNNING}v${{version%%/*}}";; '
+        '*) if [ -n "$python" ]; then "$exe" "$program" --version; else "$exe" --version; fi '
+        f'2>&1 | head -n 3 | sed "s/^/{_RUNNING}/";; esac; fi'
     )
 
 
@@ -68,7 +76,7 @@ class ComponentVersions(FactBase):
                 InstalledReleases().command(name, prefix),
             ]
             if unit:
-                parts.append(_running_script(unit))
+                parts.append(_running_script(unit, f"{prefix.rstrip('/')}/{name}"))
         return "; ".join(parts) + "; true"
 
     @staticmethod

@@ -76,6 +76,32 @@ def test_versions_report_installed_current_and_what_the_process_runs(tmp_path, s
     }
 
 
+def test_a_program_galley_installed_is_known_by_its_versioned_path_without_running_it(
+    tmp_path,
+):
+    """A unit's program runs from <prefix>/etcd/3.5.29/: that is its version, although its
+    --version would say 3.5.31 (it is not run at all)."""
+    prefix = tmp_path / "opt"
+    install(prefix, "etcd", "3.5.29", current="3.5.29")
+    program = prefix / "etcd" / "3.5.29" / "etcd"
+    program.write_text(
+        "import sys, time\n"
+        "if '--version' in sys.argv:\n    print('etcd Version: 3.5.31')\n"
+        "else:\n    time.sleep(60)\n"
+    )
+    process = subprocess.Popen([sys.executable, str(program)])
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text(f"#!/bin/sh\necho {process.pid}\n")
+    (bin_dir / "systemctl").chmod(0o755)
+    try:
+        versions = run(ComponentVersions(), bin_dir, components=["etcd"], prefix=str(prefix))
+    finally:
+        process.kill()
+        process.wait()
+    assert versions["etcd"]["running"] == "3.5.29"
+
+
 def test_a_component_that_is_not_there_has_no_versions(tmp_path, service):
     versions = run(ComponentVersions(), service, components="kubelet", prefix=str(tmp_path))
     assert versions == {"kubelet": {"installed": [], "current": None, "running": None}}
