@@ -6,6 +6,9 @@ every certificate (one round trip reads them all), each component's own ``config
 config files), its unit file, then systemd: reload, start and enable each unit, wait after a
 first start, and a durable restart when the files it runs from (`Component.watched`) are newer
 than its start, or a reload when only files it reloads (`Component.reloaded_by`) are.
+
+Each step asks what the host had when the run began (`galley.host.observed`, read in one round
+trip from `Component.wanted`): whatever is already as declared gets no operation at all.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from galley.facts.api_proxy import ApiProxyBackends
 from galley.facts.etcd import EtcdHealth, EtcdMembers, EtcdSnapshots
+from galley.facts.files import PathStates
 from galley.facts.fleet import ComponentVersions, FlannelLease
 from galley.facts.release import InstalledReleases
 from galley.facts.renewal import RenewalStatus
@@ -19,6 +20,7 @@ __all__ = [
     "FlannelLease",
     "InstalledReleases",
     "OsInfo",
+    "PathStates",
     "PendingRestart",
     "RenewalStatus",
     "TlsFiles",

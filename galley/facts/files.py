@@ -39,9 +39,12 @@ class PathStates(FactBase):
     "user", "group", "target": link target | None, "mtime": "<seconds.fraction>",
     "followed_mtime": mtime of what a link points at | None, "sha256": digest | None}}``.
     Digests are taken only of ``digests`` (regular files; the content never leaves the
-    host). A missing path is left out."""
+    host). A missing path is left out. From the command line, ``paths`` and ``digests`` are
+    space-separated: ``pyinfra INV fact galley.facts.PathStates paths="/etc/etcd /opt/x"``."""
 
-    def command(self, paths: Sequence[str], digests: Sequence[str] = ()) -> str:
+    def command(self, paths: str | Sequence[str], digests: str | Sequence[str] = ()) -> str:
+        paths = paths.split() if isinstance(paths, str) else paths
+        digests = digests.split() if isinstance(digests, str) else digests
         if not paths:
             return "true"
         quoted = " ".join(shlex.quote(path) for path in paths)
