@@ -34,18 +34,24 @@ def install(prefix: Path, release: str, *versions: str, current: str | None = No
         (prefix / release / "current").symlink_to(current)
 
 
+def start_program(program: Path) -> subprocess.Popen:
+    """Write and start a Python program at ``program`` that runs until killed and whose
+    ``--version`` says etcd 3.5.31."""
+    program.write_text(
+        "import sys, time\n"
+        "if '--version' in sys.argv:\n    print('etcd Version: 3.5.31')\n"
+        "else:\n    time.sleep(60)\n"
+    )
+    return subprocess.Popen([sys.executable, str(program)])
+
+
 @pytest.fixture
 def service(tmp_path):
     """A running process standing in for a unit's main process (a Python program, as the lab's
     stand-ins are: asked through its script), and a systemctl stand-in reporting its PID for
     unit "etcd" and 0 for any other unit."""
     program = tmp_path / "etcd-3.5.31"
-    program.write_text(
-        "import sys, time\n"
-        "if '--version' in sys.argv:\n    print('etcd Version: 3.5.31')\n"
-        "else:\n    time.sleep(60)\n"
-    )
-    process = subprocess.Popen([sys.executable, str(program)])
+    process = start_program(program)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     script = bin_dir / "systemctl"
@@ -84,12 +90,7 @@ def test_a_program_galley_installed_is_known_by_its_versioned_path_without_runni
     prefix = tmp_path / "opt"
     install(prefix, "etcd", "3.5.29", current="3.5.29")
     program = prefix / "etcd" / "3.5.29" / "etcd"
-    program.write_text(
-        "import sys, time\n"
-        "if '--version' in sys.argv:\n    print('etcd Version: 3.5.31')\n"
-        "else:\n    time.sleep(60)\n"
-    )
-    process = subprocess.Popen([sys.executable, str(program)])
+    process = start_program(program)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "systemctl").write_text(f"#!/bin/sh\necho {process.pid}\n")
