@@ -63,7 +63,7 @@ def write(config: Config, text: str, name: str | None = None) -> OperationMeta:
         group=config.group,
         mode=config.mode,
     )
-    if observed.content_is(config.path, text):
+    if observed.file_is(config.path, text):  # content as declared: mode or owner differs
         observed.attributes_only(operation)
     return operation
 

@@ -5,10 +5,10 @@ pyinfra 3.10 caches no facts: each operation reads its own (a file's stat and di
 unit's state, a link's target) while preparing and again while executing, and each operation
 costs the controller CPU however little it does. A converged host was most of a run's round
 trips and CPU. Here each host's deploy first reads `ManagedState` (what the host's components
-list in a `Wanted`) in one round trip, and then asks it: a directory,
-file, link, release, running unit or restart check already as declared is settled (a
-finished, unchanged `OperationMeta`), anything else gets its operation as before. Only while
-preparing: an operation added while executing reads the host itself.
+list in a `Wanted`) in one round trip, and then asks it: a directory, file, link, release,
+running unit or restart check already as declared is settled (a finished, unchanged
+`OperationMeta`), anything else gets its operation as before. Only while preparing: an
+operation added while executing reads the host itself.
 """
 
 from __future__ import annotations
@@ -122,11 +122,6 @@ def file_is(
     )
 
 
-def content_is(path: str, content: str | bytes) -> bool:
-    """Whether this host's file at ``path`` holds ``content`` (whatever its mode and owner)."""
-    return file_is(path, content)
-
-
 def attributes_only(operation: OperationMeta) -> OperationMeta:
     """Mark ``operation`` as setting only a file's mode or owner (see `changes_content`)."""
     _ATTRIBUTES_ONLY.add(operation)
@@ -160,21 +155,23 @@ def links_are(targets: Mapping[str, str]) -> bool:
     return True
 
 
-def unit_running(unit: str) -> bool:
-    """Whether systemd ``unit`` is active and enabled on this host."""
+def _unit(unit: str) -> dict[str, Any] | None:
+    """What was read of systemd ``unit`` on this host (`UnitStates`), None when not read."""
     mine = _mine()
     if mine is None or unit not in mine.wanted.units:
-        return False
-    found = mine.found["units"].get(unit)
+        return None
+    return mine.found["units"].get(unit)
+
+
+def unit_running(unit: str) -> bool:
+    """Whether systemd ``unit`` is active and enabled on this host."""
+    found = _unit(unit)
     return bool(found) and found["active"] == "active" and found["enabled"]
 
 
 def unit_stopped(unit: str) -> bool:
     """Whether systemd ``unit`` is neither active nor enabled on this host."""
-    mine = _mine()
-    if mine is None or unit not in mine.wanted.units:
-        return False
-    found = mine.found["units"].get(unit)
+    found = _unit(unit)
     # A unit not installed yet may be installed, and started, by a package later in the run.
     return (
         bool(found)

@@ -42,6 +42,10 @@ SCRIPT_PATH = "/usr/local/sbin/galley-renew-certs"
 VAULT_CA_PATH = f"{IDENTITY_DIR}/vault-ca.pem"  # the CA Vault's listener is verified with
 SYSTEM_CAS = "/etc/ssl/certs/ca-certificates.crt"  # Debian's bundle, for a public Vault
 UNIT = "galley-cert-renewal"
+SERVICE_PATH = f"{SYSTEMD_DIR}/{UNIT}.service"
+TIMER_PATH = f"{SYSTEMD_DIR}/{UNIT}.timer"
+# The renewal's own directories and their modes (the identity key is in the first).
+DIRECTORIES = ((IDENTITY_DIR, "700"), (STATE_DIR, "755"))
 # Group data keys of the schedule, with their defaults (systemd time spans).
 SCHEDULE_DEFAULTS = {"cert_renewal_interval": "1h", "cert_renewal_random_delay": "15min"}
 
@@ -94,12 +98,10 @@ def render_units(data: Mapping[str, Any]) -> dict[str, str]:
     environment = _environment()
     schedule = {key: str(data.get(key) or default) for key, default in SCHEDULE_DEFAULTS.items()}
     return {
-        f"{SYSTEMD_DIR}/{UNIT}.service": environment.get_template(
-            "galley-cert-renewal.service.j2"
-        ).render(script_path=SCRIPT_PATH, timeout="30min"),
-        f"{SYSTEMD_DIR}/{UNIT}.timer": environment.get_template(
-            "galley-cert-renewal.timer.j2"
-        ).render(
+        SERVICE_PATH: environment.get_template("galley-cert-renewal.service.j2").render(
+            script_path=SCRIPT_PATH, timeout="30min"
+        ),
+        TIMER_PATH: environment.get_template("galley-cert-renewal.timer.j2").render(
             interval=schedule["cert_renewal_interval"],
             random_delay=schedule["cert_renewal_random_delay"],
             first_run=f"{first_run_seconds(schedule['cert_renewal_interval'])}s",
@@ -109,8 +111,8 @@ def render_units(data: Mapping[str, Any]) -> dict[str, str]:
 
 def wanted(target: Host) -> Wanted:
     """What `install_renewal` decides on for ``target`` (see `galley.host.observed`)."""
-    found = Wanted(paths={IDENTITY_DIR, STATE_DIR}, units={f"{UNIT}.timer"})
-    found.files([VAULT_CA_PATH, SCRIPT_PATH, *render_units(target.data), HOST_IDENTITY.ca_path])
+    found = Wanted(paths={path for path, _ in DIRECTORIES}, units={f"{UNIT}.timer"})
+    found.files([VAULT_CA_PATH, SCRIPT_PATH, SERVICE_PATH, TIMER_PATH, HOST_IDENTITY.ca_path])
     found.keys.add(HOST_IDENTITY.key_path)
     found.certs.add(HOST_IDENTITY.cert_path)
     return found
@@ -122,7 +124,7 @@ def install_renewal(vault: Callable[[], hvac.Client]) -> None:
     once per run, after the phases)."""
     renewal = plan(host)
     data = host.data
-    for path, mode in ((IDENTITY_DIR, "700"), (STATE_DIR, "755")):
+    for path, mode in DIRECTORIES:
         directory(path, mode)
     install_certificates(host, [HOST_IDENTITY], vault)
     interval = span_seconds(data.get("cert_renewal_interval") or "1h") or 3600
