@@ -7,9 +7,10 @@ seconds). Losing one control-plane host then changes nothing on the workers. The
 from the ``control_plane`` group; a change to them is a reload (new connections go to the new
 list, open ones finish on the old process), never a restart.
 
-HAProxy is Debian's package; galley runs it as its own unit (``api-proxy``) and keeps Debian's
-``haproxy.service`` stopped. Its statistics are served as CSV on a root-only socket
-(`galley.facts.ApiProxyBackends` reads them for the report).
+HAProxy is Debian's package; galley runs it as its own unit (``api-proxy``) and masks Debian's
+``haproxy.service`` before installing the package, so that one never starts (an upgrade
+neither). Its statistics are served as CSV on a root-only socket (`galley.facts.ApiProxyBackends`
+reads them for the report).
 """
 
 from __future__ import annotations
@@ -18,13 +19,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from pyinfra.api.host import Host
-from pyinfra.operations import systemd
 
 from galley.components.engine import render
 from galley.components.kubernetes import CA_PATH, control_plane_hosts
 from galley.components.model import Component, Config, Configured, Directory, Unit
 from galley.facts.api_proxy import BACKEND, STATS_SOCKET
-from galley.host import observed
 
 CONFIG_DIR = "/etc/galley/api-proxy"
 CONFIG = f"{CONFIG_DIR}/haproxy.cfg"
@@ -45,13 +44,6 @@ def backends(host: Host) -> list[tuple[str, str]]:
 
 
 def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
-    if not observed.unit_stopped("haproxy"):
-        systemd.service(
-            name="Debian's haproxy.service stopped (api-proxy runs HAProxy)",
-            service="haproxy",
-            running=False,
-            enabled=False,
-        )
     written = {
         CONFIG: render(
             API_PROXY.config(CONFIG),
@@ -71,7 +63,7 @@ API_PROXY = Component(
     group="workers",
     phase="flannel",
     packages=("haproxy",),
-    other_units=("haproxy",),
+    masked_units=("haproxy",),
     configs=(Config(CONFIG, "api-proxy/haproxy.cfg.j2", reload=True),),
     unit=Unit("api-proxy", "api-proxy/api-proxy.service.j2"),
     directories=(Directory("/etc/galley"), Directory(CONFIG_DIR)),

@@ -3,9 +3,10 @@
 For the components of a phase that run on the current host, in this order: Debian packages,
 system users and directories, every artifact (downloaded and verified before activation),
 every certificate (one round trip reads them all), each component's own ``configure`` (its
-config files), its unit file, then systemd: reload, start and enable each unit, wait after a
-first start, and a durable restart when the files it runs from (`Component.watched`) are newer
-than its start, or a reload when only files it reloads (`Component.reloaded_by`) are.
+config files), its unit file, then systemd: enable the units (one ``systemctl enable
+--no-reload``), one reload, start each unit, wait after a first start, and a durable restart
+when the files it runs from (`Component.watched`) are newer than its start, or a reload when
+only files it reloads (`Component.reloaded_by`) are.
 
 Each step asks what the host had when the run began (`galley.host.observed`, read in one round
 trip from `Component.wanted`): whatever is already as declared gets no operation at all.
@@ -14,14 +15,17 @@ trip from `Component.wanted`): whatever is already as declared gets no operation
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Collection, Mapping, Sequence
+import shlex
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 
 import hvac
 from pyinfra import host, state
+from pyinfra.api import operation
 from pyinfra.api.host import Host
 from pyinfra.api.operation import OperationMeta
 from pyinfra.api.util import get_template
 from pyinfra.facts.deb import DebPackages
+from pyinfra.facts.systemd import SystemdEnabled
 from pyinfra.operations import apt, files, python, server, systemd
 
 from galley.components.model import (
@@ -32,6 +36,7 @@ from galley.components.model import (
     Component,
     Config,
     Configured,
+    Directory,
 )
 from galley.downloads import sha256_of
 from galley.host import observed
@@ -68,10 +73,36 @@ def write(config: Config, text: str, name: str | None = None) -> OperationMeta:
     return operation
 
 
-def directory(path: str, mode: str = "755", owner: str = "root", group: str = "root") -> None:
-    """Make the directory ``path`` with this mode and owner (no operation when it is)."""
-    if not observed.directory_is(path, owner, group, mode):
-        files.directory(name=f"directory {path}", path=path, user=owner, group=group, mode=mode)
+def directories(wanted: Mapping[str, Directory]) -> None:
+    """Make each directory (its path: its declaration) with its mode and owner: those the host
+    has otherwise all in one operation (no operation when all are as declared)."""
+    differing = []
+    for path, declared in wanted.items():
+        if observed.directory_is(path, declared.owner, declared.group, declared.mode):
+            continue
+        if not observed.was_read(path):  # nothing to compare with: the operation checks
+            files.directory(
+                name=f"directory {path}",
+                path=path,
+                user=declared.owner,
+                group=declared.group,
+                mode=declared.mode,
+            )
+            continue
+        differing.append((path, declared))
+    if differing:
+        paths = ", ".join(path for path, _ in differing)
+        _directories(name=f"director{'ies' if len(differing) > 1 else 'y'} {paths}", made=differing)
+
+
+@operation()
+def _directories(made: Sequence[tuple[str, Directory]]) -> Iterator[str]:
+    # install -d also sets the mode and owner of a directory that exists.
+    yield " && ".join(
+        f"install -d -m {d.mode} -o {shlex.quote(d.owner)} -g {shlex.quote(d.group)} "
+        + shlex.quote(path)
+        for path, d in made
+    )
 
 
 def render_text(config: Config, **variables) -> str:
@@ -130,19 +161,18 @@ def install_certificates(
 
 def run_units(
     components: Sequence[Component],
-    unit_files: Mapping[str, OperationMeta],
     written: Mapping[str, Sequence[OperationMeta]],
     before_start: Collection[str] = (),
 ) -> None:
-    """Reload systemd if a unit file changed; start and enable each unit, in order; wait after
-    a first start; restart (durably, see `restart_when_pending`) when its files changed.
+    """Start each unit, in order (enabled and systemd reloaded already: `enable_units`,
+    `reload_systemd`); wait after a first start; restart (durably, see
+    `restart_when_pending`) when its files changed.
 
     ``written`` maps each path to the operations of this run that write it: a unit's restart
     depends on exactly the operations writing the files it watches (so ``--dry`` lists
     exactly the restarts the run will do). ``before_start`` names the units whose
     `Unit.before_start` hook is due: it runs just before the unit is started, one host at a
     time."""
-    reload_systemd("systemd daemon-reload", unit_files.values())
     for component in host.loop(components):
         unit = component.unit
         if unit.before_start is not None and unit.name in before_start:
@@ -192,29 +222,61 @@ def only_if(
     return {"_if": lambda: test(lambda operation: operation.did_change())}
 
 
-def reload_systemd(name: str, unit_files: Collection[OperationMeta]) -> None:
-    """``systemctl daemon-reload`` once any of ``unit_files`` changed (no operation when all
-    are settled)."""
-    due = only_if(lambda changed: any(changed(unit) for unit in unit_files), unit_files)
+def reload_systemd(name: str, changes: Collection[OperationMeta]) -> None:
+    """``systemctl daemon-reload`` once any of ``changes`` (unit files written, units enabled)
+    changed (no operation when all are settled)."""
+    due = only_if(lambda changed: any(changed(change) for change in changes), changes)
     if due is not None:
         systemd.daemon_reload(name=name, **due)
 
 
+def enable_units(units: Sequence[str]) -> OperationMeta:
+    """Enable those of ``units`` not enabled yet, all in one ``systemctl enable --no-reload``;
+    pass the result to `reload_systemd` (a plain ``systemctl enable`` reloads systemd by
+    itself, once per unit: each reload re-reads every unit and runs every generator)."""
+    missing = [unit for unit in units if not observed.unit_enabled(unit)]
+    if not missing:
+        return observed.settled("units enabled")
+    return _enabled(name=f"{', '.join(missing)} enabled", units=missing)
+
+
+def _unit_name(unit: str) -> str:
+    return unit if "." in unit else f"{unit}.service"
+
+
+@operation()
+def _enabled(units: Sequence[str]) -> Iterator[str]:
+    enabled = host.get_fact(SystemdEnabled, services=[_unit_name(unit) for unit in units])
+    missing = [unit for unit in units if not enabled.get(_unit_name(unit))]
+    if not missing:
+        host.noop(f"{', '.join(units)} enabled already")
+        return
+    yield "systemctl enable --no-reload " + " ".join(shlex.quote(unit) for unit in missing)
+
+
 def start_unit(unit: str) -> OperationMeta:
-    """Start and enable ``unit`` (settled when it is running and enabled already)."""
-    if observed.unit_running(unit):
-        return observed.settled(f"{unit} started and enabled")
-    return systemd.service(
-        name=f"{unit} started and enabled", service=unit, running=True, enabled=True
-    )
+    """Start ``unit`` (settled when it is active already; `enable_units` enables it)."""
+    if observed.unit_active(unit):
+        return observed.settled(f"{unit} started")
+    return systemd.service(name=f"{unit} started", service=unit, running=True)
 
 
 def _prepare(components: Sequence[Component]) -> None:
+    for unit in host.loop([unit for c in components for unit in c.masked_units]):
+        if not observed.unit_masked(unit):
+            server.shell(
+                name=f"{unit}.service masked (galley runs the program under its own unit)",
+                commands=[f"systemctl mask --now {shlex.quote(unit)}.service"],
+            )
     packages = [package for c in components for package in c.packages]
     if packages:
         installed = host.get_fact(DebPackages)
         if any(package not in installed for package in packages):
-            apt.update(name="apt update (packages to install)")
+            # The package lists only: translations are for people reading descriptions.
+            server.shell(
+                name="apt update (packages to install)",
+                commands=["apt-get update -o Acquire::Languages=none"],
+            )
             apt.packages(name=f"packages {', '.join(packages)}", packages=packages)
     users = {c.user: c.user_home for c in components if c.user}
     for user, home in host.loop(users.items()):
@@ -226,9 +288,7 @@ def _prepare(components: Sequence[Component]) -> None:
             shell="/usr/sbin/nologin",
             create_home=False,
         )
-    directories = {d.path_on(host): d for c in components for d in c.directories}
-    for path, wanted in host.loop(directories.items()):
-        directory(path, wanted.mode, wanted.owner, wanted.group)
+    directories({d.path_on(host): d for c in components for d in c.directories})
 
 
 def _retire(components: Sequence[Component]) -> None:
@@ -285,8 +345,8 @@ def deploy_components(components: Sequence[Component], vault: Callable[[], hvac.
         configured = component.configure(host, context) if component.configure else Configured()
         if configured.before_start and component.unit is not None:
             before_start.append(component.unit.name)
-        for path, operation in configured.files.items():
-            wrote(path, operation)
+        for path, written_by in configured.files.items():
+            wrote(path, written_by)
         if component.unit is not None:
             unit = component.unit
             variables = {"cluster_name": host.data.cluster_name, **configured.variables}
@@ -299,12 +359,14 @@ def deploy_components(components: Sequence[Component], vault: Callable[[], hvac.
         for path, template in timer.unit_files().items():
             unit_files[path] = render(Config(path, template), **variables)
         timer_files[timer.timer_unit] = unit_files[f"{SYSTEMD_DIR}/{timer.timer_unit}"]
-    run_units([c for c in mine if c.unit], unit_files, written, before_start)
+    enabled = enable_units([*(c.unit.name for c in mine if c.unit), *timer_files])
+    reload_systemd("systemd daemon-reload", [*unit_files.values(), enabled])
+    run_units([c for c in mine if c.unit], written, before_start)
     start_timers(timer_files)
 
 
 def start_timers(timer_files: Mapping[str, OperationMeta]) -> None:
-    """Start and enable each timer (after the units: a job runs only beside its unit);
+    """Start each timer (after the units: a job runs only beside its unit);
     restart one whose timer file changed, so its schedule starts over from the new one."""
     for timer, written in host.loop(timer_files.items()):
         started = start_unit(timer)

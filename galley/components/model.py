@@ -301,7 +301,8 @@ class Component:
     checks: tuple[str, ...] = ()
     configure: Callable[[Host, Mapping[str, Any]], Configured] | None = None
     packages: tuple[str, ...] = ()
-    other_units: tuple[str, ...] = ()  # systemd units its ``configure`` manages too
+    # Units of its ``packages`` kept masked: galley runs the program under its own unit.
+    masked_units: tuple[str, ...] = ()
     when: Callable[[Host], bool] = lambda host: True
 
     def runs_on(self, host: Host) -> bool:
@@ -348,7 +349,7 @@ class Component:
             wanted.keys.add(cert.key_path)
             wanted.certs.add(cert.cert_path)
             wanted.files([cert.ca_path])
-        wanted.units.update(self.other_units)
+        wanted.units.update(self.masked_units)
         if self.unit is not None:
             wanted.files([self.unit.path])
             wanted.units.add(self.unit.name)

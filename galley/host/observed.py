@@ -94,6 +94,11 @@ def _path(path: str) -> tuple[bool, dict[str, Any] | None]:
     return True, mine.found["paths"].get(path)
 
 
+def was_read(path: str) -> bool:
+    """Whether ``path`` on this host was read while preparing (whatever is there)."""
+    return _path(path)[0]
+
+
 def _attributes(
     have: dict[str, Any], owner: str | None, group: str | None, mode: str | None
 ) -> bool:
@@ -163,22 +168,22 @@ def _unit(unit: str) -> dict[str, Any] | None:
     return mine.found["units"].get(unit)
 
 
-def unit_running(unit: str) -> bool:
-    """Whether systemd ``unit`` is active and enabled on this host."""
+def unit_active(unit: str) -> bool:
+    """Whether systemd ``unit`` is active on this host."""
     found = _unit(unit)
-    return bool(found) and found["active"] == "active" and found["enabled"]
+    return bool(found) and found["active"] == "active"
 
 
-def unit_stopped(unit: str) -> bool:
-    """Whether systemd ``unit`` is neither active nor enabled on this host."""
+def unit_enabled(unit: str) -> bool:
+    """Whether systemd ``unit`` is enabled on this host."""
     found = _unit(unit)
-    # A unit not installed yet may be installed, and started, by a package later in the run.
-    return (
-        bool(found)
-        and found["load"] == "loaded"
-        and found["active"] != "active"
-        and not found["enabled"]
-    )
+    return bool(found) and found["enabled"]
+
+
+def unit_masked(unit: str) -> bool:
+    """Whether systemd ``unit`` is masked and not active on this host."""
+    found = _unit(unit)
+    return bool(found) and found["load"] == "masked" and found["active"] != "active"
 
 
 def restart_due(unit: str, paths: Iterable[str], stamp: str | None = None) -> bool | None:

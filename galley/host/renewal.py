@@ -20,7 +20,8 @@ from pyinfra import host
 from pyinfra.api.host import Host
 
 from galley.components.engine import (
-    directory,
+    directories,
+    enable_units,
     install_certificates,
     reload_systemd,
     start_unit,
@@ -30,6 +31,7 @@ from galley.components.model import (
     SYSTEMD_DIR,
     TEMPLATES,
     Config,
+    Directory,
     first_run_seconds,
     span_seconds,
 )
@@ -124,8 +126,7 @@ def install_renewal(vault: Callable[[], hvac.Client]) -> None:
     once per run, after the phases)."""
     renewal = plan(host)
     data = host.data
-    for path, mode in DIRECTORIES:
-        directory(path, mode)
+    directories({path: Directory(path, mode) for path, mode in DIRECTORIES})
     install_certificates(host, [HOST_IDENTITY], vault)
     interval = span_seconds(data.get("cert_renewal_interval") or "1h") or 3600
     settings = ScriptSettings(
@@ -146,5 +147,6 @@ def install_renewal(vault: Callable[[], hvac.Client]) -> None:
         name=f"renewal script {SCRIPT_PATH}",
     )
     units = [write(Config(path), text) for path, text in render_units(data).items()]
-    reload_systemd("systemd daemon-reload (renewal units)", units)
+    enabled = enable_units([f"{UNIT}.timer"])
+    reload_systemd("systemd daemon-reload (renewal units)", [*units, enabled])
     start_unit(f"{UNIT}.timer")

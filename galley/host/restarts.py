@@ -121,7 +121,8 @@ def restart_when_pending(
         if not due or started.will_change:
             return
     else:
-        options["_if"] = lambda: host.get_fact(PendingRestart, **facts) and not started.did_change()
+        # A unit this run started needs no restart (and no round trip to find that out).
+        options["_if"] = lambda: not started.did_change() and host.get_fact(PendingRestart, **facts)
     python.call(
         name=name or f"Restart {unit} (only if its files changed)",
         function=function,

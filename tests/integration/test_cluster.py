@@ -453,7 +453,9 @@ def test_a_directory_a_link_and_a_unit_undone_by_hand_are_redone_on_that_host_on
     names = {name.removeprefix("workers | ") for name in got}
     assert {
         "directory /var/lib/kube-proxy",
-        "kube-proxy started and enabled",
+        "kube-proxy enabled",
+        "systemd daemon-reload",
+        "kube-proxy started",
         "Restart kubelet (only if its files changed)",
     } <= names, names
     assert any(name.startswith("Install release | Activate kubelet ") for name in names), names

@@ -11,7 +11,9 @@ import base64
 import http.client
 import json
 import ssl
+import threading
 from dataclasses import dataclass
+from functools import cached_property
 from urllib.parse import urlsplit
 
 
@@ -47,37 +49,59 @@ class EtcdClient:
     keyfile: str | None = None
     timeout: float = 2.0
 
+    @cached_property
     def _context(self) -> ssl.SSLContext:
+        # Loaded once per process: galley restarts a component when its certificates change.
         context = ssl.create_default_context(cafile=self.cafile)
         if self.certfile:
             context.load_cert_chain(self.certfile, self.keyfile)
         return context
 
+    @cached_property
+    def _connections(self) -> threading.local:
+        # One kept-alive connection per endpoint and thread, as a gRPC client keeps its own.
+        return threading.local()
+
+    def _connection(self, endpoint: str) -> http.client.HTTPConnection:
+        kept = self._connections.__dict__
+        if endpoint not in kept:
+            url = urlsplit(endpoint)
+            if url.scheme == "https":
+                kept[endpoint] = http.client.HTTPSConnection(
+                    url.hostname, url.port or 2379, timeout=self.timeout, context=self._context
+                )
+            else:
+                kept[endpoint] = http.client.HTTPConnection(
+                    url.hostname, url.port or 2379, timeout=self.timeout
+                )
+        return kept[endpoint]
+
+    def _exchange(self, endpoint: str, method: str, path: str, body: bytes | None):
+        """(status, body) of one request on ``endpoint``'s kept-alive connection; a connection
+        the server closed meanwhile is opened again once."""
+        while True:
+            connection = self._connection(endpoint)
+            reused = connection.sock is not None
+            try:
+                connection.request(method, path, body=body)
+                response = connection.getresponse()
+                return response.status, response.read()
+            except (OSError, ssl.SSLError, http.client.HTTPException):
+                connection.close()
+                del self._connections.__dict__[endpoint]
+                if not reused:
+                    raise
+
     def _request(self, method: str, path: str, body: bytes | None = None) -> dict:
         errors = []
         for endpoint in self.endpoints:
-            url = urlsplit(endpoint)
             try:
-                if url.scheme == "https":
-                    connection: http.client.HTTPConnection = http.client.HTTPSConnection(
-                        url.hostname,
-                        url.port or 2379,
-                        timeout=self.timeout,
-                        context=self._context(),
-                    )
-                else:
-                    connection = http.client.HTTPConnection(
-                        url.hostname, url.port or 2379, timeout=self.timeout
-                    )
-                connection.request(method, path, body=body)
-                response = connection.getresponse()
-                data = response.read()
-                connection.close()
+                status, data = self._exchange(endpoint, method, path, body)
             except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
                 errors.append(f"{endpoint}: {exc}")
                 continue
-            if response.status != 200:
-                errors.append(f"{endpoint}: HTTP {response.status}: {data[:200]!r}")
+            if status != 200:
+                errors.append(f"{endpoint}: HTTP {status}: {data[:200]!r}")
                 continue
             try:
                 return json.loads(data)

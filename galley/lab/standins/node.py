@@ -54,24 +54,37 @@ class NodeAgent:
     port: int  # the kubelet's HTTPS port
     ready: bool
     started: str = field(default_factory=timestamp)
+    _connection: http.client.HTTPSConnection | None = field(default=None, repr=False)
+
+    def _exchange(self, method: str, path: str, body: dict, content_type: str):
+        """(status, body) over the kept-alive connection (a real kubelet keeps one too); one
+        the apiserver or the proxy closed meanwhile is opened again once."""
+        while True:
+            if self._connection is None:
+                url = urlsplit(self.server)
+                self._connection = http.client.HTTPSConnection(
+                    url.hostname, url.port or 443, context=self.context, timeout=5
+                )
+            connection = self._connection
+            reused = connection.sock is not None
+            try:
+                connection.request(method, path, json.dumps(body), {"Content-Type": content_type})
+                response = connection.getresponse()
+                return response.status, response.read()
+            except (OSError, http.client.HTTPException):
+                connection.close()
+                self._connection = None
+                if not reused:
+                    raise
 
     def _request(self, method: str, path: str, body: dict, content_type: str) -> int:
-        url = urlsplit(self.server)
-        connection = http.client.HTTPSConnection(
-            url.hostname, url.port or 443, context=self.context, timeout=5
-        )
-        try:
-            connection.request(method, path, json.dumps(body), {"Content-Type": content_type})
-            response = connection.getresponse()
-            answer = response.read()
-        finally:
-            connection.close()
-        if response.status >= 400 and response.status not in (404, 409):
+        status, answer = self._exchange(method, path, body, content_type)
+        if status >= 400 and status not in (404, 409):
             message = answer.decode(errors="replace")
             with contextlib.suppress(ValueError, AttributeError):
                 message = json.loads(answer).get("message", message)
-            raise OSError(f"{method} {path}: HTTP {response.status}: {message}")
-        return response.status
+            raise OSError(f"{method} {path}: HTTP {status}: {message}")
+        return status
 
     def status(self) -> dict:
         """The node status the kubelet posts, heartbeat now."""
