@@ -10,10 +10,12 @@ from typing import Any
 
 from pyinfra.api import FactBase
 
-from galley.facts.release import DEFAULT_PREFIX, InstalledReleases
+from galley.facts.release import COMPLETE_MARKER, DEFAULT_PREFIX
 
 FLANNEL_SUBNET_ENV = "/run/flannel/subnet.env"
-_COMPONENT_HEADER = "##galley-component "
+_COMPONENTS = "##galley-components "
+_CURRENT = "##galley-current "
+_INSTALLED = "##galley-installed "
 _RUNNING = "##galley-running "
 _COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # "etcd Version: 3.5.30", "Kubernetes v1.30.2", "v0.25.1": the first dotted version printed.
@@ -21,30 +23,41 @@ _COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _VERSION = re.compile(r"\bv?(\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?)(?:\+[0-9A-Za-z.-]+)?")
 
 
-def _running_script(unit: str, base: str) -> str:
-    """Print the version of the program the unit's main process runs, prefixed.
+def _releases_script(base: str, releases: Iterable[str]) -> str:
+    """Print every release's ``current`` link and complete version directories (relative to
+    ``base``), with one ``find`` for all of them; a version directory that is itself a link
+    is not followed."""
+    names = " ".join(shlex.quote(release) for release in releases)
+    return (
+        f"cd {shlex.quote(base)} 2>/dev/null && find {names} -mindepth 1 -maxdepth 2 "
+        f"\\( -name current -type l -printf '{_CURRENT}%h %l\\n' \\) -o "
+        f"\\( -name {COMPLETE_MARKER} -type f -printf '{_INSTALLED}%h\\n' \\) 2>/dev/null"
+    )
+
+
+def _running_script(name: str, base: str) -> str:
+    """Print the version of the program the next main PID (``$1``, then shifted) runs.
 
     ``/proc/<pid>/exe`` is the file the process was started from, even after an upgrade
     replaced or removed it, so this is the running version, not the installed one. A program
     run by a Python interpreter (the lab's stand-ins, which start from their resolved,
     versioned path) is named by its script, the first argument of its command line. A
     program galley installed runs from ``<base>/<version>/``: the version is read from that
-    path, without running anything (on a busy host a ``--version`` of every component is
-    most of a report's time); any other program is asked with ``--version``.
+    path, without running anything (on a busy host each process a report starts is most of
+    its time); any other program is asked with ``--version``.
     """
-    unit_quoted, base_quoted = shlex.quote(unit), shlex.quote(base.rstrip("/"))
+    prefix = shlex.quote(f"{_RUNNING}{name} ")
     return (
-        f"pid=$(systemctl show -p MainPID --value -- {unit_quoted} 2>/dev/null); "
-        'if [ -n "$pid" ] && [ "$pid" != 0 ]; then exe="/proc/$pid/exe"; '
-        'program=$(readlink "$exe"); '
+        "pid=${1:-0}; [ $# -eq 0 ] || shift; "
+        'if [ "$pid" != 0 ]; then exe="/proc/$pid/exe"; program=$(readlink "$exe"); '
         'case "$program" in */python*) '
-        """program=$(tr '\\0' '\\n' < "/proc/$pid/cmdline" | sed -n 2p); """
+        """args=$(tr '\\0' ' ' < "/proc/$pid/cmdline"); args=${args#* }; program=${args%% *}; """
         "python=1;; *) python=;; esac; "
-        f"base={base_quoted}; "
+        f"base={shlex.quote(base)}; "
         'case "$program" in "$base"/*/*) version=${program#"$base"/}; '
-        f'echo "{_RUNNING}v${{version%%/*}}";; '
+        f'echo {prefix}"v${{version%%/*}}";; '
         '*) if [ -n "$python" ]; then "$exe" "$program" --version; else "$exe" --version; fi '
-        f'2>&1 | head -n 3 | sed "s/^/{_RUNNING}/";; esac; fi'
+        f'2>&1 | head -n 3 | sed "s/^/"{prefix}/;; esac; fi'
     )
 
 
@@ -54,9 +67,11 @@ class ComponentVersions(FactBase):
     ``components`` are galley release names, each optionally ``release:unit`` when its
     systemd unit has another name (``flannel:flanneld``), or ``release:`` for a release no
     unit runs (``cni-plugins:``). Returns ``{"etcd": {"installed": ["3.5.29", "3.5.30"],
-    "current": "3.5.30", "running": "3.5.30" | None}}``: ``installed``/``current`` as
-    `InstalledReleases` reads them, ``running`` what the unit's main process binary reports
-    (None when not running).
+    "current": "3.5.30", "running": "3.5.30" | None}}``: ``installed`` the complete version
+    directories and ``current`` the link's target, as `InstalledReleases` reads them;
+    ``running`` what the unit's main process runs (None when not running). A handful of
+    processes on the host whatever the number of components: one ``find``, one
+    ``systemctl show`` and one ``readlink`` per running unit.
     """
 
     def command(
@@ -65,18 +80,23 @@ class ComponentVersions(FactBase):
         names = (components,) if isinstance(components, str) else tuple(components)
         if not names:
             raise ValueError("no components given")
-        parts = []
+        base = prefix.rstrip("/")
+        releases, units = [], []
         for entry in names:
             name, colon, unit = entry.partition(":")
             unit = unit if colon else name
             if not _COMPONENT.fullmatch(name) or (unit and not _COMPONENT.fullmatch(unit)):
                 raise ValueError(f"invalid component name: {entry!r}")
-            parts += [
-                f"echo '{_COMPONENT_HEADER}{name}'",
-                InstalledReleases().command(name, prefix),
-            ]
+            releases.append(name)
             if unit:
-                parts.append(_running_script(unit, f"{prefix.rstrip('/')}/{name}"))
+                units.append((name, unit))
+        parts = [f"echo {shlex.quote(_COMPONENTS + ' '.join(releases))}"]
+        parts.append(_releases_script(base, releases))
+        if units:
+            listed = " ".join(shlex.quote(unit) for _, unit in units)
+            # One value per unit, in order (0 when it runs nothing); blank lines are dropped.
+            parts.append(f"set -- $(systemctl show -p MainPID --value -- {listed} 2>/dev/null)")
+            parts += [_running_script(name, f"{base}/{name}") for name, _ in units]
         return "; ".join(parts) + "; true"
 
     @staticmethod
@@ -84,25 +104,30 @@ class ComponentVersions(FactBase):
         return {}
 
     def process(self, output: list[str]) -> dict[str, dict[str, Any]]:
-        sections: dict[str, list[str]] = {}
-        lines: list[str] = []
+        installed: dict[str, set[str]] = {}
+        current: dict[str, str] = {}
+        running: dict[str, list[str]] = {}
+        names: list[str] = []
         for line in output:
-            if line.startswith(_COMPONENT_HEADER):
-                lines = sections[line.removeprefix(_COMPONENT_HEADER)] = []
-            else:
-                lines.append(line)
-        result = {}
-        for name, section in sections.items():
-            running = [line.removeprefix(_RUNNING) for line in section if line.startswith(_RUNNING)]
-            releases = InstalledReleases().process(
-                [line for line in section if not line.startswith(_RUNNING)]
-            )
-            result[name] = {
-                "installed": releases["installed"],
-                "current": releases["current"],
-                "running": running_version(running),
+            if line.startswith(_COMPONENTS):
+                names = line.removeprefix(_COMPONENTS).split()
+            elif line.startswith(_CURRENT):
+                name, _, target = line.removeprefix(_CURRENT).partition(" ")
+                current[name] = target
+            elif line.startswith(_INSTALLED):
+                name, _, version = line.removeprefix(_INSTALLED).partition("/")
+                installed.setdefault(name, set()).add(version)
+            elif line.startswith(_RUNNING):
+                name, _, said = line.removeprefix(_RUNNING).partition(" ")
+                running.setdefault(name, []).append(said)
+        return {
+            name: {
+                "installed": sorted(installed.get(name, ())),
+                "current": current.get(name),
+                "running": running_version(running.get(name, [])),
             }
-        return result
+            for name in names
+        }
 
 
 def running_version(lines: list[str]) -> str | None:

@@ -55,8 +55,11 @@ def service(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     script = bin_dir / "systemctl"
+    # As `systemctl show -p MainPID --value -- UNIT...`: one value per unit, blank lines between.
     script.write_text(
-        f'#!/bin/sh\nfor a; do last=$a; done\n[ "$last" = etcd ] && echo {process.pid} || echo 0\n'
+        "#!/bin/sh\nunits=\nfor a; do\n"
+        f'  if [ -n "$units" ]; then [ "$a" = etcd ] && echo {process.pid} || echo 0; echo; fi\n'
+        '  [ "$a" = -- ] && units=1\ndone\n'
     )
     script.chmod(0o755)
     yield bin_dir
