@@ -61,6 +61,8 @@ SNAPSHOT_DEFAULTS: dict[str, Any] = {
     SNAPSHOT_DIR_KEY: "/var/lib/etcd-snapshots",  # owned by etcd, 0700; files 0600
 }
 SNAPSHOT_SAVE_TIMEOUT = "5m"
+# systemd's exit status when it could not put a job's process in its cgroup (219/CGROUP).
+CGROUP_SETUP_FAILED = 219
 # The membership journal, in the operator's directory of the cluster.
 MEMBERSHIP_JOURNAL = "etcd-membership.json"
 HEALTHCHECK_CLIENT = "etcd-healthcheck-client"
@@ -414,6 +416,14 @@ def _snapshot_before_restart(host: Host) -> None:
         host.log(f"no {service} yet: restarting etcd without a snapshot first")
         return
     ok, output = host.run_shell_command(f"systemctl start {service}")
+    if (
+        not ok
+        and host.run_shell_command(
+            f"[ $(systemctl show -p ExecMainStatus --value {service}) = {CGROUP_SETUP_FAILED} ]"
+        )[0]
+    ):
+        # systemd could not set up the job's cgroup: it never ran. Once more.
+        ok, output = host.run_shell_command(f"systemctl start {service}")
     if not ok:
         raise RestartError(
             f"{host.name}: not restarting etcd: its snapshot before the restart failed "
