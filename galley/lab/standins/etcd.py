@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 import ssl
 import threading
 from dataclasses import dataclass
@@ -49,13 +50,18 @@ class EtcdClient:
     keyfile: str | None = None
     timeout: float = 2.0
 
-    @cached_property
     def _context(self) -> ssl.SSLContext:
-        # Loaded once per process: galley restarts a component when its certificates change.
-        context = ssl.create_default_context(cafile=self.cafile)
-        if self.certfile:
-            context.load_cert_chain(self.certfile, self.keyfile)
-        return context
+        """The TLS context for a new connection, loaded again when a file changed on disk (a
+        renewed client certificate is used without a restart; open connections stay)."""
+        files = [path for path in (self.cafile, self.certfile, self.keyfile) if path]
+        stamps = tuple(os.stat(path).st_mtime_ns for path in files)
+        loaded = self.__dict__.get("_loaded")
+        if loaded is None or loaded[0] != stamps:
+            context = ssl.create_default_context(cafile=self.cafile)
+            if self.certfile:
+                context.load_cert_chain(self.certfile, self.keyfile)
+            loaded = self.__dict__["_loaded"] = (stamps, context)
+        return loaded[1]
 
     @cached_property
     def _connections(self) -> threading.local:
@@ -68,7 +74,7 @@ class EtcdClient:
             url = urlsplit(endpoint)
             if url.scheme == "https":
                 kept[endpoint] = http.client.HTTPSConnection(
-                    url.hostname, url.port or 2379, timeout=self.timeout, context=self._context
+                    url.hostname, url.port or 2379, timeout=self.timeout, context=self._context()
                 )
             else:
                 kept[endpoint] = http.client.HTTPConnection(
