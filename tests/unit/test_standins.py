@@ -13,6 +13,7 @@ import re
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from galley.lab.artifacts import (
     standin_zipapp,
 )
 from galley.lab.standins import tables, yamlish
+from galley.lab.standins.keepalive import KeptConnection
 from galley.lab.state import CACHE_DIR
 from galley.ops.admin import RBAC_BINDINGS, AdminFiles
 from galley.ops.kubeapi import ApiError, KubeApi
@@ -1545,3 +1547,33 @@ def test_the_operator_keeps_the_control_planes_rbac_in_place(pki, api, tmp_path)
     stored = client.request("GET", f"{RBAC_BINDINGS}/galley:kube-apiserver-kubelet-client")
     assert stored["roleRef"]["name"] == "view"
     assert client.ensure(RBAC_BINDINGS, KUBELET_API_ACCESS) == "updated"
+
+
+def test_a_kept_connection_the_server_closed_is_opened_again_once():
+    """A stand-in client keeps its connection; when the server closed it meanwhile (a
+    restart), the request is sent again on a new one; when the server is gone, it fails."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    accepted = []
+
+    def serve() -> None:
+        # Answer one request, then close the connection when the next one arrives.
+        conn, _ = listener.accept()
+        accepted.append(conn)
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            conn.recv(1)
+
+    kept = KeptConnection(lambda: http.client.HTTPConnection("127.0.0.1", port, timeout=5))
+    servers = [threading.Thread(target=serve) for _ in range(2)]
+    servers[0].start()
+    assert kept.exchange("GET", "/health") == (200, b"ok")
+    servers[1].start()
+    assert kept.exchange("GET", "/health") == (200, b"ok")  # closed by the first: sent again
+    assert len(accepted) == 2
+    listener.close()
+    with pytest.raises(OSError):
+        kept.exchange("GET", "/health")  # closed by the second, and nothing listens any more
+    for server in servers:
+        server.join(timeout=5)

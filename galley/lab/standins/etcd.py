@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from urllib.parse import urlsplit
 
+from .keepalive import KeptConnection
+
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
@@ -68,41 +70,32 @@ class EtcdClient:
         # One kept-alive connection per endpoint and thread, as a gRPC client keeps its own.
         return threading.local()
 
-    def _connection(self, endpoint: str) -> http.client.HTTPConnection:
+    def _kept(self, endpoint: str) -> KeptConnection:
         kept = self._connections.__dict__
         if endpoint not in kept:
             url = urlsplit(endpoint)
             if url.scheme == "https":
-                kept[endpoint] = http.client.HTTPSConnection(
-                    url.hostname, url.port or 2379, timeout=self.timeout, context=self._context()
+                kept[endpoint] = KeptConnection(
+                    lambda: http.client.HTTPSConnection(
+                        url.hostname,
+                        url.port or 2379,
+                        timeout=self.timeout,
+                        context=self._context(),
+                    )
                 )
             else:
-                kept[endpoint] = http.client.HTTPConnection(
-                    url.hostname, url.port or 2379, timeout=self.timeout
+                kept[endpoint] = KeptConnection(
+                    lambda: http.client.HTTPConnection(
+                        url.hostname, url.port or 2379, timeout=self.timeout
+                    )
                 )
         return kept[endpoint]
-
-    def _exchange(self, endpoint: str, method: str, path: str, body: bytes | None):
-        """(status, body) of one request on ``endpoint``'s kept-alive connection; a connection
-        the server closed meanwhile is opened again once."""
-        while True:
-            connection = self._connection(endpoint)
-            reused = connection.sock is not None
-            try:
-                connection.request(method, path, body=body)
-                response = connection.getresponse()
-                return response.status, response.read()
-            except (OSError, ssl.SSLError, http.client.HTTPException):
-                connection.close()
-                del self._connections.__dict__[endpoint]
-                if not reused:
-                    raise
 
     def _request(self, method: str, path: str, body: bytes | None = None) -> dict:
         errors = []
         for endpoint in self.endpoints:
             try:
-                status, data = self._exchange(endpoint, method, path, body)
+                status, data = self._kept(endpoint).exchange(method, path, body)
             except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
                 errors.append(f"{endpoint}: {exc}")
                 continue

@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .api import timestamp
+from .keepalive import KeptConnection
 
 HEARTBEAT_SECONDS = 2.0
 _PRESSURE = (
@@ -54,31 +55,21 @@ class NodeAgent:
     port: int  # the kubelet's HTTPS port
     ready: bool
     started: str = field(default_factory=timestamp)
-    _connection: http.client.HTTPSConnection | None = field(default=None, repr=False)
+    _kept: KeptConnection = field(init=False, repr=False)
 
-    def _exchange(self, method: str, path: str, body: dict, content_type: str):
-        """(status, body) over the kept-alive connection (a real kubelet keeps one too); one
-        the apiserver or the proxy closed meanwhile is opened again once."""
-        while True:
-            if self._connection is None:
-                url = urlsplit(self.server)
-                self._connection = http.client.HTTPSConnection(
-                    url.hostname, url.port or 443, context=self.context, timeout=5
-                )
-            connection = self._connection
-            reused = connection.sock is not None
-            try:
-                connection.request(method, path, json.dumps(body), {"Content-Type": content_type})
-                response = connection.getresponse()
-                return response.status, response.read()
-            except (OSError, http.client.HTTPException):
-                connection.close()
-                self._connection = None
-                if not reused:
-                    raise
+    def __post_init__(self) -> None:
+        # A real kubelet keeps its connection to the apiserver (or the node-local proxy) open.
+        url = urlsplit(self.server)
+        self._kept = KeptConnection(
+            lambda: http.client.HTTPSConnection(
+                url.hostname, url.port or 443, context=self.context, timeout=5
+            )
+        )
 
     def _request(self, method: str, path: str, body: dict, content_type: str) -> int:
-        status, answer = self._exchange(method, path, body, content_type)
+        status, answer = self._kept.exchange(
+            method, path, json.dumps(body), {"Content-Type": content_type}
+        )
         if status >= 400 and status not in (404, 409):
             message = answer.decode(errors="replace")
             with contextlib.suppress(ValueError, AttributeError):
