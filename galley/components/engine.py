@@ -272,10 +272,11 @@ def _prepare(components: Sequence[Component]) -> None:
     if packages:
         installed = host.get_fact(DebPackages)
         if any(package not in installed for package in packages):
-            # The package lists only: translations are for people reading descriptions.
+            # The package lists only: translations are for people reading descriptions, and
+            # the source-package cache (another copy of every list) for building packages.
             server.shell(
                 name="apt update (packages to install)",
-                commands=["apt-get update -o Acquire::Languages=none"],
+                commands=["apt-get update -o Acquire::Languages=none -o Dir::Cache::srcpkgcache="],
             )
             apt.packages(name=f"packages {', '.join(packages)}", packages=packages)
     users = {c.user: c.user_home for c in components if c.user}

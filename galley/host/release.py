@@ -2,7 +2,7 @@
 
 Layout (for release ``etcd``, the default prefix and bin dir)::
 
-    /opt/galley/etcd/3.5.30/              unpacked tarball, complete once .galley-complete exists
+    /opt/galley/etcd/3.5.30/              its binaries, complete once .galley-complete exists
     /opt/galley/etcd/current -> 3.5.30    the active version (relative link)
     /usr/local/bin/etcd -> /opt/galley/etcd/current/etcd
 
@@ -91,7 +91,8 @@ def _fetch_script(
     archive: bool = True,
     stall_seconds: int = DEFAULT_STALL_SECONDS,
 ) -> str:
-    """Shell script that downloads, verifies and unpacks ``url`` into ``<base>/<version>/``.
+    """Shell script that downloads, verifies and unpacks ``binaries`` of ``url`` into
+    ``<base>/<version>/`` (an archive's other files are not unpacked).
 
     With ``archive`` False the download is the single binary ``binaries[0]`` itself. A
     download slower than 1 KiB/s for ``stall_seconds`` is abandoned, and retries stop after
@@ -99,8 +100,15 @@ def _fetch_script(
     """
     q = shlex.quote
     if archive:
+        # Only the binaries, each at the depth --strip-components removes; tar stops reading
+        # (and decompressing) once it has found them all.
+        members = " ".join(q("*/" * int(strip_components) + binary) for binary in binaries)
         unpack = (
             f'tar -xf "$part" -C "$tmp" --no-same-owner --strip-components={int(strip_components)}'
+            f" --wildcards --occurrence=1 {members} || "
+            '{ echo "unpacking $url failed (it must hold '
+            + " ".join(binaries)
+            + ')" >&2; exit 1; }'
         )
     else:
         unpack = f'install -m 0755 "$part" "$tmp/"{q(binaries[0])}'

@@ -48,13 +48,14 @@ class Site:
     def restarts(self) -> Path:
         return self.tmp / "restarts"
 
-    def publish(self, version: str) -> Published:
-        """Put a tool-v<version>.tar.gz (top dir + two scripts) on the mirror."""
+    def publish(self, version: str, binaries: list[str] = BINARIES) -> Published:
+        """Put a tool-v<version>.tar.gz (top dir: the scripts ``binaries`` and a README) on
+        the mirror."""
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-            for binary in BINARIES:
-                data = f"#!/bin/sh\necho {binary} {version}\n".encode()
-                info = tarfile.TarInfo(f"tool-v{version}/{binary}")
+            for name in ["README.md", *binaries]:
+                data = f"#!/bin/sh\necho {name} {version}\n".encode()
+                info = tarfile.TarInfo(f"tool-v{version}/{name}")
                 info.size, info.mode = len(data), 0o755
                 tar.addfile(info, io.BytesIO(data))
         relative = f"dl.example/tool/v{version}/tool-v{version}.tar.gz"
@@ -178,6 +179,12 @@ def test_dry_run_changes_nothing_then_install_then_no_changes(site: Site) -> Non
     ]
     assert site.run_tool() == "tool 1.0.0" and site.run_tool("toolctl") == "toolctl 1.0.0"
     assert (site.prefix / "tool" / "current").readlink() == Path("1.0.0")
+    # Only the binaries are unpacked (the README is not), with the marker of a complete one.
+    assert sorted(p.name for p in (site.prefix / "tool" / "1.0.0").iterdir()) == [
+        ".galley-complete",
+        "tool",
+        "toolctl",
+    ]
     assert site.restart_count() == 1
     assert site.installed() == {
         "current": "1.0.0",
@@ -231,6 +238,20 @@ def test_checksum_mismatch_fails_and_keeps_the_running_version(site: Site) -> No
         "current",
     ]
     assert not any((site.prefix / "tool" / ".download").iterdir())
+    assert site.restart_count() == 1
+
+
+def test_a_tarball_without_a_binary_fails_and_keeps_the_running_version(site: Site) -> None:
+    v1 = site.publish("1.0.0")
+    site.install("1.0.0", v1)
+    v2 = site.publish("2.0.0", binaries=["tool"])
+
+    run = site.install("2.0.0", v2)
+
+    assert run.returncode != 0
+    assert f"unpacking {v2.url} failed (it must hold tool toolctl)" in run.stdout + run.stderr
+    assert site.run_tool() == "tool 1.0.0"
+    assert not (site.prefix / "tool" / "2.0.0").exists()
     assert site.restart_count() == 1
 
 
