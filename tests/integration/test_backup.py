@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from galley.components.etcd import CGROUP_SETUP_FAILED
 from galley.etcdctl import etcdctl_command
 from galley.ops.kubeapi import KubeApi
 
@@ -36,7 +37,7 @@ def run_snapshot_job(name: str) -> None:
     started = run_cli("galley", "lab", "ssh", name, f"systemctl start {JOB}", check=False)
     if started.returncode != 0:
         status = ssh(name, f"systemctl show -p ExecMainStatus --value {JOB}", check=False)
-        assert status.strip() == "219", started.stderr
+        assert status.strip() == str(CGROUP_SETUP_FAILED), started.stderr
         ssh(name, f"systemctl start {JOB}")
 
 

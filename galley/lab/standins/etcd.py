@@ -14,7 +14,7 @@ import os
 import ssl
 import threading
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from urllib.parse import urlsplit
 
 from .keepalive import KeptConnection
@@ -70,25 +70,18 @@ class EtcdClient:
         # One kept-alive connection per endpoint and thread, as a gRPC client keeps its own.
         return threading.local()
 
+    def _open(self, endpoint: str) -> http.client.HTTPConnection:
+        url = urlsplit(endpoint)
+        if url.scheme == "https":
+            return http.client.HTTPSConnection(
+                url.hostname, url.port or 2379, timeout=self.timeout, context=self._context()
+            )
+        return http.client.HTTPConnection(url.hostname, url.port or 2379, timeout=self.timeout)
+
     def _kept(self, endpoint: str) -> KeptConnection:
         kept = self._connections.__dict__
         if endpoint not in kept:
-            url = urlsplit(endpoint)
-            if url.scheme == "https":
-                kept[endpoint] = KeptConnection(
-                    lambda: http.client.HTTPSConnection(
-                        url.hostname,
-                        url.port or 2379,
-                        timeout=self.timeout,
-                        context=self._context(),
-                    )
-                )
-            else:
-                kept[endpoint] = KeptConnection(
-                    lambda: http.client.HTTPConnection(
-                        url.hostname, url.port or 2379, timeout=self.timeout
-                    )
-                )
+            kept[endpoint] = KeptConnection(partial(self._open, endpoint))
         return kept[endpoint]
 
     def _request(self, method: str, path: str, body: bytes | None = None) -> dict:
