@@ -61,6 +61,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from . import tables
+from .clock import now as _now
+from .clock import timestamp
 from .etcd import EtcdClient, EtcdError
 from .serve import Answer, Request, Route
 
@@ -211,15 +213,6 @@ def _not_found(resource: Resource, name: str) -> ApiError:
     if resource.group:
         details["group"] = resource.group
     return ApiError(404, "NotFound", f'{resource.plural} "{name}" not found', details)
-
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
-def timestamp(when: datetime.datetime | None = None) -> str:
-    """RFC 3339 with second precision, as Kubernetes writes metav1.Time."""
-    return (when or _now()).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --- patches ---------------------------------------------------------------------------------

@@ -16,14 +16,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import discovery, files, serve
-from .api import KubeApi, Store
+from . import files, serve
 from .build import HEALTHY, VERSION
-from .etcd import EtcdClient, EtcdError
 from .flags_v1_33 import FLAGS
 from .node import NodeAgent
+
+if TYPE_CHECKING:
+    from .etcd import EtcdClient
 
 _TRUE = ("1", "t", "T", "TRUE", "true", "True")
 _FALSE = ("0", "f", "F", "FALSE", "false", "False")
@@ -178,6 +179,8 @@ class _EtcdHealth:
         self.checked, self.error = 0.0, None
 
     def error_now(self) -> str | None:
+        from .etcd import EtcdError  # imported by _apiserver already
+
         with self.lock:
             if time.monotonic() - self.checked > 1.0:
                 try:
@@ -222,6 +225,12 @@ def _anonymous_paths(flags: Flags) -> frozenset[str] | None:
 
 
 def _apiserver(flags: Flags) -> Plan:
+    # Only the apiserver serves the API from etcd: the other binaries start without compiling
+    # these modules (a zip application's modules are compiled at every start).
+    from . import discovery
+    from .api import KubeApi, Store
+    from .etcd import EtcdClient
+
     servers = flags.all("etcd-servers")
     problems = []
     if not servers:

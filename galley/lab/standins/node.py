@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .api import timestamp
+from .clock import timestamp
 from .keepalive import KeptConnection
 
 HEARTBEAT_SECONDS = 2.0
