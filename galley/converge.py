@@ -14,6 +14,7 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import deploy
 
+from galley import pyinfra_speedups
 from galley.components import phase
 from galley.components.engine import deploy_components
 from galley.host.observed import Wanted, observe
@@ -25,6 +26,7 @@ from galley.preflight import preflight
 
 def converge(*phase_names: str) -> None:
     """Deploy the phases ``phase_names`` (e.g. ``"etcd"``, ``"control plane"``) on this host."""
+    pyinfra_speedups.install()
     phases = [phase(name) for name in phase_names]
     components = [c for p in phases for c in p.components]
     vault = preflight(components)

@@ -261,12 +261,20 @@ def start_unit(unit: str) -> OperationMeta:
     return systemd.service(name=f"{unit} started", service=unit, running=True)
 
 
-def _prepare(components: Sequence[Component]) -> None:
+def _prepare(components: Sequence[Component]) -> list[OperationMeta]:
+    """Packages, users and directories of ``components``; returns the operations after which
+    systemd must be reloaded (`deploy_components` reloads it once, with the unit files)."""
+    masks = []
     for unit in host.loop([unit for c in components for unit in c.masked_units]):
         if not observed.unit_masked(unit):
-            server.shell(
-                name=f"{unit}.service masked (galley runs the program under its own unit)",
-                commands=[f"systemctl mask --now {shlex.quote(unit)}.service"],
+            # A unit that is not running needs no reload now: a package's own scripts reload
+            # systemd before they start its unit, and the phase reloads it after its unit files.
+            how = "--now" if observed.unit_active(unit) else "--no-reload"
+            masks.append(
+                server.shell(
+                    name=f"{unit}.service masked (galley runs the program under its own unit)",
+                    commands=[f"systemctl mask {how} {shlex.quote(unit)}.service"],
+                )
             )
     packages = [package for c in components for package in c.packages]
     if packages:
@@ -290,6 +298,7 @@ def _prepare(components: Sequence[Component]) -> None:
             create_home=False,
         )
     directories({d.path_on(host): d for c in components for d in c.directories})
+    return masks
 
 
 def _retire(components: Sequence[Component]) -> None:
@@ -325,7 +334,7 @@ def deploy_components(components: Sequence[Component], vault: Callable[[], hvac.
     mine = [c for c in components if c.runs_on(host)]
     if not mine:
         return
-    _prepare(mine)
+    masks = _prepare(mine)
     written: dict[str, list[OperationMeta]] = {}
 
     def wrote(path: str, operation: OperationMeta) -> None:
@@ -361,7 +370,7 @@ def deploy_components(components: Sequence[Component], vault: Callable[[], hvac.
             unit_files[path] = render(Config(path, template), **variables)
         timer_files[timer.timer_unit] = unit_files[f"{SYSTEMD_DIR}/{timer.timer_unit}"]
     enabled = enable_units([*(c.unit.name for c in mine if c.unit), *timer_files])
-    reload_systemd("systemd daemon-reload", [*unit_files.values(), enabled])
+    reload_systemd("systemd daemon-reload", [*unit_files.values(), enabled, *masks])
     run_units([c for c in mine if c.unit], written, before_start)
     start_timers(timer_files)
 
