@@ -5,11 +5,13 @@ pyinfra orders operations by a topological sort of each host's own sequence, so 
 different groups would interleave across hosts; a join operation after each phase
 (`galley.host.phases.phase_done`) makes every host finish it before the next starts anywhere.
 Everything is validated, and Vault checked, before any operation runs (`galley.preflight`).
-Last, every host these phases deploy gets what it needs to renew its own certificates
-(`galley.host.renewal`).
+The last phase of each host also gives it what it needs to renew its own certificates
+(`galley.host.renewal`), with that phase's units.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -37,11 +39,12 @@ def converge(*phase_names: str) -> None:
     if wanted.units:
         wanted.update(renewal_wanted(host))
     observe(wanted)
+    # The host's renewal is installed by its last phase, with that phase's units.
+    here = [i for i, p in enumerate(phases) if any(c.runs_on(host) for c in p.components)]
     for index, current in enumerate(host.loop(phases)):
         if current.prepare is not None:
             current.prepare()
-        deploy(current.name)(deploy_components)(current.components, vault)
+        renewal = partial(install_renewal, vault) if here and index == here[-1] else None
+        deploy(current.name)(deploy_components)(current.components, vault, renewal)
         if index < len(phases) - 1:
             phase_done(name=f"{current.name} done on all hosts", phase=current.name)
-    if any(component.runs_on(host) for component in components):
-        deploy("certificate renewal")(install_renewal)(vault)

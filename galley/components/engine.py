@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import shlex
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from typing import NamedTuple
 
 import hvac
 from pyinfra import host, state
@@ -324,10 +325,24 @@ def _retire(components: Sequence[Component]) -> None:
         reload_systemd(f"systemd daemon-reload ({unit.name} removed)", removed[:1])
 
 
-def deploy_components(components: Sequence[Component], vault: Callable[[], hvac.Client]) -> None:
+class UnitFiles(NamedTuple):
+    """Unit files written beside a phase's own: by path, and the timers among them by unit."""
+
+    files: Mapping[str, OperationMeta]
+    timers: Mapping[str, OperationMeta]
+
+
+def deploy_components(
+    components: Sequence[Component],
+    vault: Callable[[], hvac.Client],
+    also: Callable[[], UnitFiles] | None = None,
+) -> None:
     """Install, configure and (re)start ``components`` on this host (those of its groups).
 
-    Call it inside a pyinfra deploy (`galley.converge` names one per phase)."""
+    Call it inside a pyinfra deploy (`galley.converge` names one per phase). ``also`` writes
+    more units on this host after the components' files (the host's certificate renewal): they
+    are enabled and systemd reloaded with the components' units, and their timers started
+    after them."""
     retired = [c for c in components if c.group in host.groups and not c.runs_on(host)]
     if retired:
         _retire(retired)
@@ -369,6 +384,10 @@ def deploy_components(components: Sequence[Component], vault: Callable[[], hvac.
         for path, template in timer.unit_files().items():
             unit_files[path] = render(Config(path, template), **variables)
         timer_files[timer.timer_unit] = unit_files[f"{SYSTEMD_DIR}/{timer.timer_unit}"]
+    if also is not None:
+        more = also()
+        unit_files.update(more.files)
+        timer_files.update(more.timers)
     enabled = enable_units([*(c.unit.name for c in mine if c.unit), *timer_files])
     reload_systemd("systemd daemon-reload", [*unit_files.values(), enabled, *masks])
     run_units([c for c in mine if c.unit], written, before_start)

@@ -19,14 +19,7 @@ import jinja2
 from pyinfra import host
 from pyinfra.api.host import Host
 
-from galley.components.engine import (
-    directories,
-    enable_units,
-    install_certificates,
-    reload_systemd,
-    start_unit,
-    write,
-)
+from galley.components.engine import UnitFiles, directories, install_certificates, write
 from galley.components.model import (
     SYSTEMD_DIR,
     TEMPLATES,
@@ -120,10 +113,11 @@ def wanted(target: Host) -> Wanted:
     return found
 
 
-def install_renewal(vault: Callable[[], hvac.Client]) -> None:
+def install_renewal(vault: Callable[[], hvac.Client]) -> UnitFiles:
     """Keep this host renewing its own certificates: its host identity certificate (the
-    login), Vault's CA, the script, and the timer running it (`galley.converge` calls it
-    once per run, after the phases)."""
+    login), Vault's CA, the script, and the timer running it. `galley.converge` has the
+    host's last phase call it (`deploy_components`' ``also``), which enables and starts the
+    timer with the phase's units."""
     renewal = plan(host)
     data = host.data
     directories({path: Directory(path, mode) for path, mode in DIRECTORIES})
@@ -146,7 +140,5 @@ def install_renewal(vault: Callable[[], hvac.Client]) -> None:
         render_script(renewal, settings),
         name=f"renewal script {SCRIPT_PATH}",
     )
-    units = [write(Config(path), text) for path, text in render_units(data).items()]
-    enabled = enable_units([f"{UNIT}.timer"])
-    reload_systemd("systemd daemon-reload (renewal units)", [*units, enabled])
-    start_unit(f"{UNIT}.timer")
+    units = {path: write(Config(path), text) for path, text in render_units(data).items()}
+    return UnitFiles(units, {f"{UNIT}.timer": units[TIMER_PATH]})
