@@ -6,7 +6,7 @@ Layout (for release ``etcd``, the default prefix and bin dir)::
     /opt/galley/etcd/current -> 3.5.30    the active version (relative link)
     /usr/local/bin/etcd -> /opt/galley/etcd/current/etcd
 
-A download is verified with sha256sum before anything is unpacked; a failed download or
+A download is verified (its sha256) before anything is unpacked; a failed download or
 checksum mismatch leaves the active version and ``current`` untouched. Older versions stay on
 disk, so a rollback is ``switch_release`` back to one of them. All links are replaced
 atomically (``ln -sfn`` to a temporary name, then ``mv -T``).
@@ -134,7 +134,11 @@ def _fetch_script(
             f"--retry-max-time {3 * int(stall_seconds)} \\",
             '  -o "$part" "$url" || { echo "download of $url failed (no progress or no answer)"'
             " >&2; exit 1; }",
-            'got=$(sha256sum "$part" | cut -d " " -f 1)',
+            # OpenSSL's SHA-256 uses the CPU's SHA extensions where coreutils' does not
+            # (a 29 MB tarball: 0.03 s instead of 0.2 s); the renewal needs openssl anyway.
+            'got=$(openssl dgst -sha256 -r "$part") || '
+            '{ echo "computing the sha256 of $url failed" >&2; exit 1; }',
+            'got=${got%% *}',
             'if [ "$got" != "$want" ]; then',
             '  echo "sha256 mismatch for $url: expected $want got $got" >&2',
             "  exit 1",
