@@ -83,6 +83,14 @@ def test_workers_reach_the_api_through_their_proxy_to_every_apiserver(workers):
     for name in workers:
         listening = ssh(name, "ss -Htlnp 'sport = :6443'")
         assert "127.0.0.1:6443" in listening and "haproxy" in listening, listening
+        # Debian's own unit stays masked and never ran: galley's api-proxy is the only HAProxy.
+        properties = "-p LoadState -p ActiveState -p ExecMainStartTimestampMonotonic"
+        shown = ssh(name, f"systemctl show {properties} haproxy.service").split()
+        assert dict(line.split("=", 1) for line in shown) == {
+            "LoadState": "masked",
+            "ActiveState": "inactive",
+            "ExecMainStartTimestampMonotonic": "0",
+        }, shown
 
 
 def test_nodes_stay_ready_while_an_apiserver_is_stopped(api, workers, kubectl):  # noqa: F811
