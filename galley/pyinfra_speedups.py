@@ -37,8 +37,10 @@ def fingerprint(function: Callable[..., Any]) -> str:
     return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()
 
 
+@functools.cache
 def matches_checked() -> bool:
-    """Whether pyinfra's functions are the ones this shim was checked against."""
+    """Whether pyinfra's functions are the ones this shim was checked against (decided once:
+    `converge` calls `install` for every host, and pyinfra does not change meanwhile)."""
     return (
         fingerprint(util.get_operation_order_from_stack)
         == CHECKED["get_operation_order_from_stack"]
