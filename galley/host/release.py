@@ -138,7 +138,7 @@ def _fetch_script(
             # (a 29 MB tarball: 0.03 s instead of 0.2 s); the renewal needs openssl anyway.
             'got=$(openssl dgst -sha256 -r "$part") || '
             '{ echo "computing the sha256 of $url failed" >&2; exit 1; }',
-            'got=${got%% *}',
+            "got=${got%% *}",
             'if [ "$got" != "$want" ]; then',
             '  echo "sha256 mismatch for $url: expected $want got $got" >&2',
             "  exit 1",
