@@ -9,12 +9,13 @@ when the files it runs from (`Component.watched`) are newer than its start, or a
 only files it reloads (`Component.reloaded_by`) are.
 
 Each step asks what the host had when the run began (`galley.host.observed`, read in one round
-trip from `Component.wanted`): whatever is already as declared gets no operation at all.
+trip from `Component.wanted`): whatever is already as declared gets no operation at all, and
+what differs gets an operation that does not read the host again (a file is one upload and
+one command, `galley.host.uploads`; a unit start is ``systemctl start``).
 """
 
 from __future__ import annotations
 
-import io
 import shlex
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import NamedTuple
@@ -27,7 +28,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.api.util import get_template
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.systemd import SystemdEnabled
-from pyinfra.operations import apt, files, python, server, systemd
+from pyinfra.operations import files, python, server, systemd
 
 from galley.components.model import (
     SYSTEMD_DIR,
@@ -44,6 +45,7 @@ from galley.host import observed
 from galley.host.release import DEFAULT_STALL_SECONDS, Release, install_release
 from galley.host.restarts import reload_when_pending, restart_when_pending
 from galley.host.tls import HostCert, host_certificates
+from galley.host.uploads import keep_file
 from galley.pki import mount_path
 
 
@@ -56,22 +58,10 @@ def render(config: Config, name: str | None = None, **variables) -> OperationMet
 
 
 def write(config: Config, text: str, name: str | None = None) -> OperationMeta:
-    """Put ``text`` at ``config.path`` with its mode and owner (settled when the host's file
-    already holds it, see `galley.host.observed`)."""
-    name = name or config.path
-    if observed.file_is(config.path, text, config.owner, config.group, config.mode):
-        return observed.settled(name)
-    operation = files.put(
-        name=name,
-        src=io.StringIO(text),
-        dest=config.path,
-        user=config.owner,
-        group=config.group,
-        mode=config.mode,
-    )
-    if observed.file_is(config.path, text):  # content as declared: mode or owner differs
-        observed.attributes_only(operation)
-    return operation
+    """Put ``text`` at ``config.path`` with its mode and owner (`galley.host.uploads.keep_file`:
+    no operation when the host's file already holds it)."""
+    path = config.path
+    return keep_file(name or path, path, text, config.owner, config.group, config.mode)
 
 
 def directories(wanted: Mapping[str, Directory]) -> None:
@@ -108,7 +98,7 @@ def _directories(made: Sequence[tuple[str, Directory]]) -> Iterator[str]:
 
 def render_text(config: Config, **variables) -> str:
     """The declared ``config`` rendered here with ``variables``, as `render` writes it (for
-    content that must not go through `files.put`, e.g. secrets)."""
+    content that must not go through `write`, e.g. secrets)."""
     return get_template(str(TEMPLATES / str(config.template))).render(variables)
 
 
@@ -238,7 +228,8 @@ def enable_units(units: Sequence[str]) -> OperationMeta:
     missing = [unit for unit in units if not observed.unit_enabled(unit)]
     if not missing:
         return observed.settled("units enabled")
-    return _enabled(name=f"{', '.join(missing)} enabled", units=missing)
+    read = all(observed.unit_was_read(unit) for unit in missing)
+    return _enabled(name=f"{', '.join(missing)} enabled", units=missing, checked=read)
 
 
 def _unit_name(unit: str) -> str:
@@ -246,8 +237,10 @@ def _unit_name(unit: str) -> str:
 
 
 @operation()
-def _enabled(units: Sequence[str]) -> Iterator[str]:
-    enabled = host.get_fact(SystemdEnabled, services=[_unit_name(unit) for unit in units])
+def _enabled(units: Sequence[str], checked: bool = False) -> Iterator[str]:
+    # ``checked``: read disabled while preparing, no need to ask systemd again.
+    names = [_unit_name(unit) for unit in units]
+    enabled = {} if checked else host.get_fact(SystemdEnabled, services=names)
     missing = [unit for unit in units if not enabled.get(_unit_name(unit))]
     if not missing:
         host.noop(f"{', '.join(units)} enabled already")
@@ -256,10 +249,19 @@ def _enabled(units: Sequence[str]) -> Iterator[str]:
 
 
 def start_unit(unit: str) -> OperationMeta:
-    """Start ``unit`` (settled when it is active already; `enable_units` enables it)."""
+    """Start ``unit`` (settled when it is active already; `enable_units` enables it). A unit
+    read inactive while preparing is started without pyinfra's `SystemdStatus` (a
+    ``systemctl show --all`` of every unit on the host, at every start)."""
     if observed.unit_active(unit):
         return observed.settled(f"{unit} started")
+    if observed.unit_was_read(unit):
+        return _started(name=f"{unit} started", unit=unit)
     return systemd.service(name=f"{unit} started", service=unit, running=True)
+
+
+@operation()
+def _started(unit: str) -> Iterator[str]:
+    yield f"systemctl start {shlex.quote(_unit_name(unit))}"
 
 
 def _prepare(components: Sequence[Component]) -> list[OperationMeta]:
@@ -280,14 +282,9 @@ def _prepare(components: Sequence[Component]) -> list[OperationMeta]:
     packages = [package for c in components for package in c.packages]
     if packages:
         installed = host.get_fact(DebPackages)
-        if any(package not in installed for package in packages):
-            # The package lists only: translations are for people reading descriptions, and
-            # the source-package cache (another copy of every list) for building packages.
-            server.shell(
-                name="apt update (packages to install)",
-                commands=["apt-get update -o Acquire::Languages=none -o Dir::Cache::srcpkgcache="],
-            )
-            apt.packages(name=f"packages {', '.join(packages)}", packages=packages)
+        missing = [package for package in packages if package not in installed]
+        if missing:
+            _packages(name=f"packages {', '.join(missing)}", packages=missing)
     users = {c.user: c.user_home for c in components if c.user}
     for user, home in host.loop(users.items()):
         server.user(
@@ -300,6 +297,20 @@ def _prepare(components: Sequence[Component]) -> list[OperationMeta]:
         )
     directories({d.path_on(host): d for c in components for d in c.directories})
     return masks
+
+
+@operation()
+def _packages(packages: Sequence[str]) -> Iterator[str]:
+    # Read missing while preparing: the package lists, then the packages, in one command.
+    # The lists only: translations are for people reading descriptions, and the
+    # source-package cache (another copy of every list) for building packages. Only what a
+    # package depends on: a server gets no recommended extras.
+    quoted = " ".join(shlex.quote(package) for package in packages)
+    yield (
+        "apt-get update -o Acquire::Languages=none -o Dir::Cache::srcpkgcache= && "
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "
+        f"-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold {quoted}"
+    )
 
 
 def _retire(components: Sequence[Component]) -> None:

@@ -56,6 +56,8 @@ class Wanted:
 class _Observation:
     wanted: Wanted
     found: Mapping[str, Any]
+    # Files this run's operations write, by path: what they write and the operation.
+    writes: dict[str, tuple[tuple, OperationMeta]] = field(default_factory=dict)
 
 
 # Per pyinfra State (a run): each host's observation, by host name.
@@ -127,6 +129,21 @@ def file_is(
     )
 
 
+def planned_write(path: str, wanted: tuple) -> OperationMeta | None:
+    """The operation of this run, added earlier on this host, that writes ``wanted`` (what a
+    caller compares: content digest, owner, mode) to ``path``; None when there is none."""
+    mine = _mine()
+    earlier = mine.writes.get(path) if mine is not None else None
+    return earlier[1] if earlier is not None and earlier[0] == wanted else None
+
+
+def plan_write(path: str, wanted: tuple, operation: OperationMeta) -> None:
+    """Record that ``operation`` writes ``wanted`` to ``path`` (see `planned_write`)."""
+    mine = _mine()
+    if mine is not None:
+        mine.writes[path] = (wanted, operation)
+
+
 def attributes_only(operation: OperationMeta) -> OperationMeta:
     """Mark ``operation`` as setting only a file's mode or owner (see `changes_content`)."""
     _ATTRIBUTES_ONLY.add(operation)
@@ -153,11 +170,20 @@ def directory_is(path: str, owner: str | None, group: str | None, mode: str) -> 
 
 def links_are(targets: Mapping[str, str]) -> bool:
     """Whether each of ``targets``' paths is a symlink to its target on this host."""
+    return stale_links(targets) == []
+
+
+def stale_links(targets: Mapping[str, str]) -> list[str] | None:
+    """Those of ``targets``' paths that are not a symlink to their target on this host; None
+    when not all of them were read."""
+    stale = []
     for path, target in targets.items():
         seen, have = _path(path)
-        if not seen or have is None or have["target"] != target:
-            return False
-    return True
+        if not seen:
+            return None
+        if have is None or have["target"] != target:
+            stale.append(path)
+    return stale
 
 
 def _unit(unit: str) -> dict[str, Any] | None:
@@ -166,6 +192,11 @@ def _unit(unit: str) -> dict[str, Any] | None:
     if mine is None or unit not in mine.wanted.units:
         return None
     return mine.found["units"].get(unit)
+
+
+def unit_was_read(unit: str) -> bool:
+    """Whether systemd ``unit`` on this host was read while preparing."""
+    return _unit(unit) is not None
 
 
 def unit_active(unit: str) -> bool:

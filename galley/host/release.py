@@ -169,9 +169,11 @@ def _fetch(
     strip_components: int,
     archive: bool,
     stall_seconds: int,
+    missing: bool = False,
 ) -> Iterator[str]:
-    installed = host.get_fact(InstalledReleases, release=release, prefix=prefix)
-    if installed["sha256"].get(version) == sha256:
+    # ``missing``: read so while preparing (the script itself skips a complete install).
+    installed = {} if missing else host.get_fact(InstalledReleases, release=release, prefix=prefix)
+    if not missing and installed["sha256"].get(version) == sha256:
         host.noop(f"{release} {version} is already installed")
         return
     base = _release_dir(prefix, release)
@@ -221,12 +223,15 @@ def _activate(
     prefix: str,
     bin_dir: str,
     link_names: Mapping[str, str],
+    stale: Sequence[str] | None = None,
 ) -> Iterator[str]:
     """Point ``current`` at ``version`` (which must be complete) and each binary's link in
-    ``bin_dir`` at ``current``; only links that differ are touched."""
+    ``bin_dir`` at ``current``; only links that differ (``stale``, when read while
+    preparing) are touched."""
     wanted = release_links(release, version, binaries, prefix, bin_dir, link_names)
-    targets = host.get_fact(LinkTargets, paths=list(wanted))
-    stale = [path for path, target in wanted.items() if targets.get(path) != target]
+    if stale is None:
+        targets = host.get_fact(LinkTargets, paths=list(wanted))
+        stale = [path for path, target in wanted.items() if targets.get(path) != target]
     if not stale:
         host.noop(f"{release} {version} is active")
         return
@@ -245,7 +250,10 @@ def _activation(
     bin_dir: str,
     link_names: Mapping[str, str] | None,
 ) -> Release:
-    if observed.links_are(release_links(release, version, binaries, prefix, bin_dir, link_names)):
+    stale = observed.stale_links(
+        release_links(release, version, binaries, prefix, bin_dir, link_names)
+    )
+    if stale == []:
         return Release(observed.settled(f"Activate {release} {version}"))
     return Release(
         _activate(
@@ -256,6 +264,7 @@ def _activation(
             prefix=prefix,
             bin_dir=bin_dir,
             link_names=dict(link_names or {}),
+            stale=stale,
         )
     )
 
@@ -302,7 +311,8 @@ def install_release(
     sha256 = sha256.lower()
     if not _SHA256.fullmatch(sha256):
         raise ValueError(f"invalid sha256 for {url}: {sha256!r}")
-    if observed.file_is(marker_path(release, version, prefix), f"{sha256}\n"):
+    marker = marker_path(release, version, prefix)
+    if observed.file_is(marker, f"{sha256}\n"):
         return _activation(release, version, binaries, prefix, bin_dir, link_names)
     _fetch(
         name=f"Download {release} {version}",
@@ -315,6 +325,7 @@ def install_release(
         strip_components=strip_components,
         archive=archive,
         stall_seconds=stall_seconds,
+        missing=observed.was_read(marker),
     )
     return _activation(release, version, binaries, prefix, bin_dir, link_names)
 

@@ -4,31 +4,25 @@ pyinfra output shows them, whatever the flags.
 `files.put` and `files.template` print the old and new content with ``--diff`` (and ``--dry
 --diff``); a secret must never reach a terminal or a CI log. `secret_file` compares the
 remote file's sha256, mode and owner with the wanted ones while preparing, and at execution
-uploads the content into a temporary file created 0600 beside the target, then moves it in
-place. The content travels wrapped in `Secret`, whose repr never shows it.
+puts the content in place as `galley.host.uploads` does (through a temporary file created
+0600 beside the target). The content travels wrapped in `Secret`, whose repr never shows it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import posixpath
-import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from pyinfra import host
-from pyinfra.api import FunctionCommand, operation
-from pyinfra.api.host import Host
+from pyinfra.api import operation
+from pyinfra.api.command import PyinfraCommand
 from pyinfra.api.operation import OperationMeta
-from pyinfra.api.state import State
 
 from galley.facts.files import FileDigest
 from galley.host import observed
-
-
-class SecretFileError(Exception):
-    """Writing a secret file failed (its previous content is left in place)."""
+from galley.host.uploads import install_commands
 
 
 @dataclass(frozen=True)
@@ -48,26 +42,6 @@ class Secret:
     __repr__ = __str__
 
 
-def _run(target: Host, command: str, doing: str) -> None:
-    ok, output = target.run_shell_command(command)
-    if not ok:
-        raise SecretFileError(f"{target.name}: {doing} failed: {output.stderr.strip()}")
-
-
-def _write(state: State, host: Host, path: str, secret: Secret, mode: str, owner: str) -> None:
-    """At execution: upload into a 0600 temporary file, set mode and owner, move in place."""
-    tmp = shlex.quote(f"{path}.galley-new")
-    _run(host, f"rm -f {tmp} && install -m 600 /dev/null {tmp}", f"preparing {path}")
-    if not host.put_file(io.BytesIO(secret.text.encode()), f"{path}.galley-new"):
-        raise SecretFileError(f"{host.name}: uploading {path} failed")
-    _run(
-        host,
-        f"chown {shlex.quote(owner)} {tmp} && chmod {shlex.quote(mode)} {tmp} && "
-        f"mv -f {tmp} {shlex.quote(path)}",
-        f"installing {path}",
-    )
-
-
 def keep_secret(
     name: str, path: str, secret: Secret, mode: str = "600", user: str = "root", group: str = "root"
 ) -> OperationMeta:
@@ -81,7 +55,7 @@ def keep_secret(
 @operation()
 def secret_file(
     path: str, secret: Secret, mode: str = "600", user: str = "root", group: str = "root"
-) -> Iterator[FunctionCommand]:
+) -> Iterator[PyinfraCommand]:
     """Keep ``path`` holding exactly ``secret`` with ``mode`` and owner; the directory must
     exist. Changes are listed (by path) but never shown, not even with ``--diff``."""
     have = host.get_fact(FileDigest, path=path)
@@ -91,5 +65,4 @@ def secret_file(
         return
     if posixpath.dirname(path) == "":
         raise ValueError(f"secret_file needs an absolute path, not {path!r}")
-    yield FunctionCommand(_write, (), {"path": path, "secret": secret, "mode": mode,
-                                       "owner": f"{user}:{group}"})  # fmt: skip
+    yield from install_commands(path, secret.text.encode(), user, group, mode)

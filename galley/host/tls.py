@@ -6,7 +6,6 @@ and (for the key/certificate match) the key's public half leave the host.
 
 from __future__ import annotations
 
-import io
 import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pyinfra.operations import files, python, server
 
 from galley.facts.tls import TlsFiles
 from galley.host import observed
+from galley.host.uploads import install, keep_file
 from galley.pki import (
     DEPLOY_RENEW_FRACTION,
     Identity,
@@ -95,16 +95,7 @@ def host_certificates(
     for ca_path, cert in host.loop(bundles.items()):
         pem = ca_pems[cert.mount]
         operations.setdefault(ca_path, []).append(
-            observed.settled(f"CA bundle {ca_path}")
-            if observed.file_is(ca_path, pem, cert.owner, cert.group, "644")
-            else files.put(
-                name=f"CA bundle {ca_path}",
-                src=io.StringIO(pem),
-                dest=ca_path,
-                user=cert.owner,
-                group=cert.group,
-                mode="644",
-            )
+            keep_file(f"CA bundle {ca_path}", ca_path, pem, cert.owner, cert.group, "644")
         )
     for cert in host.loop(certs):
         written = _key_and_certificate(
@@ -224,12 +215,5 @@ def _resign(state: State, host: Host, request: _Resign) -> None:
             f"{host.name}: {cert.mount} signed {cert.cert_path} with another CA than the "
             "one read at the start of the run; re-run"
         )
-    path, tmp = shlex.quote(cert.cert_path), shlex.quote(f"{cert.cert_path}.galley-new")
-    if not host.put_file(io.StringIO(signed.certificate), f"{cert.cert_path}.galley-new"):
-        raise HostCertificateError(f"{host.name}: uploading {cert.cert_path} failed")
-    owner = shlex.quote(f"{cert.owner}:{cert.group}")
-    _run(
-        host,
-        f"chmod 644 {tmp} && chown {owner} {tmp} && mv -f {tmp} {path}",
-        f"installing {cert.cert_path}",
-    )
+    data = signed.certificate.encode()
+    install(state, host, cert.cert_path, data, cert.owner, cert.group, "644")
