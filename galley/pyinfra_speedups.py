@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import inspect
 import sys
 from collections.abc import Callable
@@ -20,7 +21,10 @@ from types import CodeType
 from typing import Any
 
 import pyinfra
-from pyinfra.api import arguments, facts, operation, util
+from pyinfra.api import arguments, facts, util
+
+# The module, not the `operation` decorator that `pyinfra.api` exports under the same name.
+OPERATION_MODULE = importlib.import_module("pyinfra.api.operation")
 
 # sha256 of inspect.getsource of each replaced function, as pyinfra 3.10.0 ships it.
 CHECKED = {
@@ -106,7 +110,7 @@ def install() -> bool:
     """Put both in place when pyinfra is the checked one; whether they are in place."""
     global _installed
     if not _installed and matches_checked():
-        operation.get_operation_order_from_stack = operation_order
+        OPERATION_MODULE.get_operation_order_from_stack = operation_order
         arguments.all_global_arguments = global_arguments
         facts.all_global_arguments = global_arguments
         _installed = True

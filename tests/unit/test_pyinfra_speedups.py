@@ -3,11 +3,12 @@ used only with the pyinfra sources it was checked against."""
 
 from __future__ import annotations
 
+import sys
 from types import SimpleNamespace
 
 import pyinfra
 import pytest
-from pyinfra.api import arguments, util
+from pyinfra.api import arguments, facts, util
 
 from galley import pyinfra_speedups
 
@@ -56,3 +57,19 @@ def test_the_global_arguments_are_pyinfras():
     assert pyinfra_speedups.global_arguments() == pyinfra_speedups._original_global_arguments()
     pyinfra_speedups.global_arguments().clear()  # a caller's list is its own
     assert pyinfra_speedups.global_arguments() == pyinfra_speedups._original_global_arguments()
+
+
+def test_install_puts_both_where_pyinfra_calls_them(monkeypatch):
+    operation_module = sys.modules["pyinfra.api.operation"]
+    for module, name in (
+        (operation_module, "get_operation_order_from_stack"),
+        (arguments, "all_global_arguments"),
+        (facts, "all_global_arguments"),
+    ):
+        monkeypatch.setattr(module, name, getattr(module, name))
+    monkeypatch.setattr(pyinfra_speedups, "_installed", False)
+    assert pyinfra_speedups.install()
+    # pyinfra looks both up as module globals when it calls them.
+    assert operation_module.get_operation_order_from_stack is pyinfra_speedups.operation_order
+    assert arguments.all_global_arguments is pyinfra_speedups.global_arguments
+    assert facts.all_global_arguments is pyinfra_speedups.global_arguments
