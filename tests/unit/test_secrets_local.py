@@ -3,51 +3,27 @@ and no output ever shows it: not --dry --diff, not -y --diff, not -vvv."""
 
 from __future__ import annotations
 
-import json
-import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.pyinfra_local import changed, me, run_local
 
 SECRET = "encryption-key-c2VjcmV0LXZhbHVlLW5ldmVyLXByaW50ZWQ="
 
 
 def _run(tmp_path: Path, secret: str, *flags: str) -> subprocess.CompletedProcess[str]:
-    deploy = tmp_path / "deploy.py"
+    user, group = me()
     target = tmp_path / "secret.yaml"
-    deploy.write_text(
+    return run_local(
+        tmp_path,
         "from galley.host.secrets import Secret, secret_file\n"
         f"secret_file(name='secret', path={str(target)!r}, secret=Secret({secret!r}), "
-        f"user={_me()!r}, group={_my_group()!r})\n"
+        f"user={user!r}, group={group!r})\n",
+        *flags,
     )
-    return subprocess.run(
-        [sys.executable, "-m", "pyinfra", "@local", str(deploy), *flags],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def _me() -> str:
-    import pwd
-
-    return pwd.getpwuid(os.getuid()).pw_name
-
-
-def _my_group() -> str:
-    import grp
-
-    return grp.getgrgid(os.getgid()).gr_name
-
-
-def _changed(result: subprocess.CompletedProcess[str]) -> int:
-    (line,) = [line for line in result.stdout.splitlines() if line.startswith("{")]
-    return len(json.loads(line)["results"]["operations"][0]["success"])
 
 
 @pytest.mark.parametrize("flags", [("--dry", "--diff"), ("-y", "--diff", "-vvv")])
@@ -67,8 +43,8 @@ def test_written_exactly_0600_and_a_second_run_changes_nothing(tmp_path):
     assert target.read_text() == SECRET
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert not (tmp_path / "secret.yaml.galley-new").exists()
-    assert _changed(first) == 1
-    assert _changed(_run(tmp_path, SECRET, "-y", "--json")) == 0
+    assert changed(first.stdout) == 1
+    assert changed(_run(tmp_path, SECRET, "-y", "--json").stdout) == 0
     target.chmod(0o644)
-    assert _changed(_run(tmp_path, SECRET, "-y", "--json")) == 1
+    assert changed(_run(tmp_path, SECRET, "-y", "--json").stdout) == 1
     assert stat.S_IMODE(target.stat().st_mode) == 0o600

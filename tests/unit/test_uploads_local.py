@@ -5,59 +5,37 @@ planned twice in a run is written once."""
 
 from __future__ import annotations
 
-import json
-import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.pyinfra_local import changed, me, run_local
+
 
 def _run(tmp_path: Path, text: str, mode: str, *flags: str, twice: bool = False) -> str:
-    deploy = tmp_path / "deploy.py"
-    target = tmp_path / "etc" / "app.conf"
+    target = _target(tmp_path)
     target.parent.mkdir(exist_ok=True)
-    owner, group = _me()
+    owner, group = me()
     second = (
         f"assert keep_file('again', {str(target)!r}, {text!r}, {owner!r}, {group!r}, {mode!r})"
         " is first\n"
         if twice
         else ""
     )
-    deploy.write_text(
+    result = run_local(
+        tmp_path,
         "from galley.host.observed import Wanted, observe\n"
         "from galley.host.uploads import keep_file\n"
         "wanted = Wanted()\n"
         f"wanted.files([{str(target)!r}])\n"
         "observe(wanted)\n"
         f"first = keep_file('app.conf', {str(target)!r}, {text!r}, {owner!r}, {group!r}, "
-        f"{mode!r})\n" + second
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "pyinfra", "@local", str(deploy), *flags],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        f"{mode!r})\n" + second,
+        *flags,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout + result.stderr
-
-
-def _me() -> tuple[str, str]:
-    import grp
-    import pwd
-
-    return pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
-
-
-def _changed(output: str) -> int:
-    (line,) = [line for line in output.splitlines() if line.startswith("{")]
-    operations = json.loads(line)["results"]["operations"]
-    return sum(len(op["success"]) for op in operations if op.get("success"))
 
 
 def _target(tmp_path: Path) -> Path:
@@ -65,19 +43,19 @@ def _target(tmp_path: Path) -> Path:
 
 
 def test_a_new_private_file_lands_whole_and_a_second_run_changes_nothing(tmp_path):
-    assert _changed(_run(tmp_path, "token: one\n", "600", "-y", "--json")) == 1
+    assert changed(_run(tmp_path, "token: one\n", "600", "-y", "--json")) == 1
     target = _target(tmp_path)
     assert target.read_text() == "token: one\n"
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert [p.name for p in target.parent.iterdir()] == ["app.conf"]  # no temporary left
-    assert _changed(_run(tmp_path, "token: one\n", "600", "-y", "--json")) == 0
+    assert changed(_run(tmp_path, "token: one\n", "600", "-y", "--json")) == 0
 
 
 def test_a_mode_change_keeps_the_content_and_its_time(tmp_path):
     _run(tmp_path, "a: 1\n", "644", "-y")
     target = _target(tmp_path)
     before = target.stat().st_mtime_ns
-    assert _changed(_run(tmp_path, "a: 1\n", "640", "-y", "--json")) == 1
+    assert changed(_run(tmp_path, "a: 1\n", "640", "-y", "--json")) == 1
     assert stat.S_IMODE(target.stat().st_mode) == 0o640
     assert target.stat().st_mtime_ns == before  # not rewritten: nothing restarts for it
 
@@ -93,5 +71,5 @@ def test_diff_shows_the_change(tmp_path, flags):
 
 def test_the_same_content_planned_twice_in_a_run_is_written_once(tmp_path):
     output = _run(tmp_path, "b: 2\n", "644", "-y", "--json", twice=True)
-    assert _changed(output) == 1
+    assert changed(output) == 1
     assert _target(tmp_path).read_text() == "b: 2\n"
