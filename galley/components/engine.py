@@ -238,10 +238,10 @@ def _unit_name(unit: str) -> str:
 
 @operation()
 def _enabled(units: Sequence[str], checked: bool = False) -> Iterator[str]:
-    # ``checked``: read disabled while preparing, no need to ask systemd again.
-    names = [_unit_name(unit) for unit in units]
-    enabled = {} if checked else host.get_fact(SystemdEnabled, services=names)
-    missing = [unit for unit in units if not enabled.get(_unit_name(unit))]
+    missing = list(units)
+    if not checked:  # not read disabled while preparing: ask systemd now
+        enabled = host.get_fact(SystemdEnabled, services=[_unit_name(unit) for unit in units])
+        missing = [unit for unit in units if not enabled.get(_unit_name(unit))]
     if not missing:
         host.noop(f"{', '.join(units)} enabled already")
         return

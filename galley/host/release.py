@@ -171,11 +171,11 @@ def _fetch(
     stall_seconds: int,
     missing: bool = False,
 ) -> Iterator[str]:
-    # ``missing``: read so while preparing (the script itself skips a complete install).
-    installed = {} if missing else host.get_fact(InstalledReleases, release=release, prefix=prefix)
-    if not missing and installed["sha256"].get(version) == sha256:
-        host.noop(f"{release} {version} is already installed")
-        return
+    if not missing:  # not read missing while preparing: ask the host now
+        installed = host.get_fact(InstalledReleases, release=release, prefix=prefix)
+        if installed["sha256"].get(version) == sha256:
+            host.noop(f"{release} {version} is already installed")
+            return
     base = _release_dir(prefix, release)
     yield _fetch_script(
         base, version, url, sha256, binaries, strip_components, archive, stall_seconds

@@ -47,11 +47,16 @@ def install_commands(
     commands.append(FileUploadCommand(io.BytesIO(data), temp))
     commands.append(
         StringCommand(
-            f"chown {shlex.quote(f'{owner}:{group}')} {quoted} && chmod {shlex.quote(mode)} "
-            f"{quoted} && mv -f {quoted} {shlex.quote(path)}"
+            f"{_owner_and_mode(temp, owner, group, mode)} && mv -f {quoted} {shlex.quote(path)}"
         )
     )
     return commands
+
+
+def _owner_and_mode(path: str, owner: str, group: str, mode: str) -> str:
+    """The command that gives ``path`` this owner and mode."""
+    quoted = shlex.quote(path)
+    return f"chown {shlex.quote(f'{owner}:{group}')} {quoted} && chmod {shlex.quote(mode)} {quoted}"
 
 
 def install(
@@ -101,10 +106,7 @@ def _put(
     path: str, text: str, owner: str, group: str, mode: str, content: bool
 ) -> Iterator[PyinfraCommand | str]:
     if not content:
-        yield (
-            f"chown {shlex.quote(f'{owner}:{group}')} {shlex.quote(path)} && "
-            f"chmod {shlex.quote(mode)} {shlex.quote(path)}"
-        )
+        yield _owner_and_mode(path, owner, group, mode)
         return
     if state.config.DIFF:
         old = host.get_fact(FileContents, path=path) or []
