@@ -18,7 +18,7 @@ from pyinfra.api import deploy
 
 from galley import pyinfra_speedups
 from galley.components import phase
-from galley.components.engine import deploy_components
+from galley.components.engine import deploy_components, fetch_artifacts
 from galley.host.observed import Wanted, observe
 from galley.host.phases import phase_done
 from galley.host.renewal import install_renewal
@@ -39,6 +39,8 @@ def converge(*phase_names: str) -> None:
     if wanted.units:
         wanted.update(renewal_wanted(host))
     observe(wanted)
+    # Every host downloads all its phases' releases first, together (one operation).
+    deploy("downloads")(fetch_artifacts)(components)
     # The host's renewal is installed by its last phase, with that phase's units.
     here = [i for i, p in enumerate(phases) if any(c.runs_on(host) for c in p.components)]
     for index, current in enumerate(host.loop(phases)):

@@ -42,7 +42,13 @@ from galley.components.model import (
 )
 from galley.downloads import sha256_of
 from galley.host import observed
-from galley.host.release import DEFAULT_STALL_SECONDS, Release, install_release
+from galley.host.release import (
+    DEFAULT_STALL_SECONDS,
+    Download,
+    Release,
+    fetch_releases,
+    install_release,
+)
 from galley.host.restarts import reload_when_pending, restart_when_pending
 from galley.host.tls import HostCert, host_certificates
 from galley.host.uploads import keep_file
@@ -102,25 +108,50 @@ def render_text(config: Config, **variables) -> str:
     return get_template(str(TEMPLATES / str(config.template))).render(variables)
 
 
-def install_artifact(artifact: Artifact, data) -> Release:
-    """Install ``artifact`` at its group-data version, verified against the catalogue's sha256
-    before it is activated."""
+def download_of(artifact: Artifact, data) -> Download:
+    """What ``artifact`` downloads at its group-data version: its URL and the catalogue's
+    sha256 for the host's architecture."""
     version = data.get(artifact.version_field)
     arch = data.arch
     digest = sha256_of(data, artifact.key, version, arch)
     if digest is None:
         raise ValueError(f"no sha256 for {artifact.key} {version} on {arch}")
-    return install_release(
+    return Download(
         artifact.release,
         version,
         artifact.url_for(version, arch, artifact.bases_of(data)),
         digest,
-        artifact.binaries_for(arch),
-        bin_dir=artifact.bin_dir,
+        tuple(artifact.binaries_for(arch)),
         strip_components=artifact.strip_components,
         archive=artifact.archive,
-        link_names=artifact.link_names_for(arch),
         stall_seconds=data.get("download_stall_seconds") or DEFAULT_STALL_SECONDS,
+    )
+
+
+def install_artifact(artifact: Artifact, data) -> Release:
+    """Install ``artifact`` at its group-data version, verified against the catalogue's sha256
+    before it is activated (only activated when `fetch_artifacts` downloaded it already)."""
+    download = download_of(artifact, data)
+    return install_release(
+        download.release,
+        download.version,
+        download.url,
+        download.sha256,
+        download.binaries,
+        bin_dir=artifact.bin_dir,
+        strip_components=download.strip_components,
+        archive=download.archive,
+        link_names=artifact.link_names_for(data.arch),
+        stall_seconds=download.stall_seconds,
+    )
+
+
+def fetch_artifacts(components: Sequence[Component]) -> None:
+    """Download and verify, in one operation, every artifact of ``components`` this host runs
+    and does not have yet (`galley.host.release.fetch_releases`): before any phase, so a bad
+    checksum or an unreachable mirror stops the run before anything changed."""
+    fetch_releases(
+        [download_of(a, host.data) for c in components if c.runs_on(host) for a in c.artifacts]
     )
 
 

@@ -158,28 +158,100 @@ def _fetch_script(
     )
 
 
+@dataclass(frozen=True)
+class Download:
+    """One version of a release to download and verify: a tarball holding ``binaries``, or
+    with ``archive`` False the single raw executable ``binaries[0]``. Checked when made."""
+
+    release: str
+    version: str
+    url: str
+    sha256: str
+    binaries: tuple[str, ...]
+    prefix: str = DEFAULT_PREFIX
+    strip_components: int = 1
+    archive: bool = True
+    stall_seconds: int = DEFAULT_STALL_SECONDS
+
+    def __post_init__(self) -> None:
+        _validate(self.release, self.version, self.binaries, {})
+        if not self.archive and len(self.binaries) != 1:
+            raise ValueError(
+                f"a raw binary download installs exactly one binary, not {list(self.binaries)!r}"
+            )
+        object.__setattr__(self, "binaries", tuple(self.binaries))
+        object.__setattr__(self, "sha256", self.sha256.lower())
+        if not _SHA256.fullmatch(self.sha256):
+            raise ValueError(f"invalid sha256 for {self.url}: {self.sha256!r}")
+
+    @property
+    def label(self) -> str:
+        """``<release> <version>``."""
+        return f"{self.release} {self.version}"
+
+    @property
+    def marker(self) -> str:
+        """The file that marks this version completely installed (see `marker_path`)."""
+        return marker_path(self.release, self.version, self.prefix)
+
+    def script(self) -> str:
+        """The shell script that installs it (`_fetch_script`)."""
+        return _fetch_script(
+            _release_dir(self.prefix, self.release),
+            self.version,
+            self.url,
+            self.sha256,
+            self.binaries,
+            self.strip_components,
+            self.archive,
+            self.stall_seconds,
+        )
+
+
 @operation()
-def _fetch(
-    release: str,
-    version: str,
-    url: str,
-    sha256: str,
-    binaries: Sequence[str],
-    prefix: str,
-    strip_components: int,
-    archive: bool,
-    stall_seconds: int,
-    missing: bool = False,
-) -> Iterator[str]:
+def _fetch(downloads: Sequence[Download], missing: bool = False) -> Iterator[str]:
+    """One script per download, in order (the first that fails stops the operation)."""
+    due = list(downloads)
     if not missing:  # not read missing while preparing: ask the host now
-        installed = host.get_fact(InstalledReleases, release=release, prefix=prefix)
-        if installed["sha256"].get(version) == sha256:
-            host.noop(f"{release} {version} is already installed")
-            return
-    base = _release_dir(prefix, release)
-    yield _fetch_script(
-        base, version, url, sha256, binaries, strip_components, archive, stall_seconds
+        due = [
+            download
+            for download in downloads
+            if host.get_fact(InstalledReleases, release=download.release, prefix=download.prefix)[
+                "sha256"
+            ].get(download.version)
+            != download.sha256
+        ]
+    if not due:
+        host.noop(f"{', '.join(download.label for download in downloads)} installed already")
+        return
+    for download in due:
+        yield download.script()
+
+
+def _installed(download: Download) -> bool:
+    """Whether ``download`` was read installed while preparing, or an earlier operation of
+    this run installs it (`fetch_releases`)."""
+    marker, text = download.marker, f"{download.sha256}\n"
+    return observed.file_is(marker, text) or observed.planned_write(marker, (text,)) is not None
+
+
+def fetch_releases(downloads: Sequence[Download]) -> OperationMeta | None:
+    """Download, verify and unpack each of ``downloads`` read missing while preparing
+    (`galley.host.observed`), all in one operation; `install_release` then only activates
+    them. Nothing becomes active here: called before anything else, a wrong checksum or a dead
+    mirror stops the run before any host changed. Called from one line for every host, it is
+    one join: every host downloads at once. None when nothing is due."""
+    due = [d for d in downloads if observed.was_read(d.marker) and not _installed(d)]
+    if not due:
+        return None
+    operation_meta = _fetch(
+        name="Download " + " + ".join(download.label for download in due),
+        downloads=due,
+        missing=True,
     )
+    for download in due:
+        observed.plan_write(download.marker, (f"{download.sha256}\n",), operation_meta)
+    return operation_meta
 
 
 def marker_path(release: str, version: str, prefix: str = DEFAULT_PREFIX) -> str:
@@ -306,27 +378,16 @@ def install_release(
     another (``{"flannel-amd64": "flannel"}``).
     """
     _validate(release, version, binaries, link_names or {})
-    if not archive and len(binaries) != 1:
-        raise ValueError(f"a raw binary download installs exactly one binary, not {binaries!r}")
-    sha256 = sha256.lower()
-    if not _SHA256.fullmatch(sha256):
-        raise ValueError(f"invalid sha256 for {url}: {sha256!r}")
-    marker = marker_path(release, version, prefix)
-    if observed.file_is(marker, f"{sha256}\n"):
-        return _activation(release, version, binaries, prefix, bin_dir, link_names)
-    _fetch(
-        name=f"Download {release} {version}",
-        release=release,
-        version=version,
-        url=url,
-        sha256=sha256,
-        binaries=list(binaries),
-        prefix=prefix,
-        strip_components=strip_components,
-        archive=archive,
-        stall_seconds=stall_seconds,
-        missing=observed.was_read(marker),
-    )
+    download = Download(
+        release, version, url, sha256, tuple(binaries), prefix, strip_components, archive,
+        stall_seconds,
+    )  # fmt: skip
+    if not _installed(download):
+        _fetch(
+            name=f"Download {download.label}",
+            downloads=[download],
+            missing=observed.was_read(download.marker),
+        )
     return _activation(release, version, binaries, prefix, bin_dir, link_names)
 
 

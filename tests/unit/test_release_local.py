@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from galley.lab.mirror import MirrorServer
+from tests.pyinfra_local import run_local
 
 BINARIES = ["tool", "toolctl"]
 
@@ -326,3 +327,75 @@ def test_a_stalled_mirror_fails_within_its_timeout_and_keeps_the_running_version
     assert elapsed < 30
     assert site.run_tool() == "tool 1.0.0"
     assert not (site.prefix / "tool" / "2.0.0").exists()
+
+
+def _fetch_first(site: Site, tool: Published, kit: Published, *flags: str):
+    """A converge's order: both releases read, downloaded in one operation, then each
+    installed (activated) and a restart gated on both."""
+    downloads = (
+        f"Download('tool', '1.0.0', {tool.url!r}, {tool.sha256!r}, {tuple(BINARIES)!r}, "
+        f"prefix={str(site.prefix)!r}), "
+        f"Download('kit', '2.0.0', {kit.url!r}, {kit.sha256!r}, {tuple(BINARIES)!r}, "
+        f"prefix={str(site.prefix)!r})"
+    )
+    install = (
+        "install_release(d.release, d.version, d.url, d.sha256, list(d.binaries), "
+        "prefix=d.prefix, bin_dir={bin_dir!r})"
+    )
+    return run_local(
+        site.tmp,
+        "from pyinfra.operations import server\n"
+        "from galley.host.observed import Wanted, observe\n"
+        "from galley.host.release import Download, fetch_releases, install_release\n"
+        f"tool, kit = {downloads}\n"
+        "wanted = Wanted()\n"
+        "wanted.files([tool.marker, kit.marker])\n"
+        "observe(wanted)\n"
+        "fetch_releases([tool, kit])\n"
+        "d = tool\n"
+        f"first = {install.format(bin_dir=str(site.bin_dir))}\n"
+        "d = kit\n"
+        f"second = {install.format(bin_dir=str(site.tmp / 'kit-bin'))}\n"
+        "server.shell(name='Restart tool', "
+        f"commands=['echo restart >> {site.restarts}'], "
+        "_if=lambda: first.changed() or second.changed())\n",
+        "--json",
+        *flags,
+    )
+
+
+def test_fetch_releases_downloads_all_in_one_operation_then_only_activates(site: Site) -> None:
+    tool, kit = site.publish("1.0.0"), site.publish("2.0.0")
+
+    dry = _fetch_first(site, tool, kit, "--dry")
+    assert planned(dry) == [
+        "Download tool 1.0.0 + kit 2.0.0",
+        "Install release | Activate tool 1.0.0",
+        "Install release | Activate kit 2.0.0",
+    ]
+    assert not site.prefix.exists()
+
+    assert changed(_fetch_first(site, tool, kit, "-y")) == [
+        "Download tool 1.0.0 + kit 2.0.0",
+        "Install release | Activate tool 1.0.0",
+        "Install release | Activate kit 2.0.0",
+        "Restart tool",
+    ]
+    assert site.run_tool() == "tool 1.0.0"
+    assert (site.tmp / "kit-bin" / "toolctl").resolve().parent.name == "2.0.0"
+    assert changed(_fetch_first(site, tool, kit, "-y")) == []
+    assert site.restart_count() == 1
+
+
+def test_fetch_releases_with_one_bad_checksum_activates_nothing(site: Site) -> None:
+    tool, kit = site.publish("1.0.0"), site.publish("2.0.0")
+    bad = Published(kit.url, tool.sha256)
+
+    run = _fetch_first(site, tool, bad, "-y")
+
+    assert run.returncode != 0
+    assert f"sha256 mismatch for {kit.url}" in run.stdout + run.stderr
+    assert not (site.prefix / "tool" / "current").exists()
+    assert not (site.prefix / "kit").joinpath("2.0.0").exists()
+    assert not site.bin_dir.exists()
+    assert site.restart_count() == 0
