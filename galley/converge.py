@@ -5,6 +5,9 @@ pyinfra orders operations by a topological sort of each host's own sequence, so 
 different groups would interleave across hosts; a join operation after each phase
 (`galley.host.phases.phase_done`) makes every host finish it before the next starts anywhere.
 Everything is validated, and Vault checked, before any operation runs (`galley.preflight`).
+The first operation downloads and verifies every release the host's phases install, on every
+host at once (`galley.components.engine.fetch_artifacts`), so a wrong checksum or a dead
+mirror stops the run before any host has changed.
 The last phase of each host also gives it what it needs to renew its own certificates
 (`galley.host.renewal`), with that phase's units.
 """

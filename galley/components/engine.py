@@ -1,12 +1,13 @@
 """Deploy components on a host from their declarations (`galley.components.model`).
 
 For the components of a phase that run on the current host, in this order: Debian packages,
-system users and directories, every artifact (downloaded and verified before activation),
-every certificate (one round trip reads them all), each component's own ``configure`` (its
-config files), its unit file, then systemd: enable the units (one ``systemctl enable
---no-reload``), one reload, start each unit, wait after a first start, and a durable restart
-when the files it runs from (`Component.watched`) are newer than its start, or a reload when
-only files it reloads (`Component.reloaded_by`) are.
+system users and directories, every artifact (downloaded and verified before activation; a
+converge has downloaded them all before its first phase, `fetch_artifacts`), every
+certificate (one round trip reads them all), each component's own ``configure`` (its config
+files), its unit file, then systemd: enable the units (one ``systemctl enable --no-reload``),
+one reload, start each unit, wait after a first start, and a durable restart when the files
+it runs from (`Component.watched`) are newer than its start, or a reload when only files it
+reloads (`Component.reloaded_by`) are.
 
 Each step asks what the host had when the run began (`galley.host.observed`, read in one round
 trip from `Component.wanted`): whatever is already as declared gets no operation at all, and
