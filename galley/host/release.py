@@ -213,19 +213,18 @@ def _fetch(downloads: Sequence[Download], missing: bool = False) -> Iterator[str
     """One script per download, in order (the first that fails stops the operation)."""
     due = list(downloads)
     if not missing:  # not read missing while preparing: ask the host now
-        due = [
-            download
-            for download in downloads
-            if host.get_fact(InstalledReleases, release=download.release, prefix=download.prefix)[
-                "sha256"
-            ].get(download.version)
-            != download.sha256
-        ]
+        due = [download for download in downloads if not _installed_now(download)]
     if not due:
         host.noop(f"{', '.join(download.label for download in downloads)} installed already")
         return
     for download in due:
         yield download.script()
+
+
+def _installed_now(download: Download) -> bool:
+    """At execution: whether the host has ``download`` completely installed."""
+    fact = host.get_fact(InstalledReleases, release=download.release, prefix=download.prefix)
+    return fact["sha256"].get(download.version) == download.sha256
 
 
 def _installed(download: Download) -> bool:
