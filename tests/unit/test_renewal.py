@@ -10,6 +10,7 @@ import os
 import pwd
 import stat
 import subprocess
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -185,6 +186,56 @@ def test_a_host_renews_its_due_certificates_with_the_same_keys(
     again = host.run()  # nothing is due any more: Vault is not even asked
     assert (again.returncode, again.stdout, again.stderr) == (0, "", "")
     assert host.restarts().count("try-restart") == 1
+
+
+def test_the_renewed_certificates_go_in_place_and_restart_under_the_restart_lock(
+    vault, openbao, bootstrapped, tmp_path
+):
+    """While a deploy restarts a unit on the host (it holds the restart lock), a renewal signs
+    but installs nothing; it installs and restarts once the lock is free."""
+    host = _on_host(vault, openbao, bootstrapped["lab-worker-1"], tmp_path, ttl="1h")
+    before = {c.stem: host.pem(c.stem) for c in host.renewal.certs}
+    lock = tmp_path / "restart.lock"
+    holder = subprocess.Popen(["flock", str(lock), "sleep", "4"])
+    try:
+        time.sleep(0.5)
+        renewal = subprocess.Popen(
+            ["bash", str(host.script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        time.sleep(2.5)  # signed by now (a local OpenBao), waiting for the lock
+        assert renewal.poll() is None
+        assert {c.stem: host.pem(c.stem) for c in host.renewal.certs} == before
+        assert host.restarts() == ""
+    finally:
+        holder.wait()
+    out, err = renewal.communicate(timeout=60)
+    assert renewal.returncode == 0, err
+    assert out.splitlines()[-1] == "restarted flanneld kube-proxy kubelet"
+    assert host.restarts() == "try-restart flanneld kube-proxy kubelet\n"
+    assert all(host.pem(c.stem) != before[c.stem] for c in host.renewal.certs)
+    assert not list(tmp_path.rglob("*.galley-renew"))
+
+
+def test_a_renewal_that_cannot_take_the_restart_lock_installs_nothing(
+    vault, openbao, bootstrapped, tmp_path
+):
+    host = _on_host(vault, openbao, bootstrapped["lab-worker-1"], tmp_path, ttl="1h")
+    before = {c.stem: host.pem(c.stem) for c in host.renewal.certs}
+    host.script.write_text(host.script.read_text().replace("flock -w 120", "flock -w 1"))
+    holder = subprocess.Popen(["flock", str(tmp_path / "restart.lock"), "sleep", "10"])
+    try:
+        time.sleep(0.5)
+        done = host.run()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 1
+    assert "stayed taken" in done.stderr and "nothing installed" in done.stderr
+    assert len(done.stderr.splitlines()) == 1
+    assert {c.stem: host.pem(c.stem) for c in host.renewal.certs} == before
+    assert host.restarts() == ""
+    assert not list(tmp_path.rglob("*.galley-renew"))
+    assert parse_state(host.state()).status == "failing"
 
 
 def test_a_sealed_vault_fails_with_one_line_and_leaves_the_certificates(
