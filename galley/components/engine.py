@@ -48,7 +48,7 @@ from galley.host.release import (
     Download,
     Release,
     fetch_releases,
-    install_release,
+    install_download,
 )
 from galley.host.restarts import reload_when_pending, restart_when_pending
 from galley.host.tls import HostCert, host_certificates
@@ -132,18 +132,10 @@ def download_of(artifact: Artifact, data) -> Download:
 def install_artifact(artifact: Artifact, data) -> Release:
     """Install ``artifact`` at its group-data version, verified against the catalogue's sha256
     before it is activated (only activated when `fetch_artifacts` downloaded it already)."""
-    download = download_of(artifact, data)
-    return install_release(
-        download.release,
-        download.version,
-        download.url,
-        download.sha256,
-        download.binaries,
+    return install_download(
+        download_of(artifact, data),
         bin_dir=artifact.bin_dir,
-        strip_components=download.strip_components,
-        archive=download.archive,
         link_names=artifact.link_names_for(data.arch),
-        stall_seconds=download.stall_seconds,
     )
 
 

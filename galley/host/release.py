@@ -161,13 +161,14 @@ def _fetch_script(
 @dataclass(frozen=True)
 class Download:
     """One version of a release to download and verify: a tarball holding ``binaries``, or
-    with ``archive`` False the single raw executable ``binaries[0]``. Checked when made."""
+    with ``archive`` False the single raw executable ``binaries[0]``. Checked when made
+    (``binaries`` kept as a tuple, ``sha256`` in lower case)."""
 
     release: str
     version: str
     url: str
     sha256: str
-    binaries: tuple[str, ...]
+    binaries: Sequence[str]
     prefix: str = DEFAULT_PREFIX
     strip_components: int = 1
     archive: bool = True
@@ -349,13 +350,16 @@ def _validate(
         raise TypeError("binaries must be a list of file names, not a string")
     for binary in binaries:
         _check_component("binary", binary)
+    _check_link_names(binaries, link_names)
+
+
+def _check_link_names(binaries: Sequence[str], link_names: Mapping[str, str]) -> None:
     for binary, link in link_names.items():
         if binary not in binaries:
             raise ValueError(f"link name given for {binary!r}, which is not one of {binaries!r}")
         _check_component("link name", link)
 
 
-@deploy("Install release")
 def install_release(
     release: str,
     version: str,
@@ -376,18 +380,29 @@ def install_release(
     binary is linked under its own name in ``bin_dir`` unless ``link_names`` maps it to
     another (``{"flannel-amd64": "flannel"}``).
     """
-    _validate(release, version, binaries, link_names or {})
     download = Download(
-        release, version, url, sha256, tuple(binaries), prefix, strip_components, archive,
-        stall_seconds,
-    )  # fmt: skip
+        release, version, url, sha256, binaries, prefix, strip_components, archive, stall_seconds
+    )
+    return install_download(download, bin_dir, link_names)
+
+
+@deploy("Install release")
+def install_download(
+    download: Download,
+    bin_dir: str = DEFAULT_BIN_DIR,
+    link_names: Mapping[str, str] | None = None,
+) -> Release:
+    """`install_release` for a `Download` made already (e.g. from the catalogue)."""
+    _check_link_names(download.binaries, link_names or {})
     if not _installed(download):
         _fetch(
             name=f"Download {download.label}",
             downloads=[download],
             missing=observed.was_read(download.marker),
         )
-    return _activation(release, version, binaries, prefix, bin_dir, link_names)
+    return _activation(
+        download.release, download.version, download.binaries, download.prefix, bin_dir, link_names
+    )
 
 
 @deploy("Switch release")
