@@ -152,14 +152,17 @@ def _identity_of(subject: x509.Name, extensions: x509.Extensions) -> Identity:
     def names(oid: x509.ObjectIdentifier) -> list[str]:
         return [str(attribute.value) for attribute in subject.get_attributes_for_oid(oid)]
 
+    # No SAN extension means no names; cryptography >= 51 refuses an empty SAN list.
     try:
         sans = extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns_names = sans.get_values_for_type(x509.DNSName)
+        ip_addresses = [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
     except x509.ExtensionNotFound:
-        sans = x509.SubjectAlternativeName([])
+        dns_names, ip_addresses = [], []
     return Identity(
         cn=next(iter(names(NameOID.COMMON_NAME)), ""),
-        dns_names=tuple(sans.get_values_for_type(x509.DNSName)),
-        ip_addresses=tuple(str(ip) for ip in sans.get_values_for_type(x509.IPAddress)),
+        dns_names=tuple(dns_names),
+        ip_addresses=tuple(ip_addresses),
         organization=tuple(names(NameOID.ORGANIZATION_NAME)),
     )
 

@@ -29,11 +29,14 @@ def _name(cn: str, organization: tuple[str, ...] = ()) -> x509.Name:
     return x509.Name([*attributes, x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _sans(identity: Identity) -> x509.SubjectAlternativeName:
-    return x509.SubjectAlternativeName(
-        [x509.DNSName(name) for name in identity.dns_names]
-        + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in identity.ip_addresses]
-    )
+def _with_sans(builder, identity: Identity):
+    """The certificate or CSR builder with the identity's SANs; no extension when it has none."""
+    names = [x509.DNSName(name) for name in identity.dns_names] + [
+        x509.IPAddress(ipaddress.ip_address(ip)) for ip in identity.ip_addresses
+    ]
+    if not names:
+        return builder
+    return builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
 
 
 class _CA:
@@ -60,7 +63,7 @@ class _CA:
         key: ec.EllipticCurvePrivateKey | None = None,
     ) -> str:
         key = key or ec.generate_private_key(ec.SECP256R1())
-        cert = (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(_name(identity.cn, identity.organization))
             .issuer_name(self.cert.subject)
@@ -68,9 +71,8 @@ class _CA:
             .serial_number(x509.random_serial_number())
             .not_valid_before(issued)
             .not_valid_after(issued + lifetime)
-            .add_extension(_sans(identity), critical=False)
-            .sign(self.key, hashes.SHA256())
         )
+        cert = _with_sans(builder, identity).sign(self.key, hashes.SHA256())
         return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
@@ -158,14 +160,11 @@ def test_certificate_of_another_key(ca):
 def test_identity_of_cert_and_csr(ca):
     assert pki.identity_of_cert(ca.issue(MEMBER)) == MEMBER
     key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(_name("etcd-healthcheck-client", ("galley",)))
-        .add_extension(_sans(Identity("x", ("a.example", "b.example"), ("10.0.0.1",))), False)
-        .sign(key, hashes.SHA256())
-        .public_bytes(serialization.Encoding.PEM)
-        .decode()
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        _name("etcd-healthcheck-client", ("galley",))
     )
+    builder = _with_sans(builder, Identity("x", ("a.example", "b.example"), ("10.0.0.1",)))
+    csr = builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
     assert pki.identity_of_csr(csr) == Identity(
         "etcd-healthcheck-client", ("b.example", "a.example"), ("10.0.0.1",), ("galley",)
     )
@@ -194,6 +193,8 @@ CA_READS = {
 # Every job's deploy gives its hosts a renewal credential (`galley.renewal`).
 HOST_IDENTITY = {"lab/pki/host/sign/host-identity": "update"}
 LOCK = {"lab/kv/data/galley/lock": "create,read,update"}
+# The etcd deploy writes it into etcd; `galley etcd restore` checks snapshots against it.
+IDENTITY_READ = {"lab/kv/data/galley/cluster-identity": "read"}
 
 
 def _signs(mount: str, *roles: str) -> dict[str, str]:
@@ -206,6 +207,7 @@ def test_one_policy_per_job_grants_exactly_what_its_deploy_signs_and_reads():
         **_signs("etcd", "etcd-member", "etcd-healthcheck-client"),
         **HOST_IDENTITY,
         **CA_READS,
+        **IDENTITY_READ,
         **LOCK,
     }
     assert _blocks("lab-control-plane", policies["lab-control-plane"]) == {
@@ -245,6 +247,7 @@ def test_one_policy_per_job_grants_exactly_what_its_deploy_signs_and_reads():
         },
         "auth/lab/host-cert/certs/*": "delete",
         **LOCK,
+        **IDENTITY_READ,
     }
 
 
@@ -336,9 +339,12 @@ def test_format_duration(delta, text):
 def _csr(identity: Identity) -> str:
     key = ec.generate_private_key(ec.SECP256R1())
     builder = x509.CertificateSigningRequestBuilder().subject_name(_name(identity.cn))
-    if identity.dns_names or identity.ip_addresses:
-        builder = builder.add_extension(_sans(identity), critical=False)
-    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+    return (
+        _with_sans(builder, identity)
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+        .decode()
+    )
 
 
 def test_bootstrap_sets_up_and_is_a_no_op_when_re_run(vault):
@@ -352,6 +358,7 @@ def test_bootstrap_sets_up_and_is_a_no_op_when_re_run(vault):
     assert changes[6:] == [
         *(f"created role {role.name} in lab/pki/{role.mount}" for role in vault_setup.ROLES),
         "enabled KV v2 mount lab/kv",
+        "generated lab/kv/galley/cluster-identity",
         "generated lab/kv/kubernetes/service-account",
         "generated lab/kv/kubernetes/encryption",
         *(f"wrote policy {name}" for name in vault_setup.policies("lab")),
