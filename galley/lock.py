@@ -13,9 +13,6 @@ INVENTORY`), never silently.
 from __future__ import annotations
 
 import atexit
-import getpass
-import os
-import socket
 import sys
 import threading
 import time
@@ -27,6 +24,7 @@ import hvac
 import hvac.exceptions
 
 from galley.cluster_secrets import kv_mount
+from galley.holder import gone, this_run
 from galley.text import clean
 from galley.vault import VaultError, vault_errors, vault_message
 
@@ -60,26 +58,31 @@ def _read(client: hvac.Client, cluster: str) -> tuple[dict, int]:
     return answer["data"]["data"] or {}, int(answer["data"]["metadata"]["version"])
 
 
-def _gone(record: dict) -> bool:
-    """Whether the holder was a process on this machine that no longer runs (e.g. a rollout
-    killed with SIGKILL): its lock is provably stale. A holder elsewhere is never assumed gone."""
-    if record.get("machine") != socket.gethostname() or not isinstance(record.get("pid"), int):
-        return False
-    try:
-        os.kill(record["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 def describe(record: dict) -> str:
     """``<holder> running `<command>` since <started> (lease until <expires>)``."""
     return clean(
         f"{record.get('holder')} running `{record.get('command')}` since "
         f"{record.get('started')} (lease until {_stamp(float(record.get('expires', 0)))})"
     )
+
+
+def _refuse_if_held(cluster: str, current: dict, clock: Callable[[], float]) -> None:
+    """LockError naming the holder when ``current`` is held by a run not provably gone."""
+    if not current.get("holder") or gone(current):
+        return
+    if float(current.get("expires", 0)) > clock():
+        raise LockError(f"cluster {cluster} is locked by {describe(current)}")
+    raise LockError(
+        f"cluster {cluster} is locked by {describe(current)}, whose lease ran out: "
+        "if that run is gone, `galley lock break INVENTORY`, then run again"
+    )
+
+
+def check_free(client: hvac.Client, cluster: str, clock: Callable[[], float] = time.time) -> None:
+    """Refuse (LockError naming the holder) while another run holds the cluster's lock; takes
+    nothing. Day-2 commands ask before they read their journal, so a live run is named as
+    running, never mistaken for an interrupted one."""
+    _refuse_if_held(cluster, _read(client, cluster)[0], clock)
 
 
 @dataclass
@@ -103,21 +106,8 @@ class ClusterLock:
     ) -> ClusterLock:
         """Take the lock for ``command`` or raise LockError naming who holds it."""
         current, version = _read(client, cluster)
-        if current.get("holder") and not _gone(current):
-            if float(current.get("expires", 0)) > clock():
-                raise LockError(f"cluster {cluster} is locked by {describe(current)}")
-            raise LockError(
-                f"cluster {cluster} is locked by {describe(current)}, whose lease ran out: "
-                "if that run is gone, `galley lock break INVENTORY`, then run again"
-            )
-        machine, pid = socket.gethostname(), os.getpid()
-        record = {
-            "holder": f"{getpass.getuser()}@{machine} pid {pid}",
-            "machine": machine,
-            "pid": pid,
-            "command": command[:300],
-            "started": _stamp(clock()),
-        }
+        _refuse_if_held(cluster, current, clock)
+        record = {**this_run(), "command": command[:300], "started": _stamp(clock())}
         lock = cls(client, cluster, record, version, clock)
         lock._write(lambda: "taken by another run at the same moment; run again later")
         return lock

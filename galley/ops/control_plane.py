@@ -37,7 +37,7 @@ from galley.components.model import Component
 from galley.facts.fleet import ComponentVersions
 from galley.ops.batches import Batches
 from galley.ops.etcd_snapshot import SnapshotError, operator_snapshot
-from galley.ops.journal import Journal, operator_dir
+from galley.ops.journal import Journal
 from galley.ops.kubeapi import ApiError, kubelet_version
 from galley.ops.release_hosts import HostWork, ReleaseHosts, set_version
 from galley.ops.rolling import (
@@ -52,6 +52,7 @@ from galley.ops.rolling import (
     declared_note,
     health_problems,
     rollout_cli,
+    start_journal,
 )
 from galley.versions import minor_of, skew_problems, upgrade_problems
 
@@ -264,7 +265,12 @@ def _running(batches: Batches, hosts: list[str]) -> dict[str, dict[str, str]]:
 
 
 def _prepare(
-    inventory_path: str, to: str, resume: bool, allow_downgrade: bool, ready_timeout: float
+    inventory_path: str,
+    to: str,
+    resume: bool,
+    allow_downgrade: bool,
+    ready_timeout: float,
+    dry_run: bool,
 ) -> Prepared:
     """Everything checked before a change (RolloutError if refused): the plan, the journal,
     and how to run it."""
@@ -295,7 +301,7 @@ def _prepare(
     if found:
         raise RolloutError("refusing: " + "; ".join(found))
     versions = {APISERVER: running, **_running(batches, hosts)}
-    journal = Journal.start(operator_dir(data) / JOURNAL, target, resume)
+    journal = start_journal(data, JOURNAL, target, resume, dry_run)
     downgrade = minor_of(target) < min(minor_of(version) for version in running.values())
     plan = make_plan(hosts, versions, target, journal.done() if resume else (), downgrade)
     note = declared_note(declared, target, "control-plane", "the control plane")
@@ -341,5 +347,6 @@ def rollout_control_plane_cli(
     """`galley rollout control-plane --to VERSION INVENTORY`: 0 done (or nothing to do),
     1 stopped with a report, 2 refused before any change."""
     return rollout_cli(
-        lambda: _prepare(inventory_path, to, resume, allow_downgrade, ready_timeout), dry_run
+        lambda: _prepare(inventory_path, to, resume, allow_downgrade, ready_timeout, dry_run),
+        dry_run,
     )

@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from galley.holder import alive_here, is_this_process, this_run
+
 
 def operator_dir(data) -> Path:
     """Where the operator's files of ``data.cluster_name`` live (credentials, journals)."""
@@ -24,8 +26,10 @@ class Journal:
     """What a day-2 operation did so far, per node: written after every step, replaced
     atomically and synced, so a run killed at any point leaves the last step recorded.
 
-    ``{"target", "status", "started", "nodes": {name: {...}}}``; a run is refused while an
-    interrupted one is recorded, and ``--resume`` continues it.
+    ``{"target", "status", "started", "holder", ..., "nodes": {name: {...}}}``: a run is
+    refused while another is recorded unfinished, named as running while its holder
+    (`galley.holder`) lives, as interrupted once it is gone; ``--resume`` continues an
+    interrupted one.
     """
 
     def __init__(self, path: Path, data: dict) -> None:
@@ -43,6 +47,8 @@ class Journal:
                 f"the {what} journal {path} is not valid JSON ({exc}): inspect it, then remove "
                 "it to start over"
             ) from None
+        if old is not None:
+            cls._refuse_if_alive(old, path, what)
         if resume:
             if old is None:
                 raise JournalError(f"--resume: there is no {what} journal at {path}")
@@ -50,14 +56,28 @@ class Journal:
                 raise JournalError(
                     f"--resume: the journal {path} is a {what} to {old.get('target')}, not {target}"
                 )
-            return cls(path, old | {"status": "running"})
+            return cls(path, old | {"status": "running"} | this_run())
         if old is not None and old.get("status") in ("running", "interrupted"):
             raise JournalError(
                 f"an interrupted {what} to {old.get('target')} is recorded in {path}: "
                 "rerun with --resume, or remove the file to start over"
             )
         started = datetime.now(UTC).isoformat(timespec="seconds")
-        return cls(path, {"target": target, "status": "running", "started": started, "nodes": {}})
+        return cls(
+            path,
+            {"target": target, "status": "running", "started": started, "nodes": {}} | this_run(),
+        )
+
+    @staticmethod
+    def _refuse_if_alive(old: dict, path: Path, what: str) -> None:
+        """A journal still running under a live holder (another process) belongs to that run:
+        refuse, naming it. Only a run whose holder is gone is interrupted."""
+        if old.get("status") != "running" or is_this_process(old) or not alive_here(old):
+            return
+        raise JournalError(
+            f"a {what} to {old.get('target')} is running now: {old['holder']}, started "
+            f"{old.get('started')} (journal {path}); wait for it to finish"
+        )
 
     @staticmethod
     def recorded(path: Path) -> dict:

@@ -17,7 +17,7 @@ from galley.components.kubernetes import (
     operator_api_urls,
 )
 from galley.components.model import Component
-from galley.lock import LockError, hold, lock_paths
+from galley.lock import LockError, check_free, hold, lock_paths
 from galley.ops.admin import AdminFiles
 from galley.ops.journal import Journal, JournalError, operator_dir
 from galley.ops.kubeapi import ApiError, KubeApi
@@ -157,6 +157,17 @@ class Runner:
                 self.journal.update(key, previous=dict(versions))
 
 
+def start_journal(data: Any, name: str, target: str, resume: bool, dry_run: bool) -> Journal:
+    """The rollout's journal ``name`` in the operator's directory. A run that will change
+    hosts first asks the cluster's lock (`galley.lock.check_free`): a live run elsewhere or
+    here is named as running, before its journal could be taken for an interrupted one."""
+    if not dry_run:
+        check_free(
+            connect(VaultSettings.from_data(data), lock_paths(data.cluster_name)), data.cluster_name
+        )
+    return Journal.start(operator_dir(data) / name, target, resume)
+
+
 @dataclass
 class Prepared:
     """A rollout that passed its refusals: the plan's lines, whether there is work, the
@@ -176,7 +187,7 @@ def rollout_cli(prepare: Callable[[], Prepared], dry_run: bool) -> int:
 
     try:
         prepared = prepare()
-    except (RolloutError, JournalError, ApiError, InventoryLoadError) as exc:
+    except (RolloutError, JournalError, ApiError, InventoryLoadError, LockError, VaultError) as exc:
         print(f"galley: rollout: {exc} (nothing was changed)", file=sys.stderr)
         return 2
     for line in prepared.lines:

@@ -24,7 +24,6 @@ from typing import Any, Protocol
 from galley.components.kube_proxy import KUBE_PROXY
 from galley.components.kubelet import KUBELET
 from galley.ops.drain import drain
-from galley.ops.journal import Journal, operator_dir
 from galley.ops.kubeapi import ApiError, kubelet_version, node_ready, node_unschedulable
 from galley.ops.release_hosts import HostWork, ReleaseHosts, set_version
 from galley.ops.rolling import (
@@ -38,6 +37,7 @@ from galley.ops.rolling import (
     declared_note,
     health_problems,
     rollout_cli,
+    start_journal,
 )
 from galley.versions import skew_problems
 
@@ -309,7 +309,12 @@ class Rollout(Runner):
 
 
 def _prepare(
-    inventory_path: str, to: str, budget_text: str, resume: bool, timeouts: tuple[float, float]
+    inventory_path: str,
+    to: str,
+    budget_text: str,
+    resume: bool,
+    timeouts: tuple[float, float],
+    dry_run: bool,
 ) -> Prepared:
     """Everything checked before a change (RolloutError if refused): the plan, the journal,
     and how to run it."""
@@ -333,7 +338,7 @@ def _prepare(
     missing = [name for name in workers if name not in nodes]
     if missing:
         raise RolloutError(f"refusing: no Node object for worker(s) {', '.join(missing)}")
-    journal = Journal.start(operator_dir(data) / JOURNAL, target, resume)
+    journal = start_journal(data, JOURNAL, target, resume, dry_run)
     budget = parse_budget(budget_text, len(workers))
     plan = make_plan(workers, nodes, target, budget, journal.done() if resume else ())
     note = declared_note(declared, target, "workers", "the kubelet")
@@ -366,7 +371,7 @@ def rollout_kubelet_cli(
     with a report, 2 refused before any change."""
     return rollout_cli(
         lambda: _prepare(
-            inventory_path, to, max_unavailable, resume, (drain_timeout, ready_timeout)
+            inventory_path, to, max_unavailable, resume, (drain_timeout, ready_timeout), dry_run
         ),
         dry_run,
     )

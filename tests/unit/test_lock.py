@@ -10,7 +10,7 @@ import time
 import pytest
 
 from galley import vault_setup
-from galley.lock import LEASE_SECONDS, ClusterLock, LockError, break_lock
+from galley.lock import LEASE_SECONDS, ClusterLock, LockError, break_lock, check_free
 
 
 @pytest.fixture
@@ -59,3 +59,14 @@ def test_a_holder_killed_on_this_machine_is_taken_over(kv):
     killed.record["pid"] = dead.pid  # as if that process had held it and been killed
     killed.renew()
     ClusterLock.acquire(kv, "lab", "galley rollout kubelet --to 1.33.6 --resume inv.py").release()
+
+
+def test_check_free_names_the_holder_and_takes_nothing(kv):
+    check_free(kv, "lab")  # free: nothing to say
+    holder = ClusterLock.acquire(kv, "lab", "galley rollout kubelet --to 1.33.6 inv.py")
+    with pytest.raises(LockError) as refused:
+        check_free(kv, "lab")
+    assert "running `galley rollout kubelet --to 1.33.6 inv.py` since " in str(refused.value)
+    holder.release()
+    check_free(kv, "lab")
+    ClusterLock.acquire(kv, "lab", "pyinfra x").release()  # the peek took nothing

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from pyinfra.api import Inventory, deploy
@@ -12,11 +15,10 @@ from galley.components.kube_proxy import KUBE_PROXY
 from galley.components.kubelet import KUBELET
 from galley.ops.batches import Batches, HostOutcome
 from galley.ops.drain import drain
-from galley.ops.journal import JournalError
+from galley.ops.journal import Journal, JournalError
 from galley.ops.kubeapi import Eviction, eviction_blocker
 from galley.ops.release_hosts import HostWork, ReleaseHosts, set_version
 from galley.ops.rollout import (
-    Journal,
     Plan,
     Rollout,
     RolloutError,
@@ -450,3 +452,37 @@ def test_release_hosts_wait_for_the_health_command_and_record_previous_versions(
     never = ReleaseHosts(inventory, HostWork("thing", (), (), lambda host: "false"), 0)
     outcome = never.rollback({"@local": {}})["@local"]
     assert outcome.error is not None and outcome.error.startswith("thing not healthy after 0s")
+
+
+def test_a_rollout_running_in_another_process_is_named_never_called_interrupted(tmp_path):
+    path = tmp_path / "journal.json"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from pathlib import Path\n"
+            "from galley.ops.journal import Journal\n"
+            f"Journal.start(Path({str(path)!r}), {NEW!r}, resume=False).update()\n"
+            "print('started', flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "started"
+        for resume in (False, True):
+            with pytest.raises(JournalError) as refused:
+                Journal.start(path, NEW, resume=resume)
+            message = str(refused.value)
+            assert f"a rollout to {NEW} is running now: " in message
+            assert f"pid {holder.pid}" in message and "wait for it to finish" in message
+            assert "remove" not in message and "interrupted" not in message
+    finally:
+        holder.kill()
+        holder.wait()
+    # Its holder is gone: now it is an interrupted rollout, resumable.
+    with pytest.raises(JournalError, match="interrupted rollout"):
+        Journal.start(path, NEW, resume=False)
+    assert Journal.start(path, NEW, resume=True).data["pid"] == os.getpid()
