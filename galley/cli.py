@@ -12,7 +12,9 @@ monkey.patch_all()
 
 import argparse
 import os
+import platform
 import sys
+from importlib import metadata
 
 from galley.lab import lifecycle
 from galley.lab.state import LabState
@@ -167,7 +169,7 @@ def _etcd_snapshot(args: argparse.Namespace) -> int:
 def _etcd_restore(args: argparse.Namespace) -> int:
     from galley.ops.etcd_restore import restore_cli
 
-    return restore_cli(args.inventory, args.snapshot, args.yes)
+    return restore_cli(args.inventory, args.snapshot, args.yes, args.other_cluster)
 
 
 def _node_remove(args: argparse.Namespace) -> int:
@@ -184,8 +186,17 @@ def _etcd_remove(args: argparse.Namespace) -> int:
     return etcd_remove_cli(args.inventory, args.name, args.allow_even, args.yes, args.unreachable)
 
 
+def version_line() -> str:
+    """galley's version and those of the libraries and Python running it."""
+    libraries = ", ".join(
+        f"{name} {metadata.version(name)}" for name in ("pyinfra", "hvac", "cryptography")
+    )
+    return f"galley {metadata.version('galley')} ({libraries}, Python {platform.python_version()})"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="galley", description=__doc__)
+    parser.add_argument("--version", action="version", version=version_line())
     commands = parser.add_subparsers(dest="command", required=True)
 
     lab = commands.add_parser("lab", help="local lab of systemd-nspawn droplets").add_subparsers(
@@ -360,6 +371,11 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/nyc3.py")
     restore.add_argument("snapshot", help="a snapshot file (a .sha256 beside it is checked)")
     restore.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    restore.add_argument(
+        "--other-cluster",
+        action="store_true",
+        help="restore a snapshot that is not of this cluster (another identity, or none)",
+    )
     restore.set_defaults(func=_etcd_restore)
     etcd_remove = etcd.add_parser(
         "remove",

@@ -18,8 +18,9 @@ from functools import partial
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.api.exceptions import PyinfraError
 
-from galley import pyinfra_speedups
+from galley import pyinfra_speedups, tracebacks
 from galley.components import phase
 from galley.components.engine import deploy_components, fetch_artifacts
 from galley.host.observed import Wanted, observe
@@ -30,8 +31,21 @@ from galley.preflight import preflight
 
 
 def converge(*phase_names: str) -> None:
-    """Deploy the phases ``phase_names`` (e.g. ``"etcd"``, ``"control plane"``) on this host."""
+    """Deploy the phases ``phase_names`` (e.g. ``"etcd"``, ``"control plane"``) on this host.
+
+    A bug in galley's code stops the run in one line per host, its traceback in a log file
+    (`galley.tracebacks`)."""
     pyinfra_speedups.install()
+    tracebacks.install()
+    try:
+        _converge(phase_names)
+    except PyinfraError:
+        raise
+    except Exception as exc:
+        raise tracebacks.bug(host.name, exc) from exc
+
+
+def _converge(phase_names: tuple[str, ...]) -> None:
     phases = [phase(name) for name in phase_names]
     components = [c for p in phases for c in p.components]
     vault = preflight(components)

@@ -8,22 +8,18 @@ from collections.abc import Callable, Sequence
 
 import hvac
 from pyinfra import host, inventory, state
-from pyinfra.api.exceptions import PyinfraError
 
 from galley.components.model import Component
 from galley.host.ssh import disable_nagle
 from galley.inventory.validate import ValidationError, check
 from galley.lock import ClusterLock, LockError
+from galley.problems import PreflightError
 from galley.vault import VaultError, VaultSettings, lazy_client
 from galley.vault_setup import deploy_paths
 
 _checked: dict[tuple[int, tuple[str, ...]], Callable[[], hvac.Client]] = {}
 # pyinfra prepares hosts concurrently (gevent): the first host checks, the others wait for it.
 _checking = threading.Lock()
-
-
-class PreflightError(PyinfraError):
-    """The run cannot start: nothing has been changed on any host."""
 
 
 def preflight(components: Sequence[Component]) -> Callable[[], hvac.Client]:

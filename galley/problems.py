@@ -1,8 +1,16 @@
-"""One problem an operator should look at, as validation and the fleet report list them."""
+"""One problem an operator should look at, as validation and the fleet report list them; and
+the refusal that stops a deploy before any host changed."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from pyinfra.api.exceptions import PyinfraError
+
+
+class PreflightError(PyinfraError):
+    """The run cannot start: nothing has been changed on any host. Raised while pyinfra
+    prepares (deploy code), pyinfra prints it as one line and stops."""
 
 
 @dataclass(frozen=True)

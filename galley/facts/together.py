@@ -5,6 +5,7 @@ than the commands themselves."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from typing import Any
 
@@ -59,9 +60,18 @@ def process(facts: Facts, lines: list[str]) -> dict[str, Any]:
 
 
 def read_together(host: Host, facts: Facts) -> dict[str, Any]:
-    """Read ``facts`` on ``host`` in one round trip: ``{key: value or FactError}``."""
-    ok, output = host.run_shell_command(command_of(facts))
+    """Read ``facts`` on ``host`` in one round trip: ``{key: value or FactError}``.
+
+    The output travels base64-encoded and is decoded here with invalid UTF-8 replaced: one
+    stray byte in a file a fact reads (say /etc/os-release) would otherwise fail the SSH
+    read of every fact of the host.
+    """
+    ok, output = host.run_shell_command(f"{{ {command_of(facts)}\n}} | base64 -w 0")
     if not ok:
         error = FactError(f"reading facts failed: {output.stderr.strip()}")
         return dict.fromkeys(facts, error)
-    return process(facts, output.stdout_lines)
+    try:
+        raw = base64.b64decode("".join(output.stdout_lines), validate=True)
+    except ValueError as exc:
+        return dict.fromkeys(facts, FactError(f"reading facts failed: {exc}"))
+    return process(facts, raw.decode("utf-8", errors="replace").splitlines())
