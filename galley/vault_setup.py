@@ -18,7 +18,7 @@ import hvac.exceptions
 
 import galley.components as registry
 from galley import cluster_secrets
-from galley.components.kube_apiserver import KUBE_APISERVER
+from galley.components.etcd import CLUSTER_IDENTITY
 from galley.components.kubernetes import is_ip
 from galley.components.model import Component
 from galley.lock import lock_paths
@@ -90,17 +90,15 @@ def options_from(inventory) -> PkiOptions:
 def deploy_paths(cluster: str, components: Iterable[Component] | None = None) -> dict[str, str]:
     """Each API path deploying ``components`` (default: all) uses, with the capability it
     needs (for the policies and `galley.vault.connect`): their roles' sign paths and the host
-    identity's (every host gets one), the mounts' CAs, and for the apiservers the shared
-    secrets in KV."""
+    identity's (every host gets one), the mounts' CAs, and the KV values they declare."""
     components = list(registry.REGISTRY if components is None else components)
     roles = [*registry.vault_roles(components), HOST_IDENTITY_ROLE]
     paths = {f"{mount_path(cluster, r.mount)}/sign/{r.name}": "update" for r in roles}
     for mount in MOUNTS:
         paths[f"{mount_path(cluster, mount.name)}/ca/pem"] = "read"
         paths[f"{mount_path(cluster, mount.name)}/cert/ca"] = "read"
-    if KUBE_APISERVER in components:
-        for path in cluster_secrets.api_paths(cluster):
-            paths[path] = "read"
+    for secret in registry.kv_secrets(components):
+        paths[cluster_secrets.read_path(cluster, secret)] = "read"
     return paths | lock_paths(cluster)
 
 
@@ -117,7 +115,9 @@ def policies(cluster: str) -> dict[str, dict[str, str]]:
         for job, phases in JOBS.items()
     }
     combined = {path: cap for paths in jobs.values() for path, cap in paths.items()}
-    operator = operator_paths(cluster) | revocation_paths(cluster) | lock_paths(cluster)
+    # `galley etcd restore` checks which cluster a snapshot is of.
+    identity = {cluster_secrets.read_path(cluster, CLUSTER_IDENTITY): "read"}
+    operator = operator_paths(cluster) | revocation_paths(cluster) | lock_paths(cluster) | identity
     return {**jobs, f"{cluster}-deploy": combined, f"{cluster}-operator": operator}
 
 
@@ -206,7 +206,7 @@ def bootstrap(client: hvac.Client, cluster: str, options: PkiOptions = PkiOption
         changes += _ensure_role(
             client, mount_path(cluster, role.mount), role.name, role_params(role, cluster, options)
         )
-    changes += cluster_secrets.bootstrap(client, cluster, mounted)
+    changes += cluster_secrets.bootstrap(client, cluster, mounted, registry.kv_secrets())
     for name, paths in policies(cluster).items():
         changes += _ensure_policy(client, name, render_policy(name, paths))
     changes += _ensure_cert_auth(client, cluster)

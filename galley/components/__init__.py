@@ -21,7 +21,7 @@ from galley.components.kube_controller_manager import KUBE_CONTROLLER_MANAGER
 from galley.components.kube_proxy import KUBE_PROXY
 from galley.components.kube_scheduler import KUBE_SCHEDULER
 from galley.components.kubelet import KUBELET
-from galley.components.model import Artifact, Cert, Component, Phase
+from galley.components.model import Artifact, Cert, Component, KvSecret, Phase
 from galley.pki import Identity, RoleSpec
 
 PHASES: tuple[Phase, ...] = (
@@ -79,6 +79,12 @@ def vault_roles(components: Iterable[Component] | None = None) -> list[RoleSpec]
     """The Vault roles that sign the certificates of ``components`` (default: all), once each."""
     chosen = REGISTRY if components is None else components
     return list({cert.role.name: cert.role for c in chosen for cert in c.certs}.values())
+
+
+def kv_secrets(components: Iterable[Component] | None = None) -> list[KvSecret]:
+    """The KV values ``components`` (default: all) read, once each."""
+    chosen = REGISTRY if components is None else components
+    return list({secret.name: secret for c in chosen for secret in c.secrets}.values())
 
 
 def certificates_of(host: Host) -> list[tuple[Cert, Identity]]:

@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import json
 import shlex
+import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
-from weakref import WeakSet
+from weakref import WeakKeyDictionary, WeakSet
 
 from pyinfra import inventory, logger
 from pyinfra.api.host import Host
 from pyinfra.api.state import State
+from pyinfra.operations import server
 
+from galley import cluster_identity, cluster_secrets
 from galley.components.engine import render, render_text
 from galley.components.model import (
     Cert,
@@ -30,13 +34,19 @@ from galley.components.model import (
     Config,
     Configured,
     Directory,
+    KvSecret,
     Timer,
     Unit,
     first_run_seconds,
     github_artifact,
 )
 from galley.etcdctl import CACERT, ETCDUTL, etcdctl_command
-from galley.facts.etcd import EtcdDataDir, EtcdMembers
+from galley.facts.etcd import (
+    EtcdClusterIdentity,
+    EtcdDataDir,
+    EtcdLocalMemberId,
+    EtcdMembers,
+)
 from galley.host.restarts import RestartError, systemctl_restart, wait_until_healthy
 from galley.ops.etcd_client import EtcdClient, host_runner
 from galley.ops.etcd_members import Membership
@@ -44,6 +54,7 @@ from galley.ops.etcd_plan import Member, Wanted, unlisted_note
 from galley.ops.etcd_snapshot import HOST_WORK_DIR, TIME_FORMAT, snapshot_prefix
 from galley.ops.journal import operator_dir
 from galley.pki import Identity, RoleSpec
+from galley.problems import PreflightError
 from galley.text import clean
 
 CONFIG_DIR = "/etc/etcd"
@@ -67,6 +78,10 @@ CGROUP_SETUP_FAILED = 219
 MEMBERSHIP_JOURNAL = "etcd-membership.json"
 HEALTHCHECK_CLIENT = "etcd-healthcheck-client"
 HEALTH_TIMEOUT = 60.0
+
+# Which cluster this etcd is (`galley.cluster_identity`): made by the Vault bootstrap, written
+# into etcd once by the deploy, read back from snapshots by a restore.
+CLUSTER_IDENTITY = KvSecret("galley/cluster-identity", cluster_identity.new_identity)
 
 # etcd server and peer certificate: CN = host name; SANs host name, localhost, IPs.
 MEMBER_ROLE = RoleSpec(
@@ -239,8 +254,14 @@ def _data_dir(host: Host) -> dict[str, Any]:
 
 def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
     own = _data_dir(host)
+    identity = _identity(host, context)
     if not own["empty"]:
-        _note_unlisted(host)
+        view = _cluster_view(host.state)
+        live = view.members if view else None
+        _note_unlisted(host, live)
+        _refuse_removed_member(host, live)
+        if view is not None and view.reader.name == host.name:
+            _keep_identity(host, view, identity)
     exists = own["empty"] and any(
         not _data_dir(other)["empty"] for other in members() if other != host
     )
@@ -272,21 +293,120 @@ def _live_members(host: Host) -> list[Member] | None:
     ]
 
 
+@dataclass(frozen=True)
+class _ClusterView:
+    """What the first etcd host with member data whose etcd answers reports, once per run:
+    the members and the cluster identity etcd holds (`EtcdClusterIdentity`'s value)."""
+
+    reader: Host
+    members: list[Member]
+    identity: Mapping[str, Any]
+
+
+_views: WeakKeyDictionary[State, _ClusterView | None] = WeakKeyDictionary()
+# pyinfra prepares hosts concurrently (gevent): the first reads the view, the others wait.
+_viewing = threading.Lock()
+
+
+def _cluster_view(state: State) -> _ClusterView | None:
+    """The cluster as the first etcd host with member data whose etcd answers sees it (None
+    when none does: then nothing is decided from it)."""
+    with _viewing:
+        if state not in _views:
+            _views[state] = _read_view()
+    return _views[state]
+
+
+def _read_view() -> _ClusterView | None:
+    for member in members():
+        if _data_dir(member)["empty"]:
+            continue
+        found = _live_members(member)
+        if found is not None:
+            return _ClusterView(member, found, _identity_in_etcd(member))
+    return None
+
+
+def _identity_in_etcd(host: Host) -> Mapping[str, Any]:
+    """The cluster identity ``host``'s own etcd holds (`EtcdClusterIdentity`)."""
+    endpoint = f"https://127.0.0.1:{host.data.etcd_client_port}"
+    return host.get_fact(EtcdClusterIdentity, endpoint=endpoint)
+
+
+# Per run: the cluster identity Vault's KV store holds (what etcd must say).
+_identities: WeakKeyDictionary[State, str] = WeakKeyDictionary()
+
+
+def _identity(host: Host, context: Mapping[str, Any]) -> str:
+    """The cluster's identity from Vault, read once per run."""
+    if host.state not in _identities:
+        value = cluster_secrets.read(context["vault"](), host.data.cluster_name, CLUSTER_IDENTITY)
+        _identities[host.state] = value["id"]
+    return _identities[host.state]
+
+
+def identity_command(host: Host, identity: str) -> str:
+    """Write ``identity`` into etcd unless a value is there already (one transaction)."""
+    endpoint = f"https://127.0.0.1:{host.data.etcd_client_port}"
+    key, value = cluster_identity.KEY, cluster_identity.marker(identity)
+    requests = f'create("{key}") = "0"\n\nput {key} {value}\n\n\n'
+    return f"printf {shlex.quote(requests)} | {etcdctl_command([endpoint], 'txn')} >/dev/null"
+
+
+def _keep_identity(host: Host, view: _ClusterView, identity: str) -> None:
+    """On the host that read the cluster: record the identity in etcd when it has none;
+    refuse the run when etcd holds another cluster's."""
+    if view.identity.get("error"):
+        return
+    held = view.identity.get("identity")
+    if held is None:
+        server.shell(
+            name="Record the cluster identity in etcd", commands=[identity_command(host, identity)]
+        )
+    elif held != identity:
+        raise PreflightError(
+            f"{host.name}: etcd holds the identity of another cluster ({held}), while "
+            f"{cluster_secrets.kv_mount(host.data.cluster_name)}/{CLUSTER_IDENTITY.name} says "
+            f"{identity}: check vault_addr and cluster_name; nothing was changed"
+        )
+
+
 # The runs (pyinfra States) whose unlisted members were looked for already: once per run.
 _noted: WeakSet[State] = WeakSet()
 
 
-def _note_unlisted(host: Host) -> None:
+def _note_unlisted(host: Host, live: list[Member] | None) -> None:
     """Once per run, on the first etcd host with member data to be prepared: log a warning
     naming each live member the inventory's etcd group does not list. A deploy never removes
     a member (a host missing from the inventory may be a mistake); `galley etcd remove` does."""
     if host.state in _noted:
         return
     _noted.add(host.state)
-    live = _live_members(host)
     note = unlisted_note([wanted(h) for h in members()], live or [])
     if note:
         host.log(note, logger.warning)
+
+
+def _member_id_in_journal(host: Host) -> str | None:
+    """The member id ``host``'s etcd last ran as (`EtcdLocalMemberId`)."""
+    return host.get_fact(EtcdLocalMemberId, unit=ETCD.unit.name if ETCD.unit else "etcd")
+
+
+def _refuse_removed_member(host: Host, live: list[Member] | None) -> None:
+    """Refuse the run while preparing when ``host``'s data dir holds a member the cluster no
+    longer has (removed while the droplet was down): etcd would refuse to start with it, and
+    the deploy would wait for a health that never comes."""
+    if not live or member_name(host) in {member.name for member in live}:
+        return
+    found = _member_id_in_journal(host)
+    which = f"member {found}" if found else "an earlier member"
+    raise PreflightError(
+        f"{host.name}: its etcd data dir {DATA_DIR} holds {which}, which is no longer in the "
+        f"etcd cluster (removed, e.g. by `galley etcd remove --unreachable`); nothing was "
+        "changed: wipe it on the host (`systemctl disable --now etcd && rm -rf "
+        f"{DATA_DIR}/member`) so the next deploy adds it as a new member, or replace the "
+        "droplet"
+    )
 
 
 class PyinfraMemberHosts:
@@ -376,7 +496,7 @@ def _wait_cluster_healthy(state: State, host: Host, unit: str) -> None:
         raise RestartError(
             f"{host.name}: etcd cluster not healthy after {HEALTH_TIMEOUT:.0f}s: {problem}"
         )
-    _run(host, SETTLE_COMMAND)
+    _run(host, f"{identity_command(host, _identities[state])} && {SETTLE_COMMAND}")
 
 
 # A bootstrapped member's bootstrap.env says ``existing`` (it has data; etcd no longer reads it).
@@ -490,6 +610,7 @@ ETCD = Component(
         wait=_wait_cluster_healthy,
         before_start=_join,
     ),
+    secrets=(CLUSTER_IDENTITY,),
     timers=(
         Timer(
             SNAPSHOT_JOB,

@@ -1,16 +1,21 @@
 """kube-apiserver on the ``control_plane`` group: the API, in front of etcd.
 
 It holds the only etcd client certificates of the control plane, the shared service-account
-key pair and the secrets encryption key (both from Vault's KV store, `galley.cluster_secrets`).
+key pair and the secrets encryption key (both declared here as KV values in Vault, made by
+`galley vault bootstrap`, read with `galley.cluster_secrets`).
 Apiservers restart one at a time, each answering ``/healthz`` again before the next.
 """
 
 from __future__ import annotations
 
+import base64
+import os
 import shlex
 from collections.abc import Mapping
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from pyinfra.api.host import Host
 from pyinfra.api.state import State
 
@@ -28,7 +33,7 @@ from galley.components.kubernetes import (
     k8s_cert,
     kubernetes_binary,
 )
-from galley.components.model import Component, Config, Configured, Directory, Unit
+from galley.components.model import Component, Config, Configured, Directory, KvSecret, Unit
 from galley.host.restarts import RestartError, systemctl_restart, wait_until_healthy
 from galley.host.secrets import Secret, keep_secret
 from galley.pki import API_SERVICE_NAMES, Identity, RoleSpec
@@ -109,6 +114,36 @@ def _healthy(host: Host) -> str | None:
     return None if ok and answer == "ok" else answer or "no answer"
 
 
+def _new_service_account() -> dict[str, str]:
+    """The RSA key pair that signs and verifies service-account tokens."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return {"private_key": private.decode(), "public_key": public.decode()}
+
+
+def _new_encryption_key() -> dict[str, str]:
+    """The 32-byte secretbox key of the EncryptionConfiguration for Secrets at rest."""
+    return {"secretbox_key": base64.b64encode(os.urandom(32)).decode()}
+
+
+SERVICE_ACCOUNT = KvSecret("kubernetes/service-account", _new_service_account)
+ENCRYPTION = KvSecret("kubernetes/encryption", _new_encryption_key)
+
+
+def _shared(client: Any, cluster: str, secret: KvSecret) -> dict[str, str]:
+    """A KV value every apiserver shares, read once per run."""
+    return once_per_client(
+        client, ("kv", cluster, secret.name), lambda: cluster_secrets.read(client, cluster, secret)
+    )
+
+
 def _wait_healthy(state: State, host: Host, unit: str, doing: str = "its start") -> None:
     problem = wait_until_healthy(lambda: _healthy(host), HEALTH_TIMEOUT)
     if problem is not None:
@@ -128,20 +163,19 @@ def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
     data = host.data
     cluster = data.cluster_name
     client = context["vault"]()
-    shared = once_per_client(
-        client, ("secrets", cluster), lambda: cluster_secrets.read(client, cluster)
-    )
+    service_account = _shared(client, cluster, SERVICE_ACCOUNT)
+    encryption_key = _shared(client, cluster, ENCRYPTION)["secretbox_key"]
     encryption = KUBE_APISERVER.config(ENCRYPTION_CONFIG)
     # Secrets go through `keep_secret`: never shown, not even with --diff.
     written = {
         SA_KEY: keep_secret(
             name=f"service-account key {SA_KEY}",
             path=SA_KEY,
-            secret=Secret(shared.service_account_key),
+            secret=Secret(service_account["private_key"].strip() + "\n"),
         ),
         SA_PUB: write(
             KUBE_APISERVER.config(SA_PUB),
-            shared.service_account_public_key,
+            service_account["public_key"].strip() + "\n",
             name=f"service-account public key {SA_PUB}",
         ),
         ENCRYPTION_CONFIG: keep_secret(
@@ -151,7 +185,7 @@ def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
                 render_text(
                     encryption,
                     cluster_name=cluster,
-                    encryption_key=shared.encryption_key,
+                    encryption_key=encryption_key,
                     kv_mount=cluster_secrets.kv_mount(cluster),
                 )
             ),
@@ -212,6 +246,7 @@ KUBE_APISERVER = Component(
         serial=True,
         wait=_wait_healthy,
     ),
+    secrets=(SERVICE_ACCOUNT, ENCRYPTION),
     directories=CONTROL_PLANE_DIRECTORIES,
     checks=("networks", "api"),
     configure=_configure,

@@ -178,6 +178,16 @@ class Config:
 
 
 @dataclass(frozen=True)
+class KvSecret:
+    """A value a component's deploy reads from the cluster's KV store (``<cluster>/kv/<name>``):
+    made once by `galley vault bootstrap` with ``generate`` and never replaced (rotating one is
+    a deliberate, separate act). The policies of the jobs deploying the component may read it."""
+
+    name: str
+    generate: Callable[[], dict[str, str]] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
 class Directory:
     """A directory a component needs before its files are written: ``path``, or where the
     group data ``data_key`` (when set) says."""
@@ -283,7 +293,7 @@ class Component:
     ``watch`` lists files other components write that its unit reads too.
     ``timers`` are jobs systemd runs on a schedule beside its unit (started after it).
     ``packages`` are Debian packages it needs; ``when`` limits it to the hosts of its group
-    it is true for.
+    it is true for. ``secrets`` are the KV values its deploy reads (`KvSecret`).
     """
 
     name: str
@@ -291,6 +301,7 @@ class Component:
     phase: str
     artifacts: tuple[Artifact, ...] = ()
     certs: tuple[Cert, ...] = ()
+    secrets: tuple[KvSecret, ...] = ()
     configs: tuple[Config, ...] = ()
     unit: Unit | None = None
     timers: tuple[Timer, ...] = ()

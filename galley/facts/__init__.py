@@ -1,7 +1,13 @@
 """Custom pyinfra facts for galley, usable ad hoc: `pyinfra INVENTORY fact galley.facts.<Name>`."""
 
 from galley.facts.api_proxy import ApiProxyBackends
-from galley.facts.etcd import EtcdHealth, EtcdMembers, EtcdSnapshots
+from galley.facts.etcd import (
+    EtcdClusterIdentity,
+    EtcdHealth,
+    EtcdLocalMemberId,
+    EtcdMembers,
+    EtcdSnapshots,
+)
 from galley.facts.files import PathStates
 from galley.facts.fleet import ComponentVersions, FlannelLease
 from galley.facts.release import InstalledReleases
@@ -14,7 +20,9 @@ __all__ = [
     "Certificate",
     "Certificates",
     "ComponentVersions",
+    "EtcdClusterIdentity",
     "EtcdHealth",
+    "EtcdLocalMemberId",
     "EtcdMembers",
     "EtcdSnapshots",
     "FlannelLease",

@@ -12,7 +12,9 @@ reported in the result's ``error`` (etcdctl's own message plus the underlying gR
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import shlex
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,6 +22,8 @@ from typing import Any
 
 from pyinfra.api import FactBase
 
+from galley.cluster_identity import KEY as IDENTITY_KEY
+from galley.cluster_identity import identity_of
 from galley.etcdctl import CACERT, CERT, ETCDCTL, KEY, etcdctl_flags
 from galley.etcdctl import LOCAL_ENDPOINT as ENDPOINT
 from galley.facts.system import parse_timestamp
@@ -170,6 +174,38 @@ class EtcdMembers(FactBase):
         return {"members": members, "error": None}
 
 
+class EtcdClusterIdentity(FactBase):
+    """The cluster identity galley wrote into etcd (`galley.cluster_identity`), as the local
+    etcd reads it: ``{"identity": "<32 hex digits>" | None, "error": None}`` (None: etcd has
+    no galley marker), or ``{"identity": None, "error": "<reason>"}`` when etcd cannot be
+    read."""
+
+    def command(
+        self,
+        etcdctl: str = ETCDCTL,
+        endpoint: str = ENDPOINT,
+        cacert: str = CACERT,
+        cert: str = CERT,
+        key: str = KEY,
+    ) -> str:
+        return _etcdctl_script(f"get {IDENTITY_KEY}", etcdctl, endpoint, cacert, cert, key)
+
+    @staticmethod
+    def default() -> dict[str, Any]:
+        return {"identity": None, "error": "the fact command failed"}
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        runs = _parse_etcdctl_runs(output)
+        data = runs[0].json() if runs else None
+        if not runs or runs[0].rc != 0 or not isinstance(data, dict):
+            return {"identity": None, "error": runs[0].error() if runs else "no output"}
+        values = [
+            base64.b64decode(kv.get("value", "")).decode(errors="replace")
+            for kv in data.get("kvs") or []
+        ]
+        return {"identity": identity_of(values[0]) if values else None, "error": None}
+
+
 class EtcdHealth(FactBase):
     """Health and status of the local member (``endpoint health`` + ``endpoint status``).
 
@@ -274,6 +310,22 @@ class EtcdDataDir(FactBase):
             "state": values.get("ETCD_INITIAL_CLUSTER_STATE") or None,
             "cluster": values.get("ETCD_INITIAL_CLUSTER") or None,
         }
+
+
+class EtcdLocalMemberId(FactBase):
+    """The member id the local etcd last ran as, from its unit's journal (etcd logs it as
+    ``local-member-id`` on every start), or None when the journal does not say: what a data
+    dir of a removed member belonged to."""
+
+    def command(self, unit: str = "etcd") -> str:
+        return (
+            f"journalctl -u {shlex.quote(unit)} -o cat --no-pager -n 2000 2>/dev/null | "
+            """grep -o '"local-member-id":"[0-9a-f]*"' | tail -n 1; true"""
+        )
+
+    def process(self, output: list[str]) -> str | None:
+        found = re.search(r'"local-member-id":"([0-9a-f]+)"', "".join(output))
+        return found.group(1) if found else None
 
 
 def _first_entry(data: Any) -> dict[str, Any]:

@@ -141,6 +141,10 @@ class EtcdClient:
         """``move-leader`` to ``member_id`` (sent to the current leader)."""
         self._call([leader_endpoint], "move-leader", member_id)
 
+    def put(self, endpoints: Sequence[str], key: str, value: str) -> None:
+        """``put key value``."""
+        self._call(endpoints, "put", key, value)
+
     def snapshot(self, endpoint: str, path: str) -> dict[str, Any]:
         """Save a snapshot from ``endpoint`` to ``path`` (mode 0600) and return what
         ``etcdutl snapshot status`` reads back: hash, revision, totalKey, totalSize."""

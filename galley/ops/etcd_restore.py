@@ -14,7 +14,12 @@ finishes a run that stopped:
    etcd), bootstrap.env set to ``existing`` (a restored dir has member data);
 4. start etcd everywhere, wait until every member is healthy at a revision at least the
    snapshot's;
-5. start the apiservers, then restart the controller managers, schedulers and kubelets.
+5. record this cluster's identity in etcd (`galley.cluster_identity`);
+6. start the apiservers, then restart the controller managers, schedulers and kubelets.
+
+A snapshot is refused, before anything stops, when it is truncated or corrupt (its content
+does not match the sha256 etcdctl appended when saving it) or carries another cluster's
+identity or none (``--other-cluster`` restores it anyway).
 """
 
 from __future__ import annotations
@@ -32,8 +37,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from galley import cluster_identity, cluster_secrets
 from galley.components import running_on
-from galley.components.etcd import DATA_DIR, PyinfraMemberHosts, member_name, wanted
+from galley.components.etcd import (
+    CLUSTER_IDENTITY,
+    DATA_DIR,
+    PyinfraMemberHosts,
+    member_name,
+    wanted,
+)
 from galley.components.kube_apiserver import KUBE_APISERVER
 from galley.components.kube_controller_manager import KUBE_CONTROLLER_MANAGER
 from galley.components.kube_scheduler import KUBE_SCHEDULER
@@ -47,10 +59,11 @@ from galley.ops.etcd_snapshot import (
     TIME_FORMAT,
     PyinfraHosts,
     SnapshotError,
+    SnapshotFile,
     SnapshotHosts,
     SnapshotStatus,
+    read_snapshot_file,
     remote_sha256,
-    sha256_file,
     sidecar,
 )
 from galley.ops.journal import Journal, JournalError, operator_dir
@@ -84,6 +97,8 @@ class Step:
         """What it does, in a few words."""
         if self.action == "check":
             return "wait until every member is healthy at the snapshot's revision or later"
+        if self.action == "identity":
+            return "record this cluster's identity in the restored etcd"
         if self.action == "copy":
             return f"copy the snapshot to {self.host}"
         if self.action == "restore":
@@ -104,7 +119,7 @@ def restore_plan(
     steps += [Step("copy", host) for host in members]
     steps += [Step("restore", host) for host in members]
     steps += [Step("start etcd", host) for host in members]
-    steps.append(Step("check"))
+    steps += [Step("check"), Step("identity")]
     steps += [Step("start", host, apiserver_unit) for host in apiservers]
     steps += [Step("restart", host, unit) for host, units in restarts.items() for unit in units]
     return steps
@@ -189,6 +204,7 @@ class Restore:
     status: SnapshotStatus
     journal: Journal
     layout: Layout
+    identity: str  # this cluster's (`galley.cluster_identity`)
     timeout: float = 120.0
     clock: Callable[[], float] = time.monotonic
     out: Callable[[str], None] = print
@@ -247,6 +263,9 @@ class Restore:
                 raise RestoreError(f"{step.host}: restore failed: {clean(err)[-400:]}")
         elif step.action == "start etcd":
             self.hosts.start_member(step.host, initial)
+        elif step.action == "identity":
+            endpoints = [w.client_url for w in self.members]
+            self.client.put(endpoints, cluster_identity.KEY, cluster_identity.marker(self.identity))
         else:
             self._check()
 
@@ -291,23 +310,34 @@ def copy_snapshot(hosts: SnapshotHosts, name: str, local: Path, digest: str, rem
 
 def check_snapshot(
     path: Path, check_on_member: Callable[[str], SnapshotStatus], etcdutl: str | None
-) -> tuple[str, SnapshotStatus]:
-    """The snapshot's sha256 and status, or RestoreError: its ``.sha256`` file (when there is
-    one) must match, and ``etcdutl snapshot status`` must read it: here with ``etcdutl``
+) -> tuple[SnapshotFile, SnapshotStatus]:
+    """What the snapshot file holds and its status, or RestoreError naming what is wrong: its
+    ``.sha256`` file (when there is one) must match, its content the sha256 etcdctl appended
+    when it saved it, and ``etcdutl snapshot status`` must read it: here with ``etcdutl``
     (when the operator has it), else through ``check_on_member(sha256)``."""
     if not path.is_file():
         raise RestoreError(f"no snapshot file {path}")
-    digest = sha256_file(path)
+    found = read_snapshot_file(path)
     recorded = sidecar(path)
     if recorded.exists():
         words = recorded.read_text().split()
-        if not words or words[0].lower() != digest:
+        if not words or words[0].lower() != found.sha256:
             raise RestoreError(
-                f"{path} does not match {recorded}: its sha256 is {digest}, the file says "
-                f"{words[0] if words else 'nothing'}"
+                f"{path} does not match {recorded}: its sha256 is {found.sha256}, the file "
+                f"says {words[0] if words else 'nothing'}"
             )
+    if found.intact is None:
+        raise RestoreError(
+            f"{path} is not a whole etcd snapshot: it lacks the sha256 etcdctl appends when it "
+            "saves one (truncated, or a copy of a data dir's db)"
+        )
+    if not found.intact:
+        raise RestoreError(
+            f"{path} is corrupt: its content does not match the sha256 etcd appended when it "
+            "saved it"
+        )
     if etcdutl is None:
-        return digest, check_on_member(digest)
+        return found, check_on_member(found.sha256)
     done = subprocess.run(
         [etcdutl, "snapshot", "status", str(path), "-w", "json"],
         capture_output=True,
@@ -315,11 +345,35 @@ def check_snapshot(
         timeout=300,
     )
     if done.returncode != 0:
-        raise RestoreError(f"etcdutl snapshot status {path}: {clean(done.stderr)[-400:]}")
+        raise RestoreError(unreadable(path, done.stderr))
     try:
-        return digest, SnapshotStatus.from_json(json.loads(done.stdout))
+        return found, SnapshotStatus.from_json(json.loads(done.stdout))
     except (ValueError, SnapshotError) as exc:
         raise RestoreError(f"{path}: {exc}") from None
+
+
+def unreadable(path: Path, stderr: str) -> str:
+    """One line for a snapshot ``etcdutl snapshot status`` cannot read: its first line of
+    output (an error, or the panic a truncated bbolt file causes), without the stack."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    first = lines[0].removeprefix("Error: ") if lines else "no output"
+    return f"{path} is not a readable etcd snapshot (corrupt or truncated): etcdutl: {first}"
+
+
+def identity_problem(found: SnapshotFile, identity: str) -> str | None:
+    """Why the snapshot may not be of this cluster (whose identity is ``identity``), or None
+    when it carries exactly this cluster's identity."""
+    if found.identities == {identity}:
+        return None
+    if not found.identities:
+        return (
+            "the snapshot carries no galley cluster identity (taken before galley recorded one, "
+            "or of an etcd galley did not deploy)"
+        )
+    return (
+        f"the snapshot is of another cluster (identity {', '.join(sorted(found.identities))}; "
+        f"this cluster's is {identity})"
+    )
 
 
 def new_journal(path: Path, digest: str, cluster: str) -> Journal:
@@ -363,7 +417,7 @@ def _member_check(
             " ".join(map(shlex.quote, [client.etcdutl, "snapshot", "status", remote, "-w", "json"]))
         )
         if not ok:
-            raise RestoreError(f"etcdutl snapshot status on {name}: {clean(err)[-400:]}")
+            raise RestoreError(f"{unreadable(local, err)} (on {name})")
         try:
             return SnapshotStatus.from_json(json.loads(out))
         except (ValueError, SnapshotError) as exc:
@@ -372,9 +426,11 @@ def _member_check(
     return check
 
 
-def restore_cli(inventory_path: str, snapshot: str, yes: bool = False) -> int:
+def restore_cli(
+    inventory_path: str, snapshot: str, yes: bool = False, other_cluster: bool = False
+) -> int:
     """`galley etcd restore`: 0 restored, 1 stopped (run it again to finish), 2 refused before
-    any change."""
+    any change. A snapshot not of this cluster is refused unless ``other_cluster``."""
     from galley.inventory.load import InventoryLoadError, load_inventory
 
     try:
@@ -400,7 +456,9 @@ def restore_cli(inventory_path: str, snapshot: str, yes: bool = False) -> int:
     logging.getLogger("pyinfra").addHandler(logging.StreamHandler(sys.stderr))
     hosts = PyinfraRestoreHosts(inventory, chosen)
     try:
-        return _restore(hosts, data, members, apiservers, restarts, Path(snapshot), yes)
+        return _restore(
+            hosts, data, members, apiservers, restarts, Path(snapshot), yes, other_cluster
+        )
     finally:
         hosts.close()
 
@@ -413,27 +471,38 @@ def _restore(
     restarts: Mapping[str, Sequence[str]],
     path: Path,
     yes: bool,
+    other_cluster: bool,
 ) -> int:
     """The checks, the confirmation, the lock, then the restore (`restore_cli`'s codes)."""
     path = path.expanduser()
+    cluster = data.cluster_name
     try:
         hosts.connect()
         etcdutl = shutil.which("etcdutl")
         check = _member_check(hosts, members[0].name, path, HOST_RESTORE_DIR)
-        digest, status = check_snapshot(path, check, etcdutl)
+        found, status = check_snapshot(path, check, etcdutl)
+        digest = found.sha256
+        identity_path = cluster_secrets.read_path(cluster, CLUSTER_IDENTITY)
+        vault = connect(
+            VaultSettings.from_data(data), lock_paths(cluster) | {identity_path: "read"}
+        )
+        identity = cluster_secrets.read(vault, cluster, CLUSTER_IDENTITY)["id"]
+        problem = identity_problem(found, identity)
+        if problem and not other_cluster:
+            raise RestoreError(f"{path}: {problem}: pass --other-cluster to restore it anyway")
         where = etcdutl or f"etcdutl on {members[0].name}"
         unit = KUBE_APISERVER.unit.name if KUBE_APISERVER.unit else KUBE_APISERVER.name
         steps = restore_plan([w.name for w in members], apiservers, unit, restarts)
         plan = [
-            f"restore etcd of cluster {data.cluster_name} from {path}:",
+            f"restore etcd of cluster {cluster} from {path}:",
             f"  sha256 {digest}, {status.describe()} (checked with {where})",
+            f"  {problem} (--other-cluster)" if problem else f"  cluster identity {identity}",
             *(f"  {step.describe()}" for step in steps),
         ]
         if not confirmed(plan, yes, "etcd restore", "stop the cluster and restore it?"):
             return 2
-        vault = connect(VaultSettings.from_data(data), lock_paths(data.cluster_name))
-        hold(vault, data.cluster_name)
-        journal = new_journal(operator_dir(data) / JOURNAL, digest, data.cluster_name)
+        hold(vault, cluster)
+        journal = new_journal(operator_dir(data) / JOURNAL, digest, cluster)
     except (RestoreError, SnapshotError, VaultError, LockError) as exc:
         print(f"galley: etcd restore: {clean(str(exc))} (nothing was changed)", file=sys.stderr)
         return 2
@@ -447,6 +516,7 @@ def _restore(
         status,
         journal,
         Layout(data_dir=lambda name: DATA_DIR),
+        identity,
         out=_print,
     )
     try:

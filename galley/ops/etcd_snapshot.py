@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from pyinfra.api import Inventory
 from pyinfra.api.host import Host
 
+from galley.cluster_identity import markers_in
 from galley.ops.batches import Batches
 from galley.ops.etcd_client import EtcdClient, EtcdctlError, host_runner
 from galley.ops.etcd_plan import Live, Wanted
@@ -99,6 +100,47 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class SnapshotFile:
+    """What reading a snapshot file once tells: its sha256, whether its content matches the
+    sha256 etcdctl appended when it saved it (None: there is none at its end), and the
+    cluster identities marked in it (`galley.cluster_identity`)."""
+
+    sha256: str
+    intact: bool | None
+    identities: frozenset[str]
+
+
+# etcd appends the sha256 of a saved snapshot to it: a file of 512-byte pages plus 32 bytes.
+_PAGE, _HASH = 512, 32
+
+
+def read_snapshot_file(path: Path) -> SnapshotFile:
+    """Read ``path`` once: its sha256, its integrity (as `etcdutl snapshot restore` checks
+    it) and the cluster identities it carries."""
+    whole, content = hashlib.sha256(), hashlib.sha256()
+    size = path.stat().st_size
+    with_hash = size % _PAGE == _HASH
+    content_size = size - _HASH if with_hash else size
+    tail = b""
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal tail
+        done = 0
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                whole.update(block)
+                kept = block[: max(0, content_size - done)]
+                content.update(kept)
+                tail += block[len(kept) :]
+                done += len(block)
+                yield block
+
+    identities = frozenset(markers_in(chunks()))
+    intact = content.digest() == tail if with_hash else None
+    return SnapshotFile(whole.hexdigest(), intact, identities)
 
 
 def checksum_line(digest: str, path: Path) -> str:

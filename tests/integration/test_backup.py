@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from galley.components.etcd import CGROUP_SETUP_FAILED
+from galley import cluster_identity, cluster_secrets
+from galley.components.etcd import CGROUP_SETUP_FAILED, CLUSTER_IDENTITY
 from galley.etcdctl import etcdctl_command
 from galley.ops.kubeapi import KubeApi
+from tests.etcd_local import LocalHosts
 
-from .conftest import changed, pyinfra_json, run_cli, run_deploy
+from .conftest import changed, lab_vault, pyinfra_json, run_cli, run_deploy
 from .test_cluster import _admin_files, _healthz, _wait
 
 INVENTORY = "inventories/lab.py"
@@ -148,6 +150,50 @@ def test_restore_refuses_a_bad_snapshot_or_no_confirmation_before_stopping_anyth
     assert result.returncode == 2
     assert "does not match" in result.stderr and "nothing was changed" in result.stderr
     assert started(cluster) == before
+
+
+def _another_clusters_snapshot(release: Path, directory: Path) -> Path:
+    """A snapshot of a one-member etcd on 127.0.0.1 that galley marked as another cluster."""
+    (directory / "other").mkdir()
+    hosts = LocalHosts(release, directory / "other")
+    try:
+        hosts.bootstrap("other")
+        assert hosts.healthy("other")
+        (member,) = hosts.wanted("other")
+        other = cluster_identity.marker("0123456789abcdef0123456789abcdef")
+        client = hosts.client()
+        client.put([member.client_url], cluster_identity.KEY, other)
+        path = directory / "lab-etcd-r2-20261201T000000Z.db"
+        client.snapshot(member.client_url, str(path))
+    finally:
+        hosts.close()
+    return path
+
+
+def test_restore_names_a_truncated_snapshot_and_another_clusters_before_stopping_anything(
+    cluster, tmp_path, etcd_release
+):
+    path, _ = take_snapshot(tmp_path)
+    truncated = tmp_path / "truncated.db"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    other = _another_clusters_snapshot(etcd_release, tmp_path)
+    before, keys_before = started(cluster), keys("")
+    result = run_cli("galley", "etcd", "restore", INVENTORY, str(truncated), "--yes", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"galley: etcd restore: {truncated} is not a whole etcd snapshot: it lacks the sha256 "
+        "etcdctl appends when it saves one (truncated, or a copy of a data dir's db) (nothing "
+        "was changed)"
+    )
+    identity = cluster_secrets.read(lab_vault(cluster), "lab", CLUSTER_IDENTITY)["id"]
+    result = run_cli("galley", "etcd", "restore", INVENTORY, str(other), "--yes", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"galley: etcd restore: {other}: the snapshot is of another cluster (identity "
+        f"0123456789abcdef0123456789abcdef; this cluster's is {identity}): pass "
+        "--other-cluster to restore it anyway (nothing was changed)"
+    )
+    assert started(cluster) == before and keys("") == keys_before
 
 
 def test_restore_brings_the_cluster_back_to_the_snapshot(cluster, tmp_path):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from galley import cluster_secrets
+from galley.components.kube_apiserver import ENCRYPTION, SERVICE_ACCOUNT
 from galley.lab.lifecycle import VAULT_DIR
 from galley.lab.state import LAB_DIR
 from galley.lock import LEASE_SECONDS, ClusterLock
@@ -57,9 +58,11 @@ def test_a_workers_token_deploys_the_workers_and_nothing_else(deployed, tmp_path
 def _secret_fragments(lab) -> list[str]:
     """Material that must never be printed: the encryption key, a line of the service-account
     private key."""
-    shared = cluster_secrets.read(lab_vault(lab), "lab")
-    key_lines = shared.service_account_key.strip().splitlines()
-    return [shared.encryption_key, key_lines[len(key_lines) // 2]]
+    client = lab_vault(lab)
+    key = cluster_secrets.read(client, "lab", SERVICE_ACCOUNT)["private_key"]
+    key_lines = key.strip().splitlines()
+    encryption = cluster_secrets.read(client, "lab", ENCRYPTION)["secretbox_key"]
+    return [encryption, key_lines[len(key_lines) // 2]]
 
 
 def test_secrets_never_reach_the_output_of_diff_dry_or_verbose_runs(deployed):

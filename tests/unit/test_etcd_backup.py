@@ -22,6 +22,7 @@ import pytest
 from pyinfra.api import Inventory
 from pyinfra.api.util import get_template
 
+from galley import cluster_identity
 from galley.components.etcd import ETCD, SNAPSHOT_JOB, SNAPSHOT_SAVE_TIMEOUT, snapshot_variables
 from galley.components.model import TEMPLATES
 from galley.etcdctl import etcdctl_command
@@ -34,6 +35,7 @@ from galley.ops.etcd_restore import (
     RestoreError,
     Step,
     check_snapshot,
+    identity_problem,
     new_journal,
     restore_command,
     restore_plan,
@@ -42,6 +44,7 @@ from galley.ops.etcd_snapshot import (
     SnapshotError,
     SnapshotStatus,
     Snapshotter,
+    read_snapshot_file,
     sidecar,
     snapshot_name,
 )
@@ -49,6 +52,7 @@ from galley.report import analyse, snapshot_problem
 from tests.etcd_local import LocalHosts, local_run
 
 NOW = datetime(2026, 11, 30, 18, 0, tzinfo=UTC)
+IDENTITY = "5f0c7e2a9b1d4c3e8a6f2b1c0d9e8f7a"
 
 
 def _member(member_id: str, name: str) -> Member:
@@ -95,6 +99,7 @@ def test_the_restore_plan_stops_the_apiservers_first_and_restarts_the_rest_last(
         "start etcd on e1",
         "start etcd on e2",
         "check",
+        "identity",
         "start kube-apiserver on cp1",
         "restart kube-controller-manager on cp1",
         "restart kube-scheduler on cp1",
@@ -195,6 +200,17 @@ def put(endpoint: str, key: str, value: str) -> int:
     )
     with urllib.request.urlopen(request, timeout=5) as response:
         return int(json.load(response)["header"]["revision"])
+
+
+def get(endpoint: str, key: str) -> str | None:
+    """The value of one key (a linearizable read), None when there is none."""
+    body = {"key": base64.b64encode(key.encode()).decode()}
+    request = urllib.request.Request(
+        f"{endpoint}/v3/kv/range", data=json.dumps(body).encode(), method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        kvs = json.load(response).get("kvs") or []
+    return base64.b64decode(kvs[0]["value"]).decode() if kvs else None
 
 
 def count(endpoint: str, prefix: str) -> int:
@@ -321,6 +337,7 @@ def test_the_members_script_saves_checks_and_keeps_the_newest(cluster, tmp_path)
 def test_snapshot_then_restore_brings_back_exactly_the_snapshots_keys(cluster, tmp_path):
     members = cluster.wanted("m1", "m2", "m3")
     endpoint = members[0].client_url
+    put(endpoint, cluster_identity.KEY, cluster_identity.marker(IDENTITY))
     for index in range(1000):
         put(endpoint, f"before/{index:04d}", "v")
 
@@ -341,8 +358,10 @@ def test_snapshot_then_restore_brings_back_exactly_the_snapshots_keys(cluster, t
     old_ids = {m.name: m.id for m in client.members([endpoint])}
 
     etcdutl = str(cluster.release / "etcdutl")
-    digest, checked = check_snapshot(path, lambda digest: pytest.fail("not here"), etcdutl)
-    assert checked == status
+    found, checked = check_snapshot(path, lambda digest: pytest.fail("not here"), etcdutl)
+    assert checked == status and found.intact and found.identities == {IDENTITY}
+    assert identity_problem(found, IDENTITY) is None
+    digest = found.sha256
     restarts = {"cp1": ["kube-controller-manager", "kube-scheduler"], "w1": ["kubelet"]}
     steps = restore_plan(["m1", "m2", "m3"], ["cp1"], "kube-apiserver", restarts)
     journal_path = tmp_path / "etcd-restore.json"
@@ -363,6 +382,7 @@ def test_snapshot_then_restore_brings_back_exactly_the_snapshots_keys(cluster, t
                 etcdutl=etcdutl,
                 owner=None,
             ),
+            IDENTITY,
             timeout=60,
         )
 
@@ -392,6 +412,7 @@ def test_snapshot_then_restore_brings_back_exactly_the_snapshots_keys(cluster, t
     ]
     assert json.loads(journal_path.read_text())["status"] == "finished"
     assert put(endpoint, "after-restore", "v") > status.revision
+    assert get(endpoint, cluster_identity.KEY) == cluster_identity.marker(IDENTITY)
 
 
 def test_a_snapshot_that_does_not_match_its_checksum_is_refused(tmp_path):
@@ -400,9 +421,85 @@ def test_a_snapshot_that_does_not_match_its_checksum_is_refused(tmp_path):
     sidecar(path).write_text(f"{'0' * 64}  {path.name}\n")
     with pytest.raises(RestoreError, match="does not match"):
         check_snapshot(path, lambda digest: pytest.fail("no further check"), None)
-    sidecar(path).write_text(f"{hashlib.sha256(b'not a snapshot').hexdigest()}  {path.name}\n")
-    with pytest.raises(RestoreError, match="etcdutl snapshot status"):
-        check_snapshot(path, lambda digest: pytest.fail("checked locally"), "/bin/false")
+
+
+def _saved_like_etcdctl(path: Path, content: bytes) -> Path:
+    """``content`` padded to 512-byte pages with its sha256 appended, as etcdctl saves."""
+    content += b"\0" * (-len(content) % 512)
+    path.write_bytes(content + hashlib.sha256(content).digest())
+    return path
+
+
+def test_truncated_corrupt_and_unreadable_snapshots_are_named_as_such(cluster, tmp_path):
+    members = cluster.wanted("m1", "m2", "m3")
+    put(members[0].client_url, cluster_identity.KEY, cluster_identity.marker(IDENTITY))
+    for index in range(300):
+        put(members[0].client_url, f"key/{index:04d}", "x" * 200)
+    client = cluster.client()
+    snapshotter = Snapshotter(
+        cluster, lambda name: client, members, "lab", work_dir=str(tmp_path / "host-work")
+    )
+    good, _ = snapshotter.take(tmp_path / "operator")
+    etcdutl = str(cluster.release / "etcdutl")
+    never = lambda digest: pytest.fail("checked here")  # noqa: E731
+    data = good.read_bytes()
+
+    truncated = tmp_path / "truncated.db"
+    truncated.write_bytes(data[: len(data) // 3])
+    with pytest.raises(RestoreError) as refused:
+        check_snapshot(truncated, never, etcdutl)
+    assert str(refused.value) == (
+        f"{truncated} is not a whole etcd snapshot: it lacks the sha256 etcdctl appends when it "
+        "saves one (truncated, or a copy of a data dir's db)"
+    )
+
+    corrupt = tmp_path / "corrupt.db"  # a value's bytes changed: etcdutl status reads it
+    middle = data.index(b"x" * 200) + 50
+    corrupt.write_bytes(data[:middle] + b"y" * 24 + data[middle + 24 :])
+    assert (
+        subprocess.run([etcdutl, "snapshot", "status", str(corrupt)], check=False).returncode == 0
+    )
+    with pytest.raises(RestoreError, match=r"corrupt\.db is corrupt: its content does not match"):
+        check_snapshot(corrupt, never, etcdutl)
+
+    # Whole and intact, but not a database: etcdutl's own error, one line.
+    garbage = _saved_like_etcdctl(tmp_path / "garbage.db", b"not a bbolt file")
+    with pytest.raises(RestoreError) as refused:
+        check_snapshot(garbage, never, etcdutl)
+    assert str(refused.value) == (
+        f"{garbage} is not a readable etcd snapshot (corrupt or truncated): etcdutl: "
+        "invalid database"
+    )
+    # A bbolt file cut at a page boundary panics etcdutl: the panic's line, not the stack.
+    cut = _saved_like_etcdctl(tmp_path / "cut.db", data[: (len(data) // 3) // 4096 * 4096])
+    with pytest.raises(RestoreError) as refused:
+        check_snapshot(cut, never, etcdutl)
+    assert "is not a readable etcd snapshot (corrupt or truncated): etcdutl: panic: " in str(
+        refused.value
+    )
+    assert "\n" not in str(refused.value) and "goroutine" not in str(refused.value)
+
+
+def test_a_snapshot_of_another_cluster_or_none_is_told_apart(tmp_path):
+    other = "0123456789abcdef0123456789abcdef"
+    ours = _saved_like_etcdctl(
+        tmp_path / "ours.db", b"...galley-cluster-identity:" + IDENTITY.encode() + b"..."
+    )
+    theirs = _saved_like_etcdctl(
+        tmp_path / "theirs.db", b"...galley-cluster-identity:" + other.encode() + b"..."
+    )
+    none = _saved_like_etcdctl(tmp_path / "none.db", b"just keys")
+    assert identity_problem(read_snapshot_file(ours), IDENTITY) is None
+    assert identity_problem(read_snapshot_file(theirs), IDENTITY) == (
+        f"the snapshot is of another cluster (identity {other}; this cluster's is {IDENTITY})"
+    )
+    assert "carries no galley cluster identity" in identity_problem(
+        read_snapshot_file(none), IDENTITY
+    )
+    # A marker split across two read chunks is still found.
+    big = b"x" * ((1 << 20) - 10) + b"galley-cluster-identity:" + IDENTITY.encode()
+    split = _saved_like_etcdctl(tmp_path / "split.db", big)
+    assert read_snapshot_file(split).identities == {IDENTITY}
 
 
 def test_the_restore_script_keeps_the_old_data_and_a_rerun_changes_nothing(tmp_path):

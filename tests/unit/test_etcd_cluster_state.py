@@ -28,11 +28,13 @@ from galley.components.etcd import (
 from galley.components.model import Config
 from galley.facts.etcd import EtcdDataDir
 from galley.ops.etcd_plan import Member
+from galley.problems import PreflightError
 from tests.etcd_local import free_ports
 from tests.standins.pki import CA
 
 INVENTORY = "a=https://10.0.0.1:2380,b=https://10.0.0.2:2380,c=https://10.0.0.3:2380"
 JOINED = "a=https://10.0.0.1:2380,b=https://10.0.0.2:2380,d=https://10.0.0.4:2380"
+IDENTITY = "5f0c7e2a9b1d4c3e8a6f2b1c0d9e8f7a"
 
 
 def fact(empty: bool, state: str | None = None, cluster: str | None = None) -> dict:
@@ -108,9 +110,16 @@ def deploy(monkeypatch):
         read.append(f"members@{host.name}")
         return deploy.live
 
+    def identity_in_etcd(host):
+        read.append(f"identity@{host.name}")
+        return {"identity": deploy.identity, "error": None}
+
     monkeypatch.setattr(etcd, "members", lambda: hosts)
     monkeypatch.setattr(etcd, "_data_dir", data_dir)
     monkeypatch.setattr(etcd, "_live_members", live_members)
+    monkeypatch.setattr(etcd, "_identity_in_etcd", identity_in_etcd)
+    monkeypatch.setattr(etcd, "_identity", lambda host, context: IDENTITY)
+    monkeypatch.setattr(etcd, "_member_id_in_journal", lambda host: "8e9e05c52164694d")
     monkeypatch.setattr(etcd, "render", lambda config, **variables: (config.path, variables))
 
     def deploy(name: str, **given: dict) -> tuple[dict, bool, list[str]]:
@@ -119,9 +128,10 @@ def deploy(monkeypatch):
         read.clear()
         configured = etcd._configure(next(h for h in hosts if h.name == name), {})
         written = dict(configured.files.values())
-        return written, configured.before_start, list(read)
+        return written, configured.before_start, list(dict.fromkeys(read))  # pyinfra caches
 
     deploy.live = [etcd_member(name) for name in "abc"]
+    deploy.identity = IDENTITY
     return deploy
 
 
@@ -136,7 +146,7 @@ def test_a_member_with_data_keeps_its_recorded_list_and_reads_no_other_fact(depl
     written, join, read = deploy("a", a=fact(False, "existing", JOINED))
     assert written[BOOTSTRAP_PATH]["initial_cluster"] == JOINED
     assert written[BOOTSTRAP_PATH]["initial_cluster_state"] == "existing"
-    assert not join and read == ["a", "members@a"]
+    assert not join and read == ["a", "members@a", "identity@a"]
 
 
 def etcd_member(name: str, number: int = 0) -> Member:
@@ -151,7 +161,7 @@ def test_a_live_member_the_inventory_does_not_list_is_named_once_per_run_never_r
     deploy.live = [*deploy.live, etcd_member("lab-etcd-5", 5)]
     with caplog.at_level(logging.INFO, logger="pyinfra"):
         _, join, read = deploy("a", a=fact(False, "existing", INVENTORY))
-        assert not join and read == ["a", "members@a"]
+        assert not join and read == ["a", "members@a", "identity@a"]
         (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
         assert (
             warning.getMessage()
@@ -173,6 +183,25 @@ def test_no_note_when_every_member_is_listed_or_etcd_does_not_answer(deploy, cap
     with caplog.at_level(logging.INFO, logger="pyinfra"):
         deploy("a", a=fact(False, "existing", INVENTORY))
     assert caplog.records == []
+
+
+def test_a_data_dir_of_a_member_the_cluster_removed_is_refused_while_preparing(deploy):
+    deploy.live = [etcd_member("a"), etcd_member("b")]  # c was removed while it was down
+    with pytest.raises(PreflightError) as refused:
+        deploy("c", a=fact(False, "existing", INVENTORY), c=fact(False, "existing", INVENTORY))
+    assert str(refused.value) == (
+        "c: its etcd data dir /var/lib/etcd holds member 8e9e05c52164694d, which is no longer "
+        "in the etcd cluster (removed, e.g. by `galley etcd remove --unreachable`); nothing was "
+        "changed: wipe it on the host (`systemctl disable --now etcd && rm -rf "
+        "/var/lib/etcd/member`) so the next deploy adds it as a new member, or replace the "
+        "droplet"
+    )
+
+
+def test_an_etcd_of_another_cluster_is_refused_while_preparing(deploy):
+    deploy.identity = "0123456789abcdef0123456789abcdef"
+    with pytest.raises(PreflightError, match=r"a: etcd holds the identity of another cluster"):
+        deploy("a", a=fact(False, "existing", INVENTORY))
 
 
 def test_a_new_host_does_not_ask_its_own_etcd(deploy):

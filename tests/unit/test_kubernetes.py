@@ -3,8 +3,10 @@ table, validation rules, shared secrets and the admin credential (against a real
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import re
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 from pyinfra.api import Inventory
 
 from galley import cluster_secrets, pki, vault_setup
+from galley import components as registry
 from galley.components import certificates_of
 from galley.components.api_proxy import backends, needs_proxy
 from galley.components.flanneld import flanneld_args, net_conf
@@ -217,12 +220,21 @@ def vault(vault: hvac.Client) -> hvac.Client:
 
 
 def test_shared_secrets_are_generated_once(vault):
-    first = cluster_secrets.read(vault, "lab")
-    assert first.service_account_key.startswith("-----BEGIN PRIVATE KEY-----")
-    assert len(__import__("base64").b64decode(first.encryption_key)) == 32
+    secrets = registry.kv_secrets()
+    assert [secret.name for secret in secrets] == [
+        "galley/cluster-identity",
+        "kubernetes/service-account",
+        "kubernetes/encryption",
+    ]
+    first = {secret.name: cluster_secrets.read(vault, "lab", secret) for secret in secrets}
+    assert first["kubernetes/service-account"]["private_key"].startswith(
+        "-----BEGIN PRIVATE KEY-----"
+    )
+    assert len(base64.b64decode(first["kubernetes/encryption"]["secretbox_key"])) == 32
+    assert re.fullmatch(r"[0-9a-f]{32}", first["galley/cluster-identity"]["id"])
     mounted = vault.sys.list_mounted_secrets_engines()["data"]
-    assert cluster_secrets.bootstrap(vault, "lab", mounted) == []
-    assert cluster_secrets.read(vault, "lab") == first
+    assert cluster_secrets.bootstrap(vault, "lab", mounted, secrets) == []
+    assert {s.name: cluster_secrets.read(vault, "lab", s) for s in secrets} == first
 
 
 def test_admin_credential_is_made_locally_signed_and_then_left_alone(vault, tmp_path):
