@@ -7,7 +7,8 @@ the fleet report, the Vault roles and policies and the lab's mirror all read `RE
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from pyinfra.api.host import Host
 
@@ -85,6 +86,14 @@ def kv_secrets(components: Iterable[Component] | None = None) -> list[KvSecret]:
     """The KV values ``components`` (default: all) read, once each."""
     chosen = REGISTRY if components is None else components
     return list({secret.name: secret for c in chosen for secret in c.secrets}.values())
+
+
+def rbac_objects(components: Iterable[Component] | None = None) -> list[Mapping[str, Any]]:
+    """The cluster RBAC objects ``components`` (default: all) declare, once each, ClusterRoles
+    before the bindings that name them."""
+    chosen = REGISTRY if components is None else components
+    found = {(o["kind"], o["metadata"]["name"]): o for c in chosen for o in c.rbac}
+    return sorted(found.values(), key=lambda o: o["kind"] != "ClusterRole")
 
 
 def certificates_of(host: Host) -> list[tuple[Cert, Identity]]:

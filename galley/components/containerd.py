@@ -1,4 +1,5 @@
-"""The container runtime on the ``workers`` group: containerd with runc and the CNI plugins."""
+"""The container runtime on the ``workers`` group: containerd with runc and the CNI plugins,
+pulling through ``registry_mirror`` (group data) first when one is set."""
 
 from __future__ import annotations
 
@@ -19,18 +20,35 @@ from galley.components.model import (
 )
 
 CONFIG = "/etc/containerd/config.toml"
+REGISTRY_CONFIG_DIR = "/etc/containerd/certs.d"
+# containerd reads it for every pull of every registry without a directory of its own.
+MIRROR_CONFIG = f"{REGISTRY_CONFIG_DIR}/_default/hosts.toml"
 CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
 
 
+def _mirrored(host: Host) -> bool:
+    return bool(host.data.get("registry_mirror"))
+
+
 def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
-    operation = render(
-        CONTAINERD.config(CONFIG),
-        cluster_name=host.data.cluster_name,
-        sandbox_image=host.data.sandbox_image,
-        cni_bin_dir=CNI_BIN_DIR,
-        cni_conf_dir=CNI_CONF_DIR,
-    )
-    return Configured({CONFIG: operation}, {"containerd_config": CONFIG})
+    files = {
+        CONFIG: render(
+            CONTAINERD.config(CONFIG),
+            cluster_name=host.data.cluster_name,
+            sandbox_image=host.data.sandbox_image,
+            registry_config_dir=REGISTRY_CONFIG_DIR,
+            restrict_oom_score_adj=host.data.get("containerd_restrict_oom_score_adj", False),
+            cni_bin_dir=CNI_BIN_DIR,
+            cni_conf_dir=CNI_CONF_DIR,
+        )
+    }
+    if _mirrored(host):
+        files[MIRROR_CONFIG] = render(
+            CONTAINERD.config(MIRROR_CONFIG),
+            cluster_name=host.data.cluster_name,
+            registry_mirror=host.data.registry_mirror,
+        )
+    return Configured(files, {"containerd_config": CONFIG})
 
 
 CONTAINERD = Component(
@@ -57,8 +75,18 @@ CONTAINERD = Component(
             bin_dir=CNI_BIN_DIR,
         ),
     ),
-    configs=(Config(CONFIG, "containerd/containerd-config.toml.j2"),),
+    configs=(
+        Config(CONFIG, "containerd/containerd-config.toml.j2"),
+        # Read at every pull: a change restarts nothing.
+        Config(MIRROR_CONFIG, "containerd/hosts.toml.j2", when=_mirrored, watched=False),
+    ),
     unit=Unit("containerd", "containerd/containerd.service.j2"),
-    directories=(Directory("/etc/containerd"), Directory(CNI_CONF_DIR), Directory(CNI_BIN_DIR)),
+    directories=(
+        Directory("/etc/containerd"),
+        Directory(REGISTRY_CONFIG_DIR),
+        Directory(f"{REGISTRY_CONFIG_DIR}/_default"),
+        Directory(CNI_CONF_DIR),
+        Directory(CNI_BIN_DIR),
+    ),
     configure=_configure,
 )

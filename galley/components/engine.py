@@ -303,7 +303,7 @@ def _prepare(components: Sequence[Component]) -> list[OperationMeta]:
                     commands=[f"systemctl mask {how} {shlex.quote(unit)}.service"],
                 )
             )
-    packages = [package for c in components for package in c.packages]
+    packages = list(dict.fromkeys(package for c in components for package in c.packages))
     if packages:
         installed = host.get_fact(DebPackages)
         missing = [package for package in packages if package not in installed]

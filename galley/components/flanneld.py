@@ -2,10 +2,11 @@
 
 Two modes (``flannel_mode``):
 
-- ``kube`` (default): ``--kube-subnet-mgr``; flanneld reads its node's pod subnet from the
-  Node object and stores its lease there. It logs in as the node (``system:node:<name>``,
-  O ``system:nodes``), which the Node authorizer allows to read nodes and patch its own, so
-  workers hold no etcd credentials.
+- ``kube`` (default): ``--kube-subnet-mgr``; flanneld reads every node's pod subnet from the
+  Node objects and stores its lease in its own. It logs in as ``flannel:<node>`` in group
+  ``galley:flannel``, which the ClusterRole ``galley:flannel`` lets watch the nodes and patch
+  their status (flannel's own ClusterRole upstream); the node's own identity cannot list
+  other nodes (the Node authorizer), and workers hold no etcd credentials.
 - ``etcd``: leases in etcd under ``/coreos.com/network``; the network config is written once
   by the first etcd member (`flannel_etcd_network`), and flanneld gets its own etcd client
   certificate (CN ``flannel-etcd-client``).
@@ -34,16 +35,24 @@ from galley.components.kubelet import WORKER_DIRECTORIES
 from galley.components.kubernetes import (
     ETCD_CA_PATH,
     K8S_DIR,
-    NODE_ROLE,
     api_url,
     etcd_servers,
     k8s_cert,
     kubeconfig,
-    node_identity,
     node_name,
 )
-from galley.components.model import Component, Config, Configured, Directory, Unit, github_artifact
+from galley.components.model import (
+    Component,
+    Config,
+    Configured,
+    Directory,
+    Unit,
+    cluster_role,
+    cluster_role_binding,
+    github_artifact,
+)
 from galley.etcdctl import LOCAL_ENDPOINT, etcdctl_command
+from galley.pki import Identity, RoleSpec
 
 FLANNEL_DIR = "/etc/kube-flannel"
 NET_CONF = f"{FLANNEL_DIR}/net-conf.json"
@@ -59,7 +68,32 @@ def _etcd_mode(target: Host) -> bool:
     return target.data.flannel_mode == "etcd"
 
 
-KUBE_CLIENT = k8s_cert("flannel", NODE_ROLE, node_identity, when=_kube_mode)
+# flanneld's identity in kube mode, one per node, and what its group may do.
+FLANNEL_GROUP = "galley:flannel"
+KUBE_CLIENT_ROLE = RoleSpec(
+    "flannel",
+    "k8s",
+    ("flannel:{cluster}-*",),
+    glob_names=True,
+    enforce_hostnames=False,
+    organization=(FLANNEL_GROUP,),
+)
+KUBE_CLIENT = k8s_cert(
+    "flannel",
+    KUBE_CLIENT_ROLE,
+    lambda host: Identity(f"flannel:{node_name(host)}", organization=(FLANNEL_GROUP,)),
+    when=_kube_mode,
+)
+RBAC = (
+    cluster_role(
+        FLANNEL_GROUP,
+        [
+            {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]},
+        ],
+    ),
+    cluster_role_binding(FLANNEL_GROUP, FLANNEL_GROUP, "Group", FLANNEL_GROUP),
+)
 ETCD_CLIENT = etcd_client_cert(
     "etcd-client", "flannel-etcd-client", f"{FLANNEL_DIR}/pki", ETCD_CA_PATH, when=_etcd_mode
 )
@@ -158,6 +192,7 @@ FLANNELD = Component(
         ),
     ),
     certs=(KUBE_CLIENT, ETCD_CLIENT),
+    rbac=RBAC,
     configs=(
         Config(KUBECONFIG, "kubernetes/kubeconfig.j2", mode="600", when=_kube_mode),
         Config(NET_CONF, "flanneld/flannel-net-conf.json.j2"),
@@ -169,5 +204,7 @@ FLANNELD = Component(
         Directory(f"{FLANNEL_DIR}/pki", "700"),
     ),
     checks=("networks", "api", "flannel"),
+    # Its masquerading and forwarding rules (the iptables backend).
+    packages=("iptables",),
     configure=_configure,
 )

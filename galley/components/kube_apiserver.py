@@ -33,7 +33,15 @@ from galley.components.kubernetes import (
     k8s_cert,
     kubernetes_binary,
 )
-from galley.components.model import Component, Config, Configured, Directory, KvSecret, Unit
+from galley.components.model import (
+    Component,
+    Config,
+    Configured,
+    Directory,
+    KvSecret,
+    Unit,
+    cluster_role_binding,
+)
 from galley.host.restarts import RestartError, systemctl_restart, wait_until_healthy
 from galley.host.secrets import Secret, keep_secret
 from galley.pki import API_SERVICE_NAMES, Identity, RoleSpec
@@ -67,18 +75,9 @@ SERVING_ROLE = RoleSpec(
 # on a host may hold system:masters); RBAC grants it the kubelet API (`KUBELET_API_ACCESS`).
 KUBELET_CLIENT = "kube-apiserver-kubelet-client"
 KUBELET_CLIENT_ROLE = RoleSpec(KUBELET_CLIENT, "k8s", (KUBELET_CLIENT,))
-# Created by `galley admin credentials` (the operator's identity may write RBAC).
-KUBELET_API_ACCESS = {
-    "apiVersion": "rbac.authorization.k8s.io/v1",
-    "kind": "ClusterRoleBinding",
-    "metadata": {"name": f"galley:{KUBELET_CLIENT}"},
-    "roleRef": {
-        "apiGroup": "rbac.authorization.k8s.io",
-        "kind": "ClusterRole",
-        "name": "system:kubelet-api-admin",
-    },
-    "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": KUBELET_CLIENT}],
-}
+KUBELET_API_ACCESS = cluster_role_binding(
+    f"galley:{KUBELET_CLIENT}", "system:kubelet-api-admin", "User", KUBELET_CLIENT
+)
 CONTROL_PLANE_DIRECTORIES = (Directory(K8S_DIR), Directory(PKI_DIR, "700"))
 
 
@@ -247,6 +246,7 @@ KUBE_APISERVER = Component(
         wait=_wait_healthy,
     ),
     secrets=(SERVICE_ACCOUNT, ENCRYPTION),
+    rbac=(KUBELET_API_ACCESS,),
     directories=CONTROL_PLANE_DIRECTORIES,
     checks=("networks", "api"),
     configure=_configure,

@@ -46,6 +46,7 @@ def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
             kubeconfig=KUBECONFIG,
             node_name=node_name(host),
             pod_cidr=data.pod_cidr,
+            conntrack_max_per_core=data.get("kube_proxy_conntrack_max_per_core"),
         ),
     }
     return Configured(written, {"kube_proxy_config": CONFIG})
@@ -64,5 +65,8 @@ KUBE_PROXY = Component(
     unit=Unit("kube-proxy", "kube-proxy/kube-proxy.service.j2"),
     directories=(*WORKER_DIRECTORIES, Directory("/var/lib/kube-proxy")),
     checks=("networks", "api"),
+    # iptables mode: kube-proxy runs iptables-restore and iptables-save (and nft to clean up
+    # after its nftables mode at every start).
+    packages=("iptables", "nftables"),
     configure=_configure,
 )

@@ -89,7 +89,7 @@ def node_name(host: Host) -> str:
 
 
 def node_identity(host: Host) -> Identity:
-    """A node's client identity (kubelet; flannel in Kubernetes API mode)."""
+    """A node's client identity (the kubelet's)."""
     return Identity(f"system:node:{node_name(host)}", organization=("system:nodes",))
 
 

@@ -187,6 +187,36 @@ class KvSecret:
     generate: Callable[[], dict[str, str]] = field(repr=False, compare=False)
 
 
+RBAC_API = "rbac.authorization.k8s.io/v1"
+# Where each kind of cluster-wide RBAC object lives in the API.
+RBAC_COLLECTIONS: Mapping[str, str] = {
+    "ClusterRole": f"/apis/{RBAC_API}/clusterroles",
+    "ClusterRoleBinding": f"/apis/{RBAC_API}/clusterrolebindings",
+}
+
+
+def cluster_role(name: str, rules: list[dict[str, Any]]) -> dict[str, Any]:
+    """A ClusterRole of ``rules``."""
+    return {
+        "apiVersion": RBAC_API,
+        "kind": "ClusterRole",
+        "metadata": {"name": name},
+        "rules": rules,
+    }
+
+
+def cluster_role_binding(name: str, role: str, kind: str, subject: str) -> dict[str, Any]:
+    """A ClusterRoleBinding of ClusterRole ``role`` to the User or Group ``subject``."""
+    group = "rbac.authorization.k8s.io"
+    return {
+        "apiVersion": RBAC_API,
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": group, "kind": "ClusterRole", "name": role},
+        "subjects": [{"apiGroup": group, "kind": kind, "name": subject}],
+    }
+
+
 @dataclass(frozen=True)
 class Directory:
     """A directory a component needs before its files are written: ``path``, or where the
@@ -293,7 +323,9 @@ class Component:
     ``watch`` lists files other components write that its unit reads too.
     ``timers`` are jobs systemd runs on a schedule beside its unit (started after it).
     ``packages`` are Debian packages it needs; ``when`` limits it to the hosts of its group
-    it is true for. ``secrets`` are the KV values its deploy reads (`KvSecret`).
+    it is true for. ``secrets`` are the KV values its deploy reads (`KvSecret`); ``rbac`` the
+    cluster RBAC objects its identities need, which `galley admin credentials` keeps (only the
+    operator's identity may write RBAC).
     """
 
     name: str
@@ -302,6 +334,7 @@ class Component:
     artifacts: tuple[Artifact, ...] = ()
     certs: tuple[Cert, ...] = ()
     secrets: tuple[KvSecret, ...] = ()
+    rbac: tuple[Mapping[str, Any], ...] = ()
     configs: tuple[Config, ...] = ()
     unit: Unit | None = None
     timers: tuple[Timer, ...] = ()

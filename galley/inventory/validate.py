@@ -239,6 +239,8 @@ DNS_NAME = re.compile(rf"{LABEL.pattern}(\.{LABEL.pattern})*")
 IMAGE = re.compile(
     r"[a-z0-9][a-z0-9._/-]*(:[0-9]+)?(/[a-z0-9._-]+)*(:[\w][\w.-]{0,127})?(@sha256:[0-9a-f]{64})?"
 )
+# A registry mirror: http(s)://host[:port] (no path, no trailing slash).
+REGISTRY_MIRROR = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 ARCHES = ("amd64", "arm64")
 PORTS = ("api_port", "etcd_client_port", "etcd_peer_port", "etcd_metrics_port")
 
@@ -272,6 +274,17 @@ def _settings_check(host: Host) -> Iterable[tuple[str, str]]:
     image = data.get("sandbox_image")
     if image is not None and not (isinstance(image, str) and IMAGE.fullmatch(image)):
         yield "sandbox_image", f"{image!r} is not a container image reference"
+    restrict = data.get("containerd_restrict_oom_score_adj")
+    if restrict is not None and not isinstance(restrict, bool):
+        yield "containerd_restrict_oom_score_adj", f"must be True or False, not {restrict!r}"
+    per_core = data.get("kube_proxy_conntrack_max_per_core")
+    if per_core is not None and not (
+        isinstance(per_core, int) and not isinstance(per_core, bool) and per_core >= 0
+    ):
+        yield "kube_proxy_conntrack_max_per_core", f"must be a count >= 0 or None, not {per_core!r}"
+    mirror = data.get("registry_mirror")
+    if mirror is not None and not (isinstance(mirror, str) and REGISTRY_MIRROR.fullmatch(mirror)):
+        yield "registry_mirror", f"{mirror!r} is not a registry URL such as https://mirror:5000"
     for ttl in ("etcd_cert_ttl", "kubernetes_cert_ttl"):
         value = data.get(ttl)
         try:

@@ -3,9 +3,11 @@
 Deploys download ``<base>/<upstream path>``: the base is ``https://`` in production and the lab
 mirror (galley.lab.mirror) in the lab, so both use the same relative path. Next to each
 artifact lies ``<file>.sha256`` in sha256sum format. The lab has no access to upstream release
-downloads, so artifacts are built from Debian packages (repacked with the upstream layout:
-a tarball, or the raw binary where upstream publishes one) or are galley's Python stand-ins
-(galley.lab.standins) for what Debian cannot provide. Lab code only.
+downloads, so artifacts are built here: Kubernetes' server binaries and flanneld from their
+upstream Go modules (galley.lab.gobuild), etcd, containerd, runc, the CNI plugins and kubectl
+repacked from Debian's packages with the upstream layout (a tarball, or the raw binary where
+upstream publishes one), and flannel's CNI plugin, which the Go module proxy does not serve,
+as galley's stand-in (galley.lab.standins). Lab code only.
 
     python -m galley.lab.artifacts [--cache-dir DIR] [--source-dir DIR]
 """
@@ -18,6 +20,7 @@ import hashlib
 import io
 import os
 import re
+import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -31,6 +34,7 @@ from galley.components.kubernetes import kubernetes_binary
 from galley.components.model import UPSTREAM_HOSTS
 from galley.components.model import Artifact as ReleaseArtifact
 from galley.downloads import parse_sha256
+from galley.lab.gobuild import GoBuilder, GoProgram, flannel, kubernetes
 
 DEFAULT_CACHE_DIR = Path("/var/cache/galley/mirror")
 DEFAULT_SOURCE_DIR = Path("/var/cache/galley/sources")
@@ -58,6 +62,8 @@ class Artifact:
     version: str
     upstream_path: str  # host + path, without scheme
     # builder(artifact, dest, source_dir) writes the artifact to dest; source_dir caches inputs.
+    # A builder may have current(path, source_dir): whether a built file is still what it
+    # would build (default: it is, once built).
     builder: Callable[[Artifact, Path, Path], None]
     # True: the artifact is the executable itself (install it as a file, do not unpack it).
     raw: bool = False
@@ -209,16 +215,21 @@ class DebianRepack:
     raw: bool = False
     suite: str = DEBIAN_SUITE
 
-    def __call__(self, artifact: Artifact, dest: Path, source_dir: Path) -> None:
-        """Build ``artifact`` into ``dest`` from the packages' .debs in ``source_dir``."""
+    def debs(self, version: str, source_dir: Path) -> dict[str, Path]:
+        """The packages' .debs of ``version`` in ``source_dir``, downloaded when missing."""
         source_dir.mkdir(parents=True, exist_ok=True)
-        debs = _find_debs(source_dir, self.packages, artifact.version)
+        debs = _find_debs(source_dir, self.packages, version)
         missing = [p for p in self.packages if p not in debs]
         if missing:
             archive = _DebianArchive(source_dir, self.suite)
             for package in missing:
-                archive.download(package, artifact.version)
-            debs = _find_debs(source_dir, self.packages, artifact.version)
+                archive.download(package, version)
+            debs = _find_debs(source_dir, self.packages, version)
+        return debs
+
+    def __call__(self, artifact: Artifact, dest: Path, source_dir: Path) -> None:
+        """Build ``artifact`` into ``dest`` from the packages' .debs in ``source_dir``."""
+        debs = self.debs(artifact.version, source_dir)
         members = self._binaries(debs)
         if self.raw:
             (binary,) = self.binaries
@@ -246,12 +257,20 @@ class DebianRepack:
             return members
 
 
-def standin_zipapp(entry_module: str, version: str, healthy: bool = True) -> bytes:
+def debian_binary(
+    package: str, version: str, path: str, source_dir: Path, suite: str = "bookworm"
+) -> bytes:
+    """The file ``path`` of Debian's ``package`` at upstream ``version`` (e.g. bin/busybox)."""
+    directory, name = path.rsplit("/", 1)
+    repack = DebianRepack((package,), (name,), source=directory, suite=suite)
+    return repack._binaries(repack.debs(version, source_dir))[name][0]
+
+
+def standin_zipapp(entry_module: str, version: str) -> bytes:
     """galley.lab.standins as one ``#!/usr/bin/python3`` zip application running ``entry_module``.
 
-    ``standins/build.py`` records the release it stands in for: ``VERSION`` (``v<version>``) and
-    ``HEALTHY`` (False: a test build that starts but never becomes healthy). Fixed timestamps
-    and order make the bytes depend on the stand-ins' source and these two only.
+    ``standins/build.py`` records the release it stands in for (``VERSION``, ``v<version>``).
+    Fixed timestamps and order make the bytes depend on the stand-ins' source and it only.
     """
     buffer = io.BytesIO()
     buffer.write(b"#!/usr/bin/python3\n")
@@ -262,45 +281,24 @@ def standin_zipapp(entry_module: str, version: str, healthy: bool = True) -> byt
             entry.compress_type, entry.external_attr = zipfile.ZIP_DEFLATED, 0o644 << 16
             archive.writestr(entry, data)
 
-        # Started through a link (/usr/local/bin/kubelet -> .../current/...): run again from the
-        # resolved, versioned path, so the process's command line names the version it runs
-        # (what `galley.facts.ComponentVersions` reads, as /proc/<pid>/exe for a real binary).
-        main = (
-            "import os, sys\n"
-            "real = os.path.realpath(sys.argv[0])\n"
-            "if sys.argv[0] != real:\n"
-            "    os.execv(sys.executable, [sys.executable, real, *sys.argv[1:]])\n"
-            f"from standins.{entry_module} import main\n\nmain()\n"
-        )
-        add("__main__.py", main.encode())
+        add("__main__.py", f"from standins.{entry_module} import main\n\nmain()\n".encode())
         for module in sorted(STANDINS_DIR.glob("*.py")):
             add(f"standins/{module.name}", module.read_bytes())
-        build = f"VERSION = {'v' + version!r}\nHEALTHY = {healthy!r}\n"
-        add("standins/build.py", build.encode())
+        add("standins/build.py", f"VERSION = {'v' + version!r}\n".encode())
     return buffer.getvalue()
 
 
 @dataclass(frozen=True)
 class PythonStandin:
-    """Builder: a galley stand-in (galley.lab.standins) under the upstream path.
-
-    Written as the raw executable, or with ``member`` as a flat tarball holding it (0755)
-    and a README.md. It reports the artifact's version; ``healthy`` False makes a test build
-    that starts but never becomes healthy (see galley.lab.standins).
-    """
+    """Builder: a galley stand-in (galley.lab.standins) under the upstream path, in a flat
+    tarball as ``member`` (0755) with a README.md."""
 
     entry_module: str
-    member: str | None = None
-    healthy: bool = True
-    # Built from this checkout's code: rebuilt every time so the mirror never serves a stale one.
-    cached = False
+    member: str
 
     def __call__(self, artifact: Artifact, dest: Path, source_dir: Path) -> None:
         """Build ``artifact`` into ``dest``; ``source_dir`` is not needed."""
-        program = standin_zipapp(self.entry_module, artifact.version, self.healthy)
-        if self.member is None:
-            dest.write_bytes(program)
-            return
+        program = standin_zipapp(self.entry_module, artifact.version)
         origin = f"galley's Python stand-in for {artifact.name} (lab/test only)"
         members = {
             self.member: (program, 0o755),
@@ -308,14 +306,60 @@ class PythonStandin:
         }
         _deterministic_tarball(dest, "", members)
 
+    def current(self, path: Path, source_dir: Path) -> bool:
+        """Never: it is built from this checkout's code, so the mirror never serves a stale one."""
+        return False
+
+
+def go_builder(source_dir: Path) -> GoBuilder:
+    """The Go builds of the lab, their module and build caches below ``source_dir``."""
+    return GoBuilder(source_dir / "go")
+
+
+@dataclass(frozen=True)
+class GoBinary:
+    """Builder: ``binary`` of a program built from its upstream Go modules
+    (galley.lab.gobuild), as the raw file, or with ``member`` as its name in a tarball laid out
+    like upstream's (a README.md beside it)."""
+
+    program: GoProgram
+    binary: str
+    member: str | None = None
+
+    def built(self, source_dir: Path) -> Path:
+        """The built binary (built now unless it is already, from the same inputs)."""
+        return go_builder(source_dir).build(self.program) / self.binary
+
+    def __call__(self, artifact: Artifact, dest: Path, source_dir: Path) -> None:
+        """Build ``artifact`` into ``dest``, the program first when needed."""
+        built = self.built(source_dir)
+        if self.member is None:
+            shutil.copyfile(built, dest)
+            return
+        origin = f"built by the lab from {self.program.module} {self.program.version}"
+        members = {
+            self.member: (built.read_bytes(), 0o755),
+            "README.md": (_readme(artifact, origin).encode(), 0o644),
+        }
+        _deterministic_tarball(dest, "", members)
+
+    def current(self, path: Path, source_dir: Path) -> bool:
+        """Whether ``path`` was made from the program's current build."""
+        return path.stat().st_mtime >= self.built(source_dir).stat().st_mtime
+
 
 ETCD_VERSION = "3.5.30"
-KUBERNETES_VERSION = "1.33.5"
-# The control plane's and the nodes' upgrade target, and a build that never becomes healthy.
-KUBERNETES_UPGRADE_VERSION = "1.33.6"
+# The lab's Kubernetes and the control plane's and nodes' upgrade target: both built from the
+# Go module proxy, which serves every module they need. (1.33.6 cannot be built there: the
+# proxy refuses eight of its staging modules at v0.33.6, e.g. k8s.io/kube-proxy, with 403.)
+KUBERNETES_VERSION = "1.33.4"
+KUBERNETES_UPGRADE_VERSION = "1.33.5"
+# A release that never becomes ready at its version: 1.33.4's binaries published as another
+# release. They install, start and run, and never report the version a rollout waits for.
 KUBERNETES_BROKEN_VERSION = "1.33.7-galley.broken"
 KUBECTL_VERSION = "1.36.4"
 FLANNEL_VERSION = "0.26.7"
+COREDNS_VERSION = "1.12.0"  # what Kubernetes 1.33 ships
 FLANNEL_CNI_PLUGIN_VERSION = "1.7.1-flannel2"
 CONTAINERD_VERSION = "2.1.9"
 RUNC_VERSION = "1.1.5"  # sid's runc 1.3.6 needs glibc 2.38; bookworm's runs on the droplets
@@ -362,14 +406,15 @@ def _artifact(key: str) -> ReleaseArtifact:
 
 
 def _kubernetes_rows() -> list[Artifact]:
-    """The Kubernetes server binaries (stand-ins) at the lab's version, the upgrade target,
-    and as a build that never becomes healthy (what a rollout must roll back)."""
+    """The Kubernetes server binaries, built from their Go modules, at the lab's version, the
+    upgrade target, and the release that never becomes ready (what a rollout rolls back)."""
+    programs = {
+        KUBERNETES_VERSION: kubernetes(KUBERNETES_VERSION),
+        KUBERNETES_UPGRADE_VERSION: kubernetes(KUBERNETES_UPGRADE_VERSION),
+        KUBERNETES_BROKEN_VERSION: kubernetes(KUBERNETES_VERSION),
+    }
     return [
-        lab_artifact(
-            _artifact(component),
-            version,
-            PythonStandin("kube", healthy=version != KUBERNETES_BROKEN_VERSION),
-        )
+        lab_artifact(_artifact(component), version, GoBinary(program, component.replace("_", "-")))
         for component in (
             "kube_apiserver",
             "kube_controller_manager",
@@ -377,7 +422,7 @@ def _kubernetes_rows() -> list[Artifact]:
             "kubelet",
             "kube_proxy",
         )
-        for version in (KUBERNETES_VERSION, KUBERNETES_UPGRADE_VERSION, KUBERNETES_BROKEN_VERSION)
+        for version, program in programs.items()
     ]
 
 
@@ -397,7 +442,9 @@ ARTIFACTS: tuple[Artifact, ...] = (
         DebianRepack(packages=("kubectl",), binaries=("kubectl",), raw=True),
     ),
     lab_artifact(
-        _artifact("flannel"), FLANNEL_VERSION, PythonStandin("flanneld", member="flanneld")
+        _artifact("flannel"),
+        FLANNEL_VERSION,
+        GoBinary(flannel(FLANNEL_VERSION), "flannel", member="flanneld"),
     ),
     lab_artifact(
         _artifact("flannel_cni_plugin"),
@@ -457,8 +504,12 @@ def build(artifact: Artifact, cache_dir: Path, source_dir: Path) -> str:
     """Build one artifact (unless present with a matching .sha256) and return its sha256."""
     path = cache_dir / artifact.upstream_path
     recorded = _read_checksum(path)
-    cached = getattr(artifact.builder, "cached", True)
-    if cached and recorded is not None and path.is_file() and _sha256(path) == recorded:
+    if (
+        recorded is not None
+        and path.is_file()
+        and getattr(artifact.builder, "current", lambda path, source_dir: True)(path, source_dir)
+        and _sha256(path) == recorded
+    ):
         return recorded
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".part")

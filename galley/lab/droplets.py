@@ -7,6 +7,7 @@ import time
 import uuid
 from pathlib import Path
 
+from galley.lab import cgroups
 from galley.lab.state import Droplet
 from galley.lab.system import LabError, mount_overlay, pid_alive, spawn
 
@@ -22,10 +23,17 @@ IPv6AcceptRA=no
 APT_PROXY_CONF = 'Acquire::http::Proxy "{proxy}";\n'
 
 
+# Directories a droplet keeps on the host's own filesystem rather than in its overlay root:
+# containerd's overlayfs snapshots cannot have an overlay as their upper layer (the mount
+# fails with "invalid argument"), as a real droplet's disk is not one.
+DISK_DIRS = {"containerd": "/var/lib/containerd"}
+
+
 def droplet_paths(lab_dir: Path, name: str) -> dict[str, Path]:
-    """The overlay directories of droplet ``name``."""
+    """The overlay directories of droplet ``name`` and its `DISK_DIRS`."""
     base = lab_dir / "droplets" / name
-    return {"base": base, "upper": base / "upper", "work": base / "work", "root": base / "root"}
+    paths = {"base": base, "upper": base / "upper", "work": base / "work", "root": base / "root"}
+    return paths | {key: base / "disk" / key for key in DISK_DIRS}
 
 
 def prepare_root(
@@ -41,6 +49,8 @@ def prepare_root(
     """Mount the droplet's overlay and write its identity; return its root directory."""
     paths = droplet_paths(lab_dir, droplet.name)
     mount_overlay(rootfs, paths["upper"], paths["work"], paths["root"])
+    for key in DISK_DIRS:
+        paths[key].mkdir(parents=True, exist_ok=True)
     root = paths["root"]
     (root / "etc/hostname").write_text(f"{droplet.name}\n")
     (root / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
@@ -52,6 +62,13 @@ def prepare_root(
     (root / "etc/apt/apt.conf.d/01galley-lab-proxy").write_text(
         APT_PROXY_CONF.format(proxy=apt_proxy)
     )
+    units = root / "etc/systemd/system"
+    (units / cgroups.DROPLET_UNIT_NAME).write_text(cgroups.DROPLET_UNIT)
+    wants = units / "sysinit.target.wants"
+    wants.mkdir(exist_ok=True)
+    link = wants / cgroups.DROPLET_UNIT_NAME
+    if not link.is_symlink():
+        link.symlink_to(f"../{cgroups.DROPLET_UNIT_NAME}")
     ssh_dir = root / "root/.ssh"
     ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     (ssh_dir / "authorized_keys").write_text(public_key)
@@ -69,7 +86,8 @@ def host_key_lines(root: Path, address: str) -> list[str]:
 
 
 def nspawn_command(name: str, root: Path, bridge: str) -> list[str]:
-    """The systemd-nspawn command line that boots a droplet."""
+    """The systemd-nspawn command line that boots a droplet (its `DISK_DIRS` bound in)."""
+    disk = root.parent / "disk"
     return [
         "systemd-nspawn",
         "--register=no",
@@ -79,12 +97,24 @@ def nspawn_command(name: str, root: Path, bridge: str) -> list[str]:
         f"--machine={name}",
         f"--network-bridge={bridge}",
         "--console=pipe",
+        # What runc needs that nspawn withholds from a machine by default: a session keyring
+        # of each container's own (system calls nspawn's filter denies), and CAP_SYS_RESOURCE
+        # to set a pod's oom_score_adj below its parent's (the kubelet's -998 for sandboxes).
+        "--system-call-filter=@keyring",
+        "--capability=CAP_SYS_RESOURCE",
+        *(f"--bind={disk / key}:{path}" for key, path in DISK_DIRS.items()),
     ]
 
 
 def boot(droplet: Droplet, root: Path, bridge: str, log_dir: Path) -> int:
-    """Boot the droplet in the background; return the systemd-nspawn PID."""
-    return spawn(nspawn_command(droplet.name, root, bridge), log_dir / f"{droplet.name}.log")
+    """Boot the droplet in the background, in cgroups of its own (galley.lab.cgroups); return
+    the systemd-nspawn PID."""
+    procs = cgroups.place(droplet.name)
+    return spawn(
+        nspawn_command(droplet.name, root, bridge),
+        log_dir / f"{droplet.name}.log",
+        before_exec=lambda: cgroups.join(procs),
+    )
 
 
 def ssh_command(address: str, key: str, known_hosts: str, *remote: str) -> list[str]:

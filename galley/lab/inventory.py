@@ -7,6 +7,7 @@ from pathlib import Path
 from galley.components.model import BASE_URL_KEYS, UPSTREAM_HOSTS
 from galley.inventory import hostkeys
 from galley.lab.artifacts import ARTIFACTS, DEBIAN_ARCH, KUBERNETES_VERSION, checksums
+from galley.lab.services import REGISTRY_PORT
 from galley.lab.state import CACHE_DIR, LAB_DIR, LabState
 from galley.lab.topology import NETWORK, ROLES
 
@@ -65,6 +66,12 @@ def lab_overrides(state: LabState, mirror_dir: Path = CACHE_DIR / "mirror") -> d
         **{key: f"{state.mirror_url}/{UPSTREAM_HOSTS[b]}" for b, key in BASE_URL_KEYS.items()},
         "node_cidrs": [str(NETWORK)],
         "kubernetes_version": KUBERNETES_VERSION,
+        # The lab's image registry (galley.lab.images) mirrors every registry.
+        "registry_mirror": f"http://{state.gateway}:{REGISTRY_PORT}",
+        # A droplet is a container on this machine: its processes cannot lower their
+        # oom_score_adj (no CAP_SYS_RESOURCE here) nor set the host-wide nf_conntrack_max.
+        "containerd_restrict_oom_score_adj": True,
+        "kube_proxy_conntrack_max_per_core": 0,
         # `galley checksums fetch --inventory inventories/lab.py` records the lab's own here.
         "checksums_file": str(LAB_DIR / "checksums.json"),
     }

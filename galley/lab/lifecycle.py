@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from galley.inventory import hostkeys
+from galley.lab import cgroups, images, services, system
 from galley.lab import droplets as droplet_ops
-from galley.lab import services, system
 from galley.lab.artifacts import build_all
 from galley.lab.openbao import OpenBao, bao_binary
 from galley.lab.rootfs import ensure_rootfs
@@ -106,7 +106,7 @@ def up(
     preflight(lab_dir, len(plans))
     rootfs = ensure_rootfs(cache_dir, progress)
     mirror_root = cache_dir / "mirror"
-    build_all(mirror_root)
+    build_all(mirror_root, cache_dir / "sources")
 
     gateway = str(GATEWAY)
     state = LabState(
@@ -172,9 +172,24 @@ def _bring_up(
         logs,
         lab_dir,
     )
+    storage = cache_dir / "registry"
+    _start_service(
+        state,
+        "registry",
+        services.registry_command(lab_dir, storage, state.gateway),
+        (state.gateway, services.REGISTRY_PORT),
+        logs,
+        lab_dir,
+    )
+    images.push_all(
+        f"{state.gateway}:{services.REGISTRY_PORT}", storage, cache_dir / "sources", progress
+    )
     _start_vault(state, lab_dir, logs)
+    state.sysctls = system.set_sysctls(system.KUBELET_SYSCTLS)
+    state.save(lab_dir)
     progress(
-        f"apt proxy {state.apt_proxy}, artifact mirror {state.mirror_url}, vault {state.vault_addr}"
+        f"apt proxy {state.apt_proxy}, artifact mirror {state.mirror_url}, image registry "
+        f"{state.gateway}:{services.REGISTRY_PORT}, vault {state.vault_addr}"
     )
 
     hosts = {plan.name: plan.address for plan in plans}
@@ -293,6 +308,7 @@ def down(lab_dir: Path = LAB_DIR, progress: Progress = print) -> None:
         list(pool.map(_remove_droplet, state.droplets, [lab_dir] * len(state.droplets)))
     for pid in state.services.values():
         system.stop_process(pid)
+    system.set_sysctls(state.sysctls)
     if state.bridge:
         system.delete_bridge(state.bridge)
     for leftover in ("id_ed25519", "id_ed25519.pub", "known_hosts"):
@@ -313,6 +329,7 @@ def _remove_droplet(droplet: Droplet, lab_dir: Path) -> None:
     # systemd-nspawn killed after its grace period leaves the droplet's init running, which
     # keeps its network namespace and veth: the next `up` could not create them again.
     system.kill_container_init(droplet.name)
+    cgroups.remove(droplet.name)
     system.unmount(paths["root"])
     subprocess.run(["rm", "-rf", "--one-file-system", str(paths["base"])], check=False)
 

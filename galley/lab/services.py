@@ -1,4 +1,5 @@
-"""The lab's host services: the apt proxy and the artifact mirror (Vault: galley.lab.openbao)."""
+"""The lab's host services: the apt proxy, the artifact mirror and the image registry (Vault:
+galley.lab.openbao)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from galley.lab.system import LabError
 
 APT_PROXY_PORT = 3142
 MIRROR_PORT = 8080
+REGISTRY_PORT = 5000
 VAULT_ADDRESS = ("127.0.0.1", 8200)
 
 ACNG_CONF = """\
@@ -50,6 +52,30 @@ def mirror_command(root: Path, address: str) -> list[str]:
         "--root",
         str(root),
     ]
+
+
+REGISTRY_CONF = """\
+# galley lab: the droplets' image registry (a mirror of every registry in their containerd).
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: {storage}
+  delete:
+    enabled: false
+http:
+  addr: {address}:{port}
+"""
+
+
+def registry_command(lab_dir: Path, storage: Path, address: str) -> list[str]:
+    """Write the registry's lab configuration (its images kept in ``storage``, the lab's
+    cache, so a second `lab up` pushes nothing) and return the command that runs it."""
+    storage.mkdir(parents=True, exist_ok=True)
+    config = lab_dir / "registry.yml"
+    config.write_text(REGISTRY_CONF.format(storage=storage, address=address, port=REGISTRY_PORT))
+    return ["docker-registry", "serve", str(config)]
 
 
 def port_taken(host: str, port: int) -> bool:

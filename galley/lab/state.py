@@ -53,8 +53,10 @@ class LabState:
     # (0600) holding its root token; the token itself is never recorded here.
     vault_ca_cert: str = ""
     vault_token_file: str = ""
-    # name -> PID of the lab's own services (apt proxy, mirror, vault).
+    # name -> PID of the lab's own services (apt proxy, mirror, registry, vault).
     services: dict[str, int] = field(default_factory=dict)
+    # The host's sysctls `up` set for the droplets' kubelets, as they were: `down` restores them.
+    sysctls: dict[str, str] = field(default_factory=dict)
     droplets: list[Droplet] = field(default_factory=list)
 
     def save(self, lab_dir: Path = LAB_DIR) -> None:

@@ -8,7 +8,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 # Commands the lab needs, and the Debian package that provides each.
@@ -18,6 +18,7 @@ REQUIRED_COMMANDS = {
     "ssh": "openssh-client",
     "ssh-keygen": "openssh-client",
     "apt-cacher-ng": "apt-cacher-ng",
+    "docker-registry": "docker-registry",
     "ip": "iproute2",
     "mount": "mount",
 }
@@ -41,6 +42,29 @@ def run(cmd: Sequence[str], *, check: bool = True, timeout: float = 120) -> str:
         detail = (result.stderr or result.stdout).strip().splitlines()
         raise LabError(f"`{' '.join(cmd)}` failed: {detail[-1] if detail else result.returncode}")
     return result.stdout
+
+
+# What the kubelet insists the kernel is set to (pkg/kubelet/cm setupKernelTunables): it
+# would write them, and a droplet's /proc/sys is read-only. Set on the host by `lab up`.
+KUBELET_SYSCTLS = {
+    "vm/overcommit_memory": "1",
+    "vm/panic_on_oom": "0",
+    "kernel/panic": "10",
+    "kernel/panic_on_oops": "1",
+    "kernel/keys/root_maxkeys": "1000000",
+    "kernel/keys/root_maxbytes": "25000000",
+}
+
+
+def set_sysctls(values: dict[str, str]) -> dict[str, str]:
+    """Set the host's ``values`` (paths below /proc/sys); return what they were before."""
+    before = {}
+    for key, value in values.items():
+        path = Path("/proc/sys") / key
+        before[key] = path.read_text().strip()
+        if before[key] != value:
+            path.write_text(value)
+    return before
 
 
 def missing_commands() -> list[str]:
@@ -114,12 +138,18 @@ def unmount(path: Path) -> None:
         run(["umount", "-l", str(path)])
 
 
-def spawn(cmd: Sequence[str], log_path: Path) -> int:
-    """Start ``cmd`` detached in its own session with output to ``log_path``; return its PID."""
+def spawn(cmd: Sequence[str], log_path: Path, before_exec: Callable[[], None] | None = None) -> int:
+    """Start ``cmd`` detached in its own session with output to ``log_path``; return its PID.
+    ``before_exec`` runs in the child first (e.g. joining cgroups)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            list(cmd), stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            list(cmd),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            preexec_fn=before_exec,
         )
     return process.pid
 

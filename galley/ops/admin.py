@@ -28,9 +28,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import NameOID
 
-from galley.components.kube_apiserver import KUBELET_API_ACCESS
+from galley import components as registry
 from galley.components.kubernetes import operator_api_urls
-from galley.components.model import TEMPLATES
+from galley.components.model import RBAC_COLLECTIONS, TEMPLATES
 from galley.inventory.load import InventoryLoadError, load_inventory
 from galley.ops.journal import operator_dir
 from galley.ops.kubeapi import ApiError, KubeApi
@@ -40,7 +40,6 @@ from galley.vault import VaultError, VaultSettings, connect
 ADMIN = Identity("admin", organization=("system:masters",))
 ROLE = "admin"
 READY_TIMEOUT = 3.0
-RBAC_BINDINGS = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"
 
 
 @dataclass(frozen=True)
@@ -201,9 +200,8 @@ def operator_paths(cluster: str) -> dict[str, str]:
 def admin_cli(inventory_path: str) -> int:
     """`galley admin credentials`: keep the operator's admin files of the inventory's cluster
     current, signed with the operator's own Vault token (the deploy tokens cannot sign
-    ``system:masters``), and with them the cluster RBAC the control plane's identities need
-    (`CLUSTER_RBAC`). 0 when in place or written, 1 on a Vault or API problem, 2 if
-    unloadable."""
+    ``system:masters``), and with them the cluster RBAC the components' identities need.
+    0 when in place or written, 1 on a Vault or API problem, 2 if unloadable."""
     try:
         inventory = load_inventory(inventory_path)
         (first, *_) = inventory.get_group("control_plane", []) or [None]
@@ -233,16 +231,14 @@ def admin_cli(inventory_path: str) -> int:
     return _ensure_cluster_rbac(files, operator_api_urls(inventory))
 
 
-# RBAC the control plane's own identities need, which only the operator may write.
-CLUSTER_RBAC = ((RBAC_BINDINGS, KUBELET_API_ACCESS),)
-
-
 def _ensure_cluster_rbac(files: AdminFiles, urls: list[str]) -> int:
+    """The RBAC the components' identities need (`galley.components.rbac_objects`), which
+    only the operator may write."""
     api = KubeApi(urls, files)
-    for collection, wanted in CLUSTER_RBAC:
+    for wanted in registry.rbac_objects():
         what = f"{wanted['kind']} {wanted['metadata']['name']}"
         try:
-            print(f"{what}: {api.ensure(collection, wanted)}")
+            print(f"{what}: {api.ensure(RBAC_COLLECTIONS[wanted['kind']], wanted)}")
         except ApiError as exc:
             print(f"galley: error: {what}: {exc}", file=sys.stderr)
             return 1

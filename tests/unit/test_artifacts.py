@@ -133,18 +133,16 @@ def test_build_skips_present_artifacts_and_repairs_damaged_ones(
     ]
 
 
-def test_stand_ins_are_rebuilt_from_this_checkout_every_time(tmp_path: Path) -> None:
-    (kubelet,) = [
-        a for a in ARTIFACTS if a.upstream_path.endswith("/v1.33.5/bin/linux/amd64/kubelet")
-    ]
-    path = tmp_path / kubelet.upstream_path
-    fresh = build_all(tmp_path, tmp_path, [kubelet])[kubelet.upstream_path]
+def test_the_stand_in_is_rebuilt_from_this_checkout_every_time(tmp_path: Path) -> None:
+    (plugin,) = [a for a in ARTIFACTS if a.name == "flannel-cni-plugin"]
+    path = tmp_path / plugin.upstream_path
+    fresh = build_all(tmp_path, tmp_path, [plugin])[plugin.upstream_path]
     # A stand-in built from older code, recorded with its own (matching) checksum.
-    path.write_bytes(b"#!/usr/bin/python3\nprint('old stand-in')\n")
+    path.write_bytes(b"an older stand-in")
     path.with_name(path.name + ".sha256").write_text(
-        f"{hashlib.sha256(path.read_bytes()).hexdigest()}  kubelet\n"
+        f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}\n"
     )
-    assert build_all(tmp_path, tmp_path, [kubelet])[kubelet.upstream_path] == fresh
+    assert build_all(tmp_path, tmp_path, [plugin])[plugin.upstream_path] == fresh
     assert hashlib.sha256(path.read_bytes()).hexdigest() == fresh
 
 

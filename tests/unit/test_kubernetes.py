@@ -14,6 +14,7 @@ from pathlib import Path
 import hvac
 import jinja2
 import pytest
+import yaml
 from pyinfra.api import Inventory
 
 from galley import cluster_secrets, pki, vault_setup
@@ -25,7 +26,6 @@ from galley.components.kubernetes import api_url, cluster_dns_ip, operator_api_u
 from galley.components.model import TEMPLATES
 from galley.host.release import _fetch_script
 from galley.inventory.validate import problems
-from galley.lab.standins import yamlish
 from galley.ops.admin import AdminFiles, render_kubeconfig, update_reason, write_admin_files
 
 SHA = "a" * 64
@@ -135,7 +135,7 @@ def test_config_files_have_their_current_kind(template, api_version, kind):
         cert_path="/etc/kubernetes/pki/kubelet.crt",
         key_path="/etc/kubernetes/pki/kubelet.key",
     )
-    parsed = yamlish.loads(text)
+    parsed = yaml.safe_load(text)
     assert (parsed["apiVersion"], parsed["kind"]) == (api_version, kind)
 
 
@@ -250,7 +250,7 @@ def test_admin_credential_is_made_locally_signed_and_then_left_alone(vault, tmp_
     assert (identity.cn, identity.organization) == ("admin", ("system:masters",))
     other = render_kubeconfig(files, "lab", "https://198.18.0.14:6443")
     assert update_reason(files, ca, other, "720h", now) == "kubeconfig changed"
-    assert json.dumps(yamlish.loads(kubeconfig)["users"][0]["name"]) == '"admin"'
+    assert json.dumps(yaml.safe_load(kubeconfig)["users"][0]["name"]) == '"admin"'
 
 
 def _two_apiservers(**data) -> Inventory:

@@ -1,0 +1,3 @@
+module galley.lab/pause
+
+go 1.24
