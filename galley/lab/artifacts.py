@@ -354,9 +354,18 @@ ETCD_VERSION = "3.5.30"
 # proxy refuses eight of its staging modules at v0.33.6, e.g. k8s.io/kube-proxy, with 403.)
 KUBERNETES_VERSION = "1.33.4"
 KUBERNETES_UPGRADE_VERSION = "1.33.5"
-# A release that never becomes ready at its version: 1.33.4's binaries published as another
-# release. They install, start and run, and never report the version a rollout waits for.
+# A mispackaged release that never becomes healthy: under each binary's name it publishes
+# another real binary of the 1.33.4 build (`MISPACKAGED`), which rejects the flags the unit
+# gives it (kube-scheduler has no --advertise-address, --cluster-name or --node-ip; kube-proxy
+# no --tls-cert-file) or its config, and exits.
 KUBERNETES_BROKEN_VERSION = "1.33.7-galley.broken"
+MISPACKAGED = {
+    "kube-apiserver": "kube-scheduler",
+    "kube-controller-manager": "kube-scheduler",
+    "kube-scheduler": "kube-proxy",
+    "kubelet": "kube-scheduler",
+    "kube-proxy": "kube-scheduler",
+}
 KUBECTL_VERSION = "1.36.4"
 FLANNEL_VERSION = "0.26.7"
 COREDNS_VERSION = "1.12.0"  # what Kubernetes 1.33 ships
@@ -406,24 +415,23 @@ def _artifact(key: str) -> ReleaseArtifact:
 
 
 def _kubernetes_rows() -> list[Artifact]:
-    """The Kubernetes server binaries, built from their Go modules, at the lab's version, the
-    upgrade target, and the release that never becomes ready (what a rollout rolls back)."""
-    programs = {
-        KUBERNETES_VERSION: kubernetes(KUBERNETES_VERSION),
-        KUBERNETES_UPGRADE_VERSION: kubernetes(KUBERNETES_UPGRADE_VERSION),
-        KUBERNETES_BROKEN_VERSION: kubernetes(KUBERNETES_VERSION),
-    }
-    return [
-        lab_artifact(_artifact(component), version, GoBinary(program, component.replace("_", "-")))
-        for component in (
-            "kube_apiserver",
-            "kube_controller_manager",
-            "kube_scheduler",
-            "kubelet",
-            "kube_proxy",
-        )
-        for version, program in programs.items()
-    ]
+    """The Kubernetes server binaries, built from their Go modules, at the lab's version and
+    the upgrade target, and the mispackaged release (what a rollout must roll back)."""
+    rows = []
+    for component in (
+        "kube_apiserver",
+        "kube_controller_manager",
+        "kube_scheduler",
+        "kubelet",
+        "kube_proxy",
+    ):
+        binary = component.replace("_", "-")
+        for version in (KUBERNETES_VERSION, KUBERNETES_UPGRADE_VERSION):
+            built = GoBinary(kubernetes(version), binary)
+            rows.append(lab_artifact(_artifact(component), version, built))
+        mispackaged = GoBinary(kubernetes(KUBERNETES_VERSION), MISPACKAGED[binary])
+        rows.append(lab_artifact(_artifact(component), KUBERNETES_BROKEN_VERSION, mispackaged))
+    return rows
 
 
 ARTIFACTS: tuple[Artifact, ...] = (

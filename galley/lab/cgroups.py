@@ -39,7 +39,9 @@ DROPLET_UNIT = """\
 [Unit]
 Description=galley lab: writable cgroup controllers and /dev/kmsg
 DefaultDependencies=no
-Before=sysinit.target
+# Before anything of the boot that talks to systemd while it re-executes.
+Before=local-fs-pre.target sysinit.target
+Wants=local-fs-pre.target
 
 [Service]
 Type=oneshot

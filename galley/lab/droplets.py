@@ -63,9 +63,9 @@ def prepare_root(
         APT_PROXY_CONF.format(proxy=apt_proxy)
     )
     units = root / "etc/systemd/system"
-    (units / cgroups.DROPLET_UNIT_NAME).write_text(cgroups.DROPLET_UNIT)
     wants = units / "sysinit.target.wants"
-    wants.mkdir(exist_ok=True)
+    wants.mkdir(parents=True, exist_ok=True)
+    (units / cgroups.DROPLET_UNIT_NAME).write_text(cgroups.DROPLET_UNIT)
     link = wants / cgroups.DROPLET_UNIT_NAME
     if not link.is_symlink():
         link.symlink_to(f"../{cgroups.DROPLET_UNIT_NAME}")

@@ -7,7 +7,8 @@ cluster lock held elsewhere. Then, step by step (`restore_plan`), each recorded 
 (``<galley_config_dir>/<cluster>/etcd-restore.json``) so running the same command again
 finishes a run that stopped:
 
-1. stop every kube-apiserver, then etcd on every member;
+1. stop every kube-apiserver, then etcd on every member (a unit that takes more than
+   `STOP_GRACE` seconds is killed: its data is being replaced);
 2. copy the snapshot to every member (checked against its sha256);
 3. on each member ``etcdutl snapshot restore`` into a fresh dir with a new cluster token, the
    old data dir renamed aside (never deleted), the restored one put in its place (owned by
@@ -164,6 +165,22 @@ def restore_command(
         f"if [ -e {data} ]; then mv -T {data} {aside}; fi; touch {moved}; fi; "
         f"if [ -e {fresh} ]; then mv -T {fresh} {data}; fi; "
         f"{chown}chmod 700 {data} && touch {done}"
+    )
+
+
+# How long a unit may take to stop before a restore kills it: a kube-apiserver whose etcd is
+# gone waits out its requests' 60 s timeout on SIGTERM, and its data is being replaced anyway.
+STOP_GRACE = 10
+
+
+def stop_command(unit: str) -> str:
+    """Stop ``unit``, killing it when it has not stopped within `STOP_GRACE` seconds."""
+    q = shlex.quote(unit)
+    return (
+        f"systemctl stop --no-block {q} && "
+        f"for i in $(seq {STOP_GRACE * 5}); do systemctl is-active -q {q} || break; sleep 0.2; "
+        f"done; if systemctl is-active -q {q}; then systemctl kill --signal=SIGKILL {q}; fi; "
+        f"systemctl stop {q}"
     )
 
 
@@ -393,7 +410,10 @@ class PyinfraRestoreHosts(PyinfraHosts):
     """`RestoreHosts` over pyinfra hosts (etcd members by member name)."""
 
     def systemctl(self, name: str, action: str, unit: str) -> None:
-        ok, _, err = self.run(name, f"systemctl {action} {shlex.quote(unit)}")
+        command = f"systemctl {action} {shlex.quote(unit)}"
+        if action == "stop":
+            command = stop_command(unit)
+        ok, _, err = self.run(name, command)
         if not ok:
             raise RestoreError(f"{name}: systemctl {action} {unit} failed: {clean(err)}")
 

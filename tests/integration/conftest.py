@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import runpy
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import hvac
 import pytest
+import requests
+from pyinfra.api import Inventory
 
-from galley.lab.state import LabState
+from galley.components.etcd import member_identity as etcd_member_identity
+from galley.host.tls import csr_command
+from galley.lab.artifacts import ARTIFACTS
+from galley.lab.inventory import lab_groups, lab_overrides
+from galley.lab.state import CACHE_DIR, LabState
+from galley.ops.admin import AdminFiles
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+INVENTORY = "inventories/lab.py"
+MEMBER_CERT = "/etc/etcd/pki/member.crt"
 
 
 def pytest_collection_modifyitems(items):
@@ -117,6 +129,90 @@ def lab() -> LabState:
         run_cli("galley", "lab", "down")
 
 
+@pytest.fixture(scope="session")
+def cluster(lab) -> LabState:
+    """The whole cluster deployed on the lab once for the session (`galley vault bootstrap`,
+    `deploys/cluster.py`, `galley admin credentials`): every module shares it, and a module
+    that changes it puts back what it changed."""
+    run_cli("galley", "vault", "bootstrap", "--cluster", "lab", "--inventory", INVENTORY)
+    code, _, output = run_deploy("cluster")
+    assert code == 0, output
+    run_cli("galley", "admin", "credentials", INVENTORY)
+    return lab
+
+
+@pytest.fixture(scope="session")
+def vault_client(cluster) -> hvac.Client:
+    """A root client of the lab's OpenBao (the cluster bootstrapped in it)."""
+    return lab_vault(cluster)
+
+
+@pytest.fixture(scope="session")
+def kubectl(tmp_path_factory) -> Path:
+    """The lab's kubectl (the mirror's, Debian's build), runnable from a temporary copy."""
+    (artifact,) = [a for a in ARTIFACTS if a.name == "kubectl"]
+    copy = tmp_path_factory.mktemp("kubectl") / "kubectl"
+    copy.write_bytes((CACHE_DIR / "mirror" / artifact.upstream_path).read_bytes())
+    copy.chmod(0o755)
+    return copy
+
+
+@pytest.fixture(scope="session")
+def inventory(cluster) -> Inventory:
+    """The lab's inventory with group_data/all.py, as the deploy sees it (no connection)."""
+    all_data = {
+        key: value
+        for key, value in runpy.run_path(str(REPO / "group_data" / "all.py")).items()
+        if not key.startswith("_")
+    }
+    groups = lab_groups(cluster, lab_overrides(cluster))
+    hosts = {name: data for members in groups.values() for name, data in members}
+    return Inventory(
+        (list(hosts.items()), all_data),
+        **{group: ([name for name, _ in members], {}) for group, members in groups.items()},
+    )
+
+
+def ssh(name: str, command: str, check: bool = True) -> str:
+    """Run ``command`` on droplet ``name`` as root; its stdout."""
+    return run_cli("galley", "lab", "ssh", name, command, check=check).stdout
+
+
+def hosts_of(lab: LabState, group: str) -> list[str]:
+    """The droplets of an inventory group, in order."""
+    return [d.name for d in lab.droplets if group in d.roles]
+
+
+def admin_files() -> AdminFiles:
+    """The operator's admin credential of the lab's cluster."""
+    return AdminFiles(Path("~/.config/galley/lab").expanduser())
+
+
+def healthz(address: str, files: AdminFiles) -> tuple[int, str]:
+    """An apiserver's ``/healthz`` with the admin credential: status code and text (0 and the
+    error when it does not answer)."""
+    try:
+        answer = requests.get(
+            f"https://{address}:6443/healthz",
+            cert=(str(files.cert), str(files.key)),
+            verify=str(files.ca),
+            timeout=5,
+        )
+    except requests.RequestException as exc:
+        return 0, str(exc)
+    return answer.status_code, answer.text
+
+
+def wait_for(predicate, timeout: float, interval: float = 1.0) -> bool:
+    """Whether ``predicate()`` became true within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
 def kill_once_journal_says_done(args: list[str], journal: Path, key: str, timeout: float) -> dict:
     """Run ``galley ARGS``; SIGKILL it (the operator's session is lost) once the journal's
     record ``key`` is done, or at ``timeout``; the journal as it was left."""
@@ -139,3 +235,73 @@ def kill_once_journal_says_done(args: list[str], journal: Path, key: str, timeou
         process.send_signal(signal.SIGKILL)
         process.communicate()
     return json.loads(journal.read_text())
+
+
+@pytest.fixture(scope="session")
+def client_cert(cluster, vault_client, tmp_path_factory) -> tuple[str, str, str]:
+    """An etcd client certificate from Vault (key made here, as an operator's would be)."""
+    issued = vault_client.secrets.pki.generate_certificate(
+        "etcd-healthcheck-client", "etcd-healthcheck-client", mount_point="lab/pki/etcd"
+    )["data"]
+    directory = tmp_path_factory.mktemp("client")
+    paths = [directory / name for name in ("client.crt", "client.key", "ca.crt")]
+    for path, pem in zip(
+        paths, (issued["certificate"], issued["private_key"], issued["issuing_ca"]), strict=True
+    ):
+        path.write_text(pem + "\n")
+    return tuple(map(str, paths))
+
+
+def endpoints(lab) -> list[str]:
+    return [f"https://{d.address}:2379" for d in lab.droplets if "etcd" in d.roles]
+
+
+class Writer(threading.Thread):
+    """Writes a key every 50 ms like an etcd client with all endpoints: a write fails only if
+    no member accepts it within 5 s."""
+
+    def __init__(self, urls: list[str], cert: tuple[str, str, str]):
+        super().__init__(daemon=True)
+        self.urls, self.cert = urls, cert
+        self.stop = threading.Event()
+        self.ok, self.failed = 0, []
+
+    def run(self) -> None:
+        session = requests.Session()
+        index = 0
+        while not self.stop.is_set():
+            body = {
+                "key": base64.b64encode(b"galley-writer").decode(),
+                "value": base64.b64encode(str(self.ok).encode()).decode(),
+            }
+            deadline, error = time.monotonic() + 5, None
+            while time.monotonic() < deadline:
+                url = self.urls[index % len(self.urls)]
+                try:
+                    session.post(
+                        f"{url}/v3/kv/put",
+                        json=body,
+                        cert=self.cert[:2],
+                        verify=self.cert[2],
+                        timeout=2,
+                    ).raise_for_status()
+                    self.ok += 1
+                    break
+                except requests.RequestException as exc:
+                    error, index = exc, index + 1
+            else:
+                self.failed.append(str(error))
+            time.sleep(0.05)
+
+
+def install_member_cert(vault, name: str, address: str, ttl: str) -> None:
+    """Sign a certificate for ``name`` with the given SAN address and TTL; install it."""
+    csr = ssh(name, csr_command("/etc/etcd/pki/member.key", etcd_member_identity(name, address)))
+    signed = vault.secrets.pki.sign_certificate(
+        "etcd-member",
+        csr,
+        name,
+        extra_params={"ttl": ttl, "exclude_cn_from_sans": True},
+        mount_point="lab/pki/etcd",
+    )["data"]["certificate"]
+    run_cli("galley", "lab", "ssh", name, f"cat > {MEMBER_CERT} <<'EOF'\n{signed}\nEOF")

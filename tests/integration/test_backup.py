@@ -10,16 +10,22 @@ import re
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from galley import cluster_identity, cluster_secrets
 from galley.components.etcd import CGROUP_SETUP_FAILED, CLUSTER_IDENTITY
 from galley.etcdctl import etcdctl_command
 from galley.ops.kubeapi import KubeApi
 from tests.etcd_local import LocalHosts
 
-from .conftest import changed, lab_vault, pyinfra_json, run_cli, run_deploy
-from .test_cluster import _admin_files, _healthz, _wait
+from .conftest import (
+    admin_files,
+    changed,
+    healthz,
+    lab_vault,
+    pyinfra_json,
+    run_cli,
+    run_deploy,
+    wait_for,
+)
 
 INVENTORY = "inventories/lab.py"
 SNAPSHOT_DIR = "/var/lib/etcd-snapshots"
@@ -63,16 +69,6 @@ def keys(prefix: str) -> list[str]:
 
 def report() -> subprocess.CompletedProcess:
     return run_cli("galley", "report", INVENTORY, "--json", check=False)
-
-
-@pytest.fixture(scope="module")
-def cluster(lab):
-    """The whole lab cluster deployed (a no-op when it already is), with admin credentials."""
-    run_cli("galley", "vault", "bootstrap", "--cluster", "lab", "--inventory", INVENTORY)
-    code, _, output = run_deploy("cluster")
-    assert code == 0, output
-    run_cli("galley", "admin", "credentials", INVENTORY)
-    return lab
 
 
 def test_the_timer_is_installed_and_a_second_run_changes_nothing(cluster):
@@ -222,9 +218,9 @@ def test_restore_brings_the_cluster_back_to_the_snapshot(cluster, tmp_path):
     for name in members(cluster):
         assert ssh(name, "ls -d /var/lib/etcd.before-restore-*").strip()  # old data kept
         assert "ETCD_INITIAL_CLUSTER_STATE=existing" in ssh(name, "cat /etc/etcd/bootstrap.env")
-    files = _admin_files()
+    files = admin_files()
     apiservers = [d.address for d in cluster.droplets if "control_plane" in d.roles]
-    assert _wait(lambda: all(_healthz(a, files) == (200, "ok") for a in apiservers), 90)
+    assert wait_for(lambda: all(healthz(a, files) == (200, "ok") for a in apiservers), 90)
     api = KubeApi([f"https://{a}:6443" for a in apiservers], files)
     workers = {d.name for d in cluster.droplets if "workers" in d.roles}
     assert {node["metadata"]["name"] for node in api.nodes()} == workers

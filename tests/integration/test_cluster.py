@@ -6,23 +6,29 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import runpy
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-import requests
-from pyinfra.api import Inventory
 
 from galley.components import REGISTRY, certificates_of, running_on
 from galley.components.kubernetes import K8S_DIR
 from galley.lab.artifacts import ARTIFACTS
-from galley.lab.inventory import lab_groups, lab_overrides
+from galley.lab.artifacts import KUBERNETES_UPGRADE_VERSION as B
 from galley.lab.state import CACHE_DIR
-from galley.ops.admin import AdminFiles, operator_dir
 
-from .conftest import REPO, changed, lab_inventory_variant, pyinfra_json, run_cli, run_deploy
+from .conftest import (
+    admin_files,
+    changed,
+    healthz,
+    hosts_of,
+    lab_inventory_variant,
+    pyinfra_json,
+    run_cli,
+    run_deploy,
+    ssh,
+    wait_for,
+)
 
 UNITS = {
     "control_plane": ("kube-apiserver", "kube-controller-manager", "kube-scheduler"),
@@ -33,70 +39,6 @@ KUBECONFIGS = {
     "control_plane": ("controller-manager", "scheduler"),
     "workers": ("kubelet", "kube-proxy", "flannel"),
 }
-
-
-def ssh(name: str, command: str, check: bool = True) -> str:
-    return run_cli("galley", "lab", "ssh", name, command, check=check).stdout
-
-
-def hosts_of(lab, group: str) -> list[str]:
-    return [d.name for d in lab.droplets if group in d.roles]
-
-
-@pytest.fixture(scope="module")
-def first_run(lab) -> dict:
-    """`galley vault bootstrap`, then a full cluster deploy; its JSON results."""
-    run_cli("galley", "vault", "bootstrap", "--cluster", "lab", "--inventory", "inventories/lab.py")
-    code, results, output = run_deploy("cluster")
-    assert code == 0, output
-    run_cli("galley", "admin", "credentials", "inventories/lab.py")
-    return results
-
-
-@pytest.fixture(scope="module")
-def cluster(lab, first_run):
-    """The lab after a full cluster deploy."""
-    return lab
-
-
-@pytest.fixture(scope="module")
-def inventory(cluster) -> Inventory:
-    """The lab's inventory with group_data/all.py, as the deploy sees it (no connection)."""
-    all_data = {
-        key: value
-        for key, value in runpy.run_path(str(REPO / "group_data" / "all.py")).items()
-        if not key.startswith("_")
-    }
-    groups = lab_groups(cluster, lab_overrides(cluster))
-    hosts = {name: data for members in groups.values() for name, data in members}
-    return Inventory(
-        (list(hosts.items()), all_data),
-        **{group: ([name for name, _ in members], {}) for group, members in groups.items()},
-    )
-
-
-def _admin_files() -> AdminFiles:
-    return AdminFiles(operator_dir(_Data({"cluster_name": "lab"})))
-
-
-class _Data(dict):
-    """Just enough of pyinfra's host.data for `operator_dir`."""
-
-    def __getattr__(self, key: str):
-        return self[key]
-
-
-def _healthz(address: str, files: AdminFiles) -> tuple[int, str]:
-    try:
-        answer = requests.get(
-            f"https://{address}:6443/healthz",
-            cert=(str(files.cert), str(files.key)),
-            verify=str(files.ca),
-            timeout=5,
-        )
-    except requests.RequestException as exc:
-        return 0, str(exc)
-    return answer.status_code, answer.text
 
 
 def test_phases_run_in_order_across_hosts(cluster):
@@ -134,16 +76,6 @@ def test_every_unit_is_active_and_passes_systemd_analyze_verify(cluster):
                 "galley", "lab", "ssh", name, f"systemd-analyze verify {paths}", check=False
             )
             assert verified.returncode == 0, (name, verified.stdout + verified.stderr)
-
-
-@pytest.fixture(scope="module")
-def kubectl(tmp_path_factory) -> Path:
-    (artifact,) = [a for a in ARTIFACTS if a.name == "kubectl"]
-    path = CACHE_DIR / "mirror" / artifact.upstream_path
-    copy = tmp_path_factory.mktemp("kubectl") / "kubectl"
-    copy.write_bytes(path.read_bytes())
-    copy.chmod(0o755)
-    return copy
 
 
 def _kubectl_view(kubectl: Path, kubeconfig: Path) -> dict:
@@ -203,17 +135,17 @@ def test_real_kubectl_accepts_every_generated_kubeconfig(cluster, kubectl, tmp_p
                 # Its own apiserver on a control-plane host, the node-local proxy on a worker.
                 assert entry["cluster"]["server"] == "https://127.0.0.1:6443"
                 assert view["current-context"].endswith("@lab")
-    view = _kubectl_view(kubectl, _admin_files().kubeconfig)
+    view = _kubectl_view(kubectl, admin_files().kubeconfig)
     assert view["users"][0]["name"] == "admin"
     assert view["clusters"][0]["cluster"]["server"] == f"https://{first_cp}:6443"
 
 
 def test_admin_certificate_gets_ok_from_every_apiserver(cluster):
-    files = _admin_files()
+    files = admin_files()
     assert files.key.stat().st_mode & 0o777 == 0o600
     for droplet in cluster.droplets:
         if "control_plane" in droplet.roles:
-            assert _healthz(droplet.address, files) == (200, "ok")
+            assert healthz(droplet.address, files) == (200, "ok")
 
 
 def test_certificates_match_the_identity_table(cluster, inventory):
@@ -249,35 +181,26 @@ def test_second_run_changes_nothing(cluster):
     assert changed(results) == {}
 
 
-def _wait(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(1)
-    return False
-
-
 def test_apiservers_report_unhealthy_without_etcd_and_recover(cluster):
-    files = _admin_files()
+    files = admin_files()
     apiservers = [d.address for d in cluster.droplets if "control_plane" in d.roles]
     members = hosts_of(cluster, "etcd")
     try:
         for name in members:
             ssh(name, "systemctl stop etcd")
-        assert _wait(lambda: all(_healthz(a, files) != (200, "ok") for a in apiservers), 45), [
-            _healthz(a, files) for a in apiservers
+        assert wait_for(lambda: all(healthz(a, files) != (200, "ok") for a in apiservers), 45), [
+            healthz(a, files) for a in apiservers
         ]
     finally:
         for name in members:
             ssh(name, "systemctl start --no-block etcd")
-    assert _wait(lambda: all(_healthz(a, files) == (200, "ok") for a in apiservers), 90)
+    assert wait_for(lambda: all(healthz(a, files) == (200, "ok") for a in apiservers), 90)
 
     # Quorum is enough for the apiservers; later tests need every member back.
     def etcd_health() -> dict:
         return pyinfra_json("fact", "galley.facts.EtcdHealth", "--limit", "etcd").popitem()[1]
 
-    assert _wait(lambda: all(h["healthy"] for h in etcd_health().values()), 60), etcd_health()
+    assert wait_for(lambda: all(h["healthy"] for h in etcd_health().values()), 60), etcd_health()
 
 
 BAD_INVENTORIES = {
@@ -340,7 +263,7 @@ def test_the_report_lists_every_component_and_flags_a_stopped_kubelet(cluster, i
         assert "lab-worker-1: units: kubelet: loaded, inactive" in stopped.stdout
     finally:
         ssh("lab-worker-1", "systemctl start kubelet")
-    assert _wait(
+    assert wait_for(
         lambda: run_cli("galley", "report", "inventories/lab.py", check=False).returncode == 0, 60
     )
 
@@ -348,21 +271,21 @@ def test_the_report_lists_every_component_and_flags_a_stopped_kubelet(cluster, i
 def test_checksums_fetch_reads_the_mirror_and_refuses_a_tampered_file(cluster, tmp_path):
     catalogue = tmp_path / "checksums.json"
     fetch = (
-        "galley", "checksums", "fetch", "kubernetes", "1.33.6",
+        "galley", "checksums", "fetch", "kubernetes", B,
         "--arch", "amd64", "--inventory", "inventories/lab.py", "--catalogue", str(catalogue),
     )  # fmt: skip
     run_cli(*fetch)
     published = {
         a.name.replace("-", "_"): digest
         for a in ARTIFACTS
-        if a.version == "1.33.6" and a.checksum_path.startswith("dl.k8s.io/")
+        if a.version == B and a.checksum_path.startswith("dl.k8s.io/")
         for digest in [(CACHE_DIR / "mirror" / a.checksum_path).read_text().split()[0]]
     }
     recorded = json.loads(catalogue.read_text())
     assert len(published) == 5
-    assert {key: recorded[key]["1.33.6"]["amd64"] for key in recorded} == published
+    assert {key: recorded[key][B]["amd64"] for key in recorded} == published
 
-    (kubelet,) = [a for a in ARTIFACTS if a.name == "kubelet" and a.version == "1.33.6"]
+    (kubelet,) = [a for a in ARTIFACTS if a.name == "kubelet" and a.version == B]
     path = CACHE_DIR / "mirror" / kubelet.checksum_path
     original = path.read_text()
     try:
@@ -371,7 +294,7 @@ def test_checksums_fetch_reads_the_mirror_and_refuses_a_tampered_file(cluster, t
     finally:
         path.write_text(original)
     assert tampered.returncode == 1
-    assert "kubelet 1.33.6 amd64: upstream publishes 0000" in tampered.stderr
+    assert f"kubelet {B} amd64: upstream publishes 0000" in tampered.stderr
     assert json.loads(catalogue.read_text()) == recorded
 
 
@@ -391,7 +314,7 @@ def test_the_dry_plan_lists_exactly_the_changes_and_restarts_the_run_makes(clust
     """A release version and a template input change: --dry and the real run agree."""
     changes = (
         "--data",
-        "kubernetes_version=1.33.6",
+        f"kubernetes_version={B}",
         "--data",
         "cluster_domain=lab.internal",
     )

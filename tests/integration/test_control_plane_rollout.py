@@ -21,25 +21,15 @@ from galley.lab.artifacts import (
     KUBERNETES_UPGRADE_VERSION,
     KUBERNETES_VERSION,
 )
-from galley.ops.admin import operator_dir
 from galley.ops.control_plane import JOURNAL
 from galley.ops.kubeapi import KubeApi, kubelet_version
 
-from .conftest import kill_once_journal_says_done, run_cli
-from .test_cluster import (  # noqa: F401
-    _admin_files,
-    _Data,
-    _wait,
-    cluster,
-    first_run,
-    hosts_of,
-    ssh,
-)
+from .conftest import admin_files, hosts_of, kill_once_journal_says_done, run_cli, ssh, wait_for
 
 INVENTORY = "inventories/lab.py"
 A, B, BROKEN = KUBERNETES_VERSION, KUBERNETES_UPGRADE_VERSION, KUBERNETES_BROKEN_VERSION
 RELEASES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
-JOURNAL_PATH = operator_dir(_Data({"cluster_name": "lab"})) / JOURNAL
+JOURNAL_PATH = admin_files().directory / JOURNAL
 
 
 def rollout(*args: str) -> subprocess.CompletedProcess:
@@ -47,7 +37,7 @@ def rollout(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def control_plane(cluster) -> list[str]:  # noqa: F811
+def control_plane(cluster) -> list[str]:
     """The control-plane droplets in inventory order; the module leaves them at A."""
     yield hosts_of(cluster, "control_plane")
     JOURNAL_PATH.unlink(missing_ok=True)
@@ -56,11 +46,11 @@ def control_plane(cluster) -> list[str]:  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def apiservers(cluster, control_plane) -> dict[str, KubeApi]:  # noqa: F811
+def apiservers(cluster, control_plane) -> dict[str, KubeApi]:
     """Each control-plane droplet's own apiserver (one client each: no failover)."""
     address = {d.name: d.address for d in cluster.droplets}
     return {
-        name: KubeApi(f"https://{address[name]}:6443", _admin_files(), timeout=2)
+        name: KubeApi(f"https://{address[name]}:6443", admin_files(), timeout=2)
         for name in control_plane
     }
 
@@ -117,7 +107,7 @@ def snapshot(apiservers: dict[str, KubeApi], control_plane: list[str]) -> dict:
 
 
 def wait_ready(apiservers: dict[str, KubeApi]) -> None:
-    assert _wait(lambda: all(api.readyz()[0] for api in apiservers.values()), 60)
+    assert wait_for(lambda: all(api.readyz()[0] for api in apiservers.values()), 60)
 
 
 @pytest.fixture
@@ -207,7 +197,7 @@ def test_a_never_ready_apiserver_build_is_rolled_back_and_the_run_stops(
     [
         (("--to", "1.33.99"), "no sha256 for kube_apiserver 1.33.99"),
         (("--to", "1.35.0"), "skips a minor version"),
-        (("--to", "1.33.4"), "a downgrade needs --allow-downgrade"),
+        (("--to", "1.33.3"), "a downgrade needs --allow-downgrade"),
         (
             ("--to", "1.32.0", "--allow-downgrade"),
             "would be newer than the apiserver at the target",
@@ -224,7 +214,7 @@ def test_bad_targets_are_refused_before_anything(at_a, apiservers, control_plane
     assert not JOURNAL_PATH.exists()
 
 
-def test_a_kubelet_skew_refusal_names_the_node(at_a, apiservers, cluster):  # noqa: F811
+def test_a_kubelet_skew_refusal_names_the_node(at_a, apiservers, cluster):
     worker = hosts_of(cluster, "workers")[0]
     kubelet = kubelet_version(next(iter(apiservers.values())).node(worker))
     result = rollout("--to", "1.32.0", "--allow-downgrade")
@@ -245,7 +235,7 @@ def test_an_unhealthy_etcd_member_is_refused_before_anything(
     at_a,
     apiservers,
     control_plane,
-    cluster,  # noqa: F811
+    cluster,
 ):
     member = hosts_of(cluster, "etcd")[-1]
     before = snapshot(apiservers, control_plane)
@@ -257,7 +247,7 @@ def test_an_unhealthy_etcd_member_is_refused_before_anything(
         assert "nothing was changed" in result.stderr
     finally:
         ssh(member, "systemctl start etcd")
-    assert _wait(lambda: rollout("--to", B, "--dry-run").returncode == 0, 60)
+    assert wait_for(lambda: rollout("--to", B, "--dry-run").returncode == 0, 60)
     assert snapshot(apiservers, control_plane) == before
 
 

@@ -3,17 +3,14 @@ durable rolling restarts, and bad input refused before any host changes."""
 
 from __future__ import annotations
 
-import base64
 import json
 import shutil
 import socket
 import ssl
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import hvac
 import pytest
 import requests
 from cryptography import x509
@@ -28,19 +25,17 @@ from galley.lab.artifacts import ARTIFACTS
 from galley.lab.state import CACHE_DIR
 
 from .conftest import (
+    MEMBER_CERT,
+    Writer,
     changed,
+    endpoints,
+    install_member_cert,
     lab_inventory_variant,
-    lab_vault,
     pyinfra_json,
     run_cli,
     run_deploy,
+    ssh,
 )
-
-MEMBER_CERT = "/etc/etcd/pki/member.crt"
-
-
-def ssh(lab, name: str, command: str) -> str:
-    return run_cli("galley", "lab", "ssh", name, command).stdout
 
 
 def started_at(lab) -> dict[str, str]:
@@ -64,46 +59,12 @@ def fingerprint(lab) -> dict[str, str]:
         "readlink /opt/galley/etcd/current; ls /opt/galley/etcd; "
         "systemctl show -p ActiveEnterTimestamp,MainPID etcd"
     )
-    return {d.name: ssh(lab, d.name, command) for d in lab.droplets if "etcd" in d.roles}
-
-
-@pytest.fixture(scope="module")
-def vault(lab) -> hvac.Client:
-    run_cli("galley", "vault", "bootstrap", "--cluster", "lab", "--inventory", "inventories/lab.py")
-    return lab_vault(lab)
-
-
-@pytest.fixture(scope="module")
-def cluster(lab, vault):
-    """The lab's etcd cluster after a first deploy from scratch."""
-    code, _results, output = run_deploy("etcd")
-    assert code == 0, output
-    return lab
-
-
-@pytest.fixture(scope="module")
-def client_cert(cluster, vault, tmp_path_factory) -> tuple[str, str, str]:
-    """An etcd client certificate from Vault (key made here, as an operator's would be)."""
-    issued = vault.secrets.pki.generate_certificate(
-        "etcd-healthcheck-client", "etcd-healthcheck-client", mount_point="lab/pki/etcd"
-    )["data"]
-    directory = tmp_path_factory.mktemp("client")
-    paths = [directory / name for name in ("client.crt", "client.key", "ca.crt")]
-    for path, pem in zip(
-        paths, (issued["certificate"], issued["private_key"], issued["issuing_ca"]), strict=True
-    ):
-        path.write_text(pem + "\n")
-    return tuple(map(str, paths))
-
-
-def endpoints(lab) -> list[str]:
-    return [f"https://{d.address}:2379" for d in lab.droplets if "etcd" in d.roles]
+    return {d.name: ssh(d.name, command) for d in lab.droplets if "etcd" in d.roles}
 
 
 def test_members_are_healthy_and_match_the_inventory(cluster, client_cert):
     members = json.loads(
         ssh(
-            cluster,
             "lab-etcd-1",
             etcdctl_command(["https://127.0.0.1:2379"], "member", "list", "-w", "json"),
         )
@@ -172,59 +133,6 @@ def test_second_run_changes_and_restarts_nothing(cluster):
     assert fingerprint(cluster) == before
 
 
-class Writer(threading.Thread):
-    """Writes a key every 50 ms like an etcd client with all endpoints: a write fails only if
-    no member accepts it within 5 s."""
-
-    def __init__(self, urls: list[str], cert: tuple[str, str, str]):
-        super().__init__(daemon=True)
-        self.urls, self.cert = urls, cert
-        self.stop = threading.Event()
-        self.ok, self.failed = 0, []
-
-    def run(self) -> None:
-        session = requests.Session()
-        index = 0
-        while not self.stop.is_set():
-            body = {
-                "key": base64.b64encode(b"galley-writer").decode(),
-                "value": base64.b64encode(str(self.ok).encode()).decode(),
-            }
-            deadline, error = time.monotonic() + 5, None
-            while time.monotonic() < deadline:
-                url = self.urls[index % len(self.urls)]
-                try:
-                    session.post(
-                        f"{url}/v3/kv/put",
-                        json=body,
-                        cert=self.cert[:2],
-                        verify=self.cert[2],
-                        timeout=2,
-                    ).raise_for_status()
-                    self.ok += 1
-                    break
-                except requests.RequestException as exc:
-                    error, index = exc, index + 1
-            else:
-                self.failed.append(str(error))
-            time.sleep(0.05)
-
-
-def _install_cert(lab, vault, name: str, address: str, ttl: str) -> None:
-    """Sign a certificate for ``name`` with the given SAN address and TTL; install it."""
-    csr = ssh(
-        lab, name, csr_command("/etc/etcd/pki/member.key", etcd_member_identity(name, address))
-    )
-    signed = vault.secrets.pki.sign_certificate(
-        "etcd-member",
-        csr,
-        name,
-        extra_params={"ttl": ttl, "exclude_cn_from_sans": True},
-        mount_point="lab/pki/etcd",
-    )["data"]["certificate"]
-    run_cli("galley", "lab", "ssh", name, f"cat > {MEMBER_CERT} <<'EOF'\n{signed}\nEOF")
-
-
 def served_serial(address: str, client_cert: tuple[str, str, str]) -> int:
     """The serial of the certificate a member presents on its client port right now."""
     context = ssl.create_default_context(cafile=client_cert[2])
@@ -237,21 +145,23 @@ def served_serial(address: str, client_cert: tuple[str, str, str]) -> int:
     return x509.load_der_x509_certificate(der).serial_number
 
 
-def test_near_expiry_and_stale_address_are_resigned_without_a_restart(cluster, vault, client_cert):
+def test_near_expiry_and_stale_address_are_resigned_without_a_restart(
+    cluster, vault_client, client_cert
+):
     droplets = {d.name: d for d in cluster.droplets}
     # No renewal timer may get there first: the deploy is what re-signs here.
     for name in droplets:
         if "etcd" in droplets[name].roles:
-            ssh(cluster, name, "systemctl stop galley-cert-renewal.timer")
+            ssh(name, "systemctl stop galley-cert-renewal.timer")
     # lab-etcd-2: valid but issued for 1h (less than 1/6 of the 720h lifetime left).
-    _install_cert(cluster, vault, "lab-etcd-2", droplets["lab-etcd-2"].address, "1h")
+    install_member_cert(vault_client, "lab-etcd-2", droplets["lab-etcd-2"].address, "1h")
     # lab-etcd-3: still listing a former address (198.18.0.99) next to its current one.
     csr_identity = etcd_member_identity("lab-etcd-3", droplets["lab-etcd-3"].address)
     stale = type(csr_identity)(
         csr_identity.cn, csr_identity.dns_names, (*csr_identity.ip_addresses, "198.18.0.99")
     )
-    csr = ssh(cluster, "lab-etcd-3", csr_command("/etc/etcd/pki/member.key", stale))
-    signed = vault.secrets.pki.sign_certificate(
+    csr = ssh("lab-etcd-3", csr_command("/etc/etcd/pki/member.key", stale))
+    signed = vault_client.secrets.pki.sign_certificate(
         "etcd-member",
         csr,
         "lab-etcd-3",
@@ -303,7 +213,7 @@ def test_near_expiry_and_stale_address_are_resigned_without_a_restart(cluster, v
 
 def test_a_run_killed_before_its_restart_still_restarts_next_time(cluster):
     # As if a run wrote the configuration and died before restarting etcd.
-    ssh(cluster, "lab-etcd-1", "touch /etc/etcd/etcd.env")
+    ssh("lab-etcd-1", "touch /etc/etcd/etcd.env")
     before = started_at(cluster)
     code, results, output = run_deploy("etcd")
     assert code == 0, output

@@ -14,15 +14,15 @@ import pytest
 from galley.components.kubernetes import K8S_DIR
 from galley.ops.kubeapi import ApiError, KubeApi, node_ready
 
-from .conftest import changed, lab_inventory_variant, run_cli, run_deploy
-from .test_cluster import (  # noqa: F401
-    _admin_files,
-    _wait,
-    cluster,
-    first_run,
+from .conftest import (
+    admin_files,
+    changed,
     hosts_of,
-    kubectl,
+    lab_inventory_variant,
+    run_cli,
+    run_deploy,
     ssh,
+    wait_for,
 )
 
 # The stand-in apiserver serves a Node Ready Unknown 10 s after its last heartbeat: a minute
@@ -37,10 +37,10 @@ ENDPOINT = "api.lab.galley.test"
 
 
 @pytest.fixture(scope="module")
-def api(cluster) -> KubeApi:  # noqa: F811
+def api(cluster) -> KubeApi:
     """The admin client, through every apiserver (one that is down is skipped)."""
     urls = [f"https://{d.address}:6443" for d in cluster.droplets if "control_plane" in d.roles]
-    return KubeApi(urls, _admin_files())
+    return KubeApi(urls, admin_files())
 
 
 def _units(workers: list[str]) -> dict[str, str]:
@@ -73,7 +73,7 @@ def _every_node_ready_for(api: KubeApi, workers: list[str], seconds: float) -> N
 
 
 @pytest.fixture
-def workers(cluster) -> list[str]:  # noqa: F811
+def workers(cluster) -> list[str]:
     return hosts_of(cluster, "workers")
 
 
@@ -93,11 +93,11 @@ def test_workers_reach_the_api_through_their_proxy_to_every_apiserver(workers):
         }, shown
 
 
-def test_nodes_stay_ready_while_an_apiserver_is_stopped(api, workers, kubectl):  # noqa: F811
+def test_nodes_stay_ready_while_an_apiserver_is_stopped(api, workers, kubectl):
     before = _units(workers)
     ssh("lab-cp-1", "systemctl stop kube-apiserver")
     try:
-        assert _wait(lambda: _proxies_see(workers, "lab-cp-1") == {"DOWN"}, 20)
+        assert wait_for(lambda: _proxies_see(workers, "lab-cp-1") == {"DOWN"}, 20)
         code, document = _report()
         assert code == 1
         problems = {(p["host"], p["message"]) for p in document["problems"]}
@@ -108,7 +108,7 @@ def test_nodes_stay_ready_while_an_apiserver_is_stopped(api, workers, kubectl): 
         written = run_cli("galley", "admin", "credentials", "inventories/lab.py").stdout
         assert "written" in written, written
         listed = subprocess.run(
-            [str(kubectl), "--kubeconfig", str(_admin_files().kubeconfig), "get", "nodes"],
+            [str(kubectl), "--kubeconfig", str(admin_files().kubeconfig), "get", "nodes"],
             capture_output=True,
             text=True,
             timeout=30,
@@ -120,24 +120,24 @@ def test_nodes_stay_ready_while_an_apiserver_is_stopped(api, workers, kubectl): 
             ), listed.stdout
     finally:
         ssh("lab-cp-1", "systemctl start kube-apiserver")
-    assert _wait(lambda: _proxies_see(workers, "lab-cp-1") == {"UP"}, 30)
+    assert wait_for(lambda: _proxies_see(workers, "lab-cp-1") == {"UP"}, 30)
     assert _units(workers) == before
     run_cli("galley", "admin", "credentials", "inventories/lab.py")
-    assert "https://198.18.0.13:6443" in _admin_files().kubeconfig.read_text()
+    assert "https://198.18.0.13:6443" in admin_files().kubeconfig.read_text()
 
 
 def test_nodes_stay_ready_when_a_control_plane_droplet_dies(api, workers):
     before = _units(workers)
     run_cli("galley", "lab", "kill", "lab-cp-1")
     try:
-        assert _wait(lambda: _proxies_see(workers, "lab-cp-1") == {"DOWN"}, 20)
+        assert wait_for(lambda: _proxies_see(workers, "lab-cp-1") == {"DOWN"}, 20)
         code, document = _report()
         assert code == 1
         assert document["hosts"]["lab-cp-1"]["error"], document["hosts"]["lab-cp-1"]
         _every_node_ready_for(api, workers, OUTAGE_SECONDS)
     finally:
         run_cli("galley", "lab", "start", "lab-cp-1")
-    assert _wait(lambda: _proxies_see(workers, "lab-cp-1") == {"UP"}, 60)
+    assert wait_for(lambda: _proxies_see(workers, "lab-cp-1") == {"UP"}, 60)
     assert _units(workers) == before
 
 
@@ -147,7 +147,7 @@ def _changes_beside(results: dict, host: str) -> dict[str, set[str]]:
 
 
 @pytest.fixture
-def third_control_plane_host(cluster) -> Iterator[str]:  # noqa: F811
+def third_control_plane_host(cluster) -> Iterator[str]:
     run_cli("galley", "lab", "add", "--role", "control-plane")
     try:
         # A droplet new to the control plane waits for admission before any host is contacted.
@@ -168,8 +168,8 @@ def test_growing_and_shrinking_the_control_plane_reloads_the_proxies_only(
     assert code == 0, output
     changes = _changes_beside(results, third_control_plane_host)
     assert changes == {name: set(workers) for name in PROXY_CHANGES}, changes
-    assert _wait(lambda: _proxies_see(workers, third_control_plane_host) == {"UP"}, 30)
-    assert KubeApi("https://198.18.0.17:6443", _admin_files()).version()
+    assert wait_for(lambda: _proxies_see(workers, third_control_plane_host) == {"UP"}, 30)
+    assert KubeApi("https://198.18.0.17:6443", admin_files()).version()
 
     run_cli("galley", "lab", "remove", third_control_plane_host)
     code, results, output = run_deploy("cluster")
@@ -181,7 +181,7 @@ def test_growing_and_shrinking_the_control_plane_reloads_the_proxies_only(
 
 
 @pytest.fixture
-def endpoint_inventory(cluster, tmp_path) -> Iterator[str]:  # noqa: F811
+def endpoint_inventory(cluster, tmp_path) -> Iterator[str]:
     """The lab with `api_endpoint` set to a name resolving to lab-cp-1 (standing in for a
     DigitalOcean load balancer); afterwards the default mode is deployed again."""
     inventory = lab_inventory_variant(
@@ -227,4 +227,4 @@ def test_an_api_endpoint_replaces_the_proxies(endpoint_inventory, api, workers):
         except ApiError:
             return False
 
-    assert _wait(ready, 30)
+    assert wait_for(ready, 30)

@@ -21,9 +21,20 @@ from galley.lab.state import LabState
 from galley.ops.kubeapi import ApiError, KubeApi, node_ready
 from galley.ops.revocation import revoked_serials
 
-from .conftest import BIN, REPO, changed, lab_vault, pyinfra_json, run_cli, run_deploy
-from .test_cluster import _admin_files, _wait, cluster, first_run, ssh  # noqa: F401
-from .test_etcd import Writer, client_cert, endpoints, vault  # noqa: F401
+from .conftest import (
+    BIN,
+    REPO,
+    Writer,
+    admin_files,
+    changed,
+    endpoints,
+    lab_vault,
+    pyinfra_json,
+    run_cli,
+    run_deploy,
+    ssh,
+    wait_for,
+)
 
 DEFAULT_ETCD = ["lab-etcd-1", "lab-etcd-2", "lab-etcd-3"]
 
@@ -111,7 +122,7 @@ def restore_default_lab() -> None:
 
 
 @pytest.fixture(scope="module")
-def lab_grows(cluster, client_cert) -> Iterator[tuple]:  # noqa: F811
+def lab_grows(cluster, client_cert) -> Iterator[tuple]:
     yield cluster, client_cert
     restore_default_lab()
 
@@ -238,7 +249,7 @@ def test_a_new_worker_joins_alone_and_node_remove_takes_it_out(lab_grows):
     assert {op: hosts for op, hosts in beside.items() if hosts} == {}
     api = KubeApi(
         [f"https://{d.address}:6443" for d in lab.droplets if "control_plane" in d.roles],
-        _admin_files(),
+        admin_files(),
     )
 
     def ready() -> bool:
@@ -247,7 +258,7 @@ def test_a_new_worker_joins_alone_and_node_remove_takes_it_out(lab_grows):
         except ApiError:
             return False
 
-    assert _wait(ready, 60)
+    assert wait_for(ready, 60)
 
     removed = run_cli("galley", "node", "remove", "inventories/lab.py", "lab-worker-3", "--yes")
     with pytest.raises(ApiError) as gone:

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 from galley.etcdctl import etcdctl_command
+from galley.lab.artifacts import KUBERNETES_UPGRADE_VERSION as B
 
 from .conftest import REPO, lab_inventory_variant, run_cli, run_deploy
-from .test_cluster import cluster, first_run  # noqa: F401 (the deployed cluster)
 
 INVENTORY = "inventories/lab.py"
 LOCAL = ["https://127.0.0.1:2379"]
@@ -39,7 +39,7 @@ def unit_starts(lab) -> dict[str, str]:
     }
 
 
-def test_a_droplet_back_with_a_removed_members_data_is_named_while_preparing(cluster, tmp_path):  # noqa: F811
+def test_a_droplet_back_with_a_removed_members_data_is_named_while_preparing(cluster, tmp_path):
     # Four etcd hosts for a while: the removal then leaves three.
     even = lab_inventory_variant(
         tmp_path,
@@ -76,7 +76,7 @@ def test_a_droplet_back_with_a_removed_members_data_is_named_while_preparing(clu
         run_cli("galley", "vault", "bootstrap", "--cluster", "lab", "--inventory", INVENTORY)
 
 
-def test_a_stray_byte_in_os_release_costs_no_column_of_the_report(cluster):  # noqa: F811
+def test_a_stray_byte_in_os_release_costs_no_column_of_the_report(cluster):
     ssh(
         "lab-worker-2",
         "cp /etc/os-release /root/os-release && printf '# \\377\\n' >> /etc/os-release",
@@ -106,27 +106,28 @@ from galley.vault import VaultSettings, connect
 
 data = next(iter(load_inventory("inventories/lab.py"))).data
 client = connect(VaultSettings.from_data(data), lock_paths("lab"))
-ClusterLock.acquire(client, "lab", "galley rollout kubelet --to 1.33.6 " + sys.argv[1]).keep()
-Journal.start(operator_dir(data) / "rollout-kubelet.json", "1.33.6", resume=False).update()
+command = f"galley rollout kubelet --to {sys.argv[2]} {sys.argv[1]}"
+ClusterLock.acquire(client, "lab", command).keep()
+Journal.start(operator_dir(data) / "rollout-kubelet.json", sys.argv[2], resume=False).update()
 print("holding", flush=True)
 time.sleep(120)
 """
 
 
-def test_a_second_rollout_names_the_live_one_and_never_calls_it_interrupted(cluster):  # noqa: F811
+def test_a_second_rollout_names_the_live_one_and_never_calls_it_interrupted(cluster):
     """A rollout holds the cluster (its lock and journal, as `galley rollout kubelet` takes
     them): a second one started meanwhile is refused, naming the first."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, INVENTORY], cwd=REPO, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", HOLDER, INVENTORY, B], cwd=REPO, stdout=subprocess.PIPE, text=True
     )
     try:
         assert holder.stdout.readline().strip() == "holding"
         starts = unit_starts(cluster)
-        second = run_cli("galley", "rollout", "kubelet", "--to", "1.33.6", INVENTORY, check=False)
+        second = run_cli("galley", "rollout", "kubelet", "--to", B, INVENTORY, check=False)
         assert second.returncode == 2
         (line,) = second.stderr.strip().splitlines()
         assert line.startswith("galley: rollout: cluster lab is locked by ")
-        assert f"pid {holder.pid} running `galley rollout kubelet --to 1.33.6 {INVENTORY}`" in line
+        assert f"pid {holder.pid} running `galley rollout kubelet --to {B} {INVENTORY}`" in line
         assert line.endswith("(nothing was changed)")
         assert "interrupted" not in line and "remove" not in line
         assert unit_starts(cluster) == starts
@@ -134,6 +135,6 @@ def test_a_second_rollout_names_the_live_one_and_never_calls_it_interrupted(clus
         holder.kill()
         holder.wait()
     # Its holder is gone: now the journal is an interrupted rollout, resumable.
-    third = run_cli("galley", "rollout", "kubelet", "--to", "1.33.6", INVENTORY, check=False)
-    assert third.returncode == 2 and "an interrupted rollout to 1.33.6 is recorded" in third.stderr
+    third = run_cli("galley", "rollout", "kubelet", "--to", B, INVENTORY, check=False)
+    assert third.returncode == 2 and f"an interrupted rollout to {B} is recorded" in third.stderr
     JOURNAL.unlink()  # nothing was rolled out: no rollout to resume

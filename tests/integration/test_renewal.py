@@ -17,9 +17,16 @@ from galley.lab.lifecycle import VAULT_DIR
 from galley.lab.state import LAB_DIR
 from galley.renewal import HOST_IDENTITY
 
-from .conftest import changed, lab_inventory_variant, lab_vault, run_cli, run_deploy
-from .test_cluster import cluster, first_run, inventory, ssh  # noqa: F401
-from .test_etcd import Writer, client_cert, endpoints, vault  # noqa: F401
+from .conftest import (
+    Writer,
+    changed,
+    endpoints,
+    lab_inventory_variant,
+    lab_vault,
+    run_cli,
+    run_deploy,
+    ssh,
+)
 
 # Renewed in its last third (from 40 s before expiry) by a timer every 5 s (+ up to 2 s, + up
 # to 5 s of systemd's accuracy): at least 28 s left, so a deploy (1/6: 20 s) never steps in.
@@ -33,7 +40,7 @@ SHORT = {
 QUORUM_UNITS = {"etcd": "etcd", "control_plane": "kube-apiserver"}
 
 
-def _paths(inventory) -> dict[str, list[str]]:  # noqa: F811
+def _paths(inventory) -> dict[str, list[str]]:
     """Every certificate galley keeps on each host, its host identity included."""
     return {
         host.name: [HOST_IDENTITY.cert_path, *(cert.cert_path for cert, _ in certificates_of(host))]
@@ -80,7 +87,7 @@ def _quorum_starts(lab) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def short_lived(cluster, client_cert, tmp_path_factory) -> Iterator[str]:  # noqa: F811
+def short_lived(cluster, client_cert, tmp_path_factory) -> Iterator[str]:
     # (client_cert first: its Vault fixture bootstraps with the lab's usual TTLs.)
     """The lab with 120 s certificates and a renewal timer every 5 s (+ up to 2 s): Vault's
     renewal roles and every certificate re-issued that short. Afterwards the usual TTLs again."""
@@ -104,9 +111,9 @@ def short_lived(cluster, client_cert, tmp_path_factory) -> Iterator[str]:  # noq
 
 def test_certificates_renew_themselves_for_three_lifetimes_with_no_restart(
     short_lived,
-    cluster,  # noqa: F811
-    inventory,  # noqa: F811
-    client_cert,  # noqa: F811
+    cluster,
+    inventory,
+    client_cert,
 ):
     paths = _paths(inventory)
     first = _serials(paths)
@@ -215,8 +222,8 @@ def _renewal_state(host: str) -> dict[str, str]:
 
 def test_a_sealed_vault_fails_loudly_and_restarts_nothing(
     short_lived,
-    cluster,  # noqa: F811
-    inventory,  # noqa: F811
+    cluster,
+    inventory,
 ):
     # Seal OpenBao just before lab-worker-1's next renewal is due.
     deadline = time.monotonic() + 30

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
-from .conftest import lab_vault, run_cli
-from .test_etcd import _install_cert
+from .conftest import install_member_cert, run_cli
 
 INVENTORY = "inventories/lab.py"
 
@@ -17,37 +14,28 @@ def deploy_etcd() -> None:
     run_cli("pyinfra", "-y", INVENTORY, "deploys/etcd.py")
 
 
-@pytest.fixture(scope="module")
-def etcd_cluster(lab):
-    """The lab with Vault bootstrapped and etcd deployed (a no-op if it already is)."""
-    run_cli("galley", "vault", "bootstrap", "--cluster", "lab", "--inventory", "inventories/lab.py")
-    deploy_etcd()
-    return lab
-
-
 def report(*args: str):
     return run_cli("galley", "report", INVENTORY, *args, check=False)
 
 
-def test_every_host_is_in_the_report_and_a_healthy_lab_has_no_problems(etcd_cluster):
+def test_every_host_is_in_the_report_and_a_healthy_lab_has_no_problems(cluster):
     result = report("--json")
     assert result.returncode == 0, result.stdout + result.stderr
     document = json.loads(result.stdout)
-    assert set(document["hosts"]) == {d.name for d in etcd_cluster.droplets}
+    assert set(document["hosts"]) == {d.name for d in cluster.droplets}
     assert document["problems"] == []
-    members = [d.name for d in etcd_cluster.droplets if "etcd" in d.roles]
+    members = [d.name for d in cluster.droplets if "etcd" in d.roles]
     assert all(document["hosts"][name]["etcd"]["healthy"] for name in members)
 
     text = report().stdout
-    for droplet in etcd_cluster.droplets:
+    for droplet in cluster.droplets:
         assert f"  {droplet.name} " in text
     assert text.rstrip().endswith("no problems")
 
 
-def test_a_certificate_expiring_soon_is_flagged_until_redeployed(etcd_cluster):
-    vault = lab_vault(etcd_cluster)
-    address = etcd_cluster.droplet("lab-etcd-2").address
-    _install_cert(etcd_cluster, vault, "lab-etcd-2", address, "1h")
+def test_a_certificate_expiring_soon_is_flagged_until_redeployed(cluster, vault_client):
+    address = cluster.droplet("lab-etcd-2").address
+    install_member_cert(vault_client, "lab-etcd-2", address, "1h")
     try:
         result = report()
         assert result.returncode == 1, result.stdout + result.stderr

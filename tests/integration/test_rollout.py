@@ -19,16 +19,14 @@ from galley.lab.artifacts import (
     KUBERNETES_UPGRADE_VERSION,
     KUBERNETES_VERSION,
 )
-from galley.ops.admin import operator_dir
 from galley.ops.kubeapi import ApiError, KubeApi, kubelet_version, node_ready, node_unschedulable
 from galley.ops.rollout import JOURNAL
 
-from .conftest import kill_once_journal_says_done, run_cli, run_deploy
-from .test_cluster import _admin_files, _Data, cluster, first_run, hosts_of, ssh  # noqa: F401
+from .conftest import admin_files, hosts_of, kill_once_journal_says_done, run_cli, run_deploy, ssh
 
 INVENTORY = "inventories/lab.py"
 A, B = KUBERNETES_VERSION, KUBERNETES_UPGRADE_VERSION
-JOURNAL_PATH = operator_dir(_Data({"cluster_name": "lab"})) / JOURNAL
+JOURNAL_PATH = admin_files().directory / JOURNAL
 
 
 def rollout(*args: str, check: bool = False) -> subprocess.CompletedProcess:
@@ -36,13 +34,13 @@ def rollout(*args: str, check: bool = False) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def api(cluster) -> KubeApi:  # noqa: F811
+def api(cluster) -> KubeApi:
     first_cp = next(d.address for d in cluster.droplets if "control_plane" in d.roles)
-    return KubeApi(f"https://{first_cp}:6443", _admin_files())
+    return KubeApi(f"https://{first_cp}:6443", admin_files())
 
 
 @pytest.fixture(scope="module")
-def workers(cluster) -> list[str]:  # noqa: F811
+def workers(cluster) -> list[str]:
     return hosts_of(cluster, "workers")
 
 

@@ -16,17 +16,10 @@ from galley.lab.lifecycle import VAULT_DIR
 from galley.lab.state import LAB_DIR
 from galley.lock import LEASE_SECONDS, ClusterLock
 
-from .conftest import BIN, REPO, lab_inventory_variant, lab_vault, run_cli, run_deploy
-from .test_cluster import cluster, first_run, ssh  # noqa: F401
+from .conftest import BIN, REPO, lab_inventory_variant, lab_vault, run_cli, run_deploy, ssh
 from .test_etcd import fingerprint
 
 ENCRYPTION_CONFIG = "/etc/kubernetes/encryption-config.yaml"
-
-
-@pytest.fixture(scope="module")
-def deployed(cluster):  # noqa: F811
-    """The lab after a whole-cluster deploy (test_cluster's fixture)."""
-    return cluster
 
 
 def _inventory_with_policy(lab, tmp_path: Path, policy: str) -> str:
@@ -43,16 +36,16 @@ def _inventory_with_policy(lab, tmp_path: Path, policy: str) -> str:
     return lab_inventory_variant(tmp_path, body)
 
 
-def test_a_workers_token_deploys_the_workers_and_nothing_else(deployed, tmp_path):
-    inventory = _inventory_with_policy(deployed, tmp_path, "lab-workers")
+def test_a_workers_token_deploys_the_workers_and_nothing_else(cluster, tmp_path):
+    inventory = _inventory_with_policy(cluster, tmp_path, "lab-workers")
     code, _, output = run_deploy("workers", inventory=inventory, check=False)
     assert code == 0, output
-    before = fingerprint(deployed)
+    before = fingerprint(cluster)
     code, _, output = run_deploy("etcd", inventory=inventory, check=False)
     assert code != 0
     assert "token lacks " in output and "'update' on lab/pki/etcd/sign/etcd-member" in output
     assert "nothing was changed" in output and "Traceback" not in output
-    assert fingerprint(deployed) == before
+    assert fingerprint(cluster) == before
 
 
 def _secret_fragments(lab) -> list[str]:
@@ -65,8 +58,8 @@ def _secret_fragments(lab) -> list[str]:
     return [encryption, key_lines[len(key_lines) // 2]]
 
 
-def test_secrets_never_reach_the_output_of_diff_dry_or_verbose_runs(deployed):
-    fragments = _secret_fragments(deployed)
+def test_secrets_never_reach_the_output_of_diff_dry_or_verbose_runs(cluster):
+    fragments = _secret_fragments(cluster)
     ssh("lab-cp-1", f"echo '# drift' >> {ENCRYPTION_CONFIG}")
     dry = run_cli("pyinfra", "inventories/lab.py", "deploys/control_plane.py", "--dry", "--diff")
     assert f"secrets encryption config {ENCRYPTION_CONFIG}" in dry.stdout + dry.stderr
@@ -81,38 +74,38 @@ def test_secrets_never_reach_the_output_of_diff_dry_or_verbose_runs(deployed):
     assert ssh("lab-cp-1", f"stat -c %a {ENCRYPTION_CONFIG}").strip() == "600"
 
 
-def test_debug_inventory_never_shows_the_token(deployed):
-    token = Path(deployed.vault_token_file).read_text().strip()
+def test_debug_inventory_never_shows_the_token(cluster):
+    token = Path(cluster.vault_token_file).read_text().strip()
     shown = run_cli("pyinfra", "inventories/lab.py", "debug-inventory")
     assert "vault_token_file" in shown.stdout + shown.stderr
     assert token not in shown.stdout + shown.stderr
 
 
 @pytest.fixture
-def sealed(deployed):
+def sealed(cluster):
     """The lab's OpenBao sealed for the test, unsealed afterwards with the lab's key."""
-    vault = lab_vault(deployed)
+    vault = lab_vault(cluster)
     vault.sys.seal()
     yield
     key = (LAB_DIR / VAULT_DIR / "unseal-key").read_text().strip()
     vault.sys.submit_unseal_key(key)
 
 
-def test_a_sealed_vault_stops_a_deploy_before_any_host_changes(deployed, sealed):
-    before = fingerprint(deployed)
+def test_a_sealed_vault_stops_a_deploy_before_any_host_changes(cluster, sealed):
+    before = fingerprint(cluster)
     code, _, output = run_deploy("etcd", check=False)
     assert code != 0
     assert "Vault at https://127.0.0.1:8200 is sealed: unseal it and re-run" in output
     assert "Traceback" not in output
-    assert fingerprint(deployed) == before
+    assert fingerprint(cluster) == before
 
 
-def test_after_unsealing_the_next_run_converges(deployed):
+def test_after_unsealing_the_next_run_converges(cluster):
     code, _, output = run_deploy("etcd")
     assert code == 0, output
 
 
-def test_two_deploys_at_the_same_moment_one_runs_the_other_is_refused(deployed):
+def test_two_deploys_at_the_same_moment_one_runs_the_other_is_refused(cluster):
     command = [str(BIN / "pyinfra"), "-y", "inventories/lab.py", "deploys/etcd.py"]
     runs = [
         subprocess.Popen(
@@ -130,8 +123,8 @@ def test_two_deploys_at_the_same_moment_one_runs_the_other_is_refused(deployed):
     assert code == 0, output
 
 
-def test_a_dead_holders_lock_is_named_and_broken_only_on_request(deployed):
-    vault = lab_vault(deployed)
+def test_a_dead_holders_lock_is_named_and_broken_only_on_request(cluster):
+    vault = lab_vault(cluster)
     stale = ClusterLock.acquire(
         vault, "lab", "pyinfra -y inventories/lab.py deploys/cluster.py",
         clock=lambda: time.time() - 2 * LEASE_SECONDS,

@@ -97,6 +97,19 @@ BAD_INVENTORIES = {
         [_host("lab-etcd-1", 1, etcd_client_port="2379"), *GOOD[1:]],
         "lab-etcd-1: etcd_client_port: must be a TCP port, not '2379'",
     ),
+    "registry mirror that is not a URL": (
+        [_host("lab-etcd-1", 1, registry_mirror="mirror:5000/path"), *GOOD[1:]],
+        "lab-etcd-1: registry_mirror: 'mirror:5000/path' is not a registry URL such as "
+        "https://mirror:5000",
+    ),
+    "a yes/no setting given as text": (
+        [_host("lab-etcd-1", 1, containerd_restrict_oom_score_adj="yes"), *GOOD[1:]],
+        "lab-etcd-1: containerd_restrict_oom_score_adj: must be True or False, not 'yes'",
+    ),
+    "a negative conntrack size": (
+        [_host("lab-etcd-1", 1, kube_proxy_conntrack_max_per_core=-1), *GOOD[1:]],
+        "lab-etcd-1: kube_proxy_conntrack_max_per_core: must be a count >= 0 or None, not -1",
+    ),
 }
 
 

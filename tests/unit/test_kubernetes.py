@@ -134,6 +134,7 @@ def test_config_files_have_their_current_kind(template, api_version, kind):
         user_name="system:node:lab-worker-1",
         cert_path="/etc/kubernetes/pki/kubelet.crt",
         key_path="/etc/kubernetes/pki/kubelet.key",
+        conntrack_max_per_core=0,
     )
     parsed = yaml.safe_load(text)
     assert (parsed["apiVersion"], parsed["kind"]) == (api_version, kind)
@@ -160,7 +161,9 @@ def test_identity_table_names_kubernetes_users_and_groups():
     assert worker["kubelet"][1].cn == "system:node:lab-worker-1"
     assert worker["kubelet"][1].organization == ("system:nodes",)
     assert worker["kube-proxy"][1].organization == ("system:node-proxier",)
-    assert worker["flannel"][1] == worker["kubelet"][1]
+    # flannel's own identity: the node's cannot list other nodes (the Node authorizer).
+    assert worker["flannel"][1].cn == "flannel:lab-worker-1"
+    assert worker["flannel"][1].organization == ("galley:flannel",)
     assert by_host["lab-cp-1"]["apiserver-etcd-client"][0].mount == "etcd"
 
 

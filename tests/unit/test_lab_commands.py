@@ -59,6 +59,11 @@ def test_prepared_droplet_root_has_its_identity(tmp_path, monkeypatch):
     assert len((root / "etc/machine-id").read_text().strip()) == 32
     assert (root / "root/.ssh/authorized_keys").stat().st_mode & 0o777 == 0o600
     assert "198.18.0.1:3142" in (root / "etc/apt/apt.conf.d/01galley-lab-proxy").read_text()
+    # What a kubelet needs that nspawn does not give a machine, set up at every boot.
+    unit = root / "etc/systemd/system/galley-lab-droplet.service"
+    assert "mount -o remount,rw,bind" in unit.read_text()
+    enabled = root / "etc/systemd/system/sysinit.target.wants/galley-lab-droplet.service"
+    assert enabled.resolve() == unit.resolve()
     lines = droplets.host_key_lines(root, droplet.address)
     assert {line.split()[1] for line in lines} >= {"ssh-ed25519", "ssh-rsa"}
     assert all(line.startswith("198.18.0.13 ") for line in lines)

@@ -228,7 +228,7 @@ def test_one_policy_per_job_grants_exactly_what_its_deploy_signs_and_reads():
     }
     assert _blocks("lab-workers", policies["lab-workers"]) == {
         **_signs("etcd", "flannel-etcd-client"),
-        **_signs("k8s", "kubelet", "kubelet-serving", "kube-proxy"),
+        **_signs("k8s", "kubelet", "kubelet-serving", "flannel", "kube-proxy"),
         **HOST_IDENTITY,
         **CA_READS,
         **LOCK,
