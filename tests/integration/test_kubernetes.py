@@ -42,8 +42,10 @@ def test_every_worker_is_a_ready_node_at_the_labs_version(cluster, kubectl):
         assert ready[0]["status"] == "True", node["metadata"]["name"]
         assert node["status"]["nodeInfo"]["kubeletVersion"] == f"v{KUBERNETES_VERSION}"
         assert node["spec"]["podCIDR"]  # allocated by the controller manager, leased by flannel
-    services = run_kubectl(kubectl, "get", "svc", "-A").stdout
-    assert "default     kubernetes" in services
+    services = json.loads(run_kubectl(kubectl, "get", "svc", "-A", "-o", "json").stdout)["items"]
+    assert ("default", "kubernetes") in {
+        (svc["metadata"]["namespace"], svc["metadata"]["name"]) for svc in services
+    }
 
 
 def _pod(name: str, node: str, command: str, labels: dict | None = None) -> dict:
@@ -64,7 +66,7 @@ def pods(kubectl):
     """A namespace of the test's own, deleted afterwards."""
     run_kubectl(kubectl, "create", "namespace", NAMESPACE)
     yield
-    run_kubectl(kubectl, "delete", "namespace", NAMESPACE, "--wait=false")
+    run_kubectl(kubectl, "delete", "namespace", NAMESPACE, "--timeout=120s")
 
 
 def _get(kubectl: Path, target: str) -> subprocess.CompletedProcess:
