@@ -16,7 +16,8 @@ finishes a run that stopped:
 4. start etcd everywhere, wait until every member is healthy at a revision at least the
    snapshot's;
 5. record this cluster's identity in etcd (`galley.cluster_identity`);
-6. start the apiservers, then restart the controller managers, schedulers and kubelets.
+6. start the apiservers, then restart the controller managers, schedulers and kubelets, and
+   wait until each has run for `SETTLED` seconds.
 
 A snapshot is refused, before anything stops, when it is truncated or corrupt (its content
 does not match the sha256 etcdctl appended when saving it) or carries another cluster's
@@ -100,6 +101,8 @@ class Step:
             return "wait until every member is healthy at the snapshot's revision or later"
         if self.action == "identity":
             return "record this cluster's identity in the restored etcd"
+        if self.action == "settle":
+            return f"wait until every restarted unit has run for {SETTLED}s without a restart"
         if self.action == "copy":
             return f"copy the snapshot to {self.host}"
         if self.action == "restore":
@@ -123,6 +126,8 @@ def restore_plan(
     steps += [Step("check"), Step("identity")]
     steps += [Step("start", host, apiserver_unit) for host in apiservers]
     steps += [Step("restart", host, unit) for host, units in restarts.items() for unit in units]
+    if restarts:
+        steps.append(Step("settle"))
     return steps
 
 
@@ -168,6 +173,8 @@ def restore_command(
     )
 
 
+# How long each restarted unit must have run for the restore to count it as back.
+SETTLED = 10
 # How long a unit may take to stop before a restore kills it: a kube-apiserver whose etcd is
 # gone waits out its requests' 60 s timeout on SIGTERM, and its data is being replaced anyway.
 STOP_GRACE = 10
@@ -176,11 +183,11 @@ STOP_GRACE = 10
 def stop_command(unit: str) -> str:
     """Stop ``unit``, killing it when it has not stopped within `STOP_GRACE` seconds."""
     q = shlex.quote(unit)
+    running = f"systemctl show -p ActiveState --value {q} | grep -qxE 'active|deactivating'"
     return (
         f"systemctl stop --no-block {q} && "
-        f"for i in $(seq {STOP_GRACE * 5}); do systemctl is-active -q {q} || break; sleep 0.2; "
-        f"done; if systemctl is-active -q {q}; then systemctl kill --signal=SIGKILL {q}; fi; "
-        f"systemctl stop {q}"
+        f"for i in $(seq {STOP_GRACE * 5}); do {running} || break; sleep 0.2; done; "
+        f"if {running}; then systemctl kill --signal=SIGKILL {q}; fi; systemctl stop {q}"
     )
 
 
@@ -194,6 +201,10 @@ class RestoreHosts(SnapshotHosts, Protocol):
     def start_member(self, name: str, initial_cluster: str) -> None:
         """Write the member's bootstrap.env with ``existing`` and ``initial_cluster``, start
         etcd without waiting (every member must start before any is ready)."""
+        ...
+
+    def running_for(self, name: str, unit: str) -> float | None:
+        """How long ``unit`` has been active, in seconds (None when it is not active)."""
         ...
 
 
@@ -283,8 +294,31 @@ class Restore:
         elif step.action == "identity":
             endpoints = [w.client_url for w in self.members]
             self.client.put(endpoints, cluster_identity.KEY, cluster_identity.marker(self.identity))
+        elif step.action == "settle":
+            self._settle()
         else:
             self._check()
+
+    def _settle(self) -> None:
+        """Until ``timeout``: every restarted unit active for `SETTLED` seconds. A controller
+        manager or scheduler that held a leader lease finds it rolled back by the restore and
+        exits once; systemd starts it again, and a deploy right after must find it running."""
+        units = [(step.host, step.unit) for step in self.steps if step.action == "restart"]
+        deadline = self.clock() + self.timeout
+        while True:
+            unsettled = [
+                f"{unit} on {host}"
+                for host, unit in units
+                if (self.hosts.running_for(host, unit) or 0) < SETTLED
+            ]
+            if not unsettled:
+                return
+            if self.clock() > deadline:
+                raise RestoreError(
+                    f"not running steadily {self.timeout:.0f}s after the restore: "
+                    f"{', '.join(unsettled)}"
+                )
+            time.sleep(POLL)
 
     def _check(self) -> None:
         """Until ``timeout``: every member healthy, each at the snapshot's revision or later."""
@@ -416,6 +450,18 @@ class PyinfraRestoreHosts(PyinfraHosts):
         ok, _, err = self.run(name, command)
         if not ok:
             raise RestoreError(f"{name}: systemctl {action} {unit} failed: {clean(err)}")
+
+    def running_for(self, name: str, unit: str) -> float | None:
+        q = shlex.quote(unit)
+        ok, out, _ = self.run(
+            name,
+            f"systemctl is-active -q {q} && cut -d' ' -f1 /proc/uptime && "
+            f"systemctl show -p ActiveEnterTimestampMonotonic --value {q}",
+        )
+        lines = out.split()
+        if not ok or len(lines) != 2:
+            return None
+        return float(lines[0]) - int(lines[1]) / 1e6
 
     def start_member(self, name: str, initial_cluster: str) -> None:
         try:

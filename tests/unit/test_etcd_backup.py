@@ -104,6 +104,7 @@ def test_the_restore_plan_stops_the_apiservers_first_and_restarts_the_rest_last(
         "restart kube-controller-manager on cp1",
         "restart kube-scheduler on cp1",
         "restart kubelet on w1",
+        "settle",
     ]
     assert Step("check").describe().startswith("wait until every member is healthy")
 
@@ -250,6 +251,9 @@ class BackupHosts(LocalHosts):
         if unit == "etcd" and action == "stop":
             self.stop(name)
         self.units.append(f"{action} {unit} on {name}")
+
+    def running_for(self, name: str, unit: str) -> float | None:
+        return 60.0  # the recorded units "run" steadily
 
     def start_member(self, name: str, initial_cluster: str) -> None:
         if name == self.fail_start:
