@@ -15,6 +15,7 @@ as galley's stand-in (galley.lab.standins). Lab code only.
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import hashlib
 import io
@@ -62,8 +63,8 @@ class Artifact:
     version: str
     upstream_path: str  # host + path, without scheme
     # builder(artifact, dest, source_dir) writes the artifact to dest; source_dir caches inputs.
-    # A builder may have current(path, source_dir): whether a built file is still what it
-    # would build (default: it is, once built).
+    # A builder may have origin(artifact, source_dir): what the artifact is made from now
+    # (recorded beside it; a different one means rebuild). Without, a built file stays.
     builder: Callable[[Artifact, Path, Path], None]
     # True: the artifact is the executable itself (install it as a file, do not unpack it).
     raw: bool = False
@@ -306,13 +307,15 @@ class PythonStandin:
         }
         _deterministic_tarball(dest, "", members)
 
-    def current(self, path: Path, source_dir: Path) -> bool:
-        """Never: it is built from this checkout's code, so the mirror never serves a stale one."""
-        return False
+    def origin(self, artifact: Artifact, source_dir: Path) -> str:
+        """The stand-in's code: a change in this checkout rebuilds it."""
+        return hashlib.sha256(standin_zipapp(self.entry_module, artifact.version)).hexdigest()
 
 
+@functools.cache
 def go_builder(source_dir: Path) -> GoBuilder:
-    """The Go builds of the lab, their module and build caches below ``source_dir``."""
+    """The Go builds of the lab, their module and build caches below ``source_dir`` (one
+    builder per process, so each program is asked once)."""
     return GoBuilder(source_dir / "go")
 
 
@@ -343,9 +346,11 @@ class GoBinary:
         }
         _deterministic_tarball(dest, "", members)
 
-    def current(self, path: Path, source_dir: Path) -> bool:
-        """Whether ``path`` was made from the program's current build."""
-        return path.stat().st_mtime >= self.built(source_dir).stat().st_mtime
+    def origin(self, artifact: Artifact, source_dir: Path) -> str:
+        """The program's build (its inputs' stamp) and the binary taken from it."""
+        built = self.built(source_dir)
+        stamp = (built.parent / ".galley-build").read_text().strip()
+        return f"{self.program.key}/{self.binary} {stamp} {self.member or 'raw'}"
 
 
 ETCD_VERSION = "3.5.30"
@@ -512,12 +517,11 @@ def build(artifact: Artifact, cache_dir: Path, source_dir: Path) -> str:
     """Build one artifact (unless present with a matching .sha256) and return its sha256."""
     path = cache_dir / artifact.upstream_path
     recorded = _read_checksum(path)
-    if (
-        recorded is not None
-        and path.is_file()
-        and getattr(artifact.builder, "current", lambda path, source_dir: True)(path, source_dir)
-        and _sha256(path) == recorded
-    ):
+    origin = getattr(artifact.builder, "origin", None)
+    wanted = origin(artifact, source_dir) if origin else ""
+    origin_file = path.with_name(path.name + ".origin")
+    was = origin_file.read_text() if origin_file.is_file() else ""
+    if recorded is not None and path.is_file() and was == wanted and _sha256(path) == recorded:
         return recorded
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".part")
@@ -530,6 +534,8 @@ def build(artifact: Artifact, cache_dir: Path, source_dir: Path) -> str:
     checksum_part = _checksum_file(partial)
     checksum_part.write_text(f"{digest}  {path.name}\n")
     os.replace(checksum_part, _checksum_file(path))
+    if wanted:
+        origin_file.write_text(wanted)
     return digest
 
 

@@ -149,6 +149,8 @@ class GoBuilder:
 
     root: Path
     progress: Progress = print
+    # What this process built or found built already, by program key.
+    done: dict[str, Path] = field(default_factory=dict)
 
     def env(self, cgo: bool = False) -> dict[str, str]:
         """The environment of a go command: caches in the lab's cache, cgo only if asked."""
@@ -214,7 +216,13 @@ class GoBuilder:
 
     def build(self, program: GoProgram) -> Path:
         """The directory holding ``program``'s binaries, built unless built already from the
-        same inputs."""
+        same inputs (asked once per process)."""
+        if program.key in self.done:
+            return self.done[program.key]
+        self.done[program.key] = self._build(program)
+        return self.done[program.key]
+
+    def _build(self, program: GoProgram) -> Path:
         out = self.root / "bin" / program.key
         upstream = self.upstream(program.module, program.version) if program.version else None
         go_mod = self.go_mod(program, upstream)

@@ -133,15 +133,21 @@ def test_build_skips_present_artifacts_and_repairs_damaged_ones(
     ]
 
 
-def test_the_stand_in_is_rebuilt_from_this_checkout_every_time(tmp_path: Path) -> None:
+def test_an_artifact_made_from_other_inputs_is_rebuilt(tmp_path: Path) -> None:
     (plugin,) = [a for a in ARTIFACTS if a.name == "flannel-cni-plugin"]
     path = tmp_path / plugin.upstream_path
     fresh = build_all(tmp_path, tmp_path, [plugin])[plugin.upstream_path]
+    origin = path.with_name(path.name + ".origin")
+    assert origin.read_text() == plugin.builder.origin(plugin, tmp_path)
+    mtime = path.stat().st_mtime_ns
+    assert build_all(tmp_path, tmp_path, [plugin])[plugin.upstream_path] == fresh
+    assert path.stat().st_mtime_ns == mtime  # the same inputs: left as it is
     # A stand-in built from older code, recorded with its own (matching) checksum.
     path.write_bytes(b"an older stand-in")
     path.with_name(path.name + ".sha256").write_text(
         f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}\n"
     )
+    origin.write_text("older code")
     assert build_all(tmp_path, tmp_path, [plugin])[plugin.upstream_path] == fresh
     assert hashlib.sha256(path.read_bytes()).hexdigest() == fresh
 
