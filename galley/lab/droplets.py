@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 import uuid
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from galley.lab import cgroups
 from galley.lab.state import Droplet
-from galley.lab.system import LabError, mount_overlay, pid_alive, spawn
+from galley.lab.system import LabError, link_exists, mount_overlay, pid_alive, spawn
 
 NETWORK_UNIT = """[Match]
 Name=host0
@@ -106,9 +107,29 @@ def nspawn_command(name: str, root: Path, bridge: str) -> list[str]:
     ]
 
 
+# systemd-nspawn keeps a directory per machine here while it runs; this machine's /run is on
+# disk (no systemd), and nspawn refuses to remove one left by a run that was killed.
+PROPAGATE = Path("/run/systemd/nspawn/propagate")
+
+
+def veth_name(name: str) -> str:
+    """The host side of the droplet's veth, as systemd-nspawn names it."""
+    return f"vb-{name}"[:15]
+
+
+def clear_leftovers(name: str) -> None:
+    """Remove what a droplet ``name`` that is gone left behind for the next of its name: the
+    propagation directory of an nspawn that did not clean up, and its veth while the kernel
+    is still tearing its network namespace down (nspawn would fail with "File exists")."""
+    shutil.rmtree(PROPAGATE / name, ignore_errors=True)
+    if link_exists(veth_name(name)):
+        subprocess.run(["ip", "link", "delete", veth_name(name)], capture_output=True, check=False)
+
+
 def boot(droplet: Droplet, root: Path, bridge: str, log_dir: Path) -> int:
     """Boot the droplet in the background, in cgroups of its own (galley.lab.cgroups); return
     the systemd-nspawn PID."""
+    clear_leftovers(droplet.name)
     procs = cgroups.place(droplet.name)
     return spawn(
         nspawn_command(droplet.name, root, bridge),

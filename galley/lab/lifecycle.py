@@ -324,11 +324,15 @@ def down(lab_dir: Path = LAB_DIR, progress: Progress = print) -> None:
 
 def _remove_droplet(droplet: Droplet, lab_dir: Path) -> None:
     paths = droplet_ops.droplet_paths(lab_dir, droplet.name)
+    # Nothing of it is kept: its init gets SIGKILL (and every process of the droplet with it),
+    # then systemd-nspawn finds its machine gone and cleans up after it. (Asked to stop first,
+    # a droplet running pods and an apiserver took longer than nspawn's grace, and an nspawn
+    # killed for it left its /run/systemd/nspawn/propagate/<droplet> behind, which the next
+    # nspawn of that name refuses to remove.)
+    system.kill_container_init(droplet.name)
     if droplet.pid:
         system.stop_process(droplet.pid)
-    # systemd-nspawn killed after its grace period leaves the droplet's init running, which
-    # keeps its network namespace and veth: the next `up` could not create them again.
-    system.kill_container_init(droplet.name)
+    droplet_ops.clear_leftovers(droplet.name)
     cgroups.remove(droplet.name)
     system.unmount(paths["root"])
     subprocess.run(["rm", "-rf", "--one-file-system", str(paths["base"])], check=False)

@@ -19,12 +19,22 @@ from galley.lab.artifacts import (
     KUBERNETES_UPGRADE_VERSION,
     KUBERNETES_VERSION,
 )
+from galley.lab.images import BUSYBOX_VERSION
 from galley.ops.kubeapi import ApiError, KubeApi, kubelet_version, node_ready, node_unschedulable
 from galley.ops.rollout import JOURNAL
 
-from .conftest import admin_files, hosts_of, kill_once_journal_says_done, run_cli, run_deploy, ssh
+from .conftest import (
+    admin_files,
+    hosts_of,
+    kill_once_journal_says_done,
+    run_cli,
+    run_deploy,
+    ssh,
+    wait_for,
+)
 
 INVENTORY = "inventories/lab.py"
+BUSYBOX = f"docker.io/library/busybox:{BUSYBOX_VERSION}"
 A, B = KUBERNETES_VERSION, KUBERNETES_UPGRADE_VERSION
 JOURNAL_PATH = admin_files().directory / JOURNAL
 
@@ -97,6 +107,13 @@ def at_a(api, workers):
     ):
         with contextlib.suppress(ApiError):  # not seeded by this test
             api.request("DELETE", path)
+
+
+def node_ready_pod(api: KubeApi, namespace: str, name: str) -> bool:
+    """Whether the pod runs and is Ready."""
+    pod = api.request("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")
+    conditions = pod.get("status", {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 
 def snapshot(api: KubeApi, workers: list[str]) -> dict:
@@ -200,9 +217,17 @@ def test_a_pdb_blocking_eviction_stops_the_drain_and_uncordons(at_a, api, worker
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {"name": "web-1", "namespace": "default", "labels": labels},
-            "spec": {"nodeName": first, "containers": [{"name": "web", "image": "nginx"}]},
+            "spec": {
+                "nodeName": first,
+                "terminationGracePeriodSeconds": 1,
+                "containers": [
+                    {"name": "web", "image": BUSYBOX, "command": ["sleep", "3600"]},
+                ],
+            },
         },
     )
+    # Running and Ready: a Pending pod is evicted whatever its budget says.
+    assert wait_for(lambda: node_ready_pod(api, "default", "web-1"), 120)
     api.request(
         "POST",
         "/apis/policy/v1/namespaces/default/poddisruptionbudgets",
