@@ -71,7 +71,7 @@ def hierarchies() -> dict[str, Path]:
 
 def droplet_dirs(name: str) -> list[Path]:
     """The droplet's own cgroup in every hierarchy."""
-    return [base / LAB / name for base in hierarchies().values()]
+    return [directory / name for directory in lab_dirs()]
 
 
 def place(name: str) -> list[Path]:
@@ -98,6 +98,11 @@ def join(procs: list[Path]) -> None:
             handle.write(str(os.getpid()))
 
 
+def lab_dirs() -> list[Path]:
+    """The lab's own cgroup in every hierarchy (where the droplets' are)."""
+    return [base / LAB for base in hierarchies().values()]
+
+
 def remove(name: str) -> None:
     """Delete the droplet's cgroups, deepest first (those still holding a process stay)."""
     for directory in droplet_dirs(name):
@@ -107,5 +112,12 @@ def remove(name: str) -> None:
             if sub.is_dir():
                 with contextlib.suppress(OSError):
                     sub.rmdir()
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+
+
+def remove_lab() -> None:
+    """Delete the lab's cgroups, once its droplets' are gone."""
+    for directory in lab_dirs():
         with contextlib.suppress(OSError):
             directory.rmdir()

@@ -306,6 +306,7 @@ def down(lab_dir: Path = LAB_DIR, progress: Progress = print) -> None:
         return
     with ThreadPoolExecutor(max_workers=max(1, len(state.droplets))) as pool:
         list(pool.map(_remove_droplet, state.droplets, [lab_dir] * len(state.droplets)))
+    cgroups.remove_lab()
     for pid in state.services.values():
         system.stop_process(pid)
     system.set_sysctls(state.sysctls)

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from galley.lab import cgroups
 from galley.lab.lifecycle import all_running
 from galley.lab.state import LAB_DIR, LabState
+from galley.lab.system import KUBELET_SYSCTLS
 from galley.lab.topology import BRIDGE
 
 from .conftest import BIN, pyinfra_json, run_cli
@@ -51,10 +53,16 @@ def _bridge_exists() -> bool:
     return subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode == 0
 
 
+def _sysctls() -> dict[str, str]:
+    return {key: (Path("/proc/sys") / key).read_text() for key in KUBELET_SYSCTLS}
+
+
 def _assert_nothing_left() -> None:
     assert LabState.load() is None
     assert _live_processes("systemd-nspawn") == []
     assert _live_processes("apt-cacher-ng") == []
+    assert _live_processes("docker-registry") == []
+    assert not any(directory.exists() for directory in cgroups.lab_dirs())
     assert _lab_vault_processes() == []
     assert not (LAB_DIR / "openbao").exists()
     assert _lab_mounts() == []
@@ -133,6 +141,7 @@ def test_taken_bridge_address_is_refused():
 
 
 def test_up_facts_and_down():
+    sysctls = _sysctls()
     up = run_cli("galley", "lab", "up")
     assert "lab up: 7 droplets running" in up.stdout
     state = LabState.load()
@@ -175,7 +184,7 @@ def test_up_facts_and_down():
     assert "198.18.0.1" not in apt.stderr and "Err:" not in apt.stdout
 
     status = run_cli("galley", "lab", "status").stdout.splitlines()
-    assert sum("running" in line for line in status) == 7 + 3
+    assert sum("running" in line for line in status) == 7 + 4  # and 4 services
 
     # A lab whose processes died (e.g. the machine restarted) is cleaned up and booted anew.
     for service in ("mirror", "vault"):
@@ -187,6 +196,7 @@ def test_up_facts_and_down():
     assert _vault_is_unsealed(LabState.load())
 
     down = run_cli("galley", "lab", "down")
-    assert "removed 7 droplets, 3 services and bridge br-galley" in down.stdout
+    assert "removed 7 droplets, 4 services and bridge br-galley" in down.stdout
     _assert_nothing_left()
+    assert _sysctls() == sysctls  # the kubelet's kernel settings put back as they were
     assert "no lab is up" in run_cli("galley", "lab", "down").stdout
