@@ -28,9 +28,9 @@ from .conftest import (
     ssh,
 )
 
-# Renewed in its last third (from 40 s before expiry) by a timer every 5 s (+ up to 2 s, + up
-# to 5 s of systemd's accuracy): at least 28 s left, so a deploy (1/6: 20 s) never steps in.
-TTL_SECONDS = 120
+# Renewed in its last third (from 20 s before expiry) by a timer every 5 s (+ up to 2 s, + up
+# to 5 s of systemd's accuracy): at least 8 s left before it expires.
+TTL_SECONDS = 60
 SHORT = {
     "etcd_cert_ttl": f"{TTL_SECONDS}s",
     "kubernetes_cert_ttl": f"{TTL_SECONDS}s",
@@ -89,7 +89,7 @@ def _quorum_starts(lab) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def short_lived(cluster, client_cert, tmp_path_factory) -> Iterator[str]:
     # (client_cert first: its Vault fixture bootstraps with the lab's usual TTLs.)
-    """The lab with 120 s certificates and a renewal timer every 5 s (+ up to 2 s): Vault's
+    """The lab with 60 s certificates and a renewal timer every 5 s (+ up to 2 s): Vault's
     renewal roles and every certificate re-issued that short. Afterwards the usual TTLs again."""
     body = "".join(
         f"for _, data in etcd + control_plane + workers:\n    data[{key!r}] = {value!r}\n"
@@ -163,14 +163,15 @@ RENEWAL_TIMER_STARTED = " | galley-cert-renewal.timer started"
 PAUSE = (
     "systemctl stop galley-cert-renewal.timer; while [ "
     '"$(systemctl show -p ActiveState --value galley-cert-renewal.service)" = activating ]; '
-    "do sleep 0.2; done"
+    "do sleep 0.2; done; systemctl start galley-cert-renewal.service"
 )
 
 
 def _pause_renewals(names) -> None:
-    """Stop each host's renewal timer and wait out a renewal in flight: with 120 s
-    certificates one is always due, and a renewal that replaced a certificate but has not yet
-    restarted its unit while the deploy reads it would have the deploy restart the unit too."""
+    """Stop each host's renewal timer, wait out a renewal in flight and run one more: with
+    60 s certificates one is always due (a renewal that replaced a certificate but has not yet
+    restarted its unit while the deploy reads it would have the deploy restart the unit too),
+    and after it every certificate has more than the 10 s left at which a deploy re-signs."""
     for name in names:
         ssh(name, PAUSE)
 
