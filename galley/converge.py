@@ -5,9 +5,10 @@ pyinfra orders operations by a topological sort of each host's own sequence, so 
 different groups would interleave across hosts; a join operation after each phase
 (`galley.host.phases.phase_done`) makes every host finish it before the next starts anywhere.
 Everything is validated, and Vault checked, before any operation runs (`galley.preflight`).
-The first operation downloads and verifies every release the host's phases install, on every
-host at once (`galley.components.engine.fetch_artifacts`), so a wrong checksum or a dead
-mirror stops the run before any host has changed.
+The first operations download and verify every release the host's phases install, on every
+host at once (`galley.components.engine.fetch_artifacts`), and install every Debian package
+they need (`install_packages`), so a wrong checksum, a dead mirror or a dead apt proxy stops
+the run before any host has changed.
 The last phase of each host also gives it what it needs to renew its own certificates
 (`galley.host.renewal`), with that phase's units.
 """
@@ -22,7 +23,7 @@ from pyinfra.api.exceptions import PyinfraError
 
 from galley import pyinfra_speedups, tracebacks
 from galley.components import phase
-from galley.components.engine import deploy_components, fetch_artifacts
+from galley.components.engine import deploy_components, fetch_artifacts, install_packages
 from galley.host.observed import Wanted, observe
 from galley.host.phases import phase_done
 from galley.host.renewal import install_renewal
@@ -56,8 +57,10 @@ def _converge(phase_names: tuple[str, ...]) -> None:
     if wanted.units:
         wanted.update(renewal_wanted(host))
     observe(wanted)
-    # Every host downloads all its phases' releases first, together (one operation).
+    # Every host downloads all its phases' releases first, together (one operation), and
+    # installs all their packages.
     deploy("downloads")(fetch_artifacts)(components)
+    deploy("packages")(install_packages)(components)
     # The host's renewal is installed by its last phase, with that phase's units.
     here = [i for i, p in enumerate(phases) if any(c.runs_on(host) for c in p.components)]
     for index, current in enumerate(host.loop(phases)):

@@ -288,27 +288,31 @@ def _started(unit: str) -> Iterator[str]:
     yield f"systemctl start {shlex.quote(_unit_name(unit))}"
 
 
-def _prepare(components: Sequence[Component]) -> list[OperationMeta]:
-    """Packages, users and directories of ``components``; returns the operations after which
-    systemd must be reloaded (`deploy_components` reloads it once, with the unit files)."""
-    masks = []
-    for unit in host.loop([unit for c in components for unit in c.masked_units]):
+def install_packages(components: Sequence[Component]) -> None:
+    """The Debian packages every component of ``components`` this host runs needs, in one
+    operation before any phase (a package several phases need is installed once, and a dead
+    apt proxy stops the run before anything changed), each packaged unit galley runs under
+    its own masked before: it never starts."""
+    mine = [c for c in components if c.runs_on(host)]
+    for unit in host.loop([unit for c in mine for unit in c.masked_units]):
         if not observed.unit_masked(unit):
             # A unit that is not running needs no reload now: a package's own scripts reload
-            # systemd before they start its unit, and the phase reloads it after its unit files.
+            # systemd before they start its unit, and the phases reload it after their units.
             how = "--now" if observed.unit_active(unit) else "--no-reload"
-            masks.append(
-                server.shell(
-                    name=f"{unit}.service masked (galley runs the program under its own unit)",
-                    commands=[f"systemctl mask {how} {shlex.quote(unit)}.service"],
-                )
+            server.shell(
+                name=f"{unit}.service masked (galley runs the program under its own unit)",
+                commands=[f"systemctl mask {how} {shlex.quote(unit)}.service"],
             )
-    packages = list(dict.fromkeys(package for c in components for package in c.packages))
+    packages = list(dict.fromkeys(package for c in mine for package in c.packages))
     if packages:
         installed = host.get_fact(DebPackages)
         missing = [package for package in packages if package not in installed]
         if missing:
             _packages(name=f"packages {', '.join(missing)}", packages=missing)
+
+
+def _prepare(components: Sequence[Component]) -> None:
+    """Users and directories of ``components``."""
     users = {c.user: c.user_home for c in components if c.user}
     for user, home in host.loop(users.items()):
         server.user(
@@ -320,7 +324,6 @@ def _prepare(components: Sequence[Component]) -> list[OperationMeta]:
             create_home=False,
         )
     directories({d.path_on(host): d for c in components for d in c.directories})
-    return masks
 
 
 @operation()
@@ -384,7 +387,7 @@ def deploy_components(
     mine = [c for c in components if c.runs_on(host)]
     if not mine:
         return
-    masks = _prepare(mine)
+    _prepare(mine)
     written: dict[str, list[OperationMeta]] = {}
 
     def wrote(path: str, operation: OperationMeta) -> None:
@@ -424,7 +427,7 @@ def deploy_components(
         unit_files.update(more.files)
         timer_files.update(more.timers)
     enabled = enable_units([*(c.unit.name for c in mine if c.unit), *timer_files])
-    reload_systemd("systemd daemon-reload", [*unit_files.values(), enabled, *masks])
+    reload_systemd("systemd daemon-reload", [*unit_files.values(), enabled])
     run_units([c for c in mine if c.unit], written, before_start)
     start_timers(timer_files)
 
