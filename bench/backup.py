@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from galley.etcdctl import etcdctl_command
+from galley.etcd.etcdctl import etcdctl_command
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -9,10 +9,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pyinfra.api import Inventory
+
 import galley.components as registry
 from galley.components.model import Artifact
 from galley.downloads import DEFAULT_CATALOGUE, ChecksumError, catalogue_path, fetch
-from galley.inventory.load import InventoryLoadError, load_inventory
 
 DEFAULT_ARCHES = ("amd64", "arm64")
 
@@ -51,24 +52,17 @@ def fetch_cli(
     kind: str,
     version: str,
     arches: Iterable[str] | None,
-    inventory_path: str | None,
+    inventory: Inventory | None,
     catalogue: str | None,
 ) -> int:
     """`galley checksums fetch`: record upstream's sha256 of ``kind`` ``version``; 0 when
-    recorded (or already), 1 on a fetch error or a disagreement, 2 if the inventory fails."""
-    try:
-        if inventory_path:
-            hosts = list(load_inventory(inventory_path))
-            if not hosts:
-                raise ChecksumError(f"{inventory_path} has no hosts to read group data from")
-            data: Any = hosts[0].data
-        else:
-            data = runpy.run_path(str(DEFAULT_CATALOGUE.parent / "all.py"))
-    except ChecksumError as exc:
-        print(f"galley: {exc}", file=sys.stderr)
-        return 2
-    except InventoryLoadError as exc:
-        print(f"galley: {exc}", file=sys.stderr)
+    recorded (or already), 1 on a fetch error or a disagreement, 2 without group data."""
+    if inventory is None:
+        data: Any = runpy.run_path(str(DEFAULT_CATALOGUE.parent / "all.py"))
+    elif hosts := list(inventory):
+        data = hosts[0].data
+    else:
+        print("galley: the inventory has no hosts to read group data from", file=sys.stderr)
         return 2
     path = Path(catalogue) if catalogue else catalogue_path(data)
     try:

@@ -1,6 +1,11 @@
 # ruff: noqa: E402 (the gevent patch must come before every other import)
 """The `galley` command: the lab, Vault bootstrap, validation, checksums, report, rollouts,
-node removal, etcd member removal, snapshots and restores."""
+node removal, etcd member removal, snapshots and restores.
+
+Every command that takes an inventory loads it first, in one place (`_with_inventory`): one
+that does not load is one line and exit 2 before anything else. The commands exit 0 when
+done, 1 when stopped or failed, 2 when refused before any change.
+"""
 
 from __future__ import annotations
 
@@ -11,138 +16,132 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse
-import os
 import platform
 import sys
+from collections.abc import Callable
 from importlib import metadata
+from typing import Any
 
-from galley.lab import lifecycle
-from galley.lab.state import LabState
-from galley.lab.system import LabError
-from galley.lab.topology import TopologyError, plan_droplets
+from pyinfra.api import Inventory
+
 from galley.lock import LockError
-from galley.vault import VaultError
+from galley.vault.client import VaultError
 
-# `galley lab add --role`: the inventory group of each role.
-ROLE_GROUPS = {"etcd": "etcd", "control-plane": "control_plane", "worker": "workers"}
-
-
-def _lab_up(args: argparse.Namespace) -> int:
-    plans = plan_droplets(args.etcd, args.control_plane, args.workers, args.stacked_etcd)
-    lifecycle.up(plans)
-    return 0
+Command = Callable[[argparse.Namespace], int]
+# An inventory command: gets the inventory the command line names, loaded.
+InventoryCommand = Callable[[Inventory, argparse.Namespace], int]
 
 
-def _lab_down(args: argparse.Namespace) -> int:
-    lifecycle.down()
-    return 0
+def _with_inventory(run: InventoryCommand) -> Command:
+    """``run`` with ``args.inventory`` loaded first (None when the option is not given); an
+    inventory that does not load is one line on stderr and exit 2, before anything else."""
+
+    def command(args: argparse.Namespace) -> int:
+        from galley.inventory.load import InventoryLoadError, load_inventory
+
+        try:
+            inventory = load_inventory(args.inventory) if args.inventory else None
+        except InventoryLoadError as exc:
+            print(f"galley: {exc}", file=sys.stderr)
+            return 2
+        return run(inventory, args)
+
+    return command
 
 
-def _lab_status(args: argparse.Namespace) -> int:
-    print("\n".join(lifecycle.status()))
-    return 0
+def _lab(argv: list[str]) -> int:
+    """``galley lab ...``: the lab's own command line, from a source checkout only."""
+    try:
+        from galley.lab.cli import main as lab_main
+    except ImportError:
+        print(
+            "galley: error: the lab is not installed (it runs from a source checkout: "
+            "scripts/bootstrap)",
+            file=sys.stderr,
+        )
+        return 1
+    return lab_main(argv)
 
 
-def _lab_add(args: argparse.Namespace) -> int:
-    lifecycle.add(ROLE_GROUPS[args.role], args.name)
-    return 0
+def _vault_bootstrap(inventory: Inventory | None, args: argparse.Namespace) -> int:
+    from galley.ops import vault_bootstrap
+    from galley.vault.client import VaultSettings, connect
+    from galley.vault.setup import PkiOptions
 
-
-def _lab_change(args: argparse.Namespace) -> int:
-    {"kill": lifecycle.kill, "start": lifecycle.start, "remove": lifecycle.remove}.get(
-        args.lab_command, lifecycle.replace
-    )(args.name)
-    return 0
-
-
-def _lab_ssh(args: argparse.Namespace) -> int:
-    state = LabState.load()
-    if state is None:
-        raise LabError("no lab is up")
-    droplet = state.droplet(args.name)
-    from galley.lab.droplets import ssh_command
-
-    command = ssh_command(droplet.address, state.ssh_key, state.known_hosts, *args.command)
-    os.execvp(command[0], command)
-
-
-def _vault_bootstrap(args: argparse.Namespace) -> int:
-    from galley import vault_setup
-    from galley.vault import VaultSettings, connect
-
-    data: dict = {"cluster_name": args.cluster}
-    lab = LabState.load()
-    if lab is not None and lab.cluster == args.cluster:
-        data |= lab.vault_data()
+    # Without an inventory, Vault's address and token come from the environment (VAULT_*).
+    data: Any = {"cluster_name": args.cluster}
+    options = PkiOptions()
+    if inventory is not None:
+        data = next(iter(inventory)).data if len(inventory) else data
+        if (named := data.get("cluster_name")) != args.cluster:
+            print(
+                f"galley: the inventory is of cluster {named}, not {args.cluster}", file=sys.stderr
+            )
+            return 2
+        options = vault_bootstrap.options_from(inventory)
     settings = VaultSettings.from_data(data)
-    options = vault_setup.PkiOptions()
-    if args.inventory:
-        from galley.inventory.load import load_inventory
-
-        options = vault_setup.options_from(load_inventory(args.inventory))
-    changes = vault_setup.bootstrap(connect(settings), settings.mount_prefix, options)
+    changes = vault_bootstrap.bootstrap(connect(settings), settings.mount_prefix, options)
     for line in changes:
         print(line)
     print(f"vault: {len(changes)} change(s) for cluster {args.cluster} at {settings.addr}")
     return 0
 
 
-def _admin_credentials(args: argparse.Namespace) -> int:
+def _admin_credentials(inventory: Inventory, args: argparse.Namespace) -> int:
     from galley.ops.admin import admin_cli
 
-    return admin_cli(args.inventory)
+    return admin_cli(inventory)
 
 
-def _lock_break(args: argparse.Namespace) -> int:
-    from galley.inventory.load import InventoryLoadError, load_inventory
+def _lock_break(inventory: Inventory, args: argparse.Namespace) -> int:
     from galley.lock import break_lock, lock_paths
-    from galley.vault import VaultSettings, connect
+    from galley.vault.client import VaultSettings, connect
 
-    try:
-        data = next(iter(load_inventory(args.inventory))).data
-    except (InventoryLoadError, StopIteration) as exc:
-        print(f"galley: {exc or 'the inventory has no hosts'}", file=sys.stderr)
+    hosts = list(inventory)
+    if not hosts:
+        print("galley: the inventory has no hosts", file=sys.stderr)
         return 2
+    data = hosts[0].data
     client = connect(VaultSettings.from_data(data), lock_paths(data.cluster_name))
     print(break_lock(client, data.cluster_name, force=args.force))
     return 0
 
 
-def _validate(args: argparse.Namespace) -> int:
+def _validate(inventory: Inventory, args: argparse.Namespace) -> int:
     from galley.inventory.validate import validate_cli
 
-    return validate_cli(args.inventory, args.components.split(",") if args.components else ())
+    return validate_cli(inventory, args.components.split(",") if args.components else ())
 
 
-def _report(args: argparse.Namespace) -> int:
+def _report(inventory: Inventory, args: argparse.Namespace) -> int:
     from galley.report import report_cli
 
-    return report_cli(args.inventory, args.days, args.json)
+    return report_cli(inventory, args.days, args.json)
 
 
-def _hostkeys_accept(args: argparse.Namespace) -> int:
+def _hostkeys_accept(inventory: Inventory, args: argparse.Namespace) -> int:
     from galley.inventory.hostkeys import accept_cli
 
-    return accept_cli(args.inventory, args.name, args.fingerprint)
+    return accept_cli(inventory, args.name, args.fingerprint)
 
 
-def _hostkeys_list(args: argparse.Namespace) -> int:
+def _hostkeys_list(inventory: Inventory, args: argparse.Namespace) -> int:
     from galley.inventory.hostkeys import list_cli
 
-    return list_cli(args.inventory)
+    return list_cli(inventory)
 
 
-def _checksums_fetch(args: argparse.Namespace) -> int:
+def _checksums_fetch(inventory: Inventory | None, args: argparse.Namespace) -> int:
     from galley.checksums import fetch_cli
 
-    return fetch_cli(args.kind, args.version, args.arch, args.inventory, args.catalogue)
+    return fetch_cli(args.kind, args.version, args.arch, inventory, args.catalogue)
 
 
-def _rollout_kubelet(args: argparse.Namespace) -> int:
+def _rollout_kubelet(inventory: Inventory, args: argparse.Namespace) -> int:
     from galley.ops.rollout import rollout_kubelet_cli
 
     return rollout_kubelet_cli(
-        args.inventory,
+        inventory,
         args.to,
         args.max_unavailable,
         args.dry_run,
@@ -152,38 +151,36 @@ def _rollout_kubelet(args: argparse.Namespace) -> int:
     )
 
 
-def _rollout_control_plane(args: argparse.Namespace) -> int:
+def _rollout_control_plane(inventory: Inventory, args: argparse.Namespace) -> int:
     from galley.ops.control_plane import rollout_control_plane_cli
 
     return rollout_control_plane_cli(
-        args.inventory, args.to, args.dry_run, args.resume, args.allow_downgrade, args.ready_timeout
+        inventory, args.to, args.dry_run, args.resume, args.allow_downgrade, args.ready_timeout
     )
 
 
-def _etcd_snapshot(args: argparse.Namespace) -> int:
+def _etcd_snapshot(inventory: Inventory, args: argparse.Namespace) -> int:
     from galley.ops.etcd_snapshot import snapshot_cli
 
-    return snapshot_cli(args.inventory, args.out)
+    return snapshot_cli(inventory, args.out)
 
 
-def _etcd_restore(args: argparse.Namespace) -> int:
+def _etcd_restore(inventory: Inventory, args: argparse.Namespace) -> int:
     from galley.ops.etcd_restore import restore_cli
 
-    return restore_cli(args.inventory, args.snapshot, args.yes, args.other_cluster)
+    return restore_cli(inventory, args.snapshot, args.yes, args.other_cluster)
 
 
-def _node_remove(args: argparse.Namespace) -> int:
+def _node_remove(inventory: Inventory, args: argparse.Namespace) -> int:
     from galley.ops.node_remove import node_remove_cli
 
-    return node_remove_cli(
-        args.inventory, args.name, args.unreachable, args.yes, args.drain_timeout
-    )
+    return node_remove_cli(inventory, args.name, args.unreachable, args.yes, args.drain_timeout)
 
 
-def _etcd_remove(args: argparse.Namespace) -> int:
+def _etcd_remove(inventory: Inventory, args: argparse.Namespace) -> int:
     from galley.ops.etcd_remove import etcd_remove_cli
 
-    return etcd_remove_cli(args.inventory, args.name, args.allow_even, args.yes, args.unreachable)
+    return etcd_remove_cli(inventory, args.name, args.allow_even, args.yes, args.unreachable)
 
 
 def version_line() -> str:
@@ -199,38 +196,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=version_line())
     commands = parser.add_subparsers(dest="command", required=True)
 
-    lab = commands.add_parser("lab", help="local lab of systemd-nspawn droplets").add_subparsers(
-        dest="lab_command", required=True
-    )
-    lab_up = lab.add_parser("up", help="boot the lab (default: 3 etcd, 2 control-plane, 2 workers)")
-    lab_up.add_argument("--etcd", type=int, default=3, help="etcd droplets (default 3)")
-    lab_up.add_argument("--control-plane", type=int, default=2, help="control-plane droplets")
-    lab_up.add_argument("--workers", type=int, default=2, help="worker droplets (default 2)")
-    lab_up.add_argument(
-        "--stacked-etcd",
-        action="store_true",
-        help="run etcd on the control-plane droplets instead of separate ones",
-    )
-    lab_up.set_defaults(func=_lab_up)
-    lab.add_parser("down", help="remove everything `lab up` created").set_defaults(func=_lab_down)
-    lab.add_parser("status", help="list droplets and services").set_defaults(func=_lab_status)
-    lab_add = lab.add_parser("add", help="boot one more droplet on the running lab")
-    lab_add.add_argument("--role", required=True, choices=ROLE_GROUPS)
-    lab_add.add_argument("--name", help="droplet name (default: the role's next free number)")
-    lab_add.set_defaults(func=_lab_add)
-    for command, text in (
-        ("kill", "stop a droplet abruptly, as a hardware fault would (disk kept)"),
-        ("start", "boot a killed droplet again from its disk"),
-        ("replace", "destroy a droplet and boot a fresh one: same name and address, new keys"),
-        ("remove", "delete a droplet"),
-    ):
-        change = lab.add_parser(command, help=text)
-        change.add_argument("name")
-        change.set_defaults(func=_lab_change)
-    lab_ssh = lab.add_parser("ssh", help="ssh into a droplet as root")
-    lab_ssh.add_argument("name")
-    lab_ssh.add_argument("command", nargs=argparse.REMAINDER)
-    lab_ssh.set_defaults(func=_lab_ssh)
+    # `galley lab ...` is handed to the lab's own command line (`main`); listed here for --help.
+    commands.add_parser("lab", help="local lab of systemd-nspawn droplets (galley lab --help)")
 
     vault = commands.add_parser("vault", help="Vault PKI for a cluster").add_subparsers(
         dest="vault_command", required=True
@@ -241,9 +208,10 @@ def _parser() -> argparse.ArgumentParser:
     bootstrap.add_argument("--cluster", required=True, help="cluster name (mount prefix)")
     bootstrap.add_argument(
         "--inventory",
-        help="take cluster_domain and the API endpoint's name (exact apiserver names) from it",
+        help="take Vault's address and token, cluster_domain, the API endpoint's name (exact "
+        "apiserver names) and each host's renewal from it (default: VAULT_* variables)",
     )
-    bootstrap.set_defaults(func=_vault_bootstrap)
+    bootstrap.set_defaults(func=_with_inventory(_vault_bootstrap))
 
     admin = commands.add_parser("admin", help="the operator's credentials").add_subparsers(
         dest="admin_command", required=True
@@ -253,7 +221,7 @@ def _parser() -> argparse.ArgumentParser:
         help="keep the admin kubeconfig current (with the operator's Vault token)",
     )
     credentials.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/nyc3.py")
-    credentials.set_defaults(func=_admin_credentials)
+    credentials.set_defaults(func=_with_inventory(_admin_credentials))
 
     lock = commands.add_parser("lock", help="the cluster's one-operator lock").add_subparsers(
         dest="lock_command", required=True
@@ -263,12 +231,12 @@ def _parser() -> argparse.ArgumentParser:
     breaking.add_argument(
         "--force", action="store_true", help="also break a lock whose lease is still live"
     )
-    breaking.set_defaults(func=_lock_break)
+    breaking.set_defaults(func=_with_inventory(_lock_break))
 
     validate = commands.add_parser("validate", help="check an inventory without connecting")
     validate.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/nyc3.py")
     validate.add_argument("--components", help="comma-separated (default: all)")
-    validate.set_defaults(func=_validate)
+    validate.set_defaults(func=_with_inventory(_validate))
 
     report = commands.add_parser(
         "report", help="versions, units, certificates and etcd health of every host"
@@ -278,7 +246,7 @@ def _parser() -> argparse.ArgumentParser:
         "--days", type=int, default=7, help="flag certificates expiring within N days (7)"
     )
     report.add_argument("--json", action="store_true", help="one JSON document for scripts")
-    report.set_defaults(func=_report)
+    report.set_defaults(func=_with_inventory(_report))
 
     hostkeys = commands.add_parser(
         "hostkeys", help="SSH host keys pinned per droplet id"
@@ -289,10 +257,10 @@ def _parser() -> argparse.ArgumentParser:
     accept.add_argument(
         "--fingerprint", help="accept only if the droplet offers this key (SHA256:...)"
     )
-    accept.set_defaults(func=_hostkeys_accept)
+    accept.set_defaults(func=_with_inventory(_hostkeys_accept))
     listing = hostkeys.add_parser("list", help="each droplet's id, address and pinned keys")
     listing.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/nyc3.py")
-    listing.set_defaults(func=_hostkeys_list)
+    listing.set_defaults(func=_with_inventory(_hostkeys_list))
 
     checksums = commands.add_parser(
         "checksums", help="the download catalogue of artifact sha256"
@@ -311,7 +279,7 @@ def _parser() -> argparse.ArgumentParser:
         "--inventory", help="take the download base URLs and catalogue file from its group data"
     )
     fetch.add_argument("--catalogue", help="the catalogue file to record in")
-    fetch.set_defaults(func=_checksums_fetch)
+    fetch.set_defaults(func=_with_inventory(_checksums_fetch))
 
     rollout = commands.add_parser("rollout", help="rolling upgrades").add_subparsers(
         dest="rollout_command", required=True
@@ -332,7 +300,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     kubelet.add_argument("--drain-timeout", type=float, default=300, metavar="SECONDS")
     kubelet.add_argument("--ready-timeout", type=float, default=300, metavar="SECONDS")
-    kubelet.set_defaults(func=_rollout_kubelet)
+    kubelet.set_defaults(func=_with_inventory(_rollout_kubelet))
     control_plane = rollout.add_parser(
         "control-plane",
         help="upgrade the apiservers, then the controller managers, then the schedulers, "
@@ -352,7 +320,7 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-downgrade", action="store_true", help="allow a target older than the apiservers"
     )
     control_plane.add_argument("--ready-timeout", type=float, default=300, metavar="SECONDS")
-    control_plane.set_defaults(func=_rollout_control_plane)
+    control_plane.set_defaults(func=_with_inventory(_rollout_control_plane))
 
     etcd = commands.add_parser("etcd", help="etcd backups and membership").add_subparsers(
         dest="etcd_command", required=True
@@ -364,7 +332,7 @@ def _parser() -> argparse.ArgumentParser:
     snapshot.add_argument(
         "--out", metavar="DIR", help="where to put it (default: ~/.config/galley/<cluster>/...)"
     )
-    snapshot.set_defaults(func=_etcd_snapshot)
+    snapshot.set_defaults(func=_with_inventory(_etcd_snapshot))
     restore = etcd.add_parser(
         "restore", help="stop the control plane, restore every etcd member from a snapshot"
     )
@@ -376,7 +344,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="restore a snapshot that is not of this cluster (another identity, or none)",
     )
-    restore.set_defaults(func=_etcd_restore)
+    restore.set_defaults(func=_with_inventory(_etcd_restore))
     etcd_remove = etcd.add_parser(
         "remove",
         help="take a member out of the etcd cluster (snapshot first), stop it and wipe its data",
@@ -396,7 +364,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a dead droplet: skip the host steps (it may be gone from the inventory)",
     )
     etcd_remove.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    etcd_remove.set_defaults(func=_etcd_remove)
+    etcd_remove.set_defaults(func=_with_inventory(_etcd_remove))
 
     node = commands.add_parser("node", help="workers leaving the cluster").add_subparsers(
         dest="node_command", required=True
@@ -414,19 +382,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     remove.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     remove.add_argument("--drain-timeout", type=float, default=300, metavar="SECONDS")
-    remove.set_defaults(func=_node_remove)
+    remove.set_defaults(func=_with_inventory(_node_remove))
 
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `galley` console script."""
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
     try:
+        if argv[:1] == ["lab"]:
+            return _lab(argv[1:])
+        args = _parser().parse_args(argv)
         return args.func(args)
-    except (LabError, TopologyError, VaultError, LockError, KeyError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) else str(exc)
-        print(f"galley: error: {message}", file=sys.stderr)
+    except (VaultError, LockError) as exc:
+        print(f"galley: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("galley: interrupted", file=sys.stderr)

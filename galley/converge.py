@@ -9,25 +9,21 @@ The first operations download and verify every release the host's phases install
 host at once (`galley.components.engine.fetch_artifacts`), and install every Debian package
 they need (`install_packages`), so a wrong checksum, a dead mirror or a dead apt proxy stops
 the run before any host has changed.
-The last phase of each host also gives it what it needs to renew its own certificates
-(`galley.host.renewal`), with that phase's units.
+The last phase of each host also deploys the components every host runs
+(`galley.components.EVERY_HOST`: its own certificate renewal), with that phase's units.
 """
 
 from __future__ import annotations
-
-from functools import partial
 
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import PyinfraError
 
 from galley import pyinfra_speedups, tracebacks
-from galley.components import phase
+from galley.components import EVERY_HOST, phase
 from galley.components.engine import deploy_components, fetch_artifacts, install_packages
 from galley.host.observed import Wanted, observe
 from galley.host.phases import phase_done
-from galley.host.renewal import install_renewal
-from galley.host.renewal import wanted as renewal_wanted
 from galley.preflight import preflight
 
 
@@ -48,25 +44,24 @@ def converge(*phase_names: str) -> None:
 
 def _converge(phase_names: tuple[str, ...]) -> None:
     phases = [phase(name) for name in phase_names]
+    # The host's last phase also deploys what every host runs.
+    here = [i for i, p in enumerate(phases) if any(c.runs_on(host) for c in p.components)]
+    last = here[-1] if here else None
     components = [c for p in phases for c in p.components]
-    vault = preflight(components)
+    vault = preflight([*components, *EVERY_HOST])
     wanted = Wanted()
-    for component in components:
+    for component in [*components, *(EVERY_HOST if here else ())]:
         if component.runs_on(host):
             wanted.update(component.wanted(host))
-    if wanted.units:
-        wanted.update(renewal_wanted(host))
     observe(wanted)
     # Every host downloads all its phases' releases first, together (one operation), and
     # installs all their packages.
     deploy("downloads")(fetch_artifacts)(components)
     deploy("packages")(install_packages)(components)
-    # The host's renewal is installed by its last phase, with that phase's units.
-    here = [i for i, p in enumerate(phases) if any(c.runs_on(host) for c in p.components)]
     for index, current in enumerate(host.loop(phases)):
         if current.prepare is not None:
             current.prepare()
-        renewal = partial(install_renewal, vault) if here and index == here[-1] else None
-        deploy(current.name)(deploy_components)(current.components, vault, renewal)
+        deployed = [*current.components, *(EVERY_HOST if index == last else ())]
+        deploy(current.name)(deploy_components)(deployed, vault)
         if index < len(phases) - 1:
             phase_done(name=f"{current.name} done on all hosts", phase=current.name)

@@ -1,6 +1,6 @@
 """Who runs a galley command (user, machine, process) and whether that run is still alive.
 
-The cluster lock (`galley.lock`) and the day-2 journals (`galley.ops.journal`) record the
+The cluster lock (`galley.lock`) and the day-2 journals (`galley.journal`) record the
 holder of a run, so that the next command can tell a live run (named, waited for) from one
 that died (taken over, resumed). A process counts as the same run only while its pid runs
 with the start time recorded: a pid reused after a reboot is not mistaken for it.

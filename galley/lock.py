@@ -23,10 +23,10 @@ from datetime import UTC, datetime
 import hvac
 import hvac.exceptions
 
-from galley.cluster_secrets import kv_mount
 from galley.holder import gone, this_run
 from galley.text import clean
-from galley.vault import VaultError, vault_errors, vault_message
+from galley.vault.client import VaultError, vault_errors, vault_message
+from galley.vault.kv import kv_mount
 
 LOCK = "galley/lock"
 LEASE_SECONDS = 120

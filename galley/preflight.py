@@ -13,9 +13,9 @@ from galley.components.model import Component
 from galley.host.ssh import disable_nagle
 from galley.inventory.validate import ValidationError, check
 from galley.lock import ClusterLock, LockError
+from galley.ops.vault_bootstrap import deploy_paths
 from galley.problems import PreflightError
-from galley.vault import VaultError, VaultSettings, lazy_client
-from galley.vault_setup import deploy_paths
+from galley.vault.client import VaultError, VaultSettings, lazy_client
 
 _checked: dict[tuple[int, tuple[str, ...]], Callable[[], hvac.Client]] = {}
 # pyinfra prepares hosts concurrently (gevent): the first host checks, the others wait for it.

@@ -16,13 +16,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pyinfra.api import Inventory
+
 from galley.components import named, running_on
 from galley.components.api_proxy import API_PROXY
-from galley.components.etcd import SNAPSHOT_DIR_KEY, SNAPSHOT_JOB, snapshot_settings
+from galley.components.etcd import SNAPSHOT_DIR, SNAPSHOT_INTERVAL
 from galley.components.kube_apiserver import KUBE_APISERVER
 from galley.components.kube_proxy import KUBE_PROXY
 from galley.components.kubelet import KUBELET
-from galley.components.model import Component, first_run_seconds, span_seconds
+from galley.components.model import Component, first_run_seconds
+from galley.etcd.layout import SNAPSHOT_JOB
+from galley.etcd.snapshot import snapshot_prefix
 from galley.facts import (
     ApiProxyBackends,
     Certificates,
@@ -35,8 +39,8 @@ from galley.facts import (
     UnitStates,
 )
 from galley.facts.together import FactError, read_together
-from galley.ops.etcd_snapshot import snapshot_prefix
 from galley.problems import Problem
+from galley.settings import span_seconds
 from galley.text import clean
 from galley.versions import VersionError, skew_problems
 
@@ -501,14 +505,13 @@ def gather(inventory: Any, connect_timeout: int = CONNECT_TIMEOUT) -> dict[str, 
             wanted["versions"] = (ComponentVersions, {"components": entries})
         if "etcd" in host.groups:
             wanted["etcd"] = (EtcdHealth, {})
-            settings = snapshot_settings(host.data)
             arguments = {
-                "directory": settings[SNAPSHOT_DIR_KEY],
+                "directory": SNAPSHOT_DIR.of(host.data),
                 "prefix": snapshot_prefix(host.data.cluster_name),
                 "job": SNAPSHOT_JOB,
             }
             wanted["snapshots"] = (EtcdSnapshots, arguments)
-            facts["snapshot_interval"] = span_seconds(settings["etcd_snapshot_interval"])
+            facts["snapshot_interval"] = span_seconds(SNAPSHOT_INTERVAL.of(host.data))
         if API_PROXY in components:
             wanted["api_proxy"] = (ApiProxyBackends, {})
         if certificates:
@@ -526,15 +529,8 @@ def gather(inventory: Any, connect_timeout: int = CONNECT_TIMEOUT) -> dict[str, 
     return {name: job.get() for name, job in jobs.items()}
 
 
-def report_cli(inventory_path: str, days: int = DEFAULT_DAYS, json_output: bool = False) -> int:
-    """`galley report`: print the report; 0 without problems, 1 with, 2 if unloadable."""
-    from galley.inventory.load import InventoryLoadError, load_inventory
-
-    try:
-        inventory = load_inventory(inventory_path)
-    except InventoryLoadError as exc:
-        print(f"galley: {exc}", file=sys.stderr)
-        return 2
+def report_cli(inventory: Inventory, days: int = DEFAULT_DAYS, json_output: bool = False) -> int:
+    """`galley report`: print the report; 0 without problems, 1 with."""
     hosts = gather(inventory)
     report = analyse(hosts, days)
     if json_output:

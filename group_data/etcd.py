@@ -9,11 +9,6 @@ etcd_peer_port = 2380
 etcd_metrics_port = 2381
 # Leaf certificates; galley re-signs when less than a third of the lifetime is left.
 etcd_cert_ttl = "720h"
-# Scheduled snapshots: every member saves and checks a snapshot of itself
-# (galley-etcd-snapshot.timer) every etcd_snapshot_interval (a systemd time span), keeps the
-# newest etcd_snapshot_keep in etcd_snapshot_dir (owned by etcd, 0700; files 0600: they hold
-# every Secret) and removes older ones; `galley report` flags a member whose newest is older
-# than twice the interval.
-etcd_snapshot_interval = "1h"
-etcd_snapshot_keep = 24
-etcd_snapshot_dir = "/var/lib/etcd-snapshots"
+# Scheduled snapshots: etcd_snapshot_interval, etcd_snapshot_keep and etcd_snapshot_dir, with
+# their defaults (every hour, keep 24, /var/lib/etcd-snapshots) declared beside the etcd
+# component (galley/components/etcd.py). Set them here to change them.

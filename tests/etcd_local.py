@@ -11,8 +11,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from galley.ops.etcd_client import PLAIN, EtcdClient, EtcdctlError
-from galley.ops.etcd_plan import Wanted
+from galley.etcd.client import PLAIN, EtcdClient, EtcdctlError
+from galley.etcd.plan import Wanted
 
 TOKEN = "galley-membership-test"
 

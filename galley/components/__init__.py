@@ -1,8 +1,10 @@
 """The component registry: every component galley runs, declared once in its own room.
 
 Phases run in this order in a whole-cluster deploy; within a phase, components in this order.
+`EVERY_HOST` components run on every host, deployed with the last phase a run deploys there.
 A new component is one more module here and one more entry below: the deploys, validation,
-the fleet report, the Vault roles and policies and the lab's mirror all read `REGISTRY`.
+the fleet report, the Vault roles, secrets and policies, the cluster's RBAC and the lab's
+mirror all read `REGISTRY`.
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ from galley.components.kube_controller_manager import KUBE_CONTROLLER_MANAGER
 from galley.components.kube_proxy import KUBE_PROXY
 from galley.components.kube_scheduler import KUBE_SCHEDULER
 from galley.components.kubelet import KUBELET
-from galley.components.model import Artifact, Cert, Component, KvSecret, Phase
-from galley.pki import Identity, RoleSpec
+from galley.components.model import Artifact, Cert, Component, Phase
+from galley.components.renewal import cert_renewal, plan
+from galley.vault.kv import KvSecret
+from galley.vault.pki import Identity, RoleSpec
+from galley.vault.renewal import HostRenewal
 
 PHASES: tuple[Phase, ...] = (
     Phase("etcd", (ETCD,)),
@@ -32,7 +37,19 @@ PHASES: tuple[Phase, ...] = (
     Phase("flannel", (API_PROXY, FLANNELD, FLANNEL_CNI), prepare=flannel_network),
     Phase("workers", (CONTAINERD, KUBELET, KUBE_PROXY)),
 )
-REGISTRY: tuple[Component, ...] = tuple(c for phase in PHASES for c in phase.components)
+
+
+def renewal_plan(host: Host) -> HostRenewal:
+    """What ``host`` renews by itself (`galley.components.renewal.plan`)."""
+    return plan(host, running_on(host))
+
+
+CERT_RENEWAL = cert_renewal(renewal_plan)
+EVERY_HOST: tuple[Component, ...] = (CERT_RENEWAL,)
+REGISTRY: tuple[Component, ...] = (
+    *(c for phase in PHASES for c in phase.components),
+    *EVERY_HOST,
+)
 
 
 def phase(name: str) -> Phase:
@@ -50,12 +67,15 @@ def select(names: Iterable[str]) -> list[Component]:
     wanted: set[str] = set()
     unknown = []
     for name in names:
-        matches = [c.name for c in registry if c.name == name or c.phase == name.replace("_", " ")]
+        matches = [
+            c.name for c in registry if c.name == name or c.phase == name.replace("_", " ") != ""
+        ]
         if not matches:
             unknown.append(name)
         wanted.update(matches)
     if unknown:
-        known = sorted({c.name for c in registry} | {c.phase.replace(" ", "_") for c in registry})
+        phases = {c.phase.replace(" ", "_") for c in registry if c.phase}
+        known = sorted({c.name for c in registry} | phases)
         raise ValueError(f"unknown component(s) {', '.join(unknown)}; known: {', '.join(known)}")
     return [c for c in registry if c.name in wanted]
 

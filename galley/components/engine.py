@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from typing import NamedTuple
 
 import hvac
 from pyinfra import host, state
@@ -53,7 +52,7 @@ from galley.host.release import (
 from galley.host.restarts import reload_when_pending, restart_when_pending
 from galley.host.tls import HostCert, host_certificates
 from galley.host.uploads import keep_file
-from galley.pki import mount_path
+from galley.vault.pki import mount_path
 
 
 def render(config: Config, name: str | None = None, **variables) -> OperationMeta:
@@ -363,24 +362,10 @@ def _retire(components: Sequence[Component]) -> None:
         reload_systemd(f"systemd daemon-reload ({unit.name} removed)", removed[:1])
 
 
-class UnitFiles(NamedTuple):
-    """Unit files written beside a phase's own: by path, and the timers among them by unit."""
-
-    files: Mapping[str, OperationMeta]
-    timers: Mapping[str, OperationMeta]
-
-
-def deploy_components(
-    components: Sequence[Component],
-    vault: Callable[[], hvac.Client],
-    also: Callable[[], UnitFiles] | None = None,
-) -> None:
-    """Install, configure and (re)start ``components`` on this host (those of its groups).
-
-    Call it inside a pyinfra deploy (`galley.converge` names one per phase). ``also`` writes
-    more units on this host after the components' files (the host's certificate renewal): they
-    are enabled and systemd reloaded with the components' units, and their timers started
-    after them."""
+def deploy_components(components: Sequence[Component], vault: Callable[[], hvac.Client]) -> None:
+    """Install, configure and (re)start ``components`` on this host (those it runs): their
+    units and timers are enabled and systemd reloaded together, the timers started after the
+    units. Call it inside a pyinfra deploy (`galley.converge` names one per phase)."""
     retired = [c for c in components if c.group in host.groups and not c.runs_on(host)]
     if retired:
         _retire(retired)
@@ -412,7 +397,11 @@ def deploy_components(
             wrote(path, written_by)
         if component.unit is not None:
             unit = component.unit
-            variables = {"cluster_name": host.data.cluster_name, **configured.variables}
+            variables = {
+                "cluster_name": host.data.cluster_name,
+                "certs": component.certs_by_stem(host),
+                **configured.variables,
+            }
             unit_files[unit.name] = render(Config(unit.path, unit.template), **variables)
             wrote(unit.path, unit_files[unit.name])
     timer_files: dict[str, OperationMeta] = {}
@@ -422,10 +411,6 @@ def deploy_components(
         for path, template in timer.unit_files().items():
             unit_files[path] = render(Config(path, template), **variables)
         timer_files[timer.timer_unit] = unit_files[f"{SYSTEMD_DIR}/{timer.timer_unit}"]
-    if also is not None:
-        more = also()
-        unit_files.update(more.files)
-        timer_files.update(more.timers)
     enabled = enable_units([*(c.unit.name for c in mine if c.unit), *timer_files])
     reload_systemd("systemd daemon-reload", [*unit_files.values(), enabled])
     run_units([c for c in mine if c.unit], written, before_start)

@@ -30,7 +30,7 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import server
 
 from galley.components.engine import render
-from galley.components.etcd import etcd_client_cert, members
+from galley.components.etcd import etcd_client_cert
 from galley.components.kubelet import WORKER_DIRECTORIES
 from galley.components.kubernetes import (
     ETCD_CA_PATH,
@@ -51,8 +51,9 @@ from galley.components.model import (
     cluster_role_binding,
     github_artifact,
 )
-from galley.etcdctl import LOCAL_ENDPOINT, etcdctl_command
-from galley.pki import Identity, RoleSpec
+from galley.etcd.etcdctl import LOCAL_ENDPOINT, etcdctl_command
+from galley.etcd.group import members
+from galley.vault.pki import Identity, RoleSpec
 
 FLANNEL_DIR = "/etc/kube-flannel"
 NET_CONF = f"{FLANNEL_DIR}/net-conf.json"

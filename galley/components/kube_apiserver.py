@@ -2,7 +2,7 @@
 
 It holds the only etcd client certificates of the control plane, the shared service-account
 key pair and the secrets encryption key (both declared here as KV values in Vault, made by
-`galley vault bootstrap`, read with `galley.cluster_secrets`).
+`galley vault bootstrap`, read with `galley.vault.kv`).
 Apiservers restart one at a time, each answering ``/healthz`` again before the next.
 """
 
@@ -19,7 +19,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pyinfra.api.host import Host
 from pyinfra.api.state import State
 
-from galley import cluster_secrets
 from galley.components.engine import render, render_text, write
 from galley.components.etcd import etcd_client_cert
 from galley.components.kubernetes import (
@@ -38,14 +37,15 @@ from galley.components.model import (
     Config,
     Configured,
     Directory,
-    KvSecret,
     Unit,
     cluster_role_binding,
 )
 from galley.host.restarts import RestartError, systemctl_restart, wait_until_healthy
 from galley.host.secrets import Secret, keep_secret
-from galley.pki import API_SERVICE_NAMES, Identity, RoleSpec
-from galley.vault import once_per_client
+from galley.vault import kv
+from galley.vault.client import once_per_client
+from galley.vault.kv import KvSecret
+from galley.vault.pki import API_SERVICE_NAMES, Identity, RoleSpec
 
 ENCRYPTION_CONFIG = f"{K8S_DIR}/encryption-config.yaml"
 AUTHENTICATION_CONFIG = f"{K8S_DIR}/authentication-config.yaml"
@@ -139,7 +139,7 @@ ENCRYPTION = KvSecret("kubernetes/encryption", _new_encryption_key)
 def _shared(client: Any, cluster: str, secret: KvSecret) -> dict[str, str]:
     """A KV value every apiserver shares, read once per run."""
     return once_per_client(
-        client, ("kv", cluster, secret.name), lambda: cluster_secrets.read(client, cluster, secret)
+        client, ("kv", cluster, secret.name), lambda: kv.read(client, cluster, secret)
     )
 
 
@@ -185,7 +185,7 @@ def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
                     encryption,
                     cluster_name=cluster,
                     encryption_key=encryption_key,
-                    kv_mount=cluster_secrets.kv_mount(cluster),
+                    kv_mount=kv.kv_mount(cluster),
                 )
             ),
             mode=encryption.mode,
@@ -198,7 +198,8 @@ def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
         "cluster_domain": data.cluster_domain,
         "private_ip": data.private_ip,
         "api_port": data.api_port,
-        "pki_dir": PKI_DIR,
+        "sa_key": SA_KEY,
+        "sa_pub": SA_PUB,
         "service_cidr": data.service_cidr,
         "etcd_servers": etcd_servers(host.inventory),
         "encryption_config": ENCRYPTION_CONFIG,

@@ -11,7 +11,6 @@ from galley.components.kube_apiserver import CONTROL_PLANE_DIRECTORIES, SA_KEY
 from galley.components.kubernetes import (
     CONTROL_PLANE_SERVING_ROLE,
     K8S_DIR,
-    PKI_DIR,
     api_url,
     k8s_cert,
     kubeconfig,
@@ -19,7 +18,7 @@ from galley.components.kubernetes import (
     local_serving_identity,
 )
 from galley.components.model import Component, Config, Configured, Unit
-from galley.pki import Identity, RoleSpec
+from galley.vault.pki import Identity, RoleSpec
 
 KUBECONFIG = f"{K8S_DIR}/controller-manager.kubeconfig"
 ROLE = RoleSpec(
@@ -38,7 +37,7 @@ def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
     operation = kubeconfig(host, KUBECONFIG, api_url(data, local=True), CLIENT)
     variables = {
         "kubeconfig": KUBECONFIG,
-        "pki_dir": PKI_DIR,
+        "sa_key": SA_KEY,
         "service_cidr": data.service_cidr,
         "pod_cidr": data.pod_cidr,
         "node_cidr_mask_size": data.node_cidr_mask_size,

@@ -18,7 +18,8 @@ from galley.components.kubernetes import (
     node_name,
 )
 from galley.components.model import Component, Config, Configured, Directory, Unit
-from galley.pki import Identity, RoleSpec
+from galley.settings import COUNT_OR_ZERO, Setting
+from galley.vault.pki import Identity, RoleSpec
 
 CONFIG = "/var/lib/kube-proxy/config.yaml"
 KUBECONFIG = f"{K8S_DIR}/kube-proxy.kubeconfig"
@@ -35,6 +36,11 @@ CLIENT = k8s_cert(
     lambda host: Identity("system:kube-proxy", organization=("system:node-proxier",)),
 )
 
+# kube-proxy's conntrack table size per CPU (it raises the kernel's nf_conntrack_max to that);
+# None: kube-proxy's default (32768); 0: leave the kernel's value alone (where it cannot be
+# set, e.g. without the host's sysctls, as in the lab's droplets).
+CONNTRACK_MAX_PER_CORE = Setting("kube_proxy_conntrack_max_per_core", None, COUNT_OR_ZERO)
+
 
 def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
     data = host.data
@@ -46,7 +52,7 @@ def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
             kubeconfig=KUBECONFIG,
             node_name=node_name(host),
             pod_cidr=data.pod_cidr,
-            conntrack_max_per_core=data.get("kube_proxy_conntrack_max_per_core"),
+            conntrack_max_per_core=CONNTRACK_MAX_PER_CORE.of(data),
         ),
     }
     return Configured(written, {"kube_proxy_config": CONFIG})
@@ -64,6 +70,7 @@ KUBE_PROXY = Component(
     ),
     unit=Unit("kube-proxy", "kube-proxy/kube-proxy.service.j2"),
     directories=(*WORKER_DIRECTORIES, Directory("/var/lib/kube-proxy")),
+    settings=(CONNTRACK_MAX_PER_CORE,),
     checks=("networks", "api"),
     # iptables mode: kube-proxy runs iptables-restore and iptables-save (and nft to clean up
     # after its nftables mode at every start).

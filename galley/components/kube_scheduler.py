@@ -12,7 +12,6 @@ from galley.components.kube_apiserver import CONTROL_PLANE_DIRECTORIES
 from galley.components.kubernetes import (
     CONTROL_PLANE_SERVING_ROLE,
     K8S_DIR,
-    PKI_DIR,
     api_url,
     k8s_cert,
     kubeconfig,
@@ -20,7 +19,7 @@ from galley.components.kubernetes import (
     local_serving_identity,
 )
 from galley.components.model import Component, Config, Configured, Unit
-from galley.pki import Identity, RoleSpec
+from galley.vault.pki import Identity, RoleSpec
 
 KUBECONFIG = f"{K8S_DIR}/scheduler.kubeconfig"
 CONFIG = f"{K8S_DIR}/kube-scheduler.yaml"
@@ -29,7 +28,7 @@ CLIENT = k8s_cert("kube-scheduler", ROLE, lambda host: Identity("system:kube-sch
 
 
 def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
-    variables = {"kubeconfig": KUBECONFIG, "config_path": CONFIG, "pki_dir": PKI_DIR}
+    variables = {"kubeconfig": KUBECONFIG, "config_path": CONFIG}
     written = {
         KUBECONFIG: kubeconfig(host, KUBECONFIG, api_url(host.data, local=True), CLIENT),
         CONFIG: render(

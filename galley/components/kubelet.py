@@ -29,7 +29,7 @@ from galley.components.kubernetes import (
     node_name,
 )
 from galley.components.model import Component, Config, Configured, Directory, Unit
-from galley.pki import Identity
+from galley.vault.pki import Identity
 
 CONFIG = "/var/lib/kubelet/config.yaml"
 KUBECONFIG = f"{K8S_DIR}/kubelet.kubeconfig"
@@ -51,7 +51,7 @@ def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
             cluster_domain=data.cluster_domain,
             cluster_dns=str(cluster_dns_ip(data.service_cidr)),
             ca_path=CA_PATH,
-            pki_dir=PKI_DIR,
+            certs=KUBELET.certs_by_stem(host),
         ),
     }
     variables = {

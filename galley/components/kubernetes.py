@@ -16,7 +16,7 @@ from pyinfra.api.operation import OperationMeta
 
 from galley.components.engine import render
 from galley.components.model import Artifact, Cert, Config
-from galley.pki import Identity, RoleSpec
+from galley.vault.pki import Identity, RoleSpec
 
 K8S_DIR = "/etc/kubernetes"
 PKI_DIR = f"{K8S_DIR}/pki"

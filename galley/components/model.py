@@ -11,7 +11,6 @@ are derived here (`Component.watched`), never typed twice.
 from __future__ import annotations
 
 import posixpath
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,9 @@ from galley.downloads import checksums_field
 from galley.host.observed import Wanted
 from galley.host.release import active_paths, marker_path, release_links
 from galley.host.restarts import reload_stamp
-from galley.pki import Identity, RoleSpec
+from galley.settings import Setting, span_seconds
+from galley.vault.kv import KvSecret
+from galley.vault.pki import Identity, RoleSpec
 
 # Where each download base comes from: ``{github}/...`` -> group data ``github_base_url``.
 BASE_URL_KEYS: Mapping[str, str] = {"github": "github_base_url", "dl_k8s": "dl_k8s_base_url"}
@@ -177,16 +178,6 @@ class Config:
     watched: bool = True
 
 
-@dataclass(frozen=True)
-class KvSecret:
-    """A value a component's deploy reads from the cluster's KV store (``<cluster>/kv/<name>``):
-    made once by `galley vault bootstrap` with ``generate`` and never replaced (rotating one is
-    a deliberate, separate act). The policies of the jobs deploying the component may read it."""
-
-    name: str
-    generate: Callable[[], dict[str, str]] = field(repr=False, compare=False)
-
-
 RBAC_API = "rbac.authorization.k8s.io/v1"
 # Where each kind of cluster-wide RBAC object lives in the API.
 RBAC_COLLECTIONS: Mapping[str, str] = {
@@ -219,18 +210,18 @@ def cluster_role_binding(name: str, role: str, kind: str, subject: str) -> dict[
 
 @dataclass(frozen=True)
 class Directory:
-    """A directory a component needs before its files are written: ``path``, or where the
-    group data ``data_key`` (when set) says."""
+    """A directory a component needs before its files are written: ``path``, or where its
+    ``setting`` (when declared) says."""
 
     path: str
     mode: str = "755"
     owner: str = "root"
     group: str = "root"
-    data_key: str = ""
+    setting: Setting | None = None
 
     def path_on(self, host: Host) -> str:
         """Where the directory is on ``host``."""
-        return str(host.data.get(self.data_key) or self.path) if self.data_key else self.path
+        return str(self.setting.of(host.data)) if self.setting else self.path
 
 
 # (state, host, unit) -> None: restart or wait with the component's own health gate.
@@ -258,16 +249,6 @@ class Unit:
     def path(self) -> str:
         """Where galley writes the unit file."""
         return posixpath.join(SYSTEMD_DIR, f"{self.name}.service")
-
-
-_SPAN = re.compile(r"(\d+)(s|sec|m|min|h|d)?")
-_SPAN_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
-
-
-def span_seconds(value: object) -> int | None:
-    """Seconds in a one-unit systemd time span (``15min``, ``1h``, ``30s``), None otherwise."""
-    found = _SPAN.fullmatch(str(value))
-    return int(found.group(1)) * _SPAN_SECONDS[found.group(2)] if found else None
 
 
 def first_run_seconds(interval: object) -> int:
@@ -315,11 +296,14 @@ class Configured:
 
 @dataclass(frozen=True)
 class Component:
-    """One thing galley installs and runs on the hosts of ``group``.
+    """One thing galley installs and runs on the hosts of ``group`` (None: on every host, with
+    the last phase a run deploys there).
 
     ``configure(host, context)`` writes its config files (`Config` entries) and returns
     `Configured`; ``context`` has the run's ``vault`` factory.
-    ``checks`` name the validation rules its group data must pass (`galley.inventory.checks`).
+    ``settings`` are the group-data keys it reads, each with its default and kind (validated
+    from there); ``checks`` name the rules across keys its group data must pass
+    (`galley.inventory.validate.RULES`).
     ``watch`` lists files other components write that its unit reads too.
     ``timers`` are jobs systemd runs on a schedule beside its unit (started after it).
     ``packages`` are Debian packages it needs; ``when`` limits it to the hosts of its group
@@ -329,7 +313,7 @@ class Component:
     """
 
     name: str
-    group: str
+    group: str | None  # None: every host galley deploys
     phase: str
     artifacts: tuple[Artifact, ...] = ()
     certs: tuple[Cert, ...] = ()
@@ -343,6 +327,7 @@ class Component:
     user_home: str | None = None
     watch: tuple[str, ...] = ()
     checks: tuple[str, ...] = ()
+    settings: tuple[Setting, ...] = ()
     configure: Callable[[Host, Mapping[str, Any]], Configured] | None = None
     packages: tuple[str, ...] = ()
     # Units of its ``packages`` kept masked: galley runs the program under its own unit.
@@ -351,11 +336,23 @@ class Component:
 
     def runs_on(self, host: Host) -> bool:
         """Whether this component runs on ``host``."""
-        return self.group in host.groups and self.when(host)
+        return (self.group is None or self.group in host.groups) and self.when(host)
+
+    def setting(self, key: str) -> Setting:
+        """The declared setting ``key`` (KeyError if it is not declared)."""
+        for setting in self.settings:
+            if setting.key == key:
+                return setting
+        raise KeyError(f"{self.name} declares no setting {key}")
 
     def certs_of(self, host: Host) -> list[Cert]:
         """The certificates this component needs on ``host``."""
         return [cert for cert in self.certs if cert.when(host)]
+
+    def certs_by_stem(self, host: Host) -> dict[str, Cert]:
+        """`certs_of` by stem: templates name a certificate's paths by its stem
+        (``{{ certs.member.cert_path }}``), never spelling them again."""
+        return {cert.stem: cert for cert in self.certs_of(host)}
 
     def configs_of(self, host: Host) -> list[Config]:
         """The config files this component reads on ``host``."""

@@ -22,10 +22,10 @@ from typing import Any
 
 from pyinfra.api import FactBase
 
-from galley.cluster_identity import KEY as IDENTITY_KEY
-from galley.cluster_identity import identity_of
-from galley.etcdctl import CACERT, CERT, ETCDCTL, KEY, etcdctl_flags
-from galley.etcdctl import LOCAL_ENDPOINT as ENDPOINT
+from galley.etcd.etcdctl import CACERT, CERT, ETCDCTL, KEY, etcdctl_flags, member_hex_id
+from galley.etcd.etcdctl import LOCAL_ENDPOINT as ENDPOINT
+from galley.etcd.identity import KEY as IDENTITY_KEY
+from galley.etcd.identity import identity_of
 from galley.facts.system import parse_timestamp
 
 # Both the dial and the whole request are bounded so a dead etcd cannot hang a deploy.
@@ -125,11 +125,6 @@ def _parse_etcdctl_runs(output: list[str]) -> list[_EtcdctlRun]:
     return runs
 
 
-def member_hex_id(value: int | None) -> str | None:
-    """Render an etcd member id (uint64) the way etcdctl does: lowercase hex; 0 means none."""
-    return format(value, "x") if value else None
-
-
 class EtcdMembers(FactBase):
     """The cluster's members as seen by the local etcd (``etcdctl member list``).
 
@@ -175,7 +170,7 @@ class EtcdMembers(FactBase):
 
 
 class EtcdClusterIdentity(FactBase):
-    """The cluster identity galley wrote into etcd (`galley.cluster_identity`), as the local
+    """The cluster identity galley wrote into etcd (`galley.etcd.identity`), as the local
     etcd reads it: ``{"identity": "<32 hex digits>" | None, "error": None}`` (None: etcd has
     no galley marker), or ``{"identity": None, "error": "<reason>"}`` when etcd cannot be
     read."""

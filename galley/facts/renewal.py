@@ -1,5 +1,5 @@
 """The outcome of a host's last certificate renewal run: the state file the renewal script
-(`galley.host.renewal`) writes, ``key=value`` lines."""
+(`galley.components.renewal`) writes, ``key=value`` lines."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from pyinfra.api import FactBase
 
-from galley.pki import identity_of_cert, load_certificate
+from galley.vault.pki import identity_of_cert, load_certificate
 
 _SEPARATOR = "==> galley certificate file:"
 _KEY_SEPARATOR = "==> galley private key file:"

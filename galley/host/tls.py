@@ -22,7 +22,8 @@ from pyinfra.operations import files, python, server
 from galley.facts.tls import TlsFiles
 from galley.host import observed
 from galley.host.uploads import install, keep_file
-from galley.pki import (
+from galley.vault.client import once_per_client
+from galley.vault.pki import (
     DEPLOY_RENEW_FRACTION,
     Identity,
     identity_of_csr,
@@ -33,7 +34,6 @@ from galley.pki import (
     resign_reason,
     sign,
 )
-from galley.vault import once_per_client
 
 # Must produce what pki.LEAF_KEY allows: EC P-256.
 GENPKEY_OPTIONS = "-algorithm EC -pkeyopt ec_paramgen_curve:P-256"
@@ -73,7 +73,7 @@ def host_certificates(
     """Keep keys, Vault-signed certificates and their CA bundles in place on this host.
 
     One fact reads every key's public half and every certificate (one round trip), and each
-    mount's CA is read from Vault once; ``vault`` (see `galley.vault.lazy_client`) is asked to
+    mount's CA is read from Vault once; ``vault`` (`galley.vault.client.lazy_client`) is asked to
     sign only while executing, when `resign_reason` (or a new key) calls for it, so ``--dry``
     shows every "Re-sign <path>: <reason>" without signing. The directories must exist.
     Nothing changes when all is in order. Returns the operations it added by the path they

@@ -35,13 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import paramiko
+from pyinfra.api import Inventory
 from pyinfra.api.exceptions import InventoryError
 
 from galley.inventory.load import (
-    InventoryLoadError,
     contacting_hosts,
-    load_inventory,
-    unchecked,
 )
 
 ENV = "GALLEY_KNOWN_HOSTS"
@@ -292,31 +290,19 @@ def accept(
     return old, new
 
 
-def _load(inventory_path: str) -> list[tuple[Target, Path]] | None:
-    """The inventory's droplets and pin files, loaded `unchecked`; None (reported) if it fails."""
-
-    try:
-        with unchecked():
-            inventory = load_inventory(inventory_path)
-    except InventoryLoadError as exc:
-        print(f"galley: {exc}", file=sys.stderr)
-        return None
+def _pins(inventory: Inventory) -> list[tuple[Target, Path]]:
+    """The inventory's droplets and their pin files."""
     hosts = [(host.name, host.data.dict()) for host in inventory]
     files = {name: data.get("ssh_known_hosts_file") for name, data in hosts}
     return [(target, Path(files[target.name])) for target in targets(hosts)]
 
 
-def accept_cli(inventory_path: str, name: str, fingerprint: str | None = None) -> int:
+def accept_cli(inventory: Inventory, name: str, fingerprint: str | None = None) -> int:
     """`galley hostkeys accept INVENTORY NAME [--fingerprint F]`: pin NAME's current key."""
-    loaded = _load(inventory_path)
-    if loaded is None:
-        return 2
-    pins = {target.name: (target, path) for target, path in loaded}
+    pins = {target.name: (target, path) for target, path in _pins(inventory)}
     if name not in pins:
         known = ", ".join(sorted(pins)) or "none"
-        print(
-            f"galley: no droplet {name!r} in {inventory_path} (droplets: {known})", file=sys.stderr
-        )
+        print(f"galley: no droplet {name!r} in the inventory (droplets: {known})", file=sys.stderr)
         return 1
     target, path = pins[name]
     try:
@@ -335,12 +321,9 @@ def accept_cli(inventory_path: str, name: str, fingerprint: str | None = None) -
     return 0
 
 
-def list_cli(inventory_path: str) -> int:
+def list_cli(inventory: Inventory) -> int:
     """`galley hostkeys list INVENTORY`: each droplet's id, address and pinned keys."""
-    loaded = _load(inventory_path)
-    if loaded is None:
-        return 2
-    for target, path in loaded:
+    for target, path in _pins(inventory):
         keys = ", ".join(map(str, read_keys(path))) or "not pinned yet"
         print(f"{target.name}  id {target.droplet_id}  {target.address}  {keys}")
     return 0

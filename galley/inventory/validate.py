@@ -18,18 +18,17 @@ from pyinfra.api.host import Host
 
 import galley.components as registry
 from galley.components.kubernetes import first_service_ip
-from galley.components.model import Artifact, Component, span_seconds
+from galley.components.model import Artifact, Component
 from galley.downloads import ChecksumError, sha256_of
 from galley.inventory.load import InventoryLoadError, contacting_hosts, load_inventory
-from galley.pki import parse_duration
 from galley.problems import Problem
-from galley.vault import VaultError, VaultSettings
+from galley.settings import Setting, span_seconds
+from galley.vault.client import VaultError, VaultSettings
+from galley.vault.pki import parse_duration
 
 CLUSTER_GROUPS = ("etcd", "control_plane", "workers")
 LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 SHA256 = re.compile(r"[0-9a-f]{64}")
-# A directory galley makes: absolute, plain characters, not / itself.
-ABSOLUTE = re.compile(r"(/[A-Za-z0-9._-]+)+")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -61,8 +60,9 @@ def problems(
     chosen += registry.select(names) if names else []
     found = inventory_problems(inventory)
     for component in chosen:
-        hosts = inventory.get_group(component.group, [])
-        found += _group_size(component, hosts)
+        hosts = _hosts_of(inventory, component)
+        if component.group is not None:
+            found += _group_size(component, hosts)
         for artifact in component.artifacts:
             found += _per_host(hosts, _checksum_check(artifact))
         for rule in component.checks:
@@ -81,19 +81,14 @@ def check(
         raise ValidationError(found)
 
 
-def validate_cli(inventory_path: str, components: Iterable[str] = ()) -> int:
-    """`galley validate`: print the problems (exit 1) or "OK: N hosts" (exit 0); 2 if unloadable."""
-    try:
-        chosen = registry.select(components) if components else list(registry.REGISTRY)
-        inventory = load_inventory(inventory_path)
-    except InventoryLoadError as exc:
-        print(f"galley: {exc}", file=sys.stderr)
-        return 2
+def validate_cli(inventory: Inventory, components: Iterable[str] = ()) -> int:
+    """`galley validate`: print the problems (exit 1) or "OK: N hosts" (exit 0)."""
+    chosen = registry.select(components) if components else list(registry.REGISTRY)
     found = problems(inventory, chosen)
     for problem in found:
         print(problem)
     if found:
-        print(f"{len(found)} problem(s) in {inventory_path}", file=sys.stderr)
+        print(f"{len(found)} problem(s) in the inventory", file=sys.stderr)
         return 1
     print(f"OK: {len(inventory)} hosts")
     return 0
@@ -101,9 +96,13 @@ def validate_cli(inventory_path: str, components: Iterable[str] = ()) -> int:
 
 def inventory_problems(inventory: Inventory) -> list[Problem]:
     """The problems of the inventory itself, whatever is deployed: names, addresses, the
-    cluster's settings (checked before pyinfra connects, see `checked`)."""
+    cluster's settings and every component's declared settings (checked before pyinfra
+    connects, see `checked`)."""
     found = _names(inventory) + _private_addresses(inventory)
     found += _per_host(_cluster_hosts(inventory), _settings_check)
+    for component in registry.REGISTRY:
+        hosts = _hosts_of(inventory, component)
+        found += _per_host(hosts, _settings_declared(component.settings))
     found += _odd_members(inventory.get_group("etcd", []))
     return list(dict.fromkeys(found))
 
@@ -127,6 +126,13 @@ def checked(groups: Mapping[str, list], inventory_file: str) -> Mapping[str, lis
         lines = "\n".join(str(problem) for problem in found)
         raise SystemExit(f"galley: the inventory is not valid, no host was contacted:\n{lines}")
     return groups
+
+
+def _hosts_of(inventory: Inventory, component: Component) -> list[Host]:
+    """The hosts of ``component``'s group (every cluster host for a component of all)."""
+    if component.group is None:
+        return _cluster_hosts(inventory)
+    return inventory.get_group(component.group, [])
 
 
 def _cluster_hosts(inventory: Inventory) -> list[Host]:
@@ -235,12 +241,6 @@ def _checksum_check(artifact: Artifact) -> Check:
 
 
 DNS_NAME = re.compile(rf"{LABEL.pattern}(\.{LABEL.pattern})*")
-# registry/name[:tag][@digest], as container image references are written.
-IMAGE = re.compile(
-    r"[a-z0-9][a-z0-9._/-]*(:[0-9]+)?(/[a-z0-9._-]+)*(:[\w][\w.-]{0,127})?(@sha256:[0-9a-f]{64})?"
-)
-# A registry mirror: http(s)://host[:port] (no path, no trailing slash).
-REGISTRY_MIRROR = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 ARCHES = ("amd64", "arm64")
 PORTS = ("api_port", "etcd_client_port", "etcd_peer_port", "etcd_metrics_port")
 
@@ -271,20 +271,6 @@ def _settings_check(host: Host) -> Iterable[tuple[str, str]]:
         value = data.get(port)
         if value is not None and not _is_port(value):
             yield port, f"must be a TCP port, not {value!r}"
-    image = data.get("sandbox_image")
-    if image is not None and not (isinstance(image, str) and IMAGE.fullmatch(image)):
-        yield "sandbox_image", f"{image!r} is not a container image reference"
-    restrict = data.get("containerd_restrict_oom_score_adj")
-    if restrict is not None and not isinstance(restrict, bool):
-        yield "containerd_restrict_oom_score_adj", f"must be True or False, not {restrict!r}"
-    per_core = data.get("kube_proxy_conntrack_max_per_core")
-    if per_core is not None and not (
-        isinstance(per_core, int) and not isinstance(per_core, bool) and per_core >= 0
-    ):
-        yield "kube_proxy_conntrack_max_per_core", f"must be a count >= 0 or None, not {per_core!r}"
-    mirror = data.get("registry_mirror")
-    if mirror is not None and not (isinstance(mirror, str) and REGISTRY_MIRROR.fullmatch(mirror)):
-        yield "registry_mirror", f"{mirror!r} is not a registry URL such as https://mirror:5000"
     for ttl in ("etcd_cert_ttl", "kubernetes_cert_ttl"):
         value = data.get(ttl)
         try:
@@ -292,7 +278,6 @@ def _settings_check(host: Host) -> Iterable[tuple[str, str]]:
                 raise ValueError
         except (TypeError, ValueError):
             yield ttl, f"{value!r} is not a duration such as '720h'"
-    yield from _renewal_schedule(data)
     stall = data.get("download_stall_seconds")
     if stall is not None and not (isinstance(stall, int) and not isinstance(stall, bool)):
         yield "download_stall_seconds", f"must be a number of seconds, not {stall!r}"
@@ -300,19 +285,27 @@ def _settings_check(host: Host) -> Iterable[tuple[str, str]]:
         yield "download_stall_seconds", f"must be at least 1, not {stall}"
 
 
-def _renewal_schedule(data) -> Iterable[tuple[str, str]]:
+def _settings_declared(settings: Iterable[Setting]) -> Check:
+    """Each declared setting's value is of its kind (`galley.settings`)."""
+
+    def check(host: Host) -> Iterable[tuple[str, str]]:
+        for setting in settings:
+            if (problem := setting.problem(host.data)) is not None:
+                yield setting.key, problem
+
+    return check
+
+
+def _renewal_check(host: Host) -> Iterable[tuple[str, str]]:
     """The hosts' renewal timer must come round well inside the last third of every TTL."""
-    spans = {}
-    for key in ("cert_renewal_interval", "cert_renewal_random_delay"):
-        value = data.get(key)
-        if value is None:
-            continue
-        spans[key] = span_seconds(value)
-        if spans[key] is None:
-            yield key, f"{value!r} is not a systemd time span such as '1h' or '15min'"
-    if None in spans.values() or "cert_renewal_interval" not in spans:
+    data = host.data
+    keys = ("cert_renewal_interval", "cert_renewal_random_delay")
+    if data.get(keys[0]) is None:
         return
-    every = spans["cert_renewal_interval"] + spans.get("cert_renewal_random_delay", 0)
+    spans = [span_seconds(data.get(key) or 0) for key in keys]
+    if None in spans:
+        return  # the declared settings' check says why
+    every = sum(span or 0 for span in spans)
     for ttl in ("etcd_cert_ttl", "kubernetes_cert_ttl"):
         try:
             seconds = parse_duration(data.get(ttl))
@@ -419,22 +412,8 @@ def _flannel_check(host: Host) -> Iterable[tuple[str, str]]:
         )
 
 
-def _snapshot_check(host: Host) -> Iterable[tuple[str, str]]:
-    """The members' scheduled snapshots (`galley.components.etcd.snapshot_settings`)."""
-    data = host.data
-    interval = data.get("etcd_snapshot_interval")
-    if interval is not None and not span_seconds(interval):
-        yield "etcd_snapshot_interval", f"{interval!r} is not a systemd time span such as '1h'"
-    keep = data.get("etcd_snapshot_keep")
-    if keep is not None and not (isinstance(keep, int) and not isinstance(keep, bool) and keep > 0):
-        yield "etcd_snapshot_keep", f"must be a number of snapshots (at least 1), not {keep!r}"
-    directory = data.get("etcd_snapshot_dir")
-    if directory is not None and not (isinstance(directory, str) and ABSOLUTE.fullmatch(directory)):
-        yield "etcd_snapshot_dir", f"{directory!r} is not an absolute path such as /var/lib/x"
-
-
-def _snapshots(inventory: Inventory, group: str, hosts: list[Host]) -> list[Problem]:
-    return _per_host(hosts, _snapshot_check)
+def _renewal(inventory: Inventory, group: str | None, hosts: list[Host]) -> list[Problem]:
+    return _per_host(hosts, _renewal_check)
 
 
 def _vault_check(environ: Mapping[str, str]) -> Check:
@@ -448,9 +427,9 @@ def _vault_check(environ: Mapping[str, str]) -> Check:
 
 
 # The rules a component's declaration may name in ``checks``.
-RULES: Mapping[str, Callable[[Inventory, str, list[Host]], list[Problem]]] = {
+RULES: Mapping[str, Callable[[Inventory, str | None, list[Host]], list[Problem]]] = {
     "networks": _networks,
     "api": _api,
     "flannel": _flannel,
-    "snapshots": _snapshots,
+    "renewal": _renewal,
 }

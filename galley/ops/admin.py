@@ -4,7 +4,7 @@ Kept in ``<galley_config_dir>/<cluster>/`` (default ``~/.config/galley/<cluster>
 ``admin.key`` (0600, never sent anywhere), ``admin.crt`` (CN admin, O system:masters),
 ``ca.crt`` (the cluster CA) and ``admin.kubeconfig`` pointing at ``api_endpoint`` when set,
 else at the first apiserver that is ready (run it again to follow another one). Re-signed
-by the same rules as host certificates (`galley.pki.resign_reason`), with the operator's own
+by the same rules as host certificates (`galley.vault.pki.resign_reason`), with the operator's own
 Vault token: `galley admin credentials INVENTORY` (deploy tokens cannot sign it).
 """
 
@@ -27,15 +27,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import NameOID
+from pyinfra.api import Inventory
 
 from galley import components as registry
 from galley.components.kubernetes import operator_api_urls
 from galley.components.model import RBAC_COLLECTIONS, TEMPLATES
-from galley.inventory.load import InventoryLoadError, load_inventory
-from galley.ops.journal import operator_dir
+from galley.journal import operator_dir
 from galley.ops.kubeapi import ApiError, KubeApi
-from galley.pki import Identity, mount_path, parse_duration, read_ca, resign_reason, sign
-from galley.vault import VaultError, VaultSettings, connect
+from galley.vault.client import VaultError, VaultSettings, connect
+from galley.vault.pki import Identity, mount_path, parse_duration, read_ca, resign_reason, sign
 
 ADMIN = Identity("admin", organization=("system:masters",))
 ROLE = "admin"
@@ -197,18 +197,14 @@ def operator_paths(cluster: str) -> dict[str, str]:
     return {f"{mount}/sign/{ROLE}": "update", f"{mount}/ca/pem": "read", f"{mount}/cert/ca": "read"}
 
 
-def admin_cli(inventory_path: str) -> int:
+def admin_cli(inventory: Inventory) -> int:
     """`galley admin credentials`: keep the operator's admin files of the inventory's cluster
     current, signed with the operator's own Vault token (the deploy tokens cannot sign
     ``system:masters``), and with them the cluster RBAC the components' identities need.
-    0 when in place or written, 1 on a Vault or API problem, 2 if unloadable."""
-    try:
-        inventory = load_inventory(inventory_path)
-        (first, *_) = inventory.get_group("control_plane", []) or [None]
-        if first is None:
-            raise InventoryLoadError(f"{inventory_path} has no control_plane hosts")
-    except InventoryLoadError as exc:
-        print(f"galley: {exc}", file=sys.stderr)
+    0 when in place or written, 1 on a Vault or API problem, 2 without control-plane hosts."""
+    (first, *_) = inventory.get_group("control_plane", []) or [None]
+    if first is None:
+        print("galley: the inventory has no control_plane hosts", file=sys.stderr)
         return 2
     data = first.data
     cluster = data.cluster_name

@@ -35,9 +35,9 @@ from galley.components.kube_scheduler import KUBE_SCHEDULER
 from galley.components.kubernetes import control_plane_hosts
 from galley.components.model import Component
 from galley.facts.fleet import ComponentVersions
+from galley.journal import Journal
 from galley.ops.batches import Batches
 from galley.ops.etcd_snapshot import SnapshotError, operator_snapshot
-from galley.ops.journal import Journal
 from galley.ops.kubeapi import ApiError, kubelet_version
 from galley.ops.release_hosts import HostWork, ReleaseHosts, set_version
 from galley.ops.rolling import (
@@ -265,7 +265,7 @@ def _running(batches: Batches, hosts: list[str]) -> dict[str, dict[str, str]]:
 
 
 def _prepare(
-    inventory_path: str,
+    inventory: Inventory,
     to: str,
     resume: bool,
     allow_downgrade: bool,
@@ -274,10 +274,7 @@ def _prepare(
 ) -> Prepared:
     """Everything checked before a change (RolloutError if refused): the plan, the journal,
     and how to run it."""
-    from galley.inventory.load import load_inventory
-
     target = bare(to)
-    inventory = load_inventory(inventory_path)
     endpoint, apiservers = clients(inventory)
     hosts = list(apiservers)
     data = control_plane_hosts(inventory)[0].data
@@ -337,7 +334,7 @@ def _snapshot_first(inventory: Inventory, journal: Journal, run: Callable[[], in
 
 
 def rollout_control_plane_cli(
-    inventory_path: str,
+    inventory: Inventory,
     to: str,
     dry_run: bool = False,
     resume: bool = False,
@@ -347,6 +344,6 @@ def rollout_control_plane_cli(
     """`galley rollout control-plane --to VERSION INVENTORY`: 0 done (or nothing to do),
     1 stopped with a report, 2 refused before any change."""
     return rollout_cli(
-        lambda: _prepare(inventory_path, to, resume, allow_downgrade, ready_timeout, dry_run),
+        lambda: _prepare(inventory, to, resume, allow_downgrade, ready_timeout, dry_run),
         dry_run,
     )

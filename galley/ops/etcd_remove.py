@@ -9,7 +9,7 @@ the leaving host.
 
 Before any change (exit 2, nothing changed): the inventory, the hosts needed (a member to run
 etcdctl, and NAME's host unless ``--unreachable``), the planner's refusals
-(`galley.ops.etcd_plan.plan_remove`: fewer than 3 voters left, an even count without
+(`galley.etcd.plan.plan_remove`: fewer than 3 voters left, an even count without
 ``--allow-even``, another member unhealthy or pending, no single leader, an alarm), Vault for
 the cluster lock, the confirmation (or ``--yes``), the lock. Then the executor
 (`Membership.remove`): snapshot, leadership moved away if NAME leads, ``member remove``, then
@@ -28,32 +28,27 @@ from dataclasses import dataclass
 from pyinfra.api import Inventory
 from pyinfra.api.host import Host
 
-from galley.components.etcd import (
-    DATA_DIR,
-    HEALTH_TIMEOUT,
-    MEMBERSHIP_JOURNAL,
-    PyinfraMemberHosts,
-    member_name,
-    wanted,
-)
-from galley.host.restarts import RestartError
-from galley.lock import LockError, hold, lock_paths
-from galley.ops.batches import Batches, Connected
-from galley.ops.confirm import confirmed
-from galley.ops.etcd_client import EtcdClient, EtcdctlError, host_runner
-from galley.ops.etcd_members import (
+from galley.components.etcd import member_hosts
+from galley.etcd.client import EtcdClient, EtcdctlError, host_runner
+from galley.etcd.group import member_name, wanted
+from galley.etcd.layout import DATA_DIR, HEALTH_TIMEOUT, MEMBERSHIP_JOURNAL
+from galley.etcd.members import (
     HOST_STEP_PENDING,
     Membership,
     MembershipError,
     MembershipRefused,
     removed_note,
 )
-from galley.ops.etcd_plan import Done, Refuse, RemoveMember, Wanted, plan_remove
-from galley.ops.etcd_snapshot import HOST_WORK_DIR
-from galley.ops.journal import JournalError, operator_dir
+from galley.etcd.plan import Done, Refuse, RemoveMember, Wanted, plan_remove
+from galley.etcd.snapshot import HOST_WORK_DIR
+from galley.host.restarts import RestartError
+from galley.journal import JournalError, operator_dir
+from galley.lock import LockError, hold, lock_paths
+from galley.ops.batches import Batches, Connected
+from galley.ops.confirm import confirmed
 from galley.ops.revocation import retire_host, revocation_paths
-from galley.pki import mount_path
-from galley.vault import VaultError, VaultSettings, connect
+from galley.vault.client import VaultError, VaultSettings, connect
+from galley.vault.pki import mount_path
 
 COMMAND = "etcd remove"
 
@@ -283,7 +278,7 @@ def _mounts(inventory: Inventory, found: Target, cluster: str) -> list[str]:
 
 
 def etcd_remove_cli(
-    inventory_path: str,
+    inventory: Inventory,
     name: str,
     allow_even: bool = False,
     yes: bool = False,
@@ -291,17 +286,14 @@ def etcd_remove_cli(
 ) -> int:
     """`galley etcd remove`: 0 done (or nothing to do), 1 stopped (run it again to finish),
     2 refused before any change."""
-    from galley.inventory.load import InventoryLoadError, load_inventory
-
     try:
-        inventory = load_inventory(inventory_path)
         found = target(inventory, name, unreachable)
         data = inventory.get_host(found.others[0] if found.others else found.host).data
         cluster = data.cluster_name
         vault = connect(
             VaultSettings.from_data(data), lock_paths(cluster) | revocation_paths(cluster)
         )
-    except (EtcdRemoveError, InventoryLoadError, VaultError) as exc:
+    except (EtcdRemoveError, VaultError) as exc:
         return _refused(exc)
     needed = [*found.others, *([found.host] if found.host and not unreachable else [])]
     with Batches(inventory).connected(needed) as connected:
@@ -311,7 +303,7 @@ def etcd_remove_cli(
             return _refused(exc)
         membership = Membership(
             client=client,
-            hosts=PyinfraMemberHosts(list(connected.hosts.values())),
+            hosts=member_hosts(list(connected.hosts.values())),
             journal_path=operator_dir(data) / MEMBERSHIP_JOURNAL,
             snapshot_dir=HOST_WORK_DIR,
             log=lambda line: print(line, flush=True),

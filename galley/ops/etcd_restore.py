@@ -15,7 +15,7 @@ finishes a run that stopped:
    etcd), bootstrap.env set to ``existing`` (a restored dir has member data);
 4. start etcd everywhere, wait until every member is healthy at a revision at least the
    snapshot's;
-5. record this cluster's identity in etcd (`galley.cluster_identity`);
+5. record this cluster's identity in etcd (`galley.etcd.identity`);
 6. start the apiservers, then restart the controller managers, schedulers and kubelets, and
    wait until each has run for `SETTLED` seconds.
 
@@ -39,27 +39,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from galley import cluster_identity, cluster_secrets
+from pyinfra.api import Inventory
+
 from galley.components import running_on
-from galley.components.etcd import (
-    CLUSTER_IDENTITY,
-    DATA_DIR,
-    PyinfraMemberHosts,
-    member_name,
-    wanted,
-)
+from galley.components.etcd import member_hosts
 from galley.components.kube_apiserver import KUBE_APISERVER
 from galley.components.kube_controller_manager import KUBE_CONTROLLER_MANAGER
 from galley.components.kube_scheduler import KUBE_SCHEDULER
 from galley.components.kubelet import KUBELET
-from galley.host.restarts import RestartError
-from galley.lock import LockError, hold, lock_paths
-from galley.ops.confirm import confirmed
-from galley.ops.etcd_client import EtcdClient, EtcdctlError
-from galley.ops.etcd_plan import Wanted
-from galley.ops.etcd_snapshot import (
+from galley.etcd import identity as cluster_identity
+from galley.etcd.client import EtcdClient, EtcdctlError
+from galley.etcd.group import member_name, wanted
+from galley.etcd.identity import SECRET as CLUSTER_IDENTITY
+from galley.etcd.layout import DATA_DIR
+from galley.etcd.plan import Wanted
+from galley.etcd.snapshot import (
     TIME_FORMAT,
-    PyinfraHosts,
     SnapshotError,
     SnapshotFile,
     SnapshotHosts,
@@ -68,9 +63,14 @@ from galley.ops.etcd_snapshot import (
     remote_sha256,
     sidecar,
 )
-from galley.ops.journal import Journal, JournalError, operator_dir
+from galley.host.restarts import RestartError
+from galley.journal import Journal, JournalError, operator_dir
+from galley.lock import LockError, hold, lock_paths
+from galley.ops.confirm import confirmed
+from galley.ops.etcd_snapshot import PyinfraHosts
 from galley.text import clean
-from galley.vault import VaultError, VaultSettings, connect
+from galley.vault import kv
+from galley.vault.client import VaultError, VaultSettings, connect
 
 JOURNAL = "etcd-restore.json"
 HOST_RESTORE_DIR = "/var/lib/galley/etcd-restore"  # the copies and the per-member markers
@@ -232,7 +232,7 @@ class Restore:
     status: SnapshotStatus
     journal: Journal
     layout: Layout
-    identity: str  # this cluster's (`galley.cluster_identity`)
+    identity: str  # this cluster's (`galley.etcd.identity`)
     timeout: float = 120.0
     clock: Callable[[], float] = time.monotonic
     out: Callable[[str], None] = print
@@ -465,7 +465,7 @@ class PyinfraRestoreHosts(PyinfraHosts):
 
     def start_member(self, name: str, initial_cluster: str) -> None:
         try:
-            PyinfraMemberHosts([self.hosts[name]]).start_member(name, initial_cluster)
+            member_hosts([self.hosts[name]]).start_member(name, initial_cluster)
         except RestartError as exc:
             raise RestoreError(str(exc)) from None
 
@@ -493,17 +493,10 @@ def _member_check(
 
 
 def restore_cli(
-    inventory_path: str, snapshot: str, yes: bool = False, other_cluster: bool = False
+    inventory: Inventory, snapshot: str, yes: bool = False, other_cluster: bool = False
 ) -> int:
     """`galley etcd restore`: 0 restored, 1 stopped (run it again to finish), 2 refused before
     any change. A snapshot not of this cluster is refused unless ``other_cluster``."""
-    from galley.inventory.load import InventoryLoadError, load_inventory
-
-    try:
-        inventory = load_inventory(inventory_path)
-    except InventoryLoadError as exc:
-        print(f"galley: {exc}", file=sys.stderr)
-        return 2
     etcd_hosts = list(inventory.get_group("etcd", []))
     if not etcd_hosts:
         print("galley: etcd restore: the inventory has no etcd group", file=sys.stderr)
@@ -548,11 +541,11 @@ def _restore(
         check = _member_check(hosts, members[0].name, path, HOST_RESTORE_DIR)
         found, status = check_snapshot(path, check, etcdutl)
         digest = found.sha256
-        identity_path = cluster_secrets.read_path(cluster, CLUSTER_IDENTITY)
+        identity_path = kv.read_path(cluster, CLUSTER_IDENTITY)
         vault = connect(
             VaultSettings.from_data(data), lock_paths(cluster) | {identity_path: "read"}
         )
-        identity = cluster_secrets.read(vault, cluster, CLUSTER_IDENTITY)["id"]
+        identity = kv.read(vault, cluster, CLUSTER_IDENTITY)["id"]
         problem = identity_problem(found, identity)
         if problem and not other_cluster:
             raise RestoreError(f"{path}: {problem}: pass --other-cluster to restore it anyway")

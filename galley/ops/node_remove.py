@@ -42,13 +42,12 @@ from pyinfra.operations import files, python, systemd
 import galley.components as registry
 from galley.components.kubernetes import node_name, operator_api_urls
 from galley.components.model import Component
-from galley.host.renewal import UNIT as RENEWAL_UNIT
+from galley.journal import Journal, JournalError, operator_dir
 from galley.lock import LockError, hold, lock_paths
 from galley.ops.admin import AdminFiles
 from galley.ops.batches import Batches, HostOutcome
 from galley.ops.confirm import confirmed
 from galley.ops.drain import Evicting, drain
-from galley.ops.journal import Journal, JournalError, operator_dir
 from galley.ops.kubeapi import ApiError, KubeApi
 from galley.ops.revocation import (
     Issued,
@@ -58,10 +57,10 @@ from galley.ops.revocation import (
     revocation_paths,
     revoke_checked,
 )
-from galley.pki import mount_path
-from galley.renewal import HOST_IDENTITY, login_path
 from galley.text import clean
-from galley.vault import VaultError, VaultSettings, connect
+from galley.vault.client import VaultError, VaultSettings, connect
+from galley.vault.pki import mount_path
+from galley.vault.renewal import login_path
 
 JOURNAL = "node-remove.json"
 GUARDED = {"etcd": "galley etcd remove takes etcd members out", "control_plane": "not supported"}
@@ -86,8 +85,9 @@ def refusal(groups: Mapping[str, Collection[str]], name: str, unreachable: bool)
 
 
 def worker_components() -> list[Component]:
-    """The components a worker runs, in the order their units stop (last started first)."""
-    return [c for c in reversed(registry.REGISTRY) if c.group == "workers"]
+    """The components a worker runs (those of every host too), in the order their units stop
+    (last started first)."""
+    return [c for c in reversed(registry.REGISTRY) if c.group in ("workers", None)]
 
 
 class HostWork(Protocol):
@@ -223,12 +223,12 @@ def _finished(state: State, host: Host, outcomes: dict[str, HostOutcome]) -> Non
 def _clean_host(outcomes: dict[str, HostOutcome], record: Callable[[list[Issued]], None]) -> None:
     components = worker_components()
     certs = list({c.cert_path: c for comp in components for c in comp.certs_of(host)}.values())
-    certs.append(HOST_IDENTITY)
     mounted = [(mount_path(host.data.cluster_name, c.mount), c.cert_path) for c in certs]
     python.call(
         name="Read the certificates' serials", function=_read_serials, certs=mounted, record=record
     )
-    for unit in host.loop([f"{RENEWAL_UNIT}.timer"] + [c.unit.name for c in components if c.unit]):
+    timers = [timer.timer_unit for c in components for timer in c.timers]
+    for unit in host.loop(timers + [c.unit.name for c in components if c.unit]):
         systemd.service(
             name=f"{unit} stopped and disabled", service=unit, running=False, enabled=False
         )
@@ -267,14 +267,14 @@ def _prepare(inventory: Inventory, name: str, unreachable: bool) -> tuple:
         revocation_paths(data.cluster_name) | lock_paths(data.cluster_name),
     )
     components = worker_components()
-    certs = [HOST_IDENTITY, *(c for x in components for c in x.certs)]
+    certs = [c for x in components for c in x.certs]
     mounts = sorted({mount_path(data.cluster_name, c.mount) for c in certs})
     journal = Journal.continue_or_start(operator_dir(data) / JOURNAL, name, what="node removal")
     return data, node, listed, api, vault, mounts, journal
 
 
 def node_remove_cli(
-    inventory_path: str,
+    inventory: Inventory,
     name: str,
     unreachable: bool = False,
     yes: bool = False,
@@ -282,12 +282,9 @@ def node_remove_cli(
 ) -> int:
     """`galley node remove`: 0 done, 1 stopped (run it again to finish), 2 refused before any
     change."""
-    from galley.inventory.load import InventoryLoadError, load_inventory
-
     try:
-        inventory = load_inventory(inventory_path)
         data, node, listed, api, vault, mounts, journal = _prepare(inventory, name, unreachable)
-    except (RemoveError, JournalError, ApiError, VaultError, InventoryLoadError) as exc:
+    except (RemoveError, JournalError, ApiError, VaultError) as exc:
         print(f"galley: node remove: {exc} (nothing was changed)", file=sys.stderr)
         return 2
     plan = [

@@ -19,9 +19,9 @@ import hvac
 import hvac.exceptions
 from cryptography import x509
 
-from galley.pki import MOUNTS, Identity, identity_of_cert, load_certificate, mount_path
-from galley.renewal import login_path
-from galley.vault import VaultError, vault_errors
+from galley.vault.client import VaultError, vault_errors
+from galley.vault.pki import MOUNTS, Identity, identity_of_cert, load_certificate, mount_path
+from galley.vault.renewal import login_path
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,12 @@ from galley.components.kubernetes import (
     operator_api_urls,
 )
 from galley.components.model import Component
+from galley.journal import Journal, JournalError, operator_dir
 from galley.lock import LockError, check_free, hold, lock_paths
 from galley.ops.admin import AdminFiles
-from galley.ops.journal import Journal, JournalError, operator_dir
 from galley.ops.kubeapi import ApiError, KubeApi
 from galley.text import clean
-from galley.vault import VaultError, VaultSettings, connect
+from galley.vault.client import VaultError, VaultSettings, connect
 from galley.versions import VersionError
 from galley.versions import bare as bare_version
 
@@ -183,11 +183,9 @@ class Prepared:
 def rollout_cli(prepare: Callable[[], Prepared], dry_run: bool) -> int:
     """The course of a rollout command: 0 done (or nothing to do), 1 stopped with a report,
     2 refused before any change."""
-    from galley.inventory.load import InventoryLoadError
-
     try:
         prepared = prepare()
-    except (RolloutError, JournalError, ApiError, InventoryLoadError, LockError, VaultError) as exc:
+    except (RolloutError, JournalError, ApiError, LockError, VaultError) as exc:
         print(f"galley: rollout: {exc} (nothing was changed)", file=sys.stderr)
         return 2
     for line in prepared.lines:

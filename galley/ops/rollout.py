@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pyinfra.api import Inventory
+
 from galley.components.kube_proxy import KUBE_PROXY
 from galley.components.kubelet import KUBELET
 from galley.ops.drain import drain
@@ -309,7 +311,7 @@ class Rollout(Runner):
 
 
 def _prepare(
-    inventory_path: str,
+    inventory: Inventory,
     to: str,
     budget_text: str,
     resume: bool,
@@ -318,10 +320,7 @@ def _prepare(
 ) -> Prepared:
     """Everything checked before a change (RolloutError if refused): the plan, the journal,
     and how to run it."""
-    from galley.inventory.load import load_inventory
-
     target = bare(to)
-    inventory = load_inventory(inventory_path)
     workers = [one.name for one in inventory.get_group("workers", [])]
     if not workers:
         raise RolloutError("no hosts in group 'workers'")
@@ -359,7 +358,7 @@ def _prepare(
 
 
 def rollout_kubelet_cli(
-    inventory_path: str,
+    inventory: Inventory,
     to: str,
     max_unavailable: str = "1",
     dry_run: bool = False,
@@ -371,7 +370,7 @@ def rollout_kubelet_cli(
     with a report, 2 refused before any change."""
     return rollout_cli(
         lambda: _prepare(
-            inventory_path, to, max_unavailable, resume, (drain_timeout, ready_timeout), dry_run
+            inventory, to, max_unavailable, resume, (drain_timeout, ready_timeout), dry_run
         ),
         dry_run,
     )

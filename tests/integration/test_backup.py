@@ -10,10 +10,12 @@ import re
 import subprocess
 from pathlib import Path
 
-from galley import cluster_identity, cluster_secrets
-from galley.components.etcd import CGROUP_SETUP_FAILED, CLUSTER_IDENTITY
-from galley.etcdctl import etcdctl_command
+from galley.components.etcd import CLUSTER_IDENTITY
+from galley.etcd import identity as cluster_identity
+from galley.etcd.etcdctl import etcdctl_command
+from galley.etcd.layout import CGROUP_SETUP_FAILED
 from galley.ops.kubeapi import KubeApi
+from galley.vault import kv
 from tests.etcd_local import LocalHosts
 
 from .conftest import (
@@ -181,7 +183,7 @@ def test_restore_names_a_truncated_snapshot_and_another_clusters_before_stopping
         "etcdctl appends when it saves one (truncated, or a copy of a data dir's db) (nothing "
         "was changed)"
     )
-    identity = cluster_secrets.read(lab_vault(cluster), "lab", CLUSTER_IDENTITY)["id"]
+    identity = kv.read(lab_vault(cluster), "lab", CLUSTER_IDENTITY)["id"]
     result = run_cli("galley", "etcd", "restore", INVENTORY, str(other), "--yes", check=False)
     assert result.returncode == 2
     assert result.stderr.strip() == (

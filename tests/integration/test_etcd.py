@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from galley.components.etcd import member_identity as etcd_member_identity
-from galley.etcdctl import etcdctl_command
+from galley.etcd.etcdctl import etcdctl_command
 from galley.host.tls import csr_command
 from galley.lab.artifacts import ARTIFACTS
 from galley.lab.state import CACHE_DIR

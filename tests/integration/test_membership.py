@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from galley.etcdctl import etcdctl_command
+from galley.etcd.etcdctl import etcdctl_command
 from galley.lab.state import LabState
 from galley.ops.kubeapi import ApiError, KubeApi, node_ready
 from galley.ops.revocation import revoked_serials

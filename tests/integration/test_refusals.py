@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from galley.etcdctl import etcdctl_command
+from galley.etcd.etcdctl import etcdctl_command
 from galley.lab.artifacts import KUBERNETES_UPGRADE_VERSION as B
 
 from .conftest import REPO, lab_inventory_variant, run_cli, run_deploy
@@ -101,8 +101,8 @@ monkey.patch_all()  # as galley's CLI does, before anything imports ssl
 import sys, time
 from galley.inventory.load import load_inventory
 from galley.lock import ClusterLock, lock_paths
-from galley.ops.journal import Journal, operator_dir
-from galley.vault import VaultSettings, connect
+from galley.journal import Journal, operator_dir
+from galley.vault.client import VaultSettings, connect
 
 data = next(iter(load_inventory("inventories/lab.py"))).data
 client = connect(VaultSettings.from_data(data), lock_paths("lab"))

@@ -15,7 +15,6 @@ import pytest
 from galley.components import certificates_of
 from galley.lab.lifecycle import VAULT_DIR
 from galley.lab.state import LAB_DIR
-from galley.renewal import HOST_IDENTITY
 
 from .conftest import (
     Writer,
@@ -42,10 +41,7 @@ QUORUM_UNITS = {"etcd": "etcd", "control_plane": "kube-apiserver"}
 
 def _paths(inventory) -> dict[str, list[str]]:
     """Every certificate galley keeps on each host, its host identity included."""
-    return {
-        host.name: [HOST_IDENTITY.cert_path, *(cert.cert_path for cert, _ in certificates_of(host))]
-        for host in inventory
-    }
+    return {host.name: [cert.cert_path for cert, _ in certificates_of(host)] for host in inventory}
 
 
 def _serials(paths: dict[str, list[str]]) -> dict[str, dict[str, str]]:

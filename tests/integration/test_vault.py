@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from galley import cluster_secrets
 from galley.components.kube_apiserver import ENCRYPTION, SERVICE_ACCOUNT
 from galley.lab.lifecycle import VAULT_DIR
 from galley.lab.state import LAB_DIR
 from galley.lock import LEASE_SECONDS, ClusterLock
+from galley.vault import kv
 
 from .conftest import BIN, REPO, lab_inventory_variant, lab_vault, run_cli, run_deploy, ssh
 from .test_etcd import fingerprint
@@ -52,9 +52,9 @@ def _secret_fragments(lab) -> list[str]:
     """Material that must never be printed: the encryption key, a line of the service-account
     private key."""
     client = lab_vault(lab)
-    key = cluster_secrets.read(client, "lab", SERVICE_ACCOUNT)["private_key"]
+    key = kv.read(client, "lab", SERVICE_ACCOUNT)["private_key"]
     key_lines = key.strip().splitlines()
-    encryption = cluster_secrets.read(client, "lab", ENCRYPTION)["secretbox_key"]
+    encryption = kv.read(client, "lab", ENCRYPTION)["secretbox_key"]
     return [encryption, key_lines[len(key_lines) // 2]]
 
 

@@ -4,6 +4,7 @@ listener counts every connection; nothing outside 127.0.0.0/8 is ever dialled)."
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -15,7 +16,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-PORT = 2222
+# One port per pytest-xdist worker: two workers may run these tests at once.
+PORT = 2222 + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
 
 
 @pytest.fixture
@@ -56,12 +58,12 @@ def _host(name: str, last: int, **data) -> str:
     return repr((name, {**values, **data}))
 
 
-def _inventory(tmp_path: Path, etcd: list[str], data: str = "") -> Path:
+def _inventory(tmp_path: Path, etcd: list[str], data: str = "", workers: tuple = ()) -> Path:
     path = tmp_path / "inventory.py"
     path.write_text(
         "from galley.inventory.validate import checked\n"
         f"_groups = checked({{'etcd': [{', '.join(etcd)}], 'control_plane': [], "
-        "'workers': []}, __file__)\n"
+        f"'workers': [{', '.join(workers)}]}}, __file__)\n"
         "etcd = _groups['etcd']\ncontrol_plane = _groups['control_plane']\n"
         f"workers = _groups['workers']\n{data}"
     )
@@ -97,18 +99,23 @@ BAD_INVENTORIES = {
         [_host("lab-etcd-1", 1, etcd_client_port="2379"), *GOOD[1:]],
         "lab-etcd-1: etcd_client_port: must be a TCP port, not '2379'",
     ),
+    # A component's setting, checked from its declaration on the hosts that run it.
     "registry mirror that is not a URL": (
-        [_host("lab-etcd-1", 1, registry_mirror="mirror:5000/path"), *GOOD[1:]],
-        "lab-etcd-1: registry_mirror: 'mirror:5000/path' is not a registry URL such as "
+        (GOOD, _host("lab-worker-1", 4, registry_mirror="mirror:5000/path")),
+        "lab-worker-1: registry_mirror: 'mirror:5000/path' is not a registry URL such as "
         "https://mirror:5000",
     ),
     "a yes/no setting given as text": (
-        [_host("lab-etcd-1", 1, containerd_restrict_oom_score_adj="yes"), *GOOD[1:]],
-        "lab-etcd-1: containerd_restrict_oom_score_adj: must be True or False, not 'yes'",
+        (GOOD, _host("lab-worker-1", 4, containerd_restrict_oom_score_adj="yes")),
+        "lab-worker-1: containerd_restrict_oom_score_adj: 'yes' is not True or False",
     ),
     "a negative conntrack size": (
-        [_host("lab-etcd-1", 1, kube_proxy_conntrack_max_per_core=-1), *GOOD[1:]],
-        "lab-etcd-1: kube_proxy_conntrack_max_per_core: must be a count >= 0 or None, not -1",
+        (GOOD, _host("lab-worker-1", 4, kube_proxy_conntrack_max_per_core=-1)),
+        "lab-worker-1: kube_proxy_conntrack_max_per_core: -1 is not a count (0 or more)",
+    ),
+    "a snapshot count of none": (
+        [_host("lab-etcd-1", 1, etcd_snapshot_keep=0), *GOOD[1:]],
+        "lab-etcd-1: etcd_snapshot_keep: 0 is not a count of at least 1",
     ),
 }
 
@@ -116,7 +123,8 @@ BAD_INVENTORIES = {
 @pytest.mark.parametrize("case", list(BAD_INVENTORIES))
 def test_pyinfra_refuses_a_bad_inventory_before_connecting(case, tmp_path, listener):
     hosts, message = BAD_INVENTORIES[case]
-    inventory = _inventory(tmp_path, hosts)
+    etcd, worker = hosts if isinstance(hosts, tuple) else (hosts, None)
+    inventory = _inventory(tmp_path, etcd, workers=(worker,) if worker else ())
     run = subprocess.run(
         [str(BIN / "pyinfra"), "-y", str(inventory), str(REPO / "deploys" / "etcd.py")],
         cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,

@@ -1,6 +1,6 @@
 """The component registry: one declaration per component, read by validation, the report, the
-Vault roles and the restart logic. A made-up component added in the test only is picked up by
-all of them with no other change."""
+Vault roles, secrets and policies, the cluster's RBAC and the restart logic. A made-up
+component added in the test only is picked up by all of them with no other change."""
 
 from __future__ import annotations
 
@@ -13,15 +13,41 @@ from pyinfra.api import Inventory
 import galley.components as registry
 from galley.components.etcd import ETCD
 from galley.components.kubernetes import k8s_cert, kubernetes_binary
-from galley.components.model import Component, Config, Unit
-from galley.etcdctl import CERT, KEY
+from galley.components.model import (
+    Component,
+    Config,
+    Phase,
+    Unit,
+    cluster_role,
+    cluster_role_binding,
+)
+from galley.etcd.etcdctl import CERT, KEY
 from galley.inventory.validate import problems
-from galley.pki import Identity, RoleSpec
+from galley.ops import vault_bootstrap
+from galley.ops.vault_bootstrap import deploy_paths
 from galley.report import analyse, releases_of
-from galley.vault_setup import deploy_paths
+from galley.settings import COUNT, Setting
+from galley.vault import kv
+from galley.vault.client import VaultError
+from galley.vault.kv import KvSecret
+from galley.vault.pki import Identity, RoleSpec
 
 SHA = "b" * 64
 ROLE = RoleSpec("cloud-controller-manager", "k8s", ("system:cloud-controller-manager",))
+TOKEN = KvSecret("digitalocean/api-token", lambda: {"token": "made-up"})
+RBAC = (
+    cluster_role(
+        "system:cloud-controller-manager",
+        [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}],
+    ),
+    cluster_role_binding(
+        "system:cloud-controller-manager",
+        "system:cloud-controller-manager",
+        "User",
+        "system:cloud-controller-manager",
+    ),
+)
+WORKERS = Setting("ccm_concurrent_workers", 2, COUNT)
 # What adding DigitalOcean's cloud-controller-manager as a unit would declare.
 CCM = Component(
     name="cloud-controller-manager",
@@ -37,13 +63,21 @@ CCM = Component(
     ),
     configs=(Config("/etc/kubernetes/ccm.kubeconfig", "kubernetes/kubeconfig.j2", mode="600"),),
     unit=Unit("cloud-controller-manager", "ccm/ccm.service.j2"),
+    secrets=(TOKEN,),
+    rbac=RBAC,
+    settings=(WORKERS,),
     checks=("api",),
 )
 
 
 @pytest.fixture
 def with_ccm(monkeypatch):
-    """The registry with the made-up component in the control-plane phase."""
+    """The registry with the made-up component last in the control-plane phase."""
+    phases = tuple(
+        Phase(p.name, (*p.components, CCM), p.prepare) if p.name == "control plane" else p
+        for p in registry.PHASES
+    )
+    monkeypatch.setattr(registry, "PHASES", phases)
     monkeypatch.setattr(registry, "REGISTRY", (*registry.REGISTRY, CCM))
 
 
@@ -65,9 +99,12 @@ def _inventory(**data) -> Inventory:
 
 def test_every_component_is_declared_once_with_a_phase_and_a_group():
     names = [c.name for c in registry.REGISTRY]
-    assert len(names) == len(set(names)) == 10
+    assert len(names) == len(set(names)) == 11
     assert [p.name for p in registry.PHASES] == ["etcd", "control plane", "flannel", "workers"]
-    assert {c.group for c in registry.REGISTRY} == {"etcd", "control_plane", "workers"}
+    assert {c.group for c in registry.REGISTRY} == {"etcd", "control_plane", "workers", None}
+    # Every host renews its own certificates: a component of every host, in no phase.
+    assert registry.EVERY_HOST == (registry.CERT_RENEWAL,)
+    assert not any(registry.CERT_RENEWAL in p.components for p in registry.PHASES)
 
 
 def test_watched_paths_are_derived_from_the_declaration():
@@ -128,6 +165,7 @@ def test_the_vault_roles_and_deploy_paths_pick_up_a_new_component(with_ccm):
             for m in ("etcd", "k8s", "host")
             for p in ("ca/pem", "cert/ca")
         },
+        "lab/kv/data/digitalocean/api-token": "read",
         "lab/kv/data/galley/lock": "create,read,update",
     }
 
@@ -152,3 +190,40 @@ def test_the_report_lists_and_checks_a_new_component(with_ccm):
     assert "lab-cp-1: units: cloud-controller-manager: loaded, failed" in map(str, report.problems)
     (versions,) = [t for t in report.tables if t.title == "versions"]
     assert ("lab-cp-1", "cloud-controller-manager", "1.33.5", "1.33.5", "-") in versions.rows
+
+
+def test_a_new_component_s_setting_is_validated_from_its_declaration(with_ccm):
+    pinned = {"cloud_controller_manager_checksums": {"1.33.5": {"amd64": SHA}}}
+    bad = _inventory(**pinned, ccm_concurrent_workers=0)
+    assert "lab-cp-1: ccm_concurrent_workers: 0 is not a count of at least 1" in map(
+        str, problems(bad, ["control_plane"])
+    )
+    host = _inventory(**pinned).get_host("lab-cp-1")
+    assert WORKERS.of(host.data) == 2  # the declared default
+
+
+def test_vault_bootstrap_makes_a_new_component_s_secret_for_its_job_only(with_ccm, vault):
+    assert TOKEN in vault_bootstrap.plan("lab").secrets
+    changes = vault_bootstrap.bootstrap(vault, "lab")
+    assert "generated lab/kv/digitalocean/api-token" in changes
+    assert "created role cloud-controller-manager in lab/pki/k8s" in changes
+
+    def token(policy: str):
+        made = vault.auth.token.create(policies=[policy], ttl="5m")["auth"]["client_token"]
+        return type(vault)(url=vault.url, token=made, verify=vault.session.verify)
+
+    # The control-plane job deploys it and may read its value; the workers' job may not.
+    assert kv.read(token("lab-control-plane"), "lab", TOKEN) == {"token": "made-up"}
+    with pytest.raises(VaultError):
+        kv.read(token("lab-workers"), "lab", TOKEN)
+    assert CCM in registry.phase("control plane").components
+
+
+def test_admin_credentials_keep_a_new_component_s_rbac(with_ccm):
+    kinds = [(o["kind"], o["metadata"]["name"]) for o in registry.rbac_objects()]
+    assert ("ClusterRole", "system:cloud-controller-manager") in kinds
+    assert ("ClusterRoleBinding", "system:cloud-controller-manager") in kinds
+    # Every ClusterRole is written before any binding names it.
+    assert kinds.index(("ClusterRole", "system:cloud-controller-manager")) < min(
+        i for i, (kind, _) in enumerate(kinds) if kind == "ClusterRoleBinding"
+    )

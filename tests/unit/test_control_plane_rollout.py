@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from galley.journal import Journal
 from galley.ops import control_plane
 from galley.ops.batches import HostOutcome
 from galley.ops.control_plane import (
@@ -19,7 +20,6 @@ from galley.ops.control_plane import (
     version_problems,
 )
 from galley.ops.etcd_snapshot import SnapshotError
-from galley.ops.journal import Journal
 from galley.ops.rolling import RolloutError
 from galley.versions import upgrade_problems
 from tests.unit.test_rollout import Clock

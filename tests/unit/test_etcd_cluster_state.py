@@ -9,6 +9,7 @@ import logging
 import re
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,14 +21,15 @@ from galley.components.etcd import (
     BOOTSTRAP_PATH,
     ENV_PATH,
     ETCD,
-    SETTLE_COMMAND,
-    bootstrap_settings,
     bootstrap_variables,
     member_variables,
 )
 from galley.components.model import Config
+from galley.etcd.layout import SETTLE_COMMAND
+from galley.etcd.plan import Member
 from galley.facts.etcd import EtcdDataDir
-from galley.ops.etcd_plan import Member
+from galley.host import etcd as runtime
+from galley.host.etcd import bootstrap_settings
 from galley.problems import PreflightError
 from tests.etcd_local import free_ports
 from tests.standins.pki import CA
@@ -115,11 +117,12 @@ def deploy(monkeypatch):
         return {"identity": deploy.identity, "error": None}
 
     monkeypatch.setattr(etcd, "members", lambda: hosts)
-    monkeypatch.setattr(etcd, "_data_dir", data_dir)
-    monkeypatch.setattr(etcd, "_live_members", live_members)
-    monkeypatch.setattr(etcd, "_identity_in_etcd", identity_in_etcd)
-    monkeypatch.setattr(etcd, "_identity", lambda host, context: IDENTITY)
-    monkeypatch.setattr(etcd, "_member_id_in_journal", lambda host: "8e9e05c52164694d")
+    monkeypatch.setattr(runtime, "members", lambda: hosts)
+    monkeypatch.setattr(runtime, "data_dir", data_dir)
+    monkeypatch.setattr(runtime, "_live_members", live_members)
+    monkeypatch.setattr(runtime, "_identity_in_etcd", identity_in_etcd)
+    monkeypatch.setattr(runtime, "cluster_identity_of", lambda host, context: IDENTITY)
+    monkeypatch.setattr(runtime, "_member_id_in_journal", lambda host: "8e9e05c52164694d")
     monkeypatch.setattr(etcd, "render", lambda config, **variables: (config.path, variables))
 
     def deploy(name: str, **given: dict) -> tuple[dict, bool, list[str]]:
@@ -217,7 +220,7 @@ def test_bootstrap_env_restarts_nothing_and_etcd_env_restarts_etcd():
     watched = ETCD.watched(None)
     assert ENV_PATH in watched and BOOTSTRAP_PATH not in watched
     assert BOOTSTRAP_PATH not in ETCD.reloaded_by(None)
-    assert ETCD.unit.before_start is etcd._join
+    assert ETCD.unit.before_start.func is runtime.join
 
 
 # --- the files etcd reads -----------------------------------------------------------------
@@ -277,7 +280,12 @@ def test_a_real_etcd_bootstraps_from_the_files_settles_and_restarts_on_its_data(
     pki.mkdir()
     ca = CA(pki, "ca")
     ca.issue("member")
-    variables = member_variables(host) | {"data_dir": str(tmp_path / "data"), "pki_dir": pki}
+    # The declared certificates, moved into the test's directory.
+    certs = {
+        stem: replace(cert, directory=str(pki), ca_path=str(pki / "ca.crt"))
+        for stem, cert in ETCD.certs_by_stem(host).items()
+    }
+    variables = member_variables(host) | {"data_dir": str(tmp_path / "data"), "certs": certs}
     env = render_text(ETCD.config(ENV_PATH), **variables)
     bootstrap = tmp_path / "bootstrap.env"
     bootstrap.write_text(rendered(host, "new", f"m1=https://127.0.0.1:{peer}")["bootstrap"])

@@ -1,4 +1,4 @@
-"""galley.ops.etcd_members against real etcd 3.5.30 clusters on 127.0.0.1 (plain http): grow
+"""galley.etcd.members against real etcd 3.5.30 clusters on 127.0.0.1 (plain http): grow
 3 -> 5 through learners, replace a dead member, refusals, removal, and a run killed after
 ``member add`` finished by the next run, while writers put through every member."""
 
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from galley.ops.etcd_client import EtcdClient
-from galley.ops.etcd_members import Membership, MembershipError
-from galley.ops.etcd_plan import Member
+from galley.etcd.client import EtcdClient
+from galley.etcd.members import Membership, MembershipError
+from galley.etcd.plan import Member
 from tests.etcd_local import LocalHosts, local_run
 
 

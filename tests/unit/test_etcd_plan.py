@@ -1,4 +1,4 @@
-"""galley.ops.etcd_plan: the next membership step, or a refusal, from plain data."""
+"""galley.etcd.plan: the next membership step, or a refusal, from plain data."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from galley.ops.etcd_plan import (
+from galley.etcd.plan import (
     AddLearner,
     Done,
     Live,

@@ -17,16 +17,18 @@ import pytest
 import yaml
 from pyinfra.api import Inventory
 
-from galley import cluster_secrets, pki, vault_setup
 from galley import components as registry
 from galley.components import certificates_of
 from galley.components.api_proxy import backends, needs_proxy
 from galley.components.flanneld import flanneld_args, net_conf
+from galley.components.kubelet import KUBELET
 from galley.components.kubernetes import api_url, cluster_dns_ip, operator_api_urls
 from galley.components.model import TEMPLATES
 from galley.host.release import _fetch_script
 from galley.inventory.validate import problems
+from galley.ops import vault_bootstrap
 from galley.ops.admin import AdminFiles, render_kubeconfig, update_reason, write_admin_files
+from galley.vault import kv, pki
 
 SHA = "a" * 64
 DATA = {
@@ -124,7 +126,7 @@ def test_config_files_have_their_current_kind(template, api_version, kind):
         cluster_domain="cluster.local",
         cluster_dns="172.20.0.10",
         ca_path="/etc/kubernetes/pki/ca.crt",
-        pki_dir="/etc/kubernetes/pki",
+        certs=KUBELET.certs_by_stem(_inventory().get_host("lab-worker-1")),
         kubeconfig="/etc/kubernetes/x.kubeconfig",
         pod_cidr="172.16.0.0/16",
         node_name="lab-worker-1",
@@ -153,7 +155,9 @@ def test_identity_table_names_kubernetes_users_and_groups():
         }
         for host in inventory
     }
-    assert set(by_host["lab-etcd-1"]) == {"member", "healthcheck-client"}
+    # Every host's own renewal credential is in its table too.
+    assert set(by_host["lab-etcd-1"]) == {"member", "healthcheck-client", "host-identity"}
+    assert by_host["lab-worker-1"]["host-identity"][1].cn == "lab-worker-1"
     apiserver = by_host["lab-cp-1"]["apiserver"][1]
     assert "kubernetes.default.svc.cluster.local" in apiserver.dns_names
     assert {"172.20.0.1", "198.18.0.13", "127.0.0.1"} <= set(apiserver.ip_addresses)
@@ -218,7 +222,7 @@ def test_bad_kubernetes_settings_are_named(data, message):
 @pytest.fixture
 def vault(vault: hvac.Client) -> hvac.Client:
     """The session's OpenBao (tests/conftest.py) with the lab cluster bootstrapped."""
-    vault_setup.bootstrap(vault, "lab")
+    vault_bootstrap.bootstrap(vault, "lab")
     return vault
 
 
@@ -229,15 +233,15 @@ def test_shared_secrets_are_generated_once(vault):
         "kubernetes/service-account",
         "kubernetes/encryption",
     ]
-    first = {secret.name: cluster_secrets.read(vault, "lab", secret) for secret in secrets}
+    first = {secret.name: kv.read(vault, "lab", secret) for secret in secrets}
     assert first["kubernetes/service-account"]["private_key"].startswith(
         "-----BEGIN PRIVATE KEY-----"
     )
     assert len(base64.b64decode(first["kubernetes/encryption"]["secretbox_key"])) == 32
     assert re.fullmatch(r"[0-9a-f]{32}", first["galley/cluster-identity"]["id"])
     mounted = vault.sys.list_mounted_secrets_engines()["data"]
-    assert cluster_secrets.bootstrap(vault, "lab", mounted, secrets) == []
-    assert {s.name: cluster_secrets.read(vault, "lab", s) for s in secrets} == first
+    assert kv.bootstrap(vault, "lab", mounted, secrets) == []
+    assert {s.name: kv.read(vault, "lab", s) for s in secrets} == first
 
 
 def test_admin_credential_is_made_locally_signed_and_then_left_alone(vault, tmp_path):

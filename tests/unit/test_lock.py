@@ -9,13 +9,13 @@ import time
 
 import pytest
 
-from galley import vault_setup
 from galley.lock import LEASE_SECONDS, ClusterLock, LockError, break_lock, check_free
+from galley.ops import vault_bootstrap
 
 
 @pytest.fixture
 def kv(vault):
-    vault_setup.bootstrap(vault, "lab")
+    vault_bootstrap.bootstrap(vault, "lab")
     return vault
 
 

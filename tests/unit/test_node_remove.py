@@ -12,8 +12,8 @@ from pathlib import Path
 import hvac
 import pytest
 
-from galley import pki, vault_setup
-from galley.ops.journal import Journal
+from galley.journal import Journal
+from galley.ops import vault_bootstrap
 from galley.ops.node_remove import Removal, RemoveError, refusal
 from galley.ops.revocation import (
     issued,
@@ -22,9 +22,10 @@ from galley.ops.revocation import (
     revoked_serials,
     vault_serial,
 )
-from galley.pki import Identity
-from galley.renewal import login_path
-from galley.vault import VaultSettings, connect
+from galley.vault import pki
+from galley.vault.client import VaultSettings, connect
+from galley.vault.pki import Identity
+from galley.vault.renewal import login_path
 from tests.unit.test_pki import _csr, _token
 
 GROUPS = {"etcd": ["e1"], "control_plane": ["cp1"], "workers": ["w1", "w2", "cp1"]}
@@ -83,7 +84,7 @@ class Hosts:
 def issued_certs(vault):
     """The lab's PKI with certificates signed for two workers (kubelet client and serving)
     and one kube-proxy certificate (a shared identity)."""
-    vault_setup.bootstrap(vault, "lab")
+    vault_bootstrap.bootstrap(vault, "lab")
     workers = _token(vault, "lab-workers")
 
     def sign(role: str, identity: Identity) -> str:
@@ -169,7 +170,7 @@ def test_a_host_step_that_fails_stops_before_the_node_is_deleted(vault, tmp_path
 def test_the_operator_token_passes_the_capability_check_and_a_workers_token_does_not(
     vault, tmp_path
 ):
-    vault_setup.bootstrap(vault, "lab")
+    vault_bootstrap.bootstrap(vault, "lab")
     for policy, allowed in (("lab-operator", True), ("lab-workers", False)):
         token_file = tmp_path / policy
         token_file.write_text(_token(vault, policy).token)

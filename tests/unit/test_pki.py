@@ -1,4 +1,4 @@
-"""galley.pki: re-sign decisions, identities, the deploy policy, and bootstrap/sign against a
+"""galley.vault.pki: re-sign decisions, identities, the deploy policy, and bootstrap/sign against a
 real OpenBao (the `vault` fixture of tests/conftest.py)."""
 
 from __future__ import annotations
@@ -15,10 +15,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from galley import pki, vault_setup
 from galley.components.etcd import member_identity as etcd_member_identity
-from galley.pki import Identity, resign_reason
-from galley.vault import VaultError
+from galley.ops import vault_bootstrap
+from galley.vault import pki, setup
+from galley.vault.client import VaultError
+from galley.vault.pki import Identity, resign_reason
+
+ROLES = vault_bootstrap.plan("lab").roles
 
 NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
 MEMBER = etcd_member_identity("lab-etcd-1", "198.18.0.10")
@@ -179,7 +182,7 @@ def test_identity_normalises_names_and_rejects_bad_ips():
 
 
 def _blocks(name: str, paths: dict[str, str]) -> dict[str, str]:
-    hcl = vault_setup.render_policy(name, paths)
+    hcl = setup.render_policy(name, paths)
     blocks = dict(re.findall(r'path "([^"]+)" \{\s*capabilities = \[([^\]]*)\]\s*\}', hcl))
     assert hcl.count("path ") == len(blocks)
     return {path: ",".join(re.findall(r'"([^"]+)"', caps)) for path, caps in blocks.items()}
@@ -190,7 +193,7 @@ CA_READS = {
     for mount in ("etcd", "k8s", "host")
     for path in ("ca/pem", "cert/ca")
 }
-# Every job's deploy gives its hosts a renewal credential (`galley.renewal`).
+# Every job's deploy gives its hosts a renewal credential (`galley.vault.renewal`).
 HOST_IDENTITY = {"lab/pki/host/sign/host-identity": "update"}
 LOCK = {"lab/kv/data/galley/lock": "create,read,update"}
 # The etcd deploy writes it into etcd; `galley etcd restore` checks snapshots against it.
@@ -202,7 +205,7 @@ def _signs(mount: str, *roles: str) -> dict[str, str]:
 
 
 def test_one_policy_per_job_grants_exactly_what_its_deploy_signs_and_reads():
-    policies = vault_setup.policies("lab")
+    policies = vault_bootstrap.policies("lab")
     assert _blocks("lab-etcd", policies["lab-etcd"]) == {
         **_signs("etcd", "etcd-member", "etcd-healthcheck-client"),
         **HOST_IDENTITY,
@@ -252,21 +255,21 @@ def test_one_policy_per_job_grants_exactly_what_its_deploy_signs_and_reads():
 
 
 def test_the_combined_deploy_policy_never_grants_the_admin_role():
-    policies = vault_setup.policies("lab")
+    policies = vault_bootstrap.policies("lab")
     jobs = ("lab-etcd", "lab-control-plane", "lab-workers")
     assert policies["lab-deploy"] == {k: v for job in jobs for k, v in policies[job].items()}
     assert not any("sign/admin" in path for path in policies["lab-deploy"])
     assert not any(
         "system:masters" in role.organization
-        for role in vault_setup.ROLES
+        for role in ROLES
         if f"lab/pki/{role.mount}/sign/{role.name}" in policies["lab-workers"]
     )
 
 
 def test_roles_table():
-    roles = {role.name: role for role in vault_setup.ROLES}
-    member = vault_setup.role_params(roles["etcd-member"], "lab")
-    client = vault_setup.role_params(roles["etcd-healthcheck-client"], "lab")
+    roles = {role.name: role for role in ROLES}
+    member = setup.role_params(roles["etcd-member"], "lab")
+    client = setup.role_params(roles["etcd-healthcheck-client"], "lab")
     assert member["allowed_domains"] == ["lab-*"]
     assert member["allow_glob_domains"] and member["allow_ip_sans"] and member["allow_localhost"]
     assert member["server_flag"] and member["client_flag"]
@@ -274,23 +277,21 @@ def test_roles_table():
     assert not client["server_flag"] and client["client_flag"]
     assert not client["allow_ip_sans"] and not client["allow_glob_domains"]
     assert client["allow_bare_domains"] and client["ttl"] == client["max_ttl"] == 720 * 3600
-    custom = vault_setup.PkiOptions(
-        leaf_ttl="24h", allowed_names={"etcd-member": ("db-*", "etcd.lab")}
-    )
-    assert vault_setup.role_params(roles["etcd-member"], "lab", custom)["allowed_domains"] == [
+    custom = setup.PkiOptions(leaf_ttl="24h", allowed_names={"etcd-member": ("db-*", "etcd.lab")})
+    assert setup.role_params(roles["etcd-member"], "lab", custom)["allowed_domains"] == [
         "db-*",
         "etcd.lab",
     ]
-    assert vault_setup.role_params(roles["etcd-member"], "lab", custom)["ttl"] == 24 * 3600
-    for role in vault_setup.ROLES:
-        params = vault_setup.role_params(role, "lab")
+    assert setup.role_params(roles["etcd-member"], "lab", custom)["ttl"] == 24 * 3600
+    for role in ROLES:
+        params = setup.role_params(role, "lab")
         assert params["allow_any_name"] is False and params["allow_wildcard_certificates"] is False
         assert params["allow_subdomains"] is False and params["key_type"] == "ec"
 
 
 def test_the_apiserver_role_allows_exact_names_only():
-    (role,) = [r for r in vault_setup.ROLES if r.name == "kube-apiserver"]
-    plain = vault_setup.role_params(role, "lab")
+    (role,) = [r for r in ROLES if r.name == "kube-apiserver"]
+    plain = setup.role_params(role, "lab")
     assert not plain["allow_glob_domains"]
     assert plain["allowed_domains"] == [
         "kube-apiserver",
@@ -299,8 +300,8 @@ def test_the_apiserver_role_allows_exact_names_only():
         "kubernetes.default.svc",
         "kubernetes.default.svc.cluster.local",
     ]
-    options = vault_setup.PkiOptions(cluster_domain="k8s.internal", api_endpoint="api.lab.example")
-    assert vault_setup.role_params(role, "lab", options)["allowed_domains"][-2:] == [
+    options = setup.PkiOptions(cluster_domain="k8s.internal", api_endpoint="api.lab.example")
+    assert setup.role_params(role, "lab", options)["allowed_domains"][-2:] == [
         "kubernetes.default.svc.k8s.internal",
         "api.lab.example",
     ]
@@ -348,7 +349,7 @@ def _csr(identity: Identity) -> str:
 
 
 def test_bootstrap_sets_up_and_is_a_no_op_when_re_run(vault):
-    changes = vault_setup.bootstrap(vault, "lab")
+    changes = vault_bootstrap.bootstrap(vault, "lab")
     assert changes[0] == "enabled PKI mount lab/pki/etcd"
     assert changes[1].startswith("generated root CA 'lab etcd CA' in lab/pki/etcd")
     assert changes[2] == "enabled PKI mount lab/pki/k8s"
@@ -356,30 +357,30 @@ def test_bootstrap_sets_up_and_is_a_no_op_when_re_run(vault):
     assert changes[4] == "enabled PKI mount lab/pki/host"
     assert changes[5].startswith("generated root CA 'lab host identity CA' in lab/pki/host")
     assert changes[6:] == [
-        *(f"created role {role.name} in lab/pki/{role.mount}" for role in vault_setup.ROLES),
+        *(f"created role {role.name} in lab/pki/{role.mount}" for role in ROLES),
         "enabled KV v2 mount lab/kv",
         "generated lab/kv/galley/cluster-identity",
         "generated lab/kv/kubernetes/service-account",
         "generated lab/kv/kubernetes/encryption",
-        *(f"wrote policy {name}" for name in vault_setup.policies("lab")),
+        *(f"wrote policy {name}" for name in vault_bootstrap.policies("lab")),
         "enabled cert auth method auth/lab/host-cert",
     ]
     ca = pki.read_ca(vault, "lab/pki/etcd")
-    assert vault_setup.bootstrap(vault, "lab") == []
+    assert vault_bootstrap.bootstrap(vault, "lab") == []
     assert pki.read_ca(vault, "lab/pki/etcd") == ca  # the root CA is not regenerated
 
 
 def test_bootstrap_reports_only_roles_that_differ(vault):
-    vault_setup.bootstrap(vault, "lab")
-    shorter = vault_setup.PkiOptions(leaf_ttl="24h")
-    assert vault_setup.bootstrap(vault, "lab", shorter) == [
-        f"updated role {role.name} in lab/pki/{role.mount} (ttl)" for role in vault_setup.ROLES
+    vault_bootstrap.bootstrap(vault, "lab")
+    shorter = setup.PkiOptions(leaf_ttl="24h")
+    assert vault_bootstrap.bootstrap(vault, "lab", shorter) == [
+        f"updated role {role.name} in lab/pki/{role.mount} (ttl)" for role in ROLES
     ]
-    assert vault_setup.bootstrap(vault, "lab", shorter) == []
+    assert vault_bootstrap.bootstrap(vault, "lab", shorter) == []
 
 
 def test_sign_member_certificate(vault):
-    vault_setup.bootstrap(vault, "lab")
+    vault_bootstrap.bootstrap(vault, "lab")
     signed = pki.sign(vault, "lab/pki/etcd", "etcd-member", _csr(MEMBER), ttl="1h")
     assert signed.certificate.endswith("-----END CERTIFICATE-----\n")
     assert signed.ca_bundle == pki.read_ca(vault, "lab/pki/etcd")
@@ -388,7 +389,7 @@ def test_sign_member_certificate(vault):
 
 
 def test_sign_client_certificate(vault):
-    vault_setup.bootstrap(vault, "lab")
+    vault_bootstrap.bootstrap(vault, "lab")
     client = Identity("etcd-healthcheck-client")
     signed = pki.sign(vault, "lab/pki/etcd", "etcd-healthcheck-client", _csr(client))
     assert pki.identity_of_cert(signed.certificate) == client
@@ -399,7 +400,7 @@ def test_sign_client_certificate(vault):
 
 
 def test_sign_refusal_names_mount_role_and_vault_reason(vault):
-    vault_setup.bootstrap(vault, "lab")
+    vault_bootstrap.bootstrap(vault, "lab")
     with pytest.raises(VaultError) as raised:
         pki.sign(vault, "lab/pki/etcd", "etcd-healthcheck-client", _csr(Identity("kube-scheduler")))
     assert str(raised.value) == (
@@ -417,11 +418,11 @@ def test_read_ca_before_bootstrap_says_what_to_do(vault):
 
 
 def test_bootstrap_converges_a_role_loosened_by_hand(vault):
-    vault_setup.bootstrap(vault, "lab")
+    vault_bootstrap.bootstrap(vault, "lab")
     role = vault.secrets.pki.read_role("kubelet", mount_point="lab/pki/k8s")["data"]
     loosened = role | {"allow_any_name": True, "allowed_uri_sans": ["spiffe://*"]}
     vault.secrets.pki.create_or_update_role("kubelet", loosened, mount_point="lab/pki/k8s")
-    assert vault_setup.bootstrap(vault, "lab") == [
+    assert vault_bootstrap.bootstrap(vault, "lab") == [
         "updated role kubelet in lab/pki/k8s (allow_any_name, allowed_uri_sans)"
     ]
     role = vault.secrets.pki.read_role("kubelet", mount_point="lab/pki/k8s")["data"]
@@ -434,7 +435,7 @@ def _token(vault, policy: str) -> hvac.Client:
 
 
 def test_a_workers_token_gets_only_the_workers_identities(vault):
-    vault_setup.bootstrap(vault, "lab")
+    vault_bootstrap.bootstrap(vault, "lab")
     workers = _token(vault, "lab-workers")
     node = Identity("system:node:lab-worker-2", organization=("system:nodes",))
     assert pki.identity_of_cert(pki.sign(workers, "lab/pki/k8s", "kubelet", _csr(node)).certificate)
@@ -459,8 +460,8 @@ def test_a_workers_token_gets_only_the_workers_identities(vault):
 
 
 def test_no_deploy_token_can_sign_system_masters_or_a_foreign_api_name(vault):
-    options = vault_setup.PkiOptions(api_endpoint="api.lab.example")
-    vault_setup.bootstrap(vault, "lab", options)
+    options = setup.PkiOptions(api_endpoint="api.lab.example")
+    vault_bootstrap.bootstrap(vault, "lab", options)
     deploy = _token(vault, "lab-deploy")
     admin = Identity("admin", organization=("system:masters",))
     with pytest.raises(hvac.exceptions.Forbidden):

@@ -1,7 +1,8 @@
-"""A host renews its own certificates (galley.renewal, galley.host.renewal, the Vault side in
-galley.vault_setup): the rendered shell script really runs here, against the session's real
-OpenBao over TLS, with every host path moved into a temporary directory; a host's credential
-is refused (403) everything that is not its own."""
+"""A host renews its own certificates (the cert-renewal component, galley.components.renewal;
+the Vault side in galley.vault.renewal and galley.vault.setup): the rendered shell script
+really runs here, against the session's real OpenBao over TLS, with every host path moved
+into a temporary directory; a host's credential is refused (403) everything that is not its
+own."""
 
 from __future__ import annotations
 
@@ -19,18 +20,42 @@ import pytest
 import requests
 from pyinfra.api import Inventory
 
-from galley import pki, vault_setup
+from galley.components import CERT_RENEWAL, renewal_plan
+from galley.components.engine import render_text
+from galley.components.model import Config
+from galley.components.renewal import ScriptSettings
 from galley.facts.renewal import RenewalStatus, parse_state
-from galley.host.renewal import ScriptSettings, render_script, render_units
 from galley.host.tls import GENPKEY_OPTIONS, csr_command
-from galley.renewal import HostRenewal, RenewalCert, plan
+from galley.ops import vault_bootstrap
+from galley.vault import pki, setup
+from galley.vault.renewal import HostRenewal, RenewalCert
 
 HOSTS = {"lab-etcd-1": "198.18.0.10", "lab-cp-1": "198.18.0.13"} | {
     f"lab-worker-{n}": f"198.18.0.{20 + n}" for n in (1, 2)
 }
 
 
-def _inventory(*hosts: str) -> Inventory:
+TIMER = CERT_RENEWAL.timers[0]
+
+
+def render_script(renewal: HostRenewal, settings: ScriptSettings) -> str:
+    """The script as the deploy renders it, for ``renewal`` with ``settings``."""
+    return render_text(TIMER.script, **settings.variables(renewal))
+
+
+def render_units(**data) -> dict[str, str]:
+    """The service and timer files of a host whose group data adds ``data``."""
+    host = _inventory("lab-cp-1", vault_addr="https://vault.example:8200", **data).get_host(
+        "lab-cp-1"
+    )
+    variables = TIMER.variables(host)
+    return {
+        path: render_text(Config(path, template), **variables)
+        for path, template in TIMER.unit_files().items()
+    }
+
+
+def _inventory(*hosts: str, **data) -> Inventory:
     return Inventory(
         (
             [(name, {"private_ip": HOSTS[name]}) for name in hosts],
@@ -41,7 +66,8 @@ def _inventory(*hosts: str) -> Inventory:
                 "api_port": 6443,
                 "flannel_mode": "kube",
                 "kubernetes_cert_ttl": "720h",
-            },
+            }
+            | data,
         ),
         etcd=([h for h in hosts if "etcd" in h], {}),
         control_plane=([h for h in hosts if "-cp-" in h], {}),
@@ -50,14 +76,14 @@ def _inventory(*hosts: str) -> Inventory:
 
 
 def _plans(*hosts: str) -> dict[str, HostRenewal]:
-    return {host.name: plan(host) for host in _inventory(*hosts)}
+    return {host.name: renewal_plan(host) for host in _inventory(*hosts)}
 
 
 @pytest.fixture
 def bootstrapped(vault) -> dict[str, HostRenewal]:
     """OpenBao bootstrapped for cluster ``lab`` with every host of `HOSTS`; their plans."""
-    options = vault_setup.options_from(_inventory(*HOSTS))
-    vault_setup.bootstrap(vault, "lab", options)
+    options = vault_bootstrap.options_from(_inventory(*HOSTS))
+    vault_bootstrap.bootstrap(vault, "lab", options)
     return {renewal.host: renewal for renewal in options.renewal_hosts}
 
 
@@ -401,22 +427,22 @@ def test_the_renewal_roles_themselves_refuse_foreign_names_and_addresses(vault, 
 
 
 def test_bootstrap_with_hosts_is_a_no_op_when_re_run_and_prunes_removed_hosts(vault):
-    options = vault_setup.options_from(_inventory(*HOSTS))
-    first = vault_setup.bootstrap(vault, "lab", options)
+    options = vault_bootstrap.options_from(_inventory(*HOSTS))
+    first = vault_bootstrap.bootstrap(vault, "lab", options)
     assert "created cert login lab-worker-2 in auth/lab/host-cert" in first
     assert "wrote policy lab-renew-lab-worker-2" in first
-    assert vault_setup.bootstrap(vault, "lab", options) == []
+    assert vault_bootstrap.bootstrap(vault, "lab", options) == []
 
-    fewer = vault_setup.options_from(_inventory("lab-etcd-1", "lab-cp-1", "lab-worker-1"))
-    pruned = vault_setup.bootstrap(vault, "lab", fewer)
+    fewer = vault_bootstrap.options_from(_inventory("lab-etcd-1", "lab-cp-1", "lab-worker-1"))
+    pruned = vault_bootstrap.bootstrap(vault, "lab", fewer)
     gone = _plans("lab-worker-2")["lab-worker-2"]
     assert sorted(pruned) == sorted(
         [f"deleted role {cert.role} in {cert.mount}" for cert in gone.certs]
         + ["deleted cert login lab-worker-2 in auth/lab/host-cert"]
         + ["deleted policy lab-renew-lab-worker-2"]
     )
-    assert vault_setup.bootstrap(vault, "lab", fewer) == []
-    assert vault_setup.bootstrap(vault, "lab") == []  # without an inventory: left alone
+    assert vault_bootstrap.bootstrap(vault, "lab", fewer) == []
+    assert vault_bootstrap.bootstrap(vault, "lab") == []  # without an inventory: left alone
 
 
 def test_no_host_renews_a_system_masters_certificate():
@@ -429,20 +455,20 @@ def test_no_host_renews_a_system_masters_certificate():
     assert not any("system:masters" in c.identity.organization for c in renewal.certs)
     assert renewal.identity.stem == "host-identity"
     assert renewal.identity.identity == pki.Identity("lab-cp-1")
-    policy = vault_setup.render_renewal_policy(renewal)
+    policy = setup.render_renewal_policy(renewal)
     assert 'path "lab/pki/k8s/sign/renew-lab-cp-1-kube-scheduler" {' in policy
     assert '    "common_name" = ["system:kube-scheduler"]\n' in policy
     assert "sign/admin" not in policy
 
 
 def test_the_timer_takes_its_schedule_from_group_data():
-    units = render_units({"cert_renewal_interval": "6h", "cert_renewal_random_delay": "1h"})
+    units = render_units(cert_renewal_interval="6h", cert_renewal_random_delay="1h")
     timer = units["/etc/systemd/system/galley-cert-renewal.timer"]
     assert "OnUnitActiveSec=6h\n" in timer and "RandomizedDelaySec=1h\n" in timer
     service = units["/etc/systemd/system/galley-cert-renewal.service"]
     assert "Type=oneshot\n" in service
     assert "ExecStart=/usr/local/sbin/galley-renew-certs\n" in service
-    defaults = render_units({})["/etc/systemd/system/galley-cert-renewal.timer"]
+    defaults = render_units()["/etc/systemd/system/galley-cert-renewal.timer"]
     assert "OnUnitActiveSec=1h\n" in defaults and "RandomizedDelaySec=15min\n" in defaults
 
 

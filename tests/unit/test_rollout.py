@@ -13,9 +13,9 @@ from pyinfra.operations import python, server
 
 from galley.components.kube_proxy import KUBE_PROXY
 from galley.components.kubelet import KUBELET
+from galley.journal import Journal, JournalError
 from galley.ops.batches import Batches, HostOutcome
 from galley.ops.drain import drain
-from galley.ops.journal import Journal, JournalError
 from galley.ops.kubeapi import Eviction, eviction_blocker
 from galley.ops.release_hosts import HostWork, ReleaseHosts, set_version
 from galley.ops.rollout import (
@@ -462,7 +462,7 @@ def test_a_rollout_running_in_another_process_is_named_never_called_interrupted(
             "-c",
             "import sys, time\n"
             "from pathlib import Path\n"
-            "from galley.ops.journal import Journal\n"
+            "from galley.journal import Journal\n"
             f"Journal.start(Path({str(path)!r}), {NEW!r}, resume=False).update()\n"
             "print('started', flush=True)\n"
             "time.sleep(60)\n",

@@ -22,11 +22,12 @@ import hvac
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from galley import pki, vault_setup
 from galley.components.etcd import member_identity
 from galley.facts.tls import Certificates
 from galley.lab.openbao import OpenBao
-from galley.pki import Identity
+from galley.ops import vault_bootstrap
+from galley.vault import pki
+from galley.vault.pki import Identity
 
 PYINFRA = Path(sys.executable).with_name("pyinfra")
 MOUNT = "lab/pki/etcd"
@@ -35,9 +36,9 @@ IDENTITY = member_identity("lab-etcd-1", "198.18.0.10")
 DEPLOY = """
 from pyinfra import host
 
-from galley.pki import Identity
+from galley.vault.pki import Identity
 from galley.host.tls import HostCert, host_certificates
-from galley.vault import VaultSettings, lazy_client
+from galley.vault.client import VaultSettings, lazy_client
 
 pki_dir = host.data.pki_dir
 owner = dict(owner=host.data.owner, group=host.data.group, ttl=host.data.get("ttl"))
@@ -136,7 +137,7 @@ class Lab:
 @pytest.fixture
 def lab(tmp_path, openbao, vault, vault_audit_log) -> Lab:
     # The bootstrap stores the cluster's shared service-account key; record the deploy only.
-    vault_setup.bootstrap(vault, "lab")
+    vault_bootstrap.bootstrap(vault, "lab")
     return Lab(tmp_path, openbao, vault, vault_audit_log)
 
 

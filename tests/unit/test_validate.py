@@ -254,9 +254,9 @@ control_plane = [("test-etcd-1", {"private_ip": "10.108.0.11"})]
 # the stdlib for gevent, and that must not leak into this test process.
 RUN_VALIDATE_CLI = """
 import sys
-from galley.inventory.validate import validate_cli
+from galley.cli import main
 path, *components = sys.argv[1:]
-sys.exit(validate_cli(path, components) if components else validate_cli(path))
+sys.exit(main(["validate", path, *(["--components", ",".join(components)] if components else [])]))
 """
 
 

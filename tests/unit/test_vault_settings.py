@@ -8,9 +8,9 @@ from pathlib import Path
 import hvac
 import pytest
 
-from galley import vault_setup
 from galley.lab.openbao import OpenBao
-from galley.vault import VaultError, VaultSettings, connect, lazy_client
+from galley.ops import vault_bootstrap
+from galley.vault.client import VaultError, VaultSettings, connect, lazy_client
 
 DATA = {"vault_addr": "https://vault.example:8200", "cluster_name": "lab"}
 
@@ -206,7 +206,7 @@ def test_expired_token_is_reported(openbao, vault):
 
 
 def test_approle_login_and_its_failure(openbao, vault):
-    vault_setup.bootstrap(vault, "lab")
+    vault_bootstrap.bootstrap(vault, "lab")
     vault.sys.enable_auth_method("approle")
     vault.auth.approle.create_or_update_approle("deploy", token_policies=["lab-deploy"])
     role_id = vault.auth.approle.read_role_id("deploy")["data"]["role_id"]
@@ -219,7 +219,7 @@ def test_approle_login_and_its_failure(openbao, vault):
     }
 
     settings = VaultSettings.from_data(data, {"VAULT_SECRET_ID": secret_id})
-    assert connect(settings, vault_setup.deploy_paths("lab")).is_authenticated()
+    assert connect(settings, vault_bootstrap.deploy_paths("lab")).is_authenticated()
     with pytest.raises(VaultError) as raised:
         connect(VaultSettings.from_data(data, {"VAULT_SECRET_ID": "wrong-secret"}))
     message = str(raised.value)
@@ -231,7 +231,7 @@ def test_approle_login_and_its_failure(openbao, vault):
 
 
 def test_missing_capabilities_are_named(openbao, vault):
-    vault_setup.bootstrap(vault, "lab")
+    vault_bootstrap.bootstrap(vault, "lab")
     vault.sys.create_or_update_acl_policy(
         "ca-only", 'path "lab/pki/etcd/ca/pem" {\n  capabilities = ["read"]\n}\n'
     )
@@ -251,11 +251,11 @@ def test_missing_capabilities_are_named(openbao, vault):
 def test_lazy_client_connects_on_first_use_and_is_shared(openbao, vault):
     # A token of its own: lazy clients are shared per process, by settings.
     token = vault.auth.token.create(policies=["root"])["auth"]["client_token"]
-    factory = lazy_client(_settings(openbao, token), vault_setup.deploy_paths("lab"))
+    factory = lazy_client(_settings(openbao, token), vault_bootstrap.deploy_paths("lab"))
     openbao.seal()  # nothing happened yet: creating the factory did not touch Vault
     with pytest.raises(VaultError, match="is sealed"):
         factory()
     openbao.unseal()
     client = factory()
-    assert lazy_client(_settings(openbao, token), vault_setup.deploy_paths("lab"))() is client
+    assert lazy_client(_settings(openbao, token), vault_bootstrap.deploy_paths("lab"))() is client
     assert isinstance(client, hvac.Client)

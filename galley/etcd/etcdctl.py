@@ -10,12 +10,14 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 
+from galley.etcd.layout import HEALTHCHECK_STEM, PKI_DIR
+
 ETCDCTL = "/usr/local/bin/etcdctl"
 ETCDUTL = "/usr/local/bin/etcdutl"
 LOCAL_ENDPOINT = "https://127.0.0.1:2379"
-CACERT = "/etc/etcd/pki/ca.crt"
-CERT = "/etc/etcd/pki/healthcheck-client.crt"
-KEY = "/etc/etcd/pki/healthcheck-client.key"
+CACERT = f"{PKI_DIR}/ca.crt"
+CERT = f"{PKI_DIR}/{HEALTHCHECK_STEM}.crt"
+KEY = f"{PKI_DIR}/{HEALTHCHECK_STEM}.key"
 DIAL_TIMEOUT = "3s"
 COMMAND_TIMEOUT = "5s"
 
@@ -46,3 +48,8 @@ def etcdctl_command(
     """A shell-quoted etcdctl command line (``flags`` as `etcdctl_flags` takes them)."""
     words = [etcdctl, *etcdctl_flags(endpoints, **flags), *args]
     return " ".join(map(shlex.quote, words))
+
+
+def member_hex_id(value: int | None) -> str | None:
+    """Render an etcd member id (uint64) the way etcdctl does: lowercase hex; 0 means none."""
+    return format(value, "x") if value else None

@@ -1,19 +1,29 @@
-"""The cluster's values in Vault's KV v2 store (``<cluster>/kv``), which components declare
-(`galley.components.model.KvSecret`): `bootstrap` makes the mount and each value that is
-absent, and never replaces one (check-and-set 0); `read` reads one for a deploy or an
-operation.
+"""The cluster's values in Vault's KV v2 store (``<cluster>/kv``): a component declares each
+value it reads as a `KvSecret`; `bootstrap` makes the mount and each value that is absent, and
+never replaces one (check-and-set 0); `read` reads one for a deploy or an operation.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 import hvac
 import hvac.exceptions
 
-from galley.components.model import KvSecret
-from galley.vault import VaultError, vault_errors
+from galley.vault.client import VaultError, vault_errors
+
+
+@dataclass(frozen=True)
+class KvSecret:
+    """A value a component's deploy reads from the cluster's KV store (``<cluster>/kv/<name>``):
+    made once by `galley vault bootstrap` with ``generate`` and never replaced (rotating one is
+    a deliberate, separate act). The policies of the jobs deploying the component may read it."""
+
+    name: str
+    generate: Callable[[], dict[str, str]] = field(repr=False, compare=False)
+
 
 # A new KV v2 mount answers "Upgrading from non-versioned to versioned data" for a moment.
 KV_READY_TIMEOUT = 10.0

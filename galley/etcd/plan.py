@@ -2,7 +2,7 @@
 
 Pure logic, no etcd: given what etcd reported at execution time (`Live`) and the inventory
 (`Wanted`), `plan_reconcile` and `plan_remove` return the one next step or a `Refuse` with a
-one-line reason. `galley.ops.etcd_members` runs the steps, reading `Live` again after each.
+one-line reason. `galley.etcd.members` runs the steps, reading `Live` again after each.
 
 Rules (docs/etcd-membership): one change at a time; before any change every other member is
 healthy, the members agree on one leader, no alarm is raised and no learner is pending; a new

@@ -1,10 +1,10 @@
 """Which cluster an etcd (and every snapshot of it) belongs to.
 
-`galley vault bootstrap` makes each cluster a random identity in its KV store (the etcd
-component declares it, `galley.components.etcd`); the etcd deploy writes it once into etcd
-under `KEY` as ``galley-cluster-identity:<32 hex digits>``. etcd keeps values as they are in
-its bbolt file, so every snapshot of that etcd carries the marker, and a restore tells this
-cluster's snapshots from another's by reading it (`markers_in`), before anything stops.
+`galley vault bootstrap` makes each cluster a random identity in its KV store (`SECRET`, which
+the etcd component declares); the etcd deploy writes it once into etcd under `KEY` as
+``galley-cluster-identity:<32 hex digits>``. etcd keeps values as they are in its bbolt file,
+so every snapshot of that etcd carries the marker, and a restore tells this cluster's
+snapshots from another's by reading it (`markers_in`), before anything stops.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterable
+
+from galley.vault.kv import KvSecret
 
 KEY = "/galley/cluster-identity"
 _PREFIX = b"galley-cluster-identity:"
@@ -46,3 +48,7 @@ def markers_in(chunks: Iterable[bytes]) -> set[str]:
         found.update(match.group(1).decode() for match in _MARKER.finditer(window))
         tail = window[-overlap:]
     return found
+
+
+# The cluster's identity in its KV store (`galley vault bootstrap` makes it).
+SECRET = KvSecret("galley/cluster-identity", new_identity)

@@ -2,7 +2,7 @@
 
 A runner takes one shell command line and returns ``(ok, stdout, stderr)``: `host_runner`
 runs it on a pyinfra host (inside a ``python.call``, at execution time); tests run it locally.
-Every etcdctl line comes from `galley.etcdctl.etcdctl_command` (bounded timeouts).
+Every etcdctl line comes from `galley.etcd.etcdctl.etcdctl_command` (bounded timeouts).
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from typing import Any
 
 from pyinfra.api.host import Host
 
-from galley.etcdctl import CACERT, CERT, ETCDCTL, ETCDUTL, KEY, etcdctl_command
-from galley.facts.etcd import member_hex_id
-from galley.ops.etcd_plan import Member
+from galley.etcd.etcdctl import CACERT, CERT, ETCDCTL, ETCDUTL, KEY, etcdctl_command, member_hex_id
+from galley.etcd.plan import Member
 
 Runner = Callable[[str], tuple[bool, str, str]]
 

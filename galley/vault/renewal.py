@@ -1,16 +1,14 @@
-"""What each host renews by itself, and with which credential (issue 17).
+"""What a host may renew by itself in Vault, and with which credential.
 
-A host renews its certificates with no operator present: a systemd timer runs a shell script
-(`galley.host.renewal`) that logs in to Vault's TLS certificate auth method with the host's
-own *host identity* certificate (CN = the host's name, from the ``host`` mount, whose CA only
-Vault's cert auth trusts) and gets a short-lived token whose policy, ``<cluster>-renew-<host>``,
-may call exactly this host's renewal roles with exactly this host's names. Each renewal role
-(``renew-<host>-<stem>``) pins the certificate's CN, DNS names, IP addresses (as /32 or /128
-CIDRs) and organization; the policy pins the same request parameters, so asking for anything
-else is refused with 403 before the role is even consulted.
-
-`plan` gives a host's `HostRenewal`: the Vault side (`galley.vault_setup`) writes its roles,
-policy and cert-auth role; the deploy installs its script, units and identity certificate.
+A host renews its certificates with no operator present: a systemd timer (the cert-renewal
+component, `galley.components.renewal`) logs in to Vault's TLS certificate auth method with
+the host's own *host identity* certificate (CN = the host's name, from the ``host`` mount,
+whose CA only Vault's cert auth trusts) and gets a short-lived token whose policy,
+``<cluster>-renew-<host>``, may call exactly this host's renewal roles with exactly this host's
+names. Each renewal role (``renew-<host>-<stem>``) pins the certificate's CN, DNS names, IP
+addresses (as /32 or /128 CIDRs) and organization; the policy pins the same request
+parameters, so asking for anything else is refused with 403 before the role is even consulted.
+`HostRenewal` is one host's share; `galley.vault.setup` writes its roles, policy and login.
 """
 
 from __future__ import annotations
@@ -18,23 +16,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from pyinfra.api.host import Host
-
-from galley.components import certificates_of, running_on
-from galley.components.model import Cert
-from galley.pki import Identity, RoleSpec, mount_path, parse_duration
+from galley.vault.pki import Identity, RoleSpec, parse_duration
 
 # The deploy signs each host's identity with this role; on the host it renews itself.
 HOST_IDENTITY_ROLE = RoleSpec("host-identity", "host", ("{cluster}-*",), glob_names=True)
-IDENTITY_DIR = "/etc/galley/renewal"
-HOST_IDENTITY = Cert(
-    "host-identity",
-    IDENTITY_DIR,
-    "host",
-    HOST_IDENTITY_ROLE,
-    lambda host: Identity(host.name),
-    f"{IDENTITY_DIR}/host-ca.crt",
-)
 # Organizations no host credential may ever obtain (the certificate stays deploy-renewed).
 FORBIDDEN_ORGANIZATIONS = frozenset({"system:masters"})
 
@@ -123,46 +108,3 @@ class HostRenewal:
     def policy_paths(self) -> dict[str, dict[str, str | bool]]:
         """Each sign path the policy grants, with the parameters it pins."""
         return {cert.sign_path: cert.sign_parameters() for cert in self.certs}
-
-
-def plan(host: Host) -> HostRenewal:
-    """What ``host`` renews by itself: its host identity and every certificate galley keeps
-    on it, except any naming a forbidden organization (``system:masters``)."""
-    cluster = host.data.cluster_name
-    certs = [(HOST_IDENTITY, HOST_IDENTITY.identity(host)), *certificates_of(host)]
-    chosen: list[RenewalCert] = []
-    excluded: list[tuple[str, str]] = []
-    for cert, identity in certs:
-        forbidden = FORBIDDEN_ORGANIZATIONS.intersection(identity.organization)
-        if forbidden:
-            excluded.append((cert.cert_path, f"names {', '.join(sorted(forbidden))}"))
-            continue
-        chosen.append(
-            RenewalCert(
-                stem=cert.stem,
-                key_path=cert.key_path,
-                cert_path=cert.cert_path,
-                ca_path=cert.ca_path,
-                mount=mount_path(cluster, cert.mount),
-                role=f"renew-{host.name}-{cert.stem}",
-                base_role=cert.role,
-                identity=identity,
-                owner=cert.owner,
-                group=cert.group,
-                ttl=host.data.get(cert.ttl_key),
-                units=_units_reading(host, cert.cert_path),
-            )
-        )
-    roles = [cert.role for cert in chosen]
-    if len(set(roles)) != len(roles):
-        raise ValueError(f"{host.name}: two certificates share a stem: {', '.join(roles)}")
-    return HostRenewal(host.name, cluster, tuple(chosen), tuple(excluded))
-
-
-def _units_reading(host: Host, path: str) -> tuple[str, ...]:
-    """The units that restart when the certificate at ``path`` changes."""
-    return tuple(
-        component.unit.name
-        for component in running_on(host)
-        if component.unit is not None and path in component.watched(host)
-    )

@@ -3,7 +3,7 @@ whether a certificate on a host must be re-signed.
 
 Every cluster has one PKI mount per trust domain, ``<cluster>/pki/<name>`` (``MOUNTS``), each
 with a 10-year internal root CA, and one Vault role per kind of certificate: the components
-declare theirs (`galley.components`), `galley.vault_setup` writes them. Leaf keys are EC P-256
+declare theirs (`galley.components`), `galley.vault.setup` writes them. Leaf keys are EC P-256
 (``LEAF_KEY``): hosts generate them with openssl and send only a CSR; roles accept nothing else.
 """
 
@@ -21,7 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from galley.vault import VaultError, vault_errors
+from galley.vault.client import VaultError, vault_errors
 
 LEAF_KEY = {"key_type": "ec", "key_bits": 256}  # what roles accept in CSRs
 CA_KEY = {"key_type": "ec", "key_bits": 384}  # the roots Vault generates (and keeps)
@@ -30,7 +30,7 @@ CA_KEY = {"key_type": "ec", "key_bits": 384}  # the roots Vault generates (and k
 TTL_SLACK = timedelta(minutes=1)
 RENEW_FRACTION = 1 / 3
 # A deploy re-signs for age only this late: until then renewing is the host's own timer's job
-# (galley.host.renewal), and a deploy racing it would change what needs no change.
+# (`galley.components.renewal`), and a deploy racing it would change what needs no change.
 DEPLOY_RENEW_FRACTION = 1 / 6
 
 
@@ -61,7 +61,8 @@ class RoleSpec:
     organization: tuple[str, ...] = ()
 
 
-# ``host``: each host's renewal credential (`galley.renewal`), trusted only by Vault's cert auth.
+# ``host``: each host's renewal credential (`galley.vault.renewal`), trusted only by Vault's
+# cert auth.
 MOUNTS = (
     MountSpec("etcd", "{cluster} etcd CA"),
     MountSpec("k8s", "{cluster} Kubernetes CA"),

@@ -1,47 +1,39 @@
-"""`galley vault bootstrap`: a cluster's PKI mounts and root CAs, one Vault role per kind of
-certificate the components declare (`galley.components.vault_roles`), the shared secrets in KV,
-the ACL policies (`policies`) and the hosts' own certificate renewal (`galley.renewal`): the
-TLS certificate auth method and, given an inventory, each host's renewal roles, policy and
-login. Idempotent: a re-run changes nothing and says so.
+"""Vault's side of a cluster, written idempotently: the PKI mounts and root CAs, one role per
+kind of certificate, the shared values in KV, the ACL policies, and the hosts' own
+certificate renewal (the TLS certificate auth method and each host's renewal roles, policy and
+login). `bootstrap` applies a `Plan` (what the components declare:
+`galley.ops.vault_bootstrap` makes it); a re-run changes nothing and says so.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import hvac
 import hvac.exceptions
 
-import galley.components as registry
-from galley import cluster_secrets
-from galley.components.etcd import CLUSTER_IDENTITY
-from galley.components.kubernetes import is_ip
-from galley.components.model import Component
-from galley.lock import lock_paths
-from galley.ops.admin import operator_paths
-from galley.ops.revocation import revocation_paths
-from galley.pki import (
-    ADMIN_ROLE,
-    CA_KEY,
-    LEAF_KEY,
-    MOUNTS,
-    RoleSpec,
-    mount_path,
-    parse_duration,
-    read_ca,
-)
-from galley.renewal import HOST_IDENTITY_ROLE, HostRenewal, RenewalCert, auth_path, login_path, plan
-from galley.vault import VaultError, vault_errors
+from galley.vault import kv
+from galley.vault.client import VaultError, vault_errors
+from galley.vault.kv import KvSecret
+from galley.vault.pki import CA_KEY, LEAF_KEY, MOUNTS, RoleSpec, mount_path, parse_duration, read_ca
+from galley.vault.renewal import HostRenewal, RenewalCert, auth_path, login_path
 
-# Every role the bootstrap writes: those the components' certificates declare, the hosts'
-# identities (their renewal credential) and the admin's.
-ROLES: tuple[RoleSpec, ...] = (*registry.vault_roles(), HOST_IDENTITY_ROLE, ADMIN_ROLE)
 # A host's renewal token: short-lived, not stored (batch), nothing but its own policy.
 RENEWAL_TOKEN_TTL = 300
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a cluster needs in Vault: the roles its certificates are signed with, the KV values
+    it reads, and each ACL policy (name -> {path: capabilities})."""
+
+    roles: tuple[RoleSpec, ...]
+    secrets: tuple[KvSecret, ...]
+    policies: Mapping[str, Mapping[str, str]]
 
 
 @dataclass(frozen=True)
@@ -62,63 +54,6 @@ class PkiOptions:
     cluster_domain: str = "cluster.local"
     api_endpoint: str | None = None
     renewal_hosts: tuple[HostRenewal, ...] | None = None
-
-
-# One policy per job: the phases whose hosts a token of that job deploys.
-JOBS: Mapping[str, tuple[str, ...]] = {
-    "etcd": ("etcd",),
-    "control-plane": ("control plane",),
-    "workers": ("flannel", "workers"),
-}
-
-
-def options_from(inventory) -> PkiOptions:
-    """Bootstrap options from an inventory's data: its cluster domain, when the API endpoint
-    is a name, that name (the apiserver role then allows exactly it), and each host's
-    certificate renewal (`galley.renewal.plan`)."""
-    hosts = list(inventory)
-    data = hosts[0].data if hosts else {}
-    endpoint = data.get("api_endpoint")
-    name = str(endpoint) if endpoint and not is_ip(str(endpoint)) else None
-    return PkiOptions(
-        cluster_domain=data.get("cluster_domain") or "cluster.local",
-        api_endpoint=name,
-        renewal_hosts=tuple(plan(host) for host in hosts),
-    )
-
-
-def deploy_paths(cluster: str, components: Iterable[Component] | None = None) -> dict[str, str]:
-    """Each API path deploying ``components`` (default: all) uses, with the capability it
-    needs (for the policies and `galley.vault.connect`): their roles' sign paths and the host
-    identity's (every host gets one), the mounts' CAs, and the KV values they declare."""
-    components = list(registry.REGISTRY if components is None else components)
-    roles = [*registry.vault_roles(components), HOST_IDENTITY_ROLE]
-    paths = {f"{mount_path(cluster, r.mount)}/sign/{r.name}": "update" for r in roles}
-    for mount in MOUNTS:
-        paths[f"{mount_path(cluster, mount.name)}/ca/pem"] = "read"
-        paths[f"{mount_path(cluster, mount.name)}/cert/ca"] = "read"
-    for secret in registry.kv_secrets(components):
-        paths[cluster_secrets.read_path(cluster, secret)] = "read"
-    return paths | lock_paths(cluster)
-
-
-def policies(cluster: str) -> dict[str, dict[str, str]]:
-    """Every ACL policy the bootstrap writes, name -> {path: capability}: one per job
-    (``<cluster>-etcd``, ``-control-plane``, ``-workers``), ``<cluster>-deploy`` combining
-    them for one-token convenience, and ``<cluster>-operator`` (the admin credential, which no
-    deploy policy grants, and revoking a leaving host's certificates: `galley node remove`).
-    Token lookup and capabilities-self come with Vault's ``default``."""
-    jobs = {
-        f"{cluster}-{job}": deploy_paths(
-            cluster, [c for name in phases for c in registry.phase(name).components]
-        )
-        for job, phases in JOBS.items()
-    }
-    combined = {path: cap for paths in jobs.values() for path, cap in paths.items()}
-    # `galley etcd restore` checks which cluster a snapshot is of.
-    identity = {cluster_secrets.read_path(cluster, CLUSTER_IDENTITY): "read"}
-    operator = operator_paths(cluster) | revocation_paths(cluster) | lock_paths(cluster) | identity
-    return {**jobs, f"{cluster}-deploy": combined, f"{cluster}-operator": operator}
 
 
 def repr_hcl(text: str) -> str:
@@ -186,9 +121,12 @@ def role_params(role: RoleSpec, cluster: str, options: PkiOptions = PkiOptions()
     }
 
 
-def bootstrap(client: hvac.Client, cluster: str, options: PkiOptions = PkiOptions()) -> list[str]:
-    """Create or update the cluster's PKI mounts, root CAs, roles, shared secrets (KV) and
-    deploy policy.
+def bootstrap(
+    client: hvac.Client, cluster: str, plan: Plan, options: PkiOptions = PkiOptions()
+) -> list[str]:
+    """Create or update the cluster's PKI mounts, root CAs, and ``plan``'s roles, shared
+    values (KV) and policies; the cert auth method and, with ``options.renewal_hosts``, each
+    host's renewal.
 
     Safe to re-run: returns one line per change made, and nothing when all was in place.
     """
@@ -202,12 +140,12 @@ def bootstrap(client: hvac.Client, cluster: str, options: PkiOptions = PkiOption
         changes += _ensure_root_ca(
             client, path, mount.ca_common_name.format(cluster=cluster), options.ca_ttl
         )
-    for role in ROLES:
+    for role in plan.roles:
         changes += _ensure_role(
             client, mount_path(cluster, role.mount), role.name, role_params(role, cluster, options)
         )
-    changes += cluster_secrets.bootstrap(client, cluster, mounted, registry.kv_secrets())
-    for name, paths in policies(cluster).items():
+    changes += kv.bootstrap(client, cluster, mounted, plan.secrets)
+    for name, paths in plan.policies.items():
         changes += _ensure_policy(client, name, render_policy(name, paths))
     changes += _ensure_cert_auth(client, cluster)
     if options.renewal_hosts is not None:

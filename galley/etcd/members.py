@@ -1,7 +1,7 @@
 """Run etcd membership changes: reconcile the members with the inventory, or remove one.
 
 Each step reads the cluster again (`Membership.read`, at execution time), asks
-`galley.ops.etcd_plan` for the one next step, takes and checks a snapshot before any change,
+`galley.etcd.plan` for the one next step, takes and checks a snapshot before any change,
 runs it through `EtcdClient` (etcdctl) and `MemberHosts` (the member's host: start, stop and
 wipe), records it in the journal and logs a line a person can follow. A run killed at any
 point is finished by the next run of the same command: the live member list says what is
@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from galley.ops.etcd_client import EtcdClient, EtcdctlError
-from galley.ops.etcd_plan import (
+from galley.etcd.client import EtcdClient, EtcdctlError
+from galley.etcd.plan import (
     AddLearner,
     Done,
     Live,
@@ -35,8 +35,8 @@ from galley.ops.etcd_plan import (
     plan_reconcile,
     plan_remove,
 )
-from galley.ops.etcd_snapshot import SnapshotError, save_snapshot
-from galley.ops.journal import Journal, JournalError
+from galley.etcd.snapshot import SnapshotError, save_snapshot
+from galley.journal import Journal, JournalError
 
 # etcd's answers that pass with time: a learner catching up, and strict-reconfig-check's
 # "every voter connected for 5 s" (also just after a member started or was promoted).

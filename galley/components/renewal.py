@@ -1,0 +1,191 @@
+"""cert-renewal: every host renews its own certificates (`galley.vault.renewal` has the Vault
+side and why a host's credential can renew nothing else).
+
+A systemd timer runs a shell script (bash, openssl, curl, coreutils: nothing else on the host)
+that logs in with the host's identity certificate and renews each certificate galley keeps on
+the host when a third of its lifetime is left. The script records its outcome in
+`STATE_PATH` (``key=value`` lines), which `galley.facts.renewal.RenewalStatus` reads. It runs
+on every host, deployed with the last phase a run deploys there (with that phase's units).
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from pyinfra.api.host import Host
+
+from galley.components.engine import write
+from galley.components.model import (
+    Cert,
+    Component,
+    Config,
+    Configured,
+    Directory,
+    Timer,
+    first_run_seconds,
+)
+from galley.facts.renewal import STATE_DIR, STATE_PATH
+from galley.host.restarts import RESTART_LOCK
+from galley.settings import SPAN, Setting, span_seconds
+from galley.vault.pki import Identity, mount_path
+from galley.vault.renewal import (
+    FORBIDDEN_ORGANIZATIONS,
+    HOST_IDENTITY_ROLE,
+    HostRenewal,
+    RenewalCert,
+    auth_path,
+)
+
+IDENTITY_DIR = "/etc/galley/renewal"
+SCRIPT_PATH = "/usr/local/sbin/galley-renew-certs"
+VAULT_CA_PATH = f"{IDENTITY_DIR}/vault-ca.pem"  # the CA Vault's listener is verified with
+SYSTEM_CAS = "/etc/ssl/certs/ca-certificates.crt"  # Debian's bundle, for a public Vault
+UNIT = "galley-cert-renewal"
+# The deploy signs each host's identity (the renewal's login); on the host it renews itself.
+HOST_IDENTITY = Cert(
+    "host-identity",
+    IDENTITY_DIR,
+    "host",
+    HOST_IDENTITY_ROLE,
+    lambda host: Identity(host.name),
+    f"{IDENTITY_DIR}/host-ca.crt",
+)
+INTERVAL = Setting("cert_renewal_interval", "1h", SPAN)
+RANDOM_DELAY = Setting("cert_renewal_random_delay", "15min", SPAN)
+
+
+@dataclass(frozen=True)
+class ScriptSettings:
+    """Where the script finds Vault and keeps its state; how hard it retries."""
+
+    vault_addr: str
+    vault_ca: str = VAULT_CA_PATH
+    state_path: str = STATE_PATH
+    systemctl: str = "systemctl"
+    restart_lock: str = RESTART_LOCK  # shared with the deploy's restarts on the host
+    attempts: int = 5
+    backoff: int = 10  # seconds before the second attempt, doubling after each
+
+    def variables(self, renewal: HostRenewal) -> dict[str, Any]:
+        """The script template's variables for ``renewal``."""
+        return {
+            "host_name": renewal.host,
+            "certs": renewal.certs,
+            "login_path": f"auth/{auth_path(renewal.cluster)}/login",
+            "vault_addr": self.vault_addr.rstrip("/"),
+            "vault_ca": self.vault_ca,
+            "state_file": self.state_path,
+            "systemctl": self.systemctl,
+            "restart_lock": self.restart_lock,
+            "attempts": self.attempts,
+            "backoff": self.backoff,
+            "q": shlex.quote,
+        }
+
+
+def plan(host: Host, components: Sequence[Component]) -> HostRenewal:
+    """What ``host`` renews by itself, given the ``components`` it runs: its host identity
+    and every certificate they keep on it, except any naming a forbidden organization
+    (``system:masters``)."""
+    cluster = host.data.cluster_name
+    certs = {HOST_IDENTITY.cert_path: (HOST_IDENTITY, HOST_IDENTITY.identity(host))}
+    for component in components:
+        for cert in component.certs_of(host):
+            certs.setdefault(cert.cert_path, (cert, cert.identity(host)))
+    chosen: list[RenewalCert] = []
+    excluded: list[tuple[str, str]] = []
+    for cert, identity in certs.values():
+        forbidden = FORBIDDEN_ORGANIZATIONS.intersection(identity.organization)
+        if forbidden:
+            excluded.append((cert.cert_path, f"names {', '.join(sorted(forbidden))}"))
+            continue
+        chosen.append(
+            RenewalCert(
+                stem=cert.stem,
+                key_path=cert.key_path,
+                cert_path=cert.cert_path,
+                ca_path=cert.ca_path,
+                mount=mount_path(cluster, cert.mount),
+                role=f"renew-{host.name}-{cert.stem}",
+                base_role=cert.role,
+                identity=identity,
+                owner=cert.owner,
+                group=cert.group,
+                ttl=host.data.get(cert.ttl_key),
+                units=tuple(
+                    c.unit.name
+                    for c in components
+                    if c.unit is not None and cert.cert_path in c.watched(host)
+                ),
+            )
+        )
+    roles = [cert.role for cert in chosen]
+    if len(set(roles)) != len(roles):
+        raise ValueError(f"{host.name}: two certificates share a stem: {', '.join(roles)}")
+    return HostRenewal(host.name, cluster, tuple(chosen), tuple(excluded))
+
+
+def script_settings(host: Host) -> ScriptSettings:
+    """How ``host``'s script reaches Vault: its address for hosts, the CA its listener is
+    verified with, retries that take about a tenth of the interval (a failure is on record
+    well before the next run)."""
+    data = host.data
+    interval = span_seconds(INTERVAL.of(data)) or 3600
+    settings = ScriptSettings(
+        vault_addr=data.get("vault_host_addr") or data.vault_addr,
+        attempts=4,
+        backoff=max(1, interval // 70),
+    )
+    return settings if data.get("vault_ca_cert") else replace(settings, vault_ca=SYSTEM_CAS)
+
+
+def cert_renewal(plan_of: Callable[[Host], HostRenewal]) -> Component:
+    """The cert-renewal component; ``plan_of`` gives a host's `HostRenewal` (the registry
+    knows which components a host runs)."""
+
+    def variables(host: Host) -> dict[str, Any]:
+        interval = str(INTERVAL.of(host.data))
+        return {
+            **script_settings(host).variables(plan_of(host)),
+            "script_path": SCRIPT_PATH,
+            "timeout": "30min",
+            "interval": interval,
+            "random_delay": str(RANDOM_DELAY.of(host.data)),
+            "first_run": f"{first_run_seconds(interval)}s",
+        }
+
+    return Component(
+        name="cert-renewal",
+        group=None,
+        phase="",
+        certs=(HOST_IDENTITY,),
+        configs=(Config(VAULT_CA_PATH, when=lambda host: bool(host.data.get("vault_ca_cert"))),),
+        timers=(
+            Timer(
+                UNIT,
+                Config(SCRIPT_PATH, "renewal/galley-renew-certs.sh.j2", mode="755"),
+                f"renewal/{UNIT}.service.j2",
+                f"renewal/{UNIT}.timer.j2",
+                variables,
+            ),
+        ),
+        directories=(Directory(IDENTITY_DIR, "700"), Directory(STATE_DIR, "755")),
+        settings=(INTERVAL, RANDOM_DELAY),
+        checks=("renewal",),
+        configure=_configure,
+    )
+
+
+def _configure(host: Host, context: Any) -> Configured:
+    """Vault's CA, where the inventory names one (a public Vault needs none)."""
+    path = host.data.get("vault_ca_cert")
+    if not path:
+        return Configured()
+    with open(str(path), encoding="utf-8") as ca:
+        text = ca.read()
+    return Configured(
+        files={VAULT_CA_PATH: write(Config(VAULT_CA_PATH), text, f"Vault's CA {VAULT_CA_PATH}")}
+    )

@@ -1,0 +1,1 @@
+"""etcd's room: what galley knows of etcd below the component that deploys it."""
