@@ -125,14 +125,10 @@ def _parse_etcdctl_runs(output: list[str]) -> list[_EtcdctlRun]:
     return runs
 
 
-class EtcdMembers(FactBase):
-    """The cluster's members as seen by the local etcd (``etcdctl member list``).
+class _EtcdctlFact(FactBase):
+    """A fact read from the local member by etcdctl: one ``_etcdctl_script`` per subcommand."""
 
-    Returns ``{"members": [...], "error": None}`` where each member is ``{"id": "3c718a0714f0cf0",
-    "name": "node-1", "peer_urls": [...], "client_urls": [...], "is_learner": False}`` (a member
-    added but not started yet has name "" and no client URLs), or ``{"members": None,
-    "error": "<reason>"}`` when etcdctl is missing or etcd cannot be reached.
-    """
+    subcommands: tuple[str, ...] = ()
 
     def command(
         self,
@@ -142,7 +138,22 @@ class EtcdMembers(FactBase):
         cert: str = CERT,
         key: str = KEY,
     ) -> str:
-        return _etcdctl_script("member list", etcdctl, endpoint, cacert, cert, key)
+        return "; ".join(
+            _etcdctl_script(subcommand, etcdctl, endpoint, cacert, cert, key)
+            for subcommand in self.subcommands
+        )
+
+
+class EtcdMembers(_EtcdctlFact):
+    """The cluster's members as seen by the local etcd (``etcdctl member list``).
+
+    Returns ``{"members": [...], "error": None}`` where each member is ``{"id": "3c718a0714f0cf0",
+    "name": "node-1", "peer_urls": [...], "client_urls": [...], "is_learner": False}`` (a member
+    added but not started yet has name "" and no client URLs), or ``{"members": None,
+    "error": "<reason>"}`` when etcdctl is missing or etcd cannot be reached.
+    """
+
+    subcommands = ("member list",)
 
     @staticmethod
     def default() -> dict[str, Any]:
@@ -169,21 +180,13 @@ class EtcdMembers(FactBase):
         return {"members": members, "error": None}
 
 
-class EtcdClusterIdentity(FactBase):
+class EtcdClusterIdentity(_EtcdctlFact):
     """The cluster identity galley wrote into etcd (`galley.etcd.identity`), as the local
     etcd reads it: ``{"identity": "<32 hex digits>" | None, "error": None}`` (None: etcd has
     no galley marker), or ``{"identity": None, "error": "<reason>"}`` when etcd cannot be
     read."""
 
-    def command(
-        self,
-        etcdctl: str = ETCDCTL,
-        endpoint: str = ENDPOINT,
-        cacert: str = CACERT,
-        cert: str = CERT,
-        key: str = KEY,
-    ) -> str:
-        return _etcdctl_script(f"get {IDENTITY_KEY}", etcdctl, endpoint, cacert, cert, key)
+    subcommands = (f"get {IDENTITY_KEY}",)
 
     @staticmethod
     def default() -> dict[str, Any]:
@@ -201,7 +204,7 @@ class EtcdClusterIdentity(FactBase):
         return {"identity": identity_of(values[0]) if values else None, "error": None}
 
 
-class EtcdHealth(FactBase):
+class EtcdHealth(_EtcdctlFact):
     """Health and status of the local member (``endpoint health`` + ``endpoint status``).
 
     Returns ``{"healthy": bool, "error": str | None, "took": "3.58ms" | None, "version": "3.5.30",
@@ -212,18 +215,7 @@ class EtcdHealth(FactBase):
     fields are None when the status could not be read.
     """
 
-    def command(
-        self,
-        etcdctl: str = ETCDCTL,
-        endpoint: str = ENDPOINT,
-        cacert: str = CACERT,
-        cert: str = CERT,
-        key: str = KEY,
-    ) -> str:
-        return "; ".join(
-            _etcdctl_script(subcommand, etcdctl, endpoint, cacert, cert, key)
-            for subcommand in ("endpoint health", "endpoint status")
-        )
+    subcommands = ("endpoint health", "endpoint status")
 
     @staticmethod
     def default() -> dict[str, Any]:
