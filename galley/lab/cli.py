@@ -7,12 +7,15 @@ before that.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from galley.lab import lifecycle
 from galley.lab.droplets import ssh_command
-from galley.lab.state import LabState
+from galley.lab.state import LAB_DIR, LabState
 from galley.lab.system import LabError
 from galley.lab.topology import TopologyError, plan_droplets
 
@@ -27,6 +30,27 @@ CHANGES = {
     ),
     "remove": (lifecycle.remove, "delete a droplet"),
 }
+# Held by every command that changes the lab, so that (say) a `down` cannot run while an `up`
+# is still starting services. Beside the lab's directory, whose contents `down` removes.
+LOCK_PATH = LAB_DIR.parent / "lab.lock"
+# The commands that only read the lab.
+READING = frozenset({"status", "ssh"})
+
+
+@contextmanager
+def _changing_alone() -> Iterator[None]:
+    """Hold the lab's lock for one changing command, or refuse while another one holds it."""
+    lifecycle.require_root()
+    LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
+    with LOCK_PATH.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LabError(
+                f"another `galley lab` command is changing the lab (it holds {LOCK_PATH}); "
+                "nothing was done: run this one when it has ended"
+            ) from None
+        yield
 
 
 def _up(args: argparse.Namespace) -> None:
@@ -83,7 +107,11 @@ def main(argv: list[str]) -> int:
     """Run ``galley lab`` with ``argv`` (the words after ``lab``): 0 done, 1 failed."""
     args = parser().parse_args(argv)
     try:
-        args.run(args)
+        if args.lab_command in READING:
+            args.run(args)
+        else:
+            with _changing_alone():
+                args.run(args)
     except (LabError, TopologyError, KeyError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) else str(exc)
         print(f"galley: error: {message}", file=sys.stderr)

@@ -54,10 +54,15 @@ def check_inotify(droplets: int) -> None:
         )
 
 
-def preflight(lab_dir: Path, droplets: int) -> None:
-    """Refuse to start when the machine cannot host the lab; nothing is created yet."""
+def require_root() -> None:
+    """Refuse anything that changes the lab unless run as root."""
     if os.geteuid() != 0:
         raise LabError("the lab needs root (systemd-nspawn, mounts and a bridge): run it as root")
+
+
+def preflight(lab_dir: Path, droplets: int) -> None:
+    """Refuse to start when the machine cannot host the lab; nothing is created yet."""
+    require_root()
     missing = system.missing_commands()
     if missing:
         raise LabError("missing on this machine: " + ", ".join(missing))

@@ -1,5 +1,9 @@
-"""Command lines and files the lab builds for each droplet and service."""
+"""Command lines and files the lab builds for each droplet and service; the lab's lock."""
 
+import fcntl
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from galley.lab import droplets, services
@@ -67,3 +71,31 @@ def test_prepared_droplet_root_has_its_identity(tmp_path, monkeypatch):
     lines = droplets.host_key_lines(root, droplet.address)
     assert {line.split()[1] for line in lines} >= {"ssh-ed25519", "ssh-rsa"}
     assert all(line.startswith("198.18.0.13 ") for line in lines)
+
+
+def test_a_second_changing_lab_command_is_refused_while_one_runs(tmp_path):
+    lab_dir = tmp_path / "lab"
+    env = {**os.environ, "GALLEY_LAB_DIR": str(lab_dir)}
+
+    def galley_lab(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(Path(sys.executable).parent / "galley"), "lab", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    # As a running `galley lab up` holds it.
+    with (tmp_path / "lab.lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        refused = galley_lab("down")
+        status = galley_lab("status")  # reading needs no lock
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr == (
+        "galley: error: another `galley lab` command is changing the lab (it holds "
+        f"{tmp_path / 'lab.lock'}); nothing was done: run this one when it has ended\n"
+    )
+    assert (status.returncode, status.stdout) == (0, "no lab is up\n")
+    done = galley_lab("down")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "no lab is up\n", "")
