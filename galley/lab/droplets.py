@@ -112,9 +112,12 @@ def nspawn_command(name: str, root: Path, bridge: str) -> list[str]:
 PROPAGATE = Path("/run/systemd/nspawn/propagate")
 
 
-def veth_name(name: str) -> str:
-    """The host side of the droplet's veth, as systemd-nspawn names it."""
-    return f"vb-{name}"[:15]
+def veth_name(name: str) -> str | None:
+    """The host side of the droplet's veth as systemd-nspawn names it, or None when that name
+    would pass the kernel's 15 characters: nspawn then shortens it with a hash of its own, and
+    a cut-off name would be another droplet's (``lab-worker-10`` cut is ``lab-worker-1``'s)."""
+    veth = f"vb-{name}"
+    return veth if len(veth) <= 15 else None
 
 
 def clear_leftovers(name: str) -> None:
@@ -122,8 +125,9 @@ def clear_leftovers(name: str) -> None:
     propagation directory of an nspawn that did not clean up, and its veth while the kernel
     is still tearing its network namespace down (nspawn would fail with "File exists")."""
     shutil.rmtree(PROPAGATE / name, ignore_errors=True)
-    if link_exists(veth_name(name)):
-        subprocess.run(["ip", "link", "delete", veth_name(name)], capture_output=True, check=False)
+    veth = veth_name(name)
+    if veth and link_exists(veth):
+        subprocess.run(["ip", "link", "delete", veth], capture_output=True, check=False)
 
 
 def boot(droplet: Droplet, root: Path, bridge: str, log_dir: Path) -> int:

@@ -99,3 +99,9 @@ def test_a_second_changing_lab_command_is_refused_while_one_runs(tmp_path):
     assert (status.returncode, status.stdout) == (0, "no lab is up\n")
     done = galley_lab("down")
     assert (done.returncode, done.stdout, done.stderr) == (0, "no lab is up\n", "")
+
+
+def test_a_droplets_veth_is_never_another_droplets():
+    # Booting lab-worker-10 clears its leftovers: never lab-worker-1's live veth.
+    assert droplets.veth_name("lab-worker-1") == "vb-lab-worker-1"
+    assert droplets.veth_name("lab-worker-10") is None  # nspawn hashes names this long
