@@ -80,6 +80,11 @@ def measure(size: int) -> dict[str, float]:
     noops = [run(*DEPLOY, "--json") for _ in range(3)]
     operations = json.loads(noops[0].stdout)["results"]["operations"]
     changed = sum(len(op["success"]) for op in operations)
+    for op in operations:  # a no-op that changed something says what, on which hosts
+        if op["success"]:
+            print(
+                f"changed by the no-op: {op['name']} on {', '.join(op['success'])}", file=sys.stderr
+            )
     per_host = sum(len(op["success"]) + len(op["no_change"]) for op in operations) / size
     run("galley", "admin", "credentials", "inventories/lab.py")
     # The report's own time, whether or not it finds problems (exit 1): on a loaded 2-core
