@@ -19,6 +19,8 @@ from pyinfra.api.host import Host
 import galley.components as registry
 from galley.components.kubernetes import first_service_ip
 from galley.components.model import Artifact, Component
+from galley.components.renewal import INTERVAL as RENEWAL_INTERVAL
+from galley.components.renewal import RANDOM_DELAY
 from galley.downloads import ChecksumError, sha256_of
 from galley.inventory.load import InventoryLoadError, contacting_hosts, load_inventory
 from galley.problems import Problem
@@ -297,12 +299,10 @@ def _settings_declared(settings: Iterable[Setting]) -> Check:
 
 
 def _renewal_check(host: Host) -> Iterable[tuple[str, str]]:
-    """The hosts' renewal timer must come round well inside the last third of every TTL."""
+    """The hosts' renewal timer, as deployed (its declared settings, defaults included), must
+    come round well inside the last third of every TTL."""
     data = host.data
-    keys = ("cert_renewal_interval", "cert_renewal_random_delay")
-    if data.get(keys[0]) is None:
-        return
-    spans = [span_seconds(data.get(key) or 0) for key in keys]
+    spans = [span_seconds(setting.of(data)) for setting in (RENEWAL_INTERVAL, RANDOM_DELAY)]
     if None in spans:
         return  # the declared settings' check says why
     every = sum(span or 0 for span in spans)
@@ -313,7 +313,7 @@ def _renewal_check(host: Host) -> Iterable[tuple[str, str]]:
             continue
         if every * 2 > seconds / 3:
             yield (
-                "cert_renewal_interval",
+                RENEWAL_INTERVAL.key,
                 f"a renewal every {every}s (interval plus random delay) leaves no second chance "
                 f"in the last third of {ttl} {data.get(ttl)}",
             )

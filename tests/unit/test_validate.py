@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from pyinfra.api import Inventory
 
+from galley.components import CERT_RENEWAL
 from galley.inventory.validate import (
     Problem,
     ValidationError,
@@ -299,3 +300,17 @@ def test_validate_cli_reports_an_inventory_it_cannot_load(tmp_path: Path):
     result = _validate_cli(tmp_path, "missing.py")
     assert result.returncode == 2
     assert "galley: cannot load missing.py: no such file" in result.stderr
+
+
+def test_the_renewal_timer_as_deployed_must_come_round_in_every_ttls_last_third():
+    short = {"etcd_cert_ttl": "60s", "kubernetes_cert_ttl": "60s"}
+    ok = _inventory(**short, cert_renewal_interval="5s", cert_renewal_random_delay="2s")
+    assert [str(p) for p in problems(ok, [CERT_RENEWAL], ENV)] == []
+    # Left unset, the timer still gets its default random delay (15min): counted.
+    unset_delay = _inventory(**short, cert_renewal_interval="5s")
+    assert (
+        "inventory: cert_renewal_interval: a renewal every 905s (interval plus random delay) "
+        "leaves no second chance in the last third of etcd_cert_ttl 60s"
+    ) in [str(p) for p in problems(unset_delay, [CERT_RENEWAL], ENV)]
+    # Left unset, the interval is its default (1h): counted too.
+    assert problems(_inventory(**short), [CERT_RENEWAL], ENV) != []
