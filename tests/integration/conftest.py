@@ -21,6 +21,7 @@ from pyinfra.api import Inventory
 from galley.components.etcd import member_identity as etcd_member_identity
 from galley.host.tls import csr_command
 from galley.lab.artifacts import ARTIFACTS
+from galley.lab.droplets import ssh_command
 from galley.lab.inventory import lab_groups, lab_overrides
 from galley.lab.state import CACHE_DIR, LabState
 from galley.ops.admin import AdminFiles
@@ -173,9 +174,44 @@ def inventory(cluster) -> Inventory:
     )
 
 
+def ssh_run(name: str, command: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``command`` on droplet ``name`` as root, with the ssh command `galley lab ssh`
+    runs (without its Python start: the tests look at droplets hundreds of times)."""
+    state = LabState.load()
+    droplet = state.droplet(name)
+    return subprocess.run(
+        ssh_command(droplet.address, state.ssh_key, state.known_hosts, command),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def ssh(name: str, command: str, check: bool = True) -> str:
     """Run ``command`` on droplet ``name`` as root; its stdout."""
-    return run_cli("galley", "lab", "ssh", name, command, check=check).stdout
+    result = ssh_run(name, command)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"on {name}: {command[:200]} exited {result.returncode}\n"
+            f"--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}"
+        )
+    return result.stdout
+
+
+GALLEY_UNITS = (
+    "etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy flanneld"
+)
+
+
+def unit_starts(*excluding: str) -> dict[str, str]:
+    """When each galley unit on each running droplet (but ``excluding``) last started: what a
+    change restarts."""
+    return {
+        d.name: ssh(d.name, f"systemctl show -p ActiveEnterTimestamp {GALLEY_UNITS}")
+        for d in LabState.load().droplets
+        if not d.killed and d.name not in excluding
+    }
 
 
 def hosts_of(lab: LabState, group: str) -> list[str]:
@@ -304,4 +340,4 @@ def install_member_cert(vault, name: str, address: str, ttl: str) -> None:
         extra_params={"ttl": ttl, "exclude_cn_from_sans": True},
         mount_point="lab/pki/etcd",
     )["data"]["certificate"]
-    run_cli("galley", "lab", "ssh", name, f"cat > {MEMBER_CERT} <<'EOF'\n{signed}\nEOF")
+    ssh(name, f"cat > {MEMBER_CERT} <<'EOF'\n{signed}\nEOF")

@@ -26,6 +26,8 @@ from .conftest import (
     pyinfra_json,
     run_cli,
     run_deploy,
+    ssh,
+    ssh_run,
     wait_for,
 )
 
@@ -36,15 +38,11 @@ LOCAL = ["https://127.0.0.1:2379"]
 JOB = "galley-etcd-snapshot.service"
 
 
-def ssh(name: str, command: str, check: bool = True) -> str:
-    return run_cli("galley", "lab", "ssh", name, command, check=check).stdout
-
-
 def run_snapshot_job(name: str) -> None:
     """Start the member's snapshot job and wait for it; once more only when systemd could not
     set up its cgroup (exit 219/CGROUP: the lab's nspawn sandbox now and then, the job never
     ran), never when the job itself failed."""
-    started = run_cli("galley", "lab", "ssh", name, f"systemctl start {JOB}", check=False)
+    started = ssh_run(name, f"systemctl start {JOB}")
     if started.returncode != 0:
         status = ssh(name, f"systemctl show -p ExecMainStatus --value {JOB}", check=False)
         assert status.strip() == str(CGROUP_SETUP_FAILED), started.stderr
@@ -195,10 +193,13 @@ def test_restore_names_a_truncated_snapshot_and_another_clusters_before_stopping
 
 
 def test_restore_brings_the_cluster_back_to_the_snapshot(cluster, tmp_path):
-    put = etcdctl_command(LOCAL, "put", "KEY", "v").replace(" KEY ", ' "$key" ')
+    # 1000 keys, in transactions of 125 puts (etcd allows 128 operations in one).
+    txn = etcdctl_command(LOCAL, "txn")
+    puts = 'echo "put galley-backup/before/$((batch * 125 + i)) v"'
     ssh(
         "lab-etcd-1",
-        f"for i in $(seq 1000); do key=galley-backup/before/$i; {put} >/dev/null; done",
+        f"for batch in $(seq 0 7); do {{ echo; for i in $(seq 125); do {puts}; done; echo; echo; }}"
+        f" | {txn} >/dev/null; done",
     )
     path, _ = take_snapshot(tmp_path)
     ssh("lab-etcd-1", etcdctl_command(LOCAL, "put", "galley-backup/after", "2"))

@@ -32,7 +32,6 @@ from .conftest import (
     install_member_cert,
     lab_inventory_variant,
     pyinfra_json,
-    run_cli,
     run_deploy,
     ssh,
 )
@@ -168,7 +167,7 @@ def test_near_expiry_and_stale_address_are_resigned_without_a_restart(
         extra_params={"exclude_cn_from_sans": True},
         mount_point="lab/pki/etcd",
     )["data"]["certificate"]
-    run_cli("galley", "lab", "ssh", "lab-etcd-3", f"cat > {MEMBER_CERT} <<'EOF'\n{signed}\nEOF")
+    ssh("lab-etcd-3", f"cat > {MEMBER_CERT} <<'EOF'\n{signed}\nEOF")
     before = started_at(cluster)
     serials_before = {host: cert["serial"] for host, cert in member_certs().items()}
 

@@ -1,7 +1,8 @@
 """The lab grows and breaks like a region, and the deploy follows: etcd droplets join as
 learners and become voters, a dead member's fresh droplet replaces it, a deploy killed after
-`member add` is finished by the next, members leave through `galley etcd remove`, and a worker
-joins and leaves through `galley node remove`. Real etcd, the real CLIs; a writer puts a key
+`member add` is finished by the next, members leave through `galley etcd remove` (and one
+removed while down, back with its old data dir, is named while preparing), and a worker joins
+and leaves through `galley node remove`. Real etcd, the real CLIs; a writer puts a key
 every 50 ms through every member and must see no failed write."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -28,11 +30,13 @@ from .conftest import (
     admin_files,
     changed,
     endpoints,
+    lab_inventory_variant,
     lab_vault,
     pyinfra_json,
     run_cli,
     run_deploy,
     ssh,
+    unit_starts,
     wait_for,
 )
 
@@ -40,11 +44,11 @@ DEFAULT_ETCD = ["lab-etcd-1", "lab-etcd-2", "lab-etcd-3"]
 
 
 def members() -> list[dict]:
-    """`etcdctl member list` as the first default member sees it."""
+    """`etcdctl member list` as the first default member sees it, by name."""
     listing = ssh(
         "lab-etcd-1", etcdctl_command(["https://127.0.0.1:2379"], "member", "list", "-w", "json")
     )
-    return json.loads(listing)["members"]
+    return sorted(json.loads(listing)["members"], key=lambda member: member.get("name", ""))
 
 
 def voters() -> dict[str, str]:
@@ -207,7 +211,7 @@ def etcd_remove(name: str, *flags: str):
     return run_cli("galley", "etcd", "remove", "inventories/lab.py", name, *flags, check=False)
 
 
-def test_members_leave_through_etcd_remove_one_at_a_time(lab_grows):
+def test_members_leave_through_etcd_remove_one_at_a_time(lab_grows, tmp_path):
     _, cert = lab_grows
     with writing(cert) as writer:
         refused = etcd_remove("lab-etcd-5", "--yes")
@@ -227,7 +231,14 @@ def test_members_leave_through_etcd_remove_one_at_a_time(lab_grows):
         assert again.returncode == 0 and "already removed" in again.stdout, again.stdout
         run_cli("galley", "lab", "remove", "lab-etcd-5")
 
-        assert etcd_remove("lab-etcd-4", "--yes").returncode == 0
+        # lab-etcd-4 dies and leaves through `--unreachable`, then comes back with its disk:
+        # the next deploy names its stale data dir while preparing and changes nothing.
+        run_cli("galley", "lab", "kill", "lab-etcd-4")
+        (removed,) = [m for m in members() if m["name"] == "lab-etcd-4"]
+        left = etcd_remove("lab-etcd-4", "--unreachable", "--yes")
+        assert left.returncode == 0, left.stdout + left.stderr
+        run_cli("galley", "lab", "start", "lab-etcd-4")
+        _refuses_the_removed_members_data(tmp_path, format(removed["ID"], "x"))
         run_cli("galley", "lab", "remove", "lab-etcd-4")
         follow_lab(writer)
         refused = etcd_remove("lab-etcd-3", "--yes")
@@ -238,6 +249,30 @@ def test_members_leave_through_etcd_remove_one_at_a_time(lab_grows):
     assert sorted(voters()) == DEFAULT_ETCD and every_member_healthy()
     for name in ("lab-cp-1", "lab-cp-2"):
         assert sorted(etcd_servers(name)) == sorted(endpoints(LabState.load()))
+
+
+def _refuses_the_removed_members_data(tmp_path, member_id: str) -> None:
+    """The etcd deploy, with the removed member's droplet back in the inventory, stops while
+    preparing with one line naming its data dir and member, and changes nothing."""
+    even = lab_inventory_variant(
+        tmp_path,
+        "etcd = [(name, {**data, 'etcd_allow_even_members': True}) for name, data in etcd]\n",
+    )
+    # (The removed member's own etcd keeps exiting on its old data, restarted by systemd.)
+    listed, starts = members(), unit_starts("lab-etcd-4")
+    began = time.monotonic()
+    code, _, output = run_deploy("etcd", inventory=even, check=False)
+    assert code == 1 and time.monotonic() - began < 20  # no 60 s wait for health
+    (line,) = [line for line in output.splitlines() if "lab-etcd-4: its etcd data dir" in line]
+    assert line.endswith(
+        f"lab-etcd-4: its etcd data dir /var/lib/etcd holds member {member_id}, which is no "
+        "longer in the etcd cluster (removed, e.g. by `galley etcd remove --unreachable`); "
+        "nothing was changed: wipe it on the host (`systemctl disable --now etcd && rm -rf "
+        "/var/lib/etcd/member`) so the next deploy adds it as a new member, or replace the "
+        "droplet"
+    )
+    assert "Traceback" not in output
+    assert members() == listed and unit_starts("lab-etcd-4") == starts
 
 
 def test_a_new_worker_joins_alone_and_node_remove_takes_it_out(lab_grows):
