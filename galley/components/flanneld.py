@@ -133,7 +133,7 @@ def _configure(target: Host, context: Mapping[str, Any]) -> Configured:
     data = target.data
     written = {}
     if _kube_mode(target):
-        written[KUBECONFIG] = kubeconfig(target, KUBECONFIG, api_url(data), KUBE_CLIENT)
+        written[KUBECONFIG] = kubeconfig(target, KUBECONFIG, api_url(target), KUBE_CLIENT)
     written[NET_CONF] = render(FLANNELD.config(NET_CONF), net_conf=net_conf(data))
     variables = {
         "flannel_mode": data.flannel_mode,

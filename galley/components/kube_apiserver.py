@@ -93,22 +93,26 @@ def apiserver_identity(host: Host) -> Identity:
     return Identity("kube-apiserver", (*dns, "localhost"), tuple(ips))
 
 
-def healthz_command(port: int, path: str = "healthz") -> str:
-    """curl this host's apiserver ``/healthz`` with a control-plane client (prints ``ok``)."""
+def healthz_command(address: str, port: int, path: str = "healthz") -> str:
+    """curl ``path`` of a control-plane server on this host (the apiserver at the host's
+    private address, the controller manager and scheduler on loopback) with a control-plane
+    client (prints ``ok``)."""
     return " ".join(
         [
             "curl -fsS --max-time 5",
             f"--cacert {CA_PATH}",
             f"--cert {HEALTH_CLIENT}.crt",
             f"--key {HEALTH_CLIENT}.key",
-            shlex.quote(f"https://127.0.0.1:{port}/{path}"),
+            shlex.quote(f"https://{address}:{port}/{path}"),
         ]
     )
 
 
 def _healthy(host: Host) -> str | None:
     """None when the local apiserver answers ``ok``, else what it answered."""
-    ok, output = host.run_shell_command(healthz_command(host.data.api_port) + " 2>&1")
+    ok, output = host.run_shell_command(
+        healthz_command(host.data.private_ip, host.data.api_port) + " 2>&1"
+    )
     answer = (output.stdout or "").strip()
     return None if ok and answer == "ok" else answer or "no answer"
 

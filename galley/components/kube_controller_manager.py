@@ -34,7 +34,7 @@ CLIENT = k8s_cert(
 
 def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
     data = host.data
-    operation = kubeconfig(host, KUBECONFIG, api_url(data, local=True), CLIENT)
+    operation = kubeconfig(host, KUBECONFIG, api_url(host, local=True), CLIENT)
     variables = {
         "kubeconfig": KUBECONFIG,
         "sa_key": SA_KEY,

@@ -45,12 +45,13 @@ CONNTRACK_MAX_PER_CORE = Setting("kube_proxy_conntrack_max_per_core", None, COUN
 def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
     data = host.data
     written = {
-        KUBECONFIG: kubeconfig(host, KUBECONFIG, api_url(data), CLIENT),
+        KUBECONFIG: kubeconfig(host, KUBECONFIG, api_url(host), CLIENT),
         CONFIG: render(
             KUBE_PROXY.config(CONFIG),
             cluster_name=data.cluster_name,
             kubeconfig=KUBECONFIG,
             node_name=node_name(host),
+            private_ip=data.private_ip,
             pod_cidr=data.pod_cidr,
             conntrack_max_per_core=CONNTRACK_MAX_PER_CORE.of(data),
         ),

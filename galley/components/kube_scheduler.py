@@ -30,7 +30,7 @@ CLIENT = k8s_cert("kube-scheduler", ROLE, lambda host: Identity("system:kube-sch
 def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
     variables = {"kubeconfig": KUBECONFIG, "config_path": CONFIG}
     written = {
-        KUBECONFIG: kubeconfig(host, KUBECONFIG, api_url(host.data, local=True), CLIENT),
+        KUBECONFIG: kubeconfig(host, KUBECONFIG, api_url(host, local=True), CLIENT),
         CONFIG: render(
             KUBE_SCHEDULER.config(CONFIG), cluster_name=host.data.cluster_name, **variables
         ),

@@ -44,12 +44,13 @@ def _serving_identity(host: Host) -> Identity:
 def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
     data = host.data
     written = {
-        KUBECONFIG: kubeconfig(host, KUBECONFIG, api_url(data), CLIENT),
+        KUBECONFIG: kubeconfig(host, KUBECONFIG, api_url(host), CLIENT),
         CONFIG: render(
             KUBELET.config(CONFIG),
             cluster_name=data.cluster_name,
             cluster_domain=data.cluster_domain,
             cluster_dns=str(cluster_dns_ip(data.service_cidr)),
+            private_ip=data.private_ip,
             ca_path=CA_PATH,
             certs=KUBELET.certs_by_stem(host),
         ),

@@ -124,13 +124,18 @@ def etcd_servers(hosts: Inventory) -> str:
     )
 
 
-def api_url(data, local: bool = False) -> str:
+def api_url(host: Host, local: bool = False) -> str:
     """The API's URL for a host's own clients: ``api_endpoint`` when set (e.g. a load
-    balancer's name or IP), else ``127.0.0.1``: the node-local proxy on a worker
-    (`galley.components.api_proxy`), the apiserver itself on a control-plane host. ``local``:
-    always the apiserver on this host."""
+    balancer's name or IP) and not ``local``; else on a control-plane host its own apiserver,
+    at the private address it listens on; else ``127.0.0.1``, the worker's node-local proxy
+    (`galley.components.api_proxy`)."""
+    data = host.data
     endpoint = data.get("api_endpoint")
-    return _https(str(endpoint) if endpoint and not local else "127.0.0.1", data.api_port)
+    if endpoint and not local:
+        return _https(str(endpoint), data.api_port)
+    if "control_plane" in host.groups:
+        return _https(data.private_ip, data.api_port)
+    return _https("127.0.0.1", data.api_port)
 
 
 def apiserver_urls(hosts: Inventory) -> list[str]:

@@ -69,11 +69,14 @@ def _work(component: Component, health: Callable[[Host], str]) -> HostWork:
 # The health check of each on its host: the apiserver's /readyz, the controller manager's and
 # the scheduler's /healthz on their default secure ports (the unit templates set none).
 WORK = {
-    APISERVER: _work(KUBE_APISERVER, lambda host: healthz_command(host.data.api_port, "readyz")),
-    KUBE_CONTROLLER_MANAGER.name: _work(
-        KUBE_CONTROLLER_MANAGER, lambda host: healthz_command(10257)
+    APISERVER: _work(
+        KUBE_APISERVER,
+        lambda host: healthz_command(host.data.private_ip, host.data.api_port, "readyz"),
     ),
-    KUBE_SCHEDULER.name: _work(KUBE_SCHEDULER, lambda host: healthz_command(10259)),
+    KUBE_CONTROLLER_MANAGER.name: _work(
+        KUBE_CONTROLLER_MANAGER, lambda host: healthz_command("127.0.0.1", 10257)
+    ),
+    KUBE_SCHEDULER.name: _work(KUBE_SCHEDULER, lambda host: healthz_command("127.0.0.1", 10259)),
 }
 
 

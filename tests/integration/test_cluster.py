@@ -105,6 +105,50 @@ _CNI = (
 )
 
 
+# The processes of galley's units as `ss` names them (their first 15 characters).
+GALLEY_PROCESSES = {
+    "etcd",
+    "kube-apiserver",
+    "kube-controller",
+    "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+    "flanneld",
+    "haproxy",
+    "containerd",
+}
+# What each group must be found listening on: (address, port), "private" for the droplet's.
+EXPECTED_LISTENERS = {
+    "etcd": {("private", 2379), ("127.0.0.1", 2379), ("private", 2380)},
+    "control_plane": {("private", 6443), ("127.0.0.1", 10257), ("127.0.0.1", 10259)},
+    "workers": {("private", 10250), ("private", 10256), ("127.0.0.1", 6443)},
+}
+
+
+def _listeners(name: str) -> set[tuple[str, str, int]]:
+    """Every TCP and UDP socket listening on droplet ``name``: (process, address, port)."""
+    found = set()
+    for line in ssh(name, "ss -Hltnup").splitlines():
+        fields = line.split()
+        address, port = fields[4].rsplit(":", 1)
+        process = fields[6].split('"')[1] if len(fields) > 6 else ""
+        found.add((process, address.split("%")[0].strip("[]"), int(port)))
+    return found
+
+
+def test_galleys_servers_listen_on_the_private_address_or_loopback_only(cluster):
+    for droplet in cluster.droplets:
+        listening = _listeners(droplet.name)
+        ours = {
+            (address, port) for process, address, port in listening if process in GALLEY_PROCESSES
+        }
+        allowed = {droplet.address, "127.0.0.1", "::1"}
+        assert {(a, p) for a, p in ours if a not in allowed} == set(), (droplet.name, listening)
+        expected = set().union(*(EXPECTED_LISTENERS[group] for group in droplet.roles))
+        wanted = {(droplet.address if a == "private" else a, p) for a, p in expected}
+        assert wanted <= ours, (droplet.name, wanted - ours)
+
+
 def test_pod_network_namespace_gets_an_address_from_the_nodes_flannel_lease(cluster):
     """The CNI chain containerd runs for a pod: flannel's plugin, the real bridge and
     host-local plugins, this node's lease from flanneld."""

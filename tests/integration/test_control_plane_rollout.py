@@ -1,10 +1,12 @@
-"""`galley rollout control-plane` on the lab: the real CLI against the apiserver, controller
-manager and scheduler stand-ins on both control-plane droplets.
+"""`galley rollout control-plane` on the lab: the real CLI against real kube-apiserver,
+kube-controller-manager and kube-scheduler on both control-plane droplets.
 
-Version A is the deployed control plane, B the mirror's upgrade, and the mirror's never-healthy
-build stands for a bad release. Every test starts from the whole control plane at A (rolled
-there by the command itself) and, while the command runs, a poller asks every apiserver's
-``/readyz`` every 100 ms: at least one must answer at every moment.
+Version A is the deployed control plane, B the mirror's upgrade, and the mirror's never-ready
+build stands for a bad release. The refusals and the bad release start from the whole control
+plane at A, the upgrade takes it to B, and an interrupted rollout back to A, resumed, ends the
+module where it began (each test rolls the control plane where it needs it only when it is
+elsewhere). While a command runs, a poller asks every apiserver's ``/readyz`` every 100 ms: at
+least one must answer at every moment.
 """
 
 from __future__ import annotations
@@ -147,35 +149,6 @@ def test_dry_run_prints_the_plan_in_order_and_changes_nothing(at_a, apiservers, 
     assert not JOURNAL_PATH.exists()
 
 
-def test_upgrade_one_host_at_a_time_while_an_apiserver_always_answers(
-    at_a, apiservers, control_plane
-):
-    with ReadyzPoller(apiservers) as seen:
-        result = rollout("--to", B, "--ready-timeout", "60")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert seen.rounds > 10 and seen.none_ready == []
-    assert seen.most_unready <= 1
-    starts = [
-        result.stdout.index(f"{name}: install, switch and restart {release} v{B}")
-        for release in RELEASES
-        for name in control_plane
-    ]
-    assert starts == sorted(starts)  # apiservers, then controller managers, then schedulers
-    assert set(versions(apiservers).values()) == {f"v{B}"}
-    for name in control_plane:
-        for release in RELEASES:
-            assert current(name, release) == B
-    journal = json.loads(JOURNAL_PATH.read_text())
-    assert journal["status"] == "finished"
-    assert {record["state"] for record in journal["nodes"].values()} == {"done"}
-
-    before = snapshot(apiservers, control_plane)
-    second = rollout("--to", B)
-    assert second.returncode == 0, second.stderr
-    assert "nothing to do" in second.stdout
-    assert snapshot(apiservers, control_plane) == before
-
-
 def test_a_never_ready_apiserver_build_is_rolled_back_and_the_run_stops(
     at_a, apiservers, control_plane
 ):
@@ -274,28 +247,71 @@ def test_an_apiserver_already_not_ready_is_refused_before_anything(at_a, apiserv
     assert not JOURNAL_PATH.exists()
 
 
-def test_an_interrupted_rollout_resumes_without_redoing_finished_hosts(
+def test_upgrade_one_host_at_a_time_while_an_apiserver_always_answers(
     at_a, apiservers, control_plane
 ):
+    with ReadyzPoller(apiservers) as seen:
+        result = rollout("--to", B, "--ready-timeout", "60")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert seen.rounds > 10 and seen.none_ready == []
+    assert seen.most_unready <= 1
+    starts = [
+        result.stdout.index(f"{name}: install, switch and restart {release} v{B}")
+        for release in RELEASES
+        for name in control_plane
+    ]
+    assert starts == sorted(starts)  # apiservers, then controller managers, then schedulers
+    assert set(versions(apiservers).values()) == {f"v{B}"}
+    for name in control_plane:
+        for release in RELEASES:
+            assert current(name, release) == B
+    journal = json.loads(JOURNAL_PATH.read_text())
+    assert journal["status"] == "finished"
+    assert {record["state"] for record in journal["nodes"].values()} == {"done"}
+
+    before = snapshot(apiservers, control_plane)
+    second = rollout("--to", B)
+    assert second.returncode == 0, second.stderr
+    assert "nothing to do" in second.stdout
+    assert snapshot(apiservers, control_plane) == before
+
+
+@pytest.fixture
+def at_b(apiservers, control_plane):
+    """The whole control plane at B (where the upgrade test leaves it), no journal."""
+    JOURNAL_PATH.unlink(missing_ok=True)
+    if not all_at(B, apiservers, control_plane):
+        result = rollout("--to", B, "--ready-timeout", "60")
+        assert result.returncode == 0, result.stdout + result.stderr
+        JOURNAL_PATH.unlink(missing_ok=True)
+    wait_ready(apiservers)
+
+
+def test_an_interrupted_rollout_resumes_without_redoing_finished_hosts(
+    at_b, apiservers, control_plane
+):
+    """Back from B to A (the module ends where it began), the operator's session lost after
+    the first host."""
     first = control_plane[0]
     key = f"kube-apiserver@{first}"
+    back = ["--to", A, "--allow-downgrade"]
     journal = kill_once_journal_says_done(
-        ["rollout", "control-plane", "--to", B, INVENTORY], JOURNAL_PATH, key, 180
+        ["rollout", "control-plane", *back, INVENTORY], JOURNAL_PATH, key, 180
     )
     assert journal["nodes"][key]["state"] == "done"
     assert journal["status"] == "running"
     wait_ready(apiservers)  # the next apiserver may have been mid-restart
 
-    refused = rollout("--to", B)
+    refused = rollout(*back)
     assert refused.returncode == 2 and "--resume" in refused.stderr
 
     with ReadyzPoller(apiservers) as seen:
-        resumed = rollout("--to", B, "--resume", "--ready-timeout", "60")
+        resumed = rollout(*back, "--resume", "--ready-timeout", "60")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"skip {key}: finished (journal)" in resumed.stdout
     assert f"{first}: install, switch and restart kube-apiserver" not in resumed.stdout
     assert first not in seen.unready and seen.none_ready == []
-    assert set(versions(apiservers).values()) == {f"v{B}"}
+    assert set(versions(apiservers).values()) == {f"v{A}"}
     for name in control_plane:
         for release in RELEASES:
-            assert current(name, release) == B
+            assert current(name, release) == A

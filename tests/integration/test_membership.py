@@ -211,7 +211,7 @@ def etcd_remove(name: str, *flags: str):
     return run_cli("galley", "etcd", "remove", "inventories/lab.py", name, *flags, check=False)
 
 
-def test_members_leave_through_etcd_remove_one_at_a_time(lab_grows, tmp_path):
+def test_members_leave_through_etcd_remove_one_at_a_time(lab_grows):
     _, cert = lab_grows
     with writing(cert) as writer:
         refused = etcd_remove("lab-etcd-5", "--yes")
@@ -230,13 +230,21 @@ def test_members_leave_through_etcd_remove_one_at_a_time(lab_grows, tmp_path):
         again = etcd_remove("lab-etcd-5", "--allow-even", "--yes")
         assert again.returncode == 0 and "already removed" in again.stdout, again.stdout
         run_cli("galley", "lab", "remove", "lab-etcd-5")
+        follow_lab(writer)
+    assert writer.ok > 20 and writer.failed == [], writer.failed
+    assert every_member_healthy()
 
+
+def test_a_member_removed_while_down_is_named_when_its_droplet_comes_back(lab_grows, tmp_path):
+    _, cert = lab_grows
+    with writing(cert) as writer:
         # lab-etcd-4 dies and leaves through `--unreachable`, then comes back with its disk:
         # the next deploy names its stale data dir while preparing and changes nothing.
         run_cli("galley", "lab", "kill", "lab-etcd-4")
         (removed,) = [m for m in members() if m["name"] == "lab-etcd-4"]
         left = etcd_remove("lab-etcd-4", "--unreachable", "--yes")
         assert left.returncode == 0, left.stdout + left.stderr
+        assert sorted(voters()) == DEFAULT_ETCD
         run_cli("galley", "lab", "start", "lab-etcd-4")
         _refuses_the_removed_members_data(tmp_path, format(removed["ID"], "x"))
         run_cli("galley", "lab", "remove", "lab-etcd-4")

@@ -130,6 +130,7 @@ def test_config_files_have_their_current_kind(template, api_version, kind):
         kubeconfig="/etc/kubernetes/x.kubeconfig",
         pod_cidr="172.16.0.0/16",
         node_name="lab-worker-1",
+        private_ip="198.18.0.15",
         kv_mount="lab/kv",
         encryption_key="a2V5",
         server="https://198.18.0.13:6443",
@@ -278,7 +279,9 @@ def _two_apiservers(**data) -> Inventory:
 def test_without_an_endpoint_workers_dial_their_proxy_to_every_apiserver():
     inventory = _two_apiservers()
     worker, cp = inventory.get_host("lab-worker-1"), inventory.get_host("lab-cp-1")
-    assert api_url(worker.data) == api_url(cp.data) == "https://127.0.0.1:6443"
+    assert api_url(worker) == "https://127.0.0.1:6443"
+    # A control-plane host's clients dial its own apiserver, on the one address it listens on.
+    assert api_url(cp) == api_url(cp, local=True) == "https://198.18.0.13:6443"
     assert needs_proxy(worker) and not needs_proxy(cp)
     assert backends(worker) == [("lab-cp-1", "198.18.0.13:6443"), ("lab-cp-2", "198.18.0.14:6443")]
     # The operator's client tries each apiserver.
@@ -288,11 +291,11 @@ def test_without_an_endpoint_workers_dial_their_proxy_to_every_apiserver():
 def test_an_endpoint_replaces_the_proxy_for_every_client_but_the_control_plane_itself():
     inventory = _two_apiservers(api_endpoint="api.lab.example.com")
     worker, cp = inventory.get_host("lab-worker-1"), inventory.get_host("lab-cp-1")
-    assert api_url(worker.data) == "https://api.lab.example.com:6443"
-    assert api_url(cp.data, local=True) == "https://127.0.0.1:6443"
+    assert api_url(worker) == "https://api.lab.example.com:6443"
+    assert api_url(cp, local=True) == "https://198.18.0.13:6443"
     assert not needs_proxy(worker)
     assert operator_api_urls(inventory) == ["https://api.lab.example.com:6443"]
-    assert api_url(_two_apiservers(api_endpoint="fd00::1").get_host("lab-worker-1").data) == (
+    assert api_url(_two_apiservers(api_endpoint="fd00::1").get_host("lab-worker-1")) == (
         "https://[fd00::1]:6443"
     )
 
