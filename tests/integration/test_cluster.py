@@ -168,15 +168,18 @@ def test_pod_network_namespace_gets_an_address_from_the_nodes_flannel_lease(clus
 
 def test_real_kubectl_accepts_every_generated_kubeconfig(cluster, kubectl, tmp_path):
     first_cp = next(d.address for d in cluster.droplets if "control_plane" in d.roles)
+    address = {d.name: d.address for d in cluster.droplets}
     for group, names in KUBECONFIGS.items():
         for host in hosts_of(cluster, group):
+            # Its own apiserver on a control-plane host (at the one address it listens on),
+            # the node-local proxy on a worker.
+            server = address[host] if group == "control_plane" else "127.0.0.1"
             for name in names:
                 local = tmp_path / f"{host}-{name}.kubeconfig"
                 local.write_text(ssh(host, f"cat {K8S_DIR}/{name}.kubeconfig"))
                 view = _kubectl_view(kubectl, local)
                 (entry,) = view["clusters"]
-                # Its own apiserver on a control-plane host, the node-local proxy on a worker.
-                assert entry["cluster"]["server"] == "https://127.0.0.1:6443"
+                assert entry["cluster"]["server"] == f"https://{server}:6443"
                 assert view["current-context"].endswith("@lab")
     view = _kubectl_view(kubectl, admin_files().kubeconfig)
     assert view["users"][0]["name"] == "admin"

@@ -232,7 +232,6 @@ def test_members_leave_through_etcd_remove_one_at_a_time(lab_grows):
         run_cli("galley", "lab", "remove", "lab-etcd-5")
         follow_lab(writer)
     assert writer.ok > 20 and writer.failed == [], writer.failed
-    assert every_member_healthy()
 
 
 def test_a_member_removed_while_down_is_named_when_its_droplet_comes_back(lab_grows, tmp_path):
