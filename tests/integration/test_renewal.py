@@ -27,14 +27,14 @@ from .conftest import (
     ssh,
 )
 
-# Renewed in its last third (from 20 s before expiry) by a timer every 5 s (+ up to 2 s, + up
-# to 5 s of systemd's accuracy): at least 8 s left before it expires.
+# Renewed in its last third (from 20 s before expiry) by a timer every 3 s (+ up to 1 s, + up
+# to 3 s of systemd's accuracy): at least 13 s left before it expires.
 TTL_SECONDS = 60
 SHORT = {
     "etcd_cert_ttl": f"{TTL_SECONDS}s",
     "kubernetes_cert_ttl": f"{TTL_SECONDS}s",
-    "cert_renewal_interval": "5s",
-    "cert_renewal_random_delay": "2s",
+    "cert_renewal_interval": "3s",
+    "cert_renewal_random_delay": "1s",
 }
 QUORUM_UNITS = {"etcd": "etcd", "control_plane": "kube-apiserver"}
 
@@ -74,7 +74,7 @@ def _quorum_starts(lab) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def short_lived(cluster, client_cert, tmp_path_factory) -> Iterator[str]:
     # (client_cert first: its Vault fixture bootstraps with the lab's usual TTLs.)
-    """The lab with 60 s certificates and a renewal timer every 5 s (+ up to 2 s): Vault's
+    """The lab with 60 s certificates and a renewal timer every 3 s (+ up to 1 s): Vault's
     renewal roles and every certificate re-issued that short. Afterwards the usual TTLs again."""
     body = "".join(
         f"for _, data in etcd + control_plane + workers:\n    data[{key!r}] = {value!r}\n"
