@@ -21,18 +21,12 @@ from typing import Any
 from pyinfra.api.host import Host
 
 from galley.components.engine import render
-from galley.components.kubernetes import CA_PATH, control_plane_hosts
+from galley.components.kubernetes import CA_PATH, control_plane_hosts, needs_proxy
 from galley.components.model import Component, Config, Configured, Directory, Unit
 from galley.facts.api_proxy import BACKEND, STATS_SOCKET
 
 CONFIG_DIR = "/etc/galley/api-proxy"
 CONFIG = f"{CONFIG_DIR}/haproxy.cfg"
-
-
-def needs_proxy(host: Host) -> bool:
-    """Whether ``host`` reaches the API through a local proxy: no ``api_endpoint`` is set and
-    no apiserver runs on it (a control-plane host dials its own)."""
-    return not host.data.get("api_endpoint") and "control_plane" not in host.groups
 
 
 def backends(host: Host) -> list[tuple[str, str]]:

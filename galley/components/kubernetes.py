@@ -124,18 +124,22 @@ def etcd_servers(hosts: Inventory) -> str:
     )
 
 
+def needs_proxy(host: Host) -> bool:
+    """Whether ``host`` reaches the API through a local proxy (`galley.components.api_proxy`):
+    no ``api_endpoint`` is set and no apiserver runs on it (a control-plane host dials its
+    own)."""
+    return not host.data.get("api_endpoint") and "control_plane" not in host.groups
+
+
 def api_url(host: Host, local: bool = False) -> str:
     """The API's URL for a host's own clients: ``api_endpoint`` when set (e.g. a load
-    balancer's name or IP) and not ``local``; else on a control-plane host its own apiserver,
-    at the private address it listens on; else ``127.0.0.1``, the worker's node-local proxy
-    (`galley.components.api_proxy`)."""
+    balancer's name or IP) and not ``local``; ``127.0.0.1`` on a host that `needs_proxy`;
+    else its own apiserver, at the private address it listens on."""
     data = host.data
     endpoint = data.get("api_endpoint")
     if endpoint and not local:
         return _https(str(endpoint), data.api_port)
-    if "control_plane" in host.groups:
-        return _https(data.private_ip, data.api_port)
-    return _https("127.0.0.1", data.api_port)
+    return _https("127.0.0.1" if needs_proxy(host) else data.private_ip, data.api_port)
 
 
 def apiserver_urls(hosts: Inventory) -> list[str]:

@@ -120,17 +120,21 @@ def all_at(version: str, apiservers: dict[str, KubeApi], control_plane: list[str
     )
 
 
-@pytest.fixture
-def at_a(apiservers, control_plane):
-    """The whole control plane at A, every apiserver ready, no journal: rolled back to A
-    only when a test left it elsewhere."""
+def roll_to(version: str, apiservers: dict[str, KubeApi], control_plane: list[str]) -> None:
+    """The whole control plane at ``version``, every apiserver ready, no journal: rolled
+    there only when a test left it elsewhere."""
     JOURNAL_PATH.unlink(missing_ok=True)
-    if not all_at(A, apiservers, control_plane):
-        result = rollout("--to", A, "--allow-downgrade", "--ready-timeout", "60")
+    if not all_at(version, apiservers, control_plane):
+        result = rollout("--to", version, "--allow-downgrade", "--ready-timeout", "60")
         assert result.returncode == 0, result.stdout + result.stderr
         JOURNAL_PATH.unlink(missing_ok=True)
-        assert all_at(A, apiservers, control_plane)
+        assert all_at(version, apiservers, control_plane)
     wait_ready(apiservers)
+
+
+@pytest.fixture
+def at_a(apiservers, control_plane):
+    roll_to(A, apiservers, control_plane)
 
 
 def test_dry_run_prints_the_plan_in_order_and_changes_nothing(at_a, apiservers, control_plane):
@@ -278,13 +282,8 @@ def test_upgrade_one_host_at_a_time_while_an_apiserver_always_answers(
 
 @pytest.fixture
 def at_b(apiservers, control_plane):
-    """The whole control plane at B (where the upgrade test leaves it), no journal."""
-    JOURNAL_PATH.unlink(missing_ok=True)
-    if not all_at(B, apiservers, control_plane):
-        result = rollout("--to", B, "--ready-timeout", "60")
-        assert result.returncode == 0, result.stdout + result.stderr
-        JOURNAL_PATH.unlink(missing_ok=True)
-    wait_ready(apiservers)
+    """(Where the upgrade test leaves it.)"""
+    roll_to(B, apiservers, control_plane)
 
 
 def test_an_interrupted_rollout_resumes_without_redoing_finished_hosts(

@@ -19,10 +19,10 @@ from pyinfra.api import Inventory
 
 from galley import components as registry
 from galley.components import certificates_of
-from galley.components.api_proxy import backends, needs_proxy
+from galley.components.api_proxy import backends
 from galley.components.flanneld import flanneld_args, net_conf
 from galley.components.kubelet import KUBELET
-from galley.components.kubernetes import api_url, cluster_dns_ip, operator_api_urls
+from galley.components.kubernetes import api_url, cluster_dns_ip, needs_proxy, operator_api_urls
 from galley.components.model import TEMPLATES
 from galley.host.release import _fetch_script
 from galley.inventory.validate import problems
