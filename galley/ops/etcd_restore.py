@@ -7,8 +7,8 @@ cluster lock held elsewhere. Then, step by step (`restore_plan`), each recorded 
 (``<galley_config_dir>/<cluster>/etcd-restore.json``) so running the same command again
 finishes a run that stopped:
 
-1. stop every kube-apiserver, then etcd on every member (a unit that takes more than
-   `STOP_GRACE` seconds is killed: its data is being replaced);
+1. stop every kube-apiserver, then etcd on every member, each unit on all its hosts at once
+   (a unit that takes more than `STOP_GRACE` seconds is killed: its data is being replaced);
 2. copy the snapshot to every member (checked against its sha256);
 3. on each member ``etcdutl snapshot restore`` into a fresh dir with a new cluster token, the
    old data dir renamed aside (never deleted), the restored one put in its place (owned by
@@ -33,7 +33,8 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -129,6 +130,20 @@ def restore_plan(
     if restarts:
         steps.append(Step("settle"))
     return steps
+
+
+def batches(steps: Sequence[Step]) -> Iterator[list[Step]]:
+    """``steps`` in runs done together: the stops of one unit on all its hosts at once (the
+    whole cluster is going down: stopping them one by one only adds their grace periods up),
+    every other step alone."""
+    batch: list[Step] = []
+    for step in steps:
+        if batch and not (step.action == batch[0].action == "stop" and step.unit == batch[0].unit):
+            yield batch
+            batch = []
+        batch.append(step)
+    if batch:
+        yield batch
 
 
 def restore_command(
@@ -260,13 +275,17 @@ class Restore:
         done = list(self.journal.data.get("done", []))
         if done:
             self.say(f"resuming: {len(done)} of {len(self.steps)} steps done already")
-        for step in self.steps:
-            if step.key in done:
-                continue
-            self.say(step.describe())
-            self._do(step)
-            done.append(step.key)
+        for batch in batches(self.steps):
+            todo = [step for step in batch if step.key not in done]
+            for step in todo:
+                self.say(step.describe())
+            with ThreadPoolExecutor(max_workers=max(len(todo), 1)) as pool:
+                runs = [(step, pool.submit(self._do, step)) for step in todo]
+            failures = [run.exception() for _, run in runs if run.exception()]
+            done += [step.key for step, run in runs if not run.exception()]
             self.journal.update(done=done)
+            if failures:
+                raise failures[0]
         self.journal.update(status="finished")
 
     def _do(self, step: Step) -> None:

@@ -27,9 +27,9 @@ from .conftest import (
     ssh,
 )
 
-# Renewed in its last third (from 20 s before expiry) by a timer every 3 s (+ up to 1 s, + up
-# to 3 s of systemd's accuracy): at least 13 s left before it expires.
-TTL_SECONDS = 60
+# Renewed in its last third (from 15 s before expiry) by a timer every 3 s (+ up to 1 s, + up
+# to 3 s of systemd's accuracy): at least 8 s left before it expires.
+TTL_SECONDS = 45
 SHORT = {
     "etcd_cert_ttl": f"{TTL_SECONDS}s",
     "kubernetes_cert_ttl": f"{TTL_SECONDS}s",
@@ -74,7 +74,7 @@ def _quorum_starts(lab) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def short_lived(cluster, client_cert, tmp_path_factory) -> Iterator[str]:
     # (client_cert first: its Vault fixture bootstraps with the lab's usual TTLs.)
-    """The lab with 60 s certificates and a renewal timer every 3 s (+ up to 1 s): Vault's
+    """The lab with 45 s certificates and a renewal timer every 3 s (+ up to 1 s): Vault's
     renewal roles and every certificate re-issued that short. Afterwards the usual TTLs again."""
     body = "".join(
         f"for _, data in etcd + control_plane + workers:\n    data[{key!r}] = {value!r}\n"
@@ -154,7 +154,7 @@ PAUSE = (
 
 def _pause_renewals(names) -> None:
     """Stop each host's renewal timer, wait out a renewal in flight and run one more: with
-    60 s certificates one is always due (a renewal that replaced a certificate but has not yet
+    45 s certificates one is always due (a renewal that replaced a certificate but has not yet
     restarted its unit while the deploy reads it would have the deploy restart the unit too),
     and after it every certificate has more than the 10 s left at which a deploy re-signs."""
     for name in names:
