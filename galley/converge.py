@@ -9,8 +9,10 @@ The first operations download and verify every release the host's phases install
 host at once (`galley.components.engine.fetch_artifacts`), and install every Debian package
 they need (`install_packages`), so a wrong checksum, a dead mirror or a dead apt proxy stops
 the run before any host has changed.
-The last phase of each host also deploys the components every host runs
-(`galley.components.EVERY_HOST`: its own certificate renewal), with that phase's units.
+Every host the run deploys also runs what every host runs (`galley.components.EVERY_HOST`):
+its host firewall before the first phase, on every host before any phase starts (a new etcd
+peer or node finds its ports open on the others), and its certificate renewal with its last
+phase's units.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pyinfra.api import deploy
 from pyinfra.api.exceptions import PyinfraError
 
 from galley import pyinfra_speedups, tracebacks
-from galley.components import EVERY_HOST, phase
+from galley.components import EVERY_HOST, EVERY_HOST_FIRST, EVERY_HOST_LAST, phase
 from galley.components.engine import deploy_components, fetch_artifacts, install_packages
 from galley.host.observed import Wanted, observe
 from galley.host.phases import phase_done
@@ -44,24 +46,30 @@ def converge(*phase_names: str) -> None:
 
 def _converge(phase_names: tuple[str, ...]) -> None:
     phases = [phase(name) for name in phase_names]
-    # The host's last phase also deploys what every host runs.
     here = [i for i, p in enumerate(phases) if any(c.runs_on(host) for c in p.components)]
     last = here[-1] if here else None
     components = [c for p in phases for c in p.components]
+    every_host = list(EVERY_HOST) if here else []
     vault = preflight([*components, *EVERY_HOST])
     wanted = Wanted()
-    for component in [*components, *(EVERY_HOST if here else ())]:
+    for component in [*components, *every_host]:
         if component.runs_on(host):
             wanted.update(component.wanted(host))
     observe(wanted)
     # Every host downloads all its phases' releases first, together (one operation), and
     # installs all their packages.
     deploy("downloads")(fetch_artifacts)(components)
-    deploy("packages")(install_packages)(components)
+    deploy("packages")(install_packages)([*components, *every_host])
+    # Called from its own line, before the phases' loop: pyinfra orders operations by the
+    # lines they come from, so these run on every host before any phase starts.
+    if here:
+        deploy(", ".join(c.name for c in EVERY_HOST_FIRST))(deploy_components)(
+            EVERY_HOST_FIRST, vault
+        )
     for index, current in enumerate(host.loop(phases)):
         if current.prepare is not None:
             current.prepare()
-        deployed = [*current.components, *(EVERY_HOST if index == last else ())]
+        deployed = [*current.components, *(EVERY_HOST_LAST if index == last else ())]
         deploy(current.name)(deploy_components)(deployed, vault)
         if index < len(phases) - 1:
             phase_done(name=f"{current.name} done on all hosts", phase=current.name)

@@ -18,9 +18,10 @@ from typing import Any
 
 from pyinfra.api import Inventory
 
-from galley.components import named, running_on
+from galley.components import HOST_FIREWALL, named, opened_on, running_on
 from galley.components.api_proxy import API_PROXY
 from galley.components.etcd import SNAPSHOT_DIR, SNAPSHOT_INTERVAL
+from galley.components.host_firewall import digest, rules_text
 from galley.components.kube_apiserver import KUBE_APISERVER
 from galley.components.kube_proxy import KUBE_PROXY
 from galley.components.kubelet import KUBELET
@@ -34,6 +35,7 @@ from galley.facts import (
     EtcdHealth,
     EtcdSnapshots,
     FlannelLease,
+    HostFirewall,
     OsInfo,
     RenewalStatus,
     UnitStates,
@@ -113,7 +115,8 @@ def analyse(hosts: Mapping[str, HostFacts], days: int, now: datetime | None = No
     when reached, the fact values ``os``, ``flannel``, ``certificates``, ``units``,
     ``versions``, ``etcd``, ``api_proxy``, ``renewal`` and ``snapshots`` with
     ``snapshot_interval`` (seconds) (the last six only for hosts running the component or
-    holding certificates).
+    holding certificates), and ``firewall`` with ``firewall_wanted`` (the sha256 of the rules
+    the inventory gives the host) where the host firewall runs.
     """
     now = now or datetime.now(UTC)
     problems: list[Problem] = []
@@ -126,6 +129,7 @@ def analyse(hosts: Mapping[str, HostFacts], days: int, now: datetime | None = No
         _etcd_table(hosts, problems),
         _snapshots_table(hosts, now, problems),
         _api_proxies_table(hosts, problems),
+        _firewall_table(hosts, problems),
     ]
     return Report(tables, problems)
 
@@ -413,6 +417,30 @@ def _api_proxies_table(hosts: Mapping[str, HostFacts], problems: list[Problem]) 
     return table
 
 
+def _firewall_table(hosts: Mapping[str, HostFacts], problems: list[Problem]) -> Table:
+    """Each host's firewall: the rules it keeps, whether they are the inventory's, whether
+    the live table is still those rules."""
+    table = Table("host firewall", ("host", "kept rules", "inventory's", "live table"))
+    for name, facts in _reached(hosts):
+        if "firewall" not in facts:
+            continue
+        found = facts["firewall"]
+        kept = found.get("kept")
+        current = kept == facts.get("firewall_wanted")
+        live = "missing" if not found.get("table") else "drift" if found.get("drift") else "kept"
+        why = None
+        if kept is None:
+            why = "no rules kept yet (deploy)"
+        elif not current:
+            why = "kept rules are not the inventory's (deploy)"
+        elif live != "kept":
+            why = f"live table {live}: it is not the kept rules (changed by hand?)"
+        if why:
+            problems.append(fleet_problem(name, "host firewall", why))
+        table.add((name, kept and kept[:12], "yes" if current else "no", live), why is not None)
+    return table
+
+
 def _size(size: int) -> str:
     for unit in ("B", "KiB", "MiB"):
         if size < 1024:
@@ -516,6 +544,9 @@ def gather(inventory: Any, connect_timeout: int = CONNECT_TIMEOUT) -> dict[str, 
             wanted["api_proxy"] = (ApiProxyBackends, {})
         if certificates:
             wanted["renewal"] = (RenewalStatus, {})
+        if HOST_FIREWALL in components:
+            wanted["firewall"] = (HostFirewall, {})
+            facts["firewall_wanted"] = digest(rules_text(host, opened_on(host)))
         for key, value in read_together(host, wanted).items():
             if isinstance(value, FactError):  # one fact must not hide the rest of the fleet
                 facts.setdefault("fact_errors", {})[key] = clean(str(value))

@@ -28,3 +28,14 @@ kubernetes_cert_ttl = "720h"
 # certificate). The backend goes into net-conf.json as is.
 flannel_mode = "kube"
 flannel_backend = {"Type": "vxlan", "VNI": 1, "Port": 8472}
+
+# The host firewall (nftables, galley.components.host_firewall): inbound traffic only to the
+# ports galley's components declare, from the groups that need them; SSH and the API also
+# from firewall_operator_cidrs (set per cluster: required while the firewall is on).
+host_firewall = True
+# Load balancers' source addresses: their health checks (kube-proxy) and the API behind them.
+firewall_load_balancer_cidrs = []
+# More open ports: [{"port": 9100, "protocol": "tcp", "from": ["control_plane", "10.0.0.0/8"]}]
+firewall_extra_rules = []
+# New rules that cut this machine's SSH to a host are rolled back by the host after this long.
+firewall_rollback_seconds = 30

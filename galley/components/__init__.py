@@ -1,7 +1,8 @@
 """The component registry: every component galley runs, declared once in its own room.
 
 Phases run in this order in a whole-cluster deploy; within a phase, components in this order.
-`EVERY_HOST` components run on every host, deployed with the last phase a run deploys there.
+`EVERY_HOST` components run on every host a run deploys: `EVERY_HOST_FIRST` before its first
+phase (on every host of the run before any phase starts), `EVERY_HOST_LAST` with its last.
 A new component is one more module here and one more entry below: the deploys, validation,
 the fleet report, the Vault roles, secrets and policies, the cluster's RBAC and the lab's
 mirror all read `REGISTRY`.
@@ -19,12 +20,13 @@ from galley.components.containerd import CONTAINERD
 from galley.components.etcd import ETCD
 from galley.components.flannel_cni import FLANNEL_CNI
 from galley.components.flanneld import FLANNELD, flannel_network
+from galley.components.host_firewall import host_firewall
 from galley.components.kube_apiserver import KUBE_APISERVER
 from galley.components.kube_controller_manager import KUBE_CONTROLLER_MANAGER
 from galley.components.kube_proxy import KUBE_PROXY
 from galley.components.kube_scheduler import KUBE_SCHEDULER
 from galley.components.kubelet import KUBELET
-from galley.components.model import Artifact, Cert, Component, Phase
+from galley.components.model import Artifact, Cert, Component, Phase, Port
 from galley.components.renewal import cert_renewal, plan
 from galley.vault.kv import KvSecret
 from galley.vault.pki import Identity, RoleSpec
@@ -44,8 +46,18 @@ def renewal_plan(host: Host) -> HostRenewal:
     return plan(host, running_on(host))
 
 
+def opened_on(host: Host) -> list[tuple[str, Port]]:
+    """The ports the components ``host`` runs open there, each with its component's name."""
+    return [(c.name, port) for c in running_on(host) for port in c.ports if port.when(host)]
+
+
 CERT_RENEWAL = cert_renewal(renewal_plan)
-EVERY_HOST: tuple[Component, ...] = (CERT_RENEWAL,)
+HOST_FIREWALL = host_firewall(opened_on)
+# What every host runs: the firewall before its phases (a new peer or node must find its
+# ports open on the others), certificate renewal with its last phase.
+EVERY_HOST_FIRST: tuple[Component, ...] = (HOST_FIREWALL,)
+EVERY_HOST_LAST: tuple[Component, ...] = (CERT_RENEWAL,)
+EVERY_HOST: tuple[Component, ...] = (*EVERY_HOST_FIRST, *EVERY_HOST_LAST)
 REGISTRY: tuple[Component, ...] = (
     *(c for phase in PHASES for c in phase.components),
     *EVERY_HOST,

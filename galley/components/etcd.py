@@ -25,6 +25,7 @@ from galley.components.model import (
     Config,
     Configured,
     Directory,
+    Port,
     Timer,
     Unit,
     first_run_seconds,
@@ -235,6 +236,16 @@ ETCD = Component(
         before_start=partial(runtime.join, bootstrap_text=_bootstrap_text),
     ),
     secrets=(CLUSTER_IDENTITY,),
+    ports=(
+        Port(lambda host: host.data.etcd_client_port, ("etcd", "control_plane")),
+        # flanneld's etcd client in flannel's etcd mode.
+        Port(
+            lambda host: host.data.etcd_client_port,
+            ("workers",),
+            when=lambda host: host.data.flannel_mode == "etcd",
+        ),
+        Port(lambda host: host.data.etcd_peer_port, ("etcd",)),
+    ),
     timers=(
         Timer(
             SNAPSHOT_JOB,

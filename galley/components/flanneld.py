@@ -46,6 +46,7 @@ from galley.components.model import (
     Config,
     Configured,
     Directory,
+    Port,
     Unit,
     cluster_role,
     cluster_role_binding,
@@ -67,6 +68,14 @@ def _kube_mode(target: Host) -> bool:
 
 def _etcd_mode(target: Host) -> bool:
     return target.data.flannel_mode == "etcd"
+
+
+# flannel's VXLAN backend: UDP to its port (the kernel's 8472 unless the backend says).
+VXLAN_PORT = 8472
+
+
+def _vxlan(target: Host) -> bool:
+    return str(target.data.flannel_backend.get("Type", "")).lower() == "vxlan"
 
 
 # flanneld's identity in kube mode, one per node, and what its group may do.
@@ -194,6 +203,14 @@ FLANNELD = Component(
     ),
     certs=(KUBE_CLIENT, ETCD_CLIENT),
     rbac=RBAC,
+    ports=(
+        Port(
+            lambda host: int(host.data.flannel_backend.get("Port") or VXLAN_PORT),
+            ("workers",),
+            protocol="udp",
+            when=_vxlan,
+        ),
+    ),
     configs=(
         Config(KUBECONFIG, "kubernetes/kubeconfig.j2", mode="600", when=_kube_mode),
         Config(NET_CONF, "flanneld/flannel-net-conf.json.j2"),

@@ -33,10 +33,13 @@ from galley.components.kubernetes import (
     kubernetes_binary,
 )
 from galley.components.model import (
+    LOAD_BALANCERS,
+    OPERATORS,
     Component,
     Config,
     Configured,
     Directory,
+    Port,
     Unit,
     cluster_role_binding,
 )
@@ -252,6 +255,12 @@ KUBE_APISERVER = Component(
     ),
     secrets=(SERVICE_ACCOUNT, ENCRYPTION),
     rbac=(KUBELET_API_ACCESS,),
+    ports=(
+        Port(
+            lambda host: host.data.api_port,
+            ("workers", "control_plane", OPERATORS, LOAD_BALANCERS),
+        ),
+    ),
     directories=CONTROL_PLANE_DIRECTORIES,
     checks=("networks", "api"),
     configure=_configure,

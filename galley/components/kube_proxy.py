@@ -17,12 +17,21 @@ from galley.components.kubernetes import (
     kubernetes_binary,
     node_name,
 )
-from galley.components.model import Component, Config, Configured, Directory, Unit
+from galley.components.model import (
+    LOAD_BALANCERS,
+    Component,
+    Config,
+    Configured,
+    Directory,
+    Port,
+    Unit,
+)
 from galley.settings import COUNT_OR_ZERO, Setting
 from galley.vault.pki import Identity, RoleSpec
 
 CONFIG = "/var/lib/kube-proxy/config.yaml"
 KUBECONFIG = f"{K8S_DIR}/kube-proxy.kubeconfig"
+HEALTHZ_PORT = 10256  # on the private address: load balancers' health checks
 ROLE = RoleSpec(
     "kube-proxy",
     "k8s",
@@ -52,6 +61,7 @@ def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
             kubeconfig=KUBECONFIG,
             node_name=node_name(host),
             private_ip=data.private_ip,
+            healthz_port=HEALTHZ_PORT,
             pod_cidr=data.pod_cidr,
             conntrack_max_per_core=CONNTRACK_MAX_PER_CORE.of(data),
         ),
@@ -72,6 +82,7 @@ KUBE_PROXY = Component(
     unit=Unit("kube-proxy", "kube-proxy/kube-proxy.service.j2"),
     directories=(*WORKER_DIRECTORIES, Directory("/var/lib/kube-proxy")),
     settings=(CONNTRACK_MAX_PER_CORE,),
+    ports=(Port(HEALTHZ_PORT, (LOAD_BALANCERS,)),),
     checks=("networks", "api"),
     # iptables mode: kube-proxy runs iptables-restore and iptables-save (and nft to clean up
     # after its nftables mode at every start).

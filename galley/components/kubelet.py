@@ -28,13 +28,14 @@ from galley.components.kubernetes import (
     node_identity,
     node_name,
 )
-from galley.components.model import Component, Config, Configured, Directory, Unit
+from galley.components.model import Component, Config, Configured, Directory, Port, Unit
 from galley.vault.pki import Identity
 
 CONFIG = "/var/lib/kubelet/config.yaml"
 KUBECONFIG = f"{K8S_DIR}/kubelet.kubeconfig"
 CLIENT = k8s_cert("kubelet", NODE_ROLE, node_identity)
 WORKER_DIRECTORIES = (Directory(K8S_DIR), Directory(PKI_DIR, "700"))
+PORT = 10250  # its API, on the private address (the apiservers' logs, exec, metrics)
 
 
 def _serving_identity(host: Host) -> Identity:
@@ -51,6 +52,7 @@ def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
             cluster_domain=data.cluster_domain,
             cluster_dns=str(cluster_dns_ip(data.service_cidr)),
             private_ip=data.private_ip,
+            port=PORT,
             ca_path=CA_PATH,
             certs=KUBELET.certs_by_stem(host),
         ),
@@ -75,6 +77,7 @@ KUBELET = Component(
         Config(CONFIG, "kubelet/kubelet-config.yaml.j2"),
     ),
     unit=Unit("kubelet", "kubelet/kubelet.service.j2"),
+    ports=(Port(PORT, ("control_plane",)),),
     directories=(*WORKER_DIRECTORIES, Directory("/var/lib/kubelet", "700")),
     checks=("networks", "api"),
     configure=_configure,

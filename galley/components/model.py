@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyinfra.api import FactBase
 from pyinfra.api.host import Host
 
 from galley.downloads import checksums_field
+from galley.facts.managed import fact_name
 from galley.host.observed import Wanted
 from galley.host.release import active_paths, marker_path, release_links
 from galley.host.restarts import reload_stamp
@@ -224,6 +226,30 @@ class Directory:
         return str(self.setting.of(host.data)) if self.setting else self.path
 
 
+# Who may connect to a `Port`, besides inventory groups: the CIDR lists in group data
+# (`galley.components.host_firewall` declares those settings).
+OPERATORS = "operators"
+LOAD_BALANCERS = "load_balancers"
+
+
+@dataclass(frozen=True)
+class Port:
+    """A port a component listens on, and who may connect to it: ``sources`` are inventory
+    groups (their hosts' private addresses) or `OPERATORS` / `LOAD_BALANCERS` (CIDRs from
+    group data). ``number`` is the port, or how a host's data gives it; ``when`` limits it to
+    hosts it is true for. The host firewall opens exactly these
+    (`galley.components.host_firewall`)."""
+
+    number: int | Callable[[Host], int]
+    sources: tuple[str, ...]
+    protocol: str = "tcp"
+    when: Callable[[Host], bool] = lambda host: True
+
+    def on(self, host: Host) -> int:
+        """The port's number on ``host``."""
+        return int(self.number(host) if callable(self.number) else self.number)
+
+
 # (state, host, unit) -> None: restart or wait with the component's own health gate.
 UnitHook = Callable[..., None]
 
@@ -309,7 +335,8 @@ class Component:
     ``packages`` are Debian packages it needs; ``when`` limits it to the hosts of its group
     it is true for. ``secrets`` are the KV values its deploy reads (`KvSecret`); ``rbac`` the
     cluster RBAC objects its identities need, which `galley admin credentials` keeps (only the
-    operator's identity may write RBAC).
+    operator's identity may write RBAC). ``ports`` are what it listens on beyond loopback and
+    who may connect (the host firewall's rules).
     """
 
     name: str
@@ -319,6 +346,7 @@ class Component:
     certs: tuple[Cert, ...] = ()
     secrets: tuple[KvSecret, ...] = ()
     rbac: tuple[Mapping[str, Any], ...] = ()
+    ports: tuple[Port, ...] = ()
     configs: tuple[Config, ...] = ()
     unit: Unit | None = None
     timers: tuple[Timer, ...] = ()
@@ -333,6 +361,9 @@ class Component:
     # Units of its ``packages`` kept masked: galley runs the program under its own unit.
     masked_units: tuple[str, ...] = ()
     when: Callable[[Host], bool] = lambda host: True
+    # Facts (argument-free) its ``configure`` reads: read with the host's managed state, in
+    # the same round trip (`galley.host.observed.fact`).
+    reads: tuple[type[FactBase], ...] = ()
 
     def runs_on(self, host: Host) -> bool:
         """Whether this component runs on ``host``."""
@@ -369,7 +400,10 @@ class Component:
         """Everything the engine's decisions for this component on ``host`` rest on, read
         once per run (`galley.host.observed`): directories, files, release links, keys and
         certificates, the files its restarts watch, and its units."""
-        wanted = Wanted(paths={d.path_on(host) for d in self.directories})
+        wanted = Wanted(
+            paths={d.path_on(host) for d in self.directories},
+            facts={fact_name(fact) for fact in self.reads},
+        )
         wanted.files(config.path for config in self.configs_of(host))
         for timer in self.timers:
             wanted.files([timer.script.path, *timer.unit_files()])

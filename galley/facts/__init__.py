@@ -9,6 +9,7 @@ from galley.facts.etcd import (
     EtcdSnapshots,
 )
 from galley.facts.files import PathStates
+from galley.facts.firewall import HostFirewall
 from galley.facts.fleet import ComponentVersions, FlannelLease
 from galley.facts.release import InstalledReleases
 from galley.facts.renewal import RenewalStatus
@@ -26,6 +27,7 @@ __all__ = [
     "EtcdMembers",
     "EtcdSnapshots",
     "FlannelLease",
+    "HostFirewall",
     "InstalledReleases",
     "OsInfo",
     "PathStates",

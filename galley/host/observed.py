@@ -20,25 +20,28 @@ from typing import Any
 from weakref import WeakKeyDictionary, WeakSet
 
 from pyinfra import host, state
+from pyinfra.api import FactBase
 from pyinfra.api.operation import OperationMeta
 from pyinfra.api.state import State
 from pyinfra.connectors.util import CommandOutput
 from pyinfra.context import ctx_state
 
-from galley.facts.managed import ManagedState
+from galley.facts.managed import ManagedState, fact_name
 from galley.facts.system import mtime_us, restart_pending
 
 
 @dataclass
 class Wanted:
     """What a host's deploy decides on: ``paths`` to stat (``digests``: also hash), systemd
-    ``units``, private ``keys`` and ``certs`` (see `ManagedState`)."""
+    ``units``, private ``keys`` and ``certs``, and argument-free ``facts`` (`fact_name`s; see
+    `ManagedState`)."""
 
     paths: set[str] = field(default_factory=set)
     digests: set[str] = field(default_factory=set)
     units: set[str] = field(default_factory=set)
     keys: set[str] = field(default_factory=set)
     certs: set[str] = field(default_factory=set)
+    facts: set[str] = field(default_factory=set)
 
     def files(self, paths: Iterable[str]) -> None:
         """Add ``paths`` whose content is compared (stat and digest)."""
@@ -48,7 +51,7 @@ class Wanted:
 
     def update(self, other: Wanted) -> None:
         """Add everything ``other`` wants."""
-        for name in ("paths", "digests", "units", "keys", "certs"):
+        for name in ("paths", "digests", "units", "keys", "certs", "facts"):
             getattr(self, name).update(getattr(other, name))
 
 
@@ -78,8 +81,19 @@ def observe(wanted: Wanted) -> None:
         units=sorted(wanted.units),
         keys=sorted(wanted.keys),
         certs=sorted(wanted.certs),
+        facts=sorted(wanted.facts),
     )
     _RUNS.setdefault(ctx_state.get(), {})[host.name] = _Observation(wanted, found)
+
+
+def fact(cls: type[FactBase]) -> Any:
+    """The fact ``cls`` (argument-free) on this host: as read with the managed state while
+    preparing when it was wanted (`Wanted.facts`), else read now."""
+    mine = _mine()
+    name = fact_name(cls)
+    if mine is not None and name in mine.wanted.facts:
+        return mine.found["facts"].get(name)
+    return host.get_fact(cls)
 
 
 def _mine() -> _Observation | None:

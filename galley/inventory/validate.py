@@ -17,6 +17,8 @@ from pyinfra.api import Inventory
 from pyinfra.api.host import Host
 
 import galley.components as registry
+from galley.components.host_firewall import ENABLED as FIREWALL_ENABLED
+from galley.components.host_firewall import OPERATOR_CIDRS
 from galley.components.kubernetes import first_service_ip
 from galley.components.model import Artifact, Component
 from galley.components.renewal import INTERVAL as RENEWAL_INTERVAL
@@ -416,6 +418,20 @@ def _renewal(inventory: Inventory, group: str | None, hosts: list[Host]) -> list
     return _per_host(hosts, _renewal_check)
 
 
+def _firewall_check(host: Host) -> Iterable[tuple[str, str]]:
+    """A host firewall needs the networks the operators reach SSH and the API from."""
+    if FIREWALL_ENABLED.of(host.data) is True and not OPERATOR_CIDRS.of(host.data):
+        yield (
+            OPERATOR_CIDRS.key,
+            "missing: the networks SSH and the API are reached from, for the host firewall "
+            "(or host_firewall = False)",
+        )
+
+
+def _firewall(inventory: Inventory, group: str | None, hosts: list[Host]) -> list[Problem]:
+    return _per_host(hosts, _firewall_check)
+
+
 def _vault_check(environ: Mapping[str, str]) -> Check:
     def check(host: Host) -> Iterable[tuple[str, str]]:
         try:
@@ -432,4 +448,5 @@ RULES: Mapping[str, Callable[[Inventory, str | None, list[Host]], list[Problem]]
     "api": _api,
     "flannel": _flannel,
     "renewal": _renewal,
+    "firewall": _firewall,
 }

@@ -65,6 +65,12 @@ def lab_overrides(state: LabState, mirror_dir: Path = CACHE_DIR / "mirror") -> d
     overrides: dict = {
         **{key: f"{state.mirror_url}/{UPSTREAM_HOSTS[b]}" for b, key in BASE_URL_KEYS.items()},
         "node_cidrs": [str(NETWORK)],
+        # The operator is this machine, on the bridge. It also writes to etcd directly: the
+        # test suite's writer loop proves no write fails while members change.
+        "firewall_operator_cidrs": [f"{state.gateway}/32"],
+        "firewall_extra_rules": [
+            {"port": 2379, "protocol": "tcp", "from": [f"{state.gateway}/32"], "on": ["etcd"]}
+        ],
         "kubernetes_version": KUBERNETES_VERSION,
         # The lab's image registry (galley.lab.images) mirrors every registry.
         "registry_mirror": f"http://{state.gateway}:{REGISTRY_PORT}",

@@ -91,6 +91,21 @@ def changed(results: dict) -> dict[str, set[str]]:
     return {op["name"]: set(op["success"]) for op in results["operations"] if op["success"]}
 
 
+# What a deploy changes on a host whose firewall rules change (hosts joined or left a group).
+FIREWALL_CHANGES = (
+    "host-firewall | firewall rules /etc/galley/firewall/rules.nft",
+    "host-firewall | firewall rules applied (a rollback armed)",
+    "host-firewall | firewall rules kept (a new SSH connection still gets through)",
+)
+
+
+def reaches(source: str, address: str, port: int) -> bool:
+    """Whether droplet ``source`` can open a TCP connection to ``address:port`` within 2 s
+    (connected, or refused: the firewall let it through)."""
+    probe = f'timeout 2 bash -c "</dev/tcp/{address}/{port}" 2>/dev/null; echo $?'
+    return ssh(source, probe).strip() in ("0", "1")
+
+
 def lab_inventory_variant(directory: Path, body: str) -> str:
     """An inventory file: the lab's groups as `etcd`, `control_plane`, `workers`, then ``body``
     (Python that changes them); returns its path."""

@@ -25,6 +25,7 @@ from galley.ops.revocation import revoked_serials
 
 from .conftest import (
     BIN,
+    FIREWALL_CHANGES,
     REPO,
     Writer,
     admin_files,
@@ -33,6 +34,7 @@ from .conftest import (
     lab_inventory_variant,
     lab_vault,
     pyinfra_json,
+    reaches,
     run_cli,
     run_deploy,
     ssh,
@@ -287,8 +289,15 @@ def test_a_new_worker_joins_alone_and_node_remove_takes_it_out(lab_grows):
     run_cli("galley", "lab", "add", "--role", "worker")
     code, results, output = run_deploy("cluster")
     assert code == 0, output
+    # Beside the new worker only the rule sets of the hosts it must reach (the apiservers)
+    # or that reach it (the other workers' VXLAN) changed.
     beside = {op: hosts - {"lab-worker-3"} for op, hosts in changed(results).items()}
-    assert {op: hosts for op, hosts in beside.items() if hosts} == {}
+    peers = {"lab-cp-1", "lab-cp-2", "lab-worker-1", "lab-worker-2"}
+    assert {op: hosts for op, hosts in beside.items() if hosts} == dict.fromkeys(
+        FIREWALL_CHANGES, peers
+    )
+    address = LabState.load().droplet("lab-worker-3").address
+    assert reaches("lab-cp-1", address, 10250) and not reaches("lab-worker-1", address, 10250)
     api = KubeApi(
         [f"https://{d.address}:6443" for d in lab.droplets if "control_plane" in d.roles],
         admin_files(),
@@ -319,3 +328,7 @@ def test_a_new_worker_joins_alone_and_node_remove_takes_it_out(lab_grows):
     )
     assert "active\n" not in units.replace("inactive", "")
     run_cli("galley", "lab", "remove", "lab-worker-3")
+    # The next deploy closes its ports on the others again.
+    code, results, output = run_deploy("cluster")
+    assert code == 0 and changed(results) == dict.fromkeys(FIREWALL_CHANGES, peers), output
+    assert address not in ssh("lab-cp-1", "nft list table inet galley")

@@ -99,12 +99,16 @@ def _inventory(**data) -> Inventory:
 
 def test_every_component_is_declared_once_with_a_phase_and_a_group():
     names = [c.name for c in registry.REGISTRY]
-    assert len(names) == len(set(names)) == 11
+    assert len(names) == len(set(names)) == 12
     assert [p.name for p in registry.PHASES] == ["etcd", "control plane", "flannel", "workers"]
     assert {c.group for c in registry.REGISTRY} == {"etcd", "control_plane", "workers", None}
-    # Every host renews its own certificates: a component of every host, in no phase.
-    assert registry.EVERY_HOST == (registry.CERT_RENEWAL,)
-    assert not any(registry.CERT_RENEWAL in p.components for p in registry.PHASES)
+    # Every host keeps its firewall (before its phases) and renews its own certificates
+    # (with its last phase): components of every host, in no phase.
+    assert registry.EVERY_HOST_FIRST == (registry.HOST_FIREWALL,)
+    assert registry.EVERY_HOST_LAST == (registry.CERT_RENEWAL,)
+    for component in registry.EVERY_HOST:
+        assert component.group is None
+        assert not any(component in p.components for p in registry.PHASES)
 
 
 def test_watched_paths_are_derived_from_the_declaration():

@@ -244,7 +244,9 @@ class BackupHosts(LocalHosts):
     units: list[str] = field(default_factory=list)  # "stop kube-apiserver on cp1", ...
     fail_start: str | None = None  # start_member raises once for this member
     # The apiservers' stops wait for each other: stopped one at a time, they time out.
-    apiservers_stop: threading.Barrier = field(default_factory=lambda: threading.Barrier(2, timeout=10))
+    apiservers_stop: threading.Barrier = field(
+        default_factory=lambda: threading.Barrier(2, timeout=10)
+    )
 
     def run(self, name: str, command: str) -> tuple[bool, str, str]:
         return local_run(command)

@@ -10,8 +10,9 @@ import subprocess
 from pathlib import Path
 
 from galley.facts.files import PathStates
-from galley.facts.managed import ManagedState
-from galley.facts.system import mtime_us
+from galley.facts.firewall import HostFirewall
+from galley.facts.managed import ManagedState, fact_name
+from galley.facts.system import OsInfo, mtime_us
 
 
 def _run(fact, **kwargs) -> dict:
@@ -81,8 +82,12 @@ def test_managed_state_splits_paths_units_and_keys(tmp_path: Path):
         units=[],
         keys=[str(key), str(tmp_path / "absent.key")],
         certs=[str(tmp_path / "absent.crt")],
+        facts=[fact_name(OsInfo), fact_name(HostFirewall)],
     )
     assert found["paths"][str(key)]["mode"] == "600"
+    # A component's facts, read in the same command: this machine's OS, and no firewall kept.
+    assert found["facts"][fact_name(OsInfo)] == _run(OsInfo())
+    assert found["facts"][fact_name(HostFirewall)]["kept"] is None
     assert found["units"] == {}
     assert found["tls"]["keys"][str(key)]["public_key"].startswith("-----BEGIN PUBLIC KEY-----")
     assert found["tls"]["keys"][str(tmp_path / "absent.key")] is None

@@ -131,6 +131,8 @@ def test_config_files_have_their_current_kind(template, api_version, kind):
         pod_cidr="172.16.0.0/16",
         node_name="lab-worker-1",
         private_ip="198.18.0.15",
+        port=10250,
+        healthz_port=10256,
         kv_mount="lab/kv",
         encryption_key="a2V5",
         server="https://198.18.0.13:6443",
