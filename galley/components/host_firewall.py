@@ -26,8 +26,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from weakref import WeakKeyDictionary
 
-from pyinfra.api import operation
+from pyinfra.api import Inventory, operation
 from pyinfra.api.host import Host
 from pyinfra.api.state import State
 from pyinfra.operations import python
@@ -129,6 +130,20 @@ class Rule:
         return found
 
 
+# Each inventory's groups as networks (a host's private address as a /32 or /128), read once:
+# every host's rules name the same groups.
+_GROUP_NETWORKS: WeakKeyDictionary[Inventory, dict[str, list[str]]] = WeakKeyDictionary()
+
+
+def _group_networks(inventory: Inventory, group: str) -> list[str]:
+    known = _GROUP_NETWORKS.setdefault(inventory, {})
+    if group not in known:
+        known[group] = [
+            str(ipaddress.ip_network(h.data.private_ip)) for h in inventory.get_group(group, [])
+        ]
+    return known[group]
+
+
 def sources_of(host: Host, names: Iterable[str]) -> list[str]:
     """The addresses and networks ``names`` stand for, seen from ``host``'s data: each
     group's hosts' private addresses, the operators' and load balancers' CIDRs, or a network
@@ -136,14 +151,18 @@ def sources_of(host: Host, names: Iterable[str]) -> list[str]:
     found: list[str] = []
     for name in names:
         if name == OPERATORS:
-            found += OPERATOR_CIDRS.of(host.data) or []
+            found += [_network_text(n) for n in OPERATOR_CIDRS.of(host.data) or []]
         elif name == LOAD_BALANCERS:
-            found += LOAD_BALANCER_CIDRS.of(host.data)
+            found += [_network_text(n) for n in LOAD_BALANCER_CIDRS.of(host.data)]
         elif name in GROUPS:
-            found += [str(h.data.private_ip) for h in host.inventory.get_group(name, [])]
+            found += _group_networks(host.inventory, name)
         else:
-            found.append(name)
-    return [str(ipaddress.ip_network(s, strict=False)) for s in dict.fromkeys(found)]
+            found.append(_network_text(name))
+    return list(dict.fromkeys(found))
+
+
+def _network_text(network: str) -> str:
+    return str(ipaddress.ip_network(network, strict=False))
 
 
 def rules_of(host: Host, opened: Sequence[tuple[str, Port]]) -> list[Rule]:

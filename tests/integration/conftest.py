@@ -99,11 +99,14 @@ FIREWALL_CHANGES = (
 )
 
 
+# A TCP connection attempt on a droplet: prints the address, the port and 0 (connected), 1
+# (refused: the firewall let it through) or 124 (no answer in 2 s: dropped).
+PROBE = 'timeout 2 bash -c "</dev/tcp/{address}/{port}" 2>/dev/null; echo {address} {port} $?'
+
+
 def reaches(source: str, address: str, port: int) -> bool:
-    """Whether droplet ``source`` can open a TCP connection to ``address:port`` within 2 s
-    (connected, or refused: the firewall let it through)."""
-    probe = f'timeout 2 bash -c "</dev/tcp/{address}/{port}" 2>/dev/null; echo $?'
-    return ssh(source, probe).strip() in ("0", "1")
+    """Whether droplet ``source`` can open a TCP connection to ``address:port`` (`PROBE`)."""
+    return ssh(source, PROBE.format(address=address, port=port)).split()[-1] in ("0", "1")
 
 
 def lab_inventory_variant(directory: Path, body: str) -> str:

@@ -17,6 +17,7 @@ from galley.lab.topology import BRIDGE
 from galley.ops.kubeapi import KubeApi, node_ready
 
 from .conftest import (
+    PROBE,
     Writer,
     admin_files,
     changed,
@@ -42,7 +43,6 @@ PORTS = sorted({22, 7777, *(port for ports in MATRIX.values() for port in ports)
 # An address on the bridge that is in no inventory: another tenant's droplet in the VPC.
 FOREIGN = "198.18.0.250"
 OPERATOR = "198.18.0.1"
-PROBE = '(timeout 2 bash -c "</dev/tcp/{address}/{port}" 2>/dev/null; echo {address} {port} $?) &'
 
 
 def _allowed(droplet, source_groups: set[str]) -> set[int]:
@@ -57,7 +57,7 @@ def _reaches_from_droplet(name: str, targets: list[str]) -> dict[tuple[str, int]
     """Which ``targets`` ports droplet ``name`` can open a TCP connection to (connected or
     refused: the firewall let it through; no answer in 2 s: dropped)."""
     script = " ".join(
-        PROBE.format(address=address, port=port) for address in targets for port in PORTS
+        f"({PROBE.format(address=address, port=port)}) &" for address in targets for port in PORTS
     )
     found = {}
     for line in ssh(name, f"{script} wait").splitlines():
