@@ -119,6 +119,12 @@ def _report(inventory: Inventory, args: argparse.Namespace) -> int:
     return report_cli(inventory, args.days, args.json)
 
 
+def _cloud_firewall(inventory: Inventory, args: argparse.Namespace) -> int:
+    from galley.ops.cloud_firewall import cloud_firewall_cli
+
+    return cloud_firewall_cli(inventory, args.dry)
+
+
 def _hostkeys_accept(inventory: Inventory, args: argparse.Namespace) -> int:
     from galley.inventory.hostkeys import accept_cli
 
@@ -247,6 +253,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--json", action="store_true", help="one JSON document for scripts")
     report.set_defaults(func=_with_inventory(_report))
+
+    cloud_firewall = commands.add_parser(
+        "cloud-firewall",
+        help="the host firewall's matrix as DigitalOcean Cloud Firewalls, one per group",
+    )
+    cloud_firewall.add_argument(
+        "inventory", help="pyinfra inventory file, e.g. inventories/nyc3.py"
+    )
+    cloud_firewall.add_argument(
+        "--dry", action="store_true", help="name the changes, write nothing"
+    )
+    cloud_firewall.set_defaults(func=_with_inventory(_cloud_firewall))
 
     hostkeys = commands.add_parser(
         "hostkeys", help="SSH host keys pinned per droplet id"

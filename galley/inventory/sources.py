@@ -26,8 +26,8 @@ from typing import Any
 from pyinfra import context
 from pyinfra.api.exceptions import InventoryError as PyinfraInventoryError
 
+from galley.digitalocean import DigitalOceanError, Droplet, api_url, list_droplets
 from galley.inventory import hostkeys
-from galley.inventory.digitalocean import DigitalOceanError, Droplet, api_url, list_droplets
 from galley.inventory.terraform import TerraformError, load_droplets
 from galley.text import clean
 

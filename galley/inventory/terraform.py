@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from galley.inventory.digitalocean import Droplet
+from galley.digitalocean import Droplet
 
 OUTPUT_NAME = "droplets"
 

@@ -18,6 +18,9 @@ PACKAGES = (
     "python3",
     "ca-certificates",
     "curl",
+    # Debian installs it by default (Priority: important), as on a Debian 12 droplet; galley
+    # still declares it for its host firewall, and installs it where it is missing.
+    "nftables",
 )
 STAMP = ".galley-rootfs"
 

@@ -7,7 +7,7 @@ import socket
 import pytest
 import requests
 
-from galley.inventory.digitalocean import DigitalOceanError, Droplet, list_droplets
+from galley.digitalocean import DigitalOceanError, Droplet, list_droplets
 from tests.standins.digitalocean_api import droplet, serve
 
 TOKEN = "dop_v1_test"
@@ -106,7 +106,7 @@ def test_server_errors_are_retried_with_backoff_then_name_the_request_id():
 
 
 def test_pages_are_capped(monkeypatch):
-    monkeypatch.setattr("galley.inventory.digitalocean.MAX_PAGES", 2)
+    monkeypatch.setattr("galley.digitalocean.MAX_PAGES", 2)
     pages = pytest.raises(DigitalOceanError, match="more than 2 pages")
     with serve(_fleet(5), TOKEN) as api, pages:
         list_droplets(TOKEN, "k8s-nyc3", base_url=api.url, per_page=2)
@@ -123,8 +123,9 @@ def test_an_unreachable_api_is_a_digitalocean_error():
 class _OnePage(requests.Session):
     """A session whose only page links to another host."""
 
-    def get(self, url, **kwargs):
+    def request(self, method, url, **kwargs):
         response = requests.Response()
+        response.request = requests.Request(method, url).prepare()
         response.status_code = 200
         response.url = url
         response._content = b'{"droplets": [], "links": {"pages": {"next": "https://evil.test/x"}}}'

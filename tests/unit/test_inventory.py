@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from galley.digitalocean import Droplet
 from galley.inventory import hostkeys
-from galley.inventory.digitalocean import Droplet
 from galley.inventory.sources import (
     InventoryError,
     digitalocean_groups,

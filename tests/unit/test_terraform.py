@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from galley.inventory.digitalocean import Droplet
+from galley.digitalocean import Droplet
 from galley.inventory.terraform import TerraformError, droplets_from_outputs, load_droplets
 
 # What `value = digitalocean_droplet.node` (with count) gives, trimmed to a few attributes.
