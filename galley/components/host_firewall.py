@@ -35,6 +35,7 @@ from pyinfra.operations import python
 
 from galley.components.engine import render_text, write
 from galley.components.model import (
+    CLUSTER_GROUPS,
     LOAD_BALANCERS,
     OPERATORS,
     Component,
@@ -51,7 +52,6 @@ from galley.settings import COUNT, FLAG, Kind, Setting
 RULES_PATH = f"{RULES_DIR}/rules.nft"  # rendered by the deploy; kept once confirmed
 SCRIPT_PATH = "/usr/local/sbin/galley-firewall"
 UNIT = "galley-firewall"
-GROUPS = ("etcd", "control_plane", "workers")
 # Neither file restarts the unit: it only loads the kept rules at boot.
 HOST_FIREWALL_CONFIG = Config(RULES_PATH, "host-firewall/rules.nft.j2", mode="600", watched=False)
 SCRIPT_CONFIG = Config(
@@ -74,17 +74,17 @@ def _networks(value: object) -> bool:
 def _extra_rule(rule: object) -> bool:
     if not isinstance(rule, Mapping) or set(rule) - {"port", "protocol", "from", "on"}:
         return False
-    port, sources, groups = rule.get("port"), rule.get("from"), rule.get("on", GROUPS)
+    port, sources, groups = rule.get("port"), rule.get("from"), rule.get("on", CLUSTER_GROUPS)
     return (
         isinstance(groups, list | tuple)
-        and all(group in GROUPS for group in groups)
+        and all(group in CLUSTER_GROUPS for group in groups)
         and isinstance(port, int)
         and not isinstance(port, bool)
         and 0 < port < 65536
         and rule.get("protocol", "tcp") in ("tcp", "udp")
         and isinstance(sources, list | tuple)
         and bool(sources)
-        and all(source in GROUPS or _network(source) for source in sources)
+        and all(source in CLUSTER_GROUPS or _network(source) for source in sources)
     )
 
 
@@ -154,7 +154,7 @@ def sources_of(host: Host, names: Iterable[str]) -> list[str]:
             found += [_network_text(n) for n in OPERATOR_CIDRS.of(host.data) or []]
         elif name == LOAD_BALANCERS:
             found += [_network_text(n) for n in LOAD_BALANCER_CIDRS.of(host.data)]
-        elif name in GROUPS:
+        elif name in CLUSTER_GROUPS:
             found += _group_networks(host.inventory, name)
         else:
             found.append(_network_text(name))
@@ -175,7 +175,7 @@ def rules_of(host: Host, opened: Sequence[tuple[str, Port]]) -> list[Rule]:
     for name, port in opened:
         wanted.append((port.on(host), port.protocol, sources_of(host, port.sources), name))
     for rule in EXTRA.of(host.data):
-        if not set(host.groups) & set(rule.get("on", GROUPS)):
+        if not set(host.groups) & set(rule.get("on", CLUSTER_GROUPS)):
             continue
         sources = sources_of(host, rule["from"])
         wanted.append((rule["port"], rule.get("protocol", "tcp"), sources, "extra"))

@@ -226,6 +226,8 @@ class Directory:
         return str(self.setting.of(host.data)) if self.setting else self.path
 
 
+# The inventory groups a cluster's hosts are in (each component runs on one, or on all).
+CLUSTER_GROUPS = ("etcd", "control_plane", "workers")
 # Who may connect to a `Port`, besides inventory groups: the CIDR lists in group data
 # (`galley.components.host_firewall` declares those settings).
 OPERATORS = "operators"

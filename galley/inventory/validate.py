@@ -20,7 +20,7 @@ import galley.components as registry
 from galley.components.host_firewall import ENABLED as FIREWALL_ENABLED
 from galley.components.host_firewall import OPERATOR_CIDRS
 from galley.components.kubernetes import first_service_ip
-from galley.components.model import Artifact, Component
+from galley.components.model import CLUSTER_GROUPS, Artifact, Component
 from galley.components.renewal import INTERVAL as RENEWAL_INTERVAL
 from galley.components.renewal import RANDOM_DELAY
 from galley.downloads import ChecksumError, sha256_of
@@ -30,7 +30,6 @@ from galley.settings import Setting, span_seconds
 from galley.vault.client import VaultError, VaultSettings
 from galley.vault.pki import parse_duration
 
-CLUSTER_GROUPS = ("etcd", "control_plane", "workers")
 LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -25,7 +25,8 @@ from typing import Any
 from pyinfra.api import Inventory
 
 from galley.components import opened_on
-from galley.components.host_firewall import GROUPS, rules_of
+from galley.components.host_firewall import rules_of
+from galley.components.model import CLUSTER_GROUPS
 from galley.digitalocean import Api, DigitalOceanError, api_url
 
 TOKEN_ENV = "DIGITALOCEAN_TOKEN"
@@ -51,7 +52,7 @@ def firewall_name(cluster: str, group: str) -> str:
 def wanted_firewalls(inventory: Inventory) -> dict[str, dict[str, Any]]:
     """Each group's firewall, as the API's create and update bodies, by name."""
     bodies: dict[str, dict[str, Any]] = {}
-    for group in GROUPS:
+    for group in CLUSTER_GROUPS:
         hosts = list(inventory.get_group(group, []))
         if not hosts:
             continue
@@ -141,7 +142,7 @@ def plan(
 ) -> list[Change]:
     """The writes that make the account's firewalls of ``cluster`` the ``wanted`` ones:
     galley's own names only (``galley-<cluster>-<group>``), nothing else touched."""
-    ours = {firewall_name(cluster, group) for group in GROUPS}
+    ours = {firewall_name(cluster, group) for group in CLUSTER_GROUPS}
     have = {f["name"]: f for f in existing if f.get("name") in ours}
     changes = []
     for name, body in wanted.items():
