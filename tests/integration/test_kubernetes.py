@@ -63,10 +63,13 @@ def _pod(name: str, node: str, command: str, labels: dict | None = None) -> dict
 
 @pytest.fixture
 def pods(kubectl):
-    """A namespace of the test's own, deleted afterwards."""
+    """A namespace of the test's own, deleted afterwards: its pods and Service gone before
+    the next test (1 s grace), the namespace itself finalized in the background (nothing
+    else uses its name)."""
     run_kubectl(kubectl, "create", "namespace", NAMESPACE)
     yield
-    run_kubectl(kubectl, "delete", "namespace", NAMESPACE, "--timeout=120s")
+    run_kubectl(kubectl, "delete", "-n", NAMESPACE, "pods,services", "--all", "--timeout=60s")
+    run_kubectl(kubectl, "delete", "namespace", NAMESPACE, "--wait=false")
 
 
 def _get(kubectl: Path, target: str) -> subprocess.CompletedProcess:
