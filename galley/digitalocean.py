@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -80,6 +80,8 @@ class Api:
     max_retries: int = 5
     sleep: Callable[[float], None] = time.sleep
     max_total_wait: float = MAX_TOTAL_WAIT
+    http: requests.Session = field(init=False)
+    headers: dict[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
         if not self.token:
