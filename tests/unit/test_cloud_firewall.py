@@ -4,24 +4,15 @@ nothing, a new worker is one update naming what it opens, and refusals are one l
 
 from __future__ import annotations
 
-import runpy
-from pathlib import Path
-
 import pytest
 import requests
 from pyinfra.api import Inventory
 
 from galley.ops.cloud_firewall import cloud_firewall_cli, wanted_firewalls
+from tests.group_data import GROUP_DATA
 from tests.standins.digitalocean_api import serve
 
 TOKEN = "dop_v1_test"
-REPO = Path(__file__).resolve().parents[2]
-ALL_DATA = {
-    key: value
-    for group in ("all", "etcd", "control_plane", "workers")
-    for key, value in runpy.run_path(str(REPO / "group_data" / f"{group}.py")).items()
-    if not key.startswith("_")
-}
 HOSTS = {
     "t-etcd-1": ("10.108.0.11", 101),
     "t-etcd-2": ("10.108.0.12", 102),
@@ -47,7 +38,7 @@ def _inventory(hosts=HOSTS, **data) -> Inventory:
     return Inventory(
         (
             [(n, {"private_ip": ip, "droplet_id": i}) for n, (ip, i) in hosts.items()],
-            ALL_DATA | {"cluster_name": "t", "firewall_operator_cidrs": OPERATORS} | data,
+            GROUP_DATA | {"cluster_name": "t", "firewall_operator_cidrs": OPERATORS} | data,
         ),
         **{group: (names, {}) for group, names in groups.items()},
     )

@@ -5,7 +5,6 @@ operator out (run here, with nft, systemctl and systemd-run replaced by recorder
 from __future__ import annotations
 
 import os
-import runpy
 import subprocess
 from pathlib import Path
 
@@ -17,15 +16,8 @@ from galley.components import HOST_FIREWALL, opened_on
 from galley.components.host_firewall import Rule, rules_of, rules_text
 from galley.components.model import TEMPLATES
 from galley.inventory.validate import problems
+from tests.group_data import GROUP_DATA
 
-REPO = Path(__file__).resolve().parents[2]
-# The group data every cluster gets (all, etcd, control_plane, workers), merged.
-ALL_DATA = {
-    key: value
-    for group in ("all", "etcd", "control_plane", "workers")
-    for key, value in runpy.run_path(str(REPO / "group_data" / f"{group}.py")).items()
-    if not key.startswith("_")
-}
 HOSTS = {
     "t-etcd-1": "10.108.0.11",
     "t-etcd-2": "10.108.0.12",
@@ -50,7 +42,7 @@ def _inventory(**data) -> Inventory:
     return Inventory(
         (
             [(name, {"private_ip": address}) for name, address in HOSTS.items()],
-            ALL_DATA | {"cluster_name": "t", "firewall_operator_cidrs": [OPERATORS]} | data,
+            GROUP_DATA | {"cluster_name": "t", "firewall_operator_cidrs": [OPERATORS]} | data,
         ),
         **{group: (names, {}) for group, names in GROUPS.items()},
     )
