@@ -5,6 +5,8 @@ rules that would cut SSH are rolled back by the host itself and the run names it
 
 from __future__ import annotations
 
+import inspect
+import shlex
 import socket
 import subprocess
 import time
@@ -117,6 +119,70 @@ def test_connections_from_everywhere_match_the_matrix(cluster, foreign_address):
                 if reached[(target.address, port)] != (port in allowed):
                     wrong.append((source, target.name, port, reached[(target.address, port)]))
     assert wrong == [], wrong
+
+
+def udp_probe(target: str, source: str = "") -> str:
+    """Send a UDP datagram to ``target`` (address:port) where nothing listens: the kernel
+    answers "port unreachable" ("refused") where the firewall lets it in; where it drops it,
+    nothing comes back ("silent"). Runs here and, as its source, on the droplets."""
+    import socket
+
+    address, port = target.rsplit(":", 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.settimeout(2)
+        udp.bind((source, 0))
+        try:
+            udp.connect((address, int(port)))
+            udp.send(b"galley")
+            udp.recv(1)
+        except ConnectionRefusedError:
+            return "refused"
+        except OSError:
+            return "silent"
+        return "answered"
+
+
+# The probe as a script for a droplet's python3: every target given, at once.
+UDP_SCRIPT = (
+    inspect.getsource(udp_probe)
+    + "import sys\nfrom concurrent.futures import ThreadPoolExecutor\n"
+    + "with ThreadPoolExecutor(len(sys.argv) - 1) as pool:\n"
+    + "    for target, answer in zip(sys.argv[1:], pool.map(udp_probe, sys.argv[1:])):\n"
+    + "        print(target, answer)\n"
+)
+
+
+def _udp_closed(droplet) -> tuple[int, ...]:
+    """UDP ports nothing listens on: 7777 everywhere, flannel's 8472 off the workers (on a
+    worker the kernel's VXLAN socket takes it and never answers: pods talking across workers
+    prove that one open, `test_kubernetes.py`)."""
+    return (7777,) if "workers" in droplet.roles else (7777, 8472)
+
+
+def test_udp_where_nothing_is_declared_is_dropped_for_everyone(cluster, foreign_address):
+    """A droplet's own probe (over loopback, accepted) is refused: the probe sees a port
+    answer. From every other droplet, this machine and the foreign address: silence."""
+    targets = {f"{d.address}:{port}": d.name for d in cluster.droplets for port in _udp_closed(d)}
+    command = f"python3 -c {shlex.quote(UDP_SCRIPT)} {' '.join(targets)}"
+    names = [d.name for d in cluster.droplets]
+    with ThreadPoolExecutor(len(names)) as pool:
+        outputs = pool.map(lambda name: ssh(name, command), names)
+        seen = {
+            (name, line.split()[0]): line.split()[1]
+            for name, lines in zip(names, outputs, strict=True)
+            for line in lines.splitlines()
+        }
+    for source in (OPERATOR, foreign_address):
+        with ThreadPoolExecutor(len(targets)) as pool:
+            answers = pool.map(lambda target, source=source: udp_probe(target, source), targets)
+            seen.update(
+                ((source, target), answer) for target, answer in zip(targets, answers, strict=True)
+            )
+    expected = {
+        (source, target): "refused" if targets[target] == source else "silent"
+        for source, target in seen
+    }
+    assert {key: answer for key, answer in seen.items() if expected[key] != answer} == {}
 
 
 def _remove_firewalls(cluster) -> None:
