@@ -96,10 +96,15 @@ def current(name: str, binary: str = "kubelet") -> str:
 def at_a(api, workers):
     """Every worker at A, uncordoned, no journal, no seeded pods or PDBs."""
     JOURNAL_PATH.unlink(missing_ok=True)
+    moved = {name for name in workers if versions(api)[name] != f"v{A}"}
     result = rollout("--to", A, "--ready-timeout", "60")
     assert result.returncode == 0, result.stdout + result.stderr
     JOURNAL_PATH.unlink(missing_ok=True)
     assert {versions(api)[name] for name in workers} == {f"v{A}"}
+    if moved:  # a kubelet just restarted may post one more NotReady before it settles
+        assert _steadily_ready(api, workers), {
+            n["metadata"]["name"]: node_ready(n) for n in api.nodes()
+        }
     yield
     for path in (
         "/api/v1/namespaces/default/pods/web-1",
@@ -107,6 +112,22 @@ def at_a(api, workers):
     ):
         with contextlib.suppress(ApiError):  # not seeded by this test
             api.request("DELETE", path)
+
+
+def _steadily_ready(api: KubeApi, workers: list[str], seconds: float = 3, timeout: float = 60):
+    """Whether every worker's Node is Ready at every look for ``seconds`` in a row, within
+    ``timeout``."""
+    deadline, since = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        nodes = {n["metadata"]["name"]: n for n in api.nodes()}
+        if all(name in nodes and node_ready(nodes[name]) for name in workers):
+            since = since or time.monotonic()
+            if time.monotonic() - since >= seconds:
+                return True
+        else:
+            since = None
+        time.sleep(0.5)
+    return False
 
 
 def node_ready_pod(api: KubeApi, namespace: str, name: str) -> bool:
