@@ -123,7 +123,7 @@ def analyse(hosts: Mapping[str, HostFacts], days: int, now: datetime | None = No
     tables = [
         _hosts_table(hosts, problems),
         _versions_table(hosts, problems),
-        _units_table(hosts, problems),
+        _units_table(hosts, now, problems),
         _certificates_table(hosts, days, now, problems),
         _renewal_table(hosts, problems),
         _etcd_table(hosts, problems),
@@ -239,7 +239,24 @@ def _versions_table(hosts: Mapping[str, HostFacts], problems: list[Problem]) -> 
     return table
 
 
-def _units_table(hosts: Mapping[str, HostFacts], problems: list[Problem]) -> Table:
+# A unit stopping or starting for this long is stuck, not restarting (flanneld takes about 1 s
+# to stop; systemd's default stop timeout is 90 s).
+RESTART_GRACE = timedelta(seconds=30)
+
+
+def _restarting(unit: Mapping[str, Any], now: datetime) -> bool:
+    """Whether ``unit`` (a UnitStates value) is in the middle of a restart: stopping or starting
+    since less than RESTART_GRACE, and not waiting to be started again after a crash."""
+    changed = unit.get("changed")
+    return (
+        unit.get("active") in ("activating", "deactivating", "reloading")
+        and unit.get("sub") != "auto-restart"
+        and isinstance(changed, datetime)
+        and now - changed < RESTART_GRACE
+    )
+
+
+def _units_table(hosts: Mapping[str, HostFacts], now: datetime, problems: list[Problem]) -> Table:
     table = Table("units", ("host", "unit", "load", "state", "since", "restarts"))
     for name, facts in _reached(hosts):
         for component, release in units_of(_components(facts)).items():
@@ -247,7 +264,7 @@ def _units_table(hosts: Mapping[str, HostFacts], problems: list[Problem]) -> Tab
                 continue
             unit = facts.get("units", {}).get(component, {})
             load, active = unit.get("load", "not-found"), unit.get("active", "inactive")
-            bad = load != "loaded" or active != "active"
+            bad = load != "loaded" or (active != "active" and not _restarting(unit, now))
             if bad:
                 problems.append(fleet_problem(name, "units", f"{component}: {load}, {active}"))
             since = unit.get("since")

@@ -15,5 +15,6 @@ flannel_version = "0.26.7"
 # flannel's CNI plugin (flannel-io/cni-plugin), the conflist's "flannel" type.
 flannel_cni_plugin_version = "1.7.1-flannel2"
 # Also read by the workers' components, with defaults declared beside them: sandbox_image,
-# registry_mirror, containerd_restrict_oom_score_adj (galley/components/containerd.py) and
-# kube_proxy_conntrack_max_per_core (galley/components/kube_proxy.py).
+# registry_mirror, containerd_restrict_oom_score_adj (galley/components/containerd.py),
+# kube_proxy_conntrack_max_per_core (galley/components/kube_proxy.py) and
+# kubelet_node_lease_seconds (galley/components/kubelet.py).

@@ -29,6 +29,7 @@ from galley.components.kubernetes import (
     node_name,
 )
 from galley.components.model import Component, Config, Configured, Directory, Port, Unit
+from galley.settings import COUNT, Setting
 from galley.vault.pki import Identity
 
 CONFIG = "/var/lib/kubelet/config.yaml"
@@ -36,6 +37,9 @@ KUBECONFIG = f"{K8S_DIR}/kubelet.kubeconfig"
 CLIENT = k8s_cert("kubelet", NODE_ROLE, node_identity)
 WORKER_DIRECTORIES = (Directory(K8S_DIR), Directory(PKI_DIR, "700"))
 PORT = 10250  # its API, on the private address (the apiservers' logs, exec, metrics)
+# The Node Lease's duration in seconds; the kubelet renews it (its heartbeat) every quarter of
+# that. None: the kubelet's default (40 s, renewed every 10 s).
+NODE_LEASE_SECONDS = Setting("kubelet_node_lease_seconds", None, COUNT)
 
 
 def _serving_identity(host: Host) -> Identity:
@@ -55,6 +59,7 @@ def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
             port=PORT,
             ca_path=CA_PATH,
             certs=KUBELET.certs_by_stem(host),
+            node_lease_seconds=NODE_LEASE_SECONDS.of(data),
         ),
     }
     variables = {
@@ -80,5 +85,6 @@ KUBELET = Component(
     ports=(Port(PORT, ("control_plane",)),),
     directories=(*WORKER_DIRECTORIES, Directory("/var/lib/kubelet", "700")),
     checks=("networks", "api"),
+    settings=(NODE_LEASE_SECONDS,),
     configure=_configure,
 )

@@ -13,7 +13,8 @@ from pyinfra.api import FactBase
 # systemd unit names: letters, digits and ":-_.\@", optionally with a type suffix.
 _UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\@-]+")
 _UNIT_PROPERTIES = (
-    "LoadState,ActiveState,SubState,ActiveEnterTimestamp,MainPID,NRestarts,UnitFileState"
+    "LoadState,ActiveState,SubState,ActiveEnterTimestamp,StateChangeTimestamp,MainPID,NRestarts,"
+    "UnitFileState"
 )
 _UNITS_HEADER = "##galley-units "
 _MTIMES_HEADER = "##galley-mtimes"
@@ -60,6 +61,7 @@ def _unit_state(properties: dict[str, str]) -> dict[str, Any]:
         "active": properties.get("ActiveState", "inactive"),
         "sub": properties.get("SubState", "dead"),
         "since": parse_timestamp(properties.get("ActiveEnterTimestamp", "")),
+        "changed": parse_timestamp(properties.get("StateChangeTimestamp", "")),
         "main_pid": main_pid or None,
         "restarts": int(restarts) if restarts.isdigit() else None,
         "enabled": properties.get("UnitFileState") == "enabled",
@@ -88,9 +90,10 @@ class UnitStates(FactBase):
     """State of systemd units, from one ``systemctl show`` call.
 
     Returns ``{"etcd": {"load": "loaded", "active": "active", "sub": "running",
-    "since": datetime (UTC, ActiveEnterTimestamp) | None, "main_pid": 1234 | None,
-    "restarts": 0 | None}}`` keyed by the names given; a unit that does not exist has load
-    "not-found". ``units`` may be one name or several; ``.service`` is implied by systemd.
+    "since": datetime (UTC, ActiveEnterTimestamp) | None, "changed": datetime (UTC,
+    StateChangeTimestamp) | None, "main_pid": 1234 | None, "restarts": 0 | None}}`` keyed by
+    the names given; a unit that does not exist has load "not-found". ``units`` may be one
+    name or several; ``.service`` is implied by systemd.
     """
 
     def requires_command(self, *args: Any, **kwargs: Any) -> str:

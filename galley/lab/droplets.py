@@ -15,11 +15,24 @@ from galley.lab.system import LabError, link_exists, mount_overlay, pid_alive, s
 NETWORK_UNIT = """[Match]
 Name=host0
 
+[Link]
+MACAddress={mac}
+
 [Network]
 Address={address}/{prefix}
 LinkLocalAddressing=no
 IPv6AcceptRA=no
 """
+
+
+def network_unit(address: str, prefix: int) -> str:
+    """The droplet's networkd unit: its address, and a MAC made of that address (02:00 and its
+    four bytes). A droplet that takes over a removed one's address then answers to the entry
+    the host's and its peers' ARP caches still hold; with nspawn's own MAC (from the machine's
+    name) they would send to the gone droplet until the entry ages out (about 20 s)."""
+    mac = ":".join(["02", "00", *(f"{int(byte):02x}" for byte in address.split("."))])
+    return NETWORK_UNIT.format(address=address, prefix=prefix, mac=mac)
+
 
 APT_PROXY_CONF = 'Acquire::http::Proxy "{proxy}";\n'
 
@@ -59,7 +72,7 @@ def prepare_root(
     (root / "etc/hosts").write_text("\n".join(lines) + "\n")
     network = root / "etc/systemd/network/10-host0.network"
     network.parent.mkdir(parents=True, exist_ok=True)
-    network.write_text(NETWORK_UNIT.format(address=droplet.address, prefix=prefix))
+    network.write_text(network_unit(droplet.address, prefix))
     (root / "etc/apt/apt.conf.d/01galley-lab-proxy").write_text(
         APT_PROXY_CONF.format(proxy=apt_proxy)
     )

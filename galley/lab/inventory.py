@@ -78,6 +78,8 @@ def lab_overrides(state: LabState, mirror_dir: Path = CACHE_DIR / "mirror") -> d
         # oom_score_adj (no CAP_SYS_RESOURCE here) nor set the host-wide nf_conntrack_max.
         "containerd_restrict_oom_score_adj": True,
         "kube_proxy_conntrack_max_per_core": 0,
+        # A heartbeat every 3 s: the tests of a lost apiserver see two within seconds.
+        "kubelet_node_lease_seconds": 12,
         # `galley checksums fetch --inventory inventories/lab.py` records the lab's own here.
         "checksums_file": str(LAB_DIR / "checksums.json"),
     }

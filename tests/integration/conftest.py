@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import hvac
@@ -25,6 +26,7 @@ from galley.lab.droplets import ssh_command
 from galley.lab.inventory import lab_groups, lab_overrides
 from galley.lab.state import CACHE_DIR, LabState
 from galley.ops.admin import AdminFiles
+from galley.ops.kubeapi import KubeApi, node_ready
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -217,6 +219,17 @@ def ssh(name: str, command: str, check: bool = True) -> str:
     return result.stdout
 
 
+def on_each(names: list[str], command: str) -> list[str]:
+    """``command`` on every droplet of ``names`` at once; their stdouts in order."""
+    with ThreadPoolExecutor(len(names)) as pool:
+        return list(pool.map(lambda name: ssh(name, command), names))
+
+
+# etcd down as a crash leaves it, and at once: a clean stop waits up to 7 s for its clients'
+# watch streams (etcd's request timeout). The kill's restart is cancelled by the stop.
+CRASH_ETCD = "systemctl kill --signal=SIGKILL etcd; systemctl stop etcd"
+
+
 GALLEY_UNITS = (
     "etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy flanneld"
 )
@@ -264,6 +277,22 @@ def wait_for(predicate, timeout: float, interval: float = 1.0) -> bool:
         if predicate():
             return True
         time.sleep(interval)
+    return False
+
+
+def steadily_ready(api: KubeApi, workers: list[str], seconds: float = 3, timeout: float = 60):
+    """Whether every worker's Node is Ready at every look for ``seconds`` in a row, within
+    ``timeout`` (a kubelet just restarted may post one more NotReady before it settles)."""
+    deadline, since = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        nodes = {n["metadata"]["name"]: n for n in api.nodes()}
+        if all(name in nodes and node_ready(nodes[name]) for name in workers):
+            since = since or time.monotonic()
+            if time.monotonic() - since >= seconds:
+                return True
+        else:
+            since = None
+        time.sleep(0.5)
     return False
 
 

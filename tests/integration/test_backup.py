@@ -19,10 +19,12 @@ from galley.vault import kv
 from tests.etcd_local import LocalHosts
 
 from .conftest import (
+    CRASH_ETCD,
     admin_files,
     changed,
     healthz,
     lab_vault,
+    on_each,
     pyinfra_json,
     run_cli,
     run_deploy,
@@ -204,8 +206,7 @@ def test_restore_brings_the_cluster_back_to_the_snapshot(cluster, tmp_path):
     path, _ = take_snapshot(tmp_path)
     ssh("lab-etcd-1", etcdctl_command(LOCAL, "put", "galley-backup/after", "2"))
     revision = int(NAME.fullmatch(path.name).group(1))
-    for name in members(cluster):  # every member's data is lost
-        ssh(name, "systemctl stop etcd && rm -rf /var/lib/etcd/member")
+    on_each(members(cluster), f"{CRASH_ETCD} && rm -rf /var/lib/etcd/member")  # all data lost
 
     result = run_cli("galley", "etcd", "restore", INVENTORY, str(path), "--yes", timeout=900)
     for step in ("stop kube-apiserver on lab-cp-1", "restart kubelet on lab-worker-1"):

@@ -18,11 +18,13 @@ from galley.lab.artifacts import KUBERNETES_UPGRADE_VERSION as B
 from galley.lab.state import CACHE_DIR
 
 from .conftest import (
+    CRASH_ETCD,
     admin_files,
     changed,
     healthz,
     hosts_of,
     lab_inventory_variant,
+    on_each,
     pyinfra_json,
     run_cli,
     run_deploy,
@@ -238,14 +240,12 @@ def test_apiservers_report_unhealthy_without_etcd_and_recover(cluster):
     apiservers = [d.address for d in cluster.droplets if "control_plane" in d.roles]
     members = hosts_of(cluster, "etcd")
     try:
-        for name in members:
-            ssh(name, "systemctl stop etcd")
+        on_each(members, CRASH_ETCD)
         assert wait_for(lambda: all(healthz(a, files) != (200, "ok") for a in apiservers), 45), [
             healthz(a, files) for a in apiservers
         ]
     finally:
-        for name in members:
-            ssh(name, "systemctl start --no-block etcd")
+        on_each(members, "systemctl start --no-block etcd")
     assert wait_for(lambda: all(healthz(a, files) == (200, "ok") for a in apiservers), 90)
 
     # Quorum is enough for the apiservers; later tests need every member back.

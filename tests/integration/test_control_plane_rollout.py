@@ -26,7 +26,15 @@ from galley.lab.artifacts import (
 from galley.ops.control_plane import JOURNAL
 from galley.ops.kubeapi import KubeApi, kubelet_version
 
-from .conftest import admin_files, hosts_of, kill_once_journal_says_done, run_cli, ssh, wait_for
+from .conftest import (
+    CRASH_ETCD,
+    admin_files,
+    hosts_of,
+    kill_once_journal_says_done,
+    run_cli,
+    ssh,
+    wait_for,
+)
 
 INVENTORY = "inventories/lab.py"
 A, B, BROKEN = KUBERNETES_VERSION, KUBERNETES_UPGRADE_VERSION, KUBERNETES_BROKEN_VERSION
@@ -224,7 +232,7 @@ def test_an_unhealthy_etcd_member_is_refused_before_anything(
 ):
     member = hosts_of(cluster, "etcd")[-1]
     before = snapshot(apiservers, control_plane)
-    ssh(member, "systemctl stop etcd")
+    ssh(member, CRASH_ETCD)
     try:
         result = rollout("--to", B)
         assert result.returncode == 2, result.stdout + result.stderr

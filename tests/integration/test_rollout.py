@@ -30,6 +30,7 @@ from .conftest import (
     run_cli,
     run_deploy,
     ssh,
+    steadily_ready,
     wait_for,
 )
 
@@ -102,7 +103,7 @@ def at_a(api, workers):
     JOURNAL_PATH.unlink(missing_ok=True)
     assert {versions(api)[name] for name in workers} == {f"v{A}"}
     if moved:  # a kubelet just restarted may post one more NotReady before it settles
-        assert _steadily_ready(api, workers), {
+        assert steadily_ready(api, workers), {
             n["metadata"]["name"]: node_ready(n) for n in api.nodes()
         }
     yield
@@ -112,22 +113,6 @@ def at_a(api, workers):
     ):
         with contextlib.suppress(ApiError):  # not seeded by this test
             api.request("DELETE", path)
-
-
-def _steadily_ready(api: KubeApi, workers: list[str], seconds: float = 3, timeout: float = 60):
-    """Whether every worker's Node is Ready at every look for ``seconds`` in a row, within
-    ``timeout``."""
-    deadline, since = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        nodes = {n["metadata"]["name"]: n for n in api.nodes()}
-        if all(name in nodes and node_ready(nodes[name]) for name in workers):
-            since = since or time.monotonic()
-            if time.monotonic() - since >= seconds:
-                return True
-        else:
-            since = None
-        time.sleep(0.5)
-    return False
 
 
 def node_ready_pod(api: KubeApi, namespace: str, name: str) -> bool:

@@ -113,6 +113,10 @@ BAD_INVENTORIES = {
         (GOOD, _host("lab-worker-1", 4, kube_proxy_conntrack_max_per_core=-1)),
         "lab-worker-1: kube_proxy_conntrack_max_per_core: -1 is not a count (0 or more)",
     ),
+    "a kubelet lease of no time": (
+        (GOOD, _host("lab-worker-1", 4, kubelet_node_lease_seconds=0)),
+        "lab-worker-1: kubelet_node_lease_seconds: 0 is not a count of at least 1",
+    ),
     "a snapshot count of none": (
         [_host("lab-etcd-1", 1, etcd_snapshot_keep=0), *GOOD[1:]],
         "lab-etcd-1: etcd_snapshot_keep: 0 is not a count of at least 1",

@@ -19,7 +19,8 @@ UnitFileState=enabled
 LoadState=loaded
 ActiveState=active
 SubState=running
-ActiveEnterTimestamp=Thu 2025-05-01 10:00:00.250000 UTC"""
+ActiveEnterTimestamp=Thu 2025-05-01 10:00:00.250000 UTC
+StateChangeTimestamp=Thu 2025-05-01 10:00:01 UTC"""
 NOT_FOUND = """MainPID=0
 NRestarts=0
 UnitFileState=
@@ -85,6 +86,7 @@ def test_unit_states_maps_each_unit_and_marks_missing_ones(systemctl):
             "active": "active",
             "sub": "running",
             "since": datetime(2025, 5, 1, 10, 0, 0, 250000, tzinfo=UTC),
+            "changed": datetime(2025, 5, 1, 10, 0, 1, tzinfo=UTC),
             "main_pid": 4242,
             "restarts": 2,
             "enabled": True,
@@ -94,6 +96,7 @@ def test_unit_states_maps_each_unit_and_marks_missing_ones(systemctl):
             "active": "inactive",
             "sub": "dead",
             "since": None,
+            "changed": None,
             "main_pid": None,
             "restarts": 0,
             "enabled": False,
@@ -104,7 +107,8 @@ def test_unit_states_maps_each_unit_and_marks_missing_ones(systemctl):
         "show",
         "--timestamp=us+utc",
         "-p",
-        "LoadState,ActiveState,SubState,ActiveEnterTimestamp,MainPID,NRestarts,UnitFileState",
+        "LoadState,ActiveState,SubState,ActiveEnterTimestamp,StateChangeTimestamp,MainPID,"
+        "NRestarts,UnitFileState",
         "--",
         "etcd",
         "srv-data\\x2d1.mount",

@@ -140,9 +140,26 @@ def test_config_files_have_their_current_kind(template, api_version, kind):
         cert_path="/etc/kubernetes/pki/kubelet.crt",
         key_path="/etc/kubernetes/pki/kubelet.key",
         conntrack_max_per_core=0,
+        node_lease_seconds=None,
     )
     parsed = yaml.safe_load(text)
     assert (parsed["apiVersion"], parsed["kind"]) == (api_version, kind)
+
+
+@pytest.mark.parametrize(("seconds", "written"), [(None, None), (12, 12)])
+def test_the_kubelets_lease_is_its_own_default_unless_group_data_sets_one(seconds, written):
+    text = _render(
+        "kubelet/kubelet-config.yaml.j2",
+        cluster_name="lab",
+        cluster_domain="cluster.local",
+        cluster_dns="172.20.0.10",
+        ca_path="/etc/kubernetes/pki/ca.crt",
+        certs=KUBELET.certs_by_stem(_inventory().get_host("lab-worker-1")),
+        private_ip="198.18.0.15",
+        port=10250,
+        node_lease_seconds=seconds,
+    )
+    assert yaml.safe_load(text).get("nodeLeaseDurationSeconds") == written
 
 
 def test_cluster_dns_is_the_tenth_service_address():

@@ -27,9 +27,10 @@ def test_ssh_pins_host_keys_and_never_prompts():
     assert "BatchMode=yes" in cmd
 
 
-def test_network_unit_sets_a_static_address_and_no_default_route():
-    unit = droplets.NETWORK_UNIT.format(address="198.18.0.11", prefix=24)
+def test_network_unit_sets_a_static_address_its_own_mac_and_no_default_route():
+    unit = droplets.network_unit("198.18.0.11", 24)
     assert "Address=198.18.0.11/24" in unit
+    assert "MACAddress=02:00:c6:12:00:0b" in unit
     assert "Gateway" not in unit
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from galley.facts import ApiProxyBackends
 from galley.report import analyse, as_json, render
 
@@ -117,6 +119,30 @@ def test_a_process_still_running_an_old_version_is_a_pending_restart():
     }
     problems = [str(p) for p in analyse(fleet, days=14, now=NOW).problems]
     assert "etcd-1: versions: etcd runs 3.5.29 but 3.5.30 is current (restart pending)" in problems
+
+
+@pytest.mark.parametrize(
+    ("active", "sub", "seconds", "problem"),
+    [
+        ("deactivating", "stop-sigterm", 2, False),  # a renewal's restart, caught mid-way
+        ("activating", "start", 5, False),
+        ("deactivating", "stop-sigterm", 45, True),  # stuck stopping
+        ("activating", "start", 120, True),  # e.g. etcd waiting for peers it cannot reach
+        ("activating", "auto-restart", 2, True),  # crashed, waiting to be started again
+    ],
+)
+def test_a_unit_mid_restart_is_shown_but_only_a_stuck_one_is_a_problem(
+    active, sub, seconds, problem
+):
+    fleet = healthy_fleet()
+    changed = NOW - timedelta(seconds=seconds)
+    fleet["etcd-2"]["units"]["etcd"] |= {"active": active, "sub": sub, "changed": changed}
+    report = analyse(fleet, days=14, now=NOW)
+    assert [str(p) for p in report.problems] == (
+        [f"etcd-2: units: etcd: loaded, {active}"] if problem else []
+    )
+    (row,) = [row for row in table(report, "units").rows if row[0] == "etcd-2"]
+    assert row[3] == f"{active}/{sub}"
 
 
 def test_failed_units_and_unhealthy_members_are_problems():
