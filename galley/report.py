@@ -25,6 +25,7 @@ from galley.components.host_firewall import digest, rules_text
 from galley.components.kube_apiserver import KUBE_APISERVER
 from galley.components.kube_proxy import KUBE_PROXY
 from galley.components.kubelet import KUBELET
+from galley.components.kubernetes import node_name, operator_api_urls
 from galley.components.model import Component, first_run_seconds
 from galley.etcd.layout import SNAPSHOT_JOB
 from galley.etcd.snapshot import snapshot_prefix
@@ -41,6 +42,9 @@ from galley.facts import (
     UnitStates,
 )
 from galley.facts.together import FactError, read_together
+from galley.journal import operator_dir
+from galley.ops.admin import AdminFiles
+from galley.ops.kubeapi import ApiError, KubeApi, node_health
 from galley.problems import Problem
 from galley.settings import span_seconds
 from galley.text import clean
@@ -116,7 +120,8 @@ def analyse(hosts: Mapping[str, HostFacts], days: int, now: datetime | None = No
     ``versions``, ``etcd``, ``api_proxy``, ``renewal`` and ``snapshots`` with
     ``snapshot_interval`` (seconds) (the last six only for hosts running the component or
     holding certificates), and ``firewall`` with ``firewall_wanted`` (the sha256 of the rules
-    the inventory gives the host) where the host firewall runs.
+    the inventory gives the host) where the host firewall runs; a kubelet host's ``node`` is
+    its Node as the API shows it (`node_health`), reached or not.
     """
     now = now or datetime.now(UTC)
     problems: list[Problem] = []
@@ -130,6 +135,7 @@ def analyse(hosts: Mapping[str, HostFacts], days: int, now: datetime | None = No
         _snapshots_table(hosts, now, problems),
         _api_proxies_table(hosts, problems),
         _firewall_table(hosts, problems),
+        _nodes_table(hosts, now, problems),
     ]
     return Report(tables, problems)
 
@@ -458,6 +464,39 @@ def _firewall_table(hosts: Mapping[str, HostFacts], problems: list[Problem]) -> 
     return table
 
 
+def _node_problem(node: Mapping[str, Any], now: datetime) -> str | None:
+    """What is wrong with a worker's Node as the API shows it (`node_health`), if anything."""
+    if node.get("error"):
+        return f"not read: {node['error']}"
+    if not node.get("registered"):
+        return "no Node object (its kubelet never registered)"
+    if node.get("ready") != "True":
+        return f"not Ready ({node.get('ready')}: {node.get('reason') or 'no reason given'})"
+    heartbeat, lease = node.get("heartbeat"), node.get("lease_seconds")
+    if isinstance(heartbeat, datetime) and lease and now - heartbeat > timedelta(seconds=lease):
+        return f"no heartbeat for {int((now - heartbeat).total_seconds())}s (lease {lease}s)"
+    if node.get("pressure"):
+        return " and ".join(node["pressure"])
+    return None
+
+
+def _nodes_table(hosts: Mapping[str, HostFacts], now: datetime, problems: list[Problem]) -> Table:
+    """Each worker's Node, read through the API: Ready, the heartbeat's age, pressures."""
+    table = Table("nodes", ("host", "ready", "heartbeat", "pressure", "cordoned"))
+    for name, facts in sorted(hosts.items()):
+        node = facts.get("node")
+        if node is None:
+            continue
+        why = _node_problem(node, now)
+        if why:
+            problems.append(fleet_problem(name, "node", why))
+        heartbeat = node.get("heartbeat")
+        age = f"{int((now - heartbeat).total_seconds())}s ago" if heartbeat else None
+        cells = (name, node.get("ready"), age, ",".join(node.get("pressure") or ()) or None)
+        table.add((*cells, "yes" if node.get("cordoned") else None), why is not None)
+    return table
+
+
 def _size(size: int) -> str:
     for unit in ("B", "KiB", "MiB"):
         if size < 1024:
@@ -574,7 +613,30 @@ def gather(inventory: Any, connect_timeout: int = CONNECT_TIMEOUT) -> dict[str, 
 
     jobs = {host.name: state.pool.spawn(facts_of, host) for host in hosts}
     gevent.joinall(list(jobs.values()))
-    return {name: job.get() for name, job in jobs.items()}
+    found = {name: job.get() for name, job in jobs.items()}
+    for name, node in _nodes(inventory).items():
+        found[name]["node"] = node
+    return found
+
+
+def _nodes(inventory: Inventory) -> dict[str, dict[str, Any]]:
+    """Each kubelet host's Node and heartbeat as the API shows them (`node_health`), read
+    with the operator's admin credentials; ``{"error": ...}`` each when they cannot be read."""
+    names = {host.name: node_name(host) for host in inventory if KUBELET in running_on(host)}
+    if not names:
+        return {}
+    files = AdminFiles(operator_dir(next(iter(inventory)).data))
+    try:
+        if not files.kubeconfig.exists():
+            raise ApiError(
+                0, f"no admin credentials in {files.directory} (galley admin credentials)"
+            )
+        api = KubeApi(operator_api_urls(inventory), files, timeout=CONNECT_TIMEOUT)
+        nodes = {n["metadata"]["name"]: n for n in api.nodes()}
+        leases = {lease["metadata"]["name"]: lease for lease in api.node_leases()}
+    except (ApiError, OSError) as exc:
+        return {name: {"error": clean(str(exc))} for name in names}
+    return {host: node_health(nodes.get(name), leases.get(name)) for host, name in names.items()}
 
 
 def report_cli(inventory: Inventory, days: int = DEFAULT_DAYS, json_output: bool = False) -> int:

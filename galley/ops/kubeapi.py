@@ -1,8 +1,9 @@
 """A small Kubernetes API client for the operator's machine: the admin certificate, `requests`.
 
 Only what galley's operations need: health, readiness and version of each apiserver, Nodes
-(list, get, cordon/uncordon with a merge patch of ``spec.unschedulable``, delete), the pods
-bound to a node, the Eviction API and objects kept as declared (`KubeApi.ensure`). JSON shapes
+(list, get, cordon/uncordon with a merge patch of ``spec.unschedulable``, delete) and their
+heartbeat Leases, the pods bound to a node, the Eviction API and objects kept as declared
+(`KubeApi.ensure`). JSON shapes
 and status codes are those of the Kubernetes API reference.
 """
 
@@ -12,6 +13,7 @@ import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,6 +35,9 @@ class ClientFiles(Protocol):
 
 
 TIMEOUT = 10
+NODE_LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
+# The Node conditions that are bad when True (the kubelet's resource pressures).
+PRESSURES = ("MemoryPressure", "DiskPressure", "PIDPressure")
 MERGE_PATCH = "application/merge-patch+json"
 _PDB = re.compile(r"disruption budget (\S+)")
 
@@ -74,6 +79,37 @@ def node_ready(node: dict) -> bool:
 def node_unschedulable(node: dict) -> bool:
     """Whether the Node is cordoned."""
     return bool((node.get("spec") or {}).get("unschedulable"))
+
+
+def _time(value: str | None) -> datetime | None:
+    """An API timestamp (RFC 3339, ``Z`` or an offset, maybe with microseconds)."""
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+    except ValueError:
+        return None
+
+
+def node_health(node: dict | None, lease: dict | None) -> dict[str, Any]:
+    """What the report reads of a worker's Node and its heartbeat Lease: ``registered``,
+    ``ready`` (the Ready condition's status: "True", "False" or "Unknown"), ``reason``,
+    ``pressure`` (the pressures that are True), ``cordoned``, ``heartbeat`` (the Lease's last
+    renewal) and ``lease_seconds`` (its duration)."""
+    if node is None:
+        return {"registered": False}
+    conditions = {c.get("type"): c for c in (node.get("status") or {}).get("conditions") or []}
+    ready = conditions.get("Ready") or {}
+    spec = (lease or {}).get("spec") or {}
+    return {
+        "registered": True,
+        "ready": ready.get("status", "Unknown"),
+        "reason": ready.get("message") or ready.get("reason") or "",
+        "pressure": [
+            name for name in PRESSURES if conditions.get(name, {}).get("status") == "True"
+        ],
+        "cordoned": node_unschedulable(node),
+        "heartbeat": _time(spec.get("renewTime")),
+        "lease_seconds": spec.get("leaseDurationSeconds"),
+    }
 
 
 def kubelet_version(node: dict) -> str:
@@ -195,6 +231,10 @@ class KubeApi:
     def nodes(self) -> list[dict]:
         """Every Node."""
         return self.request("GET", "/api/v1/nodes").get("items") or []
+
+    def node_leases(self) -> list[dict]:
+        """Every Node's heartbeat Lease (``kube-node-lease``)."""
+        return self.request("GET", NODE_LEASES).get("items") or []
 
     def node(self, name: str) -> dict:
         """One Node."""

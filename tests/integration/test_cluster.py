@@ -308,11 +308,22 @@ def test_the_report_lists_every_component_and_flags_a_stopped_kubelet(cluster, i
             assert facts["versions"][release]["current"] == version, (host.name, release)
             if component.unit:
                 assert facts["versions"][release]["running"] == version, (host.name, release)
+    for name in hosts_of(cluster, "workers"):  # each Node, read through the API
+        assert hosts[name]["node"]["ready"] == "True", hosts[name]["node"]
     ssh("lab-worker-1", "systemctl stop kubelet")
     try:
         stopped = run_cli("galley", "report", "inventories/lab.py", check=False)
         assert stopped.returncode == 1
         assert "lab-worker-1: units: kubelet: loaded, inactive" in stopped.stdout
+        # Its heartbeat stops: flagged once its Lease (12 s in the lab) runs out, well before
+        # the controller manager marks the Node NotReady.
+        assert wait_for(
+            lambda: (
+                "lab-worker-1: node: no heartbeat for"
+                in run_cli("galley", "report", "inventories/lab.py", check=False).stdout
+            ),
+            30,
+        )
     finally:
         ssh("lab-worker-1", "systemctl start kubelet")
     assert wait_for(

@@ -14,7 +14,7 @@ import pytest
 from galley.components.kubernetes import K8S_DIR
 from galley.facts import ApiProxyBackends
 from galley.lab.state import LabState
-from galley.ops.kubeapi import ApiError, KubeApi, node_ready
+from galley.ops.kubeapi import NODE_LEASES, ApiError, KubeApi, node_ready
 
 from .conftest import (
     FIREWALL_CHANGES,
@@ -33,7 +33,6 @@ from .conftest import (
 # is 12): in this window each must renew it at least twice, through the apiserver left, and
 # every Node stay Ready.
 OUTAGE_SECONDS = 15
-LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
 WORKER_UNITS = ("api-proxy", "containerd", "flanneld", "kubelet", "kube-proxy")
 PROXY_CHANGES = {
     "flannel | /etc/galley/api-proxy/haproxy.cfg",
@@ -83,7 +82,7 @@ def _every_node_ready_while_heartbeating_twice(api: KubeApi, workers: list[str])
             name: nodes.get(name, {}).get("status", {}).get("conditions") for name in workers
         }
         for name in workers:
-            renewals[name].add(api.request("GET", f"{LEASES}/{name}")["spec"]["renewTime"])
+            renewals[name].add(api.request("GET", f"{NODE_LEASES}/{name}")["spec"]["renewTime"])
         time.sleep(1)
 
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from galley.facts import ApiProxyBackends
+from galley.ops.kubeapi import node_health
 from galley.report import analyse, as_json, render
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -267,3 +268,64 @@ def test_a_proxy_that_sees_an_apiserver_down_is_flagged():
         ("worker-1", "lab-cp-2", "198.18.0.14:6443", "DOWN", "L4CON")
     ]
     assert ApiProxyBackends().process([]) is None  # no proxy answering
+
+
+def api_node(ready: str = "True", pressure: str = "", renewed: timedelta = timedelta(seconds=3)):
+    """A Node and its Lease as the API returns them (only the fields the report reads)."""
+    stamp = (NOW - renewed).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    conditions = [
+        {"type": kind, "status": "True" if kind == pressure else "False"}
+        for kind in ("MemoryPressure", "DiskPressure", "PIDPressure")
+    ]
+    conditions.append(
+        {
+            "type": "Ready",
+            "status": ready,
+            "reason": "KubeletNotReady",
+            "message": "PLEG is not healthy",
+        }
+        if ready != "True"
+        else {"type": "Ready", "status": "True", "reason": "KubeletReady"}
+    )
+    node = {"metadata": {"name": "worker-1"}, "spec": {}, "status": {"conditions": conditions}}
+    lease = {"spec": {"renewTime": stamp, "leaseDurationSeconds": 40}}
+    return node, lease
+
+
+@pytest.mark.parametrize(
+    ("node", "problem"),
+    [
+        (node_health(*api_node()), None),
+        (node_health(*api_node(renewed=timedelta(seconds=39))), None),
+        (
+            node_health(*api_node(ready="Unknown")),
+            "not Ready (Unknown: PLEG is not healthy)",
+        ),
+        (
+            node_health(*api_node(renewed=timedelta(seconds=61))),
+            "no heartbeat for 61s (lease 40s)",
+        ),
+        (node_health(*api_node(pressure="DiskPressure")), "DiskPressure"),
+        (node_health(None, None), "no Node object (its kubelet never registered)"),
+        ({"error": "no apiserver answered"}, "not read: no apiserver answered"),
+    ],
+)
+def test_a_workers_node_is_read_from_the_api_and_flagged_unless_ready_and_heartbeating(
+    node, problem
+):
+    fleet = healthy_fleet()
+    fleet["worker-1"]["node"] = node
+    report = analyse(fleet, days=14, now=NOW)
+    assert [str(p) for p in report.problems] == ([f"worker-1: node: {problem}"] if problem else [])
+    assert [row[0] for row in table(report, "nodes").rows] == ["worker-1"]
+    assert [row[0] for row in flagged(report, "nodes")] == (["worker-1"] if problem else [])
+
+
+def test_a_cordoned_node_is_shown_but_is_no_problem():
+    node, lease = api_node()
+    node["spec"]["unschedulable"] = True
+    fleet = healthy_fleet()
+    fleet["worker-1"]["node"] = node_health(node, lease)
+    report = analyse(fleet, days=14, now=NOW)
+    assert report.problems == []
+    assert table(report, "nodes").rows == [("worker-1", "True", "3s ago", "-", "yes")]
