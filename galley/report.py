@@ -470,10 +470,15 @@ def _node_problem(node: Mapping[str, Any], now: datetime) -> str | None:
         return f"not read: {node['error']}"
     if not node.get("registered"):
         return "no Node object (its kubelet never registered)"
-    if node.get("ready") != "True":
-        return f"not Ready ({node.get('ready')}: {node.get('reason') or 'no reason given'})"
     heartbeat, lease = node.get("heartbeat"), node.get("lease_seconds")
-    if isinstance(heartbeat, datetime) and lease and now - heartbeat > timedelta(seconds=lease):
+    stale = isinstance(heartbeat, datetime) and lease and now - heartbeat > timedelta(seconds=lease)
+    # A kubelet just restarted (e.g. by a certificate renewal) may post NotReady for a few
+    # seconds while it heartbeats: like a unit mid-restart, that is no problem yet.
+    since = node.get("since")
+    settling = not stale and isinstance(since, datetime) and now - since < RESTART_GRACE
+    if node.get("ready") != "True" and not settling:
+        return f"not Ready ({node.get('ready')}: {node.get('reason') or 'no reason given'})"
+    if stale:
         return f"no heartbeat for {int((now - heartbeat).total_seconds())}s (lease {lease}s)"
     if node.get("pressure"):
         return " and ".join(node["pressure"])

@@ -92,8 +92,9 @@ def _time(value: str | None) -> datetime | None:
 def node_health(node: dict | None, lease: dict | None) -> dict[str, Any]:
     """What the report reads of a worker's Node and its heartbeat Lease: ``registered``,
     ``ready`` (the Ready condition's status: "True", "False" or "Unknown"), ``reason``,
-    ``pressure`` (the pressures that are True), ``cordoned``, ``heartbeat`` (the Lease's last
-    renewal) and ``lease_seconds`` (its duration)."""
+    ``since`` (when Ready last changed), ``pressure`` (the pressures that are True),
+    ``cordoned``, ``heartbeat`` (the Lease's last renewal) and ``lease_seconds`` (its
+    duration)."""
     if node is None:
         return {"registered": False}
     conditions = {c.get("type"): c for c in (node.get("status") or {}).get("conditions") or []}
@@ -103,6 +104,7 @@ def node_health(node: dict | None, lease: dict | None) -> dict[str, Any]:
         "registered": True,
         "ready": ready.get("status", "Unknown"),
         "reason": ready.get("message") or ready.get("reason") or "",
+        "since": _time(ready.get("lastTransitionTime")),
         "pressure": [
             name for name in PRESSURES if conditions.get(name, {}).get("status") == "True"
         ],

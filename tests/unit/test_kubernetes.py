@@ -120,45 +120,38 @@ def _render(name: str, **variables) -> str:
     ],
 )
 def test_config_files_have_their_current_kind(template, api_version, kind):
-    text = _render(
-        template,
-        cluster_name="lab",
-        cluster_domain="cluster.local",
-        cluster_dns="172.20.0.10",
-        ca_path="/etc/kubernetes/pki/ca.crt",
-        certs=KUBELET.certs_by_stem(_inventory().get_host("lab-worker-1")),
-        kubeconfig="/etc/kubernetes/x.kubeconfig",
-        pod_cidr="172.16.0.0/16",
-        node_name="lab-worker-1",
-        private_ip="198.18.0.15",
-        port=10250,
-        healthz_port=10256,
-        kv_mount="lab/kv",
-        encryption_key="a2V5",
-        server="https://198.18.0.13:6443",
-        user_name="system:node:lab-worker-1",
-        cert_path="/etc/kubernetes/pki/kubelet.crt",
-        key_path="/etc/kubernetes/pki/kubelet.key",
-        conntrack_max_per_core=0,
-        node_lease_seconds=None,
-    )
-    parsed = yaml.safe_load(text)
+    parsed = yaml.safe_load(_render(template, **_variables()))
     assert (parsed["apiVersion"], parsed["kind"]) == (api_version, kind)
+
+
+def _variables(**overrides) -> dict:
+    """Every variable the Kubernetes templates take, for lab-worker-1 of the lab."""
+    return {
+        "cluster_name": "lab",
+        "cluster_domain": "cluster.local",
+        "cluster_dns": "172.20.0.10",
+        "ca_path": "/etc/kubernetes/pki/ca.crt",
+        "certs": KUBELET.certs_by_stem(_inventory().get_host("lab-worker-1")),
+        "kubeconfig": "/etc/kubernetes/x.kubeconfig",
+        "pod_cidr": "172.16.0.0/16",
+        "node_name": "lab-worker-1",
+        "private_ip": "198.18.0.15",
+        "port": 10250,
+        "healthz_port": 10256,
+        "kv_mount": "lab/kv",
+        "encryption_key": "a2V5",
+        "server": "https://198.18.0.13:6443",
+        "user_name": "system:node:lab-worker-1",
+        "cert_path": "/etc/kubernetes/pki/kubelet.crt",
+        "key_path": "/etc/kubernetes/pki/kubelet.key",
+        "conntrack_max_per_core": 0,
+        "node_lease_seconds": None,
+    } | overrides
 
 
 @pytest.mark.parametrize(("seconds", "written"), [(None, None), (12, 12)])
 def test_the_kubelets_lease_is_its_own_default_unless_group_data_sets_one(seconds, written):
-    text = _render(
-        "kubelet/kubelet-config.yaml.j2",
-        cluster_name="lab",
-        cluster_domain="cluster.local",
-        cluster_dns="172.20.0.10",
-        ca_path="/etc/kubernetes/pki/ca.crt",
-        certs=KUBELET.certs_by_stem(_inventory().get_host("lab-worker-1")),
-        private_ip="198.18.0.15",
-        port=10250,
-        node_lease_seconds=seconds,
-    )
+    text = _render("kubelet/kubelet-config.yaml.j2", **_variables(node_lease_seconds=seconds))
     assert yaml.safe_load(text).get("nodeLeaseDurationSeconds") == written
 
 

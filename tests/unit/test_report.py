@@ -270,9 +270,16 @@ def test_a_proxy_that_sees_an_apiserver_down_is_flagged():
     assert ApiProxyBackends().process([]) is None  # no proxy answering
 
 
-def api_node(ready: str = "True", pressure: str = "", renewed: timedelta = timedelta(seconds=3)):
-    """A Node and its Lease as the API returns them (only the fields the report reads)."""
+def api_node(
+    ready: str = "True",
+    pressure: str = "",
+    renewed: timedelta = timedelta(seconds=3),
+    changed: timedelta = timedelta(days=3),
+):
+    """A Node and its Lease as the API returns them (only the fields the report reads): Ready
+    ``changed`` ago, the Lease ``renewed`` ago."""
     stamp = (NOW - renewed).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    since = (NOW - changed).strftime("%Y-%m-%dT%H:%M:%SZ")
     conditions = [
         {"type": kind, "status": "True" if kind == pressure else "False"}
         for kind in ("MemoryPressure", "DiskPressure", "PIDPressure")
@@ -281,11 +288,10 @@ def api_node(ready: str = "True", pressure: str = "", renewed: timedelta = timed
         {
             "type": "Ready",
             "status": ready,
-            "reason": "KubeletNotReady",
-            "message": "PLEG is not healthy",
+            "reason": "KubeletNotReady" if ready != "True" else "KubeletReady",
+            "message": "PLEG is not healthy" if ready != "True" else "kubelet is posting ready",
+            "lastTransitionTime": since,
         }
-        if ready != "True"
-        else {"type": "Ready", "status": "True", "reason": "KubeletReady"}
     )
     node = {"metadata": {"name": "worker-1"}, "spec": {}, "status": {"conditions": conditions}}
     lease = {"spec": {"renewTime": stamp, "leaseDurationSeconds": 40}}
@@ -306,6 +312,20 @@ def api_node(ready: str = "True", pressure: str = "", renewed: timedelta = timed
             "no heartbeat for 61s (lease 40s)",
         ),
         (node_health(*api_node(pressure="DiskPressure")), "DiskPressure"),
+        # NotReady for seconds while heartbeating: a kubelet just restarted, settling.
+        (node_health(*api_node(ready="False", changed=timedelta(seconds=5))), None),
+        (
+            node_health(*api_node(ready="False", changed=timedelta(seconds=31))),
+            "not Ready (False: PLEG is not healthy)",
+        ),
+        (
+            node_health(
+                *api_node(
+                    ready="False", changed=timedelta(seconds=5), renewed=timedelta(seconds=50)
+                )
+            ),
+            "not Ready (False: PLEG is not healthy)",
+        ),
         (node_health(None, None), "no Node object (its kubelet never registered)"),
         ({"error": "no apiserver answered"}, "not read: no apiserver answered"),
     ],
