@@ -26,9 +26,17 @@ from pyinfra.operations import python
 from galley.facts.system import PendingRestart
 from galley.host import observed
 
-RESTART_LOCK = "/run/lock/galley-restart.lock"
-# Reload stamps (`reload_stamp`); /run is empty after a boot, when every unit starts afresh.
-RELOAD_STAMPS = "/run/galley/reloaded"
+# root's own directory: in /run/lock (mode 1777) any local user could hold the lock and so
+# hold back every renewal until the certificates expire. /run is empty after a boot, when
+# every unit starts afresh.
+RUN_DIR = "/run/galley"
+RESTART_LOCK = f"{RUN_DIR}/restart.lock"
+RELOAD_STAMPS = f"{RUN_DIR}/reloaded"  # `reload_stamp`
+
+
+def _under_restart_lock(command: str) -> str:
+    """``command`` run holding the host's restart lock (waiting up to 120 s for it)."""
+    return f"install -d -m 0700 {RUN_DIR} && flock -w 120 {RESTART_LOCK} {command}"
 
 
 class RestartError(Exception):
@@ -49,7 +57,7 @@ def systemctl_restart(state: State, host: Host, unit: str) -> None:
     host.log(f"restarting {unit}")
     # One restart at a time on a host, whoever asks (another galley run, a renewal timer).
     ok, output = host.run_shell_command(
-        f"flock -w 120 {RESTART_LOCK} systemctl restart {shlex.quote(unit)}"
+        _under_restart_lock(f"systemctl restart {shlex.quote(unit)}")
     )
     if not ok:
         raise RestartError(f"{host.name}: systemctl restart {unit} failed: {output.stderr}")
@@ -65,8 +73,8 @@ def systemctl_reload(state: State, host: Host, unit: str) -> None:
     host.log(f"reloading {unit}")
     stamp = shlex.quote(reload_stamp(unit))
     ok, output = host.run_shell_command(
-        f"flock -w 120 {RESTART_LOCK} systemctl reload {shlex.quote(unit)} && "
-        f"mkdir -p {RELOAD_STAMPS} && touch {stamp}"
+        _under_restart_lock(f"systemctl reload {shlex.quote(unit)}")
+        + f" && mkdir -p {RELOAD_STAMPS} && touch {stamp}"
     )
     if not ok:
         raise RestartError(f"{host.name}: systemctl reload {unit} failed: {output.stderr}")

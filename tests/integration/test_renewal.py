@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from galley.components import certificates_of
+from galley.components.renewal import SCRIPT_PATH
+from galley.host.restarts import RESTART_LOCK
 from galley.lab.lifecycle import VAULT_DIR
 from galley.lab.state import LAB_DIR
 
@@ -25,6 +27,7 @@ from .conftest import (
     run_cli,
     run_deploy,
     ssh,
+    ssh_run,
 )
 
 # Renewed in its last third (from 15 s before expiry) by a timer every 3 s (+ up to 1 s, + up
@@ -198,6 +201,19 @@ def test_a_host_may_renew_nothing_but_its_own_identities(short_lived):
     }
     answers = {why: _renewal_attempt("lab-worker-1", *ask) for why, ask in asks.items()}
     assert answers == {why: 403 for why in asks}
+
+
+def test_no_local_user_can_hold_back_a_renewal(short_lived, inventory):
+    # Every renewal and every restart of a deploy takes the host's restart lock: it lives in
+    # root's own directory, so another user can neither create it nor hold it.
+    nobody = "setpriv --reuid=65534 --regid=65534 --clear-groups"
+    for host in inventory:
+        assert ssh(host.name, "stat -c '%a %U' /run/galley").split() == ["700", "root"]
+        held = ssh_run(host.name, f"{nobody} flock -n {RESTART_LOCK} true")
+        assert held.returncode != 0 and "Permission denied" in held.stderr, held
+        # (root waits: a renewal in flight holds it for a moment)
+        assert ssh_run(host.name, f"flock -w 30 {RESTART_LOCK} true").returncode == 0
+        assert RESTART_LOCK in ssh(host.name, f"cat {SCRIPT_PATH}")
 
 
 def _renewal_state(host: str) -> dict[str, str]:
