@@ -3,8 +3,7 @@
 Only what galley's operations need: health, readiness and version of each apiserver, Nodes
 (list, get, cordon/uncordon with a merge patch of ``spec.unschedulable``, delete) and their
 heartbeat Leases, the pods bound to a node, the Eviction API and objects kept as declared
-(`KubeApi.ensure`). JSON shapes
-and status codes are those of the Kubernetes API reference.
+(`KubeApi.ensure`). JSON shapes and status codes are those of the Kubernetes API reference.
 """
 
 from __future__ import annotations
