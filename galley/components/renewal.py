@@ -10,6 +10,7 @@ on every host, deployed with the last phase a run deploys there (with that phase
 
 from __future__ import annotations
 
+import posixpath
 import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -28,7 +29,7 @@ from galley.components.model import (
     first_run_seconds,
 )
 from galley.facts.renewal import STATE_DIR, STATE_PATH
-from galley.host.restarts import RESTART_LOCK
+from galley.host.restarts import RESTART_LOCK, RUN_DIR
 from galley.settings import SPAN, Setting, span_seconds
 from galley.vault.pki import Identity, mount_path
 from galley.vault.renewal import (
@@ -148,9 +149,16 @@ def cert_renewal(plan_of: Callable[[Host], HostRenewal]) -> Component:
 
     def variables(host: Host) -> dict[str, Any]:
         interval = str(INTERVAL.of(host.data))
+        renewal = plan_of(host)
         return {
-            **script_settings(host).variables(plan_of(host)),
+            **script_settings(host).variables(renewal),
             "script_path": SCRIPT_PATH,
+            # All the sandboxed service may write (and /run/galley, its runtime directory).
+            "writable": [
+                *sorted({posixpath.dirname(c.cert_path) for c in renewal.certs}),
+                STATE_DIR,
+            ],
+            "run_dir": RUN_DIR.removeprefix("/run/"),
             "timeout": "30min",
             "interval": interval,
             "random_delay": str(RANDOM_DELAY.of(host.data)),

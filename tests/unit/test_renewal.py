@@ -468,6 +468,11 @@ def test_the_timer_takes_its_schedule_from_group_data():
     service = units["/etc/systemd/system/galley-cert-renewal.service"]
     assert "Type=oneshot\n" in service
     assert "ExecStart=/usr/local/sbin/galley-renew-certs\n" in service
+    # Sandboxed: writable are only the directories of the certificates it renews (a control
+    # plane host's etcd client is in the Kubernetes directory), its state and /run/galley.
+    assert "ProtectSystem=strict\n" in service and "RuntimeDirectory=galley\n" in service
+    writable = "/etc/galley/renewal /etc/kubernetes/pki /var/lib/galley/renewal"
+    assert f"ReadWritePaths={writable}\n" in service
     defaults = render_units()["/etc/systemd/system/galley-cert-renewal.timer"]
     assert "OnUnitActiveSec=1h\n" in defaults and "RandomizedDelaySec=15min\n" in defaults
 
