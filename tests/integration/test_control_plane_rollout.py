@@ -166,7 +166,7 @@ def test_a_never_ready_apiserver_build_is_rolled_back_and_the_run_stops(
 ):
     first, rest = control_plane[0], control_plane[1:]
     with ReadyzPoller(apiservers) as seen:
-        result = rollout("--to", BROKEN, "--ready-timeout", "15")
+        result = rollout("--to", BROKEN, "--ready-timeout", "8")
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"kube-apiserver on {first} did not come back" in result.stdout
     assert f"{first}: kube-apiserver rolled back to {A}" in result.stdout
