@@ -73,7 +73,7 @@ def measure(size: int) -> dict[str, float]:
     run("galley", "lab", "down")
     run(
         "galley", "lab", "up", "--etcd", str(etcd),
-        "--control-plane", str(control_plane), "--workers", str(workers),
+        "--control-plane", str(control_plane), "--workers", str(workers), "--monitoring", "0",
     )  # fmt: skip
     run("galley", "vault", "bootstrap", "--cluster", "lab", "--inventory", "inventories/lab.py")
     first = run(*DEPLOY)

@@ -23,6 +23,9 @@ api_endpoint = None
 # Leaf certificates of the Kubernetes components (and the operator's admin credential).
 kubernetes_cert_ttl = "720h"
 
+# Prometheus' node exporter on every host (its private address, for the monitoring hosts).
+node_exporter_version = "1.11.1"
+
 # flannel: "kube" (--kube-subnet-mgr: leases in the Node objects, workers hold no etcd
 # credentials) or "etcd" (network config written once to etcd, flannel gets an etcd client
 # certificate). The backend goes into net-conf.json as is.

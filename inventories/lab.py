@@ -19,3 +19,4 @@ _groups = checked(
 etcd = _groups["etcd"]
 control_plane = _groups["control_plane"]
 workers = _groups["workers"]
+monitoring = _groups["monitoring"]

@@ -10,3 +10,4 @@ _groups = checked(digitalocean_groups("k8s-nyc3"), __file__)
 etcd = _groups["etcd"]
 control_plane = _groups["control_plane"]
 workers = _groups["workers"]
+monitoring = _groups["monitoring"]

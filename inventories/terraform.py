@@ -13,3 +13,4 @@ _groups = checked(terraform_groups(Path(__file__).resolve().parent.parent / "ter
 etcd = _groups["etcd"]
 control_plane = _groups["control_plane"]
 workers = _groups["workers"]
+monitoring = _groups["monitoring"]

@@ -18,22 +18,39 @@ from galley.lab.state import CACHE_DIR
 from galley.lab.system import LabError
 
 
-@pytest.fixture(scope="session")
-def etcd_release(tmp_path_factory) -> Path:
-    """The lab's etcd 3.5.30 release (Debian's build, repacked), unpacked: etcd, etcdctl, etcdutl.
+def _lab_release(name: str, tmp_path_factory) -> Path:
+    """The lab's release ``name`` (as the mirror serves it), unpacked: its top directory.
 
-    Built into the lab's cache like `galley lab up` does (downloading the Debian packages from
-    the archive the first time), so it needs root.
+    Built into the lab's cache like `galley lab up` does (downloading Debian's packages or Go
+    modules the first time), so it needs root.
     """
     if os.geteuid() != 0:
-        pytest.skip("building the lab's etcd release needs root (it caches under /var/cache)")
-    (etcd,) = [artifact for artifact in ARTIFACTS if artifact.name == "etcd"]
-    build_all(CACHE_DIR / "mirror", artifacts=[etcd])
-    unpacked = tmp_path_factory.mktemp("etcd-release")
-    with tarfile.open(CACHE_DIR / "mirror" / etcd.upstream_path) as tar:
+        pytest.skip(f"building the lab's {name} release needs root (it caches under /var/cache)")
+    (artifact,) = [artifact for artifact in ARTIFACTS if artifact.name == name]
+    build_all(CACHE_DIR / "mirror", artifacts=[artifact])
+    unpacked = tmp_path_factory.mktemp(f"{name}-release")
+    with tarfile.open(CACHE_DIR / "mirror" / artifact.upstream_path) as tar:
         tar.extractall(unpacked, filter="data")
     (top,) = unpacked.iterdir()
     return top
+
+
+@pytest.fixture(scope="session")
+def etcd_release(tmp_path_factory) -> Path:
+    """The lab's etcd 3.5.30 release (Debian's build, repacked): etcd, etcdctl, etcdutl."""
+    return _lab_release("etcd", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def prometheus_release(tmp_path_factory) -> Path:
+    """The lab's Prometheus release (Debian's build, repacked): prometheus, promtool."""
+    return _lab_release("prometheus", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def alertmanager_release(tmp_path_factory) -> Path:
+    """The lab's Alertmanager release (built from its Go modules): alertmanager, amtool."""
+    return _lab_release("alertmanager", tmp_path_factory)
 
 
 @pytest.fixture(autouse=True)

@@ -27,6 +27,8 @@ from galley.components.kube_proxy import KUBE_PROXY
 from galley.components.kube_scheduler import KUBE_SCHEDULER
 from galley.components.kubelet import KUBELET
 from galley.components.model import Artifact, Cert, Component, Phase, Port
+from galley.components.monitoring import ALERTMANAGER, PROMETHEUS
+from galley.components.node_exporter import node_exporter
 from galley.components.renewal import cert_renewal, plan
 from galley.vault.kv import KvSecret
 from galley.vault.pki import Identity, RoleSpec
@@ -38,6 +40,7 @@ PHASES: tuple[Phase, ...] = (
     # Workers reach the API (through api-proxy) before flanneld, their first API client, starts.
     Phase("flannel", (API_PROXY, FLANNELD, FLANNEL_CNI), prepare=flannel_network),
     Phase("workers", (CONTAINERD, KUBELET, KUBE_PROXY)),
+    Phase("monitoring", (PROMETHEUS, ALERTMANAGER)),
 )
 
 
@@ -53,10 +56,11 @@ def opened_on(host: Host) -> list[tuple[str, Port]]:
 
 CERT_RENEWAL = cert_renewal(renewal_plan)
 HOST_FIREWALL = host_firewall(opened_on)
+NODE_EXPORTER = node_exporter(lambda host: running_on(host))
 # What every host runs: the firewall before its phases (a new peer or node must find its
-# ports open on the others), certificate renewal with its last phase.
+# ports open on the others), its metrics and certificate renewal with its last phase.
 EVERY_HOST_FIRST: tuple[Component, ...] = (HOST_FIREWALL,)
-EVERY_HOST_LAST: tuple[Component, ...] = (CERT_RENEWAL,)
+EVERY_HOST_LAST: tuple[Component, ...] = (NODE_EXPORTER, CERT_RENEWAL)
 EVERY_HOST: tuple[Component, ...] = (*EVERY_HOST_FIRST, *EVERY_HOST_LAST)
 REGISTRY: tuple[Component, ...] = (
     *(c for phase in PHASES for c in phase.components),

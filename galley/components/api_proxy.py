@@ -10,7 +10,8 @@ list, open ones finish on the old process), never a restart.
 HAProxy is Debian's package; galley runs it as its own unit (``api-proxy``) and masks Debian's
 ``haproxy.service`` before installing the package, so that one never starts (an upgrade
 neither). Its statistics are served as CSV on a root-only socket (`galley.facts.ApiProxyBackends`
-reads them for the report).
+reads them for the report), and as Prometheus metrics on the private address, to the
+``monitoring`` hosts only.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from pyinfra.api.host import Host
 
 from galley.components.engine import render
 from galley.components.kubernetes import CA_PATH, control_plane_hosts, needs_proxy
-from galley.components.model import Component, Config, Configured, Directory, Unit
+from galley.components.model import MONITORING, Component, Config, Configured, Directory, Port, Unit
 from galley.facts.api_proxy import BACKEND, STATS_SOCKET
 
 CONFIG_DIR = "/etc/galley/api-proxy"
 CONFIG = f"{CONFIG_DIR}/haproxy.cfg"
+METRICS_PORT = 8405
 
 
 def backends(host: Host) -> list[tuple[str, str]]:
@@ -47,6 +49,7 @@ def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
             backend=BACKEND,
             servers=backends(host),
             stats_socket=STATS_SOCKET,
+            metrics_listen=f"{host.data.private_ip}:{METRICS_PORT}",
         )
     }
     return Configured(written, {"haproxy_config": CONFIG})
@@ -61,6 +64,7 @@ API_PROXY = Component(
     configs=(Config(CONFIG, "api-proxy/haproxy.cfg.j2", reload=True),),
     unit=Unit("api-proxy", "api-proxy/api-proxy.service.j2"),
     directories=(Directory("/etc/galley"), Directory(CONFIG_DIR)),
+    ports=(Port(METRICS_PORT, (MONITORING,)),),
     checks=("api",),
     configure=_configure,
     when=needs_proxy,

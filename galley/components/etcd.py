@@ -20,6 +20,7 @@ from pyinfra.api.host import Host
 
 from galley.components.engine import render, render_text
 from galley.components.model import (
+    MONITORING,
     Cert,
     Component,
     Config,
@@ -31,6 +32,7 @@ from galley.components.model import (
     first_run_seconds,
     github_artifact,
 )
+from galley.components.node_exporter import METRICS_DIR
 from galley.etcd.etcdctl import CACERT, ETCDUTL, etcdctl_command
 from galley.etcd.group import initial_cluster, member_identity, member_name, members
 from galley.etcd.identity import SECRET as CLUSTER_IDENTITY
@@ -48,7 +50,7 @@ from galley.etcd.layout import (
 )
 from galley.etcd.snapshot import TIME_FORMAT, snapshot_prefix
 from galley.host import etcd as runtime
-from galley.settings import ABSOLUTE_PATH, COUNT, SPAN, Setting
+from galley.settings import ABSOLUTE_PATH, COUNT, SPAN, Setting, span_seconds
 from galley.vault.pki import Identity, RoleSpec
 
 # Scheduled snapshots: every member saves and checks a snapshot of itself every
@@ -59,6 +61,7 @@ SNAPSHOT_INTERVAL = Setting("etcd_snapshot_interval", "1h", SPAN)
 SNAPSHOT_KEEP = Setting("etcd_snapshot_keep", 24, COUNT)
 SNAPSHOT_DIR = Setting("etcd_snapshot_dir", "/var/lib/etcd-snapshots", ABSOLUTE_PATH)
 SNAPSHOT_SAVE_TIMEOUT = "5m"
+SNAPSHOT_METRICS = f"{METRICS_DIR}/galley-etcd-snapshot.prom"
 
 # etcd server and peer certificate: CN = host name; SANs host name, localhost, IPs.
 MEMBER_ROLE = RoleSpec(
@@ -79,9 +82,16 @@ def client_role(cn: str) -> RoleSpec:
 
 
 def etcd_client_cert(
-    stem: str, cn: str, directory: str, ca_path: str, when=lambda host: True, reloaded=False
+    stem: str,
+    cn: str,
+    directory: str,
+    ca_path: str,
+    when=lambda host: True,
+    reloaded=False,
+    owner: str = "root",
 ) -> Cert:
-    """An etcd client certificate with the identity ``cn`` (its own role)."""
+    """An etcd client certificate with the identity ``cn`` (its own role), its key owned by
+    ``owner``."""
     return Cert(
         stem,
         directory,
@@ -89,6 +99,8 @@ def etcd_client_cert(
         client_role(cn),
         lambda host: Identity(cn),
         ca_path,
+        owner,
+        owner,
         when=when,
         reloaded=reloaded,
     )
@@ -144,8 +156,10 @@ def snapshot_variables(host: Host) -> dict[str, Any]:
         "snapshot_dir": directory,
         "keep": SNAPSHOT_KEEP.of(data),
         "interval": interval,
+        "interval_seconds": span_seconds(interval),
         "first_run": f"{first_run_seconds(interval)}s",
         "shell": {
+            "metrics": shlex.quote(SNAPSHOT_METRICS),
             "dir": shlex.quote(directory),
             "prefix": shlex.quote(snapshot_prefix(data.cluster_name)),
             "etcdctl": etcdctl,
@@ -245,6 +259,7 @@ ETCD = Component(
             when=lambda host: host.data.flannel_mode == "etcd",
         ),
         Port(lambda host: host.data.etcd_peer_port, ("etcd",)),
+        Port(lambda host: host.data.etcd_metrics_port, (MONITORING,)),
     ),
     timers=(
         Timer(

@@ -227,7 +227,8 @@ class Directory:
 
 
 # The inventory groups a cluster's hosts are in (each component runs on one, or on all).
-CLUSTER_GROUPS = ("etcd", "control_plane", "workers")
+MONITORING = "monitoring"
+CLUSTER_GROUPS = ("etcd", "control_plane", "workers", MONITORING)
 # Who may connect to a `Port`, besides inventory groups: the CIDR lists in group data
 # (`galley.components.host_firewall` declares those settings).
 OPERATORS = "operators"

@@ -28,6 +28,7 @@ from galley.components.model import (
     Timer,
     first_run_seconds,
 )
+from galley.components.node_exporter import METRICS_DIR
 from galley.facts.renewal import STATE_DIR, STATE_PATH
 from galley.host.restarts import RESTART_LOCK, RUN_DIR
 from galley.settings import SPAN, Setting, span_seconds
@@ -65,6 +66,8 @@ class ScriptSettings:
     vault_addr: str
     vault_ca: str = VAULT_CA_PATH
     state_path: str = STATE_PATH
+    metrics_path: str = f"{METRICS_DIR}/galley-cert-renewal.prom"
+    period_seconds: int = 4500  # the longest two runs are apart: interval and random delay
     systemctl: str = "systemctl"
     restart_lock: str = RESTART_LOCK  # shared with the deploy's restarts on the host
     attempts: int = 5
@@ -79,6 +82,8 @@ class ScriptSettings:
             "vault_addr": self.vault_addr.rstrip("/"),
             "vault_ca": self.vault_ca,
             "state_file": self.state_path,
+            "metrics_file": self.metrics_path,
+            "period_seconds": self.period_seconds,
             "systemctl": self.systemctl,
             "restart_lock": self.restart_lock,
             "attempts": self.attempts,
@@ -139,6 +144,7 @@ def script_settings(host: Host) -> ScriptSettings:
         vault_addr=data.get("vault_host_addr") or data.vault_addr,
         attempts=4,
         backoff=max(1, interval // 70),
+        period_seconds=interval + (span_seconds(RANDOM_DELAY.of(data)) or 0),
     )
     return settings if data.get("vault_ca_cert") else replace(settings, vault_ca=SYSTEM_CAS)
 
@@ -157,6 +163,7 @@ def cert_renewal(plan_of: Callable[[Host], HostRenewal]) -> Component:
             "writable": [
                 *sorted({posixpath.dirname(c.cert_path) for c in renewal.certs}),
                 STATE_DIR,
+                METRICS_DIR,
             ],
             "run_dir": RUN_DIR.removeprefix("/run/"),
             "timeout": "30min",

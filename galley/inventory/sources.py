@@ -35,6 +35,7 @@ DEFAULT_ROLE_TAGS: Mapping[str, str] = {
     "etcd": "role:etcd",
     "control_plane": "role:control-plane",
     "workers": "role:worker",
+    "monitoring": "role:monitoring",
 }
 SSH_ENV = {
     "ssh_user": "GALLEY_SSH_USER",

@@ -26,8 +26,8 @@ import subprocess
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from galley.components import artifacts as registry_artifacts
@@ -35,7 +35,7 @@ from galley.components.kubernetes import kubernetes_binary
 from galley.components.model import UPSTREAM_HOSTS
 from galley.components.model import Artifact as ReleaseArtifact
 from galley.downloads import parse_sha256
-from galley.lab.gobuild import GoBuilder, GoProgram, flannel, kubernetes
+from galley.lab.gobuild import GoBuilder, GoProgram, alertmanager, flannel, kubernetes
 
 DEFAULT_CACHE_DIR = Path("/var/cache/galley/mirror")
 DEFAULT_SOURCE_DIR = Path("/var/cache/galley/sources")
@@ -202,7 +202,9 @@ def _readme(artifact: Artifact, origin: str) -> str:
 class DebianRepack:
     """Builder: binaries from Debian packages, in an upstream-style tarball or as a raw file.
 
-    ``binaries`` are read from ``source`` inside the packages (usr/bin by default). A tarball
+    ``binaries`` are read from ``source`` inside the packages (usr/bin by default), each under
+    its name in ``renamed`` where Debian names it otherwise (``node_exporter`` is Debian's
+    ``prometheus-node-exporter``). A tarball
     holds them (0755) and a README.md saying it is a lab repack below ``top_dir``: None for
     ``<file name without suffix>/``, "" for the top level, or a directory such as "bin" or
     ".". With ``raw``, the artifact is the one binary itself. Missing .debs are downloaded from
@@ -215,6 +217,7 @@ class DebianRepack:
     top_dir: str | None = None
     raw: bool = False
     suite: str = DEBIAN_SUITE
+    renamed: Mapping[str, str] = field(default_factory=dict)
 
     def debs(self, version: str, source_dir: Path) -> dict[str, Path]:
         """The packages' .debs of ``version`` in ``source_dir``, downloaded when missing."""
@@ -250,10 +253,10 @@ class DebianRepack:
                 _run(["dpkg-deb", "-x", deb, unpacked], f"dpkg-deb -x {deb.name}")
             members = {}
             for binary in self.binaries:
-                path = Path(unpacked, self.source, binary)
+                path = Path(unpacked, self.source, self.renamed.get(binary, binary))
                 if not path.is_file():
                     names = ", ".join(deb.name for deb in debs.values())
-                    raise ArtifactError(f"no {self.source}/{binary} in {names}")
+                    raise ArtifactError(f"no {path.relative_to(unpacked)} in {names}")
                 members[binary] = (path.read_bytes(), 0o755)
             return members
 
@@ -323,11 +326,15 @@ def go_builder(source_dir: Path) -> GoBuilder:
 class GoBinary:
     """Builder: ``binary`` of a program built from its upstream Go modules
     (galley.lab.gobuild), as the raw file, or with ``member`` as its name in a tarball laid out
-    like upstream's (a README.md beside it)."""
+    like upstream's (a README.md beside it); ``also`` adds more binaries of the same build
+    under their own names, and ``top_dir`` puts the members below ``<file name without
+    suffix>/`` as upstream's release does."""
 
     program: GoProgram
     binary: str
     member: str | None = None
+    also: tuple[str, ...] = ()
+    top_dir: bool = False
 
     def built(self, source_dir: Path) -> Path:
         """The built binary (built now unless it is already, from the same inputs)."""
@@ -342,15 +349,18 @@ class GoBinary:
         origin = f"built by the lab from {self.program.module} {self.program.version}"
         members = {
             self.member: (built.read_bytes(), 0o755),
+            **{name: ((built.parent / name).read_bytes(), 0o755) for name in self.also},
             "README.md": (_readme(artifact, origin).encode(), 0o644),
         }
-        _deterministic_tarball(dest, "", members)
+        _deterministic_tarball(dest, _archive_name(artifact) if self.top_dir else "", members)
 
     def origin(self, artifact: Artifact, source_dir: Path) -> str:
-        """The program's build (its inputs' stamp) and the binary taken from it."""
+        """The program's build (its inputs' stamp) and the binaries taken from it."""
         built = self.built(source_dir)
         stamp = (built.parent / ".galley-build").read_text().strip()
-        return f"{self.program.key}/{self.binary} {stamp} {self.member or 'raw'}"
+        taken = " ".join((self.binary, *self.also))
+        layout = f"{self.member} top" if self.top_dir else (self.member or "raw")
+        return f"{self.program.key}/{taken} {stamp} {layout}"
 
 
 ETCD_VERSION = "3.5.30"
@@ -378,6 +388,11 @@ FLANNEL_CNI_PLUGIN_VERSION = "1.7.1-flannel2"
 CONTAINERD_VERSION = "2.1.9"
 RUNC_VERSION = "1.1.5"  # sid's runc 1.3.6 needs glibc 2.38; bookworm's runs on the droplets
 CNI_PLUGINS_VERSION = "1.9.1"
+# Monitoring: Debian's builds of Prometheus and the node exporter (sid's need glibc 2.34;
+# bookworm has 2.36), Alertmanager built from its Go modules.
+NODE_EXPORTER_VERSION = "1.11.1"
+PROMETHEUS_VERSION = "3.5.3"
+ALERTMANAGER_VERSION = "0.28.1"
 CNI_PLUGIN_BINARIES = (
     "bandwidth",
     "bridge",
@@ -488,6 +503,31 @@ ARTIFACTS: tuple[Artifact, ...] = (
             binaries=CNI_PLUGIN_BINARIES,
             source="usr/lib/cni",
             top_dir=".",
+        ),
+    ),
+    lab_artifact(
+        _artifact("node_exporter"),
+        NODE_EXPORTER_VERSION,
+        DebianRepack(
+            packages=("prometheus-node-exporter",),
+            binaries=("node_exporter",),
+            renamed={"node_exporter": "prometheus-node-exporter"},
+        ),
+    ),
+    lab_artifact(
+        _artifact("prometheus"),
+        PROMETHEUS_VERSION,
+        DebianRepack(packages=("prometheus", "promtool"), binaries=("prometheus", "promtool")),
+    ),
+    lab_artifact(
+        _artifact("alertmanager"),
+        ALERTMANAGER_VERSION,
+        GoBinary(
+            alertmanager(ALERTMANAGER_VERSION),
+            "alertmanager",
+            member="alertmanager",
+            also=("amtool",),
+            top_dir=True,
         ),
     ),
 )

@@ -20,7 +20,12 @@ from galley.lab.system import LabError
 from galley.lab.topology import TopologyError, plan_droplets
 
 # `galley lab add --role`: the inventory group of each role.
-ROLE_GROUPS = {"etcd": "etcd", "control-plane": "control_plane", "worker": "workers"}
+ROLE_GROUPS = {
+    "etcd": "etcd",
+    "control-plane": "control_plane",
+    "worker": "workers",
+    "monitoring": "monitoring",
+}
 CHANGES = {
     "kill": (lifecycle.kill, "stop a droplet abruptly, as a hardware fault would (disk kept)"),
     "start": (lifecycle.start, "boot a killed droplet again from its disk"),
@@ -54,7 +59,11 @@ def _changing_alone() -> Iterator[None]:
 
 
 def _up(args: argparse.Namespace) -> None:
-    lifecycle.up(plan_droplets(args.etcd, args.control_plane, args.workers, args.stacked_etcd))
+    lifecycle.up(
+        plan_droplets(
+            args.etcd, args.control_plane, args.workers, args.stacked_etcd, args.monitoring
+        )
+    )
 
 
 def _ssh(args: argparse.Namespace) -> None:
@@ -73,11 +82,12 @@ def parser() -> argparse.ArgumentParser:
     )
     commands = lab.add_subparsers(dest="lab_command", required=True)
     up = commands.add_parser(
-        "up", help="boot the lab (default: 3 etcd, 2 control-plane, 2 workers)"
+        "up", help="boot the lab (default: 3 etcd, 2 control-plane, 2 workers, 1 monitoring)"
     )
     up.add_argument("--etcd", type=int, default=3, help="etcd droplets (default 3)")
     up.add_argument("--control-plane", type=int, default=2, help="control-plane droplets")
     up.add_argument("--workers", type=int, default=2, help="worker droplets (default 2)")
+    up.add_argument("--monitoring", type=int, default=1, help="monitoring droplets (default 1)")
     up.add_argument(
         "--stacked-etcd",
         action="store_true",

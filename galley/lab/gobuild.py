@@ -126,6 +126,27 @@ def coredns(version: str) -> GoProgram:
     )
 
 
+def alertmanager(version: str) -> GoProgram:
+    """Alertmanager and amtool at ``version``, stamped as upstream's release (Debian's build
+    reads its default template from /usr/share, which upstream's embeds)."""
+    base = "github.com/prometheus/common/version"
+    return GoProgram(
+        key=f"alertmanager-{version}",
+        module="github.com/prometheus/alertmanager",
+        version=f"v{version}",
+        packages=tuple(
+            f"github.com/prometheus/alertmanager/cmd/{command}"
+            for command in ("alertmanager", "amtool")
+        ),
+        ldflags=lambda upstream: [
+            f"-X {base}.Version={version}",
+            f"-X {base}.Revision={upstream.commit}",
+            f"-X {base}.Branch=HEAD",
+            f"-X {base}.BuildDate={upstream.time}",
+        ],
+    )
+
+
 def crane(version: str) -> GoProgram:
     """go-containerregistry's crane: builds and pushes the lab's images."""
     return GoProgram(

@@ -80,6 +80,9 @@ def lab_overrides(state: LabState, mirror_dir: Path = CACHE_DIR / "mirror") -> d
         "kube_proxy_conntrack_max_per_core": 0,
         # A heartbeat every 3 s: the tests of a lost apiserver see two within seconds.
         "kubelet_node_lease_seconds": 12,
+        # Alerts within seconds: the tests see them fire and clear.
+        "monitoring_scrape_interval": "5s",
+        "monitoring_alert_after": "10s",
         # `galley checksums fetch --inventory inventories/lab.py` records the lab's own here.
         "checksums_file": str(LAB_DIR / "checksums.json"),
     }

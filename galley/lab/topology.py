@@ -13,7 +13,7 @@ FIRST_DROPLET = ipaddress.IPv4Address("198.18.0.10")
 CLUSTER = "lab"
 
 # Inventory group for each role, and the short word used in droplet names.
-ROLES = {"etcd": "etcd", "control_plane": "cp", "workers": "worker"}
+ROLES = {"etcd": "etcd", "control_plane": "cp", "workers": "worker", "monitoring": "mon"}
 MAX_PER_ROLE = 50
 
 
@@ -31,15 +31,25 @@ class DropletPlan:
 
 
 def plan_droplets(
-    etcd: int = 3, control_plane: int = 2, workers: int = 2, stacked_etcd: bool = False
+    etcd: int = 3,
+    control_plane: int = 2,
+    workers: int = 2,
+    stacked_etcd: bool = False,
+    monitoring: int = 1,
 ) -> list[DropletPlan]:
     """Name and address every droplet of a lab.
 
-    Droplets are numbered per role (``lab-etcd-1``, ``lab-cp-1``, ``lab-worker-1``) and get
+    Droplets are numbered per role (``lab-etcd-1``, ``lab-cp-1``, ``lab-worker-1``,
+    ``lab-mon-1``) and get
     consecutive addresses from 198.18.0.10. With ``stacked_etcd`` the first ``etcd``
     control-plane droplets also carry the etcd role and no separate etcd droplets are booted.
     """
-    counts = {"etcd": etcd, "control_plane": control_plane, "workers": workers}
+    counts = {
+        "etcd": etcd,
+        "control_plane": control_plane,
+        "workers": workers,
+        "monitoring": monitoring,
+    }
     for role, count in counts.items():
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
             raise TopologyError(
@@ -67,7 +77,7 @@ def plan_droplets(
         for index in range(1, etcd + 1):
             roles_by_name[f"{CLUSTER}-cp-{index}"].append("etcd")
 
-    # 3 roles x MAX_PER_ROLE droplets from .10 stay well inside the /24.
+    # 4 roles x MAX_PER_ROLE droplets from .10 stay inside the /24.
     return [
         DropletPlan(name=name, address=str(FIRST_DROPLET + offset), roles=tuple(sorted(roles)))
         for offset, (name, roles) in enumerate(roles_by_name.items())

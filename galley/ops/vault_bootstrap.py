@@ -30,6 +30,7 @@ JOBS: Mapping[str, tuple[str, ...]] = {
     "etcd": ("etcd",),
     "control-plane": ("control plane",),
     "workers": ("flannel", "workers"),
+    "monitoring": ("monitoring",),
 }
 
 
@@ -67,9 +68,10 @@ def deploy_paths(cluster: str, components: Iterable[Component] | None = None) ->
 
 def policies(cluster: str) -> dict[str, dict[str, str]]:
     """Every ACL policy the bootstrap writes, name -> {path: capability}: one per job
-    (``<cluster>-etcd``, ``-control-plane``, ``-workers``), ``<cluster>-deploy`` combining
-    them for one-token convenience, and ``<cluster>-operator`` (the admin credential, which no
-    deploy policy grants, and revoking a leaving host's certificates: `galley node remove`).
+    (``<cluster>-etcd``, ``-control-plane``, ``-workers``, ``-monitoring``),
+    ``<cluster>-deploy`` combining them for one-token convenience, and ``<cluster>-operator``
+    (the admin credential, which no deploy policy grants, and revoking a leaving host's
+    certificates: `galley node remove`).
     Token lookup and capabilities-self come with Vault's ``default``."""
     jobs = {
         f"{cluster}-{job}": deploy_paths(

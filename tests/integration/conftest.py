@@ -20,6 +20,7 @@ import requests
 from pyinfra.api import Inventory
 
 from galley.components.etcd import member_identity as etcd_member_identity
+from galley.components.monitoring import PROMETHEUS_PORT
 from galley.host.tls import csr_command
 from galley.lab.artifacts import ARTIFACTS
 from galley.lab.droplets import ssh_command
@@ -112,7 +113,8 @@ def reaches(source: str, address: str, port: int) -> bool:
 
 
 def lab_inventory_variant(directory: Path, body: str) -> str:
-    """An inventory file: the lab's groups as `etcd`, `control_plane`, `workers`, then ``body``
+    """An inventory file: the lab's groups as `etcd`, `control_plane`, `workers`, `monitoring`,
+    then ``body``
     (Python that changes them); returns its path."""
     path = directory / "inventory.py"
     path.write_text(
@@ -122,7 +124,8 @@ def lab_inventory_variant(directory: Path, body: str) -> str:
         "_groups = lab_groups(_state, lab_overrides(_state))\n"
         "etcd = _groups['etcd']\n"
         "control_plane = _groups['control_plane']\n"
-        "workers = _groups['workers']\n" + body
+        "workers = _groups['workers']\n"
+        "monitoring = _groups['monitoring']\n" + body
     )
     return str(path)
 
@@ -248,6 +251,31 @@ def unit_starts(*excluding: str) -> dict[str, str]:
 def hosts_of(lab: LabState, group: str) -> list[str]:
     """The droplets of an inventory group, in order."""
     return [d.name for d in lab.droplets if group in d.roles]
+
+
+def prometheus(lab: LabState, path: str) -> dict:
+    """GET ``/api/v1/<path>`` of the lab's Prometheus (this machine is its operator)."""
+    (address,) = [d.address for d in lab.droplets if "monitoring" in d.roles]
+    answer = requests.get(f"http://{address}:{PROMETHEUS_PORT}/api/v1/{path}", timeout=5)
+    answer.raise_for_status()
+    return answer.json()["data"]
+
+
+def scrape_targets(lab: LabState) -> dict[tuple[str, str], str]:
+    """Prometheus' targets: (job, host) -> health ("up", "down", "unknown")."""
+    return {
+        (t["labels"]["job"], t["labels"].get("host", "")): t["health"]
+        for t in prometheus(lab, "targets?state=active")["activeTargets"]
+    }
+
+
+def alerts(lab: LabState, name: str) -> dict[str, str]:
+    """The hosts alert ``name`` is on in Prometheus, with its state ("pending", "firing")."""
+    return {
+        alert["labels"].get("host", ""): alert["state"]
+        for alert in prometheus(lab, "alerts")["alerts"]
+        if alert["labels"]["alertname"] == name
+    }
 
 
 def admin_files() -> AdminFiles:

@@ -143,7 +143,7 @@ def test_taken_bridge_address_is_refused():
 def test_up_facts_and_down():
     sysctls = _sysctls()
     up = run_cli("galley", "lab", "up")
-    assert "lab up: 7 droplets running" in up.stdout
+    assert "lab up: 8 droplets running" in up.stdout
     state = LabState.load()
     assert [d.name for d in state.droplets] == [
         "lab-etcd-1",
@@ -153,6 +153,7 @@ def test_up_facts_and_down():
         "lab-cp-2",
         "lab-worker-1",
         "lab-worker-2",
+        "lab-mon-1",
     ]
 
     assert state.vault_addr == "https://127.0.0.1:8200"
@@ -163,7 +164,7 @@ def test_up_facts_and_down():
     assert token not in up.stdout + up.stderr
 
     again = run_cli("galley", "lab", "up")
-    assert "already up (7 droplets)" in again.stdout
+    assert "already up (8 droplets)" in again.stdout
     assert LabState.load() == state
 
     facts = pyinfra_json("fact", "server.Os", "server.Hostname", "server.LinuxDistribution")
@@ -184,19 +185,19 @@ def test_up_facts_and_down():
     assert "198.18.0.1" not in apt.stderr and "Err:" not in apt.stdout
 
     status = run_cli("galley", "lab", "status").stdout.splitlines()
-    assert sum("running" in line for line in status) == 7 + 4  # and 4 services
+    assert sum("running" in line for line in status) == 8 + 4  # and 4 services
 
     # A lab whose processes died (e.g. the machine restarted) is cleaned up and booted anew.
     for service in ("mirror", "vault"):
         os.kill(state.services[service], signal.SIGKILL)
     renewed = run_cli("galley", "lab", "up")
     assert "the recorded lab is stale" in renewed.stdout
-    assert "lab up: 7 droplets running" in renewed.stdout
+    assert "lab up: 8 droplets running" in renewed.stdout
     assert all_running(LabState.load())
     assert _vault_is_unsealed(LabState.load())
 
     down = run_cli("galley", "lab", "down")
-    assert "removed 7 droplets, 4 services and bridge br-galley" in down.stdout
+    assert "removed 8 droplets, 4 services and bridge br-galley" in down.stdout
     _assert_nothing_left()
     assert _sysctls() == sysctls  # the kubelet's kernel settings put back as they were
     assert "no lab is up" in run_cli("galley", "lab", "down").stdout

@@ -36,6 +36,9 @@ from .conftest import (
 UNITS = {
     "control_plane": ("kube-apiserver", "kube-controller-manager", "kube-scheduler"),
     "workers": ("api-proxy", "containerd", "flanneld", "kubelet", "kube-proxy"),
+    "monitoring": ("prometheus", "alertmanager"),
+    # Every host.
+    "all": ("node-exporter",),
 }
 UNIT_PATHS = {c.unit.name: c.unit.path for c in REGISTRY if c.unit}
 KUBECONFIGS = {
@@ -71,7 +74,8 @@ def test_phases_run_in_order_across_hosts(cluster):
 
 def test_every_unit_is_active_and_passes_systemd_analyze_verify(cluster):
     for group, units in UNITS.items():
-        for name in hosts_of(cluster, group):
+        names = [d.name for d in cluster.droplets] if group == "all" else hosts_of(cluster, group)
+        for name in names:
             states = ssh(name, f"systemctl is-active {' '.join(units)}", check=False).split()
             assert states == ["active"] * len(units), (name, dict(zip(units, states, strict=False)))
             paths = " ".join(UNIT_PATHS[unit] for unit in units)
@@ -118,12 +122,17 @@ GALLEY_PROCESSES = {
     "flanneld",
     "haproxy",
     "containerd",
+    "node_exporter",
+    "prometheus",
+    "alertmanager",
 }
 # What each group must be found listening on: (address, port), "private" for the droplet's.
 EXPECTED_LISTENERS = {
-    "etcd": {("private", 2379), ("127.0.0.1", 2379), ("private", 2380)},
+    "etcd": {("private", 2379), ("127.0.0.1", 2379), ("private", 2380), ("private", 2381)},
     "control_plane": {("private", 6443), ("127.0.0.1", 10257), ("127.0.0.1", 10259)},
-    "workers": {("private", 10250), ("private", 10256), ("127.0.0.1", 6443)},
+    "workers": {("private", 10250), ("private", 10256), ("127.0.0.1", 6443), ("private", 8405)},
+    "monitoring": {("private", 9090), ("private", 9093)},
+    "all": {("private", 9100)},
 }
 
 
@@ -146,7 +155,8 @@ def test_galleys_servers_listen_on_the_private_address_or_loopback_only(cluster)
         }
         allowed = {droplet.address, "127.0.0.1", "::1"}
         assert {(a, p) for a, p in ours if a not in allowed} == set(), (droplet.name, listening)
-        expected = set().union(*(EXPECTED_LISTENERS[group] for group in droplet.roles))
+        groups = ("all", *droplet.roles)
+        expected = set().union(*(EXPECTED_LISTENERS[group] for group in groups))
         wanted = {(droplet.address if a == "private" else a, p) for a, p in expected}
         assert wanted <= ours, (droplet.name, wanted - ours)
 

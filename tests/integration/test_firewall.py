@@ -35,13 +35,16 @@ from .conftest import (
 # group a droplet is in, each TCP port and the sources that may connect. "operator" is this
 # machine; the lab also lets it write to etcd (the test suite's writer loop).
 MATRIX: dict[str, dict[int, set[str]]] = {
-    "etcd": {2379: {"etcd", "control_plane", "operator"}, 2380: {"etcd"}},
+    "etcd": {2379: {"etcd", "control_plane", "operator"}, 2380: {"etcd"}, 2381: {"monitoring"}},
     "control_plane": {6443: {"workers", "control_plane", "operator"}},
-    "workers": {10250: {"control_plane"}, 10256: set()},  # 10256: load balancers only
+    # 10256: load balancers only; 8405: the API proxy's metrics.
+    "workers": {10250: {"control_plane"}, 10256: set(), 8405: {"monitoring"}},
+    "monitoring": {9090: {"operator"}, 9093: {"operator"}},
 }
-SSH = {22: {"operator"}}
+# Every host: SSH, and its node exporter for the monitoring hosts.
+SSH = {22: {"operator"}, 9100: {"monitoring"}}
 UNUSED = {7777: set()}  # nothing declared: dropped for everyone
-PORTS = sorted({22, 7777, *(port for ports in MATRIX.values() for port in ports)})
+PORTS = sorted({*SSH, *UNUSED, *(port for ports in MATRIX.values() for port in ports)})
 # An address on the bridge that is in no inventory: another tenant's droplet in the VPC.
 FOREIGN = "198.18.0.250"
 OPERATOR = "198.18.0.1"

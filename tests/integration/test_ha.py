@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from galley.components.kubernetes import K8S_DIR
+from galley.components.monitoring import target_file
 from galley.facts import ApiProxyBackends
 from galley.lab.state import LabState
 from galley.ops.kubeapi import NODE_LEASES, ApiError, KubeApi, node_ready
@@ -182,15 +183,18 @@ def test_growing_and_shrinking_the_control_plane_reloads_the_proxies_only(
     before = _units(workers)
     code, results, output = run_deploy("cluster")
     assert code == 0, output
-    # The workers' proxies reload; every host's rules change (etcd, the API and the kubelets
-    # are all reached from the control plane).
-    everyone = {d.name for d in LabState.load().droplets} - {third_control_plane_host}
+    # The workers' proxies reload; every cluster host's rules change (etcd, the API and the
+    # kubelets are all reached from the control plane); the monitoring host gets a target.
+    everyone = {d.name for d in LabState.load().droplets if "monitoring" not in d.roles} - {
+        third_control_plane_host
+    }
     expected = {name: set(workers) for name in PROXY_CHANGES}
     expected |= dict.fromkeys(FIREWALL_CHANGES, everyone)
+    expected[f"monitoring | {target_file('node')}"] = {"lab-mon-1"}
     changes = _changes_beside(results, third_control_plane_host)
     assert changes == expected, changes
     assert wait_for(lambda: _proxies_see(workers, third_control_plane_host) == {"UP"}, 30)
-    assert KubeApi("https://198.18.0.17:6443", admin_files()).version()
+    assert KubeApi("https://198.18.0.18:6443", admin_files()).version()
 
     run_cli("galley", "lab", "remove", third_control_plane_host)
     code, results, output = run_deploy("cluster")

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 
 import pytest
 
+from galley.components.monitoring import target_file
 from galley.etcd.etcdctl import etcdctl_command
 from galley.lab.state import LabState
 from galley.ops.kubeapi import ApiError, KubeApi, node_ready
@@ -37,6 +38,7 @@ from .conftest import (
     reaches,
     run_cli,
     run_deploy,
+    scrape_targets,
     ssh,
     unit_starts,
     wait_for,
@@ -148,7 +150,7 @@ def test_two_etcd_droplets_join_as_learners_and_become_voters(lab_grows):
     assert sorted(voters()) == [*DEFAULT_ETCD, "lab-etcd-4", "lab-etcd-5"]
     assert every_member_healthy()
     for step in (
-        "lab-etcd-4 (https://198.18.0.17:2380) as a learner",
+        "lab-etcd-4 (https://198.18.0.18:2380) as a learner",
         "promote learner lab-etcd-5",
     ):
         assert step in output
@@ -284,18 +286,29 @@ def _refuses_the_removed_members_data(tmp_path, member_id: str) -> None:
     assert members() == listed and unit_starts("lab-etcd-4") == starts
 
 
+def _prometheus_started() -> str:
+    """When the monitoring host's Prometheus process started (a reload keeps it)."""
+    return ssh("lab-mon-1", "systemctl show -p ExecMainStartTimestamp prometheus")
+
+
 def test_a_new_worker_joins_alone_and_node_remove_takes_it_out(lab_grows):
     lab, _ = lab_grows
+    prometheus_started = _prometheus_started()
     run_cli("galley", "lab", "add", "--role", "worker")
     code, results, output = run_deploy("cluster")
     assert code == 0, output
     # Beside the new worker only the rule sets of the hosts it must reach (the apiservers)
-    # or that reach it (the other workers' VXLAN) changed.
+    # or that reach it (the other workers' VXLAN) changed, and the monitoring host's targets.
     beside = {op: hosts - {"lab-worker-3"} for op, hosts in changed(results).items()}
     peers = {"lab-cp-1", "lab-cp-2", "lab-worker-1", "lab-worker-2"}
+    targets = {f"monitoring | {target_file(job)}" for job in ("node", "api-proxy")}
     assert {op: hosts for op, hosts in beside.items() if hosts} == dict.fromkeys(
         FIREWALL_CHANGES, peers
-    )
+    ) | {target: {"lab-mon-1"} for target in targets}
+    # Prometheus scrapes it from then on, without a restart.
+    for job in ("node", "api-proxy"):
+        assert wait_for(lambda job=job: scrape_targets(lab).get((job, "lab-worker-3")) == "up", 30)
+    assert _prometheus_started() == prometheus_started
     address = LabState.load().droplet("lab-worker-3").address
     assert reaches("lab-cp-1", address, 10250) and not reaches("lab-worker-1", address, 10250)
     api = KubeApi(
@@ -330,5 +343,8 @@ def test_a_new_worker_joins_alone_and_node_remove_takes_it_out(lab_grows):
     run_cli("galley", "lab", "remove", "lab-worker-3")
     # The next deploy closes its ports on the others again.
     code, results, output = run_deploy("cluster")
-    assert code == 0 and changed(results) == dict.fromkeys(FIREWALL_CHANGES, peers), output
+    assert code == 0, output
+    assert changed(results) == dict.fromkeys(FIREWALL_CHANGES, peers) | {
+        target: {"lab-mon-1"} for target in targets
+    }
     assert address not in ssh("lab-cp-1", "nft list table inet galley")

@@ -20,6 +20,7 @@ from galley.lab.state import LAB_DIR
 
 from .conftest import (
     Writer,
+    alerts,
     changed,
     endpoints,
     lab_inventory_variant,
@@ -28,6 +29,7 @@ from .conftest import (
     run_cli,
     run_deploy,
     ssh,
+    wait_for,
 )
 
 # Renewed in its last third (from 15 s before expiry) by a timer every 3 s (+ up to 1 s, + up
@@ -274,6 +276,10 @@ def test_a_sealed_vault_fails_loudly_and_restarts_nothing(
         journal = ssh(host, "journalctl -u galley-cert-renewal --no-pager -n 50")
         assert "galley-renew: renewal failing since" in journal
         assert "Vault is sealed" in journal
+        # Prometheus alerts on it, from the metrics the renewal left for the node exporter.
+        assert wait_for(
+            lambda: alerts(cluster, "CertificateRenewalFailing").get(host) == "firing", 30
+        )
     finally:
         openbao.sys.submit_unseal_key((LAB_DIR / VAULT_DIR / "unseal-key").read_text().strip())
     assert _quorum_starts(cluster) == starts
@@ -286,4 +292,5 @@ def test_a_sealed_vault_fails_loudly_and_restarts_nothing(
     while not all_ok():
         assert time.monotonic() < deadline, "renewals did not recover after the unseal"
         time.sleep(2)
+    assert wait_for(lambda: host not in alerts(cluster, "CertificateRenewalFailing"), 30)
     assert [where for where, (_, valid) in _looks(_paths(inventory)).items() if not valid] == []

@@ -99,13 +99,25 @@ def _inventory(**data) -> Inventory:
 
 def test_every_component_is_declared_once_with_a_phase_and_a_group():
     names = [c.name for c in registry.REGISTRY]
-    assert len(names) == len(set(names)) == 12
-    assert [p.name for p in registry.PHASES] == ["etcd", "control plane", "flannel", "workers"]
-    assert {c.group for c in registry.REGISTRY} == {"etcd", "control_plane", "workers", None}
-    # Every host keeps its firewall (before its phases) and renews its own certificates
-    # (with its last phase): components of every host, in no phase.
+    assert len(names) == len(set(names)) == 15
+    assert [p.name for p in registry.PHASES] == [
+        "etcd",
+        "control plane",
+        "flannel",
+        "workers",
+        "monitoring",
+    ]
+    assert {c.group for c in registry.REGISTRY} == {
+        "etcd",
+        "control_plane",
+        "workers",
+        "monitoring",
+        None,
+    }
+    # Every host keeps its firewall (before its phases), serves its metrics and renews its own
+    # certificates (with its last phase): components of every host, in no phase.
     assert registry.EVERY_HOST_FIRST == (registry.HOST_FIREWALL,)
-    assert registry.EVERY_HOST_LAST == (registry.CERT_RENEWAL,)
+    assert registry.EVERY_HOST_LAST == (registry.NODE_EXPORTER, registry.CERT_RENEWAL)
     for component in registry.EVERY_HOST:
         assert component.group is None
         assert not any(component in p.components for p in registry.PHASES)

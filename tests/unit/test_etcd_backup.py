@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -196,6 +197,8 @@ def test_the_timer_takes_its_schedule_from_group_data():
     assert "OnUnitActiveSec=6h\n" in timer and "OnActiveSec=60s\n" in timer
     service = get_template(str(TEMPLATES / ETCD.timers[0].service)).render(snapshot_variables(host))
     assert "User=etcd\n" in service and f"ExecStart=/usr/local/sbin/{SNAPSHOT_JOB}\n" in service
+    # Only after a good snapshot, as root: its time for the node exporter.
+    assert f"ExecStartPost=+/usr/local/sbin/{SNAPSHOT_JOB} --record-success\n" in service
 
 
 def put(endpoint: str, key: str, value: str) -> int:
@@ -300,7 +303,11 @@ def _script(hosts: BackupHosts, directory: Path, client_port: int, keep: int, ti
         key="",
         command_timeout=timeout,
     )
-    variables["shell"] |= {"etcdctl": etcdctl, "etcdutl": f"{hosts.release}/etcdutl"}
+    variables["shell"] |= {
+        "etcdctl": etcdctl,
+        "etcdutl": f"{hosts.release}/etcdutl",
+        "metrics": str(directory.parent / "snapshot.prom"),
+    }
     script = directory.parent / "galley-etcd-snapshot"
     text = get_template(str(TEMPLATES / ETCD.timers[0].script.template)).render(
         cluster_name="lab", **variables
@@ -344,6 +351,16 @@ def test_the_members_script_saves_checks_and_keeps_the_newest(cluster, tmp_path)
     newest = max(saved, key=lambda p: p.stat().st_mtime)
     assert found["count"] == 3 and found["newest"] == newest.name
     assert found["newest_size"] == newest.stat().st_size
+
+    # After a good snapshot the service records its time for the node exporter.
+    recorded = subprocess.run(["bash", str(script), "--record-success"], check=True)
+    assert recorded.returncode == 0
+    metrics = (tmp_path / "snapshot.prom").read_text().splitlines()
+    assert "galley_etcd_snapshot_interval_seconds 3600" in metrics
+    (last,) = [m for m in metrics if m.startswith("galley_etcd_snapshot_last_success_")]
+    assert abs(int(last.split()[1]) - time.time()) < 60
+    assert oct((tmp_path / "snapshot.prom").stat().st_mode & 0o777) == "0o644"
+    assert sorted(p.name for p in directory.iterdir()) == kept  # and saved nothing
 
     dead = _script(cluster, directory, 1, 3, "3s")  # nothing listens on port 1
     done = subprocess.run(["bash", str(dead)], capture_output=True, text=True)

@@ -95,9 +95,10 @@ def test_droplets_that_are_not_active_are_left_out_and_reported(capsys):
 
 def test_droplets_without_a_role_tag_are_reported(capsys):
     groups = groups_from_droplets([_droplet("bastion")], TAG)
-    assert groups == {"etcd": [], "control_plane": [], "workers": []}
-    assert "without a role tag (role:etcd, role:control-plane, role:worker): bastion" in (
-        capsys.readouterr().err
+    assert groups == {"etcd": [], "control_plane": [], "workers": [], "monitoring": []}
+    assert (
+        "without a role tag (role:etcd, role:control-plane, role:worker, role:monitoring): bastion"
+        in (capsys.readouterr().err)
     )
 
 

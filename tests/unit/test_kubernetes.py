@@ -321,9 +321,12 @@ def test_the_proxy_config_lists_every_apiserver_with_a_tls_readyz_check():
         backend="apiservers",
         servers=[("lab-cp-1", "198.18.0.13:6443"), ("lab-cp-2", "198.18.0.14:6443")],
         stats_socket="/run/api-proxy/stats.sock",
+        metrics_listen="198.18.0.15:8405",
     )
     lines = [line.strip() for line in text.splitlines()]
     assert "bind 127.0.0.1:6443" in lines
+    # HAProxy's own exporter, on the private address only.
+    assert "bind 198.18.0.15:8405" in lines
     assert "option httpchk GET /readyz" in lines
     assert "server lab-cp-1 198.18.0.13:6443" in lines
     assert "server lab-cp-2 198.18.0.14:6443" in lines

@@ -6,7 +6,7 @@ from galley.lab.lifecycle import inotify_needed
 from galley.lab.topology import TopologyError, plan_added, plan_droplets
 
 
-def test_default_lab_has_seven_droplets_with_consecutive_addresses():
+def test_default_lab_has_eight_droplets_with_consecutive_addresses():
     plans = plan_droplets()
     assert [p.name for p in plans] == [
         "lab-etcd-1",
@@ -16,15 +16,17 @@ def test_default_lab_has_seven_droplets_with_consecutive_addresses():
         "lab-cp-2",
         "lab-worker-1",
         "lab-worker-2",
+        "lab-mon-1",
     ]
-    assert [p.address for p in plans] == [f"198.18.0.{n}" for n in range(10, 17)]
+    assert [p.address for p in plans] == [f"198.18.0.{n}" for n in range(10, 18)]
     assert plans[0].roles == ("etcd",)
     assert plans[3].roles == ("control_plane",)
-    assert plans[-1].roles == ("workers",)
+    assert plans[-2].roles == ("workers",)
+    assert plans[-1].roles == ("monitoring",)
 
 
 def test_stacked_etcd_puts_members_on_control_plane_droplets():
-    plans = plan_droplets(etcd=3, control_plane=3, workers=1, stacked_etcd=True)
+    plans = plan_droplets(etcd=3, control_plane=3, workers=1, stacked_etcd=True, monitoring=0)
     assert [(p.name, p.roles) for p in plans] == [
         ("lab-cp-1", ("control_plane", "etcd")),
         ("lab-cp-2", ("control_plane", "etcd")),
@@ -34,7 +36,8 @@ def test_stacked_etcd_puts_members_on_control_plane_droplets():
 
 
 def test_zero_of_a_role_is_allowed():
-    assert [p.name for p in plan_droplets(etcd=1, control_plane=0, workers=0)] == ["lab-etcd-1"]
+    only_etcd = plan_droplets(etcd=1, control_plane=0, workers=0, monitoring=0)
+    assert [p.name for p in only_etcd] == ["lab-etcd-1"]
 
 
 @pytest.mark.parametrize(
@@ -42,7 +45,10 @@ def test_zero_of_a_role_is_allowed():
     [
         ({"etcd": -1}, "--etcd must be a whole number >= 0, got -1"),
         ({"workers": 51}, "--workers 51 exceeds the lab's limit of 50"),
-        ({"etcd": 0, "control_plane": 0, "workers": 0}, "the lab needs at least one droplet"),
+        (
+            {"etcd": 0, "control_plane": 0, "workers": 0, "monitoring": 0},
+            "the lab needs at least one droplet",
+        ),
         ({"etcd": 3, "control_plane": 2, "stacked_etcd": True}, "3 etcd members need at least 3"),
     ],
 )
@@ -52,9 +58,9 @@ def test_impossible_shapes_are_refused(kwargs, message):
 
 
 def test_largest_lab_stays_inside_the_bridge_network():
-    plans = plan_droplets(etcd=50, control_plane=50, workers=50)
-    assert len({p.address for p in plans}) == 150
-    assert plans[-1].address == "198.18.0.159"
+    plans = plan_droplets(etcd=50, control_plane=50, workers=50, monitoring=50)
+    assert len({p.address for p in plans}) == 200
+    assert plans[-1].address == "198.18.0.209"
 
 
 def test_default_lab_fits_the_kernels_default_inotify_limit():
@@ -73,7 +79,7 @@ def test_an_added_droplet_takes_the_next_number_and_the_lowest_free_address():
     )
     existing["lab-cp-1"] = "198.18.0.13"
     assert plan_added(existing, "workers").name == "lab-worker-3"
-    assert plan_added(existing, "etcd", "lab-etcd-9").address == "198.18.0.17"
+    assert plan_added(existing, "etcd", "lab-etcd-9").address == "198.18.0.18"
 
 
 @pytest.mark.parametrize(

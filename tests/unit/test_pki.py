@@ -256,7 +256,7 @@ def test_one_policy_per_job_grants_exactly_what_its_deploy_signs_and_reads():
 
 def test_the_combined_deploy_policy_never_grants_the_admin_role():
     policies = vault_bootstrap.policies("lab")
-    jobs = ("lab-etcd", "lab-control-plane", "lab-workers")
+    jobs = ("lab-etcd", "lab-control-plane", "lab-workers", "lab-monitoring")
     assert policies["lab-deploy"] == {k: v for job in jobs for k, v in policies[job].items()}
     assert not any("sign/admin" in path for path in policies["lab-deploy"])
     assert not any(

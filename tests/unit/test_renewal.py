@@ -44,14 +44,14 @@ def render_script(renewal: HostRenewal, settings: ScriptSettings) -> str:
 
 
 def render_units(**data) -> dict[str, str]:
-    """The service and timer files of a host whose group data adds ``data``."""
+    """The service, timer and script of a host whose group data adds ``data``."""
     host = _inventory("lab-cp-1", vault_addr="https://vault.example:8200", **data).get_host(
         "lab-cp-1"
     )
     variables = TIMER.variables(host)
+    files = {**TIMER.unit_files(), TIMER.script.path: TIMER.script.template}
     return {
-        path: render_text(Config(path, template), **variables)
-        for path, template in TIMER.unit_files().items()
+        path: render_text(Config(path, template), **variables) for path, template in files.items()
     }
 
 
@@ -111,6 +111,11 @@ class OnHost:
     def state(self) -> str:
         return (self.root / "state").read_text()
 
+    def metrics(self) -> dict[str, str]:
+        """The node exporter's textfile the run wrote: series -> value."""
+        lines = (self.root / "renewal.prom").read_text().splitlines()
+        return dict(line.rsplit(" ", 1) for line in lines if not line.startswith("#"))
+
     def restarts(self) -> str:
         log = self.root / "systemctl.log"
         return log.read_text() if log.exists() else ""
@@ -157,6 +162,7 @@ def _on_host(
                 vault_addr=openbao.addr,
                 vault_ca=str(openbao.ca_cert),
                 state_path=str(root / "state"),
+                metrics_path=str(root / "renewal.prom"),
                 systemctl=str(stub),
                 restart_lock=str(root / "restart.lock"),
                 **options,
@@ -196,6 +202,11 @@ def test_a_host_renews_its_due_certificates_with_the_same_keys(
             before[cert.stem].public_bytes(pki.serialization.Encoding.PEM).decode()
         )
         assert (after.not_valid_after_utc - after.not_valid_before_utc).days == 30
+        # Its validity, as the node exporter serves it to Prometheus.
+        metrics = host.metrics()
+        label = f'{{certificate="{cert.cert_path}"}}'
+        expiry = metrics[f"galley_certificate_not_after_timestamp_seconds{label}"]
+        assert int(expiry) == int(after.not_valid_after_utc.timestamp())
         assert (
             pki.resign_reason(
                 host.pem(cert.stem),
@@ -287,6 +298,10 @@ def test_a_sealed_vault_fails_with_one_line_and_leaves_the_certificates(
     assert {c.stem: host.pem(c.stem) for c in host.renewal.certs} == before
     assert host.restarts() == ""
 
+    metrics = host.metrics()
+    assert metrics["galley_cert_renewal_failing"] == "1"
+    assert "galley_cert_renewal_last_success_timestamp_seconds" not in metrics  # never yet
+
     again = host.run()
     assert parse_state(host.state()).failing_since == state.failing_since  # since the first
 
@@ -295,6 +310,10 @@ def test_a_sealed_vault_fails_with_one_line_and_leaves_the_certificates(
     assert recovered.returncode == 0, recovered.stderr
     state = parse_state(host.state())
     assert (state.status, state.failing_since) == ("ok", None)
+    metrics = host.metrics()
+    assert metrics["galley_cert_renewal_failing"] == "0"
+    last_run = metrics["galley_cert_renewal_last_run_timestamp_seconds"]
+    assert metrics["galley_cert_renewal_last_success_timestamp_seconds"] == last_run
     assert again.returncode == 1
 
 
@@ -469,10 +488,16 @@ def test_the_timer_takes_its_schedule_from_group_data():
     assert "Type=oneshot\n" in service
     assert "ExecStart=/usr/local/sbin/galley-renew-certs\n" in service
     # Sandboxed: writable are only the directories of the certificates it renews (a control
-    # plane host's etcd client is in the Kubernetes directory), its state and /run/galley.
+    # plane host's etcd client is in the Kubernetes directory), its state, its metrics for the
+    # node exporter and /run/galley.
     assert "ProtectSystem=strict\n" in service and "RuntimeDirectory=galley\n" in service
-    writable = "/etc/galley/renewal /etc/kubernetes/pki /var/lib/galley/renewal"
+    writable = (
+        "/etc/galley/renewal /etc/kubernetes/pki /var/lib/galley/renewal /var/lib/galley/metrics"
+    )
     assert f"ReadWritePaths={writable}\n" in service
+    # The metrics name the longest two runs can be apart.
+    script = units["/usr/local/sbin/galley-renew-certs"]
+    assert f"PERIOD_SECONDS={7 * 3600}\n" in script
     defaults = render_units()["/etc/systemd/system/galley-cert-renewal.timer"]
     assert "OnUnitActiveSec=1h\n" in defaults and "RandomizedDelaySec=15min\n" in defaults
 

@@ -1,0 +1,85 @@
+"""Monitoring on the lab: the real Prometheus on lab-mon-1 scrapes every host's node exporter
+(with galley's host state), every etcd member's metrics (TLS, with its own identity) and
+every worker's API proxy; an alert fires while its cause lasts, reaches Alertmanager, and
+clears when it is gone."""
+
+from __future__ import annotations
+
+import requests
+
+from galley.components.monitoring import ALERTMANAGER_PORT, PKI_DIR
+
+from .conftest import (
+    CRASH_ETCD,
+    Writer,
+    alerts,
+    endpoints,
+    hosts_of,
+    prometheus,
+    scrape_targets,
+    ssh,
+    ssh_run,
+    wait_for,
+)
+
+
+def _monitoring_host(cluster) -> tuple[str, str]:
+    (droplet,) = [d for d in cluster.droplets if "monitoring" in d.roles]
+    return droplet.name, droplet.address
+
+
+def test_every_host_and_exporter_is_scraped_with_galleys_host_state(cluster, inventory):
+    expected = {("node", d.name) for d in cluster.droplets}
+    expected |= {("etcd", name) for name in hosts_of(cluster, "etcd")}
+    expected |= {("api-proxy", name) for name in hosts_of(cluster, "workers")}
+    expected |= {("prometheus", ""), ("alertmanager", "")}
+
+    def all_up() -> bool:
+        targets = scrape_targets(cluster)
+        return set(targets) == expected and set(targets.values()) == {"up"}
+
+    assert wait_for(all_up, 30), scrape_targets(cluster)
+    # What each host runs, as its deploy installed it, read from its textfile metrics.
+    releases = prometheus(cluster, "query?query=galley_release_info")["result"]
+    seen = {(r["metric"]["host"], r["metric"]["release"], r["metric"]["version"]) for r in releases}
+    etcd_version = inventory.get_host("lab-etcd-1").data.etcd_version
+    assert ("lab-etcd-1", "etcd", etcd_version) in seen
+    assert {host for host, _, _ in seen} == {d.name for d in cluster.droplets}
+
+
+def test_etcd_metrics_need_a_client_certificate_of_the_etcd_ca(cluster):
+    monitoring, _ = _monitoring_host(cluster)
+    member = next(d.address for d in cluster.droplets if "etcd" in d.roles)
+    curl = f"curl -sS --max-time 5 --cacert {PKI_DIR}/etcd-ca.crt https://{member}:2381/metrics"
+    identity = f"--cert {PKI_DIR}/etcd-metrics.crt --key {PKI_DIR}/etcd-metrics.key"
+    assert "etcd_server_has_leader 1" in ssh(monitoring, f"{curl} {identity}")
+    refused = ssh_run(monitoring, curl)
+    assert refused.returncode != 0 and "etcd_server" not in refused.stdout
+
+
+def test_a_crashed_etcd_member_alerts_until_it_is_back_and_no_write_fails(cluster, client_cert):
+    member = hosts_of(cluster, "etcd")[-1]
+    _, address = _monitoring_host(cluster)
+
+    def in_alertmanager() -> bool:
+        listed = requests.get(f"http://{address}:{ALERTMANAGER_PORT}/api/v2/alerts", timeout=5)
+        return any(
+            a["labels"]["alertname"] == "EtcdMemberDown" and a["labels"]["host"] == member
+            for a in listed.json()
+        )
+
+    writer = Writer(endpoints(cluster), client_cert)
+    writer.start()
+    try:
+        ssh(member, CRASH_ETCD)
+        try:
+            assert alerts(cluster, "EtcdMemberDown") == {}
+            assert wait_for(lambda: alerts(cluster, "EtcdMemberDown") == {member: "firing"}, 45)
+            assert wait_for(in_alertmanager, 15)
+        finally:
+            ssh(member, "systemctl start etcd")
+        assert wait_for(lambda: alerts(cluster, "EtcdMemberDown") == {}, 45)
+    finally:
+        writer.stop.set()
+        writer.join()
+    assert writer.ok > 100 and writer.failed == [], writer.failed
