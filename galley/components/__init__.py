@@ -27,13 +27,21 @@ from galley.components.kube_proxy import KUBE_PROXY
 from galley.components.kube_scheduler import KUBE_SCHEDULER
 from galley.components.kubelet import KUBELET
 from galley.components.model import Artifact, Cert, Component, Phase, Port
-from galley.components.monitoring import ALERTMANAGER, PROMETHEUS
+from galley.components.monitoring import ALERTMANAGER, ScrapeJob, prometheus, scrape_jobs
 from galley.components.node_exporter import node_exporter
 from galley.components.renewal import cert_renewal, plan
 from galley.vault.kv import KvSecret
 from galley.vault.pki import Identity, RoleSpec
 from galley.vault.renewal import HostRenewal
 
+
+def scrape_jobs_of(host: Host) -> list[ScrapeJob]:
+    """What Prometheus on ``host`` scrapes: every job the registry declares metrics for, on
+    the hosts of ``host``'s inventory that run it (`galley.components.monitoring`)."""
+    return scrape_jobs(host.inventory, REGISTRY, running_on)
+
+
+PROMETHEUS = prometheus(scrape_jobs_of)
 PHASES: tuple[Phase, ...] = (
     Phase("etcd", (ETCD,)),
     Phase("control plane", (KUBE_APISERVER, KUBE_CONTROLLER_MANAGER, KUBE_SCHEDULER)),
@@ -50,8 +58,14 @@ def renewal_plan(host: Host) -> HostRenewal:
 
 
 def opened_on(host: Host) -> list[tuple[str, Port]]:
-    """The ports the components ``host`` runs open there, each with its component's name."""
-    return [(c.name, port) for c in running_on(host) for port in c.ports if port.when(host)]
+    """The ports the components ``host`` runs open there (their metrics' to the monitoring
+    hosts), each with its component's name."""
+    return [
+        (c.name, port)
+        for c in running_on(host)
+        for port in (*c.ports, *(metrics.opened() for metrics in c.metrics))
+        if port.when(host)
+    ]
 
 
 CERT_RENEWAL = cert_renewal(renewal_plan)

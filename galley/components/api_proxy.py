@@ -23,7 +23,7 @@ from pyinfra.api.host import Host
 
 from galley.components.engine import render
 from galley.components.kubernetes import CA_PATH, control_plane_hosts, needs_proxy
-from galley.components.model import MONITORING, Component, Config, Configured, Directory, Port, Unit
+from galley.components.model import Component, Config, Configured, Directory, Metrics, Unit
 from galley.facts.api_proxy import BACKEND, STATS_SOCKET
 
 CONFIG_DIR = "/etc/galley/api-proxy"
@@ -64,7 +64,7 @@ API_PROXY = Component(
     configs=(Config(CONFIG, "api-proxy/haproxy.cfg.j2", reload=True),),
     unit=Unit("api-proxy", "api-proxy/api-proxy.service.j2"),
     directories=(Directory("/etc/galley"), Directory(CONFIG_DIR)),
-    ports=(Port(METRICS_PORT, (MONITORING,)),),
+    metrics=(Metrics("api-proxy", METRICS_PORT),),
     checks=("api",),
     configure=_configure,
     when=needs_proxy,

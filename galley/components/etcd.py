@@ -20,12 +20,12 @@ from pyinfra.api.host import Host
 
 from galley.components.engine import render, render_text
 from galley.components.model import (
-    MONITORING,
     Cert,
     Component,
     Config,
     Configured,
     Directory,
+    Metrics,
     Port,
     Timer,
     Unit,
@@ -259,8 +259,8 @@ ETCD = Component(
             when=lambda host: host.data.flannel_mode == "etcd",
         ),
         Port(lambda host: host.data.etcd_peer_port, ("etcd",)),
-        Port(lambda host: host.data.etcd_metrics_port, (MONITORING,)),
     ),
+    metrics=(Metrics("etcd", lambda host: host.data.etcd_metrics_port, mount="etcd"),),
     timers=(
         Timer(
             SNAPSHOT_JOB,

@@ -39,6 +39,7 @@ from galley.components.model import (
     Config,
     Configured,
     Directory,
+    Metrics,
     Port,
     Unit,
     cluster_role_binding,
@@ -97,9 +98,8 @@ def apiserver_identity(host: Host) -> Identity:
 
 
 def healthz_command(address: str, port: int, path: str = "healthz") -> str:
-    """curl ``path`` of a control-plane server on this host (the apiserver at the host's
-    private address, the controller manager and scheduler on loopback) with a control-plane
-    client (prints ``ok``)."""
+    """curl ``path`` of a control-plane server on this host (each listens on the host's private
+    address) with a control-plane client (prints ``ok``)."""
     return " ".join(
         [
             "curl -fsS --max-time 5",
@@ -261,6 +261,7 @@ KUBE_APISERVER = Component(
             ("workers", "control_plane", OPERATORS, LOAD_BALANCERS),
         ),
     ),
+    metrics=(Metrics("apiserver", lambda host: host.data.api_port, mount="k8s"),),
     directories=CONTROL_PLANE_DIRECTORIES,
     checks=("networks", "api"),
     configure=_configure,

@@ -17,7 +17,7 @@ from galley.components.kubernetes import (
     kubernetes_binary,
     local_serving_identity,
 )
-from galley.components.model import Component, Config, Configured, Unit
+from galley.components.model import Component, Config, Configured, Metrics, Unit
 from galley.vault.pki import Identity, RoleSpec
 
 KUBECONFIG = f"{K8S_DIR}/controller-manager.kubeconfig"
@@ -37,6 +37,7 @@ def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
     operation = kubeconfig(host, KUBECONFIG, api_url(host, local=True), CLIENT)
     variables = {
         "kubeconfig": KUBECONFIG,
+        "private_ip": data.private_ip,
         "sa_key": SA_KEY,
         "service_cidr": data.service_cidr,
         "pod_cidr": data.pod_cidr,
@@ -47,6 +48,9 @@ def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
     }
     return Configured({KUBECONFIG: operation}, variables)
 
+
+# Its secure port (health, metrics), on the private address for the monitoring hosts.
+PORT = 10257
 
 KUBE_CONTROLLER_MANAGER = Component(
     name="kube-controller-manager",
@@ -64,6 +68,7 @@ KUBE_CONTROLLER_MANAGER = Component(
         "kube-controller-manager", "kube-controller-manager/kube-controller-manager.service.j2"
     ),
     directories=CONTROL_PLANE_DIRECTORIES,
+    metrics=(Metrics("controller-manager", PORT, mount="k8s"),),
     watch=(SA_KEY,),
     checks=("networks", "api"),
     configure=_configure,

@@ -18,24 +18,27 @@ from galley.components.kubernetes import (
     kubernetes_binary,
     local_serving_identity,
 )
-from galley.components.model import Component, Config, Configured, Unit
+from galley.components.model import Component, Config, Configured, Metrics, Unit
 from galley.vault.pki import Identity, RoleSpec
 
 KUBECONFIG = f"{K8S_DIR}/scheduler.kubeconfig"
 CONFIG = f"{K8S_DIR}/kube-scheduler.yaml"
+# Its secure port (health, metrics), on the private address for the monitoring hosts.
+PORT = 10259
 ROLE = RoleSpec("kube-scheduler", "k8s", ("system:kube-scheduler",), enforce_hostnames=False)
 CLIENT = k8s_cert("kube-scheduler", ROLE, lambda host: Identity("system:kube-scheduler"))
 
 
 def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
     variables = {"kubeconfig": KUBECONFIG, "config_path": CONFIG}
+    unit_variables = {**variables, "private_ip": host.data.private_ip}
     written = {
         KUBECONFIG: kubeconfig(host, KUBECONFIG, api_url(host, local=True), CLIENT),
         CONFIG: render(
             KUBE_SCHEDULER.config(CONFIG), cluster_name=host.data.cluster_name, **variables
         ),
     }
-    return Configured(written, variables)
+    return Configured(written, unit_variables)
 
 
 KUBE_SCHEDULER = Component(
@@ -53,6 +56,7 @@ KUBE_SCHEDULER = Component(
     ),
     unit=Unit("kube-scheduler", "kube-scheduler/kube-scheduler.service.j2"),
     directories=CONTROL_PLANE_DIRECTORIES,
+    metrics=(Metrics("scheduler", PORT, mount="k8s"),),
     checks=("api",),
     configure=_configure,
 )

@@ -28,7 +28,15 @@ from galley.components.kubernetes import (
     node_identity,
     node_name,
 )
-from galley.components.model import Component, Config, Configured, Directory, Port, Unit
+from galley.components.model import (
+    Component,
+    Config,
+    Configured,
+    Directory,
+    Metrics,
+    Port,
+    Unit,
+)
 from galley.settings import COUNT, Setting
 from galley.vault.pki import Identity
 
@@ -83,6 +91,7 @@ KUBELET = Component(
     ),
     unit=Unit("kubelet", "kubelet/kubelet.service.j2"),
     ports=(Port(PORT, ("control_plane",)),),
+    metrics=(Metrics("kubelet", PORT, mount="k8s"),),
     directories=(*WORKER_DIRECTORIES, Directory("/var/lib/kubelet", "700")),
     checks=("networks", "api"),
     settings=(NODE_LEASE_SECONDS,),

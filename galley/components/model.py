@@ -253,6 +253,28 @@ class Port:
         return int(self.number(host) if callable(self.number) else self.number)
 
 
+@dataclass(frozen=True)
+class Metrics:
+    """Prometheus metrics a component serves on its hosts' private address: the scrape ``job``
+    they belong to, the ``port`` (or how a host's data gives it) and how they are reached:
+    ``mount`` None for plain HTTP, else the PKI mount ("etcd", "k8s") whose CA signed the
+    serving certificate and of which Prometheus presents a client identity. The monitoring
+    hosts scrape it (`galley.components.monitoring`) and the host firewall lets them in."""
+
+    job: str
+    port: int | Callable[[Host], int]
+    mount: str | None = None
+    when: Callable[[Host], bool] = lambda host: True
+
+    def on(self, host: Host) -> int:
+        """The port's number on ``host``."""
+        return int(self.port(host) if callable(self.port) else self.port)
+
+    def opened(self) -> Port:
+        """The port the monitoring hosts scrape."""
+        return Port(self.port, (MONITORING,), when=self.when)
+
+
 # (state, host, unit) -> None: restart or wait with the component's own health gate.
 UnitHook = Callable[..., None]
 
@@ -339,7 +361,8 @@ class Component:
     it is true for. ``secrets`` are the KV values its deploy reads (`KvSecret`); ``rbac`` the
     cluster RBAC objects its identities need, which `galley admin credentials` keeps (only the
     operator's identity may write RBAC). ``ports`` are what it listens on beyond loopback and
-    who may connect (the host firewall's rules).
+    who may connect (the host firewall's rules); ``metrics`` what Prometheus scrapes on it
+    (their ports open to the monitoring hosts).
     """
 
     name: str
@@ -350,6 +373,7 @@ class Component:
     secrets: tuple[KvSecret, ...] = ()
     rbac: tuple[Mapping[str, Any], ...] = ()
     ports: tuple[Port, ...] = ()
+    metrics: tuple[Metrics, ...] = ()
     configs: tuple[Config, ...] = ()
     unit: Unit | None = None
     timers: tuple[Timer, ...] = ()

@@ -18,12 +18,11 @@ from pyinfra.api.host import Host
 
 from galley.components.engine import render
 from galley.components.model import (
-    MONITORING,
     Component,
     Config,
     Configured,
     Directory,
-    Port,
+    Metrics,
     Unit,
     github_artifact,
 )
@@ -70,6 +69,6 @@ def node_exporter(running_on: Callable[[Host], Sequence[Component]]) -> Componen
         configs=(CONFIG,),
         unit=Unit("node-exporter", "node-exporter/node-exporter.service.j2"),
         directories=(Directory("/var/lib/galley"), Directory(METRICS_DIR)),
-        ports=(Port(PORT, (MONITORING,)),),
+        metrics=(Metrics("node", PORT),),
         configure=configure,
     )

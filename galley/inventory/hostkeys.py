@@ -43,8 +43,9 @@ from galley.inventory.load import (
 )
 
 ENV = "GALLEY_KNOWN_HOSTS"
-# Droplets in these groups receive the cluster's secrets: a new id there needs admission.
-GUARDED_GROUPS = ("etcd", "control_plane")
+# Droplets in these groups receive the cluster's secrets (a monitoring host: an etcd client
+# identity for etcd's metrics): a new id there needs admission.
+GUARDED_GROUPS = ("etcd", "control_plane", "monitoring")
 DEFAULT_ROOT = Path("~/.config/galley/known_hosts")
 SCAN_TIMEOUT = 5.0
 

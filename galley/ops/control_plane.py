@@ -31,7 +31,9 @@ from pyinfra.api.host import Host
 
 from galley.components.kube_apiserver import KUBE_APISERVER, healthz_command
 from galley.components.kube_controller_manager import KUBE_CONTROLLER_MANAGER
+from galley.components.kube_controller_manager import PORT as CONTROLLER_MANAGER_PORT
 from galley.components.kube_scheduler import KUBE_SCHEDULER
+from galley.components.kube_scheduler import PORT as SCHEDULER_PORT
 from galley.components.kubernetes import control_plane_hosts
 from galley.components.model import Component
 from galley.facts.fleet import ComponentVersions
@@ -66,17 +68,20 @@ def _work(component: Component, health: Callable[[Host], str]) -> HostWork:
     return HostWork(component.name, component.artifacts, (component.unit.name,), health)
 
 
-# The health check of each on its host: the apiserver's /readyz, the controller manager's and
-# the scheduler's /healthz on their default secure ports (the unit templates set none).
+# The health check of each on its host, on the private address: the apiserver's /readyz, the
+# controller manager's and the scheduler's /healthz on their default secure ports.
 WORK = {
     APISERVER: _work(
         KUBE_APISERVER,
         lambda host: healthz_command(host.data.private_ip, host.data.api_port, "readyz"),
     ),
     KUBE_CONTROLLER_MANAGER.name: _work(
-        KUBE_CONTROLLER_MANAGER, lambda host: healthz_command("127.0.0.1", 10257)
+        KUBE_CONTROLLER_MANAGER,
+        lambda host: healthz_command(host.data.private_ip, CONTROLLER_MANAGER_PORT),
     ),
-    KUBE_SCHEDULER.name: _work(KUBE_SCHEDULER, lambda host: healthz_command("127.0.0.1", 10259)),
+    KUBE_SCHEDULER.name: _work(
+        KUBE_SCHEDULER, lambda host: healthz_command(host.data.private_ip, SCHEDULER_PORT)
+    ),
 }
 
 

@@ -20,6 +20,7 @@ from galley.lab.state import CACHE_DIR
 from .conftest import (
     CRASH_ETCD,
     admin_files,
+    alerts,
     changed,
     healthz,
     hosts_of,
@@ -129,7 +130,7 @@ GALLEY_PROCESSES = {
 # What each group must be found listening on: (address, port), "private" for the droplet's.
 EXPECTED_LISTENERS = {
     "etcd": {("private", 2379), ("127.0.0.1", 2379), ("private", 2380), ("private", 2381)},
-    "control_plane": {("private", 6443), ("127.0.0.1", 10257), ("127.0.0.1", 10259)},
+    "control_plane": {("private", 6443), ("private", 10257), ("private", 10259)},
     "workers": {("private", 10250), ("private", 10256), ("127.0.0.1", 6443), ("private", 8405)},
     "monitoring": {("private", 9090), ("private", 9093)},
     "all": {("private", 9100)},
@@ -334,11 +335,14 @@ def test_the_report_lists_every_component_and_flags_a_stopped_kubelet(cluster, i
             ),
             30,
         )
+        # And Prometheus alerts on it.
+        assert wait_for(lambda: alerts(cluster, "KubeletDown") == {"lab-worker-1": "firing"}, 30)
     finally:
         ssh("lab-worker-1", "systemctl start kubelet")
     assert wait_for(
         lambda: run_cli("galley", "report", "inventories/lab.py", check=False).returncode == 0, 60
     )
+    assert wait_for(lambda: alerts(cluster, "KubeletDown") == {}, 30)
 
 
 def test_checksums_fetch_reads_the_mirror_and_refuses_a_tampered_file(cluster, tmp_path):

@@ -36,9 +36,13 @@ from .conftest import (
 # machine; the lab also lets it write to etcd (the test suite's writer loop).
 MATRIX: dict[str, dict[int, set[str]]] = {
     "etcd": {2379: {"etcd", "control_plane", "operator"}, 2380: {"etcd"}, 2381: {"monitoring"}},
-    "control_plane": {6443: {"workers", "control_plane", "operator"}},
+    "control_plane": {
+        6443: {"workers", "control_plane", "monitoring", "operator"},
+        10257: {"monitoring"},  # the controller manager's and the scheduler's metrics
+        10259: {"monitoring"},
+    },
     # 10256: load balancers only; 8405: the API proxy's metrics.
-    "workers": {10250: {"control_plane"}, 10256: set(), 8405: {"monitoring"}},
+    "workers": {10250: {"control_plane", "monitoring"}, 10256: set(), 8405: {"monitoring"}},
     "monitoring": {9090: {"operator"}, 9093: {"operator"}},
 }
 # Every host: SSH, and its node exporter for the monitoring hosts.

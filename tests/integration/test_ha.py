@@ -190,7 +190,8 @@ def test_growing_and_shrinking_the_control_plane_reloads_the_proxies_only(
     }
     expected = {name: set(workers) for name in PROXY_CHANGES}
     expected |= dict.fromkeys(FIREWALL_CHANGES, everyone)
-    expected[f"monitoring | {target_file('node')}"] = {"lab-mon-1"}
+    for job in ("node", "apiserver", "controller-manager", "scheduler"):
+        expected[f"monitoring | {target_file(job)}"] = {"lab-mon-1"}
     changes = _changes_beside(results, third_control_plane_host)
     assert changes == expected, changes
     assert wait_for(lambda: _proxies_see(workers, third_control_plane_host) == {"UP"}, 30)

@@ -301,14 +301,10 @@ def test_a_new_worker_joins_alone_and_node_remove_takes_it_out(lab_grows):
     # or that reach it (the other workers' VXLAN) changed, and the monitoring host's targets.
     beside = {op: hosts - {"lab-worker-3"} for op, hosts in changed(results).items()}
     peers = {"lab-cp-1", "lab-cp-2", "lab-worker-1", "lab-worker-2"}
-    targets = {f"monitoring | {target_file(job)}" for job in ("node", "api-proxy")}
+    targets = {f"monitoring | {target_file(job)}" for job in ("node", "api-proxy", "kubelet")}
     assert {op: hosts for op, hosts in beside.items() if hosts} == dict.fromkeys(
         FIREWALL_CHANGES, peers
     ) | {target: {"lab-mon-1"} for target in targets}
-    # Prometheus scrapes it from then on, without a restart.
-    for job in ("node", "api-proxy"):
-        assert wait_for(lambda job=job: scrape_targets(lab).get((job, "lab-worker-3")) == "up", 30)
-    assert _prometheus_started() == prometheus_started
     address = LabState.load().droplet("lab-worker-3").address
     assert reaches("lab-cp-1", address, 10250) and not reaches("lab-worker-1", address, 10250)
     api = KubeApi(
@@ -323,6 +319,10 @@ def test_a_new_worker_joins_alone_and_node_remove_takes_it_out(lab_grows):
             return False
 
     assert wait_for(ready, 60)
+    # Prometheus scrapes it from then on, without a restart.
+    for job in ("node", "api-proxy", "kubelet"):
+        assert wait_for(lambda job=job: scrape_targets(lab).get((job, "lab-worker-3")) == "up", 30)
+    assert _prometheus_started() == prometheus_started
 
     removed = run_cli("galley", "node", "remove", "inventories/lab.py", "lab-worker-3", "--yes")
     with pytest.raises(ApiError) as gone:

@@ -1,6 +1,7 @@
 """Monitoring on the lab: the real Prometheus on lab-mon-1 scrapes every host's node exporter
-(with galley's host state), every etcd member's metrics (TLS, with its own identity) and
-every worker's API proxy; an alert fires while its cause lasts, reaches Alertmanager, and
+(with galley's host state), every etcd member's metrics (TLS, with its own identity), every
+worker's API proxy and the Kubernetes components' own metrics (an identity RBAC lets read
+metrics only); an alert fires while its cause lasts, reaches Alertmanager, and
 clears when it is gone."""
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ def _monitoring_host(cluster) -> tuple[str, str]:
 def test_every_host_and_exporter_is_scraped_with_galleys_host_state(cluster, inventory):
     expected = {("node", d.name) for d in cluster.droplets}
     expected |= {("etcd", name) for name in hosts_of(cluster, "etcd")}
-    expected |= {("api-proxy", name) for name in hosts_of(cluster, "workers")}
+    for job in ("api-proxy", "kubelet"):
+        expected |= {(job, name) for name in hosts_of(cluster, "workers")}
+    for job in ("apiserver", "controller-manager", "scheduler"):
+        expected |= {(job, name) for name in hosts_of(cluster, "control_plane")}
     expected |= {("prometheus", ""), ("alertmanager", "")}
 
     def all_up() -> bool:
@@ -45,6 +49,9 @@ def test_every_host_and_exporter_is_scraped_with_galleys_host_state(cluster, inv
     etcd_version = inventory.get_host("lab-etcd-1").data.etcd_version
     assert ("lab-etcd-1", "etcd", etcd_version) in seen
     assert {host for host, _, _ in seen} == {d.name for d in cluster.droplets}
+    # The controller manager holding the lease counts the Nodes not Ready: none.
+    unready = prometheus(cluster, "query?query=node_collector_unhealthy_nodes_in_zone")["result"]
+    assert [sample["value"][1] for sample in unready] == ["0"]
 
 
 def test_etcd_metrics_need_a_client_certificate_of_the_etcd_ca(cluster):
@@ -55,6 +62,23 @@ def test_etcd_metrics_need_a_client_certificate_of_the_etcd_ca(cluster):
     assert "etcd_server_has_leader 1" in ssh(monitoring, f"{curl} {identity}")
     refused = ssh_run(monitoring, curl)
     assert refused.returncode != 0 and "etcd_server" not in refused.stdout
+
+
+def test_the_kubernetes_metrics_identity_reads_metrics_and_nothing_else(cluster):
+    monitoring, _ = _monitoring_host(cluster)
+    apiserver = next(d.address for d in cluster.droplets if "control_plane" in d.roles)
+    curl = (
+        "curl -s -o /dev/null -w '%{http_code}' --max-time 5"
+        f" --cacert {PKI_DIR}/kubernetes-ca.crt"
+        f" --cert {PKI_DIR}/kube-metrics.crt --key {PKI_DIR}/kube-metrics.key"
+    )
+    assert ssh(monitoring, f"{curl} https://{apiserver}:6443/metrics") == "200"
+    for path in (
+        "api/v1/secrets",
+        "api/v1/nodes",
+        "apis/rbac.authorization.k8s.io/v1/clusterroles",
+    ):
+        assert ssh(monitoring, f"{curl} https://{apiserver}:6443/{path}") == "403", path
 
 
 def test_a_crashed_etcd_member_alerts_until_it_is_back_and_no_write_fails(cluster, client_cert):

@@ -37,6 +37,12 @@ MEMBER_1 = _target("etcd", "198.18.0.10:2381", "lab-etcd-1", "etcd")
 MEMBER_2 = _target("etcd", "198.18.0.11:2381", "lab-etcd-2", "etcd")
 WORKER_1 = _target("node", "198.18.0.20:9100", "lab-worker-1", "workers")
 PROXY_1 = _target("api-proxy", "198.18.0.20:8405", "lab-worker-1", "workers")
+APISERVER_1 = _target("apiserver", "198.18.0.13:6443", "lab-cp-1", "control_plane")
+APISERVER_2 = _target("apiserver", "198.18.0.14:6443", "lab-cp-2", "control_plane")
+SCHEDULER_1 = _target("scheduler", "198.18.0.13:10259", "lab-cp-1", "control_plane")
+MANAGER_1 = _target("controller-manager", "198.18.0.13:10257", "lab-cp-1", "control_plane")
+KUBELET_1 = _target("kubelet", "198.18.0.20:10250", "lab-worker-1", "workers")
+KUBELET_2 = _target("kubelet", "198.18.0.21:10250", "lab-worker-2", "workers")
 
 
 def _series(name: str, labels: dict[str, str], values: str) -> dict[str, str]:
@@ -83,10 +89,11 @@ SCENARIOS = [
             _series("galley_cert_renewal_failing", ETCD_1, "0 1x10"),
             _series("galley_cert_renewal_failing", ETCD_2, "0x11"),
         ],
-        _quiet("CertificateRenewalFailing", "2m"),
+        # At once: the script retried before it recorded the failure.
+        _quiet("CertificateRenewalFailing", "0m"),
         _fires(
             "CertificateRenewalFailing",
-            "3m",
+            "1m",
             ETCD_1,
             "warning",
             "lab-etcd-1: certificate renewal failing",
@@ -216,6 +223,57 @@ SCENARIOS = [
             "ApiProxyDown", "3m", PROXY_1, "critical", "lab-worker-1: its API proxy does not answer"
         ),
         _quiet("HostDown", "3m"),
+    ),
+    _scenario(
+        "an apiserver stops answering",
+        [_series("up", APISERVER_1, "1 0x10"), _series("up", APISERVER_2, "1x11")],
+        _quiet("ApiserverDown", "2m"),
+        _fires(
+            "ApiserverDown",
+            "3m",
+            APISERVER_1,
+            "critical",
+            "lab-cp-1: kube-apiserver does not answer",
+        ),
+    ),
+    _scenario(
+        "a scheduler stops answering, the controller manager beside it does not",
+        [_series("up", SCHEDULER_1, "1 0x10"), _series("up", MANAGER_1, "1x11")],
+        _quiet("ControlPlaneComponentDown", "2m"),
+        _fires(
+            "ControlPlaneComponentDown",
+            "3m",
+            SCHEDULER_1,
+            "warning",
+            "lab-cp-1: kube-scheduler does not answer",
+        ),
+    ),
+    _scenario(
+        "a kubelet stops answering",
+        [_series("up", KUBELET_1, "1 0x10"), _series("up", KUBELET_2, "1x11")],
+        _quiet("KubeletDown", "2m"),
+        _fires("KubeletDown", "3m", KUBELET_1, "critical", "lab-worker-1: kubelet does not answer"),
+    ),
+    _scenario(
+        # Only the controller manager holding the lease counts; the other exports nothing.
+        "a node goes NotReady",
+        [
+            _series("node_collector_unhealthy_nodes_in_zone", {**MANAGER_1, "zone": ""}, "0 1x10"),
+        ],
+        _quiet("NodesNotReady", "2m"),
+        {
+            "eval_time": "3m",
+            "alertname": "NodesNotReady",
+            "exp_alerts": [
+                {
+                    "exp_labels": {"severity": "critical"},  # an empty zone is no label
+                    "exp_annotations": {
+                        "summary": "1 Node(s) not Ready",
+                        "runbook": RUNBOOKS["NodesNotReady"],
+                    },
+                }
+            ],
+        },
     ),
 ]
 

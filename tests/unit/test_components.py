@@ -16,6 +16,7 @@ from galley.components.kubernetes import k8s_cert, kubernetes_binary
 from galley.components.model import (
     Component,
     Config,
+    Metrics,
     Phase,
     Unit,
     cluster_role,
@@ -63,6 +64,7 @@ CCM = Component(
     ),
     configs=(Config("/etc/kubernetes/ccm.kubeconfig", "kubernetes/kubeconfig.j2", mode="600"),),
     unit=Unit("cloud-controller-manager", "ccm/ccm.service.j2"),
+    metrics=(Metrics("cloud-controller-manager", 10258, mount="k8s"),),
     secrets=(TOKEN,),
     rbac=RBAC,
     settings=(WORKERS,),
@@ -233,6 +235,17 @@ def test_vault_bootstrap_makes_a_new_component_s_secret_for_its_job_only(with_cc
     with pytest.raises(VaultError):
         kv.read(token("lab-workers"), "lab", TOKEN)
     assert CCM in registry.phase("control plane").components
+
+
+def test_prometheus_scrapes_a_new_component_s_metrics_through_the_firewall(with_ccm):
+    host = _inventory().get_host("lab-cp-1")
+    jobs = {job.name: job for job in registry.scrape_jobs_of(host)}
+    job = jobs["cloud-controller-manager"]
+    assert job.mount == "k8s"  # over TLS, with Prometheus' Kubernetes identity
+    labels = {"host": "lab-cp-1", "groups": "control_plane"}
+    assert job.targets == [{"targets": ["198.18.0.13:10258"], "labels": labels}]
+    opened = [port for name, port in registry.opened_on(host) if name == CCM.name]
+    assert [(port.on(host), port.sources) for port in opened] == [(10258, ("monitoring",))]
 
 
 def test_admin_credentials_keep_a_new_component_s_rbac(with_ccm):

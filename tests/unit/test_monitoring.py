@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from pyinfra.api import Inventory
 
+from galley.components import scrape_jobs_of
 from galley.components.monitoring import (
     ALERTMANAGER_CONFIG,
     CONFIG,
@@ -42,6 +43,12 @@ def _inventory(**data) -> Inventory:
     )
 
 
+def _files(inventory: Inventory) -> dict[str, str]:
+    """The monitoring host's Prometheus files: path -> text."""
+    host = inventory.get_host("lab-mon-1")
+    return prometheus_files(host, scrape_jobs_of(host))
+
+
 def _targets(files: dict[str, str], job: str) -> dict[str, str]:
     """host -> address of one job's target file."""
     return {
@@ -52,7 +59,7 @@ def _targets(files: dict[str, str], job: str) -> dict[str, str]:
 
 
 def test_every_host_is_a_target_of_the_jobs_it_runs():
-    files = prometheus_files(_inventory().get_host("lab-mon-1"))
+    files = _files(_inventory())
     every = {name: f"{address}:9100" for group in HOSTS.values() for name, address in group.items()}
     assert _targets(files, "node") == every
     assert _targets(files, "etcd") == {
@@ -63,27 +70,41 @@ def test_every_host_is_a_target_of_the_jobs_it_runs():
         "lab-worker-1": "198.18.0.15:8405",
         "lab-worker-2": "198.18.0.16:8405",
     }
+    assert _targets(files, "apiserver") == {"lab-cp-1": "198.18.0.13:6443"}
+    assert _targets(files, "controller-manager") == {"lab-cp-1": "198.18.0.13:10257"}
+    assert _targets(files, "scheduler") == {"lab-cp-1": "198.18.0.13:10259"}
+    assert _targets(files, "kubelet") == {
+        "lab-worker-1": "198.18.0.15:10250",
+        "lab-worker-2": "198.18.0.16:10250",
+    }
     # Behind a load balancer the workers run no API proxy: nothing to scrape there.
-    balanced = prometheus_files(_inventory(api_endpoint="api.lab.example").get_host("lab-mon-1"))
+    balanced = _files(_inventory(api_endpoint="api.lab.example"))
     assert _targets(balanced, "api-proxy") == {}
 
 
 def test_prometheus_loads_the_configuration_and_rules(prometheus_release: Path, tmp_path):
-    host = _inventory(monitoring_scrape_interval="15sec", monitoring_alert_after="5min")
-    files = prometheus_files(host.get_host("lab-mon-1"))
-    assert "scrape_interval: 15s" in files[CONFIG]
-    assert "for: &alert_after 5m" in files[RULES]
+    host = _inventory(monitoring_scrape_interval="1sec", monitoring_alert_after="5min")
+    files = _files(host)
+    assert "scrape_interval: 1s" in files[CONFIG.path]
+    assert "for: &alert_after 5m" in files[RULES.path]
     # The files where the host has them, the etcd client's beside them (promtool reads them).
     for path, text in files.items():
         (tmp_path / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path.lstrip("/")).write_text(text)
-    config = files[CONFIG].replace("/etc/", f"{tmp_path}/etc/")
-    (tmp_path / CONFIG.lstrip("/")).write_text(config)
-    for name in ("etcd-ca.crt", "etcd-metrics.crt", "etcd-metrics.key"):
+    config = files[CONFIG.path].replace("/etc/", f"{tmp_path}/etc/")
+    (tmp_path / CONFIG.path.lstrip("/")).write_text(config)
+    for name in (
+        "etcd-ca.crt",
+        "etcd-metrics.crt",
+        "etcd-metrics.key",
+        "kubernetes-ca.crt",
+        "kube-metrics.crt",
+        "kube-metrics.key",
+    ):
         (tmp_path / "etc/galley/prometheus/pki" / name).parent.mkdir(exist_ok=True)
         (tmp_path / "etc/galley/prometheus/pki" / name).write_text("")
     checked = subprocess.run(
-        [prometheus_release / "promtool", "check", "config", tmp_path / CONFIG.lstrip("/")],
+        [prometheus_release / "promtool", "check", "config", tmp_path / CONFIG.path.lstrip("/")],
         capture_output=True,
         text=True,
         check=False,
@@ -100,7 +121,7 @@ def test_alertmanager_sends_every_alert_to_the_configured_receiver(
     alertmanager_release: Path, tmp_path, receiver
 ):
     config = alertmanager_config(_inventory(alertmanager_receiver=receiver).get_host("lab-mon-1"))
-    path = tmp_path / Path(ALERTMANAGER_CONFIG).name
+    path = tmp_path / Path(ALERTMANAGER_CONFIG.path).name
     path.write_text(config)
     checked = subprocess.run(
         [alertmanager_release / "amtool", "check-config", path],
