@@ -229,6 +229,8 @@ class Directory:
 # The inventory groups a cluster's hosts are in (each component runs on one, or on all).
 MONITORING = "monitoring"
 CLUSTER_GROUPS = ("etcd", "control_plane", "workers", MONITORING)
+# The groups a cluster may leave empty: their components then run nowhere.
+OPTIONAL_GROUPS = (MONITORING,)
 # Who may connect to a `Port`, besides inventory groups: the CIDR lists in group data
 # (`galley.components.host_firewall` declares those settings).
 OPERATORS = "operators"

@@ -20,7 +20,7 @@ import galley.components as registry
 from galley.components.host_firewall import ENABLED as FIREWALL_ENABLED
 from galley.components.host_firewall import OPERATOR_CIDRS
 from galley.components.kubernetes import first_service_ip
-from galley.components.model import CLUSTER_GROUPS, Artifact, Component
+from galley.components.model import CLUSTER_GROUPS, OPTIONAL_GROUPS, Artifact, Component
 from galley.components.renewal import INTERVAL as RENEWAL_INTERVAL
 from galley.components.renewal import RANDOM_DELAY
 from galley.downloads import ChecksumError, sha256_of
@@ -180,7 +180,7 @@ def _private_addresses(inventory: Inventory) -> list[Problem]:
 
 def _group_size(component: Component, hosts: list[Host]) -> list[Problem]:
     group = component.group
-    if not hosts:
+    if not hosts and group not in OPTIONAL_GROUPS:
         return [Problem(None, group, f"no hosts in group {group!r}")]
     return []
 

@@ -216,6 +216,13 @@ def test_the_control_plane_group_must_not_be_empty_when_deploying_it():
     assert _messages(inventory, {"etcd"}) == []
 
 
+def test_a_cluster_without_monitoring_hosts_deploys_the_rest():
+    """The monitoring group is optional: with no hosts in it, a whole-cluster deploy (which
+    ends with the monitoring phase) has nothing to refuse."""
+    assert "monitoring" not in GROUPS
+    assert _messages(_inventory(), {"monitoring", "etcd"}) == []
+
+
 def test_vault_address_is_needed_from_data_or_environment():
     assert _messages(_inventory(vault_addr=None), {"etcd"}) == [
         "inventory: vault: Vault address is not set: set vault_addr in group data or VAULT_ADDR "
