@@ -1,4 +1,4 @@
-"""Example: droplets from Terraform outputs (shape in galley/terraform.py).
+"""Example: droplets from Terraform outputs (shape in galley/inventory/terraform.py).
 
 Reads GALLEY_TERRAFORM_OUTPUT (a Terraform directory or a saved `terraform output -json`
 file), else ../terraform next to this directory; other settings are in galley/inventory/sources.py.

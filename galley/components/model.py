@@ -270,7 +270,7 @@ class Metrics:
 
     def on(self, host: Host) -> int:
         """The port's number on ``host``."""
-        return int(self.port(host) if callable(self.port) else self.port)
+        return self.opened().on(host)
 
     def opened(self) -> Port:
         """The port the monitoring hosts scrape."""
