@@ -43,12 +43,13 @@ def scrape_jobs_of(host: Host) -> list[ScrapeJob]:
 
 PROMETHEUS = prometheus(scrape_jobs_of)
 PHASES: tuple[Phase, ...] = (
+    # Monitoring first: it watches the rest come up (and a deploy that stops half-way).
+    Phase("monitoring", (PROMETHEUS, ALERTMANAGER)),
     Phase("etcd", (ETCD,)),
     Phase("control plane", (KUBE_APISERVER, KUBE_CONTROLLER_MANAGER, KUBE_SCHEDULER)),
     # Workers reach the API (through api-proxy) before flanneld, their first API client, starts.
     Phase("flannel", (API_PROXY, FLANNELD, FLANNEL_CNI), prepare=flannel_network),
     Phase("workers", (CONTAINERD, KUBELET, KUBE_PROXY)),
-    Phase("monitoring", (PROMETHEUS, ALERTMANAGER)),
 )
 
 

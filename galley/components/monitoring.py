@@ -97,6 +97,8 @@ RBAC = (
 )
 
 SCRAPE_INTERVAL = Setting("monitoring_scrape_interval", "30s", SPAN)
+# How often the alert rules are evaluated.
+EVALUATION_INTERVAL = Setting("monitoring_evaluation_interval", "30s", SPAN)
 # How long a condition holds before its alert fires (the rules' ``for``).
 ALERT_AFTER = Setting("monitoring_alert_after", "2m", SPAN)
 RETENTION = Setting("monitoring_retention", "15d", SPAN)
@@ -172,6 +174,7 @@ def prometheus_files(host: Host, jobs: Sequence[ScrapeJob]) -> dict[str, str]:
             CONFIG,
             cluster_name=data.cluster_name,
             scrape_interval=prometheus_duration(SCRAPE_INTERVAL.of(data)),
+            evaluation_interval=prometheus_duration(EVALUATION_INTERVAL.of(data)),
             listen=f"{data.private_ip}:{PROMETHEUS_PORT}",
             alertmanager=f"{data.private_ip}:{ALERTMANAGER_PORT}",
             rules=RULES.path,
@@ -231,7 +234,7 @@ def prometheus(scrape_jobs_of: Callable[[Host], Sequence[ScrapeJob]]) -> Compone
         user="prometheus",
         user_home=DATA_DIR,
         ports=(Port(PROMETHEUS_PORT, (OPERATORS,)),),
-        settings=(SCRAPE_INTERVAL, ALERT_AFTER, RETENTION),
+        settings=(SCRAPE_INTERVAL, EVALUATION_INTERVAL, ALERT_AFTER, RETENTION),
         configure=configure,
     )
 

@@ -82,7 +82,8 @@ def lab_overrides(state: LabState, mirror_dir: Path = CACHE_DIR / "mirror") -> d
         "kubelet_node_lease_seconds": 12,
         # Alerts within seconds: the tests see them fire and clear.
         "monitoring_scrape_interval": "5s",
-        "monitoring_alert_after": "10s",
+        "monitoring_evaluation_interval": "1s",
+        "monitoring_alert_after": "5s",
         # `galley checksums fetch --inventory inventories/lab.py` records the lab's own here.
         "checksums_file": str(LAB_DIR / "checksums.json"),
     }

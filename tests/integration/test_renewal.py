@@ -163,9 +163,10 @@ def _pause_renewals(names) -> None:
     """Stop each host's renewal timer, wait out a renewal in flight and run one more: with
     45 s certificates one is always due (a renewal that replaced a certificate but has not yet
     restarted its unit while the deploy reads it would have the deploy restart the unit too),
-    and after it every certificate has more than the 10 s left at which a deploy re-signs."""
-    for name in names:
-        ssh(name, PAUSE)
+    and after it every certificate has more than the 10 s left at which a deploy re-signs.
+    Every host at once: the first one paused must still have that margin when the deploy
+    reads it."""
+    on_each(list(names), PAUSE)
 
 
 # On a host: log in with its host identity as its renewal timer does, then ask to sign a CSR

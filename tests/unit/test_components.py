@@ -103,11 +103,11 @@ def test_every_component_is_declared_once_with_a_phase_and_a_group():
     names = [c.name for c in registry.REGISTRY]
     assert len(names) == len(set(names)) == 15
     assert [p.name for p in registry.PHASES] == [
+        "monitoring",
         "etcd",
         "control plane",
         "flannel",
         "workers",
-        "monitoring",
     ]
     assert {c.group for c in registry.REGISTRY} == {
         "etcd",
