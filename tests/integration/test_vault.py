@@ -29,7 +29,7 @@ def _inventory_with_policy(lab, tmp_path: Path, policy: str) -> str:
     token_file.write_text(token + "\n")
     token_file.chmod(0o600)
     body = (
-        "for _group in (etcd, control_plane, workers):\n"
+        "for _group in (etcd, control_plane, workers, monitoring):\n"
         "    for _name, _data in _group:\n"
         f"        _data['vault_token_file'] = {str(token_file)!r}\n"
     )
