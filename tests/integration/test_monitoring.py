@@ -49,9 +49,14 @@ def test_every_host_and_exporter_is_scraped_with_galleys_host_state(cluster, inv
     etcd_version = inventory.get_host("lab-etcd-1").data.etcd_version
     assert ("lab-etcd-1", "etcd", etcd_version) in seen
     assert {host for host, _, _ in seen} == {d.name for d in cluster.droplets}
-    # The controller manager holding the lease counts the Nodes not Ready: none.
-    unready = prometheus(cluster, "query?query=node_collector_unhealthy_nodes_in_zone")["result"]
-    assert [sample["value"][1] for sample in unready] == ["0"]
+
+    # The controller manager holding the lease counts the Nodes not Ready: none, once Nodes
+    # re-registered by earlier tests are Ready again.
+    def unready() -> list[str]:
+        query = "query?query=node_collector_unhealthy_nodes_in_zone"
+        return [sample["value"][1] for sample in prometheus(cluster, query)["result"]]
+
+    assert wait_for(lambda: unready() == ["0"], 60), unready()
 
 
 def test_etcd_metrics_need_a_client_certificate_of_the_etcd_ca(cluster):
