@@ -63,6 +63,7 @@ def main() -> None:
         for name in NEW:
             cli("galley", "lab", "add", "--role", "etcd", "--name", name)
             cli("galley", "hostkeys", "accept", "inventories/lab.py", name)
+        cli("galley", "vault", "bootstrap", "--cluster", "lab", "--inventory", "inventories/lab.py")
         added, wall = timed_deploy("add", NEW)
         figures.setdefault("add", []).extend(added)
         figures.setdefault("add deploy", []).append(wall)

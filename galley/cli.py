@@ -20,7 +20,6 @@ import platform
 import sys
 from collections.abc import Callable
 from importlib import metadata
-from typing import Any
 
 from pyinfra.api import Inventory
 
@@ -63,24 +62,20 @@ def _lab(argv: list[str]) -> int:
     return lab_main(argv)
 
 
-def _vault_bootstrap(inventory: Inventory | None, args: argparse.Namespace) -> int:
+def _vault_bootstrap(inventory: Inventory, args: argparse.Namespace) -> int:
     from galley.ops import vault_bootstrap
     from galley.vault.client import VaultSettings, connect
-    from galley.vault.setup import PkiOptions
 
-    # Without an inventory, Vault's address and token come from the environment (VAULT_*).
-    data: Any = {"cluster_name": args.cluster}
-    options = PkiOptions()
-    if inventory is not None:
-        data = next(iter(inventory)).data if len(inventory) else data
-        if (named := data.get("cluster_name")) != args.cluster:
-            print(
-                f"galley: the inventory is of cluster {named}, not {args.cluster}", file=sys.stderr
-            )
-            return 2
-        options = vault_bootstrap.options_from(inventory)
+    hosts = list(inventory)
+    if not hosts:
+        print("galley: the inventory has no hosts", file=sys.stderr)
+        return 2
+    data = hosts[0].data
+    if (named := data.get("cluster_name")) != args.cluster:
+        print(f"galley: the inventory is of cluster {named}, not {args.cluster}", file=sys.stderr)
+        return 2
     settings = VaultSettings.from_data(data)
-    changes = vault_bootstrap.bootstrap(connect(settings), settings.mount_prefix, options)
+    changes = vault_bootstrap.bootstrap(connect(settings), settings.mount_prefix, inventory)
     for line in changes:
         print(line)
     print(f"vault: {len(changes)} change(s) for cluster {args.cluster} at {settings.addr}")
@@ -214,8 +209,9 @@ def _parser() -> argparse.ArgumentParser:
     bootstrap.add_argument("--cluster", required=True, help="cluster name (mount prefix)")
     bootstrap.add_argument(
         "--inventory",
-        help="take Vault's address and token, cluster_domain, the API endpoint's name (exact "
-        "apiserver names) and each host's renewal from it (default: VAULT_* variables)",
+        required=True,
+        help="the cluster's hosts (each gets roles of its own, and each job's policy exactly "
+        "its hosts'), Vault's address and token, cluster_domain and the API endpoint's name",
     )
     bootstrap.set_defaults(func=_with_inventory(_vault_bootstrap))
 

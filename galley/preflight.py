@@ -13,7 +13,7 @@ from galley.components.model import Component
 from galley.host.ssh import disable_nagle
 from galley.inventory.validate import ValidationError, check
 from galley.lock import ClusterLock, LockError
-from galley.ops.vault_bootstrap import deploy_paths
+from galley.ops.vault_bootstrap import deploy_grants
 from galley.problems import PreflightError
 from galley.vault.client import VaultError, VaultSettings, lazy_client
 
@@ -46,7 +46,9 @@ def _check(components: Sequence[Component]) -> Callable[[], hvac.Client]:
         raise PreflightError(f"the inventory is not valid, nothing was changed:\n{exc}") from exc
     try:
         settings = VaultSettings.from_data(host.data)
-        vault = lazy_client(settings, deploy_paths(host.data.cluster_name, components))
+        hosts = inventory.get_active_hosts()
+        grants = deploy_grants(host.data.cluster_name, hosts, components)
+        vault = lazy_client(settings, grants.capabilities())
         client = vault()
         if "--dry" not in sys.argv:  # a run that changes hosts holds the cluster's lock
             command = " ".join(["pyinfra", *sys.argv[1:]])

@@ -53,9 +53,11 @@ PHASES: tuple[Phase, ...] = (
 )
 
 
-def renewal_plan(host: Host) -> HostRenewal:
-    """What ``host`` renews by itself (`galley.components.renewal.plan`)."""
-    return plan(host, running_on(host))
+def renewal_plan(host: Host, components: Iterable[Component] | None = None) -> HostRenewal:
+    """``host``'s certificates in Vault (`galley.components.renewal.plan`): of the components
+    it runs, or of those of ``components`` it runs."""
+    chosen = running_on(host) if components is None else components
+    return plan(host, [c for c in chosen if c.runs_on(host)])
 
 
 def opened_on(host: Host) -> list[tuple[str, Port]]:

@@ -53,6 +53,7 @@ from galley.host.restarts import reload_when_pending, restart_when_pending
 from galley.host.tls import HostCert, host_certificates
 from galley.host.uploads import keep_file
 from galley.vault.pki import mount_path
+from galley.vault.renewal import host_role
 
 
 def render(config: Config, name: str | None = None, **variables) -> OperationMeta:
@@ -162,7 +163,7 @@ def install_certificates(
                 ca_path=cert.ca_path,
                 identity=cert.identity(target),
                 mount=mount_path(data.cluster_name, cert.mount),
-                role=cert.role.name,
+                role=host_role(target.name, cert.stem),
                 owner=cert.owner,
                 group=cert.group,
                 ttl=data.get(cert.ttl_key),

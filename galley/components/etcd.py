@@ -64,21 +64,13 @@ SNAPSHOT_SAVE_TIMEOUT = "5m"
 SNAPSHOT_METRICS = f"{METRICS_DIR}/galley-etcd-snapshot.prom"
 
 # etcd server and peer certificate: CN = host name; SANs host name, localhost, IPs.
-MEMBER_ROLE = RoleSpec(
-    "etcd-member",
-    "etcd",
-    ("{cluster}-*",),
-    server=True,
-    glob_names=True,
-    localhost=True,
-    ip_sans=True,
-)
+MEMBER_ROLE = RoleSpec("etcd-member", "etcd", server=True)
 
 
 def client_role(cn: str) -> RoleSpec:
     """The role of one etcd client identity: it signs exactly ``cn`` (no other names, no IP
     SANs), so a token for one client cannot get another's identity."""
-    return RoleSpec(cn, "etcd", (cn,))
+    return RoleSpec(cn, "etcd")
 
 
 def etcd_client_cert(

@@ -81,12 +81,7 @@ def _vxlan(target: Host) -> bool:
 # flanneld's identity in kube mode, one per node, and what its group may do.
 FLANNEL_GROUP = "galley:flannel"
 KUBE_CLIENT_ROLE = RoleSpec(
-    "flannel",
-    "k8s",
-    ("flannel:{cluster}-*",),
-    glob_names=True,
-    enforce_hostnames=False,
-    organization=(FLANNEL_GROUP,),
+    "flannel", "k8s", enforce_hostnames=False, organization=(FLANNEL_GROUP,)
 )
 KUBE_CLIENT = k8s_cert(
     "flannel",

@@ -59,26 +59,11 @@ HEALTH_TIMEOUT = 60.0
 # The client whose certificate the health check presents (any valid client may read /healthz).
 HEALTH_CLIENT = f"{PKI_DIR}/kube-controller-manager"
 
-# Exact names, no glob: the in-cluster names, and the API endpoint's name when one is set
-# (`galley vault bootstrap --inventory` reads it); clients dial the hosts by address.
-SERVING_ROLE = RoleSpec(
-    "kube-apiserver",
-    "k8s",
-    (
-        "kube-apiserver",
-        *API_SERVICE_NAMES,
-        "kubernetes.default.svc.{cluster_domain}",
-        "{api_endpoint}",
-    ),
-    server=True,
-    client=False,
-    localhost=True,
-    ip_sans=True,
-)
+SERVING_ROLE = RoleSpec("kube-apiserver", "k8s", server=True, client=False)
 # The apiservers' client of the kubelets: no group, so a host may renew it itself (nothing
 # on a host may hold system:masters); RBAC grants it the kubelet API (`KUBELET_API_ACCESS`).
 KUBELET_CLIENT = "kube-apiserver-kubelet-client"
-KUBELET_CLIENT_ROLE = RoleSpec(KUBELET_CLIENT, "k8s", (KUBELET_CLIENT,))
+KUBELET_CLIENT_ROLE = RoleSpec(KUBELET_CLIENT, "k8s")
 KUBELET_API_ACCESS = cluster_role_binding(
     f"galley:{KUBELET_CLIENT}", "system:kubelet-api-admin", "User", KUBELET_CLIENT
 )

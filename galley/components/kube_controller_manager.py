@@ -21,12 +21,7 @@ from galley.components.model import Component, Config, Configured, Metrics, Unit
 from galley.vault.pki import Identity, RoleSpec
 
 KUBECONFIG = f"{K8S_DIR}/controller-manager.kubeconfig"
-ROLE = RoleSpec(
-    "kube-controller-manager",
-    "k8s",
-    ("system:kube-controller-manager",),
-    enforce_hostnames=False,
-)
+ROLE = RoleSpec("kube-controller-manager", "k8s", enforce_hostnames=False)
 CLIENT = k8s_cert(
     "kube-controller-manager", ROLE, lambda host: Identity("system:kube-controller-manager")
 )

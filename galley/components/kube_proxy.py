@@ -32,13 +32,7 @@ from galley.vault.pki import Identity, RoleSpec
 CONFIG = "/var/lib/kube-proxy/config.yaml"
 KUBECONFIG = f"{K8S_DIR}/kube-proxy.kubeconfig"
 HEALTHZ_PORT = 10256  # on the private address: load balancers' health checks
-ROLE = RoleSpec(
-    "kube-proxy",
-    "k8s",
-    ("system:kube-proxy",),
-    enforce_hostnames=False,
-    organization=("system:node-proxier",),
-)
+ROLE = RoleSpec("kube-proxy", "k8s", enforce_hostnames=False, organization=("system:node-proxier",))
 CLIENT = k8s_cert(
     "kube-proxy",
     ROLE,

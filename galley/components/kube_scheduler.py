@@ -25,7 +25,7 @@ KUBECONFIG = f"{K8S_DIR}/scheduler.kubeconfig"
 CONFIG = f"{K8S_DIR}/kube-scheduler.yaml"
 # Its secure port (health, metrics), on the private address for the monitoring hosts.
 PORT = 10259
-ROLE = RoleSpec("kube-scheduler", "k8s", ("system:kube-scheduler",), enforce_hostnames=False)
+ROLE = RoleSpec("kube-scheduler", "k8s", enforce_hostnames=False)
 CLIENT = k8s_cert("kube-scheduler", ROLE, lambda host: Identity("system:kube-scheduler"))
 
 

@@ -26,29 +26,13 @@ CNI_BIN_DIR = "/opt/cni/bin"
 CNI_CONF_DIR = "/etc/cni/net.d"
 
 # A node's client identity (kubelet, and flannel in Kubernetes API mode).
-NODE_ROLE = RoleSpec(
-    "kubelet",
-    "k8s",
-    ("system:node:{cluster}-*",),
-    glob_names=True,
-    enforce_hostnames=False,
-    organization=("system:nodes",),
-)
+NODE_ROLE = RoleSpec("kubelet", "k8s", enforce_hostnames=False, organization=("system:nodes",))
 
 
 def serving_role(name: str) -> RoleSpec:
-    """A role for serving certificates of host-local endpoints (CN and SANs the host name,
-    localhost, its IPs), one per job so one job's token cannot serve as another's hosts."""
-    return RoleSpec(
-        name,
-        "k8s",
-        ("{cluster}-*",),
-        server=True,
-        client=False,
-        glob_names=True,
-        localhost=True,
-        ip_sans=True,
-    )
+    """A kind of serving certificate of host-local endpoints (CN and SANs the host name,
+    localhost, its IPs)."""
+    return RoleSpec(name, "k8s", server=True, client=False)
 
 
 # The controller managers' and schedulers' serving certificates; the kubelets'.

@@ -76,7 +76,7 @@ CLIENTS = {
         "kube-metrics",
         PKI_DIR,
         "k8s",
-        RoleSpec("kube-metrics-reader", "k8s", (KUBE_METRICS_USER,), enforce_hostnames=False),
+        RoleSpec("kube-metrics-reader", "k8s", enforce_hostnames=False),
         lambda host: Identity(KUBE_METRICS_USER),
         f"{PKI_DIR}/kubernetes-ca.crt",
         "prometheus",

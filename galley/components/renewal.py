@@ -39,6 +39,7 @@ from galley.vault.renewal import (
     HostRenewal,
     RenewalCert,
     auth_path,
+    host_role,
 )
 
 IDENTITY_DIR = "/etc/galley/renewal"
@@ -93,21 +94,22 @@ class ScriptSettings:
 
 
 def plan(host: Host, components: Sequence[Component]) -> HostRenewal:
-    """What ``host`` renews by itself, given the ``components`` it runs: its host identity
-    and every certificate they keep on it, except any naming a forbidden organization
-    (``system:masters``)."""
+    """``host``'s certificates in Vault, given the ``components`` it runs: its host identity
+    and every certificate they keep on it, each signed (by the deploy and by the host's own
+    renewal) only with a role of its own. ValueError when one names a forbidden organization
+    (``system:masters``) or two share a stem."""
     cluster = host.data.cluster_name
     certs = {HOST_IDENTITY.cert_path: (HOST_IDENTITY, HOST_IDENTITY.identity(host))}
     for component in components:
         for cert in component.certs_of(host):
             certs.setdefault(cert.cert_path, (cert, cert.identity(host)))
     chosen: list[RenewalCert] = []
-    excluded: list[tuple[str, str]] = []
     for cert, identity in certs.values():
-        forbidden = FORBIDDEN_ORGANIZATIONS.intersection(identity.organization)
-        if forbidden:
-            excluded.append((cert.cert_path, f"names {', '.join(sorted(forbidden))}"))
-            continue
+        if forbidden := FORBIDDEN_ORGANIZATIONS.intersection(identity.organization):
+            raise ValueError(
+                f"{host.name}: {cert.cert_path} names {', '.join(sorted(forbidden))}, which "
+                "only the operator's admin credential may carry"
+            )
         chosen.append(
             RenewalCert(
                 stem=cert.stem,
@@ -115,7 +117,7 @@ def plan(host: Host, components: Sequence[Component]) -> HostRenewal:
                 cert_path=cert.cert_path,
                 ca_path=cert.ca_path,
                 mount=mount_path(cluster, cert.mount),
-                role=f"renew-{host.name}-{cert.stem}",
+                role=host_role(host.name, cert.stem),
                 base_role=cert.role,
                 identity=identity,
                 owner=cert.owner,
@@ -131,7 +133,7 @@ def plan(host: Host, components: Sequence[Component]) -> HostRenewal:
     roles = [cert.role for cert in chosen]
     if len(set(roles)) != len(roles):
         raise ValueError(f"{host.name}: two certificates share a stem: {', '.join(roles)}")
-    return HostRenewal(host.name, cluster, tuple(chosen), tuple(excluded))
+    return HostRenewal(host.name, cluster, tuple(chosen))
 
 
 def script_settings(host: Host) -> ScriptSettings:

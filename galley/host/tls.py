@@ -22,7 +22,8 @@ from pyinfra.operations import files, python, server
 from galley.facts.tls import TlsFiles
 from galley.host import observed
 from galley.host.uploads import install, keep_file
-from galley.vault.client import once_per_client
+from galley.problems import PreflightError
+from galley.vault.client import once_per_client, vault_errors
 from galley.vault.pki import (
     DEPLOY_RENEW_FRACTION,
     Identity,
@@ -34,6 +35,7 @@ from galley.vault.pki import (
     resign_reason,
     sign,
 )
+from galley.vault.renewal import role_names, sign_parameters
 
 # Must produce what pki.LEAF_KEY allows: EC P-256.
 GENPKEY_OPTIONS = "-algorithm EC -pkeyopt ec_paramgen_curve:P-256"
@@ -52,7 +54,7 @@ class HostCert:
     ca_path: str  # where ``mount``'s CA bundle goes
     identity: Identity
     mount: str
-    role: str
+    role: str  # the host's own role for it (`galley.vault.renewal`)
     owner: str = "root"
     group: str = "root"
     ttl: str | None = None
@@ -155,6 +157,7 @@ def _key_and_certificate(
     if reason is None and public_key is None:
         reason = "new private key"
     if reason is not None:
+        _check_role(cert, vault())
         request = _Resign(cert, vault, ca_pems[cert.mount], reason)
         operations.append(
             (
@@ -165,6 +168,35 @@ def _key_and_certificate(
             )
         )
     return operations
+
+
+def _check_role(cert: HostCert, client: hvac.Client) -> None:
+    """Refuse the run, before any host changes, when the host's own role in Vault does not
+    sign ``cert`` as the inventory now names it (a host added or readdressed since the last
+    `galley vault bootstrap`)."""
+    path = f"{cert.mount}/roles/{cert.role}"
+    role = once_per_client(client, ("role", path), lambda: _read_role(client, path))
+    rerun = (
+        "run `galley vault bootstrap --inventory` with this inventory first (nothing was changed)"
+    )
+    if role is None:
+        raise PreflightError(
+            f"{host.name}: Vault has no role {cert.role} in {cert.mount} for {cert.cert_path}: "
+            + rerun
+        )
+    differing = [key for key, names in role_names(cert.identity).items() if role.get(key) != names]
+    if cert.ttl and role.get("ttl") != parse_duration(cert.ttl):
+        differing.append("ttl")
+    if differing:
+        raise PreflightError(
+            f"{host.name}: Vault's role {cert.role} of {cert.mount} does not sign "
+            f"{cert.cert_path} as the inventory names it ({', '.join(differing)}): " + rerun
+        )
+
+
+def _read_role(client: hvac.Client, path: str) -> dict | None:
+    with vault_errors(f"reading {path} failed"):
+        return (client.read(path) or {}).get("data")
 
 
 def _genkey(key_path: str, owner: str, group: str) -> str:
@@ -207,7 +239,9 @@ def _resign(state: State, host: Host, request: _Resign) -> None:
         raise HostCertificateError(
             f"{host.name}: openssl made a CSR for {identity_of_csr(csr)}, not {cert.identity}"
         )
-    signed = sign(request.vault(), cert.mount, cert.role, csr, cert.ttl)
+    signed = sign(
+        request.vault(), cert.mount, cert.role, csr, parameters=sign_parameters(cert.identity)
+    )
     for warning in signed.warnings:
         host.log(f"Vault: {warning}", logger.warning)
     if not issued_by(load_certificate(signed.certificate), request.ca_pem):

@@ -266,10 +266,12 @@ def _check_capabilities(client: hvac.Client, addr: str, needed: dict[str, str]) 
         if not {"root", capability} & set(granted.get(path, ()))
     ]
     if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise VaultError(
-            f"token lacks {', '.join(missing)} (use a token with the policy of this job that "
-            "`galley vault bootstrap` writes: <cluster>-etcd, -control-plane, -workers or "
-            "-deploy)"
+            f"token lacks {', '.join(missing[:3])}{more} (use a token with the policy of this "
+            "job that `galley vault bootstrap --inventory` writes: <cluster>-etcd, "
+            "-control-plane, -workers, -monitoring or -deploy; hosts added since the last "
+            "bootstrap have no roles yet: run it again)"
         )
 
 

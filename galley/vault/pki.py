@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -44,19 +45,15 @@ class MountSpec:
 
 @dataclass(frozen=True)
 class RoleSpec:
-    """A Vault PKI role: which names a certificate of this kind may carry, and its usages.
-
-    ``allowed_names`` may use ``{cluster}``; with ``glob_names`` they may contain ``*``.
-    """
+    """A kind of certificate: its mount, usages and organization. Each host's certificate of
+    a kind is signed by a role of its own with exactly its names (`galley.vault.renewal`);
+    only a role Vault keeps by this name (the operator's admin) takes ``allowed_names``."""
 
     name: str
     mount: str
-    allowed_names: tuple[str, ...]
+    allowed_names: tuple[str, ...] = ()
     server: bool = False
     client: bool = True
-    glob_names: bool = False
-    localhost: bool = False
-    ip_sans: bool = False
     enforce_hostnames: bool = True
     organization: tuple[str, ...] = ()
 
@@ -109,15 +106,23 @@ class SignedCertificate:
 
 
 def sign(
-    client: hvac.Client, mount: str, role: str, csr_pem: str, ttl: str | None = None
+    client: hvac.Client,
+    mount: str,
+    role: str,
+    csr_pem: str,
+    ttl: str | None = None,
+    parameters: Mapping[str, str | bool] | None = None,
 ) -> SignedCertificate:
-    """Have Vault sign a CSR with ``role`` of ``mount``; the certificate carries the CSR's names."""
-    extra: dict = {"format": "pem", "exclude_cn_from_sans": True}
+    """Have Vault sign a CSR with ``role`` of ``mount``: with exactly ``parameters`` (a host's
+    own role: `galley.vault.renewal.sign_parameters`), else with the CSR's names and
+    ``ttl``."""
+    extra: dict = dict(parameters or {"format": "pem", "exclude_cn_from_sans": True})
+    common_name = str(extra.pop("common_name", None) or identity_of_csr(csr_pem).cn)
     if ttl:
         extra["ttl"] = ttl
     with vault_errors(f"Vault refused to sign with role {role} of {mount}"):
         answer = client.secrets.pki.sign_certificate(
-            role, csr_pem, identity_of_csr(csr_pem).cn, extra_params=extra, mount_point=mount
+            role, csr_pem, common_name, extra_params=extra, mount_point=mount
         )
     data = answer["data"]
     chain = data.get("ca_chain") or [data["issuing_ca"]]

@@ -1,26 +1,32 @@
-"""What a host may renew by itself in Vault, and with which credential.
+"""Each host's own Vault roles: the only way any certificate on a host is signed.
 
-A host renews its certificates with no operator present: a systemd timer (the cert-renewal
-component, `galley.components.renewal`) logs in to Vault's TLS certificate auth method with
-the host's own *host identity* certificate (CN = the host's name, from the ``host`` mount,
-whose CA only Vault's cert auth trusts) and gets a short-lived token whose policy,
-``<cluster>-renew-<host>``, may call exactly this host's renewal roles with exactly this host's
-names. Each renewal role (``renew-<host>-<stem>``) pins the certificate's CN, DNS names, IP
-addresses (as /32 or /128 CIDRs) and organization; the policy pins the same request
-parameters, so asking for anything else is refused with 403 before the role is even consulted.
+Every certificate galley keeps on a host has a role of its own, ``renew-<host>-<stem>``, that
+pins its CN, DNS names, IP addresses (as /32 or /128 CIDRs), organization and lifetime. Two
+credentials may call it, each through a policy pinning the same request parameters (anything
+else is refused with 403 before the role is even consulted):
+
+- the deploy, with the token of the job that deploys the host (`galley.ops.vault_bootstrap`
+  grants a job exactly the roles of its groups' hosts, so no job can sign another's names);
+- the host itself, renewing with no operator present: a systemd timer (the cert-renewal
+  component, `galley.components.renewal`) logs in to Vault's TLS certificate auth method with
+  the host's *host identity* certificate (CN = the host's name, from the ``host`` mount, whose
+  CA only Vault's cert auth trusts) and gets a short-lived token whose policy,
+  ``<cluster>-renew-<host>``, may call exactly this host's roles.
+
 `HostRenewal` is one host's share; `galley.vault.setup` writes its roles, policy and login.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import dataclass
 
 from galley.vault.pki import Identity, RoleSpec, parse_duration
 
-# The deploy signs each host's identity with this role; on the host it renews itself.
-HOST_IDENTITY_ROLE = RoleSpec("host-identity", "host", ("{cluster}-*",), glob_names=True)
-# Organizations no host credential may ever obtain (the certificate stays deploy-renewed).
+# The kind of a host's identity certificate (its names are the host's own: `HostRenewal`).
+HOST_IDENTITY_ROLE = RoleSpec("host-identity", "host", ())
+# Organizations no host certificate may carry (only the operator's admin credential does).
 FORBIDDEN_ORGANIZATIONS = frozenset({"system:masters"})
 
 
@@ -32,6 +38,32 @@ def auth_path(cluster: str) -> str:
 def login_path(cluster: str, host: str) -> str:
     """The Vault path of ``host``'s renewal login (its host identity logs in there)."""
     return f"auth/{auth_path(cluster)}/certs/{host}"
+
+
+def host_role(host_name: str, stem: str) -> str:
+    """The name of the role signing ``host_name``'s certificate ``stem`` (in its mount)."""
+    return f"renew-{host_name}-{stem}"
+
+
+def sign_parameters(identity: Identity) -> dict[str, str | bool]:
+    """The request parameters besides ``csr`` that sign a certificate for ``identity`` with
+    its host's role, exactly as the deploy and the host send them and as the policies pin
+    them (the roles take CN and SANs from these, never from the CSR)."""
+    parameters: dict[str, str | bool] = {"common_name": identity.cn}
+    if identity.dns_names:
+        parameters["alt_names"] = ",".join(identity.dns_names)
+    if identity.ip_addresses:
+        parameters["ip_sans"] = ",".join(identity.ip_addresses)
+    return parameters | {"exclude_cn_from_sans": True, "format": "pem"}
+
+
+def role_names(identity: Identity) -> dict[str, list[str]]:
+    """The names a host's role for ``identity`` allows, as Vault reads them back: the CN and
+    DNS names, and each address as a /32 or /128 CIDR."""
+    return {
+        "allowed_domains": list(dict.fromkeys((identity.cn, *identity.dns_names))),
+        "allowed_ip_sans_cidr": [str(ipaddress.ip_network(ip)) for ip in identity.ip_addresses],
+    }
 
 
 def renewal_policy(cluster: str, host_name: str) -> str:
@@ -67,18 +99,17 @@ class RenewalCert:
 
     @property
     def sign_path(self) -> str:
-        """The Vault API path that renews it."""
+        """The Vault API path that signs it."""
         return f"{self.mount}/sign/{self.role}"
 
+    @property
+    def role_path(self) -> str:
+        """The Vault API path of its role (the deploy reads it to catch a stale bootstrap)."""
+        return f"{self.mount}/roles/{self.role}"
+
     def sign_parameters(self) -> dict[str, str | bool]:
-        """The request parameters besides ``csr``, exactly as the host sends them and as the
-        policy pins them (the roles take CN and SANs from these, never from the CSR)."""
-        parameters: dict[str, str | bool] = {"common_name": self.identity.cn}
-        if self.identity.dns_names:
-            parameters["alt_names"] = ",".join(self.identity.dns_names)
-        if self.identity.ip_addresses:
-            parameters["ip_sans"] = ",".join(self.identity.ip_addresses)
-        return parameters | {"exclude_cn_from_sans": True, "format": "pem"}
+        """`sign_parameters` of its identity."""
+        return sign_parameters(self.identity)
 
     def sign_parameters_json(self) -> str:
         """`sign_parameters` as one line of JSON."""
@@ -87,13 +118,12 @@ class RenewalCert:
 
 @dataclass(frozen=True)
 class HostRenewal:
-    """Everything about one host's renewal: its certificates (the identity first), those it
-    must not renew itself with why, and the names of its Vault objects."""
+    """Everything about one host's certificates in Vault: each one (the identity first) and
+    the names of the host's Vault objects."""
 
     host: str
     cluster: str
     certs: tuple[RenewalCert, ...]
-    excluded: tuple[tuple[str, str], ...] = ()  # (certificate path, why)
 
     @property
     def policy(self) -> str:

@@ -7,7 +7,6 @@ login). `bootstrap` applies a `Plan` (what the components declare:
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,40 +19,47 @@ from galley.vault import kv
 from galley.vault.client import VaultError, vault_errors
 from galley.vault.kv import KvSecret
 from galley.vault.pki import CA_KEY, LEAF_KEY, MOUNTS, RoleSpec, mount_path, parse_duration, read_ca
-from galley.vault.renewal import HostRenewal, RenewalCert, auth_path, login_path
+from galley.vault.renewal import HostRenewal, RenewalCert, auth_path, login_path, role_names
 
 # A host's renewal token: short-lived, not stored (batch), nothing but its own policy.
 RENEWAL_TOKEN_TTL = 300
 
 
 @dataclass(frozen=True)
+class Policy:
+    """An ACL policy: ``paths`` with their capabilities (comma-separated), and ``signs``: sign
+    paths it may call only with exactly these parameters besides the CSR."""
+
+    paths: Mapping[str, str] = field(default_factory=dict)
+    signs: Mapping[str, Mapping[str, str | bool]] = field(default_factory=dict)
+
+    def capabilities(self) -> dict[str, str]:
+        """Every path it grants with its capabilities (a sign path: update)."""
+        return dict(self.paths) | dict.fromkeys(self.signs, "update")
+
+
+@dataclass(frozen=True)
 class Plan:
-    """What a cluster needs in Vault: the roles its certificates are signed with, the KV values
-    it reads, and each ACL policy (name -> {path: capabilities})."""
+    """What a cluster needs in Vault: the shared roles (hosts' own roles come from
+    `PkiOptions.renewal_hosts`), roles galley wrote once and deletes now, the KV values it
+    reads, and each ACL policy by name."""
 
     roles: tuple[RoleSpec, ...]
     secrets: tuple[KvSecret, ...]
-    policies: Mapping[str, Mapping[str, str]]
+    policies: Mapping[str, Policy]
+    retired_roles: tuple[RoleSpec, ...] = ()
 
 
 @dataclass(frozen=True)
 class PkiOptions:
-    """Tunables of the bootstrap; ``allowed_names`` overrides a role's names by role name.
-
-    A role's names may hold ``{cluster}``, ``{cluster_domain}`` and ``{api_endpoint}`` (a
-    name in front of the apiservers; a name that needs an unset one is left out).
-    ``renewal_hosts``: the hosts that renew their own certificates (from an inventory); their
-    renewal roles, policies and logins are written and any other host's removed. None (no
-    inventory) leaves the hosts' renewal configuration as it is.
-    """
+    """Tunables of the bootstrap. ``renewal_hosts``: every host of the cluster (from an
+    inventory); their own roles, renewal policies and logins are written and any other
+    host's removed."""
 
     leaf_ttl: str = "720h"
     leaf_max_ttl: str = "720h"
     ca_ttl: str = "87600h"
-    allowed_names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    cluster_domain: str = "cluster.local"
-    api_endpoint: str | None = None
-    renewal_hosts: tuple[HostRenewal, ...] | None = None
+    renewal_hosts: tuple[HostRenewal, ...] = ()
 
 
 def repr_hcl(text: str) -> str:
@@ -61,36 +67,34 @@ def repr_hcl(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def render_policy(name: str, paths: Mapping[str, str]) -> str:
-    """The HCL of policy ``name`` granting exactly ``paths``."""
+def render_policy(name: str, policy: Policy) -> str:
+    """The HCL of policy ``name`` granting exactly ``policy``."""
     blocks = [f"# galley policy {name}: written by `galley vault bootstrap`"]
-    for path, capabilities in paths.items():
+    for path, capabilities in policy.paths.items():
         listed = ", ".join(repr_hcl(capability) for capability in capabilities.split(","))
         blocks.append(f'path "{path}" {{\n  capabilities = [{listed}]\n}}')
+    for path, parameters in policy.signs.items():
+        pinned = "".join(
+            f"\n    {repr_hcl(key)} = [{json.dumps(value)}]" for key, value in parameters.items()
+        )
+        blocks.append(
+            f'path "{path}" {{\n  capabilities = ["update"]\n'
+            f'  allowed_parameters = {{\n    "csr" = []{pinned}\n  }}\n}}'
+        )
     return "\n\n".join(blocks) + "\n"
 
 
-def role_params(role: RoleSpec, cluster: str, options: PkiOptions = PkiOptions()) -> dict:
+def role_params(role: RoleSpec, options: PkiOptions = PkiOptions()) -> dict:
     """The role's settings, in the form Vault reads them back (seconds, lists)."""
-    names = options.allowed_names.get(role.name, role.allowed_names)
-    values = {
-        "cluster": cluster,
-        "cluster_domain": options.cluster_domain,
-        "api_endpoint": options.api_endpoint or "",
-    }
     return {
-        "allowed_domains": [
-            name.format(**values)
-            for name in names
-            if "{api_endpoint}" not in name or options.api_endpoint
-        ],
+        "allowed_domains": list(role.allowed_names),
         "allow_bare_domains": True,
         "allow_subdomains": False,
-        "allow_glob_domains": role.glob_names,
+        "allow_glob_domains": False,
         "allow_wildcard_certificates": False,
         "allow_any_name": False,
-        "allow_localhost": role.localhost,
-        "allow_ip_sans": role.ip_sans,
+        "allow_localhost": False,
+        "allow_ip_sans": False,
         "enforce_hostnames": role.enforce_hostnames,
         "server_flag": role.server,
         "client_flag": role.client,
@@ -125,8 +129,8 @@ def bootstrap(
     client: hvac.Client, cluster: str, plan: Plan, options: PkiOptions = PkiOptions()
 ) -> list[str]:
     """Create or update the cluster's PKI mounts, root CAs, and ``plan``'s roles, shared
-    values (KV) and policies; the cert auth method and, with ``options.renewal_hosts``, each
-    host's renewal.
+    values (KV) and policies (deleting its retired roles); the cert auth method and each of
+    ``options.renewal_hosts``' own roles, renewal policy and login.
 
     Safe to re-run: returns one line per change made, and nothing when all was in place.
     """
@@ -142,48 +146,33 @@ def bootstrap(
         )
     for role in plan.roles:
         changes += _ensure_role(
-            client, mount_path(cluster, role.mount), role.name, role_params(role, cluster, options)
+            client, mount_path(cluster, role.mount), role.name, role_params(role, options)
         )
     changes += kv.bootstrap(client, cluster, mounted, plan.secrets)
-    for name, paths in plan.policies.items():
-        changes += _ensure_policy(client, name, render_policy(name, paths))
     changes += _ensure_cert_auth(client, cluster)
-    if options.renewal_hosts is not None:
-        changes += _ensure_renewal(client, cluster, options)
-    return changes
+    # Hosts' roles before the policies granting them, the policies before retiring roles.
+    changes += _ensure_renewal(client, cluster, options)
+    for name, policy in plan.policies.items():
+        changes += _ensure_policy(client, name, render_policy(name, policy))
+    for role in plan.retired_roles:
+        changes += _retire_role(client, mount_path(cluster, role.mount), role.name)
+    return changes + _prune_renewal(client, cluster, options.renewal_hosts)
 
 
-def renewal_role_params(cert: RenewalCert, cluster: str, options: PkiOptions) -> dict:
-    """The role renewing ``cert`` on its host: the component role's usages and organization,
-    but exactly the certificate's names and addresses, taken from the request (which the
-    host's policy pins), never from the CSR."""
-    ips = cert.identity.ip_addresses
-    return role_params(cert.base_role, cluster, options) | {
-        "allowed_domains": list(dict.fromkeys((cert.identity.cn, *cert.identity.dns_names))),
-        "allow_bare_domains": True,
-        "allow_glob_domains": False,
-        "allow_localhost": False,
-        "allow_ip_sans": bool(ips),
-        "allowed_ip_sans_cidr": [str(ipaddress.ip_network(ip)) for ip in ips],
-        "use_csr_common_name": False,
-        "use_csr_sans": False,
-        "ttl": parse_duration(cert.ttl or options.leaf_ttl),
-    }
-
-
-def render_renewal_policy(host: HostRenewal) -> str:
-    """The HCL of a host's renewal policy: ``update`` on its renewal roles' sign paths, each
-    with exactly the parameters its certificate is renewed with (anything else: 403)."""
-    blocks = [f"# galley policy {host.policy}: written by `galley vault bootstrap`"]
-    for path, parameters in host.policy_paths().items():
-        pinned = "".join(
-            f"\n    {repr_hcl(key)} = [{json.dumps(value)}]" for key, value in parameters.items()
-        )
-        blocks.append(
-            f'path "{path}" {{\n  capabilities = ["update"]\n'
-            f'  allowed_parameters = {{\n    "csr" = []{pinned}\n  }}\n}}'
-        )
-    return "\n\n".join(blocks) + "\n"
+def host_role_params(cert: RenewalCert, options: PkiOptions) -> dict:
+    """The role signing ``cert`` of its host (for the deploy and the host's renewal): the
+    kind's usages and organization, but exactly the certificate's names, addresses and
+    lifetime, the names taken from the request (which the policies pin), never the CSR."""
+    return (
+        role_params(cert.base_role, options)
+        | role_names(cert.identity)
+        | {
+            "allow_ip_sans": bool(cert.identity.ip_addresses),
+            "use_csr_common_name": False,
+            "use_csr_sans": False,
+            "ttl": parse_duration(cert.ttl or options.leaf_ttl),
+        }
+    )
 
 
 def login_params(host: HostRenewal, host_ca: str) -> dict:
@@ -218,18 +207,16 @@ def _ensure_cert_auth(client: hvac.Client, cluster: str) -> list[str]:
 
 
 def _ensure_renewal(client: hvac.Client, cluster: str, options: PkiOptions) -> list[str]:
-    """Each host's renewal roles, policy and login; then remove those of any other host."""
-    hosts = options.renewal_hosts or ()
+    """Each host's own roles, renewal policy and login."""
     host_ca = read_ca(client, mount_path(cluster, "host"))
     changes: list[str] = []
-    for host in hosts:
+    for host in options.renewal_hosts:
         for cert in host.certs:
-            changes += _ensure_role(
-                client, cert.mount, cert.role, renewal_role_params(cert, cluster, options)
-            )
-        changes += _ensure_policy(client, host.policy, render_renewal_policy(host))
+            changes += _ensure_role(client, cert.mount, cert.role, host_role_params(cert, options))
+        renewal = Policy(signs=host.policy_paths())
+        changes += _ensure_policy(client, host.policy, render_policy(host.policy, renewal))
         changes += _ensure_login(client, cluster, host.host, login_params(host, host_ca))
-    return changes + _prune_renewal(client, cluster, hosts)
+    return changes
 
 
 def _ensure_login(client: hvac.Client, cluster: str, name: str, wanted: dict) -> list[str]:
@@ -274,6 +261,14 @@ def _prune_renewal(client: hvac.Client, cluster: str, hosts: tuple[HostRenewal, 
                 client.sys.delete_acl_policy(name)
             changes.append(f"deleted policy {name}")
     return changes
+
+
+def _retire_role(client: hvac.Client, path: str, name: str) -> list[str]:
+    if name not in _listed(client, f"{path}/roles"):
+        return []
+    with vault_errors(f"deleting role {name} of {path} failed"):
+        client.delete(f"{path}/roles/{name}")
+    return [f"deleted role {name} in {path} (retired: each host signs with roles of its own)"]
 
 
 def _listed(client: hvac.Client, path: str) -> list[str]:

@@ -28,6 +28,7 @@ from galley.lab.inventory import lab_groups, lab_overrides
 from galley.lab.state import CACHE_DIR, LabState
 from galley.ops.admin import AdminFiles
 from galley.ops.kubeapi import KubeApi, node_ready
+from galley.vault.renewal import host_role
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -141,6 +142,18 @@ def pyinfra_json(*args: str) -> dict:
     return json.loads(run_cli("pyinfra", "inventories/lab.py", *args, "--json").stdout)
 
 
+def bootstrap_vault(inventory: str = INVENTORY) -> None:
+    """`galley vault bootstrap` for ``inventory``'s hosts, as an operator runs it once a
+    droplet was added: each host's own roles, each job's policy its hosts'."""
+    run_cli("galley", "vault", "bootstrap", "--cluster", "lab", "--inventory", inventory)
+
+
+def lab_add(role: str) -> None:
+    """A droplet of ``role`` added to the lab, with its roles in Vault."""
+    run_cli("galley", "lab", "add", "--role", role)
+    bootstrap_vault()
+
+
 @pytest.fixture(scope="session")
 def lab() -> LabState:
     """A running default lab, brought up once for the session and taken down at its end."""
@@ -158,7 +171,7 @@ def cluster(lab) -> LabState:
     """The whole cluster deployed on the lab once for the session (`galley vault bootstrap`,
     `deploys/cluster.py`, `galley admin credentials`): every module shares it, and a module
     that changes it puts back what it changed."""
-    run_cli("galley", "vault", "bootstrap", "--cluster", "lab", "--inventory", INVENTORY)
+    bootstrap_vault()
     code, _, output = run_deploy("cluster")
     assert code == 0, output
     run_cli("galley", "admin", "credentials", INVENTORY)
@@ -352,7 +365,10 @@ def kill_once_journal_says_done(args: list[str], journal: Path, key: str, timeou
 def client_cert(cluster, vault_client, tmp_path_factory) -> tuple[str, str, str]:
     """An etcd client certificate from Vault (key made here, as an operator's would be)."""
     issued = vault_client.secrets.pki.generate_certificate(
-        "etcd-healthcheck-client", "etcd-healthcheck-client", mount_point="lab/pki/etcd"
+        host_role("lab-etcd-1", "healthcheck-client"),
+        "etcd-healthcheck-client",
+        extra_params={"exclude_cn_from_sans": True},
+        mount_point="lab/pki/etcd",
     )["data"]
     directory = tmp_path_factory.mktemp("client")
     paths = [directory / name for name in ("client.crt", "client.key", "ca.crt")]
@@ -405,14 +421,16 @@ class Writer(threading.Thread):
             time.sleep(0.05)
 
 
+def sign_verbatim(vault, mount: str, csr: str, ttl: str | None = None) -> str:
+    """A server and client certificate of ``mount``'s CA carrying exactly the CSR's names
+    (root only: no host's role would sign names its host does not hold)."""
+    data = {"csr": csr, "ext_key_usage": "ServerAuth,ClientAuth", "format": "pem"}
+    answer = vault.write_data(f"{mount}/sign-verbatim", data=data | ({"ttl": ttl} if ttl else {}))
+    return answer["data"]["certificate"]
+
+
 def install_member_cert(vault, name: str, address: str, ttl: str) -> None:
     """Sign a certificate for ``name`` with the given SAN address and TTL; install it."""
     csr = ssh(name, csr_command("/etc/etcd/pki/member.key", etcd_member_identity(name, address)))
-    signed = vault.secrets.pki.sign_certificate(
-        "etcd-member",
-        csr,
-        name,
-        extra_params={"ttl": ttl, "exclude_cn_from_sans": True},
-        mount_point="lab/pki/etcd",
-    )["data"]["certificate"]
+    signed = sign_verbatim(vault, "lab/pki/etcd", csr, ttl)
     ssh(name, f"cat > {MEMBER_CERT} <<'EOF'\n{signed}\nEOF")

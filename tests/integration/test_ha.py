@@ -20,8 +20,10 @@ from galley.ops.kubeapi import NODE_LEASES, ApiError, KubeApi, node_ready
 from .conftest import (
     FIREWALL_CHANGES,
     admin_files,
+    bootstrap_vault,
     changed,
     hosts_of,
+    lab_add,
     lab_inventory_variant,
     run_cli,
     run_deploy,
@@ -165,7 +167,7 @@ def _changes_beside(results: dict, host: str) -> dict[str, set[str]]:
 
 @pytest.fixture
 def third_control_plane_host(cluster) -> Iterator[str]:
-    run_cli("galley", "lab", "add", "--role", "control-plane")
+    lab_add("control-plane")
     try:
         # A droplet new to the control plane waits for admission before any host is contacted.
         code, _, output = run_deploy("cluster", check=False)
@@ -218,13 +220,11 @@ def endpoint_inventory(cluster, tmp_path) -> Iterator[str]:
     clients = hosts_of(cluster, "control_plane") + hosts_of(cluster, "workers")
     for name in clients:
         ssh(name, f"echo '198.18.0.13 {ENDPOINT}' >> /etc/hosts")
-    run_cli("galley", "vault", "bootstrap", "--cluster", "lab", "--inventory", inventory)
+    bootstrap_vault(inventory)
     try:
         yield inventory
     finally:
-        run_cli(
-            "galley", "vault", "bootstrap", "--cluster", "lab", "--inventory", "inventories/lab.py"
-        )
+        bootstrap_vault()
         code, _, output = run_deploy("cluster")
         for name in clients:
             ssh(name, f"sed -i '/{ENDPOINT}/d' /etc/hosts")

@@ -32,6 +32,7 @@ from .conftest import (
     admin_files,
     changed,
     endpoints,
+    lab_add,
     lab_inventory_variant,
     lab_vault,
     pyinfra_json,
@@ -137,8 +138,8 @@ def lab_grows(cluster, client_cert) -> Iterator[tuple]:
 
 def test_two_etcd_droplets_join_as_learners_and_become_voters(lab_grows):
     _, cert = lab_grows
-    run_cli("galley", "lab", "add", "--role", "etcd")
-    run_cli("galley", "lab", "add", "--role", "etcd")
+    lab_add("etcd")
+    lab_add("etcd")
     admit("lab-etcd-4", "lab-etcd-5")
     before = {host: since for host, since in etcd_started().items() if host in DEFAULT_ETCD}
 
@@ -294,7 +295,7 @@ def _prometheus_started() -> str:
 def test_a_new_worker_joins_alone_and_node_remove_takes_it_out(lab_grows):
     lab, _ = lab_grows
     prometheus_started = _prometheus_started()
-    run_cli("galley", "lab", "add", "--role", "worker")
+    lab_add("worker")
     code, results, output = run_deploy("cluster")
     assert code == 0, output
     # Beside the new worker only the rule sets of the hosts it must reach (the apiservers)

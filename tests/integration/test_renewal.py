@@ -21,6 +21,7 @@ from galley.lab.state import LAB_DIR
 from .conftest import (
     Writer,
     alerts,
+    bootstrap_vault,
     changed,
     endpoints,
     lab_inventory_variant,
@@ -88,15 +89,13 @@ def short_lived(cluster, client_cert, tmp_path_factory) -> Iterator[str]:
         f"for _, data in {hosts}:\n    data[{key!r}] = {value!r}\n" for key, value in SHORT.items()
     )
     variant = lab_inventory_variant(tmp_path_factory.mktemp("short"), body)
-    run_cli("galley", "vault", "bootstrap", "--cluster", "lab", "--inventory", variant)
+    bootstrap_vault(variant)
     code, _, output = run_deploy("cluster", inventory=variant)
     assert code == 0, output
     try:
         yield variant
     finally:
-        run_cli(
-            "galley", "vault", "bootstrap", "--cluster", "lab", "--inventory", "inventories/lab.py"
-        )
+        bootstrap_vault()
         code, _, output = run_deploy("cluster")
         assert code == 0, output
 

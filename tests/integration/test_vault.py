@@ -43,7 +43,7 @@ def test_a_workers_token_deploys_the_workers_and_nothing_else(cluster, tmp_path)
     before = fingerprint(cluster)
     code, _, output = run_deploy("etcd", inventory=inventory, check=False)
     assert code != 0
-    assert "token lacks " in output and "'update' on lab/pki/etcd/sign/etcd-member" in output
+    assert "token lacks " in output and " on lab/pki/etcd/roles/renew-lab-etcd-1-" in output
     assert "nothing was changed" in output and "Traceback" not in output
     assert fingerprint(cluster) == before
 

@@ -25,7 +25,7 @@ from galley.components.model import (
 from galley.etcd.etcdctl import CERT, KEY
 from galley.inventory.validate import problems
 from galley.ops import vault_bootstrap
-from galley.ops.vault_bootstrap import deploy_paths
+from galley.ops.vault_bootstrap import deploy_grants
 from galley.report import analyse, releases_of
 from galley.settings import COUNT, Setting
 from galley.vault import kv
@@ -173,18 +173,27 @@ def test_validation_picks_up_a_new_component(with_ccm):
     assert registry.select(["control_plane"])[-1] is CCM
 
 
-def test_the_vault_roles_and_deploy_paths_pick_up_a_new_component(with_ccm):
+def test_the_vault_roles_and_deploy_grants_pick_up_a_new_component(with_ccm):
     assert ROLE in registry.vault_roles()
-    assert deploy_paths("lab", [CCM]) == {
-        "lab/pki/k8s/sign/cloud-controller-manager": "update",
-        "lab/pki/host/sign/host-identity": "update",
+    grants = deploy_grants("lab", _inventory(), [CCM])
+    assert grants.paths == {
         **{
             f"lab/pki/{m}/{p}": "read"
             for m in ("etcd", "k8s", "host")
             for p in ("ca/pem", "cert/ca")
         },
         "lab/kv/data/digitalocean/api-token": "read",
+        "lab/pki/host/roles/renew-lab-cp-1-host-identity": "read",
+        "lab/pki/k8s/roles/renew-lab-cp-1-cloud-controller-manager": "read",
         "lab/kv/data/galley/lock": "create,read,update",
+    }
+    pinned = {"exclude_cn_from_sans": True, "format": "pem"}
+    assert grants.signs == {
+        "lab/pki/host/sign/renew-lab-cp-1-host-identity": {"common_name": "lab-cp-1"} | pinned,
+        "lab/pki/k8s/sign/renew-lab-cp-1-cloud-controller-manager": {
+            "common_name": "system:cloud-controller-manager"
+        }
+        | pinned,
     }
 
 
@@ -222,9 +231,10 @@ def test_a_new_component_s_setting_is_validated_from_its_declaration(with_ccm):
 
 def test_vault_bootstrap_makes_a_new_component_s_secret_for_its_job_only(with_ccm, vault):
     assert TOKEN in vault_bootstrap.plan("lab").secrets
-    changes = vault_bootstrap.bootstrap(vault, "lab")
+    inventory = _inventory(cluster_domain="cluster.local", service_cidr="10.32.0.0/16")
+    changes = vault_bootstrap.bootstrap(vault, "lab", inventory)
     assert "generated lab/kv/digitalocean/api-token" in changes
-    assert "created role cloud-controller-manager in lab/pki/k8s" in changes
+    assert "created role renew-lab-cp-1-cloud-controller-manager in lab/pki/k8s" in changes
 
     def token(policy: str):
         made = vault.auth.token.create(policies=[policy], ttl="5m")["auth"]["client_token"]

@@ -24,9 +24,9 @@ from galley.ops.revocation import (
 )
 from galley.vault import pki
 from galley.vault.client import VaultSettings, connect
-from galley.vault.pki import Identity
 from galley.vault.renewal import login_path
-from tests.unit.test_pki import _csr, _token
+from tests.group_data import small_cluster
+from tests.unit.test_vault_privilege import PLANS, csr, token_client
 
 GROUPS = {"etcd": ["e1"], "control_plane": ["cp1"], "workers": ["w1", "w2", "cp1"]}
 K8S, ETCD, HOST = "lab/pki/k8s", "lab/pki/etcd", "lab/pki/host"
@@ -84,22 +84,21 @@ class Hosts:
 def issued_certs(vault):
     """The lab's PKI with certificates signed for two workers (kubelet client and serving)
     and one kube-proxy certificate (a shared identity)."""
-    vault_bootstrap.bootstrap(vault, "lab")
-    workers = _token(vault, "lab-workers")
+    vault_bootstrap.bootstrap(vault, "lab", small_cluster())
+    workers = token_client(vault, "lab-workers")
 
-    def sign(role: str, identity: Identity) -> str:
-        return pki.sign(workers, K8S, role, _csr(identity)).certificate
+    def sign(host: str, stem: str) -> str:
+        cert = next(cert for cert in PLANS[host].certs if cert.stem == stem)
+        parameters = cert.sign_parameters()
+        return pki.sign(
+            workers, K8S, cert.role, csr(cert.identity), parameters=parameters
+        ).certificate
 
-    node = {"organization": ("system:nodes",)}
     return {
-        "w1-client": sign("kubelet", Identity("system:node:lab-worker-1", **node)),
-        "w1-serving": sign(
-            "kubelet-serving", Identity("lab-worker-1", ("lab-worker-1",), ("10.0.0.5",))
-        ),
-        "w2-client": sign("kubelet", Identity("system:node:lab-worker-2", **node)),
-        "proxy": sign(
-            "kube-proxy", Identity("system:kube-proxy", organization=("system:node-proxier",))
-        ),
+        "w1-client": sign("lab-worker-1", "kubelet"),
+        "w1-serving": sign("lab-worker-1", "kubelet-serving"),
+        "w2-client": sign("lab-worker-2", "kubelet"),
+        "proxy": sign("lab-worker-1", "kube-proxy"),
     }
 
 
@@ -123,7 +122,7 @@ def serial(pem: str) -> str:
 def test_a_reachable_worker_has_every_certificate_it_holds_and_every_one_naming_it_revoked(
     vault, issued_certs, tmp_path
 ):
-    operator = _token(vault, "lab-operator")  # the operator's policy is enough
+    operator = token_client(vault, "lab-operator")  # the operator's policy is enough
     login = login_path("lab", "lab-worker-1")
     host_ca = vault.secrets.pki.read_ca_certificate(mount_point="lab/pki/host")
     vault.write_data(login, data={"certificate": host_ca})
@@ -170,10 +169,10 @@ def test_a_host_step_that_fails_stops_before_the_node_is_deleted(vault, tmp_path
 def test_the_operator_token_passes_the_capability_check_and_a_workers_token_does_not(
     vault, tmp_path
 ):
-    vault_bootstrap.bootstrap(vault, "lab")
+    vault_bootstrap.bootstrap(vault, "lab", small_cluster())
     for policy, allowed in (("lab-operator", True), ("lab-workers", False)):
         token_file = tmp_path / policy
-        token_file.write_text(_token(vault, policy).token)
+        token_file.write_text(token_client(vault, policy).token)
         settings = VaultSettings.from_data(
             {"cluster_name": "lab", "vault_addr": vault.url, "vault_token_file": str(token_file)}
             | {"vault_ca_cert": vault.session.verify}

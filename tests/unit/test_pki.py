@@ -7,21 +7,20 @@ import ipaddress
 import re
 from datetime import UTC, datetime, timedelta
 
-import hvac
-import hvac.exceptions
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from galley.components import renewal_plan
 from galley.components.etcd import member_identity as etcd_member_identity
 from galley.ops import vault_bootstrap
 from galley.vault import pki, setup
 from galley.vault.client import VaultError
 from galley.vault.pki import Identity, resign_reason
-
-ROLES = vault_bootstrap.plan("lab").roles
+from galley.vault.renewal import RenewalCert
+from tests.group_data import HOSTS, small_cluster
 
 NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
 MEMBER = etcd_member_identity("lab-etcd-1", "198.18.0.10")
@@ -181,11 +180,15 @@ def test_identity_normalises_names_and_rejects_bad_ips():
         Identity("a", ip_addresses=("not-an-ip",))
 
 
-def _blocks(name: str, paths: dict[str, str]) -> dict[str, str]:
-    hcl = setup.render_policy(name, paths)
-    blocks = dict(re.findall(r'path "([^"]+)" \{\s*capabilities = \[([^\]]*)\]\s*\}', hcl))
+def _blocks(name: str, policy: setup.Policy) -> dict[str, str]:
+    """Each path the rendered policy grants with its capabilities (and pinned parameters)."""
+    hcl = setup.render_policy(name, policy)
+    blocks = re.findall(r'path "([^"]+)" \{\s*capabilities = \[([^\]]*)\]([^}]*\}?)\s*\}', hcl)
     assert hcl.count("path ") == len(blocks)
-    return {path: ",".join(re.findall(r'"([^"]+)"', caps)) for path, caps in blocks.items()}
+    return {
+        path: ",".join(re.findall(r'"([^"]+)"', caps)) + (" pinned" if rest.strip() else "")
+        for path, caps, rest in blocks
+    }
 
 
 CA_READS = {
@@ -193,51 +196,61 @@ CA_READS = {
     for mount in ("etcd", "k8s", "host")
     for path in ("ca/pem", "cert/ca")
 }
-# Every job's deploy gives its hosts a renewal credential (`galley.vault.renewal`).
-HOST_IDENTITY = {"lab/pki/host/sign/host-identity": "update"}
 LOCK = {"lab/kv/data/galley/lock": "create,read,update"}
 # The etcd deploy writes it into etcd; `galley etcd restore` checks snapshots against it.
 IDENTITY_READ = {"lab/kv/data/galley/cluster-identity": "read"}
-
-
-def _signs(mount: str, *roles: str) -> dict[str, str]:
-    return {f"lab/pki/{mount}/sign/{role}": "update" for role in roles}
-
-
-def test_one_policy_per_job_grants_exactly_what_its_deploy_signs_and_reads():
-    policies = vault_bootstrap.policies("lab")
-    assert _blocks("lab-etcd", policies["lab-etcd"]) == {
-        **_signs("etcd", "etcd-member", "etcd-healthcheck-client"),
-        **HOST_IDENTITY,
-        **CA_READS,
-        **IDENTITY_READ,
-        **LOCK,
-    }
-    assert _blocks("lab-control-plane", policies["lab-control-plane"]) == {
-        **_signs("etcd", "kube-apiserver-etcd-client"),
-        **_signs(
-            "k8s",
-            "kube-apiserver",
-            "kube-apiserver-kubelet-client",
+# What each job's deploy signs on each of its hosts (every host: its renewal's identity).
+JOB_CERTS = {
+    "lab-etcd": ("-etcd-", ("host-identity", "member", "healthcheck-client")),
+    "lab-control-plane": (
+        "-cp-",
+        (
+            "host-identity",
+            "apiserver",
+            "apiserver-etcd-client",
+            "apiserver-kubelet-client",
             "kube-controller-manager",
+            "kube-controller-manager-serving",
             "kube-scheduler",
-            "control-plane-serving",
+            "kube-scheduler-serving",
         ),
-        **HOST_IDENTITY,
-        **CA_READS,
+    ),
+    "lab-workers": (
+        "-worker-",
+        ("host-identity", "flannel", "kube-proxy", "kubelet", "kubelet-serving"),
+    ),
+    "lab-monitoring": ("-mon-", ("host-identity", "etcd-metrics", "kube-metrics")),
+}
+JOB_READS = {
+    "lab-etcd": IDENTITY_READ,
+    "lab-control-plane": {
         "lab/kv/data/kubernetes/service-account": "read",
         "lab/kv/data/kubernetes/encryption": "read",
-        **LOCK,
-    }
-    assert _blocks("lab-workers", policies["lab-workers"]) == {
-        **_signs("etcd", "flannel-etcd-client"),
-        **_signs("k8s", "kubelet", "kubelet-serving", "flannel", "kube-proxy"),
-        **HOST_IDENTITY,
-        **CA_READS,
-        **LOCK,
-    }
-    assert policies["lab-operator"] == {
-        **_signs("k8s", "admin"),
+    },
+    "lab-workers": {},
+    "lab-monitoring": {},
+}
+PLANS = {host.name: renewal_plan(host) for host in small_cluster()}
+
+
+def test_one_policy_per_job_grants_exactly_its_hosts_own_roles_with_their_parameters():
+    policies = vault_bootstrap.policies("lab", list(small_cluster()))
+    for job, (word, stems) in JOB_CERTS.items():
+        certs = [cert for name, plan in PLANS.items() if word in name for cert in plan.certs]
+        assert sorted(cert.stem for cert in certs) == sorted(
+            stem for name in HOSTS if word in name for stem in stems
+        ), job
+        policy = policies[job]
+        assert policy.signs == {cert.sign_path: cert.sign_parameters() for cert in certs}, job
+        assert _blocks(job, policy) == {
+            **CA_READS,
+            **JOB_READS[job],
+            **{cert.role_path: "read" for cert in certs},
+            **LOCK,
+            **{cert.sign_path: "update pinned" for cert in certs},
+        }, job
+    assert _blocks("lab-operator", policies["lab-operator"]) == {
+        "lab/pki/k8s/sign/admin": "update",
         **{f"lab/pki/k8s/{path}": "read" for path in ("ca/pem", "cert/ca")},
         **{
             path: capability
@@ -254,57 +267,71 @@ def test_one_policy_per_job_grants_exactly_what_its_deploy_signs_and_reads():
     }
 
 
+def test_flannel_signs_an_etcd_client_only_in_etcd_mode():
+    def workers(mode: str) -> set[str]:
+        hosts = list(small_cluster(flannel_mode=mode))
+        return {
+            path.rsplit("/", 1)[1]
+            for path in vault_bootstrap.policies("lab", hosts)["lab-workers"].signs
+        }
+
+    assert "renew-lab-worker-1-etcd-client" not in workers("kube")
+    assert "renew-lab-worker-1-etcd-client" in workers("etcd")
+
+
 def test_the_combined_deploy_policy_never_grants_the_admin_role():
-    policies = vault_bootstrap.policies("lab")
+    policies = vault_bootstrap.policies("lab", list(small_cluster()))
     jobs = ("lab-etcd", "lab-control-plane", "lab-workers", "lab-monitoring")
-    assert policies["lab-deploy"] == {k: v for job in jobs for k, v in policies[job].items()}
-    assert not any("sign/admin" in path for path in policies["lab-deploy"])
-    assert not any(
-        "system:masters" in role.organization
-        for role in ROLES
-        if f"lab/pki/{role.mount}/sign/{role.name}" in policies["lab-workers"]
-    )
+    assert policies["lab-deploy"].signs == {
+        k: v for job in jobs for k, v in policies[job].signs.items()
+    }
+    assert policies["lab-deploy"].paths == {
+        k: v for job in jobs for k, v in policies[job].paths.items()
+    }
+    assert not any("sign/admin" in path for path in policies["lab-deploy"].capabilities())
 
 
-def test_roles_table():
-    roles = {role.name: role for role in ROLES}
-    member = setup.role_params(roles["etcd-member"], "lab")
-    client = setup.role_params(roles["etcd-healthcheck-client"], "lab")
-    assert member["allowed_domains"] == ["lab-*"]
-    assert member["allow_glob_domains"] and member["allow_ip_sans"] and member["allow_localhost"]
-    assert member["server_flag"] and member["client_flag"]
-    assert client["allowed_domains"] == ["etcd-healthcheck-client"]
-    assert not client["server_flag"] and client["client_flag"]
-    assert not client["allow_ip_sans"] and not client["allow_glob_domains"]
-    assert client["allow_bare_domains"] and client["ttl"] == client["max_ttl"] == 720 * 3600
-    custom = setup.PkiOptions(leaf_ttl="24h", allowed_names={"etcd-member": ("db-*", "etcd.lab")})
-    assert setup.role_params(roles["etcd-member"], "lab", custom)["allowed_domains"] == [
-        "db-*",
-        "etcd.lab",
-    ]
-    assert setup.role_params(roles["etcd-member"], "lab", custom)["ttl"] == 24 * 3600
-    for role in ROLES:
-        params = setup.role_params(role, "lab")
-        assert params["allow_any_name"] is False and params["allow_wildcard_certificates"] is False
-        assert params["allow_subdomains"] is False and params["key_type"] == "ec"
+def test_each_host_role_allows_exactly_its_certificates_names():
+    member = next(c for c in PLANS["lab-etcd-1"].certs if c.stem == "member")
+    params = setup.host_role_params(member, setup.PkiOptions())
+    assert params["allowed_domains"] == ["lab-etcd-1", "localhost"]
+    assert params["allowed_ip_sans_cidr"] == [f"{ip}/32" for ip in member.identity.ip_addresses]
+    assert "198.18.0.10/32" in params["allowed_ip_sans_cidr"]
+    assert not params["allow_glob_domains"] and not params["allow_subdomains"]
+    assert not params["use_csr_common_name"] and not params["use_csr_sans"]
+    assert params["server_flag"] and params["client_flag"] and params["ttl"] == 720 * 3600
+    client = next(c for c in PLANS["lab-etcd-1"].certs if c.stem == "healthcheck-client")
+    params = setup.host_role_params(client, setup.PkiOptions())
+    assert params["allowed_domains"] == ["etcd-healthcheck-client"]
+    assert not params["server_flag"] and params["client_flag"] and not params["allow_ip_sans"]
+    admin = setup.role_params(pki.ADMIN_ROLE)
+    assert admin["allowed_domains"] == ["admin"] and admin["organization"] == ["system:masters"]
+    for plan in PLANS.values():
+        for cert in plan.certs:
+            params = setup.host_role_params(cert, setup.PkiOptions())
+            assert (
+                params["allow_any_name"] is False and params["allow_wildcard_certificates"] is False
+            )
+            assert params["allow_glob_domains"] is False and params["key_type"] == "ec"
 
 
 def test_the_apiserver_role_allows_exact_names_only():
-    (role,) = [r for r in ROLES if r.name == "kube-apiserver"]
-    plain = setup.role_params(role, "lab")
-    assert not plain["allow_glob_domains"]
-    assert plain["allowed_domains"] == [
+    def names(**data) -> list[str]:
+        host = small_cluster("lab-cp-1", **data).get_host("lab-cp-1")
+        (cert,) = [c for c in renewal_plan(host).certs if c.stem == "apiserver"]
+        return setup.host_role_params(cert, setup.PkiOptions())["allowed_domains"]
+
+    assert names() == [
         "kube-apiserver",
         "kubernetes",
         "kubernetes.default",
         "kubernetes.default.svc",
         "kubernetes.default.svc.cluster.local",
+        "localhost",
     ]
-    options = setup.PkiOptions(cluster_domain="k8s.internal", api_endpoint="api.lab.example")
-    assert setup.role_params(role, "lab", options)["allowed_domains"][-2:] == [
-        "kubernetes.default.svc.k8s.internal",
-        "api.lab.example",
-    ]
+    assert {"kubernetes.default.svc.k8s.internal", "api.lab.example"} <= set(
+        names(cluster_domain="k8s.internal", api_endpoint="api.lab.example")
+    )
 
 
 @pytest.mark.parametrize(
@@ -357,13 +384,13 @@ def test_bootstrap_sets_up_and_is_a_no_op_when_re_run(vault):
     assert changes[4] == "enabled PKI mount lab/pki/host"
     assert changes[5].startswith("generated root CA 'lab host identity CA' in lab/pki/host")
     assert changes[6:] == [
-        *(f"created role {role.name} in lab/pki/{role.mount}" for role in ROLES),
+        "created role admin in lab/pki/k8s",
         "enabled KV v2 mount lab/kv",
         "generated lab/kv/galley/cluster-identity",
         "generated lab/kv/kubernetes/service-account",
         "generated lab/kv/kubernetes/encryption",
-        *(f"wrote policy {name}" for name in vault_bootstrap.policies("lab")),
         "enabled cert auth method auth/lab/host-cert",
+        *(f"wrote policy {name}" for name in vault_bootstrap.policies("lab", [])),
     ]
     ca = pki.read_ca(vault, "lab/pki/etcd")
     assert vault_bootstrap.bootstrap(vault, "lab") == []
@@ -373,26 +400,58 @@ def test_bootstrap_sets_up_and_is_a_no_op_when_re_run(vault):
 def test_bootstrap_reports_only_roles_that_differ(vault):
     vault_bootstrap.bootstrap(vault, "lab")
     shorter = setup.PkiOptions(leaf_ttl="24h")
-    assert vault_bootstrap.bootstrap(vault, "lab", shorter) == [
-        f"updated role {role.name} in lab/pki/{role.mount} (ttl)" for role in ROLES
+    plan = vault_bootstrap.plan("lab")
+    assert setup.bootstrap(vault, "lab", plan, shorter) == [
+        "updated role admin in lab/pki/k8s (ttl)"
     ]
-    assert vault_bootstrap.bootstrap(vault, "lab", shorter) == []
+    assert setup.bootstrap(vault, "lab", plan, shorter) == []
+
+
+def test_bootstrap_retires_the_roles_every_host_once_shared(vault):
+    vault_bootstrap.bootstrap(vault, "lab")
+    for mount, role in (("etcd", "etcd-member"), ("k8s", "kubelet"), ("host", "host-identity")):
+        vault.secrets.pki.create_or_update_role(
+            role,
+            {"allowed_domains": ["lab-*"], "allow_glob_domains": True},
+            mount_point=f"lab/pki/{mount}",
+        )
+    assert sorted(vault_bootstrap.bootstrap(vault, "lab")) == [
+        f"deleted role {role} in lab/pki/{mount} (retired: each host signs with roles of its own)"
+        for mount, role in (("etcd", "etcd-member"), ("host", "host-identity"), ("k8s", "kubelet"))
+    ]
+    assert vault_bootstrap.bootstrap(vault, "lab") == []
+
+
+def _own(host: str, stem: str) -> RenewalCert:
+    return next(cert for cert in PLANS[host].certs if cert.stem == stem)
+
+
+def _sign_own(vault, cert: RenewalCert, **parameters) -> pki.SignedCertificate:
+    return pki.sign(
+        vault,
+        cert.mount,
+        cert.role,
+        _csr(cert.identity),
+        parameters=cert.sign_parameters() | parameters,
+    )
 
 
 def test_sign_member_certificate(vault):
-    vault_bootstrap.bootstrap(vault, "lab")
-    signed = pki.sign(vault, "lab/pki/etcd", "etcd-member", _csr(MEMBER), ttl="1h")
+    vault_bootstrap.bootstrap(vault, "lab", small_cluster())
+    member = _own("lab-etcd-1", "member")
+    signed = _sign_own(vault, member)
     assert signed.certificate.endswith("-----END CERTIFICATE-----\n")
     assert signed.ca_bundle == pki.read_ca(vault, "lab/pki/etcd")
-    assert pki.identity_of_cert(signed.certificate) == MEMBER
-    assert resign_reason(signed.certificate, MEMBER, signed.ca_bundle, datetime.now(UTC)) is None
+    assert pki.identity_of_cert(signed.certificate) == member.identity
+    now = datetime.now(UTC)
+    assert resign_reason(signed.certificate, member.identity, signed.ca_bundle, now) is None
 
 
 def test_sign_client_certificate(vault):
-    vault_bootstrap.bootstrap(vault, "lab")
-    client = Identity("etcd-healthcheck-client")
-    signed = pki.sign(vault, "lab/pki/etcd", "etcd-healthcheck-client", _csr(client))
-    assert pki.identity_of_cert(signed.certificate) == client
+    vault_bootstrap.bootstrap(vault, "lab", small_cluster())
+    client = _own("lab-etcd-1", "healthcheck-client")
+    signed = _sign_own(vault, client)
+    assert pki.identity_of_cert(signed.certificate) == Identity("etcd-healthcheck-client")
     usages = pki.load_certificate(signed.certificate).extensions.get_extension_for_class(
         x509.ExtendedKeyUsage
     )
@@ -400,11 +459,11 @@ def test_sign_client_certificate(vault):
 
 
 def test_sign_refusal_names_mount_role_and_vault_reason(vault):
-    vault_bootstrap.bootstrap(vault, "lab")
+    vault_bootstrap.bootstrap(vault, "lab", small_cluster())
     with pytest.raises(VaultError) as raised:
-        pki.sign(vault, "lab/pki/etcd", "etcd-healthcheck-client", _csr(Identity("kube-scheduler")))
+        _sign_own(vault, _own("lab-etcd-1", "healthcheck-client"), common_name="kube-scheduler")
     assert str(raised.value) == (
-        "Vault refused to sign with role etcd-healthcheck-client of lab/pki/etcd: "
+        "Vault refused to sign with role renew-lab-etcd-1-healthcheck-client of lab/pki/etcd: "
         "common name kube-scheduler not allowed by this role"
     )
 
@@ -418,60 +477,13 @@ def test_read_ca_before_bootstrap_says_what_to_do(vault):
 
 
 def test_bootstrap_converges_a_role_loosened_by_hand(vault):
-    vault_bootstrap.bootstrap(vault, "lab")
-    role = vault.secrets.pki.read_role("kubelet", mount_point="lab/pki/k8s")["data"]
+    vault_bootstrap.bootstrap(vault, "lab", small_cluster())
+    name, mount = "renew-lab-worker-1-kubelet", "lab/pki/k8s"
+    role = vault.secrets.pki.read_role(name, mount_point=mount)["data"]
     loosened = role | {"allow_any_name": True, "allowed_uri_sans": ["spiffe://*"]}
-    vault.secrets.pki.create_or_update_role("kubelet", loosened, mount_point="lab/pki/k8s")
-    assert vault_bootstrap.bootstrap(vault, "lab") == [
-        "updated role kubelet in lab/pki/k8s (allow_any_name, allowed_uri_sans)"
+    vault.secrets.pki.create_or_update_role(name, loosened, mount_point=mount)
+    assert vault_bootstrap.bootstrap(vault, "lab", small_cluster()) == [
+        f"updated role {name} in {mount} (allow_any_name, allowed_uri_sans)"
     ]
-    role = vault.secrets.pki.read_role("kubelet", mount_point="lab/pki/k8s")["data"]
+    role = vault.secrets.pki.read_role(name, mount_point=mount)["data"]
     assert (role["allow_any_name"], role["allowed_uri_sans"]) == (False, [])
-
-
-def _token(vault, policy: str) -> hvac.Client:
-    token = vault.auth.token.create(policies=[policy])["auth"]["client_token"]
-    return hvac.Client(url=vault.url, token=token, verify=vault.session.verify)
-
-
-def test_a_workers_token_gets_only_the_workers_identities(vault):
-    vault_bootstrap.bootstrap(vault, "lab")
-    workers = _token(vault, "lab-workers")
-    node = Identity("system:node:lab-worker-2", organization=("system:nodes",))
-    assert pki.identity_of_cert(pki.sign(workers, "lab/pki/k8s", "kubelet", _csr(node)).certificate)
-    refused = [
-        ("lab/pki/k8s", "admin", Identity("admin", organization=("system:masters",))),
-        ("lab/pki/k8s", "kube-apiserver-kubelet-client", Identity("kube-apiserver-kubelet-client")),
-        ("lab/pki/etcd", "etcd-member", MEMBER),
-        ("lab/pki/etcd", "kube-apiserver-etcd-client", Identity("kube-apiserver-etcd-client")),
-    ]
-    for mount, role, identity in refused:
-        with pytest.raises(hvac.exceptions.Forbidden):
-            workers.secrets.pki.sign_certificate(
-                role, _csr(identity), identity.cn, mount_point=mount
-            )
-    with pytest.raises(hvac.exceptions.Forbidden):
-        workers.secrets.kv.v2.read_secret_version(
-            "kubernetes/service-account", mount_point="lab/kv", raise_on_deleted_version=True
-        )
-    outsider = Identity("system:node:attacker", organization=("system:nodes",))
-    with pytest.raises(VaultError, match="common name system:node:attacker not allowed"):
-        pki.sign(workers, "lab/pki/k8s", "kubelet", _csr(outsider))
-
-
-def test_no_deploy_token_can_sign_system_masters_or_a_foreign_api_name(vault):
-    options = setup.PkiOptions(api_endpoint="api.lab.example")
-    vault_bootstrap.bootstrap(vault, "lab", options)
-    deploy = _token(vault, "lab-deploy")
-    admin = Identity("admin", organization=("system:masters",))
-    with pytest.raises(hvac.exceptions.Forbidden):
-        deploy.secrets.pki.sign_certificate(
-            "admin", _csr(admin), "admin", mount_point="lab/pki/k8s"
-        )
-    foreign = Identity("kube-apiserver", ("api.lab.attacker.example",))
-    with pytest.raises(VaultError, match=r"api\.lab\.attacker\.example not allowed by this role"):
-        pki.sign(deploy, "lab/pki/k8s", "kube-apiserver", _csr(foreign))
-    own = Identity("kube-apiserver", ("api.lab.example", "kubernetes.default.svc.cluster.local"))
-    assert pki.sign(deploy, "lab/pki/k8s", "kube-apiserver", _csr(own)).certificate
-    operator = _token(vault, "lab-operator")
-    assert pki.sign(operator, "lab/pki/k8s", "admin", _csr(admin)).certificate

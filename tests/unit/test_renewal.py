@@ -18,21 +18,20 @@ from pathlib import Path
 import hvac
 import pytest
 import requests
-from pyinfra.api import Inventory
 
 from galley.components import CERT_RENEWAL, renewal_plan
 from galley.components.engine import render_text
+from galley.components.kube_apiserver import KUBE_APISERVER
 from galley.components.model import Config
-from galley.components.renewal import ScriptSettings
+from galley.components.renewal import ScriptSettings, plan
 from galley.facts.renewal import RenewalStatus, parse_state
 from galley.host.tls import GENPKEY_OPTIONS, csr_command
 from galley.ops import vault_bootstrap
 from galley.vault import pki, setup
 from galley.vault.renewal import HostRenewal, RenewalCert
+from tests.group_data import HOSTS, small_cluster
 
-HOSTS = {"lab-etcd-1": "198.18.0.10", "lab-cp-1": "198.18.0.13"} | {
-    f"lab-worker-{n}": f"198.18.0.{20 + n}" for n in (1, 2)
-}
+_inventory = small_cluster
 
 
 TIMER = CERT_RENEWAL.timers[0]
@@ -55,26 +54,6 @@ def render_units(**data) -> dict[str, str]:
     }
 
 
-def _inventory(*hosts: str, **data) -> Inventory:
-    return Inventory(
-        (
-            [(name, {"private_ip": HOSTS[name]}) for name in hosts],
-            {
-                "cluster_name": "lab",
-                "cluster_domain": "cluster.local",
-                "service_cidr": "10.32.0.0/16",
-                "api_port": 6443,
-                "flannel_mode": "kube",
-                "kubernetes_cert_ttl": "720h",
-            }
-            | data,
-        ),
-        etcd=([h for h in hosts if "etcd" in h], {}),
-        control_plane=([h for h in hosts if "-cp-" in h], {}),
-        workers=([h for h in hosts if "worker" in h], {}),
-    )
-
-
 def _plans(*hosts: str) -> dict[str, HostRenewal]:
     return {host.name: renewal_plan(host) for host in _inventory(*hosts)}
 
@@ -82,9 +61,8 @@ def _plans(*hosts: str) -> dict[str, HostRenewal]:
 @pytest.fixture
 def bootstrapped(vault) -> dict[str, HostRenewal]:
     """OpenBao bootstrapped for cluster ``lab`` with every host of `HOSTS`; their plans."""
-    options = vault_bootstrap.options_from(_inventory(*HOSTS))
-    vault_bootstrap.bootstrap(vault, "lab", options)
-    return {renewal.host: renewal for renewal in options.renewal_hosts}
+    vault_bootstrap.bootstrap(vault, "lab", _inventory())
+    return _plans(*HOSTS)
 
 
 def _run(command: str) -> str:
@@ -145,7 +123,7 @@ def _on_host(
         )
         _run(f"umask 077 && openssl genpkey {GENPKEY_OPTIONS} -out {cert.key_path}")
         csr = _run(csr_command(cert.key_path, cert.identity))
-        signed = pki.sign(vault, cert.mount, cert.base_role.name, csr, ttl)
+        signed = pki.sign(vault, cert.mount, cert.role, csr, ttl, cert.sign_parameters())
         Path(cert.cert_path).write_text(signed.certificate)
         Path(cert.ca_path).write_text(pki.read_ca(vault, cert.mount))
         certs.append(cert)
@@ -446,38 +424,42 @@ def test_the_renewal_roles_themselves_refuse_foreign_names_and_addresses(vault, 
 
 
 def test_bootstrap_with_hosts_is_a_no_op_when_re_run_and_prunes_removed_hosts(vault):
-    options = vault_bootstrap.options_from(_inventory(*HOSTS))
-    first = vault_bootstrap.bootstrap(vault, "lab", options)
+    first = vault_bootstrap.bootstrap(vault, "lab", _inventory())
     assert "created cert login lab-worker-2 in auth/lab/host-cert" in first
     assert "wrote policy lab-renew-lab-worker-2" in first
-    assert vault_bootstrap.bootstrap(vault, "lab", options) == []
+    assert vault_bootstrap.bootstrap(vault, "lab", _inventory()) == []
 
-    fewer = vault_bootstrap.options_from(_inventory("lab-etcd-1", "lab-cp-1", "lab-worker-1"))
+    fewer = _inventory(*(name for name in HOSTS if name != "lab-worker-2"))
     pruned = vault_bootstrap.bootstrap(vault, "lab", fewer)
     gone = _plans("lab-worker-2")["lab-worker-2"]
     assert sorted(pruned) == sorted(
         [f"deleted role {cert.role} in {cert.mount}" for cert in gone.certs]
         + ["deleted cert login lab-worker-2 in auth/lab/host-cert"]
         + ["deleted policy lab-renew-lab-worker-2"]
+        # The workers' job may no longer sign its certificates.
+        + ["updated policy lab-workers", "updated policy lab-deploy"]
     )
     assert vault_bootstrap.bootstrap(vault, "lab", fewer) == []
-    assert vault_bootstrap.bootstrap(vault, "lab") == []  # without an inventory: left alone
 
 
-def test_no_host_renews_a_system_masters_certificate():
+def test_no_host_certificate_names_system_masters():
     renewal = _plans("lab-cp-1")["lab-cp-1"]
-    # The apiservers' kubelet client holds no group (RBAC grants it the kubelet API), so the
-    # control plane renews every certificate it has.
-    assert renewal.excluded == ()
+    # The apiservers' kubelet client holds no group (RBAC grants it the kubelet API).
     kubelet_client = next(c for c in renewal.certs if c.stem == "apiserver-kubelet-client")
     assert kubelet_client.identity == pki.Identity("kube-apiserver-kubelet-client")
     assert not any("system:masters" in c.identity.organization for c in renewal.certs)
     assert renewal.identity.stem == "host-identity"
     assert renewal.identity.identity == pki.Identity("lab-cp-1")
-    policy = setup.render_renewal_policy(renewal)
+    policy = setup.render_policy(renewal.policy, setup.Policy(signs=renewal.policy_paths()))
     assert 'path "lab/pki/k8s/sign/renew-lab-cp-1-kube-scheduler" {' in policy
     assert '    "common_name" = ["system:kube-scheduler"]\n' in policy
     assert "sign/admin" not in policy
+
+    masters = pki.Identity("kube-apiserver-kubelet-client", organization=("system:masters",))
+    cert = replace(KUBE_APISERVER.certs[0], identity=lambda host: masters)
+    apiserver = replace(KUBE_APISERVER, certs=(cert,))
+    with pytest.raises(ValueError, match="names system:masters, which only the operator's"):
+        plan(_inventory("lab-cp-1").get_host("lab-cp-1"), [apiserver])
 
 
 def test_the_timer_takes_its_schedule_from_group_data():

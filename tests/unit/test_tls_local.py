@@ -28,6 +28,7 @@ from galley.lab.openbao import OpenBao
 from galley.ops import vault_bootstrap
 from galley.vault import pki
 from galley.vault.pki import Identity
+from tests.group_data import small_cluster
 
 PYINFRA = Path(sys.executable).with_name("pyinfra")
 MOUNT = "lab/pki/etcd"
@@ -50,7 +51,7 @@ host_certificates(
             ca_path=f"{pki_dir}/ca.crt",
             identity=Identity("lab-etcd-1", ("lab-etcd-1", "localhost"), host.data.ips.split(",")),
             mount="lab/pki/etcd",
-            role="etcd-member",
+            role="renew-lab-etcd-1-member",
             **owner,
         ),
         HostCert(
@@ -59,7 +60,7 @@ host_certificates(
             ca_path=f"{pki_dir}/ca.crt",
             identity=Identity("etcd-healthcheck-client"),
             mount="lab/pki/etcd",
-            role="etcd-healthcheck-client",
+            role="renew-lab-etcd-1-healthcheck-client",
             **owner,
         ),
     ],
@@ -86,6 +87,11 @@ class Lab:
         self.key, self.cert, self.ca = (
             self.dir / n for n in ("member.key", "member.crt", "ca.crt")
         )
+
+    def bootstrap(self, address: str = "198.18.0.10", ttl: str = "720h") -> None:
+        """Give lab-etcd-1 (at ``address``, certificates for ``ttl``) its roles in Vault."""
+        hosts = small_cluster("lab-etcd-1", addresses={"lab-etcd-1": address}, etcd_cert_ttl=ttl)
+        vault_bootstrap.bootstrap(self.vault, "lab", hosts)
 
     def data(self, ips: str = "127.0.0.1,198.18.0.10", ttl: str = "") -> dict[str, str]:
         """The --data values of a run."""
@@ -137,7 +143,7 @@ class Lab:
 @pytest.fixture
 def lab(tmp_path, openbao, vault, vault_audit_log) -> Lab:
     # The bootstrap stores the cluster's shared service-account key; record the deploy only.
-    vault_bootstrap.bootstrap(vault, "lab")
+    vault_bootstrap.bootstrap(vault, "lab", small_cluster("lab-etcd-1"))
     return Lab(tmp_path, openbao, vault, vault_audit_log)
 
 
@@ -182,6 +188,7 @@ def test_dry_run_shows_reason_and_signs_nothing(lab):
     assert list(lab.dir.iterdir()) == []
 
     lab.run("-y")
+    lab.bootstrap("198.18.0.11")
     output = lab.run("--dry", ips="127.0.0.1,198.18.0.11")
     assert f"Re-sign {lab.cert}: SANs changed (+ip 198.18.0.11, -ip 198.18.0.10)" in output
     assert "Re-sign" not in output.replace(f"Re-sign {lab.cert}", "")  # the client is fine
@@ -189,6 +196,7 @@ def test_dry_run_shows_reason_and_signs_nothing(lab):
 
 
 def test_short_lived_certificate_is_resigned_on_the_next_run(lab):
+    lab.bootstrap(ttl="10s")
     lab.run("-y", ttl="10s")
     short = pki.load_certificate(lab.cert.read_text())
     # The deploy steps in at 1/6 of a lifetime left: wait until both certificates are there.
@@ -201,6 +209,7 @@ def test_short_lived_certificate_is_resigned_on_the_next_run(lab):
     )
     time.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()) + 0.1)
 
+    lab.bootstrap()
     output = lab.run("-y")
     assert f"re-signing {lab.cert}: expires in" in output
     assert "less than 1/6 of its" in output
@@ -214,6 +223,7 @@ def test_changed_identity_is_resigned_with_the_same_key_made_private_again(lab):
     lab.run("-y")
     key = lab.key.read_bytes()
     lab.key.chmod(0o644)
+    lab.bootstrap("198.18.0.11")
     output = lab.run("-y", ips="127.0.0.1,198.18.0.11")
     assert stat.S_IMODE(lab.key.stat().st_mode) == 0o600
     assert f"re-signing {lab.cert}: SANs changed (+ip 198.18.0.11, -ip 198.18.0.10)" in output
@@ -252,3 +262,20 @@ def test_unreadable_key_is_refused_before_any_change(lab):
     assert done.returncode != 0
     assert f"{lab.key} is not a private key openssl can read" in done.stdout + done.stderr
     assert lab.key.read_text() == "garbage\n" and lab.cert.read_bytes() == cert
+
+
+def test_a_host_readdressed_since_the_bootstrap_is_refused_before_any_change(lab):
+    lab.run("-y")
+    files = {path: path.read_bytes() for path in lab.dir.iterdir()}
+    for extra in ("--dry", "-y"):
+        done = subprocess.run(
+            lab.command(extra, ips="127.0.0.1,198.18.0.11"), capture_output=True, text=True
+        )
+        assert done.returncode != 0
+        assert (
+            f"@local: Vault's role renew-lab-etcd-1-member of lab/pki/etcd does not sign "
+            f"{lab.cert} as the inventory names it (allowed_ip_sans_cidr): run `galley vault "
+            "bootstrap --inventory` with this inventory first (nothing was changed)"
+        ) in done.stdout + done.stderr
+    assert {path: path.read_bytes() for path in lab.dir.iterdir()} == files
+    assert lab.sign_requests() == 2

@@ -11,6 +11,7 @@ import pytest
 from galley.lab.openbao import OpenBao
 from galley.ops import vault_bootstrap
 from galley.vault.client import VaultError, VaultSettings, connect, lazy_client
+from tests.group_data import small_cluster
 
 DATA = {"vault_addr": "https://vault.example:8200", "cluster_name": "lab"}
 
@@ -198,6 +199,11 @@ def test_invalid_token_is_reported_without_the_token(openbao):
     )
 
 
+def _deploy_paths() -> dict[str, str]:
+    """What deploying the whole small cluster asks of Vault."""
+    return vault_bootstrap.deploy_grants("lab", small_cluster()).capabilities()
+
+
 def test_expired_token_is_reported(openbao, vault):
     token = vault.auth.token.create(ttl="1s", explicit_max_ttl="1s")["auth"]["client_token"]
     time.sleep(2)
@@ -206,7 +212,7 @@ def test_expired_token_is_reported(openbao, vault):
 
 
 def test_approle_login_and_its_failure(openbao, vault):
-    vault_bootstrap.bootstrap(vault, "lab")
+    vault_bootstrap.bootstrap(vault, "lab", small_cluster())
     vault.sys.enable_auth_method("approle")
     vault.auth.approle.create_or_update_approle("deploy", token_policies=["lab-deploy"])
     role_id = vault.auth.approle.read_role_id("deploy")["data"]["role_id"]
@@ -219,7 +225,7 @@ def test_approle_login_and_its_failure(openbao, vault):
     }
 
     settings = VaultSettings.from_data(data, {"VAULT_SECRET_ID": secret_id})
-    assert connect(settings, vault_bootstrap.deploy_paths("lab")).is_authenticated()
+    assert connect(settings, _deploy_paths()).is_authenticated()
     with pytest.raises(VaultError) as raised:
         connect(VaultSettings.from_data(data, {"VAULT_SECRET_ID": "wrong-secret"}))
     message = str(raised.value)
@@ -231,31 +237,38 @@ def test_approle_login_and_its_failure(openbao, vault):
 
 
 def test_missing_capabilities_are_named(openbao, vault):
-    vault_bootstrap.bootstrap(vault, "lab")
+    vault_bootstrap.bootstrap(vault, "lab", small_cluster())
     vault.sys.create_or_update_acl_policy(
         "ca-only", 'path "lab/pki/etcd/ca/pem" {\n  capabilities = ["read"]\n}\n'
     )
     weak = vault.auth.token.create(policies=["ca-only"])["auth"]["client_token"]
     deploy = vault.auth.token.create(policies=["lab-deploy"])["auth"]["client_token"]
-    needed = {"lab/pki/etcd/ca/pem": "read", "lab/pki/etcd/sign/etcd-member": "update"}
+    member = "lab/pki/etcd/sign/renew-lab-etcd-1-member"
+    needed = {"lab/pki/etcd/ca/pem": "read", member: "update"}
 
     with pytest.raises(VaultError) as raised:
         connect(_settings(openbao, weak), needed)
     assert str(raised.value).startswith(
-        "token lacks 'update' on lab/pki/etcd/sign/etcd-member (use a token with the policy of "
-        "this job"
+        f"token lacks 'update' on {member} (use a token with the policy of this job that "
+        "`galley vault bootstrap --inventory` writes"
     )
+    assert "hosts added since the last bootstrap have no roles yet" in str(raised.value)
     assert connect(_settings(openbao, deploy), needed).is_authenticated()
+    with pytest.raises(
+        VaultError,
+        match=r"^token lacks '\w+' on [^ ]+, '\w+' on [^ ]+, '\w+' on [^ ]+ and \d+ more \(use",
+    ):
+        connect(_settings(openbao, weak), _deploy_paths())
 
 
 def test_lazy_client_connects_on_first_use_and_is_shared(openbao, vault):
     # A token of its own: lazy clients are shared per process, by settings.
     token = vault.auth.token.create(policies=["root"])["auth"]["client_token"]
-    factory = lazy_client(_settings(openbao, token), vault_bootstrap.deploy_paths("lab"))
+    factory = lazy_client(_settings(openbao, token), _deploy_paths())
     openbao.seal()  # nothing happened yet: creating the factory did not touch Vault
     with pytest.raises(VaultError, match="is sealed"):
         factory()
     openbao.unseal()
     client = factory()
-    assert lazy_client(_settings(openbao, token), vault_bootstrap.deploy_paths("lab"))() is client
+    assert lazy_client(_settings(openbao, token), _deploy_paths())() is client
     assert isinstance(client, hvac.Client)
