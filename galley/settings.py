@@ -5,6 +5,7 @@ validation checks it (`Setting.problem`) from that one declaration.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,15 @@ def _matches(pattern: re.Pattern[str], value: object) -> bool:
     return isinstance(value, str) and bool(pattern.fullmatch(value))
 
 
+def is_network(value: object) -> bool:
+    """Whether ``value`` is a network (or address) in text, such as ``"10.0.0.0/8"``."""
+    try:
+        ipaddress.ip_network(str(value))
+    except ValueError:
+        return False
+    return isinstance(value, str)
+
+
 def _integer(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -51,6 +61,10 @@ PORT = Kind("a TCP port", lambda v: _integer(v) and 0 < v < 65536)
 FLAG = Kind("True or False", lambda v: isinstance(v, bool))
 ABSOLUTE_PATH = Kind("an absolute path such as /var/lib/x", lambda v: _matches(_ABSOLUTE, v))
 REGISTRY_URL = Kind("a registry URL such as https://mirror:5000", lambda v: _matches(_URL, v))
+CIDRS = Kind(
+    "a list of networks such as ['203.0.113.0/24']",
+    lambda v: isinstance(v, list | tuple) and all(is_network(one) for one in v),
+)
 IMAGE = Kind("a container image reference", lambda v: _matches(_IMAGE, v))
 
 

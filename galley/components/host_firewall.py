@@ -47,7 +47,7 @@ from galley.components.model import (
 )
 from galley.facts.firewall import KEPT_PATH, LISTING_PATH, RULES_DIR, HostFirewall
 from galley.host import observed
-from galley.settings import COUNT, FLAG, Kind, Setting
+from galley.settings import CIDRS, COUNT, FLAG, Kind, Setting, is_network
 
 RULES_PATH = f"{RULES_DIR}/rules.nft"  # rendered by the deploy; kept once confirmed
 SCRIPT_PATH = "/usr/local/sbin/galley-firewall"
@@ -57,18 +57,6 @@ HOST_FIREWALL_CONFIG = Config(RULES_PATH, "host-firewall/rules.nft.j2", mode="60
 SCRIPT_CONFIG = Config(
     SCRIPT_PATH, "host-firewall/galley-firewall.sh.j2", mode="755", watched=False
 )
-
-
-def _network(value: object) -> bool:
-    try:
-        ipaddress.ip_network(str(value))
-    except ValueError:
-        return False
-    return isinstance(value, str)
-
-
-def _networks(value: object) -> bool:
-    return isinstance(value, list | tuple) and all(_network(one) for one in value)
 
 
 def _extra_rule(rule: object) -> bool:
@@ -84,11 +72,10 @@ def _extra_rule(rule: object) -> bool:
         and rule.get("protocol", "tcp") in ("tcp", "udp")
         and isinstance(sources, list | tuple)
         and bool(sources)
-        and all(source in CLUSTER_GROUPS or _network(source) for source in sources)
+        and all(source in CLUSTER_GROUPS or is_network(source) for source in sources)
     )
 
 
-CIDRS = Kind("a list of networks such as ['203.0.113.0/24']", _networks)
 EXTRA_RULES = Kind(
     "a list of rules such as {'port': 9100, 'protocol': 'tcp', 'from': ['control_plane', "
     "'10.0.0.0/8'], 'on': ['workers']} (from: inventory groups or networks; on: the groups "

@@ -3,13 +3,14 @@ side and why a host's credential can renew nothing else).
 
 A systemd timer runs a shell script (bash, openssl, curl, coreutils: nothing else on the host)
 that logs in with the host's identity certificate and renews each certificate galley keeps on
-the host when a third of its lifetime is left. The script records its outcome in
+the host, with a fresh key, when a third of its lifetime is left. The script records its outcome in
 `STATE_PATH` (``key=value`` lines), which `galley.facts.renewal.RenewalStatus` reads. It runs
 on every host, deployed with the last phase a run deploys there (with that phase's units).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import posixpath
 import shlex
 from collections.abc import Callable, Sequence
@@ -31,7 +32,8 @@ from galley.components.model import (
 from galley.components.node_exporter import METRICS_DIR
 from galley.facts.renewal import STATE_DIR, STATE_PATH
 from galley.host.restarts import RESTART_LOCK, RUN_DIR
-from galley.settings import SPAN, Setting, span_seconds
+from galley.host.tls import GENPKEY_OPTIONS
+from galley.settings import CIDRS, SPAN, Setting, span_seconds
 from galley.vault.pki import Identity, mount_path
 from galley.vault.renewal import (
     FORBIDDEN_ORGANIZATIONS,
@@ -58,6 +60,9 @@ HOST_IDENTITY = Cert(
 )
 INTERVAL = Setting("cert_renewal_interval", "1h", SPAN)
 RANDOM_DELAY = Setting("cert_renewal_random_delay", "15min", SPAN)
+# Where Vault sees a host's renewal come from (default: its own private and public address;
+# set it when Vault sits behind a proxy or NAT that hides them).
+SOURCE_CIDRS = Setting("vault_renewal_source_cidrs", None, CIDRS)
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,7 @@ class ScriptSettings:
             "period_seconds": self.period_seconds,
             "systemctl": self.systemctl,
             "restart_lock": self.restart_lock,
+            "genpkey_options": GENPKEY_OPTIONS,
             "attempts": self.attempts,
             "backoff": self.backoff,
             "q": shlex.quote,
@@ -133,7 +139,10 @@ def plan(host: Host, components: Sequence[Component]) -> HostRenewal:
     roles = [cert.role for cert in chosen]
     if len(set(roles)) != len(roles):
         raise ValueError(f"{host.name}: two certificates share a stem: {', '.join(roles)}")
-    return HostRenewal(host.name, cluster, tuple(chosen))
+    own = [host.data.get("private_ip"), host.data.get("public_ip")]
+    sources = SOURCE_CIDRS.of(host.data) or [address for address in own if address]
+    networks = tuple(str(ipaddress.ip_network(source, strict=False)) for source in sources)
+    return HostRenewal(host.name, cluster, tuple(chosen), networks)
 
 
 def script_settings(host: Host) -> ScriptSettings:
@@ -190,7 +199,7 @@ def cert_renewal(plan_of: Callable[[Host], HostRenewal]) -> Component:
             ),
         ),
         directories=(Directory(IDENTITY_DIR, "700"), Directory(STATE_DIR, "755")),
-        settings=(INTERVAL, RANDOM_DELAY),
+        settings=(INTERVAL, RANDOM_DELAY, SOURCE_CIDRS),
         checks=("renewal",),
         configure=_configure,
     )

@@ -124,6 +124,7 @@ class HostRenewal:
     host: str
     cluster: str
     certs: tuple[RenewalCert, ...]
+    sources: tuple[str, ...] = ()  # the networks its renewal logs in from (none: anywhere)
 
     @property
     def policy(self) -> str:

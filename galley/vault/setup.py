@@ -176,11 +176,13 @@ def host_role_params(cert: RenewalCert, options: PkiOptions) -> dict:
 
 
 def login_params(host: HostRenewal, host_ca: str) -> dict:
-    """A host's cert-auth role: a certificate of the host identity CA naming exactly this host
-    logs in to a short-lived batch token carrying only the host's renewal policy."""
+    """A host's cert-auth role: a certificate of the host identity CA naming exactly this host,
+    presented from the host's own networks, logs in to a short-lived batch token carrying only
+    the host's renewal policy, usable only from there."""
     return {
         "certificate": host_ca,
         "allowed_common_names": [host.identity.identity.cn],
+        "token_bound_cidrs": list(host.sources),
         "display_name": host.host,
         "token_policies": [host.policy],
         "token_no_default_policy": True,

@@ -52,20 +52,24 @@ def _paths(inventory) -> dict[str, list[str]]:
     return {host.name: [cert.cert_path for cert, _ in certificates_of(host)] for host in inventory}
 
 
-def _looks(paths: dict[str, list[str]]) -> dict[str, tuple[str, bool]]:
-    """Every certificate as host:path -> (its serial, whether it is still valid); a missing
-    one reads as ("missing", False)."""
+def _looks(paths: dict[str, list[str]]) -> dict[str, tuple[str, str, bool]]:
+    """Every certificate as host:path -> (its serial, a digest of its public key, whether it
+    is still valid); a missing one reads as ("missing", "missing", False)."""
     found = {}
     for name, files in paths.items():
         script = " ".join(
             f"openssl x509 -noout -serial -in {path} 2>/dev/null || echo missing;"
+            f"{{ openssl x509 -noout -pubkey -in {path} 2>/dev/null || echo missing; }} | "
+            "sha256sum | cut -c1-16;"
             f"openssl x509 -checkend 0 -noout -in {path} >/dev/null 2>&1 && echo valid "
             "|| echo expired;"
             for path in files
         )
         words = ssh(name, script).split()
-        for path, serial, valid in zip(files, words[::2], words[1::2], strict=True):
-            found[f"{name}:{path}"] = (serial, valid == "valid")
+        for path, serial, key, valid in zip(
+            files, words[::3], words[1::3], words[2::3], strict=True
+        ):
+            found[f"{name}:{path}"] = (serial, key, valid == "valid")
     return found
 
 
@@ -111,14 +115,16 @@ def test_certificates_renew_themselves_for_two_lifetimes_with_no_restart(
     writer = Writer(endpoints(cluster), client_cert)
     writer.start()
     serials: dict[str, set[str]] = {}
+    keys: dict[str, set[str]] = {}
     expired: set[str] = set()
     try:
         # Two lifetimes at most: every certificate renewed, and its renewed certificate renewed
         # again (three serials seen), none ever expired.
         deadline = time.monotonic() + 2 * TTL_SECONDS + 15
         while time.monotonic() < deadline:
-            for where, (serial, valid) in _looks(paths).items():
+            for where, (serial, key, valid) in _looks(paths).items():
                 serials.setdefault(where, set()).add(serial)
+                keys.setdefault(where, set()).add(key)
                 if not valid:
                     expired.add(where)
             if all(len(seen) >= 3 for seen in serials.values()):
@@ -129,6 +135,9 @@ def test_certificates_renew_themselves_for_two_lifetimes_with_no_restart(
         writer.join()
     assert sorted(expired) == []
     assert {where: len(seen) for where, seen in serials.items() if len(seen) < 3} == {}
+    # Each renewal made a fresh key: as many public keys seen as certificates.
+    fewer_keys = {w: len(keys[w]) for w in serials if len(keys[w]) != len(serials[w])}
+    assert fewer_keys == {}
     assert writer.ok > 100 and writer.failed == [], writer.failed
     assert _quorum_starts(cluster) == starts
     # The report: every host renewing, each certificate's next renewal shown.

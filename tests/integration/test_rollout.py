@@ -102,7 +102,9 @@ def at_a(api, workers):
     assert result.returncode == 0, result.stdout + result.stderr
     JOURNAL_PATH.unlink(missing_ok=True)
     assert {versions(api)[name] for name in workers} == {f"v{A}"}
-    if moved:  # a kubelet just restarted may post one more NotReady before it settles
+    # A kubelet just restarted (here, or by an earlier module's deploy) may post one more
+    # NotReady before it settles: start from Nodes steadily Ready.
+    if moved or not all(node_ready(n) for n in api.nodes() if n["metadata"]["name"] in workers):
         assert steadily_ready(api, workers), {
             n["metadata"]["name"]: node_ready(n) for n in api.nodes()
         }

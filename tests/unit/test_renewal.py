@@ -31,7 +31,10 @@ from galley.vault import pki, setup
 from galley.vault.renewal import HostRenewal, RenewalCert
 from tests.group_data import HOSTS, small_cluster
 
-_inventory = small_cluster
+
+def _inventory(*hosts: str, **data):
+    """`small_cluster`, its hosts' renewals logging in from this machine."""
+    return small_cluster(*hosts, vault_renewal_source_cidrs=["127.0.0.0/8"], **data)
 
 
 TIMER = CERT_RENEWAL.timers[0]
@@ -150,9 +153,7 @@ def _on_host(
     return OnHost(moved_renewal, root, script)
 
 
-def test_a_host_renews_its_due_certificates_with_the_same_keys(
-    vault, openbao, bootstrapped, tmp_path
-):
+def test_a_host_renews_its_due_certificates_with_fresh_keys(vault, openbao, bootstrapped, tmp_path):
     host = _on_host(vault, openbao, bootstrapped["lab-worker-1"], tmp_path, ttl="1h")
     before = {c.stem: pki.load_certificate(host.pem(c.stem)) for c in host.renewal.certs}
     keys = {c.stem: Path(c.key_path).read_bytes() for c in host.renewal.certs}
@@ -172,8 +173,10 @@ def test_a_host_renews_its_due_certificates_with_the_same_keys(
     for cert in host.renewal.certs:
         after = pki.load_certificate(host.pem(cert.stem))
         assert after.serial_number != before[cert.stem].serial_number
-        assert after.public_key() == before[cert.stem].public_key()
-        assert Path(cert.key_path).read_bytes() == keys[cert.stem]
+        assert after.public_key() != before[cert.stem].public_key()
+        assert Path(cert.key_path).read_bytes() != keys[cert.stem]
+        key = pki.serialization.load_pem_private_key(Path(cert.key_path).read_bytes(), None)
+        assert after.public_key() == key.public_key()
         assert stat.S_IMODE(os.stat(cert.key_path).st_mode) == 0o600
         assert stat.S_IMODE(os.stat(cert.cert_path).st_mode) == 0o644
         assert pki.identity_of_cert(host.pem(cert.stem)) == pki.identity_of_cert(
@@ -198,6 +201,7 @@ def test_a_host_renews_its_due_certificates_with_the_same_keys(
     assert (state.status, state.failing_since, state.error) == ("ok", None, None)
     assert sorted(state.next_renewal) == sorted(c.cert_path for c in host.renewal.certs)
 
+    assert not list(tmp_path.rglob("*.galley-*"))  # nothing staged is left behind
     again = host.run()  # nothing is due any more: Vault is not even asked
     assert (again.returncode, again.stdout, again.stderr) == (0, "", "")
     assert host.restarts().count("try-restart") == 1

@@ -101,9 +101,13 @@ class Server:
         return answer.json()["auth"]["client_token"] if answer.status_code == 200 else None
 
 
+# The hosts' renewals log in from here, as if the hosts' addresses were this machine's.
+FROM_HERE = {"vault_renewal_source_cidrs": ["127.0.0.0/8"]}
+
+
 @pytest.fixture
 def server(vault, openbao, tmp_path) -> Server:
-    vault_bootstrap.bootstrap(vault, "lab", small_cluster())
+    vault_bootstrap.bootstrap(vault, "lab", small_cluster(**FROM_HERE))
     return Server(vault, openbao, tmp_path)
 
 
@@ -200,3 +204,16 @@ def test_only_the_operator_signs_the_admin_and_only_the_control_plane_reads_its_
         assert read.status_code == (200 if policy in ("lab-control-plane", "lab-deploy") else 403)
     operator = token_client(server.vault, "lab-operator").token
     assert server.post(operator, "lab/pki/k8s/sign/admin", admin).status_code == 200
+
+
+def test_a_host_identity_logs_in_only_from_its_hosts_own_addresses(vault, openbao, tmp_path):
+    vault_bootstrap.bootstrap(vault, "lab", small_cluster())  # each host's own addresses
+    server = Server(vault, openbao, tmp_path)
+    workers = token_client(vault, "lab-workers").token
+    assert server.login(workers, PLANS["lab-worker-1"], "lab-worker-1") is None
+    changes = vault_bootstrap.bootstrap(vault, "lab", small_cluster(**FROM_HERE))
+    assert "updated cert login lab-worker-1 in auth/lab/host-cert (token_bound_cidrs)" in changes
+    host_token = server.login(workers, PLANS["lab-worker-1"], "lab-worker-1")
+    assert host_token is not None
+    kubelet = next(c for c in PLANS["lab-worker-1"].certs if c.stem == "kubelet")
+    assert server.sign(host_token, kubelet).status_code == 200
