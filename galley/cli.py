@@ -85,7 +85,7 @@ def _vault_bootstrap(inventory: Inventory, args: argparse.Namespace) -> int:
 def _admin_credentials(inventory: Inventory, args: argparse.Namespace) -> int:
     from galley.ops.admin import admin_cli
 
-    return admin_cli(inventory)
+    return admin_cli(inventory, args.break_glass)
 
 
 def _lock_break(inventory: Inventory, args: argparse.Namespace) -> int:
@@ -223,6 +223,13 @@ def _parser() -> argparse.ArgumentParser:
         help="keep the admin kubeconfig current (with the operator's Vault token)",
     )
     credentials.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/nyc3.py")
+    credentials.add_argument(
+        "--break-glass",
+        action="store_true",
+        help="also a 1-hour system:masters credential (break-glass.kubeconfig), and write the "
+        "RBAC with it: a new cluster's admins binding, or RBAC to mend (the token needs the "
+        "<cluster>-break-glass policy)",
+    )
     credentials.set_defaults(func=_with_inventory(_admin_credentials))
 
     lock = commands.add_parser("lock", help="the cluster's one-operator lock").add_subparsers(

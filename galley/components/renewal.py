@@ -141,8 +141,13 @@ def plan(host: Host, components: Sequence[Component]) -> HostRenewal:
         raise ValueError(f"{host.name}: two certificates share a stem: {', '.join(roles)}")
     own = [host.data.get("private_ip"), host.data.get("public_ip")]
     sources = SOURCE_CIDRS.of(host.data) or [address for address in own if address]
-    networks = tuple(str(ipaddress.ip_network(source, strict=False)) for source in sources)
-    return HostRenewal(host.name, cluster, tuple(chosen), networks)
+    return HostRenewal(host.name, cluster, tuple(chosen), tuple(map(_as_vault_reads, sources)))
+
+
+def _as_vault_reads(source: str) -> str:
+    """A network as Vault reads a bound CIDR back: an address alone for a single host."""
+    network = ipaddress.ip_network(source, strict=False)
+    return str(network.network_address) if network.num_addresses == 1 else str(network)
 
 
 def script_settings(host: Host) -> ScriptSettings:

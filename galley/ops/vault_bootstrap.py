@@ -19,10 +19,10 @@ import galley.components as registry
 from galley.components.model import Component
 from galley.etcd.identity import SECRET as CLUSTER_IDENTITY
 from galley.lock import lock_paths
-from galley.ops.admin import operator_paths
+from galley.ops.admin import BREAK_GLASS, operator_paths
 from galley.ops.revocation import revocation_paths
 from galley.vault import kv
-from galley.vault.pki import ADMIN_ROLE, MOUNTS, mount_path
+from galley.vault.pki import ADMIN_ROLE, BREAK_GLASS_ROLE, MOUNTS, mount_path
 from galley.vault.setup import PkiOptions, Plan, Policy
 from galley.vault.setup import bootstrap as apply
 
@@ -71,9 +71,10 @@ def deploy_grants(
 def policies(cluster: str, hosts: Sequence[Host]) -> dict[str, Policy]:
     """Every ACL policy the bootstrap writes by name: one per job (``<cluster>-etcd``,
     ``-control-plane``, ``-workers``, ``-monitoring``) for its hosts among ``hosts``,
-    ``<cluster>-deploy`` combining them for one-token convenience, and ``<cluster>-operator``
+    ``<cluster>-deploy`` combining them for one-token convenience, ``<cluster>-operator``
     (the admin credential, which no deploy policy grants, and revoking a leaving host's
-    certificates: `galley node remove`).
+    certificates: `galley node remove`) and ``<cluster>-break-glass`` (system:masters, held
+    apart: `galley admin credentials --break-glass`).
     Token lookup and capabilities-self come with Vault's ``default``."""
     jobs = {
         f"{cluster}-{job}": deploy_grants(
@@ -88,7 +89,12 @@ def policies(cluster: str, hosts: Sequence[Host]) -> dict[str, Policy]:
     # `galley etcd restore` checks which cluster a snapshot is of.
     identity = {kv.read_path(cluster, CLUSTER_IDENTITY): "read"}
     operator = operator_paths(cluster) | revocation_paths(cluster) | lock_paths(cluster) | identity
-    return {**jobs, f"{cluster}-deploy": combined, f"{cluster}-operator": Policy(operator)}
+    return {
+        **jobs,
+        f"{cluster}-deploy": combined,
+        f"{cluster}-operator": Policy(operator),
+        f"{cluster}-break-glass": Policy(operator_paths(cluster, BREAK_GLASS)),
+    }
 
 
 def plan(cluster: str, hosts: Sequence[Host] = ()) -> Plan:
@@ -96,7 +102,7 @@ def plan(cluster: str, hosts: Sequence[Host] = ()) -> Plan:
     The components' own roles were once shared by all hosts: now each host has its own, and
     a shared one left from before is deleted."""
     return Plan(
-        roles=(ADMIN_ROLE,),
+        roles=(ADMIN_ROLE, BREAK_GLASS_ROLE),
         secrets=tuple(registry.kv_secrets()),
         policies=policies(cluster, hosts),
         retired_roles=tuple(registry.vault_roles()),

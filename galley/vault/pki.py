@@ -56,6 +56,7 @@ class RoleSpec:
     client: bool = True
     enforce_hostnames: bool = True
     organization: tuple[str, ...] = ()
+    max_ttl: str | None = None  # the longest Vault signs it for (None: the mount's leaf TTL)
 
 
 # ``host``: each host's renewal credential (`galley.vault.renewal`), trusted only by Vault's
@@ -65,8 +66,14 @@ MOUNTS = (
     MountSpec("k8s", "{cluster} Kubernetes CA"),
     MountSpec("host", "{cluster} host identity CA"),
 )
-# The operator's admin credential (key made on the operator's machine, `galley.ops.admin`).
-ADMIN_ROLE = RoleSpec("admin", "k8s", ("admin",), organization=("system:masters",))
+# The operator's credentials (keys made on the operator's machine, `galley.ops.admin`): the
+# everyday one, a group RBAC binds to cluster-admin; break-glass, system:masters, which no
+# RBAC change takes away, short-lived and in a policy of its own.
+CLUSTER_ADMINS = "galley:cluster-admins"
+ADMIN_ROLE = RoleSpec("admin", "k8s", ("admin",), organization=(CLUSTER_ADMINS,), max_ttl="24h")
+BREAK_GLASS_ROLE = RoleSpec(
+    "break-glass", "k8s", ("break-glass",), organization=("system:masters",), max_ttl="1h"
+)
 # In-cluster names of the API (the cluster domain may differ from cluster.local).
 API_SERVICE_NAMES = ("kubernetes", "kubernetes.default", "kubernetes.default.svc")
 

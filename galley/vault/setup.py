@@ -102,8 +102,8 @@ def role_params(role: RoleSpec, options: PkiOptions = PkiOptions()) -> dict:
         "use_csr_common_name": True,
         "use_csr_sans": True,
         "require_cn": True,
-        "ttl": parse_duration(options.leaf_ttl),
-        "max_ttl": parse_duration(options.leaf_max_ttl),
+        "ttl": parse_duration(role.max_ttl or options.leaf_ttl),
+        "max_ttl": parse_duration(role.max_ttl or options.leaf_max_ttl),
         **LEAF_KEY,
         # Not needed by any galley certificate: pinned to "nothing", so a role loosened by
         # hand (another SAN type, a usage, a template) is converged back by the next bootstrap.

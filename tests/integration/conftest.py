@@ -26,7 +26,7 @@ from galley.lab.artifacts import ARTIFACTS
 from galley.lab.droplets import ssh_command
 from galley.lab.inventory import lab_groups, lab_overrides
 from galley.lab.state import CACHE_DIR, LabState
-from galley.ops.admin import AdminFiles
+from galley.ops.admin import NEEDS_BREAK_GLASS, AdminFiles
 from galley.ops.kubeapi import KubeApi, node_ready
 from galley.vault.renewal import host_role
 
@@ -174,7 +174,11 @@ def cluster(lab) -> LabState:
     bootstrap_vault()
     code, _, output = run_deploy("cluster")
     assert code == 0, output
-    run_cli("galley", "admin", "credentials", INVENTORY)
+    admin = run_cli("galley", "admin", "credentials", INVENTORY, check=False)
+    if admin.returncode == NEEDS_BREAK_GLASS:  # a new cluster: the admins' binding
+        run_cli("galley", "admin", "credentials", INVENTORY, "--break-glass")
+    else:
+        assert admin.returncode == 0, admin.stdout + admin.stderr
     return lab
 
 

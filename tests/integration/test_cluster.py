@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,12 @@ from galley.components.kubernetes import K8S_DIR
 from galley.lab.artifacts import ARTIFACTS
 from galley.lab.artifacts import KUBERNETES_UPGRADE_VERSION as B
 from galley.lab.state import CACHE_DIR
+from galley.ops.kubeapi import ApiError, KubeApi
+from galley.vault.pki import identity_of_cert, load_certificate
 
 from .conftest import (
     CRASH_ETCD,
+    INVENTORY,
     admin_files,
     alerts,
     changed,
@@ -205,6 +209,53 @@ def test_admin_certificate_gets_ok_from_every_apiserver(cluster):
     for droplet in cluster.droplets:
         if "control_plane" in droplet.roles:
             assert healthz(droplet.address, files) == (200, "ok")
+
+
+def test_the_admin_is_a_revocable_24h_group_and_system_masters_only_breaks_the_glass(cluster):
+    files = admin_files()
+    cert = load_certificate(files.cert.read_text())
+    assert identity_of_cert(files.cert.read_text()).organization == ("galley:cluster-admins",)
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc <= timedelta(hours=24, minutes=1)
+    kept = run_cli("galley", "admin", "credentials", INVENTORY)
+    assert "ClusterRoleBinding galley:cluster-admins: up to date" in kept.stdout
+    assert "break-glass" not in kept.stdout + kept.stderr  # no system:masters signed
+    assert not list(files.directory.glob("break-glass.*")) or _masters(files)
+
+    # Deleting the binding takes the admin's rights away; only break-glass puts it back.
+    first_cp = next(d.address for d in cluster.droplets if "control_plane" in d.roles)
+    api = KubeApi(f"https://{first_cp}:6443", files)
+    api.request(
+        "DELETE", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/galley:cluster-admins"
+    )
+    with pytest.raises(ApiError) as refused:
+        api.nodes()
+    assert refused.value.status == 403
+    denied = run_cli("galley", "admin", "credentials", INVENTORY, check=False)
+    assert denied.returncode == 3, denied.stdout + denied.stderr
+    assert "run `galley admin credentials INVENTORY --break-glass` once" in denied.stderr
+    mended = run_cli("galley", "admin", "credentials", INVENTORY, "--break-glass")
+    assert "galley: break-glass: signed " in mended.stderr
+    assert "ClusterRoleBinding galley:cluster-admins: created" in mended.stdout
+    assert _masters(files)
+
+    def admin_reads_nodes() -> bool:
+        try:
+            return bool(api.nodes())
+        except ApiError:
+            return False
+
+    assert wait_for(admin_reads_nodes, timeout=10)
+
+
+def _masters(files) -> bool:
+    """Whether the break-glass files beside ``files`` hold a system:masters certificate of at
+    most an hour."""
+    pem = (files.directory / "break-glass.crt").read_text()
+    cert = load_certificate(pem)
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    return identity_of_cert(pem).organization == ("system:masters",) and lifetime <= timedelta(
+        hours=1, minutes=1
+    )
 
 
 def test_certificates_match_the_identity_table(cluster, inventory):

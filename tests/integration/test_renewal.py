@@ -305,4 +305,4 @@ def test_a_sealed_vault_fails_loudly_and_restarts_nothing(
         assert time.monotonic() < deadline, "renewals did not recover after the unseal"
         time.sleep(2)
     assert wait_for(lambda: host not in alerts(cluster, "CertificateRenewalFailing"), 30)
-    assert [where for where, (_, valid) in _looks(_paths(inventory)).items() if not valid] == []
+    assert [where for where, (_, _, valid) in _looks(_paths(inventory)).items() if not valid] == []

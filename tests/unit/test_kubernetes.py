@@ -8,7 +8,7 @@ import hashlib
 import json
 import re
 import subprocess
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import hvac
@@ -27,7 +27,13 @@ from galley.components.model import TEMPLATES
 from galley.host.release import _fetch_script
 from galley.inventory.validate import problems
 from galley.ops import vault_bootstrap
-from galley.ops.admin import AdminFiles, render_kubeconfig, update_reason, write_admin_files
+from galley.ops.admin import (
+    BREAK_GLASS,
+    AdminFiles,
+    render_kubeconfig,
+    update_reason,
+    write_admin_files,
+)
 from galley.vault import kv, pki
 
 SHA = "a" * 64
@@ -262,15 +268,40 @@ def test_admin_credential_is_made_locally_signed_and_then_left_alone(vault, tmp_
     ca = pki.read_ca(vault, "lab/pki/k8s")
     kubeconfig = render_kubeconfig(files, "lab", "https://198.18.0.13:6443")
     now = datetime.now(UTC)
-    assert update_reason(files, ca, kubeconfig, "720h", now) == "no admin key"
-    write_admin_files(files, lambda: vault, "lab/pki/k8s", "720h", ca, kubeconfig)
+    assert update_reason(files, ca, kubeconfig, "24h", now) == "no admin key"
+    write_admin_files(files, lambda: vault, "lab/pki/k8s", "24h", ca, kubeconfig)
     assert files.key.stat().st_mode & 0o777 == 0o600
-    assert update_reason(files, ca, kubeconfig, "720h", now) is None
+    assert update_reason(files, ca, kubeconfig, "24h", now) is None
     identity = pki.identity_of_cert(files.cert.read_text())
-    assert (identity.cn, identity.organization) == ("admin", ("system:masters",))
+    assert (identity.cn, identity.organization) == ("admin", ("galley:cluster-admins",))
+    cert = pki.load_certificate(files.cert.read_text())
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc <= timedelta(hours=24, minutes=1)
     other = render_kubeconfig(files, "lab", "https://198.18.0.14:6443")
-    assert update_reason(files, ca, other, "720h", now) == "kubeconfig changed"
+    assert update_reason(files, ca, other, "24h", now) == "kubeconfig changed"
     assert json.dumps(yaml.safe_load(kubeconfig)["users"][0]["name"]) == '"admin"'
+    # Vault signs the admin for no longer than 24 h, whatever is asked.
+    write_admin_files(files, lambda: vault, "lab/pki/k8s", "720h", ca, kubeconfig)
+    cert = pki.load_certificate(files.cert.read_text())
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc <= timedelta(hours=24, minutes=1)
+
+
+def test_the_break_glass_credential_is_system_masters_for_an_hour_in_files_of_its_own(
+    vault, tmp_path
+):
+    files = AdminFiles(tmp_path / "lab", BREAK_GLASS)
+    ca = pki.read_ca(vault, "lab/pki/k8s")
+    kubeconfig = render_kubeconfig(files, "lab", "https://198.18.0.13:6443")
+    write_admin_files(files, lambda: vault, "lab/pki/k8s", BREAK_GLASS.ttl, ca, kubeconfig)
+    assert sorted(p.name for p in files.directory.iterdir()) == [
+        "break-glass.crt",
+        "break-glass.key",
+        "break-glass.kubeconfig",
+        "ca.crt",
+    ]
+    identity = pki.identity_of_cert(files.cert.read_text())
+    assert (identity.cn, identity.organization) == ("break-glass", ("system:masters",))
+    cert = pki.load_certificate(files.cert.read_text())
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc <= timedelta(hours=1, minutes=1)
 
 
 def _two_apiservers(**data) -> Inventory:

@@ -265,6 +265,10 @@ def test_one_policy_per_job_grants_exactly_its_hosts_own_roles_with_their_parame
         **LOCK,
         **IDENTITY_READ,
     }
+    assert _blocks("lab-break-glass", policies["lab-break-glass"]) == {
+        "lab/pki/k8s/sign/break-glass": "update",
+        **{f"lab/pki/k8s/{path}": "read" for path in ("ca/pem", "cert/ca")},
+    }
 
 
 def test_flannel_signs_an_etcd_client_only_in_etcd_mode():
@@ -305,7 +309,12 @@ def test_each_host_role_allows_exactly_its_certificates_names():
     assert params["allowed_domains"] == ["etcd-healthcheck-client"]
     assert not params["server_flag"] and params["client_flag"] and not params["allow_ip_sans"]
     admin = setup.role_params(pki.ADMIN_ROLE)
-    assert admin["allowed_domains"] == ["admin"] and admin["organization"] == ["system:masters"]
+    assert admin["allowed_domains"] == ["admin"]
+    assert admin["organization"] == ["galley:cluster-admins"]
+    assert admin["ttl"] == admin["max_ttl"] == 24 * 3600
+    masters = setup.role_params(pki.BREAK_GLASS_ROLE)
+    assert masters["organization"] == ["system:masters"]
+    assert masters["ttl"] == masters["max_ttl"] == 3600
     for plan in PLANS.values():
         for cert in plan.certs:
             params = setup.host_role_params(cert, setup.PkiOptions())
@@ -385,6 +394,7 @@ def test_bootstrap_sets_up_and_is_a_no_op_when_re_run(vault):
     assert changes[5].startswith("generated root CA 'lab host identity CA' in lab/pki/host")
     assert changes[6:] == [
         "created role admin in lab/pki/k8s",
+        "created role break-glass in lab/pki/k8s",
         "enabled KV v2 mount lab/kv",
         "generated lab/kv/galley/cluster-identity",
         "generated lab/kv/kubernetes/service-account",
@@ -398,13 +408,14 @@ def test_bootstrap_sets_up_and_is_a_no_op_when_re_run(vault):
 
 
 def test_bootstrap_reports_only_roles_that_differ(vault):
-    vault_bootstrap.bootstrap(vault, "lab")
-    shorter = setup.PkiOptions(leaf_ttl="24h")
-    plan = vault_bootstrap.plan("lab")
-    assert setup.bootstrap(vault, "lab", plan, shorter) == [
-        "updated role admin in lab/pki/k8s (ttl)"
+    vault_bootstrap.bootstrap(vault, "lab", small_cluster())
+    shorter = small_cluster(etcd_cert_ttl="24h")
+    assert vault_bootstrap.bootstrap(vault, "lab", shorter) == [
+        f"updated role renew-{host}-{stem} in lab/pki/etcd (ttl)"
+        for host in ("lab-etcd-1", "lab-etcd-2")
+        for stem in ("member", "healthcheck-client")
     ]
-    assert setup.bootstrap(vault, "lab", plan, shorter) == []
+    assert vault_bootstrap.bootstrap(vault, "lab", shorter) == []
 
 
 def test_bootstrap_retires_the_roles_every_host_once_shared(vault):

@@ -22,6 +22,7 @@ from galley.vault.pki import Identity
 from galley.vault.renewal import HostRenewal, RenewalCert
 from tests.group_data import GROUPS, HOSTS, small_cluster
 
+MASTERS = "lab/pki/k8s/sign/break-glass"
 JOBS = {
     "lab-etcd": "etcd",
     "lab-control-plane": "control_plane",
@@ -192,9 +193,11 @@ def test_no_credential_gets_a_name_or_address_its_host_does_not_hold(server):
 
 def test_only_the_operator_signs_the_admin_and_only_the_control_plane_reads_its_keys(server):
     admin = {"csr": csr(Identity("admin")), "common_name": "admin"}
+    masters = {"csr": csr(Identity("break-glass")), "common_name": "break-glass"}
     for policy in (*JOBS, "lab-deploy"):
         token = token_client(server.vault, policy).token
         assert server.post(token, "lab/pki/k8s/sign/admin", admin).status_code == 403, policy
+        assert server.post(token, MASTERS, masters).status_code == 403, policy
         read = requests.get(
             f"{server.openbao.addr}/v1/lab/kv/data/kubernetes/service-account",
             headers={"X-Vault-Token": token},
@@ -204,6 +207,11 @@ def test_only_the_operator_signs_the_admin_and_only_the_control_plane_reads_its_
         assert read.status_code == (200 if policy in ("lab-control-plane", "lab-deploy") else 403)
     operator = token_client(server.vault, "lab-operator").token
     assert server.post(operator, "lab/pki/k8s/sign/admin", admin).status_code == 200
+    # system:masters: only the break-glass policy, which no other grants.
+    assert server.post(operator, MASTERS, masters).status_code == 403
+    break_glass = token_client(server.vault, "lab-break-glass").token
+    assert server.post(break_glass, MASTERS, masters).status_code == 200
+    assert server.post(break_glass, "lab/pki/k8s/sign/admin", admin).status_code == 403
 
 
 def test_a_host_identity_logs_in_only_from_its_hosts_own_addresses(vault, openbao, tmp_path):
