@@ -43,12 +43,19 @@ def test_every_host_and_exporter_is_scraped_with_galleys_host_state(cluster, inv
         return set(targets) == expected and set(targets.values()) == {"up"}
 
     assert wait_for(all_up, 30), scrape_targets(cluster)
-    # What each host runs, as its deploy installed it, read from its textfile metrics.
-    releases = prometheus(cluster, "query?query=galley_release_info")["result"]
-    seen = {(r["metric"]["host"], r["metric"]["release"], r["metric"]["version"]) for r in releases}
+
+    # What each host runs, as its deploy installed it, read from its textfile metrics (the
+    # series of a host an earlier test removed go stale a scrape interval or two later).
+    def releases() -> set[tuple[str, str, str]]:
+        found = prometheus(cluster, "query?query=galley_release_info")["result"]
+        return {
+            (r["metric"]["host"], r["metric"]["release"], r["metric"]["version"]) for r in found
+        }
+
+    hosts = {d.name for d in cluster.droplets}
+    assert wait_for(lambda: {host for host, _, _ in releases()} == hosts, 20), releases()
     etcd_version = inventory.get_host("lab-etcd-1").data.etcd_version
-    assert ("lab-etcd-1", "etcd", etcd_version) in seen
-    assert {host for host, _, _ in seen} == {d.name for d in cluster.droplets}
+    assert ("lab-etcd-1", "etcd", etcd_version) in releases()
 
     # The controller manager holding the lease counts the Nodes not Ready: none, once Nodes
     # re-registered by earlier tests are Ready again.
