@@ -33,6 +33,7 @@ from galley.components.model import (
     github_artifact,
 )
 from galley.components.node_exporter import METRICS_DIR
+from galley.components.renewal import TIMER_UNIT as RENEWAL_TIMER
 from galley.etcd.etcdctl import CACERT, ETCDUTL, etcdctl_command
 from galley.etcd.group import initial_cluster, member_identity, member_name, members
 from galley.etcd.identity import SECRET as CLUSTER_IDENTITY
@@ -175,10 +176,18 @@ def _bootstrap_text(host: Host, state: str, cluster: str) -> str:
     return render_text(ETCD.config(BOOTSTRAP_PATH), **bootstrap_variables(host, state, cluster))
 
 
+def _leaving(host: Host) -> tuple[list[str], list[str]]:
+    """What a member's host stops and deletes when `galley etcd remove` takes it out: etcd's
+    timers and the host's certificate renewal (a deploy starts it again on a host that stays
+    in another group); etcd's keys and certificates."""
+    units = [timer.timer_unit for timer in ETCD.timers] + [RENEWAL_TIMER]
+    return units, [path for c in ETCD.certs_of(host) for path in (c.key_path, c.cert_path)]
+
+
 def member_hosts(hosts: Sequence[Host]) -> runtime.PyinfraMemberHosts:
     """The members' hosts as the membership executor drives them (a deploy's join, `galley
     etcd remove`, `galley etcd restore`)."""
-    return runtime.PyinfraMemberHosts(hosts, _bootstrap_text)
+    return runtime.PyinfraMemberHosts(hosts, _bootstrap_text, _leaving)
 
 
 def _configure(host: Host, context: Mapping[str, Any]) -> Configured:

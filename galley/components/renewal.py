@@ -49,6 +49,7 @@ SCRIPT_PATH = "/usr/local/sbin/galley-renew-certs"
 VAULT_CA_PATH = f"{IDENTITY_DIR}/vault-ca.pem"  # the CA Vault's listener is verified with
 SYSTEM_CAS = "/etc/ssl/certs/ca-certificates.crt"  # Debian's bundle, for a public Vault
 UNIT = "galley-cert-renewal"
+TIMER_UNIT = f"{UNIT}.timer"
 # The deploy signs each host's identity (the renewal's login); on the host it renews itself.
 HOST_IDENTITY = Cert(
     "host-identity",

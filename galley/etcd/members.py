@@ -72,7 +72,7 @@ class MemberHosts(Protocol):
         ...
 
     def stop_and_wipe(self, name: str) -> None:
-        """Stop (and disable) etcd and empty its data dir."""
+        """Stop (and disable) etcd and empty its data dir; delete its keys."""
         ...
 
 
@@ -175,9 +175,12 @@ class Membership:
                 )
                 host = "its host skipped as unreachable"
             else:
-                self.log(f"etcd membership: stopping etcd on {name} and wiping its data dir")
+                self.log(
+                    f"etcd membership: stopping etcd on {name}, wiping its data dir and deleting "
+                    "its keys"
+                )
                 self.hosts.stop_and_wipe(name)
-                host = "etcd stopped and its data dir wiped on its host"
+                host = "etcd stopped, its data dir wiped and its keys deleted on its host"
             journal.update(name, state="done", host=host)
             journal.update(status="finished")
             return f"{name} removed from the etcd cluster: {host}"

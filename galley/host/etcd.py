@@ -50,6 +50,8 @@ from galley.vault import kv
 
 # bootstrap.env for a host, its state and initial cluster (the component renders it).
 BootstrapText = Callable[[Host, str, str], str]
+# What a leaving member's host stops (units) and deletes (files) besides etcd and its data.
+Leaving = Callable[[Host], tuple[list[str], list[str]]]
 
 
 def bootstrap_settings(
@@ -217,9 +219,15 @@ class PyinfraMemberHosts:
     """`galley.etcd.members.MemberHosts` over connected pyinfra hosts (by member name): a
     deploy's etcd group at execution time, or the hosts `galley etcd remove` reached."""
 
-    def __init__(self, hosts: Sequence[Host], bootstrap_text: BootstrapText) -> None:
+    def __init__(
+        self,
+        hosts: Sequence[Host],
+        bootstrap_text: BootstrapText,
+        leaving: Leaving = lambda host: ([], []),
+    ) -> None:
         self.hosts = {member_name(host): host for host in hosts}
         self.bootstrap_text = bootstrap_text
+        self.leaving = leaving
 
     def data_dir_empty(self, name: str) -> bool:
         """Whether the host's data dir holds no member data (unknown, or a host not reached,
@@ -234,8 +242,17 @@ class PyinfraMemberHosts:
         _run(target, f"{_write_command(BOOTSTRAP_PATH, text)} && systemctl start --no-block etcd")
 
     def stop_and_wipe(self, name: str) -> None:
-        """Stop and disable etcd, empty its data dir."""
-        _run(self.hosts[name], f"systemctl disable --now etcd && rm -rf {DATA_DIR}/member")
+        """Stop and disable etcd (and the `leaving` units), empty its data dir, delete the
+        `leaving` files (its keys and certificates)."""
+        target = self.hosts[name]
+        units, paths = self.leaving(target)
+        stop = " ".join(shlex.quote(unit) for unit in [UNIT, *units])
+        delete = " ".join(shlex.quote(path) for path in paths)
+        _run(
+            target,
+            f"systemctl disable --now {stop} && rm -rf {DATA_DIR}/member"
+            + (f" && rm -f {delete}" if delete else ""),
+        )
 
 
 def _write_command(path: str, text: str) -> str:

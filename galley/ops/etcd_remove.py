@@ -13,7 +13,8 @@ etcdctl, and NAME's host unless ``--unreachable``), the planner's refusals
 ``--allow-even``, another member unhealthy or pending, no single leader, an alarm), Vault for
 the cluster lock, the confirmation (or ``--yes``), the lock. Then the executor
 (`Membership.remove`): snapshot, leadership moved away if NAME leads, ``member remove``, then
-on NAME's host etcd stopped and disabled and its data dir wiped. Every step is in the
+on NAME's host etcd, its snapshot timer and the certificate renewal stopped and disabled, its
+data dir wiped and its etcd keys and certificates deleted. Every step is in the
 membership journal: running the same command again finishes a run that stopped, and after a
 finished one says so. Afterwards the operator drops NAME from the inventory and runs the deploy,
 so the apiservers' ``--etcd-servers`` drop it too.
@@ -137,7 +138,10 @@ class EtcdRemoval:
             f"  --unreachable: no host steps ({self.name}'s etcd is neither stopped nor wiped: "
             "never boot that droplet again as it is)"
             if self.unreachable
-            else f"  on {self.name}: stop and disable etcd, wipe {DATA_DIR}/member"
+            else (
+                f"  on {self.name}: stop and disable etcd, wipe {DATA_DIR}/member, delete its "
+                "etcd keys and certificates"
+            )
         )
         if isinstance(step, RemoveMember):
             voters = len(live.voters) - (0 if step.member.is_learner else 1)

@@ -230,8 +230,13 @@ def test_members_leave_through_etcd_remove_one_at_a_time(lab_grows):
         assert "(lab-etcd-5, lab/pki/etcd): on the CRL" in left.stdout, left.stdout
         assert "(lab-etcd-5, lab/pki/host): on the CRL" in left.stdout
         assert lab_vault(LabState.load()).read("auth/lab/host-cert/certs/lab-etcd-5") is None
-        gone = ssh("lab-etcd-5", "systemctl is-active etcd; ls -A /var/lib/etcd", check=False)
-        assert gone.split() == ["inactive"], gone
+        gone = ssh(
+            "lab-etcd-5",
+            "systemctl is-active etcd galley-cert-renewal.timer; ls -A /var/lib/etcd; "
+            "ls /etc/etcd/pki | grep -v ca.crt",
+            check=False,
+        )
+        assert gone.split() == ["inactive", "inactive"], gone  # no data, no key, no certificate
         again = etcd_remove("lab-etcd-5", "--allow-even", "--yes")
         assert again.returncode == 0 and "already removed" in again.stdout, again.stdout
         run_cli("galley", "lab", "remove", "lab-etcd-5")

@@ -188,7 +188,10 @@ def test_removes_members_one_at_a_time_finishing_killed_runs_and_refusing_below_
     assert journal(hosts)["nodes"]["m5"]["state"] == "removing"
     plan = capsys.readouterr().out
     assert "remove etcd member m5 [" in plan and "(5 voters -> 4)" in plan
-    assert "  on m5: stop and disable etcd, wipe /var/lib/etcd/member" in plan
+    assert (
+        "  on m5: stop and disable etcd, wipe /var/lib/etcd/member, delete its etcd keys and "
+        "certificates"
+    ) in plan
     recorder = Recorder()
     assert (
         run_removal(removal(hosts, "m5", recorder, allow_even=True), True, lock, lines.append) == 0
@@ -197,7 +200,8 @@ def test_removes_members_one_at_a_time_finishing_killed_runs_and_refusing_below_
     assert recorder.changes() == [] and hosts.wiped == ["m5"]
     assert not hosts.running("m5") and not hosts.members["m5"].data_dir.exists()
     assert lines[-3:] == [
-        "m5 removed from the etcd cluster: etcd stopped and its data dir wiped on its host",
+        "m5 removed from the etcd cluster: etcd stopped, its data dir wiped and its keys deleted "
+        "on its host",
         "note: the etcd group will have 4 hosts, an even count: set etcd_allow_even_members = "
         "True until the next removal (or an addition) makes it odd",
         "next: drop m5 from the inventory's etcd group (the lab: `galley lab remove m5`; "
