@@ -34,7 +34,7 @@ RESTART_LOCK = f"{RUN_DIR}/restart.lock"
 RELOAD_STAMPS = f"{RUN_DIR}/reloaded"  # `reload_stamp`
 
 
-def _under_restart_lock(command: str) -> str:
+def under_restart_lock(command: str) -> str:
     """``command`` run holding the host's restart lock (waiting up to 120 s for it)."""
     return f"install -d -m 0700 {RUN_DIR} && flock -w 120 {RESTART_LOCK} {command}"
 
@@ -57,7 +57,7 @@ def systemctl_restart(state: State, host: Host, unit: str) -> None:
     host.log(f"restarting {unit}")
     # One restart at a time on a host, whoever asks (another galley run, a renewal timer).
     ok, output = host.run_shell_command(
-        _under_restart_lock(f"systemctl restart {shlex.quote(unit)}")
+        under_restart_lock(f"systemctl restart {shlex.quote(unit)}")
     )
     if not ok:
         raise RestartError(f"{host.name}: systemctl restart {unit} failed: {output.stderr}")
@@ -73,7 +73,7 @@ def systemctl_reload(state: State, host: Host, unit: str) -> None:
     host.log(f"reloading {unit}")
     stamp = shlex.quote(reload_stamp(unit))
     ok, output = host.run_shell_command(
-        _under_restart_lock(f"systemctl reload {shlex.quote(unit)}")
+        under_restart_lock(f"systemctl reload {shlex.quote(unit)}")
         + f" && mkdir -p {RELOAD_STAMPS} && touch {stamp}"
     )
     if not ok:

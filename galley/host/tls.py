@@ -21,6 +21,7 @@ from pyinfra.operations import files, python, server
 
 from galley.facts.tls import TlsFiles
 from galley.host import observed
+from galley.host.restarts import under_restart_lock
 from galley.host.uploads import install, keep_file
 from galley.problems import PreflightError
 from galley.vault.client import once_per_client, vault_errors
@@ -39,6 +40,10 @@ from galley.vault.renewal import role_names, sign_parameters
 
 # Must produce what pki.LEAF_KEY allows: EC P-256.
 GENPKEY_OPTIONS = "-algorithm EC -pkeyopt ec_paramgen_curve:P-256"
+# A re-signed certificate waits here until it is put in place (`_install_for_key`).
+STAGED_SUFFIX = ".galley-signed"
+# How often the deploy signs again when the host's renewal replaced the key meanwhile.
+SIGN_ATTEMPTS = 3
 
 
 class HostCertificateError(Exception):
@@ -231,23 +236,46 @@ def _run(host: Host, command: str, doing: str) -> str:
 
 
 def _resign(state: State, host: Host, request: _Resign) -> None:
-    """At execution time: CSR on the host, Vault signs, the certificate replaces the old one."""
+    """At execution time: CSR on the host, Vault signs, the certificate replaces the old one;
+    signed again when the host's own renewal replaced the key meanwhile."""
     cert = request.cert
     host.log(f"re-signing {cert.cert_path}: {request.reason}")
-    csr = _run(host, csr_command(cert.key_path, cert.identity), "creating the CSR") + "\n"
-    if identity_of_csr(csr) != cert.identity:
-        raise HostCertificateError(
-            f"{host.name}: openssl made a CSR for {identity_of_csr(csr)}, not {cert.identity}"
+    for _ in range(SIGN_ATTEMPTS):
+        csr = _run(host, csr_command(cert.key_path, cert.identity), "creating the CSR") + "\n"
+        if identity_of_csr(csr) != cert.identity:
+            raise HostCertificateError(
+                f"{host.name}: openssl made a CSR for {identity_of_csr(csr)}, not {cert.identity}"
+            )
+        signed = sign(
+            request.vault(), cert.mount, cert.role, csr, parameters=sign_parameters(cert.identity)
         )
-    signed = sign(
-        request.vault(), cert.mount, cert.role, csr, parameters=sign_parameters(cert.identity)
+        for warning in signed.warnings:
+            host.log(f"Vault: {warning}", logger.warning)
+        if not issued_by(load_certificate(signed.certificate), request.ca_pem):
+            raise HostCertificateError(
+                f"{host.name}: {cert.mount} signed {cert.cert_path} with another CA than the "
+                "one read at the start of the run; re-run"
+            )
+        if _install_for_key(state, host, cert, signed.certificate):
+            return
+        host.log(f"{cert.key_path} was replaced while signing (its renewal): signing again")
+    raise HostCertificateError(
+        f"{host.name}: {cert.key_path} changed under each of {SIGN_ATTEMPTS} signings of "
+        f"{cert.cert_path} (its renewal running beside the deploy); re-run"
     )
-    for warning in signed.warnings:
-        host.log(f"Vault: {warning}", logger.warning)
-    if not issued_by(load_certificate(signed.certificate), request.ca_pem):
-        raise HostCertificateError(
-            f"{host.name}: {cert.mount} signed {cert.cert_path} with another CA than the "
-            "one read at the start of the run; re-run"
-        )
-    data = signed.certificate.encode()
-    install(state, host, cert.cert_path, data, cert.owner, cert.group, "644")
+
+
+def _install_for_key(state: State, host: Host, cert: HostCert, pem: str) -> bool:
+    """Put ``pem`` in place of ``cert``'s certificate, under the host's restart lock (the one
+    its renewal installs under), only if the key there is still the one it was signed for:
+    False (nothing installed) when the renewal replaced the key since the CSR."""
+    staged = cert.cert_path + STAGED_SUFFIX
+    install(state, host, staged, pem.encode(), cert.owner, cert.group, "644")
+    key, cert_path, temp = (shlex.quote(p) for p in (cert.key_path, cert.cert_path, staged))
+    swap = (
+        f'if [ "$(openssl pkey -in {key} -pubout)" = '
+        f'"$(openssl x509 -noout -pubkey -in {temp})" ]; then mv -f {temp} {cert_path} && '
+        f"echo installed; else rm -f {temp}; echo key changed; fi"
+    )
+    output = _run(host, under_restart_lock(f"sh -c {shlex.quote(swap)}"), "installing")
+    return output.strip() == "installed"

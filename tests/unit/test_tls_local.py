@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 
 from galley.components.etcd import member_identity
 from galley.facts.tls import Certificates
+from galley.host.tls import GENPKEY_OPTIONS
 from galley.lab.openbao import OpenBao
 from galley.ops import vault_bootstrap
 from galley.vault import pki
@@ -279,3 +280,40 @@ def test_a_host_readdressed_since_the_bootstrap_is_refused_before_any_change(lab
         ) in done.stdout + done.stderr
     assert {path: path.read_bytes() for path in lab.dir.iterdir()} == files
     assert lab.sign_requests() == 2
+
+
+def test_a_key_its_renewal_replaces_while_the_deploy_signs_is_signed_again(lab):
+    lab.run("-y")
+    lab.cert.unlink()  # the member certificate must be signed again
+    # The host's renewal replaces the key just after Vault signed the deploy's first CSR.
+    racing = lab.deploy.read_text().replace(
+        "vault=lazy_client(VaultSettings.from_data(host.data)),", "vault=racing,"
+    )
+    lab.deploy.write_text(
+        racing.replace(
+            "host_certificates(",
+            "import subprocess\n"
+            "_client = lazy_client(VaultSettings.from_data(host.data))\n"
+            "_raced = []\n"
+            "def racing():\n"
+            "    client = _client()\n"
+            "    sign = client.secrets.pki.sign_certificate\n"
+            "    def sign_then_replace_the_key(*args, **kwargs):\n"
+            "        answer = sign(*args, **kwargs)\n"
+            "        if not _raced:\n"
+            "            _raced.append(1)\n"
+            f"            subprocess.run('openssl genpkey {GENPKEY_OPTIONS} -out "
+            f"{lab.key}.new && mv {lab.key}.new {lab.key}', shell=True, check=True)\n"
+            "        return answer\n"
+            "    client.secrets.pki.sign_certificate = sign_then_replace_the_key\n"
+            "    return client\n"
+            "host_certificates(",
+            1,
+        )
+    )
+    output = lab.run("-y")
+    assert f"{lab.key} was replaced while signing (its renewal): signing again" in output
+    key = serialization.load_pem_private_key(lab.key.read_bytes(), password=None)
+    assert pki.load_certificate(lab.cert.read_text()).public_key() == key.public_key()
+    assert not list(lab.dir.glob("*.galley-*"))
+    assert lab.sign_requests() == 2 + 2  # the first run's two, then the member twice
