@@ -20,6 +20,7 @@ import platform
 import sys
 from collections.abc import Callable
 from importlib import metadata
+from typing import Any
 
 from pyinfra.api import Inventory
 
@@ -62,15 +63,22 @@ def _lab(argv: list[str]) -> int:
     return lab_main(argv)
 
 
+def _first_host_data(inventory: Inventory) -> Any:
+    """The first host's data; None (said on stderr) when the inventory has no hosts."""
+    hosts = list(inventory)
+    if not hosts:
+        print("galley: the inventory has no hosts", file=sys.stderr)
+        return None
+    return hosts[0].data
+
+
 def _vault_bootstrap(inventory: Inventory, args: argparse.Namespace) -> int:
     from galley.ops import vault_bootstrap
     from galley.vault.client import VaultSettings, connect
 
-    hosts = list(inventory)
-    if not hosts:
-        print("galley: the inventory has no hosts", file=sys.stderr)
+    data = _first_host_data(inventory)
+    if data is None:
         return 2
-    data = hosts[0].data
     if (named := data.get("cluster_name")) != args.cluster:
         print(f"galley: the inventory is of cluster {named}, not {args.cluster}", file=sys.stderr)
         return 2
@@ -92,11 +100,9 @@ def _lock_break(inventory: Inventory, args: argparse.Namespace) -> int:
     from galley.lock import break_lock, lock_paths
     from galley.vault.client import VaultSettings, connect
 
-    hosts = list(inventory)
-    if not hosts:
-        print("galley: the inventory has no hosts", file=sys.stderr)
+    data = _first_host_data(inventory)
+    if data is None:
         return 2
-    data = hosts[0].data
     client = connect(VaultSettings.from_data(data), lock_paths(data.cluster_name))
     print(break_lock(client, data.cluster_name, force=args.force))
     return 0
