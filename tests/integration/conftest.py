@@ -148,9 +148,10 @@ def bootstrap_vault(inventory: str = INVENTORY) -> None:
     run_cli("galley", "vault", "bootstrap", "--cluster", "lab", "--inventory", inventory)
 
 
-def lab_add(role: str) -> None:
-    """A droplet of ``role`` added to the lab, with its roles in Vault."""
-    run_cli("galley", "lab", "add", "--role", role)
+def lab_add(role: str, count: int = 1) -> None:
+    """``count`` droplets of ``role`` added to the lab, with their roles in Vault."""
+    for _ in range(count):
+        run_cli("galley", "lab", "add", "--role", role)
     bootstrap_vault()
 
 

@@ -138,8 +138,7 @@ def lab_grows(cluster, client_cert) -> Iterator[tuple]:
 
 def test_two_etcd_droplets_join_as_learners_and_become_voters(lab_grows):
     _, cert = lab_grows
-    lab_add("etcd")
-    lab_add("etcd")
+    lab_add("etcd", 2)
     admit("lab-etcd-4", "lab-etcd-5")
     before = {host: since for host, since in etcd_started().items() if host in DEFAULT_ETCD}
 
