@@ -2,8 +2,9 @@
 whether a certificate on a host must be re-signed.
 
 Every cluster has one PKI mount per trust domain, ``<cluster>/pki/<name>`` (``MOUNTS``), each
-with a 10-year internal root CA, and one Vault role per kind of certificate: the components
-declare theirs (`galley.components`), `galley.vault.setup` writes them. Leaf keys are EC P-256
+with a 10-year internal root CA. The components declare each kind of certificate (`RoleSpec`:
+usages, organization); `galley.vault.setup` writes one role per certificate per host from it
+(`galley.vault.renewal`), and the operator's own roles by name. Leaf keys are EC P-256
 (``LEAF_KEY``): hosts generate them with openssl and send only a CSR; roles accept nothing else.
 """
 

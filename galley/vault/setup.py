@@ -1,7 +1,7 @@
-"""Vault's side of a cluster, written idempotently: the PKI mounts and root CAs, one role per
-kind of certificate, the shared values in KV, the ACL policies, and the hosts' own
-certificate renewal (the TLS certificate auth method and each host's renewal roles, policy and
-login). `bootstrap` applies a `Plan` (what the components declare:
+"""Vault's side of a cluster, written idempotently: the PKI mounts and root CAs, the operator's
+roles, the shared values in KV, the ACL policies, and each host's own roles (one per
+certificate, used by the deploy and by the host's renewal) with its renewal policy and login
+through the TLS certificate auth method. `bootstrap` applies a `Plan` (what the components declare:
 `galley.ops.vault_bootstrap` makes it); a re-run changes nothing and says so.
 """
 
