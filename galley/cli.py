@@ -97,13 +97,13 @@ def _admin_credentials(inventory: Inventory, args: argparse.Namespace) -> int:
 
 
 def _lock_break(inventory: Inventory, args: argparse.Namespace) -> int:
-    from galley.lock import break_lock, lock_paths
+    from galley.lock import break_lock, break_paths
     from galley.vault.client import VaultSettings, connect
 
     data = _first_host_data(inventory)
     if data is None:
         return 2
-    client = connect(VaultSettings.from_data(data), lock_paths(data.cluster_name))
+    client = connect(VaultSettings.from_data(data), break_paths(data.cluster_name))
     print(break_lock(client, data.cluster_name, force=args.force))
     return 0
 

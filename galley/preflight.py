@@ -12,7 +12,7 @@ from pyinfra import host, inventory, state
 from galley.components.model import Component
 from galley.host.ssh import disable_nagle
 from galley.inventory.validate import ValidationError, check
-from galley.lock import ClusterLock, LockError
+from galley.lock import ClusterLock, LockError, lease_seconds
 from galley.ops.vault_bootstrap import deploy_grants
 from galley.problems import PreflightError
 from galley.vault.client import VaultError, VaultSettings, lazy_client
@@ -52,7 +52,8 @@ def _check(components: Sequence[Component]) -> Callable[[], hvac.Client]:
         client = vault()
         if "--dry" not in sys.argv:  # a run that changes hosts holds the cluster's lock
             command = " ".join(["pyinfra", *sys.argv[1:]])
-            ClusterLock.acquire(client, host.data.cluster_name, command).keep()
+            lease = lease_seconds(host.data)
+            ClusterLock.acquire(client, host.data.cluster_name, command, lease).keep()
     except (VaultError, LockError) as exc:
         raise PreflightError(f"{exc} (nothing was changed)") from exc
     return vault

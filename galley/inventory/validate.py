@@ -25,6 +25,8 @@ from galley.components.renewal import INTERVAL as RENEWAL_INTERVAL
 from galley.components.renewal import RANDOM_DELAY
 from galley.downloads import ChecksumError, sha256_of
 from galley.inventory.load import InventoryLoadError, contacting_hosts, load_inventory
+from galley.lock import LEASE as LOCK_LEASE
+from galley.lock import MIN_LEASE_SECONDS
 from galley.problems import Problem
 from galley.settings import Setting, span_seconds
 from galley.vault.client import VaultError, VaultSettings
@@ -281,6 +283,10 @@ def _settings_check(host: Host) -> Iterable[tuple[str, str]]:
                 raise ValueError
         except (TypeError, ValueError):
             yield ttl, f"{value!r} is not a duration such as '720h'"
+    if (problem := LOCK_LEASE.problem(data)) is not None:
+        yield LOCK_LEASE.key, problem
+    elif (span_seconds(LOCK_LEASE.of(data)) or 0) < MIN_LEASE_SECONDS:
+        yield LOCK_LEASE.key, f"must be at least {MIN_LEASE_SECONDS}s (it is renewed every quarter)"
     stall = data.get("download_stall_seconds")
     if stall is not None and not (isinstance(stall, int) and not isinstance(stall, bool)):
         yield "download_stall_seconds", f"must be a number of seconds, not {stall!r}"

@@ -84,6 +84,8 @@ def lab_overrides(state: LabState, mirror_dir: Path = CACHE_DIR / "mirror") -> d
         "monitoring_scrape_interval": "5s",
         "monitoring_evaluation_interval": "1s",
         "monitoring_alert_after": "5s",
+        # A run killed by a test is resumed at once: the next waits out its lease first.
+        "lock_lease": "8s",
         # `galley checksums fetch --inventory inventories/lab.py` records the lab's own here.
         "checksums_file": str(LAB_DIR / "checksums.json"),
     }

@@ -325,4 +325,4 @@ def etcd_remove_cli(
                 vault, cluster, found.host or found.name, _mounts(inventory, found, cluster)
             ),
         )
-        return run_removal(removal, yes, lambda: hold(vault, data.cluster_name))
+        return run_removal(removal, yes, lambda: hold(vault, data))

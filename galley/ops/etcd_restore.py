@@ -579,7 +579,7 @@ def _restore(
         ]
         if not confirmed(plan, yes, "etcd restore", "stop the cluster and restore it?"):
             return 2
-        hold(vault, cluster)
+        hold(vault, data)
         journal = new_journal(operator_dir(data) / JOURNAL, digest, cluster)
     except (RestoreError, SnapshotError, VaultError, LockError) as exc:
         print(f"galley: etcd restore: {clean(str(exc))} (nothing was changed)", file=sys.stderr)

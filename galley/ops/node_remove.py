@@ -298,7 +298,7 @@ def node_remove_cli(
     if not confirmed(plan, yes, "node remove"):
         return 2
     try:
-        hold(vault, data.cluster_name)
+        hold(vault, data)
     except (VaultError, LockError) as exc:
         print(f"galley: node remove: {exc} (nothing was changed)", file=sys.stderr)
         return 2

@@ -195,7 +195,7 @@ def rollout_cli(prepare: Callable[[], Prepared], dry_run: bool) -> int:
     data, journal = prepared.data, prepared.journal
     try:
         vault = connect(VaultSettings.from_data(data), lock_paths(data.cluster_name))
-        hold(vault, data.cluster_name)
+        hold(vault, data)
     except (VaultError, LockError) as exc:
         print(f"galley: rollout: {exc} (nothing was changed)", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ from pyinfra.api.host import Host
 import galley.components as registry
 from galley.components.model import Component
 from galley.etcd.identity import SECRET as CLUSTER_IDENTITY
-from galley.lock import lock_paths
+from galley.lock import break_paths, lock_paths
 from galley.ops.admin import BREAK_GLASS, operator_paths
 from galley.ops.revocation import revocation_paths
 from galley.vault import kv
@@ -73,8 +73,9 @@ def policies(cluster: str, hosts: Sequence[Host]) -> dict[str, Policy]:
     ``-control-plane``, ``-workers``, ``-monitoring``) for its hosts among ``hosts``,
     ``<cluster>-deploy`` combining them for one-token convenience, ``<cluster>-operator``
     (the admin credential, which no deploy policy grants, and revoking a leaving host's
-    certificates: `galley node remove`) and ``<cluster>-break-glass`` (system:masters, held
-    apart: `galley admin credentials --break-glass`).
+    certificates: `galley node remove`), ``<cluster>-break-glass`` (system:masters, held
+    apart: `galley admin credentials --break-glass`) and ``<cluster>-lock-break`` (breaking
+    another run's lock: `galley lock break`).
     Token lookup and capabilities-self come with Vault's ``default``."""
     jobs = {
         f"{cluster}-{job}": deploy_grants(
@@ -94,6 +95,7 @@ def policies(cluster: str, hosts: Sequence[Host]) -> dict[str, Policy]:
         f"{cluster}-deploy": combined,
         f"{cluster}-operator": Policy(operator),
         f"{cluster}-break-glass": Policy(operator_paths(cluster, BREAK_GLASS)),
+        f"{cluster}-lock-break": Policy(break_paths(cluster)),
     }
 
 

@@ -41,14 +41,14 @@ monkey.patch_all()  # as galley's CLI does, before anything imports ssl
 
 import sys, time
 from galley.inventory.load import load_inventory
-from galley.lock import ClusterLock, lock_paths
+from galley.lock import ClusterLock, lease_seconds, lock_paths
 from galley.journal import Journal, operator_dir
 from galley.vault.client import VaultSettings, connect
 
 data = next(iter(load_inventory("inventories/lab.py"))).data
 client = connect(VaultSettings.from_data(data), lock_paths("lab"))
 command = f"galley rollout kubelet --to {sys.argv[2]} {sys.argv[1]}"
-ClusterLock.acquire(client, "lab", command).keep()
+ClusterLock.acquire(client, "lab", command, lease_seconds(data)).keep()
 Journal.start(operator_dir(data) / "rollout-kubelet.json", sys.argv[2], resume=False).update()
 print("holding", flush=True)
 time.sleep(120)
@@ -68,7 +68,8 @@ def test_a_second_rollout_names_the_live_one_and_never_calls_it_interrupted(clus
         assert second.returncode == 2
         (line,) = second.stderr.strip().splitlines()
         assert line.startswith("galley: rollout: cluster lab is locked by ")
-        assert f"pid {holder.pid} running `galley rollout kubelet --to {B} {INVENTORY}`" in line
+        assert f"pid {holder.pid}, run " in line
+        assert f" running `galley rollout kubelet --to {B} {INVENTORY}`" in line
         assert line.endswith("(nothing was changed)")
         assert "interrupted" not in line and "remove" not in line
         assert unit_starts() == starts
