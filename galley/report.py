@@ -559,7 +559,8 @@ def _json_default(value: Any) -> Any:
 
 
 def gather(inventory: Any, connect_timeout: int = CONNECT_TIMEOUT) -> dict[str, HostFacts]:
-    """Connect to every host of a pyinfra ``Inventory`` and read its facts, all concurrently."""
+    """Connect to every host of a pyinfra ``Inventory`` and read its facts, and read the Nodes
+    from the API, all concurrently (a dead host's timeouts are waited out once)."""
     import gevent
     from pyinfra.api import Config, State
     from pyinfra.api.exceptions import ConnectError
@@ -616,10 +617,11 @@ def gather(inventory: Any, connect_timeout: int = CONNECT_TIMEOUT) -> dict[str, 
         host.disconnect()
         return facts
 
+    nodes = gevent.spawn(_nodes, inventory)
     jobs = {host.name: state.pool.spawn(facts_of, host) for host in hosts}
-    gevent.joinall(list(jobs.values()))
+    gevent.joinall([*jobs.values(), nodes])
     found = {name: job.get() for name, job in jobs.items()}
-    for name, node in _nodes(inventory).items():
+    for name, node in nodes.get().items():
         found[name]["node"] = node
     return found
 
