@@ -38,6 +38,7 @@ from galley.components.model import (
     Component,
     Config,
     Configured,
+    Crl,
     Directory,
 )
 from galley.downloads import sha256_of
@@ -52,7 +53,8 @@ from galley.host.release import (
 from galley.host.restarts import reload_when_pending, restart_when_pending
 from galley.host.tls import HostCert, host_certificates
 from galley.host.uploads import keep_file
-from galley.vault.pki import mount_path
+from galley.vault.client import once_per_client
+from galley.vault.pki import mount_path, read_crl
 from galley.vault.renewal import host_role
 
 
@@ -172,6 +174,19 @@ def install_certificates(
         ],
         vault=vault,
     )
+
+
+def install_crls(crls: Sequence[Crl], vault: Callable[[], hvac.Client]) -> dict[str, OperationMeta]:
+    """Write each revocation list as Vault serves it now (read once per run and mount); no
+    unit restarts for it (its program reads it at every handshake). Returns the operations by
+    path."""
+    client, cluster = vault(), host.data.cluster_name
+    written = {}
+    for crl in crls:
+        mount = mount_path(cluster, crl.mount)
+        pem = once_per_client(client, ("crl", mount), lambda mount=mount: read_crl(client, mount))
+        written[crl.path] = write(Config(crl.path), pem, f"revocation list {crl.path}")
+    return written
 
 
 def run_units(
@@ -387,6 +402,9 @@ def deploy_components(components: Sequence[Component], vault: Callable[[], hvac.
     certs = list({cert.cert_path: cert for c in mine for cert in c.certs_of(host)}.values())
     for path, operations in install_certificates(host, certs, vault).items():
         written.setdefault(path, []).extend(operations)
+    crls = list({crl.path: crl for c in mine for crl in c.crls}.values())
+    for path, crl_written in install_crls(crls, vault).items():
+        wrote(path, crl_written)
     context = {"vault": vault}
     unit_files: dict[str, OperationMeta] = {}
     before_start: list[str] = []

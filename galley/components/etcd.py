@@ -24,6 +24,7 @@ from galley.components.model import (
     Component,
     Config,
     Configured,
+    Crl,
     Directory,
     Metrics,
     Port,
@@ -63,6 +64,10 @@ SNAPSHOT_KEEP = Setting("etcd_snapshot_keep", 24, COUNT)
 SNAPSHOT_DIR = Setting("etcd_snapshot_dir", "/var/lib/etcd-snapshots", ABSOLUTE_PATH)
 SNAPSHOT_SAVE_TIMEOUT = "5m"
 SNAPSHOT_METRICS = f"{METRICS_DIR}/galley-etcd-snapshot.prom"
+
+# The etcd CA's revocation list: etcd refuses a revoked client or peer certificate at the
+# handshake (it reads the file again for every connection it accepts).
+CRL = Crl(f"{PKI_DIR}/crl.pem", "etcd", CACERT)
 
 # etcd server and peer certificate: CN = host name; SANs host name, localhost, IPs.
 MEMBER_ROLE = RoleSpec("etcd-member", "etcd", server=True)
@@ -130,6 +135,7 @@ def member_variables(host: Host) -> dict[str, Any]:
         "certs": ETCD.certs_by_stem(host),
         "env_path": ENV_PATH,
         "bootstrap_path": BOOTSTRAP_PATH,
+        "crl_path": CRL.path,
     }
 
 
@@ -250,6 +256,7 @@ ETCD = Component(
         wait=runtime.wait_cluster_healthy,
         before_start=partial(runtime.join, bootstrap_text=_bootstrap_text),
     ),
+    crls=(CRL,),
     secrets=(CLUSTER_IDENTITY,),
     ports=(
         Port(lambda host: host.data.etcd_client_port, ("etcd", "control_plane")),

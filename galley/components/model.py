@@ -163,6 +163,19 @@ class Cert:
 
 
 @dataclass(frozen=True)
+class Crl:
+    """The certificate revocation list of Vault's ``mount``, which the component's program
+    reads at every TLS handshake it accepts (so a new list needs no restart): at ``path``
+    (0644), checked against the mount's CA at ``ca_path``. The deploy writes it; the host's
+    renewal timer fetches it again at every run, so a revocation takes effect within one
+    renewal interval."""
+
+    path: str
+    mount: str
+    ca_path: str
+
+
+@dataclass(frozen=True)
 class Config:
     """A file a component reads, rendered from ``templates/<template>`` (None: written by the
     component's own code, e.g. a secret from Vault). A change to a ``reload`` file is applied
@@ -359,6 +372,7 @@ class Component:
     (`galley.inventory.validate.RULES`).
     ``watch`` lists files other components write that its unit reads too.
     ``timers`` are jobs systemd runs on a schedule beside its unit (started after it).
+    ``crls`` are the revocation lists its program checks (`Crl`).
     ``packages`` are Debian packages it needs; ``when`` limits it to the hosts of its group
     it is true for. ``secrets`` are the KV values its deploy reads (`KvSecret`); ``rbac`` the
     cluster RBAC objects its identities need, which `galley admin credentials` keeps (only the
@@ -372,6 +386,7 @@ class Component:
     phase: str
     artifacts: tuple[Artifact, ...] = ()
     certs: tuple[Cert, ...] = ()
+    crls: tuple[Crl, ...] = ()
     secrets: tuple[KvSecret, ...] = ()
     rbac: tuple[Mapping[str, Any], ...] = ()
     ports: tuple[Port, ...] = ()
@@ -453,6 +468,7 @@ class Component:
             wanted.keys.add(cert.key_path)
             wanted.certs.add(cert.cert_path)
             wanted.files([cert.ca_path])
+        wanted.files(crl.path for crl in self.crls)
         wanted.units.update(self.masked_units)
         if self.unit is not None:
             wanted.files([self.unit.path])

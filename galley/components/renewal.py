@@ -40,6 +40,7 @@ from galley.vault.renewal import (
     HOST_IDENTITY_ROLE,
     HostRenewal,
     RenewalCert,
+    RenewalCrl,
     auth_path,
     host_role,
 )
@@ -85,6 +86,7 @@ class ScriptSettings:
         return {
             "host_name": renewal.host,
             "certs": renewal.certs,
+            "crls": renewal.crls,
             "login_path": f"auth/{auth_path(renewal.cluster)}/login",
             "vault_addr": self.vault_addr.rstrip("/"),
             "vault_ca": self.vault_ca,
@@ -103,8 +105,8 @@ class ScriptSettings:
 def plan(host: Host, components: Sequence[Component]) -> HostRenewal:
     """``host``'s certificates in Vault, given the ``components`` it runs: its host identity
     and every certificate they keep on it, each signed (by the deploy and by the host's own
-    renewal) only with a role of its own. ValueError when one names a forbidden organization
-    (``system:masters``) or two share a stem."""
+    renewal) only with a role of its own, and the revocation lists they check. ValueError
+    when one names a forbidden organization (``system:masters``) or two share a stem."""
     cluster = host.data.cluster_name
     certs = {HOST_IDENTITY.cert_path: (HOST_IDENTITY, HOST_IDENTITY.identity(host))}
     for component in components:
@@ -142,7 +144,18 @@ def plan(host: Host, components: Sequence[Component]) -> HostRenewal:
         raise ValueError(f"{host.name}: two certificates share a stem: {', '.join(roles)}")
     own = [host.data.get("private_ip"), host.data.get("public_ip")]
     sources = SOURCE_CIDRS.of(host.data) or [address for address in own if address]
-    return HostRenewal(host.name, cluster, tuple(chosen), tuple(map(_as_vault_reads, sources)))
+    crls = {
+        crl.path: RenewalCrl(crl.path, mount_path(cluster, crl.mount), crl.ca_path)
+        for component in components
+        for crl in component.crls
+    }
+    return HostRenewal(
+        host.name,
+        cluster,
+        tuple(chosen),
+        tuple(map(_as_vault_reads, sources)),
+        tuple(crls.values()),
+    )
 
 
 def _as_vault_reads(source: str) -> str:
@@ -178,7 +191,10 @@ def cert_renewal(plan_of: Callable[[Host], HostRenewal]) -> Component:
             "script_path": SCRIPT_PATH,
             # All the sandboxed service may write (and /run/galley, its runtime directory).
             "writable": [
-                *sorted({posixpath.dirname(c.cert_path) for c in renewal.certs}),
+                *sorted(
+                    {posixpath.dirname(c.cert_path) for c in renewal.certs}
+                    | {posixpath.dirname(crl.path) for crl in renewal.crls}
+                ),
                 STATE_DIR,
                 METRICS_DIR,
             ],

@@ -20,7 +20,14 @@ import hvac.exceptions
 from cryptography import x509
 
 from galley.vault.client import VaultError, vault_errors
-from galley.vault.pki import MOUNTS, Identity, identity_of_cert, load_certificate, mount_path
+from galley.vault.pki import (
+    MOUNTS,
+    Identity,
+    identity_of_cert,
+    load_certificate,
+    mount_path,
+    read_crl,
+)
 from galley.vault.renewal import login_path
 
 
@@ -123,8 +130,7 @@ def retire_host(client: hvac.Client, cluster: str, host: str, mounts: Sequence[s
 
 def revoked_serials(client: hvac.Client, mount: str) -> set[str]:
     """The serials on the mount's CRL (``GET <mount>/crl/pem``), as Vault writes them."""
-    with vault_errors(f"reading the CRL of {mount} failed"):
-        pem = client.secrets.pki.read_crl(mount_point=mount)
+    pem = read_crl(client, mount)
     try:
         crl = x509.load_pem_x509_crl(pem.encode())
     except ValueError as exc:

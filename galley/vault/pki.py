@@ -104,6 +104,16 @@ def read_ca(client: hvac.Client, mount: str, *, missing_ok: bool = False) -> str
     return pem + "\n" if pem else ""
 
 
+def read_crl(client: hvac.Client, mount: str) -> str:
+    """The certificate revocation list of ``mount`` as PEM ending with a newline (Vault serves
+    it to anyone: ``GET <mount>/crl/pem``)."""
+    with vault_errors(f"reading the CRL of {mount} failed"):
+        pem = client.secrets.pki.read_crl(mount_point=mount).strip()
+    if "-----BEGIN X509 CRL-----" not in pem:
+        raise VaultError(f"{mount} served no CRL: run galley's Vault bootstrap first")
+    return pem + "\n"
+
+
 @dataclass(frozen=True)
 class SignedCertificate:
     """A leaf certificate and the CA bundle that issued it, PEMs ending with a newline."""

@@ -117,14 +117,30 @@ class RenewalCert:
 
 
 @dataclass(frozen=True)
+class RenewalCrl:
+    """A revocation list the host keeps as Vault serves it (anyone may read it): the one of
+    ``mount`` at ``path``, checked against the mount's CA at ``ca_path``."""
+
+    path: str
+    mount: str
+    ca_path: str
+
+    @property
+    def api_path(self) -> str:
+        """The Vault API path serving it (PEM)."""
+        return f"{self.mount}/crl/pem"
+
+
+@dataclass(frozen=True)
 class HostRenewal:
-    """Everything about one host's certificates in Vault: each one (the identity first) and
-    the names of the host's Vault objects."""
+    """Everything about one host's certificates in Vault: each one (the identity first), the
+    revocation lists it keeps fresh, and the names of the host's Vault objects."""
 
     host: str
     cluster: str
     certs: tuple[RenewalCert, ...]
     sources: tuple[str, ...] = ()  # the networks its renewal logs in from (none: anywhere)
+    crls: tuple[RenewalCrl, ...] = ()  # the revocation lists its programs check
 
     @property
     def policy(self) -> str:

@@ -369,13 +369,18 @@ def kill_once_journal_says_done(args: list[str], journal: Path, key: str, timeou
 @pytest.fixture(scope="session")
 def client_cert(cluster, vault_client, tmp_path_factory) -> tuple[str, str, str]:
     """An etcd client certificate from Vault (key made here, as an operator's would be)."""
+    return issue_client_cert(vault_client, tmp_path_factory.mktemp("client"))
+
+
+def issue_client_cert(vault_client: hvac.Client, directory: Path) -> tuple[str, str, str]:
+    """A new etcd client certificate (the health check's identity) in ``directory``: its
+    certificate, key and CA files."""
     issued = vault_client.secrets.pki.generate_certificate(
         host_role("lab-etcd-1", "healthcheck-client"),
         "etcd-healthcheck-client",
         extra_params={"exclude_cn_from_sans": True},
         mount_point="lab/pki/etcd",
     )["data"]
-    directory = tmp_path_factory.mktemp("client")
     paths = [directory / name for name in ("client.crt", "client.key", "ca.crt")]
     for path, pem in zip(
         paths, (issued["certificate"], issued["private_key"], issued["issuing_ca"]), strict=True

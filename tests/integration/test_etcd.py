@@ -3,6 +3,7 @@ durable rolling restarts, and bad input refused before any host changes."""
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import socket
@@ -18,11 +19,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from galley.components.etcd import CRL
 from galley.components.etcd import member_identity as etcd_member_identity
+from galley.components.renewal import UNIT as RENEWAL_UNIT
 from galley.etcd.etcdctl import etcdctl_command
 from galley.host.tls import csr_command
 from galley.lab.artifacts import ARTIFACTS
 from galley.lab.state import CACHE_DIR
+from galley.ops.revocation import vault_serial
+from galley.vault.pki import load_certificate
 
 from .conftest import (
     MEMBER_CERT,
@@ -30,7 +35,9 @@ from .conftest import (
     changed,
     endpoints,
     install_member_cert,
+    issue_client_cert,
     lab_inventory_variant,
+    on_each,
     pyinfra_json,
     run_deploy,
     sign_verbatim,
@@ -100,6 +107,48 @@ def test_plaintext_and_foreign_clients_are_refused(cluster, client_cert, tmp_pat
     peer = url.replace(":2379", ":2380")
     refused = ssh_run("lab-etcd-2", f"curl -sS --cacert /etc/etcd/pki/ca.crt {peer}/members")
     assert refused.returncode not in (0, 7, 28) and not refused.stdout, refused
+
+
+def test_a_revoked_client_certificate_is_refused_after_one_renewal_run(
+    cluster, client_cert, vault_client, tmp_path
+):
+    """Revoked in Vault, a client certificate is refused by every member once each host's
+    renewal timer has run once (here run at once, as the timer would within its interval):
+    etcd reads the new list at the next connection, with no restart, and no write fails."""
+    stolen = issue_client_cert(vault_client, tmp_path)
+    urls = endpoints(cluster)
+
+    def answers(url: str, cert: tuple[str, str, str]) -> bool:
+        try:
+            got = requests.post(
+                f"{url}/v3/kv/range",
+                json={"key": base64.b64encode(b"galley-writer").decode()},
+                cert=cert[:2],
+                verify=cert[2],
+                timeout=5,
+            )
+        except requests.exceptions.SSLError:
+            return False
+        return got.status_code == 200
+
+    assert [answers(url, stolen) for url in urls] == [True] * len(urls)
+    members = [d.name for d in cluster.droplets if "etcd" in d.roles]
+    starts = started_at(cluster)
+    writer = Writer(urls, client_cert)
+    writer.start()
+    try:
+        serial = load_certificate(Path(stolen[0]).read_text()).serial_number
+        vault_client.secrets.pki.revoke_certificate(vault_serial(serial), "lab/pki/etcd")
+        runs = on_each(members, f"systemctl start {RENEWAL_UNIT}.service && journalctl "
+                       f"-u {RENEWAL_UNIT} --no-pager -n 5 -o cat")  # fmt: skip
+        assert all(f"refreshed {CRL.path}" in run for run in runs), runs
+        assert [answers(url, stolen) for url in urls] == [False] * len(urls)
+        assert [answers(url, client_cert) for url in urls] == [True] * len(urls)
+    finally:
+        writer.stop.set()
+        writer.join()
+    assert writer.ok > 10 and writer.failed == [], writer.failed
+    assert started_at(cluster) == starts
 
 
 def _self_signed_client(directory: Path) -> tuple[str, str]:

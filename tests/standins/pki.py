@@ -61,3 +61,23 @@ class CA:
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         key_path.write_bytes(pem(key))
         return cert_path, key_path
+
+    def crl(self, path: Path, *revoked: Path) -> None:
+        """Write at ``path`` (by rename, as a host's renewal does) a CRL revoking the
+        certificates in ``revoked``."""
+        now = datetime.datetime.now(datetime.UTC)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.name)
+            .last_update(now - datetime.timedelta(minutes=1))
+            .next_update(now + datetime.timedelta(days=1))
+        )
+        for cert_path in revoked:
+            serial = x509.load_pem_x509_certificate(cert_path.read_bytes()).serial_number
+            entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now)
+            builder = builder.add_revoked_certificate(entry.build())
+        staged = path.with_suffix(".new")
+        staged.write_bytes(
+            builder.sign(self.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+        )
+        staged.rename(path)

@@ -264,7 +264,7 @@ def test_every_variable_is_an_etcd_3_5_flag(etcd_release):
     files = rendered(inventory("a").get_host("a"))
     names = environment(files["env"], files["bootstrap"])
     as_flags = {name.removeprefix("ETCD_").lower().replace("_", "-") for name in names}
-    assert len(names) == 21 and as_flags <= flags, as_flags - flags
+    assert len(names) == 23 and as_flags <= flags, as_flags - flags
 
 
 def test_a_real_etcd_bootstraps_from_the_files_settles_and_restarts_on_its_data(
@@ -280,12 +280,17 @@ def test_a_real_etcd_bootstraps_from_the_files_settles_and_restarts_on_its_data(
     pki.mkdir()
     ca = CA(pki, "ca")
     ca.issue("member")
+    ca.crl(pki / "crl.pem")
     # The declared certificates, moved into the test's directory.
     certs = {
         stem: replace(cert, directory=str(pki), ca_path=str(pki / "ca.crt"))
         for stem, cert in ETCD.certs_by_stem(host).items()
     }
-    variables = member_variables(host) | {"data_dir": str(tmp_path / "data"), "certs": certs}
+    variables = member_variables(host) | {
+        "data_dir": str(tmp_path / "data"),
+        "certs": certs,
+        "crl_path": str(pki / "crl.pem"),
+    }
     env = render_text(ETCD.config(ENV_PATH), **variables)
     bootstrap = tmp_path / "bootstrap.env"
     bootstrap.write_text(rendered(host, "new", f"m1=https://127.0.0.1:{peer}")["bootstrap"])
@@ -324,6 +329,15 @@ def test_a_real_etcd_bootstraps_from_the_files_settles_and_restarts_on_its_data(
         assert healthy()
         got = subprocess.run([*etcdctl, "get", "k", "-w", "json"], capture_output=True)
         assert json.loads(got.stdout)["count"] == 1
+        # The revocation list is read at every connection: a client revoked in a new list is
+        # refused at once, with no restart; the others go on.
+        stolen = [f"--cert={pki / 'stolen.crt'}", f"--key={pki / 'stolen.key'}"]
+        ca.issue("stolen")
+        get = [*etcdctl, *stolen, "--dial-timeout=2s", "get", "k"]
+        assert subprocess.run(get, capture_output=True).returncode == 0
+        ca.crl(pki / "crl.pem", pki / "stolen.crt")
+        assert subprocess.run(get, capture_output=True).returncode != 0
+        assert healthy()
     finally:
         process.terminate()
         process.wait(timeout=10)

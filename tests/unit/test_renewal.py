@@ -18,6 +18,7 @@ from pathlib import Path
 import hvac
 import pytest
 import requests
+from cryptography import x509
 
 from galley.components import CERT_RENEWAL, renewal_plan
 from galley.components.engine import render_text
@@ -27,6 +28,7 @@ from galley.components.renewal import ScriptSettings, plan
 from galley.facts.renewal import RenewalStatus, parse_state
 from galley.host.tls import GENPKEY_OPTIONS, csr_command
 from galley.ops import vault_bootstrap
+from galley.ops.revocation import vault_serial
 from galley.vault import pki, setup
 from galley.vault.renewal import HostRenewal, RenewalCert
 from tests.group_data import HOSTS, small_cluster
@@ -133,7 +135,10 @@ def _on_host(
     stub = root / "systemctl"
     stub.write_text(f'#!/bin/sh\necho "$@" >> {root}/systemctl.log\n')
     stub.chmod(0o755)
-    moved_renewal = replace(renewal, certs=tuple(certs))
+    crls = tuple(
+        replace(crl, path=moved(crl.path), ca_path=moved(crl.ca_path)) for crl in renewal.crls
+    )
+    moved_renewal = replace(renewal, certs=tuple(certs), crls=crls)
     script = root / "galley-renew-certs"
     options = {"attempts": 2, "backoff": 0} | settings
     script.write_text(
@@ -255,6 +260,28 @@ def test_a_renewal_that_cannot_take_the_restart_lock_installs_nothing(
     assert host.restarts() == ""
     assert not list(tmp_path.rglob("*.galley-renew"))
     assert parse_state(host.state()).status == "failing"
+
+
+def test_every_run_refreshes_the_revocation_lists_a_revocation_within_one_run(
+    vault, openbao, bootstrapped, tmp_path
+):
+    host = _on_host(vault, openbao, bootstrapped["lab-etcd-1"], tmp_path, ttl="720h")
+    (crl,) = host.renewal.crls
+    assert crl.api_path == "lab/pki/etcd/crl/pem"
+    first = host.run()
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == f"refreshed {crl.path}\n"
+    assert Path(crl.path).read_text() == pki.read_crl(vault, "lab/pki/etcd")
+    assert oct(Path(crl.path).stat().st_mode & 0o777) == "0o644"
+    unchanged = host.run()
+    assert (unchanged.returncode, unchanged.stdout) == (0, "")
+
+    member = pki.load_certificate(host.pem("member"))
+    vault.secrets.pki.revoke_certificate(vault_serial(member.serial_number), "lab/pki/etcd")
+    revoked = host.run()
+    assert revoked.stdout == f"refreshed {crl.path}\n"
+    listed = x509.load_pem_x509_crl(Path(crl.path).read_bytes())
+    assert listed.get_revoked_certificate_by_serial_number(member.serial_number) is not None
 
 
 def test_a_sealed_vault_fails_with_one_line_and_leaves_the_certificates(
