@@ -258,7 +258,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/nyc3.py")
     report.add_argument(
-        "--days", type=int, default=7, help="flag certificates expiring within N days (7)"
+        "--days",
+        type=int,
+        default=None,
+        help="flag certificates expiring within N days (default: those with less than a "
+        "sixth of their lifetime left, whose renewal at a third has failed for that long)",
     )
     report.add_argument("--json", action="store_true", help="one JSON document for scripts")
     report.set_defaults(func=_with_inventory(_report))

@@ -50,8 +50,9 @@ from galley.settings import span_seconds
 from galley.text import clean
 from galley.versions import VersionError, skew_problems
 
-# Hosts renew 30-day certificates with 10 days left: one with less than 7 has missed renewals.
-DEFAULT_DAYS = 7
+# Hosts renew a certificate with a third of its lifetime left; one with less than a sixth left
+# has missed its renewals for half of that window (a 48 h one 8 h, a 30-day one 5 days).
+MISSED_RENEWALS_LEFT = 1 / 6
 CONNECT_TIMEOUT = 5
 # A member's first scheduled snapshot may take this long after the timer's first due time.
 SNAPSHOT_GRACE = timedelta(minutes=5)
@@ -111,7 +112,9 @@ def _components(facts: HostFacts) -> list[Component]:
     return named(facts.get("components", ()))
 
 
-def analyse(hosts: Mapping[str, HostFacts], days: int, now: datetime | None = None) -> Report:
+def analyse(
+    hosts: Mapping[str, HostFacts], days: int | None = None, now: datetime | None = None
+) -> Report:
     """Tables and problems from each host's facts (``gather``'s result, or the same shape).
 
     A host's dict has ``groups``, ``components`` (the names of those it runs) and ``error``
@@ -121,7 +124,8 @@ def analyse(hosts: Mapping[str, HostFacts], days: int, now: datetime | None = No
     ``snapshot_interval`` (seconds) (the last six only for hosts running the component or
     holding certificates), and ``firewall`` with ``firewall_wanted`` (the sha256 of the rules
     the inventory gives the host) where the host firewall runs; a kubelet host's ``node`` is
-    its Node as the API shows it (`node_health`), reached or not.
+    its Node as the API shows it (`node_health`), reached or not. A certificate is flagged
+    with less than `MISSED_RENEWALS_LEFT` of its lifetime left, or within ``days`` when given.
     """
     now = now or datetime.now(UTC)
     problems: list[Problem] = []
@@ -289,12 +293,11 @@ def _units_table(hosts: Mapping[str, HostFacts], now: datetime, problems: list[P
 
 
 def _certificates_table(
-    hosts: Mapping[str, HostFacts], days: int, now: datetime, problems: list[Problem]
+    hosts: Mapping[str, HostFacts], days: int | None, now: datetime, problems: list[Problem]
 ) -> Table:
     table = Table(
         "certificates", ("host", "path", "subject", "not after", "days left", "next renewal")
     )
-    horizon = now + timedelta(days=days)
     for name, facts in _reached(hosts):
         due = (facts.get("renewal") or {}).get("next_renewal") or {}
         for path, cert in sorted((facts.get("certificates") or {}).items()):
@@ -303,8 +306,11 @@ def _certificates_table(
                 table.add((name, path, cert["error"], None, None, None), True)
                 continue
             not_after = cert["not_after"]
-            expiring = not_after <= horizon
             left = not_after - now
+            if days is None:
+                expiring = left <= (not_after - cert["not_before"]) * MISSED_RENEWALS_LEFT
+            else:
+                expiring = left <= timedelta(days=days)
             if expiring:
                 when = "expired" if left.total_seconds() <= 0 else f"expires in {_duration(left)}"
                 problems.append(
@@ -540,7 +546,7 @@ def render(report: Report, color: bool) -> str:
     return "\n".join(out)
 
 
-def as_json(hosts: Mapping[str, HostFacts], report: Report, days: int) -> str:
+def as_json(hosts: Mapping[str, HostFacts], report: Report, days: int | None) -> str:
     """One JSON document: every host's facts, the problems and the options used."""
     document = {
         "days": days,
@@ -646,7 +652,7 @@ def _nodes(inventory: Inventory) -> dict[str, dict[str, Any]]:
     return {host: node_health(nodes.get(name), leases.get(name)) for host, name in names.items()}
 
 
-def report_cli(inventory: Inventory, days: int = DEFAULT_DAYS, json_output: bool = False) -> int:
+def report_cli(inventory: Inventory, days: int | None = None, json_output: bool = False) -> int:
     """`galley report`: print the report; 0 without problems, 1 with."""
     hosts = gather(inventory)
     report = analyse(hosts, days)

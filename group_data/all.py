@@ -20,8 +20,13 @@ api_port = 6443
 # in front of every apiserver. A name must look like api.<cluster>.<domain> (the Vault role of
 # the apiserver certificate allows exactly that).
 api_endpoint = None
-# Leaf certificates of the Kubernetes components (and the operator's admin credential).
+# Leaf certificates of the Kubernetes components' servers (and each host's renewal identity).
 kubernetes_cert_ttl = "720h"
+# Every client identity on the hosts (kubelet, kube-proxy, the controller manager's and the
+# scheduler's, the apiserver's etcd and kubelet clients, flannel's, etcd's health check, the
+# monitoring scrapes): renewed hourly with a third left, so a copy of one, which no CRL stops
+# at kube-apiserver, works at most this long.
+client_cert_ttl = "48h"
 
 # Prometheus' node exporter on every host (its private address, for the monitoring hosts).
 node_exporter_version = "1.11.1"

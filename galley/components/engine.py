@@ -168,7 +168,7 @@ def install_certificates(
                 role=host_role(target.name, cert.stem),
                 owner=cert.owner,
                 group=cert.group,
-                ttl=data.get(cert.ttl_key),
+                ttl=data.get(cert.lifetime_key),
             )
             for cert in certs
         ],

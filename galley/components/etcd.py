@@ -104,7 +104,7 @@ def etcd_client_cert(
     )
 
 
-def _member_cert(stem: str, role: RoleSpec, identity) -> Cert:
+def _member_cert(stem: str, role: RoleSpec, identity, ttl_key: str | None = None) -> Cert:
     # etcd loads its certificate and key again for every TLS handshake (client and peer), and
     # never reads the health check client's: renewing either needs no restart.
     return Cert(
@@ -116,7 +116,7 @@ def _member_cert(stem: str, role: RoleSpec, identity) -> Cert:
         CACERT,
         "etcd",
         "etcd",
-        "etcd_cert_ttl",
+        ttl_key,
         reloaded=True,
     )
 
@@ -237,6 +237,7 @@ ETCD = Component(
             "member",
             MEMBER_ROLE,
             lambda host: member_identity(member_name(host), host.data.private_ip),
+            "etcd_cert_ttl",
         ),
         _member_cert(
             HEALTHCHECK_STEM,

@@ -121,6 +121,12 @@ def github_artifact(
     )
 
 
+# The lifetime of every client identity on the hosts (`Cert.lifetime_key`).
+CLIENT_CERT_TTL = "client_cert_ttl"
+# Every group-data key a certificate's lifetime comes from.
+CERT_TTL_KEYS = ("etcd_cert_ttl", "kubernetes_cert_ttl", CLIENT_CERT_TTL)
+
+
 @dataclass(frozen=True)
 class Cert:
     """A key and Vault-signed certificate on a host: ``<directory>/<stem>.key`` and ``.crt``.
@@ -128,7 +134,10 @@ class Cert:
     ``identity`` gives the names for a host; ``when`` limits the certificate to hosts it is
     true for (e.g. one flannel mode). ``ca_path`` is where the signing mount's CA goes.
     ``reloaded``: the unit picks a renewed certificate up by itself (or never reads it), so a
-    new certificate or key needs no restart; a new CA still does.
+    new certificate or key needs no restart; a new CA still does. ``ttl_key`` names the group
+    data of its lifetime; by default a client identity (a role that serves nothing) lives
+    ``client_cert_ttl`` (48 h: kube-apiserver reads no CRL, so only a short life bounds a copied
+    one), any other ``kubernetes_cert_ttl``.
     """
 
     stem: str
@@ -139,9 +148,16 @@ class Cert:
     ca_path: str
     owner: str = "root"
     group: str = "root"
-    ttl_key: str = "kubernetes_cert_ttl"
+    ttl_key: str | None = None
     when: Callable[[Host], bool] = lambda host: True
     reloaded: bool = False
+
+    @property
+    def lifetime_key(self) -> str:
+        """The group-data key of its lifetime (``ttl_key``, else by its role's kind)."""
+        if self.ttl_key is not None:
+            return self.ttl_key
+        return CLIENT_CERT_TTL if not self.role.server else "kubernetes_cert_ttl"
 
     @property
     def key_path(self) -> str:

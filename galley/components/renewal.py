@@ -52,6 +52,8 @@ SYSTEM_CAS = "/etc/ssl/certs/ca-certificates.crt"  # Debian's bundle, for a publ
 UNIT = "galley-cert-renewal"
 TIMER_UNIT = f"{UNIT}.timer"
 # The deploy signs each host's identity (the renewal's login); on the host it renews itself.
+# It lives as long as the host's servers' certificates: Vault binds its login to the host's
+# own addresses, and a host offline longer than it lives needs a deploy to come back.
 HOST_IDENTITY = Cert(
     "host-identity",
     IDENTITY_DIR,
@@ -59,6 +61,7 @@ HOST_IDENTITY = Cert(
     HOST_IDENTITY_ROLE,
     lambda host: Identity(host.name),
     f"{IDENTITY_DIR}/host-ca.crt",
+    ttl_key="kubernetes_cert_ttl",
 )
 INTERVAL = Setting("cert_renewal_interval", "1h", SPAN)
 RANDOM_DELAY = Setting("cert_renewal_random_delay", "15min", SPAN)
@@ -131,7 +134,7 @@ def plan(host: Host, components: Sequence[Component]) -> HostRenewal:
                 identity=identity,
                 owner=cert.owner,
                 group=cert.group,
-                ttl=host.data.get(cert.ttl_key),
+                ttl=host.data.get(cert.lifetime_key),
                 units=tuple(
                     c.unit.name
                     for c in components

@@ -20,7 +20,13 @@ import galley.components as registry
 from galley.components.host_firewall import ENABLED as FIREWALL_ENABLED
 from galley.components.host_firewall import OPERATOR_CIDRS
 from galley.components.kubernetes import first_service_ip
-from galley.components.model import CLUSTER_GROUPS, OPTIONAL_GROUPS, Artifact, Component
+from galley.components.model import (
+    CERT_TTL_KEYS,
+    CLUSTER_GROUPS,
+    OPTIONAL_GROUPS,
+    Artifact,
+    Component,
+)
 from galley.components.renewal import INTERVAL as RENEWAL_INTERVAL
 from galley.components.renewal import RANDOM_DELAY
 from galley.downloads import ChecksumError, sha256_of
@@ -276,7 +282,7 @@ def _settings_check(host: Host) -> Iterable[tuple[str, str]]:
         value = data.get(port)
         if value is not None and not _is_port(value):
             yield port, f"must be a TCP port, not {value!r}"
-    for ttl in ("etcd_cert_ttl", "kubernetes_cert_ttl"):
+    for ttl in CERT_TTL_KEYS:
         value = data.get(ttl)
         try:
             if value is not None and parse_duration(value) <= 0:
@@ -313,7 +319,7 @@ def _renewal_check(host: Host) -> Iterable[tuple[str, str]]:
     if None in spans:
         return  # the declared settings' check says why
     every = sum(span or 0 for span in spans)
-    for ttl in ("etcd_cert_ttl", "kubernetes_cert_ttl"):
+    for ttl in CERT_TTL_KEYS:
         try:
             seconds = parse_duration(data.get(ttl))
         except (TypeError, ValueError):

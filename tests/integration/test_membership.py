@@ -15,14 +15,18 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 
 import pytest
+import requests
 
+from galley.components.kubelet import CLIENT as KUBELET
 from galley.components.monitoring import target_file
 from galley.etcd.etcdctl import etcdctl_command
 from galley.lab.state import LabState
 from galley.ops.kubeapi import ApiError, KubeApi, node_ready
 from galley.ops.revocation import revoked_serials
+from galley.vault.pki import load_certificate
 
 from .conftest import (
     BIN,
@@ -296,7 +300,22 @@ def _prometheus_started() -> str:
     return ssh("lab-mon-1", "systemctl show -p ExecMainStartTimestamp prometheus")
 
 
-def test_a_new_worker_joins_alone_and_node_remove_takes_it_out(lab_grows):
+def _still_authenticates_for_at_most_48h(copied: dict[str, str], url: str, directory) -> None:
+    cert_file, key_file = directory / "kubelet.crt", directory / "kubelet.key"
+    cert_file.write_text(copied[KUBELET.cert_path])
+    key_file.write_text(copied[KUBELET.key_path])
+    answer = requests.get(
+        f"{url}/api/v1/nodes/lab-worker-3",
+        cert=(str(cert_file), str(key_file)),
+        verify=str(admin_files().ca),
+        timeout=10,
+    )
+    assert answer.status_code in (403, 404), answer.text
+    left = load_certificate(copied[KUBELET.cert_path]).not_valid_after_utc - datetime.now(UTC)
+    assert timedelta(hours=47) < left <= timedelta(hours=48), left
+
+
+def test_a_new_worker_joins_alone_and_node_remove_takes_it_out(lab_grows, tmp_path):
     lab, _ = lab_grows
     prometheus_started = _prometheus_started()
     lab_add("worker")
@@ -329,6 +348,10 @@ def test_a_new_worker_joins_alone_and_node_remove_takes_it_out(lab_grows):
         assert wait_for(lambda job=job: scrape_targets(lab).get((job, "lab-worker-3")) == "up", 30)
     assert _prometheus_started() == prometheus_started
 
+    # A copy of its kubelet's credential, as one stolen before the removal.
+    copied = {
+        path: ssh("lab-worker-3", f"cat {path}") for path in (KUBELET.cert_path, KUBELET.key_path)
+    }
     removed = run_cli("galley", "node", "remove", "inventories/lab.py", "lab-worker-3", "--yes")
     with pytest.raises(ApiError) as gone:
         api.node("lab-worker-3")
@@ -339,6 +362,9 @@ def test_a_new_worker_joins_alone_and_node_remove_takes_it_out(lab_grows):
     for serial, mount in serials.items():
         assert serial in revoked_serials(root, mount)
     assert root.read("auth/lab/host-cert/certs/lab-worker-3") is None
+    # kube-apiserver reads no CRL: the copy still authenticates (403 or 404, never 401) until
+    # it expires, which client_cert_ttl puts at most 48 h after its issue (README).
+    _still_authenticates_for_at_most_48h(copied, api.server, tmp_path)
     units = ssh(
         "lab-worker-3",
         "systemctl is-active kubelet kube-proxy galley-cert-renewal.timer",

@@ -39,6 +39,7 @@ TTL_SECONDS = 45
 SHORT = {
     "etcd_cert_ttl": f"{TTL_SECONDS}s",
     "kubernetes_cert_ttl": f"{TTL_SECONDS}s",
+    "client_cert_ttl": f"{TTL_SECONDS}s",
     "cert_renewal_interval": "3s",
     "cert_renewal_random_delay": "1s",
     # Prometheus sees a failed renewal within seconds (the certificates are that short).

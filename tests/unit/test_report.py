@@ -14,8 +14,15 @@ from galley.report import analyse, as_json, render
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
 
-def cert(cn: str, days: float) -> dict:
-    return {"cn": cn, "not_after": NOW + timedelta(days=days), "days_left": int(days)}
+def cert(cn: str, days: float, lifetime_days: float = 30) -> dict:
+    """A certificate fact: ``days`` left of a ``lifetime_days`` lifetime."""
+    not_after = NOW + timedelta(days=days)
+    return {
+        "cn": cn,
+        "not_before": not_after - timedelta(days=lifetime_days),
+        "not_after": not_after,
+        "days_left": int(days),
+    }
 
 
 def etcd_host(version: str = "3.5.30", **overrides) -> dict:
@@ -99,6 +106,29 @@ def test_certificates_expiring_within_the_window_are_flagged():
     wider = [str(p) for p in analyse(fleet, days=30, now=NOW).problems]
     assert wider[0] == "etcd-1: certificates: /etc/etcd/pki/member.crt (etcd-1) expires in 29d"
     assert len(wider) == 2
+
+
+def test_by_default_a_certificate_is_flagged_once_its_renewal_missed_half_its_window():
+    # Renewed with a third of its lifetime left: flagged with less than a sixth (a 48 h client
+    # identity at 8 h, a 30-day certificate at 5 days), whatever its lifetime.
+    fleet = healthy_fleet()
+    fleet["etcd-1"]["certificates"] = {
+        "/etc/etcd/pki/healthcheck-client.crt": cert("etcd-healthcheck-client", 9 / 24, 2),
+        "/etc/etcd/pki/member.crt": cert("etcd-1", 6),
+    }
+    fleet["etcd-2"]["certificates"] = {
+        "/etc/etcd/pki/healthcheck-client.crt": cert("etcd-healthcheck-client", 7 / 24, 2),
+        "/etc/etcd/pki/member.crt": cert("etcd-2", 4),
+    }
+    report = analyse(fleet, now=NOW)
+    assert [str(p) for p in report.problems] == [
+        "etcd-2: certificates: /etc/etcd/pki/healthcheck-client.crt (etcd-healthcheck-client) "
+        "expires in 7h00m",
+        "etcd-2: certificates: /etc/etcd/pki/member.crt (etcd-2) expires in 4d",
+    ]
+    assert json.loads(as_json(fleet, report, None))["days"] is None
+    # --days asks for a window of its own instead.
+    assert len(analyse(fleet, days=5, now=NOW).problems) == 3
 
 
 def test_version_skew_flags_the_odd_member_out():

@@ -90,8 +90,11 @@ class Lab:
         )
 
     def bootstrap(self, address: str = "198.18.0.10", ttl: str = "720h") -> None:
-        """Give lab-etcd-1 (at ``address``, certificates for ``ttl``) its roles in Vault."""
-        hosts = small_cluster("lab-etcd-1", addresses={"lab-etcd-1": address}, etcd_cert_ttl=ttl)
+        """Give lab-etcd-1 (at ``address``, certificates for ``ttl``: its member's and its
+        health check client's) its roles in Vault."""
+        hosts = small_cluster(
+            "lab-etcd-1", addresses={"lab-etcd-1": address}, etcd_cert_ttl=ttl, client_cert_ttl=ttl
+        )
         vault_bootstrap.bootstrap(self.vault, "lab", hosts)
 
     def data(self, ips: str = "127.0.0.1,198.18.0.10", ttl: str = "") -> dict[str, str]:
