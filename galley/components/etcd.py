@@ -185,9 +185,10 @@ def _bootstrap_text(host: Host, state: str, cluster: str) -> str:
 def _leaving(host: Host) -> tuple[list[str], list[str]]:
     """What a member's host stops and deletes when `galley etcd remove` takes it out: etcd's
     timers and the host's certificate renewal (a deploy starts it again on a host that stays
-    in another group); etcd's keys and certificates."""
+    in another group); etcd's keys, certificates and revocation list."""
     units = [timer.timer_unit for timer in ETCD.timers] + [RENEWAL_TIMER]
-    return units, [path for c in ETCD.certs_of(host) for path in (c.key_path, c.cert_path)]
+    files = [path for c in ETCD.certs_of(host) for path in (c.key_path, c.cert_path)]
+    return units, [*files, *(crl.path for crl in ETCD.crls)]
 
 
 def member_hosts(hosts: Sequence[Host]) -> runtime.PyinfraMemberHosts:
