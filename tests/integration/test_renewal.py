@@ -33,14 +33,14 @@ from .conftest import (
     wait_for,
 )
 
-# Renewed in its last third (from 12 s before expiry) by a timer every 2 s (+ up to 1 s, + up
-# to 2 s of systemd's accuracy): at least 7 s left before it expires.
-TTL_SECONDS = 36
+# Renewed in its last third (from 15 s before expiry) by a timer every 3 s (+ up to 1 s, + up
+# to 3 s of systemd's accuracy): at least 8 s left before it expires.
+TTL_SECONDS = 45
 SHORT = {
     "etcd_cert_ttl": f"{TTL_SECONDS}s",
     "kubernetes_cert_ttl": f"{TTL_SECONDS}s",
     "client_cert_ttl": f"{TTL_SECONDS}s",
-    "cert_renewal_interval": "2s",
+    "cert_renewal_interval": "3s",
     "cert_renewal_random_delay": "1s",
     # Prometheus sees a failed renewal within seconds (the certificates are that short).
     "monitoring_scrape_interval": "2s",
@@ -87,7 +87,7 @@ def _quorum_starts(lab) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def short_lived(cluster, client_cert, tmp_path_factory) -> Iterator[str]:
     # (client_cert first: its Vault fixture bootstraps with the lab's usual TTLs.)
-    """The lab with 36 s certificates and a renewal timer every 2 s (+ up to 1 s): Vault's
+    """The lab with 45 s certificates and a renewal timer every 3 s (+ up to 1 s): Vault's
     renewal roles and every certificate re-issued that short. Afterwards the usual TTLs again."""
     hosts = "etcd + control_plane + workers + monitoring"
     body = "".join(
@@ -173,9 +173,9 @@ PAUSE = (
 
 def _pause_renewals(names) -> None:
     """Stop each host's renewal timer, wait out a renewal in flight and run one more: with
-    36 s certificates one is always due (a renewal that replaced a certificate but has not yet
+    45 s certificates one is always due (a renewal that replaced a certificate but has not yet
     restarted its unit while the deploy reads it would have the deploy restart the unit too),
-    and after it every certificate has more than the 6 s left at which a deploy re-signs.
+    and after it every certificate has more than the 10 s left at which a deploy re-signs.
     Every host at once: the first one paused must still have that margin when the deploy
     reads it."""
     on_each(list(names), PAUSE)
