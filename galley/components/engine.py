@@ -3,7 +3,8 @@
 For the components of a phase that run on the current host, in this order: Debian packages,
 system users and directories, every artifact (downloaded and verified before activation; a
 converge has downloaded them all before its first phase, `fetch_artifacts`), every
-certificate (one round trip reads them all), each component's own ``configure`` (its config
+certificate (one round trip reads them all), the revocation lists its programs check (as Vault
+serves them), each component's own ``configure`` (its config
 files), its unit file, then systemd: enable the units (one ``systemctl enable --no-reload``),
 one reload, start each unit, wait after a first start, and a durable restart when the files
 it runs from (`Component.watched`) are newer than its start, or a reload when only files it
