@@ -141,7 +141,6 @@ class ClusterLock:
         command: str,
         lease: float = DEFAULT_LEASE,
         clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> ClusterLock:
         """Take the lock for ``command`` or raise LockError naming who holds it. The live
         lease of a run gone from this machine is waited out (a line says so), never taken."""
@@ -155,7 +154,7 @@ class ClusterLock:
                 file=sys.stderr,
                 flush=True,
             )
-            sleep(left + 0.5)
+            time.sleep(left + 0.5)
             current, version = _read(client, cluster)
         record = {**this_run(), "command": command[:300], "started": _stamp(clock())}
         lock = cls(client, cluster, record, version, lease, clock)

@@ -181,6 +181,8 @@ def install_crls(crls: Sequence[Crl], vault: Callable[[], hvac.Client]) -> dict[
     """Write each revocation list as Vault serves it now (read once per run and mount); no
     unit restarts for it (its program reads it at every handshake). Returns the operations by
     path."""
+    if not crls:
+        return {}
     client, cluster = vault(), host.data.cluster_name
     written = {}
     for crl in crls:
