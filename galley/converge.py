@@ -71,5 +71,7 @@ def _converge(phase_names: tuple[str, ...]) -> None:
             current.prepare()
         deployed = [*current.components, *(EVERY_HOST_LAST if index == last else ())]
         deploy(current.name)(deploy_components)(deployed, vault)
+        if current.finish is not None:
+            current.finish()
         if index < len(phases) - 1:
             phase_done(name=f"{current.name} done on all hosts", phase=current.name)

@@ -11,9 +11,11 @@ mirror all read `REGISTRY`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from functools import partial
 from typing import Any
 
 from pyinfra.api.host import Host
+from pyinfra.api.inventory import Inventory
 
 from galley.components.api_proxy import API_PROXY
 from galley.components.containerd import CONTAINERD
@@ -30,6 +32,8 @@ from galley.components.model import Artifact, Cert, Component, Phase, Port
 from galley.components.monitoring import ALERTMANAGER, ScrapeJob, prometheus, scrape_jobs
 from galley.components.node_exporter import node_exporter
 from galley.components.renewal import cert_renewal, plan
+from galley.etcd.access import EtcdUser
+from galley.host.etcd_access import keep_access
 from galley.vault.kv import KvSecret
 from galley.vault.pki import Identity, RoleSpec
 from galley.vault.renewal import HostRenewal
@@ -41,11 +45,25 @@ def scrape_jobs_of(host: Host) -> list[ScrapeJob]:
     return scrape_jobs(host.inventory, REGISTRY, running_on)
 
 
+def etcd_users(inventory: Inventory) -> list[EtcdUser]:
+    """The etcd users the certificates on ``inventory``'s hosts declare, once each."""
+    return list(
+        {
+            cert.etcd_user.name: cert.etcd_user
+            for target in inventory
+            for component in running_on(target)
+            for cert in component.certs_of(target)
+            if cert.etcd_user is not None
+        }.values()
+    )
+
+
 PROMETHEUS = prometheus(scrape_jobs_of)
 PHASES: tuple[Phase, ...] = (
     # Monitoring first: it watches the rest come up (and a deploy that stops half-way).
     Phase("monitoring", (PROMETHEUS, ALERTMANAGER)),
-    Phase("etcd", (ETCD,)),
+    # Once its members run: etcd's users and roles, then its authorisation on.
+    Phase("etcd", (ETCD,), finish=partial(keep_access, etcd_users)),
     Phase("control plane", (KUBE_APISERVER, KUBE_CONTROLLER_MANAGER, KUBE_SCHEDULER)),
     # Workers reach the API (through api-proxy) before flanneld, their first API client, starts.
     Phase("flannel", (API_PROXY, FLANNELD, FLANNEL_CNI), prepare=flannel_network),

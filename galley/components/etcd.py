@@ -35,6 +35,7 @@ from galley.components.model import (
 )
 from galley.components.node_exporter import METRICS_DIR
 from galley.components.renewal import TIMER_UNIT as RENEWAL_TIMER
+from galley.etcd.access import READ, EtcdUser, Grant
 from galley.etcd.etcdctl import CACERT, ETCDUTL, etcdctl_command
 from galley.etcd.group import initial_cluster, member_identity, member_name, members
 from galley.etcd.identity import SECRET as CLUSTER_IDENTITY
@@ -45,6 +46,8 @@ from galley.etcd.layout import (
     ENV_PATH,
     HEALTHCHECK_CLIENT,
     HEALTHCHECK_STEM,
+    MAINTENANCE_CLIENT,
+    MAINTENANCE_STEM,
     PKI_DIR,
     SNAPSHOT_JOB,
     SNAPSHOT_SCRIPT,
@@ -73,6 +76,11 @@ CRL = Crl(f"{PKI_DIR}/crl.pem", "etcd", CACERT)
 MEMBER_ROLE = RoleSpec("etcd-member", "etcd", server=True)
 
 
+# What the health check may read once etcd's authorisation is on: `endpoint health` reads
+# this key (etcd's /health on the metrics port needs no user).
+HEALTH_KEY = "health"
+
+
 def client_role(cn: str) -> RoleSpec:
     """The role of one etcd client identity: it signs exactly ``cn`` (no other names, no IP
     SANs), so a token for one client cannot get another's identity."""
@@ -84,12 +92,14 @@ def etcd_client_cert(
     cn: str,
     directory: str,
     ca_path: str,
+    grants: tuple[Grant, ...] | None = None,
     when=lambda host: True,
     reloaded=False,
     owner: str = "root",
 ) -> Cert:
     """An etcd client certificate with the identity ``cn`` (its own role), its key owned by
-    ``owner``."""
+    ``owner``, which etcd lets do ``grants`` and nothing else (None: no etcd user, so no key
+    at all, e.g. for a metrics scrape)."""
     return Cert(
         stem,
         directory,
@@ -101,10 +111,17 @@ def etcd_client_cert(
         owner,
         when=when,
         reloaded=reloaded,
+        etcd_user=None if grants is None else EtcdUser(cn, grants),
     )
 
 
-def _member_cert(stem: str, role: RoleSpec, identity, ttl_key: str | None = None) -> Cert:
+def _member_cert(
+    stem: str,
+    role: RoleSpec,
+    identity,
+    ttl_key: str | None = None,
+    etcd_user: EtcdUser | None = None,
+) -> Cert:
     # etcd loads its certificate and key again for every TLS handshake (client and peer), and
     # never reads the health check client's: renewing either needs no restart.
     return Cert(
@@ -118,6 +135,7 @@ def _member_cert(stem: str, role: RoleSpec, identity, ttl_key: str | None = None
         "etcd",
         ttl_key,
         reloaded=True,
+        etcd_user=etcd_user,
     )
 
 
@@ -244,6 +262,14 @@ ETCD = Component(
             HEALTHCHECK_STEM,
             client_role(HEALTHCHECK_CLIENT),
             lambda host: Identity(HEALTHCHECK_CLIENT),
+            etcd_user=EtcdUser(HEALTHCHECK_CLIENT, (Grant(READ, HEALTH_KEY),)),
+        ),
+        # galley's own etcdctl calls on the member, and its snapshot timer (as etcd).
+        _member_cert(
+            MAINTENANCE_STEM,
+            client_role(MAINTENANCE_CLIENT),
+            lambda host: Identity(MAINTENANCE_CLIENT),
+            etcd_user=EtcdUser(MAINTENANCE_CLIENT, root=True),
         ),
     ),
     configs=(

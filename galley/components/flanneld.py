@@ -52,6 +52,7 @@ from galley.components.model import (
     cluster_role_binding,
     github_artifact,
 )
+from galley.etcd.access import READWRITE, Grant
 from galley.etcd.etcdctl import LOCAL_ENDPOINT, etcdctl_command
 from galley.etcd.group import members
 from galley.vault.pki import Identity, RoleSpec
@@ -100,7 +101,12 @@ RBAC = (
     cluster_role_binding(FLANNEL_GROUP, FLANNEL_GROUP, "Group", FLANNEL_GROUP),
 )
 ETCD_CLIENT = etcd_client_cert(
-    "etcd-client", "flannel-etcd-client", f"{FLANNEL_DIR}/pki", ETCD_CA_PATH, when=_etcd_mode
+    "etcd-client",
+    "flannel-etcd-client",
+    f"{FLANNEL_DIR}/pki",
+    ETCD_CA_PATH,
+    (Grant(READWRITE, f"{ETCD_PREFIX}/", prefix=True),),
+    when=_etcd_mode,
 )
 
 

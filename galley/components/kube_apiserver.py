@@ -44,6 +44,7 @@ from galley.components.model import (
     Unit,
     cluster_role_binding,
 )
+from galley.etcd.access import READWRITE, Grant
 from galley.host.restarts import RestartError, systemctl_restart, wait_until_healthy
 from galley.host.secrets import Secret, keep_secret
 from galley.vault import kv
@@ -222,6 +223,8 @@ KUBE_APISERVER = Component(
             "kube-apiserver-etcd-client",
             PKI_DIR,
             ETCD_CA_PATH,
+            # Everything it stores is below its --etcd-prefix (/registry, the default).
+            (Grant(READWRITE, "/registry/", prefix=True),),
             reloaded=True,
         ),
     ),

@@ -20,6 +20,7 @@ from pyinfra.api import FactBase
 from pyinfra.api.host import Host
 
 from galley.downloads import checksums_field
+from galley.etcd.access import EtcdUser
 from galley.facts.managed import fact_name
 from galley.host.observed import Wanted
 from galley.host.release import active_paths, marker_path, release_links
@@ -137,7 +138,8 @@ class Cert:
     new certificate or key needs no restart; a new CA still does. ``ttl_key`` names the group
     data of its lifetime; by default a client identity (a role that serves nothing) lives
     ``client_cert_ttl`` (48 h: kube-apiserver reads no CRL, so only a short life bounds a copied
-    one), any other ``kubernetes_cert_ttl``.
+    one), any other ``kubernetes_cert_ttl``. ``etcd_user``: an etcd client identity's user,
+    what etcd lets it touch (`galley.etcd.access`); None for any other certificate.
     """
 
     stem: str
@@ -151,6 +153,7 @@ class Cert:
     ttl_key: str | None = None
     when: Callable[[Host], bool] = lambda host: True
     reloaded: bool = False
+    etcd_user: EtcdUser | None = None
 
     @property
     def lifetime_key(self) -> str:
@@ -520,9 +523,11 @@ class Component:
 class Phase:
     """A step of a whole-cluster run: every host finishes it before the next starts.
 
-    ``prepare`` runs first on every host (e.g. flannel's network config in etcd).
+    ``prepare`` runs first on every host (e.g. flannel's network config in etcd), ``finish``
+    last, once its components run (e.g. etcd's users and authorisation).
     """
 
     name: str
     components: tuple[Component, ...]
     prepare: Callable[[], None] | None = None
+    finish: Callable[[], None] | None = None

@@ -1,8 +1,9 @@
 """The one etcdctl command builder, shared by the etcd deploy, the etcd facts and day-2 work.
 
-Defaults match galley's host layout: ``/usr/local/bin/etcdctl`` and the member's health-check
-client certificate below ``/etc/etcd/pki`` (readable by root and etcd only). Every call is
-bounded: a dead member cannot hang a deploy.
+Defaults match galley's host layout: ``/usr/local/bin/etcdctl`` and the member's maintenance
+client certificate (etcd's root) below ``/etc/etcd/pki`` (readable by root and etcd only); the
+health checks present the health check's identity (`HEALTH_CERT`), which may read nothing
+else. Every call is bounded: a dead member cannot hang a deploy.
 """
 
 from __future__ import annotations
@@ -10,14 +11,16 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 
-from galley.etcd.layout import HEALTHCHECK_STEM, PKI_DIR
+from galley.etcd.layout import HEALTHCHECK_STEM, MAINTENANCE_STEM, PKI_DIR
 
 ETCDCTL = "/usr/local/bin/etcdctl"
 ETCDUTL = "/usr/local/bin/etcdutl"
 LOCAL_ENDPOINT = "https://127.0.0.1:2379"
 CACERT = f"{PKI_DIR}/ca.crt"
-CERT = f"{PKI_DIR}/{HEALTHCHECK_STEM}.crt"
-KEY = f"{PKI_DIR}/{HEALTHCHECK_STEM}.key"
+CERT = f"{PKI_DIR}/{MAINTENANCE_STEM}.crt"
+KEY = f"{PKI_DIR}/{MAINTENANCE_STEM}.key"
+HEALTH_CERT = f"{PKI_DIR}/{HEALTHCHECK_STEM}.crt"
+HEALTH_KEY = f"{PKI_DIR}/{HEALTHCHECK_STEM}.key"
 DIAL_TIMEOUT = "3s"
 COMMAND_TIMEOUT = "5s"
 

@@ -7,9 +7,13 @@ BOOTSTRAP_PATH = f"{CONFIG_DIR}/bootstrap.env"
 PKI_DIR = f"{CONFIG_DIR}/pki"
 DATA_DIR = "/var/lib/etcd"
 UNIT = "etcd"
-# The client identity galley's own etcdctl calls present (health, members, snapshots).
+# The client identities on every member (key and certificate ``PKI_DIR/<stem>.*``): the
+# health check's, which may read etcd's health key only, and the maintenance identity, etcd's
+# root, which galley's own etcdctl calls present (members, snapshots, facts, access).
 HEALTHCHECK_CLIENT = "etcd-healthcheck-client"
-HEALTHCHECK_STEM = "healthcheck-client"  # its key and certificate in PKI_DIR
+HEALTHCHECK_STEM = "healthcheck-client"
+MAINTENANCE_CLIENT = "etcd-maintenance-client"
+MAINTENANCE_STEM = "maintenance-client"
 # The members' scheduled snapshots: the timer's job and its script.
 SNAPSHOT_JOB = "galley-etcd-snapshot"
 SNAPSHOT_SCRIPT = f"/usr/local/sbin/{SNAPSHOT_JOB}"

@@ -2,6 +2,7 @@
 
 from galley.facts.api_proxy import ApiProxyBackends
 from galley.facts.etcd import (
+    EtcdAccess,
     EtcdClusterIdentity,
     EtcdHealth,
     EtcdLocalMemberId,
@@ -21,6 +22,7 @@ __all__ = [
     "Certificate",
     "Certificates",
     "ComponentVersions",
+    "EtcdAccess",
     "EtcdClusterIdentity",
     "EtcdHealth",
     "EtcdLocalMemberId",

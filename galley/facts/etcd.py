@@ -1,10 +1,11 @@
 """Facts about the local etcd member, read with etcdctl 3.5 over its TLS client port.
 
 The defaults match galley's host layout: ``/usr/local/bin/etcdctl``, endpoint
-``https://127.0.0.1:2379``, CA ``/etc/etcd/pki/ca.crt`` and the healthcheck client certificate
-``/etc/etcd/pki/healthcheck-client.{crt,key}``. The client key is readable by root and etcd only,
-so call these facts with ``_sudo=True`` unless connected as root. Every argument can be
-overridden (an empty ``cacert``/``cert``/``key`` drops that flag, e.g. for plain http).
+``https://127.0.0.1:2379``, CA ``/etc/etcd/pki/ca.crt`` and the maintenance client certificate
+``/etc/etcd/pki/maintenance-client.{crt,key}`` (etcd's root: ``endpoint status`` needs it).
+The client key is readable by root and etcd only, so call these facts with ``_sudo=True``
+unless connected as root. Every argument can be overridden (an empty ``cacert``/``cert``/
+``key`` drops that flag, e.g. for plain http).
 
 The facts never fail the host: a missing etcdctl, an unreachable etcd or a TLS problem is
 reported in the result's ``error`` (etcdctl's own message plus the underlying gRPC error).
@@ -22,7 +23,17 @@ from typing import Any
 
 from pyinfra.api import FactBase
 
-from galley.etcd.etcdctl import CACERT, CERT, ETCDCTL, KEY, etcdctl_flags, member_hex_id
+from galley.etcd.access import parse_answers
+from galley.etcd.etcdctl import (
+    CACERT,
+    CERT,
+    ETCDCTL,
+    HEALTH_CERT,
+    HEALTH_KEY,
+    KEY,
+    etcdctl_flags,
+    member_hex_id,
+)
 from galley.etcd.etcdctl import LOCAL_ENDPOINT as ENDPOINT
 from galley.etcd.identity import KEY as IDENTITY_KEY
 from galley.etcd.identity import identity_of
@@ -36,6 +47,7 @@ _BEGIN = f"{_TAG} begin"
 _RC = f"{_TAG} rc="
 _STDERR = f"{_TAG} stderr: "
 _MISSING = f"{_TAG} missing: "
+_SECTION = "##galley-etcd-access "
 
 
 def _etcdctl_script(
@@ -267,6 +279,69 @@ class EtcdHealth(_EtcdctlFact):
             errors=[error.strip() for error in status.get("errors", [])],
         )
         return result
+
+
+class EtcdAccess(FactBase):
+    """etcd's users, roles and whether authorisation is on (`galley.etcd.access`), read
+    through the local member with the maintenance identity, or with ``fallback_cert`` on a
+    member deployed before that identity existed (etcd answers anyone while authorisation is
+    off).
+
+    Returns ``{"enabled": bool, "users": {name: [role, ...]}, "roles": {name: [[permission,
+    key, range end], ...]}, "error": None}`` (an empty range end: one key), or ``"enabled":
+    None`` with the ``error`` when etcd cannot be read.
+    """
+
+    def command(
+        self,
+        etcdctl: str = ETCDCTL,
+        endpoint: str = ENDPOINT,
+        cacert: str = CACERT,
+        cert: str = CERT,
+        key: str = KEY,
+        fallback_cert: str = HEALTH_CERT,
+        fallback_key: str = HEALTH_KEY,
+    ) -> str:
+        flags = " ".join(map(shlex.quote, etcdctl_flags([endpoint], cacert, "", "", TIMEOUT)))
+        return "; ".join(
+            [
+                f"c={shlex.quote(cert)} k={shlex.quote(key)}",
+                f'[ -r "$c" ] || c={shlex.quote(fallback_cert)} k={shlex.quote(fallback_key)}',
+                f'e() {{ {shlex.quote(etcdctl)} {flags} --cert="$c" --key="$k" "$@"; }}',
+                # One answer: its label and JSON, or the error and etcdctl's last line.
+                'g() { l=$1; shift; if o=$(e "$@" -w json 2>&1); '
+                f'then echo "{_SECTION}$l"; printf "%s\\n" "$o"; '
+                f'else echo "{_SECTION}error"; printf "%s\\n" "$o" | tail -n 1; fi; }}',
+                "g status auth status",
+                'for n in $(e user list 2>/dev/null); do g "user $n" user get "$n"; done',
+                'for n in $(e role list 2>/dev/null); do g "role $n" role get "$n"; done',
+            ]
+        )
+
+    @staticmethod
+    def default(error: str = "the fact command failed") -> dict[str, Any]:
+        return {"enabled": None, "users": {}, "roles": {}, "error": error}
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        sections: dict[str, list[str]] = {}
+        label = None
+        for line in output:
+            if line.startswith(_SECTION):
+                label = line.removeprefix(_SECTION)
+                if label == "error":
+                    return self.default(_last_error(output, line))
+                sections[label] = []
+            elif label is not None:
+                sections[label].append(line)
+        if "status" not in sections:
+            return self.default()
+        return parse_answers({name: "\n".join(lines) for name, lines in sections.items()})
+
+
+def _last_error(output: list[str], marker: str) -> str:
+    """etcdctl's error line after the first ``marker`` in ``output``."""
+    after = output[output.index(marker) + 1 :]
+    return (after[0].removeprefix("Error: ").strip() if after else "") or "etcdctl failed"
 
 
 class EtcdDataDir(FactBase):

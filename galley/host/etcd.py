@@ -20,7 +20,7 @@ from pyinfra.operations import server
 
 from galley.etcd import identity as cluster_identity
 from galley.etcd.client import EtcdClient, host_runner
-from galley.etcd.etcdctl import etcdctl_command
+from galley.etcd.etcdctl import HEALTH_CERT, HEALTH_KEY, etcdctl_command
 from galley.etcd.group import client_endpoints, member_name, members, wanted
 from galley.etcd.identity import SECRET as IDENTITY
 from galley.etcd.layout import (
@@ -288,10 +288,12 @@ def join(state: State, host: Host, unit: str, bootstrap_text: BootstrapText) -> 
 
 
 def _endpoint_health(host: Host, endpoints: Sequence[str]) -> dict[str, str | None]:
-    """Each endpoint's health as seen from ``host``: None when healthy, else the error."""
-    _, output = host.run_shell_command(
-        etcdctl_command(endpoints, "endpoint", "health", "-w", "json") + " 2>/dev/null"
+    """Each endpoint's health as seen from ``host`` (by the health check's identity): None
+    when healthy, else the error."""
+    health_check = etcdctl_command(
+        endpoints, "endpoint", "health", "-w", "json", cert=HEALTH_CERT, key=HEALTH_KEY
     )
+    _, output = host.run_shell_command(health_check + " 2>/dev/null")
     health: dict[str, str | None] = {endpoint: "no answer" for endpoint in endpoints}
     try:
         for entry in json.loads(output.stdout or "[]"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -23,6 +22,7 @@ from pyinfra.api import Inventory
 
 from galley.components.etcd import member_identity as etcd_member_identity
 from galley.components.monitoring import PROMETHEUS_PORT
+from galley.etcd.layout import MAINTENANCE_CLIENT, MAINTENANCE_STEM
 from galley.host.tls import csr_command
 from galley.lab import cgroups
 from galley.lab.artifacts import ARTIFACTS
@@ -451,12 +451,18 @@ def client_cert(cluster, vault_client, tmp_path_factory) -> tuple[str, str, str]
     return issue_client_cert(vault_client, tmp_path_factory.mktemp("client"))
 
 
+@pytest.fixture(scope="session")
+def etcdctl(etcd_release) -> Path:
+    """The lab's etcdctl, run here."""
+    return etcd_release / "etcdctl"
+
+
 def issue_client_cert(vault_client: hvac.Client, directory: Path) -> tuple[str, str, str]:
-    """A new etcd client certificate (the health check's identity) in ``directory``: its
-    certificate, key and CA files."""
+    """A new etcd client certificate (the maintenance identity, etcd's root) in
+    ``directory``: its certificate, key and CA files."""
     issued = vault_client.secrets.pki.generate_certificate(
-        host_role("lab-etcd-1", "healthcheck-client"),
-        "etcd-healthcheck-client",
+        host_role("lab-etcd-1", MAINTENANCE_STEM),
+        MAINTENANCE_CLIENT,
         extra_params={"exclude_cn_from_sans": True},
         mount_point="lab/pki/etcd",
     )["data"]
@@ -472,39 +478,40 @@ def endpoints(lab) -> list[str]:
     return [f"https://{d.address}:2379" for d in lab.droplets if "etcd" in d.roles]
 
 
+def etcd_call(
+    etcdctl: Path, url: str, cert: tuple[str, str, str], *args: str, timeout: str = "2s"
+) -> subprocess.CompletedProcess:
+    """etcdctl ``args`` against one member with the client identity ``cert`` (certificate,
+    key, CA): over gRPC, as etcd's clients talk (its HTTP gateway refuses to act on a
+    certificate's name once authorisation is on)."""
+    flags = [f"--endpoints={url}", f"--dial-timeout={timeout}", f"--command-timeout={timeout}"]
+    tls = [f"--cert={cert[0]}", f"--key={cert[1]}", f"--cacert={cert[2]}"]
+    return subprocess.run(
+        [str(etcdctl), *flags, *tls, *args], capture_output=True, text=True, check=False
+    )
+
+
 class Writer(threading.Thread):
     """Writes a key every 50 ms like an etcd client with all endpoints: a write fails only if
     no member accepts it within 5 s."""
 
-    def __init__(self, urls: list[str], cert: tuple[str, str, str]):
+    def __init__(self, urls: list[str], cert: tuple[str, str, str], etcdctl: Path):
         super().__init__(daemon=True)
-        self.urls, self.cert = urls, cert
+        self.urls, self.cert, self.etcdctl = urls, cert, etcdctl
         self.stop = threading.Event()
         self.ok, self.failed = 0, []
 
     def run(self) -> None:
-        session = requests.Session()
         index = 0
         while not self.stop.is_set():
-            body = {
-                "key": base64.b64encode(b"galley-writer").decode(),
-                "value": base64.b64encode(str(self.ok).encode()).decode(),
-            }
             deadline, error = time.monotonic() + 5, None
             while time.monotonic() < deadline:
                 url = self.urls[index % len(self.urls)]
-                try:
-                    session.post(
-                        f"{url}/v3/kv/put",
-                        json=body,
-                        cert=self.cert[:2],
-                        verify=self.cert[2],
-                        timeout=2,
-                    ).raise_for_status()
+                put = etcd_call(self.etcdctl, url, self.cert, "put", "galley-writer", str(self.ok))
+                if put.returncode == 0:
                     self.ok += 1
                     break
-                except requests.RequestException as exc:
-                    error, index = exc, index + 1
+                error, index = put.stderr.strip().splitlines()[-1:], index + 1
             else:
                 self.failed.append(str(error))
             time.sleep(0.05)

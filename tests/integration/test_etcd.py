@@ -3,11 +3,12 @@ durable rolling restarts, and bad input refused before any host changes."""
 
 from __future__ import annotations
 
-import base64
 import json
 import shutil
 import socket
 import ssl
+import subprocess
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,17 +24,21 @@ from galley.components.etcd import CRL
 from galley.components.etcd import member_identity as etcd_member_identity
 from galley.components.renewal import UNIT as RENEWAL_UNIT
 from galley.etcd.etcdctl import etcdctl_command
+from galley.etcd.identity import KEY as IDENTITY_KEY
 from galley.host.tls import csr_command
 from galley.lab.artifacts import ARTIFACTS
 from galley.lab.state import CACHE_DIR
+from galley.ops.kubeapi import ApiError, KubeApi
 from galley.ops.revocation import vault_serial
 from galley.vault.pki import load_certificate
 
 from .conftest import (
     MEMBER_CERT,
     Writer,
+    admin_files,
     changed,
     endpoints,
+    etcd_call,
     install_member_cert,
     issue_client_cert,
     lab_inventory_variant,
@@ -110,7 +115,7 @@ def test_plaintext_and_foreign_clients_are_refused(cluster, client_cert, tmp_pat
 
 
 def test_a_revoked_client_certificate_is_refused_after_one_renewal_run(
-    cluster, client_cert, vault_client, tmp_path
+    cluster, client_cert, vault_client, etcdctl, tmp_path
 ):
     """Revoked in Vault, a client certificate is refused by every member once each host's
     renewal timer has run once (here run at once, as the timer would within its interval):
@@ -119,22 +124,12 @@ def test_a_revoked_client_certificate_is_refused_after_one_renewal_run(
     urls = endpoints(cluster)
 
     def answers(url: str, cert: tuple[str, str, str]) -> bool:
-        try:
-            got = requests.post(
-                f"{url}/v3/kv/range",
-                json={"key": base64.b64encode(b"galley-writer").decode()},
-                cert=cert[:2],
-                verify=cert[2],
-                timeout=5,
-            )
-        except requests.exceptions.ConnectionError:  # etcd closes it once the handshake is done
-            return False
-        return got.status_code == 200
+        return etcd_call(etcdctl, url, cert, "get", "galley-writer").returncode == 0
 
     assert [answers(url, stolen) for url in urls] == [True] * len(urls)
     members = [d.name for d in cluster.droplets if "etcd" in d.roles]
     starts = started_at(cluster)
-    writer = Writer(urls, client_cert)
+    writer = Writer(urls, client_cert, etcdctl)
     writer.start()
     try:
         serial = load_certificate(Path(stolen[0]).read_text()).serial_number
@@ -178,6 +173,94 @@ def _self_signed_client(directory: Path) -> tuple[str, str]:
     return str(cert_path), str(key_path)
 
 
+class _ApiWriter(threading.Thread):
+    """Writes a ConfigMap through the Kubernetes API every 100 ms (the apiserver's etcd
+    client at work): a write fails if no apiserver stores it within 5 s."""
+
+    def __init__(self, cluster) -> None:
+        super().__init__(daemon=True)
+        urls = [f"https://{d.address}:6443" for d in cluster.droplets if "control_plane" in d.roles]
+        self.api = KubeApi(urls, admin_files(), timeout=5)
+        self.stop = threading.Event()
+        self.ok, self.failed = 0, []
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            wanted = {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "galley-writer", "namespace": "default"},
+                "data": {"n": str(self.ok)},
+            }
+            try:
+                self.api.ensure("/api/v1/namespaces/default/configmaps", wanted)
+                self.ok += 1
+            except (ApiError, requests.RequestException) as exc:
+                self.failed.append(str(exc))
+            time.sleep(0.1)
+
+
+def test_etcd_authorisation_goes_on_in_a_running_cluster_with_no_failed_write(
+    cluster, client_cert, etcdctl, tmp_path
+):
+    """A cluster from before etcd's authorisation (no users or roles, authorisation off) gets
+    it from the next deploy: the dry run names the calls, no etcd or API write fails while
+    they are made, then each identity does its own part only."""
+    url = endpoints(cluster)[0]
+
+    def ctl(*args: str, cert: tuple[str, str, str] = client_cert) -> subprocess.CompletedProcess:
+        return etcd_call(etcdctl, url, cert, *args)
+
+    assert "Authentication Status: true" in ctl("auth", "status").stdout
+    assert ctl("auth", "disable").returncode == 0
+    for kind in ("user", "role"):
+        for name in ctl(kind, "list").stdout.split():
+            assert ctl(kind, "delete", name).returncode == 0
+    code, _, output = run_deploy("etcd", "--dry")
+    assert code == 0 and "etcd access: role add galley-etcd-healthcheck-client" in output, output
+    assert "Authentication Status: false" in ctl("auth", "status").stdout
+    writers = [Writer(endpoints(cluster), client_cert, etcdctl), _ApiWriter(cluster)]
+    for writer in writers:
+        writer.start()
+    try:
+        code, results, output = run_deploy("etcd")
+        assert code == 0, output
+        time.sleep(1)
+    finally:
+        for writer in writers:
+            writer.stop.set()
+            writer.join()
+    assert [w.failed for w in writers] == [[], []] and min(w.ok for w in writers) > 5
+    assert [name for name in changed(results) if "etcd access" in name], changed(results)
+    assert "Authentication Status: true" in ctl("auth", "status").stdout
+
+    def identity(host: str, directory: str, stem: str) -> tuple[str, str, str]:
+        """A client identity as its host holds it, copied here."""
+        paths = []
+        for suffix in ("crt", "key"):
+            path = tmp_path / f"{stem}.{suffix}"
+            path.write_text(ssh(host, f"cat {directory}/{stem}.{suffix}") + "\n")
+            paths.append(str(path))
+        return paths[0], paths[1], client_cert[2]
+
+    def may(cert: tuple[str, str, str], *args: str) -> bool:
+        answer = ctl(*args, cert=cert)
+        assert answer.returncode == 0 or "permission denied" in answer.stderr, answer.stderr
+        return answer.returncode == 0
+
+    apiserver = identity("lab-cp-1", "/etc/kubernetes/pki", "apiserver-etcd-client")
+    health = identity("lab-etcd-1", "/etc/etcd/pki", "healthcheck-client")
+    assert may(apiserver, "get", "/registry/configmaps/default/galley-writer", "--keys-only")
+    assert not may(apiserver, "get", "/coreos.com/network/config")
+    assert not may(apiserver, "get", IDENTITY_KEY)
+    assert not may(apiserver, "snapshot", "save", str(tmp_path / "snapshot.db"))
+    assert may(health, "endpoint", "health")
+    assert not may(health, "put", "health", "x")
+    assert not may(health, "get", "/registry/configmaps/default/galley-writer")
+    # The members' scheduled snapshot (etcd's root: the maintenance identity) still works.
+    ssh("lab-etcd-1", "systemctl start galley-etcd-snapshot.service")
+
+
 def test_second_run_changes_and_restarts_nothing(cluster):
     before = fingerprint(cluster)
     code, results, output = run_deploy("etcd")
@@ -199,7 +282,7 @@ def served_serial(address: str, client_cert: tuple[str, str, str]) -> int:
 
 
 def test_near_expiry_and_stale_address_are_resigned_without_a_restart(
-    cluster, vault_client, client_cert
+    cluster, vault_client, client_cert, etcdctl
 ):
     droplets = {d.name: d for d in cluster.droplets}
     # No renewal timer may get there first: the deploy is what re-signs here.
@@ -219,7 +302,7 @@ def test_near_expiry_and_stale_address_are_resigned_without_a_restart(
     before = started_at(cluster)
     serials_before = {host: cert["serial"] for host, cert in member_certs().items()}
 
-    writer = Writer(endpoints(cluster), client_cert)
+    writer = Writer(endpoints(cluster), client_cert, etcdctl)
     writer.start()
     try:
         time.sleep(1)

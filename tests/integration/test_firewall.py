@@ -197,9 +197,9 @@ def _remove_firewalls(cluster) -> None:
         ssh(droplet.name, "nft delete table inet galley; rm -f /etc/galley/firewall/kept.*")
 
 
-def test_a_first_application_loses_no_etcd_write_and_no_node(cluster, client_cert):
+def test_a_first_application_loses_no_etcd_write_and_no_node(cluster, client_cert, etcdctl):
     _remove_firewalls(cluster)
-    writer = Writer(endpoints(cluster), client_cert)
+    writer = Writer(endpoints(cluster), client_cert, etcdctl)
     writer.start()
     try:
         code, results, output = run_deploy("cluster")

@@ -88,9 +88,10 @@ def every_member_healthy() -> bool:
 
 
 @contextmanager
-def writing(cert) -> Iterator[Writer]:
-    """A writer through every etcd member of the lab (re-read when the test says so)."""
-    writer = Writer(endpoints(LabState.load()), cert)
+def writing(client: tuple) -> Iterator[Writer]:
+    """A writer through every etcd member of the lab (re-read when the test says so), with
+    ``client``: its certificate files and etcdctl."""
+    writer = Writer(endpoints(LabState.load()), *client)
     writer.start()
     try:
         yield writer
@@ -135,8 +136,8 @@ def restore_default_lab() -> None:
 
 
 @pytest.fixture(scope="module")
-def lab_grows(cluster, client_cert) -> Iterator[tuple]:
-    yield cluster, client_cert
+def lab_grows(cluster, client_cert, etcdctl) -> Iterator[tuple]:
+    yield cluster, (client_cert, etcdctl)
     restore_default_lab()
 
 

@@ -93,7 +93,9 @@ def test_the_kubernetes_metrics_identity_reads_metrics_and_nothing_else(cluster)
         assert ssh(monitoring, f"{curl} https://{apiserver}:6443/{path}") == "403", path
 
 
-def test_a_crashed_etcd_member_alerts_until_it_is_back_and_no_write_fails(cluster, client_cert):
+def test_a_crashed_etcd_member_alerts_until_it_is_back_and_no_write_fails(
+    cluster, client_cert, etcdctl
+):
     member = hosts_of(cluster, "etcd")[-1]
     _, address = _monitoring_host(cluster)
 
@@ -104,7 +106,7 @@ def test_a_crashed_etcd_member_alerts_until_it_is_back_and_no_write_fails(cluste
             for a in listed.json()
         )
 
-    writer = Writer(endpoints(cluster), client_cert)
+    writer = Writer(endpoints(cluster), client_cert, etcdctl)
     writer.start()
     try:
         ssh(member, CRASH_ETCD)

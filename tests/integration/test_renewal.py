@@ -113,10 +113,11 @@ def test_certificates_renew_themselves_for_two_lifetimes_with_no_restart(
     cluster,
     inventory,
     client_cert,
+    etcdctl,
 ):
     paths = _paths(inventory)
     starts = _quorum_starts(cluster)
-    writer = Writer(endpoints(cluster), client_cert)
+    writer = Writer(endpoints(cluster), client_cert, etcdctl)
     writer.start()
     serials: dict[str, set[str]] = {}
     keys: dict[str, set[str]] = {}

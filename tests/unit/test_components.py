@@ -22,7 +22,7 @@ from galley.components.model import (
     cluster_role,
     cluster_role_binding,
 )
-from galley.etcd.etcdctl import CERT, KEY
+from galley.etcd.etcdctl import CERT, HEALTH_CERT, HEALTH_KEY, KEY
 from galley.inventory.validate import problems
 from galley.ops import vault_bootstrap
 from galley.ops.vault_bootstrap import deploy_grants
@@ -156,8 +156,14 @@ def test_a_certificate_its_process_reloads_restarts_nothing_but_a_new_ca_does():
     assert member.ca_path in watched
 
 
-def test_the_etcdctl_client_is_the_declared_health_check_certificate():
-    assert (ETCD.certs[1].cert_path, ETCD.certs[1].key_path) == (CERT, KEY)
+def test_etcdctl_presents_the_declared_maintenance_and_health_check_certificates():
+    certs = ETCD.certs_by_stem(None)
+    assert (certs["maintenance-client"].cert_path, certs["maintenance-client"].key_path) == (
+        CERT,
+        KEY,
+    )
+    health = certs["healthcheck-client"]
+    assert (health.cert_path, health.key_path) == (HEALTH_CERT, HEALTH_KEY)
 
 
 def test_validation_picks_up_a_new_component(with_ccm):

@@ -264,7 +264,7 @@ def test_every_variable_is_an_etcd_3_5_flag(etcd_release):
     files = rendered(inventory("a").get_host("a"))
     names = environment(files["env"], files["bootstrap"])
     as_flags = {name.removeprefix("ETCD_").lower().replace("_", "-") for name in names}
-    assert len(names) == 23 and as_flags <= flags, as_flags - flags
+    assert len(names) == 25 and as_flags <= flags, as_flags - flags
 
 
 def test_a_real_etcd_bootstraps_from_the_files_settles_and_restarts_on_its_data(

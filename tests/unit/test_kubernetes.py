@@ -175,7 +175,12 @@ def test_identity_table_names_kubernetes_users_and_groups():
         for host in inventory
     }
     # Every host's own renewal credential is in its table too.
-    assert set(by_host["lab-etcd-1"]) == {"member", "healthcheck-client", "host-identity"}
+    assert set(by_host["lab-etcd-1"]) == {
+        "member",
+        "healthcheck-client",
+        "maintenance-client",
+        "host-identity",
+    }
     assert by_host["lab-worker-1"]["host-identity"][1].cn == "lab-worker-1"
     apiserver = by_host["lab-cp-1"]["apiserver"][1]
     assert "kubernetes.default.svc.cluster.local" in apiserver.dns_names

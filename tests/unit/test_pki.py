@@ -201,7 +201,10 @@ LOCK = {"lab/kv/data/galley/lock": "create,read,update"}
 IDENTITY_READ = {"lab/kv/data/galley/cluster-identity": "read"}
 # What each job's deploy signs on each of its hosts (every host: its renewal's identity).
 JOB_CERTS = {
-    "lab-etcd": ("-etcd-", ("host-identity", "member", "healthcheck-client")),
+    "lab-etcd": (
+        "-etcd-",
+        ("host-identity", "member", "healthcheck-client", "maintenance-client"),
+    ),
     "lab-control-plane": (
         "-cp-",
         (
