@@ -255,10 +255,19 @@ class Membership:
         self._snapshot(live, f"promote-{step.wanted.name}")
         endpoints = _voter_endpoints(live)
         self._retrying(
-            f"promoting {step.wanted.name}", lambda: self.client.promote(endpoints, step.member.id)
+            f"promoting {step.wanted.name}",
+            lambda: self.client.promote(self._at_leader(live, endpoints), step.member.id),
         )
         journal.update(step.wanted.name, state="done")
         self.log(f"etcd membership: {step.wanted.name} is a voter ({len(live.voters) + 1} voters)")
+
+    def _at_leader(self, live: Live, endpoints: list[str]) -> list[str]:
+        """The leader's client URL, as ``endpoints`` report it now (all of them when they do
+        not agree): a follower forwards a promotion to the leader over its peer API, which
+        refuses it once etcd's authorisation is on ("auth: user name is empty")."""
+        leaders = self.client.leaders(endpoints)
+        found = [m.client_urls[0] for m in live.voters if m.id in leaders and m.client_urls]
+        return found if len(leaders) == 1 and found else endpoints
 
     def _remove(self, step: RemoveMember, live: Live) -> None:
         self._snapshot(live, f"remove-{step.member.name or step.member.id}", step.member)

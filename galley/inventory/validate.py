@@ -35,7 +35,7 @@ from galley.lock import LEASE as LOCK_LEASE
 from galley.lock import MIN_LEASE_SECONDS
 from galley.problems import Problem
 from galley.settings import Setting, span_seconds
-from galley.vault.client import VaultError, VaultSettings
+from galley.vault.client import DATA_KEYS, VaultError, VaultSettings
 from galley.vault.pki import parse_duration
 
 LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -115,6 +115,7 @@ def inventory_problems(inventory: Inventory) -> list[Problem]:
         hosts = _hosts_of(inventory, component)
         found += _per_host(hosts, _settings_declared(component.settings))
     found += _odd_members(inventory.get_group("etcd", []))
+    found += _one_vault(_cluster_hosts(inventory))
     return list(dict.fromkeys(found))
 
 
@@ -204,6 +205,22 @@ def _odd_members(hosts: list[Host], group: str = "etcd") -> list[Problem]:
         )
         return [Problem(None, group, message)]
     return []
+
+
+def _one_vault(hosts: list[Host]) -> list[Problem]:
+    """A run connects to Vault once, with the settings of whichever host it prepares first:
+    every host must name the same cluster and the same Vault connection."""
+    found = []
+    for key in DATA_KEYS:
+        values: dict[str, list[str]] = {}
+        for host in hosts:
+            values.setdefault(repr(host.data.get(key)), []).append(host.name)
+        if len(values) > 1:
+            which = "; ".join(f"{', '.join(names[:3])}: {value}" for value, names in values.items())
+            found.append(
+                Problem(None, key, f"hosts disagree ({which}): set it once, in group data")
+            )
+    return found
 
 
 def _per_host(hosts: list[Host], check: Check) -> list[Problem]:

@@ -27,6 +27,16 @@ T = TypeVar("T")
 _SERVING = {200, 429, 472, 473}
 # Secrets that data must not hold; each has a ``<key>_file`` setting and a ``<KEY>`` variable.
 SECRET_KEYS = ("vault_token", "vault_secret_id")
+# The data keys a run's Vault connection comes from (`VaultSettings.from_data`).
+DATA_KEYS = (
+    "cluster_name",
+    "vault_addr",
+    "vault_ca_cert",
+    "vault_token_file",
+    "vault_role_id",
+    "vault_secret_id_file",
+    "vault_allow_insecure_http",
+)
 
 
 class VaultError(Exception):

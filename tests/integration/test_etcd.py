@@ -22,6 +22,7 @@ from cryptography.x509.oid import NameOID
 
 from galley.components.etcd import CRL
 from galley.components.etcd import member_identity as etcd_member_identity
+from galley.components.monitoring import PKI_DIR as MONITORING_PKI
 from galley.components.renewal import UNIT as RENEWAL_UNIT
 from galley.etcd.etcdctl import etcdctl_command
 from galley.etcd.identity import KEY as IDENTITY_KEY
@@ -146,6 +147,27 @@ def test_a_revoked_client_certificate_is_refused_after_one_renewal_run(
     assert started_at(cluster) == starts
 
 
+def _signed_client(vault_client, directory: Path, cn: str) -> tuple[str, str]:
+    """A client certificate of the lab's etcd CA for ``cn``, signed verbatim by root."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .sign(key, hashes.SHA256())
+    )
+    pem = csr.public_bytes(serialization.Encoding.PEM).decode()
+    cert_path, key_path = directory / f"{cn}.crt", directory / f"{cn}.key"
+    cert_path.write_text(sign_verbatim(vault_client, "lab/pki/etcd", pem) + "\n")
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
 def _self_signed_client(directory: Path) -> tuple[str, str]:
     """A client certificate for the right name from a CA etcd does not trust."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -201,7 +223,7 @@ class _ApiWriter(threading.Thread):
 
 
 def test_etcd_authorisation_goes_on_in_a_running_cluster_with_no_failed_write(
-    cluster, client_cert, etcdctl, tmp_path
+    cluster, client_cert, vault_client, etcdctl, tmp_path
 ):
     """A cluster from before etcd's authorisation (no users or roles, authorisation off) gets
     it from the next deploy: the dry run names the calls, no etcd or API write fails while
@@ -250,6 +272,13 @@ def test_etcd_authorisation_goes_on_in_a_running_cluster_with_no_failed_write(
 
     apiserver = identity("lab-cp-1", "/etc/kubernetes/pki", "apiserver-etcd-client")
     health = identity("lab-etcd-1", "/etc/etcd/pki", "healthcheck-client")
+    scrape = identity("lab-mon-1", MONITORING_PKI, "etcd-metrics")
+    # flannel runs in kube mode here: etcd knows no flannel user, so even a certificate of
+    # the etcd CA with its name (signed by root, as no role would) gets no key.
+    flannel = (*_signed_client(vault_client, tmp_path, "flannel-etcd-client"), client_cert[2])
+    for stranger in (scrape, flannel):
+        assert not may(stranger, "get", "--prefix", "/")
+        assert not may(stranger, "put", "/coreos.com/network/config", "{}")
     assert may(apiserver, "get", "/registry/configmaps/default/galley-writer", "--keys-only")
     assert not may(apiserver, "get", "/coreos.com/network/config")
     assert not may(apiserver, "get", IDENTITY_KEY)
@@ -364,7 +393,8 @@ BAD_INVENTORIES = {
         "lab-etcd-3: private_ip: missing (needed by cluster hosts)",
     ),
     "missing vault token": (
-        "for _, data in etcd:\n    del data['vault_token_file']\n",
+        "for _, data in etcd + control_plane + workers + monitoring:\n"
+        "    del data['vault_token_file']\n",
         "vault: no Vault credentials: set vault_token_file (or VAULT_TOKEN)",
     ),
     "vault token in data": (

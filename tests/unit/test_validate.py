@@ -321,3 +321,16 @@ def test_the_renewal_timer_as_deployed_must_come_round_in_every_ttls_last_third(
     ) in [str(p) for p in problems(unset_delay, [CERT_RENEWAL], ENV)]
     # Left unset, the interval is its default (1h): counted too.
     assert problems(_inventory(**short), [CERT_RENEWAL], ENV) != []
+
+
+def test_hosts_that_name_another_vault_or_cluster_are_refused():
+    hosts = _with("test-worker-1", vault_addr="https://other:8200") | {
+        "test-etcd-3": HOSTS["test-etcd-3"] | {"cluster_name": "prod"}
+    }
+    assert [m for m in _messages(_inventory(hosts)) if "disagree" in m] == [
+        "inventory: cluster_name: hosts disagree (test-etcd-1, test-etcd-2, test-worker-1: "
+        "'test'; test-etcd-3: 'prod'): set it once, in group data",
+        "inventory: vault_addr: hosts disagree (test-etcd-1, test-etcd-2, test-etcd-3: "
+        "'http://127.0.0.1:8200'; test-worker-1: 'https://other:8200'): set it once, in "
+        "group data",
+    ]
