@@ -303,7 +303,7 @@ class EtcdAccess(FactBase):
         fallback_key: str = HEALTH_KEY,
     ) -> str:
         flags = " ".join(map(shlex.quote, etcdctl_flags([endpoint], cacert, "", "", TIMEOUT)))
-        return "; ".join(
+        return "\n".join(
             [
                 f"c={shlex.quote(cert)} k={shlex.quote(key)}",
                 f'[ -r "$c" ] || c={shlex.quote(fallback_cert)} k={shlex.quote(fallback_key)}',
@@ -312,9 +312,14 @@ class EtcdAccess(FactBase):
                 'g() { l=$1; shift; if o=$(e "$@" -w json 2>&1); '
                 f'then echo "{_SECTION}$l"; printf "%s\\n" "$o"; '
                 f'else echo "{_SECTION}error"; printf "%s\\n" "$o" | tail -n 1; fi; }}',
-                "g status auth status",
-                'for n in $(e user list 2>/dev/null); do g "user $n" user get "$n"; done',
-                'for n in $(e role list 2>/dev/null); do g "role $n" role get "$n"; done',
+                # Every answer at once, each into its own file, printed status first.
+                "t=$(mktemp -d)",
+                'g status auth status > "$t/0" &',
+                "for kind in user role; do ( for n in $(e $kind list 2>/dev/null); do "
+                'g "$kind $n" $kind get "$n" > "$t/$kind-$n" & done; wait ) & done',
+                "wait",
+                'cat "$t/0" "$t"/user-* "$t"/role-* 2>/dev/null',
+                'rm -rf "$t"',
             ]
         )
 

@@ -56,8 +56,13 @@ def _apply(users: Sequence[EtcdUser]) -> None:
     found = fact.process(output.stdout_lines) if ok else fact.default()
     if found["error"] is not None:
         raise OperationError(f"cannot read etcd's users and roles: {found['error']}")
-    for call in changes(AuthState.of(found), users):
-        ok, output = host.run_shell_command(etcdctl_command([endpoint], *call))
-        if not ok:
-            error = (output.stderr_lines or ["no output"])[-1].removeprefix("Error: ")
-            raise OperationError(f"etcdctl {' '.join(call)} failed: {error}")
+    calls = changes(AuthState.of(found), users)
+    if not calls:
+        return
+    # One round trip, stopping at the first call etcd refuses (authorisation stays off).
+    ok, output = host.run_shell_command(
+        " && ".join(etcdctl_command([endpoint], *call) for call in calls)
+    )
+    if not ok:
+        error = (output.stderr_lines or ["no output"])[-1].removeprefix("Error: ")
+        raise OperationError(f"etcd access: etcdctl failed: {error}")

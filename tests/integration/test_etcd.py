@@ -32,6 +32,7 @@ from galley.lab.state import CACHE_DIR
 from galley.ops.kubeapi import ApiError, KubeApi
 from galley.ops.revocation import vault_serial
 from galley.vault.pki import load_certificate
+from tests.standins.pki import pem
 
 from .conftest import (
     MEMBER_CERT,
@@ -158,13 +159,7 @@ def _signed_client(vault_client, directory: Path, cn: str) -> tuple[str, str]:
     pem = csr.public_bytes(serialization.Encoding.PEM).decode()
     cert_path, key_path = directory / f"{cn}.crt", directory / f"{cn}.key"
     cert_path.write_text(sign_verbatim(vault_client, "lab/pki/etcd", pem) + "\n")
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    key_path.write_bytes(pem(key))
     return str(cert_path), str(key_path)
 
 
@@ -185,13 +180,7 @@ def _self_signed_client(directory: Path) -> tuple[str, str]:
     )
     cert_path, key_path = directory / "foreign.crt", directory / "foreign.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    key_path.write_bytes(pem(key))
     return str(cert_path), str(key_path)
 
 
