@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from weakref import WeakKeyDictionary, WeakSet
 
+import gevent
 from pyinfra import logger
 from pyinfra.api.host import Host
 from pyinfra.api.state import State
@@ -37,6 +38,7 @@ from galley.etcd.members import Membership
 from galley.etcd.plan import Member, unlisted_note
 from galley.etcd.snapshot import HOST_WORK_DIR
 from galley.facts.etcd import (
+    EtcdAccess,
     EtcdClusterIdentity,
     EtcdDataDir,
     EtcdLocalMemberId,
@@ -102,11 +104,13 @@ def _live_members(host: Host) -> list[Member] | None:
 @dataclass(frozen=True)
 class _ClusterView:
     """What the first etcd host with member data whose etcd answers reports, once per run:
-    the members and the cluster identity etcd holds (`EtcdClusterIdentity`'s value)."""
+    the members, the cluster identity etcd holds (`EtcdClusterIdentity`'s value) and, read
+    beside the rest of the run's preparing, etcd's users and roles (`EtcdAccess`)."""
 
     reader: Host
     members: list[Member]
     identity: Mapping[str, Any]
+    access: Callable[[], Mapping[str, Any]]
 
 
 _views: WeakKeyDictionary[State, _ClusterView | None] = WeakKeyDictionary()
@@ -129,8 +133,14 @@ def _read_view() -> _ClusterView | None:
             continue
         found = _live_members(member)
         if found is not None:
-            return _ClusterView(member, found, _identity_in_etcd(member))
+            access = gevent.spawn(access_of, member)
+            return _ClusterView(member, found, _identity_in_etcd(member), access.get)
     return None
+
+
+def access_of(host: Host) -> Mapping[str, Any]:
+    """etcd's users and roles as ``host``'s own etcd reports them (`EtcdAccess`)."""
+    return host.get_fact(EtcdAccess, endpoint=f"https://127.0.0.1:{host.data.etcd_client_port}")
 
 
 def _identity_in_etcd(host: Host) -> Mapping[str, Any]:

@@ -18,7 +18,7 @@ from galley.etcd.access import AuthState, EtcdUser, changes, summary
 from galley.etcd.etcdctl import etcdctl_command
 from galley.etcd.group import members
 from galley.facts.etcd import EtcdAccess
-from galley.host.etcd import cluster_view
+from galley.host.etcd import access_of, cluster_view
 
 
 def _endpoint(target: Host) -> str:
@@ -37,7 +37,7 @@ def keep_access(users_of: Callable[[Inventory], Sequence[EtcdUser]]) -> None:
     if host != acting:
         return
     users = users_of(host.inventory)
-    found = acting.get_fact(EtcdAccess, endpoint=_endpoint(acting))
+    found = view.access() if view else access_of(acting)
     if found["error"] is not None:
         name = "etcd access: users, roles and authorisation, as etcd holds them when it runs"
     else:

@@ -156,9 +156,9 @@ def _signed_client(vault_client, directory: Path, cn: str) -> tuple[str, str]:
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
         .sign(key, hashes.SHA256())
     )
-    pem = csr.public_bytes(serialization.Encoding.PEM).decode()
+    request = csr.public_bytes(serialization.Encoding.PEM).decode()
     cert_path, key_path = directory / f"{cn}.crt", directory / f"{cn}.key"
-    cert_path.write_text(sign_verbatim(vault_client, "lab/pki/etcd", pem) + "\n")
+    cert_path.write_text(sign_verbatim(vault_client, "lab/pki/etcd", request) + "\n")
     key_path.write_bytes(pem(key))
     return str(cert_path), str(key_path)
 
