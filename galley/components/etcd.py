@@ -164,9 +164,7 @@ def snapshot_variables(host: Host) -> dict[str, Any]:
     data = host.data
     interval = SNAPSHOT_INTERVAL.of(data)
     directory = SNAPSHOT_DIR.of(data)
-    etcdctl = etcdctl_command(
-        [f"https://127.0.0.1:{data.etcd_client_port}"], command_timeout=SNAPSHOT_SAVE_TIMEOUT
-    )
+    etcdctl = etcdctl_command([runtime.local_endpoint(host)], command_timeout=SNAPSHOT_SAVE_TIMEOUT)
     return {
         "member_name": member_name(host),
         "script_path": SNAPSHOT_SCRIPT,

@@ -83,10 +83,14 @@ def data_dir(host: Host) -> dict[str, Any]:
     return host.get_fact(EtcdDataDir, data_dir=DATA_DIR, bootstrap_env=BOOTSTRAP_PATH)
 
 
+def local_endpoint(host: Host) -> str:
+    """``host``'s own etcd client URL on loopback (where galley's etcdctl calls on it go)."""
+    return f"https://127.0.0.1:{host.data.etcd_client_port}"
+
+
 def _live_members(host: Host) -> list[Member] | None:
     """The member list as ``host``'s own etcd reports it (None when it does not answer)."""
-    endpoint = f"https://127.0.0.1:{host.data.etcd_client_port}"
-    found = host.get_fact(EtcdMembers, endpoint=endpoint)["members"]
+    found = host.get_fact(EtcdMembers, endpoint=local_endpoint(host))["members"]
     if found is None:
         return None
     return [
@@ -140,13 +144,12 @@ def _read_view() -> _ClusterView | None:
 
 def access_of(host: Host) -> Mapping[str, Any]:
     """etcd's users and roles as ``host``'s own etcd reports them (`EtcdAccess`)."""
-    return host.get_fact(EtcdAccess, endpoint=f"https://127.0.0.1:{host.data.etcd_client_port}")
+    return host.get_fact(EtcdAccess, endpoint=local_endpoint(host))
 
 
 def _identity_in_etcd(host: Host) -> Mapping[str, Any]:
     """The cluster identity ``host``'s own etcd holds (`EtcdClusterIdentity`)."""
-    endpoint = f"https://127.0.0.1:{host.data.etcd_client_port}"
-    return host.get_fact(EtcdClusterIdentity, endpoint=endpoint)
+    return host.get_fact(EtcdClusterIdentity, endpoint=local_endpoint(host))
 
 
 # Per run: the cluster identity Vault's KV store holds (what etcd must say).
@@ -163,7 +166,7 @@ def cluster_identity_of(host: Host, context: Mapping[str, Any]) -> str:
 
 def identity_command(host: Host, identity: str) -> str:
     """Write ``identity`` into etcd unless a value is there already (one transaction)."""
-    endpoint = f"https://127.0.0.1:{host.data.etcd_client_port}"
+    endpoint = local_endpoint(host)
     key, value = cluster_identity.KEY, cluster_identity.marker(identity)
     requests = f'create("{key}") = "0"\n\nput {key} {value}\n\n\n'
     return f"printf {shlex.quote(requests)} | {etcdctl_command([endpoint], 'txn')} >/dev/null"

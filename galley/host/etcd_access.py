@@ -10,7 +10,6 @@ from collections.abc import Callable, Sequence
 
 from pyinfra import host
 from pyinfra.api.exceptions import OperationError
-from pyinfra.api.host import Host
 from pyinfra.api.inventory import Inventory
 from pyinfra.operations import python
 
@@ -18,11 +17,7 @@ from galley.etcd.access import AuthState, EtcdUser, changes, summary
 from galley.etcd.etcdctl import etcdctl_command
 from galley.etcd.group import members
 from galley.facts.etcd import EtcdAccess
-from galley.host.etcd import access_of, cluster_view
-
-
-def _endpoint(target: Host) -> str:
-    return f"https://127.0.0.1:{target.data.etcd_client_port}"
+from galley.host.etcd import access_of, cluster_view, local_endpoint
 
 
 def keep_access(users_of: Callable[[Inventory], Sequence[EtcdUser]]) -> None:
@@ -50,7 +45,7 @@ def keep_access(users_of: Callable[[Inventory], Sequence[EtcdUser]]) -> None:
 
 def _apply(users: Sequence[EtcdUser]) -> None:
     """Read etcd's users and roles again and make the calls they still need."""
-    endpoint = _endpoint(host)
+    endpoint = local_endpoint(host)
     fact = EtcdAccess()
     ok, output = host.run_shell_command(fact.command(endpoint=endpoint))
     found = fact.process(output.stdout_lines) if ok else fact.default()
