@@ -12,7 +12,8 @@ from pathlib import Path
 import hvac
 import pytest
 
-from galley.lab.artifacts import ARTIFACTS, build_all
+from galley.lab.artifacts import ARTIFACTS, DEFAULT_SOURCE_DIR, build_all, go_builder
+from galley.lab.gobuild import own
 from galley.lab.openbao import OpenBao, bao_binary
 from galley.lab.state import CACHE_DIR
 from galley.lab.system import LabError
@@ -39,6 +40,15 @@ def _lab_release(name: str, tmp_path_factory) -> Path:
 def etcd_release(tmp_path_factory) -> Path:
     """The lab's etcd 3.5.30 release (Debian's build, repacked): etcd, etcdctl, etcdutl."""
     return _lab_release("etcd", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def etcd_writer() -> Path:
+    """The lab's etcd writer (`tests.etcd_writer.Writer`), built from its Go modules once per
+    machine (needs root: it caches under /var/cache)."""
+    if os.geteuid() != 0:
+        pytest.skip("building the lab's etcd writer needs root (it caches under /var/cache)")
+    return go_builder(DEFAULT_SOURCE_DIR).build(own("etcd-writer")) / "etcd-writer"
 
 
 @pytest.fixture(scope="session")

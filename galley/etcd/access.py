@@ -7,11 +7,17 @@ that make them exactly so, ending with ``auth enable``. Every declared user gets
 ``galley-<user>``, holding exactly its grants; the maintenance identity holds etcd's ``root``
 role (member changes, snapshots, defragmentation and these very calls need it); a CN with no
 user is refused every key once authorisation is on.
+
+Once etcd holds exactly the declared users, galley writes a stamp under `STAMP_KEY`: etcd's
+auth revision then and a digest of the declaration (`stamp_value`). etcd bumps the auth
+revision on every user, role or authorisation change, by anyone, so while the stamp names the
+current revision and the same declaration, the users and roles need not be read again.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +28,8 @@ READ, WRITE, READWRITE = "read", "write", "readwrite"
 _PERMISSION_TYPES = {0: READ, 1: WRITE, 2: READWRITE}
 ROOT = "root"
 ROLE_PREFIX = "galley-"
+# Where galley notes the auth revision at which etcd last held exactly the declared users.
+STAMP_KEY = "/galley/etcd-access"
 
 
 @dataclass(frozen=True)
@@ -109,8 +117,15 @@ def parse_answers(sections: Mapping[str, str]) -> dict[str, Any]:
             users[name] = sorted(json.loads(text).get("roles") or ())
         elif kind == "role":
             roles[name] = _role_spans(json.loads(text))
-    enabled = bool(json.loads(sections["status"]).get("enabled"))
-    return {"enabled": enabled, "users": users, "roles": roles, "error": None}
+    status = json.loads(sections["status"])
+    return {
+        "enabled": bool(status.get("enabled")),
+        "revision": int(status.get("authRevision") or 0),
+        "users": users,
+        "roles": roles,
+        "stamp": None,
+        "error": None,
+    }
 
 
 def _role_changes(state: AuthState, wanted: Sequence[EtcdUser]) -> list[list[str]]:
@@ -174,6 +189,13 @@ def changes(state: AuthState, wanted: Iterable[EtcdUser]) -> list[list[str]]:
         raise ValueError("no etcd user holds root: nothing could administer etcd")
     calls = _role_changes(state, users) + _user_changes(state, users) + _stale(state, users)
     return calls + ([] if state.enabled else [["auth", "enable"]])
+
+
+def stamp_value(revision: int, wanted: Iterable[EtcdUser]) -> str:
+    """What `STAMP_KEY` holds once etcd holds exactly ``wanted`` at auth ``revision``: the
+    revision and a digest of the calls that would make the declaration from nothing."""
+    declared = json.dumps(changes(AuthState(False), wanted)).encode()
+    return f"{revision} {hashlib.sha256(declared).hexdigest()[:32]}"
 
 
 def summary(calls: Sequence[Sequence[str]]) -> str:

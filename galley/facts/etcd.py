@@ -23,7 +23,7 @@ from typing import Any
 
 from pyinfra.api import FactBase
 
-from galley.etcd.access import parse_answers
+from galley.etcd.access import STAMP_KEY, parse_answers
 from galley.etcd.etcdctl import (
     CACERT,
     CERT,
@@ -287,9 +287,13 @@ class EtcdAccess(FactBase):
     member deployed before that identity existed (etcd answers anyone while authorisation is
     off).
 
-    Returns ``{"enabled": bool, "users": {name: [role, ...]}, "roles": {name: [[permission,
-    key, range end], ...]}, "error": None}`` (an empty range end: one key), or ``"enabled":
-    None`` with the ``error`` when etcd cannot be read.
+    Returns ``{"enabled": bool, "revision": auth revision, "users": {name: [role, ...]},
+    "roles": {name: [[permission, key, range end], ...]}, "stamp": None, "error": None}`` (an
+    empty range end: one key), or ``"enabled": None`` with the ``error`` when etcd cannot be
+    read. With ``trust_stamp``, when galley's stamp (`STAMP_KEY`) names the current auth
+    revision, ``stamp`` is its value and ``users`` and ``roles`` are None: not read. The auth
+    status is read before the users and roles, so a change while they are read shows as a
+    later revision.
     """
 
     def command(
@@ -301,8 +305,15 @@ class EtcdAccess(FactBase):
         key: str = KEY,
         fallback_cert: str = HEALTH_CERT,
         fallback_key: str = HEALTH_KEY,
+        trust_stamp: bool = False,
     ) -> str:
         flags = " ".join(map(shlex.quote, etcdctl_flags([endpoint], cacert, "", "", TIMEOUT)))
+        stamped = [
+            f"s=$(e get {STAMP_KEY} --print-value-only 2>/dev/null)",
+            'r=$(sed -n \'s/.*"authRevision":\\([0-9]*\\).*/\\1/p\' "$t/0")',
+            f'case "$s" in "${{r:-0}} "*) echo "{_SECTION}stamp"; printf "%s\\n" "$s";'
+            ' cat "$t/0"; rm -rf "$t"; exit 0;; esac',
+        ]
         return "\n".join(
             [
                 f"c={shlex.quote(cert)} k={shlex.quote(key)}",
@@ -312,9 +323,10 @@ class EtcdAccess(FactBase):
                 'g() { l=$1; shift; if o=$(e "$@" -w json 2>&1); '
                 f'then echo "{_SECTION}$l"; printf "%s\\n" "$o"; '
                 f'else echo "{_SECTION}error"; printf "%s\\n" "$o" | tail -n 1; fi; }}',
-                # Every answer at once, each into its own file, printed status first.
                 "t=$(mktemp -d)",
-                'g status auth status > "$t/0" &',
+                'g status auth status > "$t/0"',
+                *(stamped if trust_stamp else []),
+                # Every user and role at once, each into its own file, printed after status.
                 "for kind in user role; do ( for n in $(e $kind list 2>/dev/null); do "
                 'g "$kind $n" $kind get "$n" > "$t/$kind-$n" & done; wait ) & done',
                 "wait",
@@ -325,7 +337,14 @@ class EtcdAccess(FactBase):
 
     @staticmethod
     def default(error: str = "the fact command failed") -> dict[str, Any]:
-        return {"enabled": None, "users": {}, "roles": {}, "error": error}
+        return {
+            "enabled": None,
+            "revision": None,
+            "users": {},
+            "roles": {},
+            "stamp": None,
+            "error": error,
+        }
 
     def process(self, output: list[str]) -> dict[str, Any]:
         sections: dict[str, list[str]] = {}
@@ -340,7 +359,10 @@ class EtcdAccess(FactBase):
                 sections[label].append(line)
         if "status" not in sections:
             return self.default()
-        return parse_answers({name: "\n".join(lines) for name, lines in sections.items()})
+        found = parse_answers({name: "\n".join(lines) for name, lines in sections.items()})
+        if "stamp" in sections:
+            found.update(stamp="".join(sections["stamp"]), users=None, roles=None)
+        return found
 
 
 def _last_error(output: list[str], marker: str) -> str:

@@ -142,9 +142,10 @@ def _read_view() -> _ClusterView | None:
     return None
 
 
-def access_of(host: Host) -> Mapping[str, Any]:
-    """etcd's users and roles as ``host``'s own etcd reports them (`EtcdAccess`)."""
-    return host.get_fact(EtcdAccess, endpoint=local_endpoint(host))
+def access_of(host: Host, trust_stamp: bool = True) -> Mapping[str, Any]:
+    """etcd's users and roles as ``host``'s own etcd reports them (`EtcdAccess`), not read
+    while galley's stamp names the current auth revision (unless not ``trust_stamp``)."""
+    return host.get_fact(EtcdAccess, endpoint=local_endpoint(host), trust_stamp=trust_stamp)
 
 
 def _identity_in_etcd(host: Host) -> Mapping[str, Any]:

@@ -14,6 +14,7 @@ second lab start, test run or CI run on the same machine builds nothing. ``GOTOO
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -28,7 +29,8 @@ from pathlib import Path
 from galley.lab.system import LabError
 
 Progress = Callable[[str], None]
-# The lab's own Go programs (the pause program), each a module of its own.
+# The lab's own Go programs (the pause program, the tests' etcd writer), each a module of its
+# own, its dependencies pinned by its go.sum.
 SOURCES = Path(__file__).parent / "go"
 # go.mod of a program: what its toolchain reads (go 1.24 brought `tool` directives).
 GO_VERSION = "1.24"
@@ -158,7 +160,8 @@ def crane(version: str) -> GoProgram:
 
 
 def own(name: str) -> GoProgram:
-    """One of the lab's own programs (`SOURCES`/``name``: a module without dependencies)."""
+    """One of the lab's own programs (`SOURCES`/``name``: a module whose go.sum pins what it
+    needs)."""
     return GoProgram(
         key=name, module=f"galley.lab/{name}", version=None, packages=(f"galley.lab/{name}",)
     )
@@ -240,7 +243,11 @@ class GoBuilder:
         same inputs (asked once per process)."""
         if program.key in self.done:
             return self.done[program.key]
-        self.done[program.key] = self._build(program)
+        # One build of a program at a time on this machine (the unit and lab suites both ask).
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / f".{program.key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.done[program.key] = self._build(program)
         return self.done[program.key]
 
     def _build(self, program: GoProgram) -> Path:

@@ -9,7 +9,6 @@ import runpy
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -489,32 +488,6 @@ def etcd_call(
     return subprocess.run(
         [str(etcdctl), *flags, *tls, *args], capture_output=True, text=True, check=False
     )
-
-
-class Writer(threading.Thread):
-    """Writes a key every 50 ms like an etcd client with all endpoints: a write fails only if
-    no member accepts it within 5 s."""
-
-    def __init__(self, urls: list[str], cert: tuple[str, str, str], etcdctl: Path):
-        super().__init__(daemon=True)
-        self.urls, self.cert, self.etcdctl = urls, cert, etcdctl
-        self.stop = threading.Event()
-        self.ok, self.failed = 0, []
-
-    def run(self) -> None:
-        index = 0
-        while not self.stop.is_set():
-            deadline, error = time.monotonic() + 5, None
-            while time.monotonic() < deadline:
-                url = self.urls[index % len(self.urls)]
-                put = etcd_call(self.etcdctl, url, self.cert, "put", "galley-writer", str(self.ok))
-                if put.returncode == 0:
-                    self.ok += 1
-                    break
-                error, index = put.stderr.strip().splitlines()[-1:], index + 1
-            else:
-                self.failed.append(str(error))
-            time.sleep(0.05)
 
 
 def sign_verbatim(vault, mount: str, csr: str, ttl: str | None = None) -> str:

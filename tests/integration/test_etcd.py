@@ -24,6 +24,7 @@ from galley.components.etcd import CRL
 from galley.components.etcd import member_identity as etcd_member_identity
 from galley.components.monitoring import PKI_DIR as MONITORING_PKI
 from galley.components.renewal import UNIT as RENEWAL_UNIT
+from galley.etcd.access import STAMP_KEY
 from galley.etcd.etcdctl import etcdctl_command
 from galley.etcd.identity import KEY as IDENTITY_KEY
 from galley.host.tls import csr_command
@@ -32,11 +33,11 @@ from galley.lab.state import CACHE_DIR
 from galley.ops.kubeapi import ApiError, KubeApi
 from galley.ops.revocation import vault_serial
 from galley.vault.pki import load_certificate
+from tests.etcd_writer import Writer
 from tests.standins.pki import pem
 
 from .conftest import (
     MEMBER_CERT,
-    Writer,
     admin_files,
     changed,
     endpoints,
@@ -117,7 +118,7 @@ def test_plaintext_and_foreign_clients_are_refused(cluster, client_cert, tmp_pat
 
 
 def test_a_revoked_client_certificate_is_refused_after_one_renewal_run(
-    cluster, client_cert, vault_client, etcdctl, tmp_path
+    cluster, client_cert, vault_client, etcdctl, etcd_writer, tmp_path
 ):
     """Revoked in Vault, a client certificate is refused by every member once each host's
     renewal timer has run once (here run at once, as the timer would within its interval):
@@ -131,7 +132,7 @@ def test_a_revoked_client_certificate_is_refused_after_one_renewal_run(
     assert [answers(url, stolen) for url in urls] == [True] * len(urls)
     members = [d.name for d in cluster.droplets if "etcd" in d.roles]
     starts = started_at(cluster)
-    writer = Writer(urls, client_cert, etcdctl)
+    writer = Writer(urls, client_cert, etcd_writer)
     writer.start()
     try:
         serial = load_certificate(Path(stolen[0]).read_text()).serial_number
@@ -212,7 +213,7 @@ class _ApiWriter(threading.Thread):
 
 
 def test_etcd_authorisation_goes_on_in_a_running_cluster_with_no_failed_write(
-    cluster, client_cert, vault_client, etcdctl, tmp_path
+    cluster, client_cert, vault_client, etcdctl, etcd_writer, tmp_path
 ):
     """A cluster from before etcd's authorisation (no users or roles, authorisation off) gets
     it from the next deploy: the dry run names the calls, no etcd or API write fails while
@@ -230,7 +231,7 @@ def test_etcd_authorisation_goes_on_in_a_running_cluster_with_no_failed_write(
     code, _, output = run_deploy("etcd", "--dry")
     assert code == 0 and "etcd access: role add galley-etcd-healthcheck-client" in output, output
     assert "Authentication Status: false" in ctl("auth", "status").stdout
-    writers = [Writer(endpoints(cluster), client_cert, etcdctl), _ApiWriter(cluster)]
+    writers = [Writer(endpoints(cluster), client_cert, etcd_writer), _ApiWriter(cluster)]
     for writer in writers:
         writer.start()
     try:
@@ -277,6 +278,18 @@ def test_etcd_authorisation_goes_on_in_a_running_cluster_with_no_failed_write(
     assert not may(health, "get", "/registry/configmaps/default/galley-writer")
     # The members' scheduled snapshot (etcd's root: the maintenance identity) still works.
     ssh("lab-etcd-1", "systemctl start galley-etcd-snapshot.service")
+    # The deploy stamped etcd's auth revision; anyone's change to a role moves the revision
+    # past the stamp, and the next run reads every role again and takes the change back.
+    assert ctl("get", STAMP_KEY, "--print-value-only").stdout.split()[0].isdigit()
+    role = "galley-kube-apiserver-etcd-client"
+    assert ctl("role", "grant-permission", role, "read", IDENTITY_KEY).returncode == 0
+    assert may(apiserver, "get", IDENTITY_KEY)
+    code, _, output = run_deploy("etcd", "--dry")
+    assert f"etcd access: role revoke-permission {role} {IDENTITY_KEY}" in output, output
+    code, results, output = run_deploy("etcd")
+    assert code == 0, output
+    assert [name for name in changed(results) if "etcd access" in name], changed(results)
+    assert not may(apiserver, "get", IDENTITY_KEY)
 
 
 def test_second_run_changes_and_restarts_nothing(cluster):
@@ -300,7 +313,7 @@ def served_serial(address: str, client_cert: tuple[str, str, str]) -> int:
 
 
 def test_near_expiry_and_stale_address_are_resigned_without_a_restart(
-    cluster, vault_client, client_cert, etcdctl
+    cluster, vault_client, client_cert, etcd_writer
 ):
     droplets = {d.name: d for d in cluster.droplets}
     # No renewal timer may get there first: the deploy is what re-signs here.
@@ -320,7 +333,7 @@ def test_near_expiry_and_stale_address_are_resigned_without_a_restart(
     before = started_at(cluster)
     serials_before = {host: cert["serial"] for host, cert in member_certs().items()}
 
-    writer = Writer(endpoints(cluster), client_cert, etcdctl)
+    writer = Writer(endpoints(cluster), client_cert, etcd_writer)
     writer.start()
     try:
         time.sleep(1)

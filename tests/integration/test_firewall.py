@@ -17,10 +17,10 @@ import pytest
 
 from galley.lab.topology import BRIDGE
 from galley.ops.kubeapi import KubeApi, node_ready
+from tests.etcd_writer import Writer
 
 from .conftest import (
     PROBE,
-    Writer,
     admin_files,
     changed,
     endpoints,
@@ -197,9 +197,9 @@ def _remove_firewalls(cluster) -> None:
         ssh(droplet.name, "nft delete table inet galley; rm -f /etc/galley/firewall/kept.*")
 
 
-def test_a_first_application_loses_no_etcd_write_and_no_node(cluster, client_cert, etcdctl):
+def test_a_first_application_loses_no_etcd_write_and_no_node(cluster, client_cert, etcd_writer):
     _remove_firewalls(cluster)
-    writer = Writer(endpoints(cluster), client_cert, etcdctl)
+    writer = Writer(endpoints(cluster), client_cert, etcd_writer)
     writer.start()
     try:
         code, results, output = run_deploy("cluster")

@@ -27,12 +27,12 @@ from galley.lab.state import LabState
 from galley.ops.kubeapi import ApiError, KubeApi, node_ready
 from galley.ops.revocation import revoked_serials
 from galley.vault.pki import load_certificate
+from tests.etcd_writer import Writer
 
 from .conftest import (
     BIN,
     FIREWALL_CHANGES,
     REPO,
-    Writer,
     admin_files,
     changed,
     endpoints,
@@ -90,7 +90,7 @@ def every_member_healthy() -> bool:
 @contextmanager
 def writing(client: tuple) -> Iterator[Writer]:
     """A writer through every etcd member of the lab (re-read when the test says so), with
-    ``client``: its certificate files and etcdctl."""
+    ``client``: its certificate files and the writer program."""
     writer = Writer(endpoints(LabState.load()), *client)
     writer.start()
     try:
@@ -136,8 +136,8 @@ def restore_default_lab() -> None:
 
 
 @pytest.fixture(scope="module")
-def lab_grows(cluster, client_cert, etcdctl) -> Iterator[tuple]:
-    yield cluster, (client_cert, etcdctl)
+def lab_grows(cluster, client_cert, etcd_writer) -> Iterator[tuple]:
+    yield cluster, (client_cert, etcd_writer)
     restore_default_lab()
 
 

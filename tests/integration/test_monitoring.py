@@ -9,10 +9,10 @@ from __future__ import annotations
 import requests
 
 from galley.components.monitoring import ALERTMANAGER_PORT, PKI_DIR
+from tests.etcd_writer import Writer
 
 from .conftest import (
     CRASH_ETCD,
-    Writer,
     alerts,
     endpoints,
     hosts_of,
@@ -94,7 +94,7 @@ def test_the_kubernetes_metrics_identity_reads_metrics_and_nothing_else(cluster)
 
 
 def test_a_crashed_etcd_member_alerts_until_it_is_back_and_no_write_fails(
-    cluster, client_cert, etcdctl
+    cluster, client_cert, etcd_writer
 ):
     member = hosts_of(cluster, "etcd")[-1]
     _, address = _monitoring_host(cluster)
@@ -106,7 +106,7 @@ def test_a_crashed_etcd_member_alerts_until_it_is_back_and_no_write_fails(
             for a in listed.json()
         )
 
-    writer = Writer(endpoints(cluster), client_cert, etcdctl)
+    writer = Writer(endpoints(cluster), client_cert, etcd_writer)
     writer.start()
     try:
         ssh(member, CRASH_ETCD)

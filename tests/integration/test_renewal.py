@@ -17,9 +17,9 @@ from galley.components.renewal import SCRIPT_PATH, UNIT
 from galley.host.restarts import RESTART_LOCK
 from galley.lab.lifecycle import VAULT_DIR
 from galley.lab.state import LAB_DIR
+from tests.etcd_writer import Writer
 
 from .conftest import (
-    Writer,
     alerts,
     bootstrap_vault,
     changed,
@@ -113,11 +113,11 @@ def test_certificates_renew_themselves_for_two_lifetimes_with_no_restart(
     cluster,
     inventory,
     client_cert,
-    etcdctl,
+    etcd_writer,
 ):
     paths = _paths(inventory)
     starts = _quorum_starts(cluster)
-    writer = Writer(endpoints(cluster), client_cert, etcdctl)
+    writer = Writer(endpoints(cluster), client_cert, etcd_writer)
     writer.start()
     serials: dict[str, set[str]] = {}
     keys: dict[str, set[str]] = {}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -17,15 +16,18 @@ from galley.components.kube_apiserver import KUBE_APISERVER
 from galley.etcd.access import (
     READ,
     READWRITE,
+    STAMP_KEY,
     AuthState,
     EtcdUser,
     Grant,
     changes,
+    stamp_value,
 )
 from galley.etcd.etcdctl import etcdctl_command
 from galley.etcd.layout import HEALTHCHECK_CLIENT, MAINTENANCE_CLIENT
 from galley.facts.etcd import EtcdAccess
 from tests.etcd_local import free_ports
+from tests.etcd_writer import Writer
 from tests.standins.pki import CA
 
 HEALTH = EtcdUser("health", (Grant(READ, "health"),))
@@ -90,7 +92,7 @@ def test_a_declaration_without_root_is_refused():
 
 
 def test_the_fact_reads_users_roles_and_errors():
-    status = '{"header":{},"enabled":true}'
+    status = '{"header":{},"enabled":true,"authRevision":7}'
     output = [
         "##galley-etcd-access status",
         status,
@@ -102,8 +104,10 @@ def test_the_fact_reads_users_roles_and_errors():
     found = EtcdAccess().process(output)
     assert found == {
         "enabled": True,
+        "revision": 7,
         "users": {"app": ["galley-app"]},
         "roles": {"galley-app": [["read", "health", ""], ["readwrite", "/app/", "/app0"]]},
+        "stamp": None,
         "error": None,
     }
     assert AuthState.of(found) == AuthState(
@@ -162,8 +166,8 @@ class _Etcd:
         )
         return subprocess.run(["sh", "-c", line], capture_output=True, text=True)
 
-    def access(self) -> AuthState:
-        """etcd's users and roles, through the `EtcdAccess` fact's own command."""
+    def read(self, trust_stamp: bool = False) -> dict:
+        """The `EtcdAccess` fact's value, through its own command."""
         tls = self.identity(MAINTENANCE_CLIENT)
         command = EtcdAccess().command(
             etcdctl=str(self.release / "etcdctl"),
@@ -171,11 +175,16 @@ class _Etcd:
             cacert=tls["cacert"],
             cert=tls["cert"],
             key=tls["key"],
+            trust_stamp=trust_stamp,
         )
         output = subprocess.run(["sh", "-c", command], capture_output=True, text=True)
         found = EtcdAccess().process(output.stdout.splitlines())
         assert found["error"] is None, found
-        return AuthState.of(found)
+        return found
+
+    def access(self) -> AuthState:
+        """etcd's users and roles, read in full."""
+        return AuthState.of(self.read())
 
 
 @pytest.fixture
@@ -200,7 +209,7 @@ def _allowed(result: subprocess.CompletedProcess) -> bool:
     return False
 
 
-def test_real_etcd_lets_each_declared_identity_do_exactly_its_part(etcd):
+def test_real_etcd_lets_each_declared_identity_do_exactly_its_part(etcd, etcd_writer):
     declared = [
         cert.etcd_user
         for cert in (*ETCD.certs, *KUBE_APISERVER.certs, FLANNEL_ETCD_CLIENT)
@@ -214,24 +223,23 @@ def test_real_etcd_lets_each_declared_identity_do_exactly_its_part(etcd):
         flannel,
     }
     # The apiserver keeps writing while the users are made and authorisation goes on.
-    stop, failed, written = threading.Event(), [], []
-
-    def write() -> None:
-        while not stop.is_set():
-            result = etcd.etcdctl(apiserver, "put", "/registry/pods/w", str(len(written)))
-            (written if result.returncode == 0 else failed).append(result.stderr)
-
-    writer = threading.Thread(target=write)
+    apiserver_tls = etcd.identity(apiserver)
+    writer = Writer(
+        [etcd.endpoint],
+        (apiserver_tls["cert"], apiserver_tls["key"], apiserver_tls["cacert"]),
+        etcd_writer,
+        key="/registry/pods/w",
+    )
     writer.start()
     try:
-        time.sleep(0.3)
+        time.sleep(0.5)
         for call in changes(etcd.access(), declared):
             assert etcd.etcdctl(MAINTENANCE_CLIENT, *call).returncode == 0, call
-        time.sleep(0.3)
+        time.sleep(0.5)
     finally:
-        stop.set()
+        writer.stop.set()
         writer.join()
-    assert failed == [] and len(written) >= 4
+    assert writer.failed == [] and writer.ok >= 10
     assert etcd.access().enabled and changes(etcd.access(), declared) == []
 
     def may(cn: str, *args: str) -> bool:
@@ -254,3 +262,51 @@ def test_real_etcd_lets_each_declared_identity_do_exactly_its_part(etcd):
     assert not may(apiserver, "user", "grant-role", apiserver, "root")
     assert may(MAINTENANCE_CLIENT, "snapshot", "save", str(etcd.pki / "m.db"))
     assert may(MAINTENANCE_CLIENT, "endpoint", "status")
+
+
+def test_the_stamp_spares_reading_users_until_anyone_changes_them(etcd):
+    maintenance = EtcdUser(MAINTENANCE_CLIENT, root=True)
+    declared = [APP, maintenance]
+    for call in changes(etcd.access(), declared):
+        assert etcd.etcdctl(MAINTENANCE_CLIENT, *call).returncode == 0, call
+    # Not stamped yet: the users and roles are read.
+    assert etcd.read(trust_stamp=True)["users"] is not None
+    revision = etcd.read()["revision"]
+    assert revision > 0
+    stamp = stamp_value(revision, declared)
+    assert etcd.etcdctl(MAINTENANCE_CLIENT, "put", STAMP_KEY, stamp).returncode == 0
+    found = etcd.read(trust_stamp=True)
+    assert (found["stamp"], found["users"], found["revision"]) == (stamp, None, revision)
+    # Another declaration does not match the stamp; only the root identity reads it.
+    assert stamp_value(revision, [*declared, HEALTH]) != stamp
+    assert not _allowed(etcd.etcdctl(APP.name, "get", STAMP_KEY))
+    # Anyone's change to users or roles moves the revision past the stamp: read in full again.
+    assert (
+        etcd.etcdctl(
+            MAINTENANCE_CLIENT, "role", "grant-permission", "galley-app", "read", "x"
+        ).returncode
+        == 0
+    )
+    found = etcd.read(trust_stamp=True)
+    assert found["stamp"] is None and found["revision"] > revision
+    assert changes(AuthState.of(found), declared) == [
+        ["role", "revoke-permission", "galley-app", "x"]
+    ]
+
+
+def test_the_writer_names_each_write_no_member_accepted(etcd, etcd_writer):
+    """The writer the etcd tests rely on can fail: with its only member stopped, writes fail
+    once their 5 s are up, each named."""
+    tls = etcd.identity(MAINTENANCE_CLIENT)
+    writer = Writer([etcd.endpoint], (tls["cert"], tls["key"], tls["cacert"]), etcd_writer)
+    writer.start()
+    try:
+        time.sleep(0.5)
+        etcd.process.terminate()
+        etcd.process.wait(timeout=10)
+        time.sleep(6)
+    finally:
+        writer.stop.set()
+        writer.join()
+    assert writer.ok >= 5 and writer.failed, (writer.ok, writer.failed)
+    assert all("context deadline exceeded" in failure for failure in writer.failed), writer.failed
