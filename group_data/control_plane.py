@@ -7,4 +7,7 @@ there yet for these three: galley could not verify upstream's values from where 
 is worse than none. Record upstream's with `galley checksums fetch kubernetes <version>`;
 until then validation refuses the control plane with "no sha256 for kube_apiserver 1.33.5 on
 amd64". The lab uses its mirror's.
+
+Also read, with its default declared beside it: node_monitor_grace_seconds
+(galley/components/kube_controller_manager.py).
 """

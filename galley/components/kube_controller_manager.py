@@ -18,9 +18,14 @@ from galley.components.kubernetes import (
     local_serving_identity,
 )
 from galley.components.model import Component, Config, Configured, Metrics, Unit
+from galley.settings import COUNT, Setting
 from galley.vault.pki import Identity, RoleSpec
 
 KUBECONFIG = f"{K8S_DIR}/controller-manager.kubeconfig"
+# How long a Node's heartbeat may be missing before the controller manager marks it NotReady
+# (``--node-monitor-grace-period``, in seconds). None: Kubernetes' default (50 s). It must stay
+# well above the kubelets' node lease (kubelet_node_lease_seconds).
+NODE_GRACE_SECONDS = Setting("node_monitor_grace_seconds", None, COUNT)
 ROLE = RoleSpec("kube-controller-manager", "k8s", enforce_hostnames=False)
 CLIENT = k8s_cert(
     "kube-controller-manager", ROLE, lambda host: Identity("system:kube-controller-manager")
@@ -40,6 +45,7 @@ def _configure(host: Host, context: Mapping[str, Any]) -> Configured:
         # flannel's etcd mode allocates node subnets itself; its Kubernetes mode reads the
         # controller manager's allocation (node.spec.podCIDR).
         "allocate_node_cidrs": str(data.flannel_mode == "kube").lower(),
+        "node_grace_seconds": NODE_GRACE_SECONDS.of(data),
     }
     return Configured({KUBECONFIG: operation}, variables)
 
@@ -65,6 +71,7 @@ KUBE_CONTROLLER_MANAGER = Component(
     directories=CONTROL_PLANE_DIRECTORIES,
     metrics=(Metrics("controller-manager", PORT, mount="k8s"),),
     watch=(SA_KEY,),
-    checks=("networks", "api"),
+    settings=(NODE_GRACE_SECONDS,),
+    checks=("networks", "api", "node_grace"),
     configure=_configure,
 )

@@ -46,8 +46,9 @@ CLIENT = k8s_cert("kubelet", NODE_ROLE, node_identity)
 WORKER_DIRECTORIES = (Directory(K8S_DIR), Directory(PKI_DIR, "700"))
 PORT = 10250  # its API, on the private address (the apiservers' logs, exec, metrics)
 # The Node Lease's duration in seconds; the kubelet renews it (its heartbeat) every quarter of
-# that. None: the kubelet's default (40 s, renewed every 10 s).
+# that. None: the kubelet's default (`NODE_LEASE_DEFAULT_SECONDS`, renewed every 10 s).
 NODE_LEASE_SECONDS = Setting("kubelet_node_lease_seconds", None, COUNT)
+NODE_LEASE_DEFAULT_SECONDS = 40
 
 
 def _serving_identity(host: Host) -> Identity:

@@ -19,6 +19,9 @@ from pyinfra.api.host import Host
 import galley.components as registry
 from galley.components.host_firewall import ENABLED as FIREWALL_ENABLED
 from galley.components.host_firewall import OPERATOR_CIDRS
+from galley.components.kube_controller_manager import NODE_GRACE_SECONDS
+from galley.components.kubelet import NODE_LEASE_DEFAULT_SECONDS as KUBELET_LEASE_DEFAULT
+from galley.components.kubelet import NODE_LEASE_SECONDS
 from galley.components.kubernetes import first_service_ip
 from galley.components.model import (
     CERT_TTL_KEYS,
@@ -460,6 +463,31 @@ def _firewall(inventory: Inventory, group: str | None, hosts: list[Host]) -> lis
     return _per_host(hosts, _firewall_check)
 
 
+def _node_grace(inventory: Inventory, group: str | None, hosts: list[Host]) -> list[Problem]:
+    """The controller manager's grace period outlasts every kubelet's node lease: a shorter
+    one marks healthy Nodes NotReady between two heartbeats."""
+    leases = [
+        NODE_LEASE_SECONDS.of(worker.data) or KUBELET_LEASE_DEFAULT
+        for worker in inventory.get_group("workers", [])
+    ]
+    leases = [lease for lease in leases if NODE_LEASE_SECONDS.kind.accepts(lease)]
+    found = []
+    for host in hosts:
+        grace = NODE_GRACE_SECONDS.of(host.data)
+        if grace is None or not NODE_GRACE_SECONDS.kind.accepts(grace) or not leases:
+            continue
+        if grace <= max(leases):
+            found.append(
+                Problem(
+                    host.name,
+                    NODE_GRACE_SECONDS.key,
+                    f"{grace} s must be longer than the kubelets' node lease ({max(leases)} s, "
+                    "kubelet_node_lease_seconds): Nodes would go NotReady between heartbeats",
+                )
+            )
+    return found
+
+
 def _vault_check(environ: Mapping[str, str]) -> Check:
     def check(host: Host) -> Iterable[tuple[str, str]]:
         try:
@@ -477,4 +505,5 @@ RULES: Mapping[str, Callable[[Inventory, str | None, list[Host]], list[Problem]]
     "flannel": _flannel,
     "renewal": _renewal,
     "firewall": _firewall,
+    "node_grace": _node_grace,
 }

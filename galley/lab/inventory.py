@@ -80,6 +80,9 @@ def lab_overrides(state: LabState, mirror_dir: Path = CACHE_DIR / "mirror") -> d
         "kube_proxy_conntrack_max_per_core": 0,
         # A heartbeat every 3 s: the tests of a lost apiserver see two within seconds.
         "kubelet_node_lease_seconds": 12,
+        # A Node stopped heartbeating is NotReady after 20 s (Kubernetes' default: 50 s): the
+        # tests see NodesNotReady fire and clear.
+        "node_monitor_grace_seconds": 20,
         # Alerts within seconds: the tests see them fire and clear.
         "monitoring_scrape_interval": "5s",
         "monitoring_evaluation_interval": "1s",

@@ -390,11 +390,23 @@ def test_the_report_lists_every_component_and_flags_a_stopped_kubelet(cluster, i
         )
         # And Prometheus alerts on it.
         assert wait_for(lambda: alerts(cluster, "KubeletDown") == {"lab-worker-1": "firing"}, 30)
+        # Once the controller manager's grace period (20 s in the lab) is out, the Node is
+        # NotReady: the report says so, and the leader's count of unhealthy Nodes fires
+        # NodesNotReady.
+        assert wait_for(
+            lambda: (
+                "lab-worker-1: node: not Ready (Unknown: NodeStatusUnknown)"
+                in run_cli("galley", "report", "inventories/lab.py", check=False).stdout
+            ),
+            40,
+        )
+        assert wait_for(lambda: alerts(cluster, "NodesNotReady") == {"": "firing"}, 30)
     finally:
         ssh("lab-worker-1", "systemctl start kubelet")
     assert wait_for(
         lambda: run_cli("galley", "report", "inventories/lab.py", check=False).returncode == 0, 60
     )
+    assert wait_for(lambda: alerts(cluster, "NodesNotReady") == {}, 30)
 
 
 def test_checksums_fetch_reads_the_mirror_and_refuses_a_tampered_file(cluster, tmp_path):

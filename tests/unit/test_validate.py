@@ -334,3 +334,18 @@ def test_hosts_that_name_another_vault_or_cluster_are_refused():
         "'http://127.0.0.1:8200'; test-worker-1: 'https://other:8200'): set it once, in "
         "group data",
     ]
+
+
+def test_the_node_grace_period_must_outlast_the_kubelets_lease():
+    """A grace period no longer than a heartbeat's lease would mark healthy Nodes NotReady;
+    unset, each side keeps Kubernetes' default (50 s against 40 s)."""
+    assert _messages(_inventory(), {"control_plane"}) == []
+    assert _messages(_inventory(node_monitor_grace_seconds=20), {"control_plane"}) == [
+        "test-etcd-1: node_monitor_grace_seconds: 20 s must be longer than the kubelets' node "
+        "lease (40 s, kubelet_node_lease_seconds): Nodes would go NotReady between heartbeats"
+    ]
+    short_lease = _inventory(node_monitor_grace_seconds=20, kubelet_node_lease_seconds=12)
+    assert _messages(short_lease, {"control_plane"}) == []
+    assert _messages(_inventory(node_monitor_grace_seconds="20s"), {"control_plane"}) == [
+        "test-etcd-1: node_monitor_grace_seconds: '20s' is not a count of at least 1"
+    ]
