@@ -308,12 +308,9 @@ class EtcdAccess(FactBase):
         trust_stamp: bool = False,
     ) -> str:
         flags = " ".join(map(shlex.quote, etcdctl_flags([endpoint], cacert, "", "", TIMEOUT)))
-        stamped = [
-            f"s=$(e get {STAMP_KEY} --print-value-only 2>/dev/null)",
-            'r=$(sed -n \'s/.*"authRevision":\\([0-9]*\\).*/\\1/p\' "$t/0")',
-            f'case "$s" in "${{r:-0}} "*) echo "{_SECTION}stamp"; printf "%s\\n" "$s";'
-            ' cat "$t/0"; rm -rf "$t"; exit 0;; esac',
-        ]
+        status = 'g status auth status > "$t/0"'
+        if trust_stamp:  # galley's stamp, read beside the status
+            status += f" & s=$(e get {STAMP_KEY} --print-value-only 2>/dev/null); wait"
         return "\n".join(
             [
                 f"c={shlex.quote(cert)} k={shlex.quote(key)}",
@@ -323,13 +320,13 @@ class EtcdAccess(FactBase):
                 'g() { l=$1; shift; if o=$(e "$@" -w json 2>&1); '
                 f'then echo "{_SECTION}$l"; printf "%s\\n" "$o"; '
                 f'else echo "{_SECTION}error"; printf "%s\\n" "$o" | tail -n 1; fi; }}',
-                "t=$(mktemp -d)",
-                'g status auth status > "$t/0"',
-                *(stamped if trust_stamp else []),
-                # Every user and role at once, each into its own file, printed after status.
-                "for kind in user role; do ( for n in $(e $kind list 2>/dev/null); do "
-                'g "$kind $n" $kind get "$n" > "$t/$kind-$n" & done; wait ) & done',
-                "wait",
+                "t=$(mktemp -d) s=",
+                status,
+                'r=$(sed -n \'s/.*"authRevision":\\([0-9]*\\).*/\\1/p\' "$t/0")',
+                f'case "$s" in "${{r:-0}} "*) echo "{_SECTION}stamp"; printf "%s\\n" "$s";;',
+                # Else every user and role at once, each into its own file, printed after status.
+                "*) for kind in user role; do ( for n in $(e $kind list 2>/dev/null); do "
+                'g "$kind $n" $kind get "$n" > "$t/$kind-$n" & done; wait ) & done; wait;; esac',
                 'cat "$t/0" "$t"/user-* "$t"/role-* 2>/dev/null',
                 'rm -rf "$t"',
             ]
