@@ -42,7 +42,9 @@ def main() -> None:
     state = LabState.load()
     if state is not None and len(state.droplets) != sum(SHAPE.values()):
         checked("galley", "lab", "down")
-    needed = inotify_needed(sum(SHAPE.values()))
+    needed = inotify_needed(
+        [(group.replace("-", "_"),) for group, count in SHAPE.items() for _ in range(count)]
+    )
     if int(INOTIFY_LIMIT.read_text()) < needed:
         subprocess.run(["sysctl", "-w", f"fs.inotify.max_user_instances={needed}"], check=True)
     checked("galley", "lab", "up", *(f"--{k}={v}" for k, v in SHAPE.items()))

@@ -70,7 +70,9 @@ def shape(size: int) -> tuple[int, int, int]:
 def measure(size: int) -> dict[str, float]:
     """Bring up a lab of ``size`` droplets and measure it."""
     etcd, control_plane, workers = shape(size)
-    needed = inotify_needed(size)
+    needed = inotify_needed(
+        [("etcd",)] * etcd + [("control_plane",)] * control_plane + [("workers",)] * workers
+    )
     if int(INOTIFY_LIMIT.read_text()) < needed:
         INOTIFY_LIMIT.write_text(str(needed))
     run("galley", "lab", "down")

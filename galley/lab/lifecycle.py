@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -32,25 +32,33 @@ Progress = Callable[[str], None]
 VAULT_DIR = "openbao"
 
 
-# inotify instances each droplet's systemd and services hold (measured: about 5), plus the
-# host's own; the kernel's per-user limit is shared by all containers (all run as root).
-INOTIFY_PER_DROPLET = 6
+# inotify instances a converged droplet of each role holds (measured on 2026-12-07 at 38
+# droplets: etcd 7; control plane 15-16 and workers 16, the kubelet's and containerd's CRI
+# watches among them), plus the host's own; the kernel's per-user limit is shared by all
+# containers (all run as root). Short of it, containerd's CRI plugin and the kubelet fail to
+# start ("too many open files").
+INOTIFY_PER_ROLE = {"etcd": 8, "control_plane": 17, "workers": 17, "monitoring": 12}
 INOTIFY_SPARE = 16
 INOTIFY_LIMIT = Path("/proc/sys/fs/inotify/max_user_instances")
 
 
-def inotify_needed(droplets: int) -> int:
-    """The fs.inotify.max_user_instances a lab of ``droplets`` needs to boot cleanly."""
-    return INOTIFY_SPARE + INOTIFY_PER_DROPLET * droplets
+def inotify_needed(roles: Iterable[Sequence[str]]) -> int:
+    """The fs.inotify.max_user_instances a lab of droplets with these ``roles`` needs to run
+    (a droplet of several roles counts as its largest)."""
+    return INOTIFY_SPARE + sum(
+        max((INOTIFY_PER_ROLE[role] for role in held), default=INOTIFY_PER_ROLE["etcd"])
+        for held in roles
+    )
 
 
-def check_inotify(droplets: int) -> None:
-    """Refuse a lab of ``droplets`` when the kernel's inotify limit is too low for it."""
-    limit, needed = int(INOTIFY_LIMIT.read_text()), inotify_needed(droplets)
+def check_inotify(roles: Sequence[Sequence[str]]) -> None:
+    """Refuse a lab of droplets with these ``roles`` when the kernel's inotify limit is too
+    low for it."""
+    limit, needed = int(INOTIFY_LIMIT.read_text()), inotify_needed(roles)
     if limit < needed:
         raise LabError(
-            f"{droplets} droplets need fs.inotify.max_user_instances >= {needed} (now {limit}): "
-            f"sysctl -w fs.inotify.max_user_instances={needed}"
+            f"{len(roles)} droplets need fs.inotify.max_user_instances >= {needed} (now "
+            f"{limit}): sysctl -w fs.inotify.max_user_instances={needed}"
         )
 
 
@@ -60,7 +68,7 @@ def require_root() -> None:
         raise LabError("the lab needs root (systemd-nspawn, mounts and a bridge): run it as root")
 
 
-def preflight(lab_dir: Path, droplets: int) -> None:
+def preflight(lab_dir: Path, roles: Sequence[Sequence[str]]) -> None:
     """Refuse to start when the machine cannot host the lab; nothing is created yet."""
     require_root()
     missing = system.missing_commands()
@@ -78,7 +86,7 @@ def preflight(lab_dir: Path, droplets: int) -> None:
     host, port = services.VAULT_ADDRESS
     if services.port_taken(host, port):
         raise LabError(f"{host}:{port} is already in use; the lab's Vault needs it")
-    check_inotify(droplets)
+    check_inotify(roles)
 
 
 def up(
@@ -108,7 +116,7 @@ def up(
             "reboot); removing its leftovers first"
         )
         down(lab_dir, progress)
-    preflight(lab_dir, len(plans))
+    preflight(lab_dir, [plan.roles for plan in plans])
     rootfs = ensure_rootfs(cache_dir, progress)
     mirror_root = cache_dir / "mirror"
     build_all(mirror_root, cache_dir / "sources")
@@ -392,7 +400,7 @@ def add(
     running lab: the next free name and address, fresh host keys, an empty disk."""
     state = _running_lab(lab_dir)
     plan = plan_added({d.name: d.address for d in state.droplets}, group, name)
-    check_inotify(len(state.droplets) + 1)
+    check_inotify([*(d.roles for d in state.droplets), plan.roles])
     rootfs = ensure_rootfs(cache_dir, progress)
     hosts = {d.name: d.address for d in state.droplets} | {plan.name: plan.address}
     droplet = _boot(state, plan, rootfs, lab_dir, hosts, admit=False)

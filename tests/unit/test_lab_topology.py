@@ -64,8 +64,10 @@ def test_largest_lab_stays_inside_the_bridge_network():
 
 
 def test_default_lab_fits_the_kernels_default_inotify_limit():
-    assert inotify_needed(len(plan_droplets())) <= 128  # Debian's default
-    assert inotify_needed(40) > 128  # the 40-droplet benchmark lab needs a raised limit
+    assert inotify_needed([plan.roles for plan in plan_droplets()]) <= 128  # Debian's default
+    # The 38-droplet benchmark lab needs a raised limit: 5 etcd, 3 control plane, 30 workers.
+    bench = [("etcd",)] * 5 + [("control_plane",)] * 3 + [("workers",)] * 30
+    assert inotify_needed(bench) >= 16 + 5 * 7 + 3 * 16 + 30 * 16  # as measured, converged
 
 
 def test_an_added_droplet_takes_the_next_number_and_the_lowest_free_address():
