@@ -32,12 +32,12 @@ Progress = Callable[[str], None]
 VAULT_DIR = "openbao"
 
 
-# inotify instances a converged droplet of each role holds (measured on 2026-12-07 at 38
-# droplets: etcd 7; control plane 15-16 and workers 16, the kubelet's and containerd's CRI
-# watches among them), plus the host's own; the kernel's per-user limit is shared by all
+# inotify instances a converged droplet of each role holds (measured on 2026-12-07: etcd 7;
+# control plane 15-16 and workers 16, the kubelet's and containerd's CRI watches among them;
+# monitoring 14), plus the host's own; the kernel's per-user limit is shared by all
 # containers (all run as root). Short of it, containerd's CRI plugin and the kubelet fail to
 # start ("too many open files").
-INOTIFY_PER_ROLE = {"etcd": 8, "control_plane": 17, "workers": 17, "monitoring": 12}
+INOTIFY_PER_ROLE = {"etcd": 8, "control_plane": 17, "workers": 17, "monitoring": 15}
 INOTIFY_SPARE = 16
 INOTIFY_LIMIT = Path("/proc/sys/fs/inotify/max_user_instances")
 
