@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-from galley.lab.lifecycle import INOTIFY_LIMIT, inotify_needed
 from galley.lab.state import LabState
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,11 +41,6 @@ def main() -> None:
     state = LabState.load()
     if state is not None and len(state.droplets) != sum(SHAPE.values()):
         checked("galley", "lab", "down")
-    needed = inotify_needed(
-        [(group.replace("-", "_"),) for group, count in SHAPE.items() for _ in range(count)]
-    )
-    if int(INOTIFY_LIMIT.read_text()) < needed:
-        subprocess.run(["sysctl", "-w", f"fs.inotify.max_user_instances={needed}"], check=True)
     checked("galley", "lab", "up", *(f"--{k}={v}" for k, v in SHAPE.items()))
     checked("galley", "vault", "bootstrap", "--cluster", "lab", "--inventory", "inventories/lab.py")
     checked("pyinfra", "-y", "inventories/lab.py", "deploys/etcd.py")

@@ -4,8 +4,7 @@
 so run it only when nobody else uses the lab). For each size: first converge of
 `deploys/cluster.py`, the no-op re-run (median of 3, with the pyinfra process's CPU seconds
 and peak memory), operations per host, `galley report`, and the no-op per host. Sizes other
-than 7 are 5 etcd, 3 control-plane and the rest workers; 7 is the default lab (3/2/2). It
-raises fs.inotify.max_user_instances as `galley lab up` asks for larger labs.
+than 7 are 5 etcd, 3 control-plane and the rest workers; 7 is the default lab (3/2/2).
 """
 
 from __future__ import annotations
@@ -19,8 +18,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-from galley.lab.lifecycle import INOTIFY_LIMIT, inotify_needed
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -70,11 +67,6 @@ def shape(size: int) -> tuple[int, int, int]:
 def measure(size: int) -> dict[str, float]:
     """Bring up a lab of ``size`` droplets and measure it."""
     etcd, control_plane, workers = shape(size)
-    needed = inotify_needed(
-        [("etcd",)] * etcd + [("control_plane",)] * control_plane + [("workers",)] * workers
-    )
-    if int(INOTIFY_LIMIT.read_text()) < needed:
-        INOTIFY_LIMIT.write_text(str(needed))
     run("galley", "lab", "down")
     run(
         "galley", "lab", "up", "--etcd", str(etcd),

@@ -39,7 +39,8 @@ VAULT_DIR = "openbao"
 # start ("too many open files").
 INOTIFY_PER_ROLE = {"etcd": 8, "control_plane": 17, "workers": 17, "monitoring": 15}
 INOTIFY_SPARE = 16
-INOTIFY_LIMIT = Path("/proc/sys/fs/inotify/max_user_instances")
+INOTIFY_SYSCTL = "fs/inotify/max_user_instances"
+INOTIFY_LIMIT = Path("/proc/sys") / INOTIFY_SYSCTL
 
 
 def inotify_needed(roles: Iterable[Sequence[str]]) -> int:
@@ -51,15 +52,12 @@ def inotify_needed(roles: Iterable[Sequence[str]]) -> int:
     )
 
 
-def check_inotify(roles: Sequence[Sequence[str]]) -> None:
-    """Refuse a lab of droplets with these ``roles`` when the kernel's inotify limit is too
-    low for it."""
-    limit, needed = int(INOTIFY_LIMIT.read_text()), inotify_needed(roles)
-    if limit < needed:
-        raise LabError(
-            f"{len(roles)} droplets need fs.inotify.max_user_instances >= {needed} (now "
-            f"{limit}): sysctl -w fs.inotify.max_user_instances={needed}"
-        )
+def raise_inotify(roles: Sequence[Sequence[str]]) -> dict[str, str]:
+    """Raise the kernel's inotify limit to what droplets with these ``roles`` need; return
+    what it was (nothing when it was high enough), for `down` to put back."""
+    if int(INOTIFY_LIMIT.read_text()) >= inotify_needed(roles):
+        return {}
+    return system.set_sysctls({INOTIFY_SYSCTL: str(inotify_needed(roles))})
 
 
 def require_root() -> None:
@@ -68,7 +66,7 @@ def require_root() -> None:
         raise LabError("the lab needs root (systemd-nspawn, mounts and a bridge): run it as root")
 
 
-def preflight(lab_dir: Path, roles: Sequence[Sequence[str]]) -> None:
+def preflight(lab_dir: Path) -> None:
     """Refuse to start when the machine cannot host the lab; nothing is created yet."""
     require_root()
     missing = system.missing_commands()
@@ -86,7 +84,6 @@ def preflight(lab_dir: Path, roles: Sequence[Sequence[str]]) -> None:
     host, port = services.VAULT_ADDRESS
     if services.port_taken(host, port):
         raise LabError(f"{host}:{port} is already in use; the lab's Vault needs it")
-    check_inotify(roles)
 
 
 def up(
@@ -116,7 +113,7 @@ def up(
             "reboot); removing its leftovers first"
         )
         down(lab_dir, progress)
-    preflight(lab_dir, [plan.roles for plan in plans])
+    preflight(lab_dir)
     rootfs = ensure_rootfs(cache_dir, progress)
     mirror_root = cache_dir / "mirror"
     build_all(mirror_root, cache_dir / "sources")
@@ -198,7 +195,8 @@ def _bring_up(
         f"{state.gateway}:{services.REGISTRY_PORT}", storage, cache_dir / "sources", progress
     )
     _start_vault(state, lab_dir, logs)
-    state.sysctls = system.set_sysctls(system.KUBELET_SYSCTLS)
+    roles = [plan.roles for plan in plans]
+    state.sysctls = system.set_sysctls(system.KUBELET_SYSCTLS) | raise_inotify(roles)
     state.save(lab_dir)
     progress(
         f"apt proxy {state.apt_proxy}, artifact mirror {state.mirror_url}, image registry "
@@ -400,7 +398,7 @@ def add(
     running lab: the next free name and address, fresh host keys, an empty disk."""
     state = _running_lab(lab_dir)
     plan = plan_added({d.name: d.address for d in state.droplets}, group, name)
-    check_inotify([*(d.roles for d in state.droplets), plan.roles])
+    state.sysctls = raise_inotify([*(d.roles for d in state.droplets), plan.roles]) | state.sysctls
     rootfs = ensure_rootfs(cache_dir, progress)
     hosts = {d.name: d.address for d in state.droplets} | {plan.name: plan.address}
     droplet = _boot(state, plan, rootfs, lab_dir, hosts, admit=False)

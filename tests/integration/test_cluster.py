@@ -395,7 +395,7 @@ def test_the_report_lists_every_component_and_flags_a_stopped_kubelet(cluster, i
         # NodesNotReady.
         assert wait_for(
             lambda: (
-                "lab-worker-1: node: not Ready (Unknown: NodeStatusUnknown)"
+                "lab-worker-1: node: not Ready (Unknown: Kubelet stopped posting node status.)"
                 in run_cli("galley", "report", "inventories/lab.py", check=False).stdout
             ),
             40,
