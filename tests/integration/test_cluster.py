@@ -374,6 +374,10 @@ def test_the_report_lists_every_component_and_flags_a_stopped_kubelet(cluster, i
                 assert facts["versions"][release]["running"] == version, (host.name, release)
     for name in hosts_of(cluster, "workers"):  # each Node, read through the API
         assert hosts[name]["node"]["ready"] == "True", hosts[name]["node"]
+
+    def reported(text: str) -> bool:
+        return text in run_cli("galley", "report", "inventories/lab.py", check=False).stdout
+
     ssh("lab-worker-1", "systemctl stop kubelet")
     try:
         stopped = run_cli("galley", "report", "inventories/lab.py", check=False)
@@ -381,25 +385,14 @@ def test_the_report_lists_every_component_and_flags_a_stopped_kubelet(cluster, i
         assert "lab-worker-1: units: kubelet: loaded, inactive" in stopped.stdout
         # Its heartbeat stops: flagged once its Lease (12 s in the lab) runs out, well before
         # the controller manager marks the Node NotReady.
-        assert wait_for(
-            lambda: (
-                "lab-worker-1: node: no heartbeat for"
-                in run_cli("galley", "report", "inventories/lab.py", check=False).stdout
-            ),
-            30,
-        )
+        assert wait_for(lambda: reported("lab-worker-1: node: no heartbeat for"), 30)
         # And Prometheus alerts on it.
         assert wait_for(lambda: alerts(cluster, "KubeletDown") == {"lab-worker-1": "firing"}, 30)
         # Once the controller manager's grace period (20 s in the lab) is out, the Node is
         # NotReady: the report says so, and the leader's count of unhealthy Nodes fires
         # NodesNotReady.
-        assert wait_for(
-            lambda: (
-                "lab-worker-1: node: not Ready (Unknown: Kubelet stopped posting node status.)"
-                in run_cli("galley", "report", "inventories/lab.py", check=False).stdout
-            ),
-            40,
-        )
+        message = "Kubelet stopped posting node status."
+        assert wait_for(lambda: reported(f"lab-worker-1: node: not Ready (Unknown: {message})"), 40)
         assert wait_for(lambda: alerts(cluster, "NodesNotReady") == {"": "firing"}, 30)
     finally:
         ssh("lab-worker-1", "systemctl start kubelet")
